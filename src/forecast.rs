@@ -1,0 +1,485 @@
+//! Forecast requests and answers, independent of any transport.
+//!
+//! Every request is parsed by hand from a JSON value rather than with `#[derive(Deserialize)]`:
+//! serde's messages ("data did not match any variant") do not say which series or which value is
+//! wrong, and this parser's do (`series[3].values[17] is null`). Nothing here trusts the client:
+//! shapes, finiteness and sizes are checked before libtorch sees a single number.
+
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::model::contract::ModelMetadata;
+
+/// One series to forecast, validated against the model's input shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesInput {
+    pub id: Option<String>,
+    /// Row-major `[window][features]`, original scale, all finite.
+    pub values: Vec<f64>,
+    pub last_timestamp: Option<DateTime<Utc>>,
+}
+
+/// What a request may look like for one model.
+#[derive(Debug, Clone)]
+pub struct RequestShape {
+    pub window: usize,
+    pub features: Vec<String>,
+    pub max_series: usize,
+}
+
+impl RequestShape {
+    pub fn new(metadata: &ModelMetadata, max_series: usize) -> Self {
+        RequestShape {
+            window: metadata.input.window,
+            features: metadata.input.features.clone(),
+            max_series,
+        }
+    }
+}
+
+/// Longest accepted series id; ids end up in logs and forecast records.
+pub const MAX_ID_LEN: usize = 256;
+
+/// Machine-readable error codes (the `code` of an error body, and the `kind` label of metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidJson,
+    InvalidRequest,
+    EmptyRequest,
+    TooManySeries,
+    WrongWindowLength,
+    WrongFeatureCount,
+    NonFiniteValue,
+    InvalidTimestamp,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::EmptyRequest => "empty_request",
+            ErrorCode::TooManySeries => "too_many_series",
+            ErrorCode::WrongWindowLength => "wrong_window_length",
+            ErrorCode::WrongFeatureCount => "wrong_feature_count",
+            ErrorCode::NonFiniteValue => "non_finite_value",
+            ErrorCode::InvalidTimestamp => "invalid_timestamp",
+        }
+    }
+}
+
+/// A request the client must fix. The message names the offending field or series.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct RequestError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+fn reject(code: ErrorCode, message: impl Into<String>) -> RequestError {
+    RequestError {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Parses and validates a `POST /v1/forecast` body: `{"series":[{"id","values","last_timestamp"}]}`.
+pub fn parse_forecast_request(body: &[u8], shape: &RequestShape) -> Result<Vec<SeriesInput>, RequestError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(reject(
+            ErrorCode::EmptyRequest,
+            "request body is empty; expected {\"series\": [{\"values\": [...]}]}",
+        ));
+    }
+    let document: Value = serde_json::from_slice(body).map_err(|e| {
+        let hint = if contains_non_json_number(body) {
+            " (NaN and Infinity are not JSON numbers; send finite values)"
+        } else {
+            ""
+        };
+        reject(ErrorCode::InvalidJson, format!("request body is not valid JSON: {e}{hint}"))
+    })?;
+    let Value::Object(top) = document else {
+        return Err(reject(
+            ErrorCode::InvalidRequest,
+            format!(
+                "request body must be a JSON object with a `series` array, got {}",
+                kind_of(&document)
+            ),
+        ));
+    };
+    reject_unknown_fields(&top, &["series"], "request body")?;
+    let series = match top.get("series") {
+        None => return Err(reject(ErrorCode::InvalidRequest, "missing field `series`")),
+        Some(Value::Array(series)) => series,
+        Some(other) => {
+            return Err(reject(
+                ErrorCode::InvalidRequest,
+                format!("`series` must be an array, got {}", kind_of(other)),
+            ))
+        }
+    };
+    if series.is_empty() {
+        return Err(reject(
+            ErrorCode::EmptyRequest,
+            "`series` is empty; send at least one series",
+        ));
+    }
+    if series.len() > shape.max_series {
+        return Err(reject(
+            ErrorCode::TooManySeries,
+            format!(
+                "`series` has {} entries; at most {} are accepted per request",
+                series.len(),
+                shape.max_series
+            ),
+        ));
+    }
+    series
+        .iter()
+        .enumerate()
+        .map(|(i, item)| parse_series(i, item, shape))
+        .collect()
+}
+
+fn parse_series(i: usize, item: &Value, shape: &RequestShape) -> Result<SeriesInput, RequestError> {
+    let at = format!("series[{i}]");
+    let Value::Object(fields) = item else {
+        return Err(reject(
+            ErrorCode::InvalidRequest,
+            format!("{at} must be an object with `values`, got {}", kind_of(item)),
+        ));
+    };
+    reject_unknown_fields(fields, &["id", "values", "last_timestamp"], &at)?;
+    let id = match fields.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) if id.chars().count() <= MAX_ID_LEN => Some(id.clone()),
+        Some(Value::String(_)) => {
+            return Err(reject(
+                ErrorCode::InvalidRequest,
+                format!("{at}.id is longer than {MAX_ID_LEN} characters"),
+            ))
+        }
+        Some(other) => {
+            return Err(reject(
+                ErrorCode::InvalidRequest,
+                format!("{at}.id must be a string, got {}", kind_of(other)),
+            ))
+        }
+    };
+    let values = match fields.get("values") {
+        None => return Err(reject(ErrorCode::InvalidRequest, format!("{at} is missing `values`"))),
+        Some(Value::Array(values)) => values,
+        Some(other) => {
+            return Err(reject(
+                ErrorCode::InvalidRequest,
+                format!("{at}.values must be an array, got {}", kind_of(other)),
+            ))
+        }
+    };
+    if values.len() != shape.window {
+        return Err(reject(
+            ErrorCode::WrongWindowLength,
+            format!(
+                "{at}.values has {} entries; the model needs exactly {} (the most recent observations, oldest first)",
+                values.len(),
+                shape.window
+            ),
+        ));
+    }
+    let features = shape.features.len();
+    let mut flat = Vec::with_capacity(shape.window * features);
+    for (t, entry) in values.iter().enumerate() {
+        let at = format!("{at}.values[{t}]");
+        if features == 1 {
+            flat.push(number(entry, &at, &shape.features)?);
+            continue;
+        }
+        let Value::Array(row) = entry else {
+            return Err(reject(
+                ErrorCode::WrongFeatureCount,
+                format!(
+                    "{at} must be a row of {features} numbers ({}), got {}",
+                    shape.features.join(", "),
+                    kind_of(entry)
+                ),
+            ));
+        };
+        if row.len() != features {
+            return Err(reject(
+                ErrorCode::WrongFeatureCount,
+                format!(
+                    "{at} has {} values; the model needs {features} features ({})",
+                    row.len(),
+                    shape.features.join(", ")
+                ),
+            ));
+        }
+        for (f, cell) in row.iter().enumerate() {
+            flat.push(number(cell, &format!("{at}[{f}]"), &shape.features)?);
+        }
+    }
+    let last_timestamp = match fields.get("last_timestamp") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(parse_rfc3339(text).ok_or_else(|| {
+            reject(
+                ErrorCode::InvalidTimestamp,
+                format!("{at}.last_timestamp `{text}` is not an RFC 3339 timestamp (e.g. 2018-02-20T23:00:00Z)"),
+            )
+        })?),
+        Some(other) => {
+            return Err(reject(
+                ErrorCode::InvalidTimestamp,
+                format!("{at}.last_timestamp must be an RFC 3339 string, got {}", kind_of(other)),
+            ))
+        }
+    };
+    Ok(SeriesInput {
+        id,
+        values: flat,
+        last_timestamp,
+    })
+}
+
+fn number(value: &Value, at: &str, features: &[String]) -> Result<f64, RequestError> {
+    match value {
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| reject(ErrorCode::NonFiniteValue, format!("{at} is not a finite number"))),
+        Value::String(s) if is_non_finite_word(s) => Err(reject(
+            ErrorCode::NonFiniteValue,
+            format!("{at} is \"{s}\"; values must be finite numbers (fill gaps before forecasting)"),
+        )),
+        Value::Null => Err(reject(
+            ErrorCode::NonFiniteValue,
+            format!("{at} is null; values must be finite numbers (fill gaps before forecasting)"),
+        )),
+        Value::Array(_) if features.len() == 1 => Err(reject(
+            ErrorCode::WrongFeatureCount,
+            format!(
+                "{at} must be a number: the model takes one feature ({}), so `values` is a flat list",
+                features[0]
+            ),
+        )),
+        other => Err(reject(
+            ErrorCode::InvalidRequest,
+            format!("{at} must be a number, got {}", kind_of(other)),
+        )),
+    }
+}
+
+fn reject_unknown_fields(fields: &Map<String, Value>, known: &[&str], at: &str) -> Result<(), RequestError> {
+    match fields.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => Err(reject(
+            ErrorCode::InvalidRequest,
+            format!(
+                "{at} has unknown field `{}` (expected {})",
+                truncate(unknown, 64),
+                known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+fn is_non_finite_word(s: &str) -> bool {
+    matches!(
+        s.trim().to_ascii_lowercase().as_str(),
+        "nan" | "inf" | "+inf" | "-inf" | "infinity" | "+infinity" | "-infinity"
+    )
+}
+
+fn contains_non_json_number(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body);
+    text.contains("NaN") || text.contains("Infinity")
+}
+
+/// RFC 3339, normalised to UTC.
+pub fn parse_rfc3339(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text.trim())
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// RFC 3339, or the `YYYY-MM-DD HH:MM:SS` of ETT-style CSV files, read as UTC.
+pub fn parse_timestamp_lenient(text: &str) -> Option<DateTime<Utc>> {
+    parse_rfc3339(text).or_else(|| {
+        NaiveDateTime::parse_from_str(text.trim(), "%Y-%m-%d %H:%M:%S")
+            .ok()
+            .map(|t| t.and_utc())
+    })
+}
+
+/// The answer to a forecast request.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ForecastResponse {
+    pub model: ModelRef,
+    pub forecasts: Vec<SeriesForecast>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelRef {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SeriesForecast {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub values: Vec<f64>,
+    /// One per value, when the series gave `last_timestamp`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamps: Option<Vec<String>>,
+}
+
+impl ForecastResponse {
+    /// Pairs each input with its forecast and stamps the steps at the model's frequency.
+    pub fn new(metadata: &ModelMetadata, inputs: &[SeriesInput], outputs: Vec<Vec<f64>>) -> Self {
+        let step = chrono::Duration::from_std(metadata.frequency()).expect("frequency fits chrono");
+        let forecasts = inputs
+            .iter()
+            .zip(outputs)
+            .map(|(input, values)| SeriesForecast {
+                id: input.id.clone(),
+                timestamps: input.last_timestamp.map(|last| {
+                    (1..=values.len() as i32)
+                        .map(|k| (last + step * k).to_rfc3339_opts(SecondsFormat::Secs, true))
+                        .collect()
+                }),
+                values,
+            })
+            .collect();
+        ForecastResponse {
+            model: ModelRef {
+                name: metadata.name.clone(),
+                version: metadata.version.clone(),
+            },
+            forecasts,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(window: usize, features: &[&str]) -> RequestShape {
+        RequestShape {
+            window,
+            features: features.iter().map(|f| f.to_string()).collect(),
+            max_series: 4,
+        }
+    }
+
+    fn parse(body: &str, shape: &RequestShape) -> Result<Vec<SeriesInput>, RequestError> {
+        parse_forecast_request(body.as_bytes(), shape)
+    }
+
+    #[test]
+    fn a_univariate_series_parses_with_id_and_timestamp() {
+        let got = parse(
+            r#"{"series":[{"id":"t1","values":[1,2.5,3],"last_timestamp":"2018-02-20T23:00:00+01:00"}]}"#,
+            &shape(3, &["OT"]),
+        )
+        .unwrap();
+        assert_eq!(got[0].id.as_deref(), Some("t1"));
+        assert_eq!(got[0].values, vec![1.0, 2.5, 3.0]);
+        assert_eq!(got[0].last_timestamp, parse_rfc3339("2018-02-20T22:00:00Z"));
+    }
+
+    #[test]
+    fn multivariate_rows_are_flattened_row_major() {
+        let got = parse(r#"{"series":[{"values":[[1,2],[3,4]]}]}"#, &shape(2, &["a", "b"])).unwrap();
+        assert_eq!(got[0].values, vec![1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn the_wrong_window_length_names_the_series_and_both_lengths() {
+        let err = parse(r#"{"series":[{"values":[1,2,3]},{"values":[1,2]}]}"#, &shape(3, &["OT"])).unwrap_err();
+        assert_eq!(err.code, ErrorCode::WrongWindowLength);
+        assert!(err.message.contains("series[1].values has 2 entries"), "{}", err.message);
+        assert!(err.message.contains("exactly 3"));
+    }
+
+    #[test]
+    fn nan_in_any_spelling_is_refused_with_its_position() {
+        let err = parse(r#"{"series":[{"values":[1,"NaN",3]}]}"#, &shape(3, &["OT"])).unwrap_err();
+        assert_eq!(err.code, ErrorCode::NonFiniteValue);
+        assert!(err.message.contains("series[0].values[1]"));
+        let err = parse(r#"{"series":[{"values":[1,NaN,3]}]}"#, &shape(3, &["OT"])).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidJson);
+        assert!(err.message.contains("NaN and Infinity are not JSON numbers"));
+    }
+
+    #[test]
+    fn a_row_with_the_wrong_number_of_features_is_named() {
+        let err = parse(r#"{"series":[{"values":[[1,2],[3]]}]}"#, &shape(2, &["a", "b"])).unwrap_err();
+        assert_eq!(err.code, ErrorCode::WrongFeatureCount);
+        assert!(err.message.contains("series[0].values[1] has 1 values"), "{}", err.message);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_at_every_level() {
+        let err = parse(r#"{"series":[],"extra":1}"#, &shape(3, &["OT"])).unwrap_err();
+        assert!(err.message.contains("`extra`"));
+        let err = parse(r#"{"series":[{"values":[1,2,3],"valuez":[]}]}"#, &shape(3, &["OT"])).unwrap_err();
+        assert!(err.message.contains("series[0] has unknown field `valuez`"));
+    }
+
+    #[test]
+    fn too_many_series_is_refused_before_parsing_them() {
+        let body = format!(r#"{{"series":[{}]}}"#, vec![r#"{"values":"x"}"#; 5].join(","));
+        assert_eq!(parse(&body, &shape(3, &["OT"])).unwrap_err().code, ErrorCode::TooManySeries);
+    }
+
+    #[test]
+    fn timestamps_follow_the_model_frequency() {
+        let metadata: ModelMetadata = serde_json::from_value(serde_json::json!({
+            "format_version": 1, "name": "m", "version": "1", "created_at": "2026-11-27T00:00:00Z",
+            "torch_version": "2.13.0", "model_sha256": "0".repeat(64),
+            "input": {"window": 1, "features": ["OT"], "target": "OT", "frequency": "1h"},
+            "output": {"horizon": 2}, "preprocessing": [],
+            "training_stats": {"OT": {"mean": 0.0, "std": 1.0, "min": 0.0, "max": 1.0, "quantile_edges": [0.0, 1.0]}}
+        }))
+        .unwrap();
+        let input = SeriesInput {
+            id: None,
+            values: vec![1.0],
+            last_timestamp: parse_rfc3339("2018-02-20T23:00:00Z"),
+        };
+        let response = ForecastResponse::new(&metadata, &[input], vec![vec![1.0, 2.0]]);
+        assert_eq!(
+            response.forecasts[0].timestamps,
+            Some(vec!["2018-02-21T00:00:00Z".to_string(), "2018-02-21T01:00:00Z".to_string()])
+        );
+    }
+
+    #[test]
+    fn ett_style_csv_timestamps_are_read_as_utc() {
+        assert_eq!(
+            parse_timestamp_lenient("2018-06-26 19:00:00"),
+            parse_rfc3339("2018-06-26T19:00:00Z")
+        );
+    }
+}

@@ -1,0 +1,372 @@
+//! The HTTP adapter (axum): routes, JSON error bodies, request ids and metrics.
+//!
+//! This is the long-running server (`lstm-forecast serve`, the ECS/Kubernetes variant). It only
+//! converts: bytes to [`SeriesInput`], core errors to status codes. All model logic is in the core.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+use crate::forecast::{parse_forecast_request, ForecastResponse, RequestError, RequestShape};
+use crate::infer::{InferError, InferenceHandle};
+use crate::metrics::ServerMetrics;
+use crate::model::contract::ModelMetadata;
+
+/// Request limits, from the CLI.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Most series per forecast request (they run as one batch).
+    pub max_series: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 2 * 1024 * 1024,
+            max_series: 256,
+        }
+    }
+}
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    handle: InferenceHandle,
+    metrics: ServerMetrics,
+    limits: Limits,
+}
+
+impl AppState {
+    pub fn new(handle: InferenceHandle, metrics: ServerMetrics, limits: Limits) -> Self {
+        metrics.set_model(handle.model().metadata());
+        AppState {
+            inner: Arc::new(Inner {
+                handle,
+                metrics,
+                limits,
+            }),
+        }
+    }
+
+    pub fn handle(&self) -> &InferenceHandle {
+        &self.inner.handle
+    }
+
+    pub fn metrics(&self) -> &ServerMetrics {
+        &self.inner.metrics
+    }
+}
+
+/// All routes, with body limit, request ids, logging and metrics.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/forecast", post(forecast))
+        .route("/v1/model", get(model_metadata))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.inner.limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Resolves on ctrl-c or SIGTERM (what ECS, Kubernetes and systemd send).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}
+
+async fn forecast(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ForecastResponse>, ApiError> {
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+        let is_json = content_type
+            .to_str()
+            .map(|v| v.to_ascii_lowercase().contains("json"))
+            .unwrap_or(false);
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "Content-Type {:?} is not JSON; send `Content-Type: application/json`",
+                    content_type
+                ),
+            ));
+        }
+    }
+    let body = body.map_err(|rejection| ApiError::body(rejection, state.inner.limits.max_body_bytes))?;
+    let model = state.inner.handle.model();
+    let shape = RequestShape::new(model.metadata(), state.inner.limits.max_series);
+    let series = parse_forecast_request(&body, &shape)?;
+    let count = series.len() as u64;
+    let outcome = state.inner.handle.forecast(series).await?;
+    let metrics = &state.inner.metrics;
+    metrics.inference_duration.observe(outcome.inference.as_secs_f64());
+    metrics.queue_duration.observe(outcome.queued.as_secs_f64());
+    metrics.forecasts.inc_by(count);
+    Ok(Json(outcome.response))
+}
+
+async fn model_metadata(State(state): State<AppState>) -> Json<ModelMetadata> {
+    Json(state.inner.handle.model().metadata().clone())
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready when the engine thread is alive: the model was loaded and warmed up before the listener
+/// opened, so there is no "loading" state to report.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let handle = &state.inner.handle;
+    if handle.is_alive() {
+        let model = handle.model();
+        let metadata = model.metadata();
+        Json(json!({"status": "ready", "model": {"name": metadata.name, "version": metadata.version}}))
+            .into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the inference engine has stopped",
+        )
+        .into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.inner.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no route for {method} {}; available: POST /v1/forecast, GET /v1/model, GET /healthz, GET /readyz, GET /metrics",
+            uri.path()
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// Assigns a request id, logs and times every request, and counts errors by code.
+async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(new_request_id);
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let model_version = state.inner.handle.model().metadata().version.clone();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %request.method(),
+        route = %route,
+        model_version = %model_version,
+    );
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        request.headers_mut().insert("x-request-id", value);
+    }
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = response.status();
+    let metrics = &state.inner.metrics;
+    metrics
+        .request_duration
+        .with_label_values(&[route.as_str()])
+        .observe(elapsed.as_secs_f64());
+    metrics
+        .requests
+        .with_label_values(&[route.as_str(), status.as_str()])
+        .inc();
+    let _entered = span.enter();
+    if let Some(error) = response.extensions().get::<ErrorLog>() {
+        metrics.errors.with_label_values(&[error.code]).inc();
+        if status.is_server_error() {
+            tracing::error!(status = status.as_u16(), code = error.code, message = %error.message, latency_ms = elapsed.as_secs_f64() * 1e3, "request failed");
+        } else {
+            tracing::info!(status = status.as_u16(), code = error.code, message = %error.message, latency_ms = elapsed.as_secs_f64() * 1e3, "request rejected");
+        }
+    } else if route.starts_with("/v1/") {
+        tracing::info!(status = status.as_u16(), latency_ms = elapsed.as_secs_f64() * 1e3, "request served");
+    }
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// Unique enough for correlating logs: wall-clock nanoseconds, pid and a counter.
+fn new_request_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!(
+        "{nanos:016x}-{:05x}-{:06x}",
+        std::process::id() & 0xfffff,
+        COUNTER.fetch_add(1, Ordering::Relaxed) & 0xffffff
+    )
+}
+
+/// An error answer: `{"error":{"code":...,"message":...}}` with a fitting status.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after_secs: Option<u64>,
+}
+
+/// Left on error responses so the middleware can count and log them.
+#[derive(Clone)]
+struct ErrorLog {
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    fn body(rejection: BytesRejection, limit: usize) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body exceeds the {limit}-byte limit; send fewer series per request"),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("could not read the request body: {}", rejection.body_text()),
+            )
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, e.code.as_str(), e.message)
+    }
+}
+
+impl From<InferError> for ApiError {
+    fn from(e: InferError) -> Self {
+        match &e {
+            InferError::Overloaded { .. } => ApiError {
+                retry_after_secs: Some(1),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", e.to_string())
+            },
+            InferError::Stopped => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+            InferError::Panicked => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+            InferError::Forecast(f) if f.is_client_error() => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", f.to_string())
+            }
+            InferError::Forecast(f) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inference_failed", f.to_string())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
+        let mut response = (self.status, body).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response.extensions_mut().insert(ErrorLog {
+            code: self.code,
+            message: self.message,
+        });
+        response
+    }
+}

@@ -1,0 +1,32 @@
+//! lstm-forecast: LSTM time-series forecasts on libtorch, served from AWS Lambda, a long-running
+//! HTTP server (ECS, Kubernetes, a laptop) or the command line, all on one inference core.
+//!
+//! # Layout
+//!
+//! The core knows no transport:
+//!
+//! - [`model`]: the model contract (`model.json`, [`model::contract`]), the preprocessing it declares
+//!   ([`model::preprocess`]), the engine port with its TorchScript implementation
+//!   ([`model::engine`]), and [`model::Model`], which ties them into the batched forecast path.
+//! - [`forecast`]: forecast requests and answers, parsed and validated without trusting the client.
+//! - [`input`]: CSV and JSON files as forecast input (CLI, batch jobs).
+//! - [`source`]: the model-source port (`bundled`, local directory; S3 comes with the Lambda).
+//! - [`infer`]: the inference handle: a dedicated engine thread behind a bounded queue, so libtorch
+//!   never runs on async workers.
+//! - [`validate`]: `model validate`, which probes a model in a child process so a model that
+//!   crashes libtorch cannot crash the caller.
+//! - [`metrics`]: Prometheus metrics of the serving process.
+//!
+//! Adapters only convert types and errors:
+//!
+//! - [`http`]: the axum server (`lstm-forecast serve`).
+//! - `src/main.rs`: the command line (`serve`, `forecast`, `model ...`).
+
+pub mod forecast;
+pub mod http;
+pub mod infer;
+pub mod input;
+pub mod metrics;
+pub mod model;
+pub mod source;
+pub mod validate;

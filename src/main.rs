@@ -1,0 +1,311 @@
+//! The `lstm-forecast` command line: a thin adapter over the library.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use lstm_forecast::forecast::{ForecastResponse, RequestShape};
+use lstm_forecast::http::{self, AppState, Limits};
+use lstm_forecast::infer::InferenceHandle;
+use lstm_forecast::input::{parse_input, InputFormat};
+use lstm_forecast::metrics::ServerMetrics;
+use lstm_forecast::model::engine::configure_threads;
+use lstm_forecast::model::Model;
+use lstm_forecast::source::{source_for_uri, DirectorySource};
+use lstm_forecast::validate::{run_probe, validate_dir};
+
+/// LSTM time-series forecasts on libtorch.
+///
+/// Serves a TorchScript LSTM over HTTP, forecasts files from the command line, and checks models
+/// before they reach production. Without options everything uses the bundled model: an LSTM trained
+/// on the ETTh1 benchmark (oil temperature, hourly, 168 hours in -> 24 hours out).
+#[derive(Parser)]
+#[command(name = "lstm-forecast", version, propagate_version = true)]
+struct Cli {
+    /// Log format on stderr: `text` for people, `json` for log pipelines (CloudWatch, Loki, ...).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve forecasts over HTTP (the ECS, Kubernetes and local variant).
+    ///
+    /// Endpoints: POST /v1/forecast, GET /v1/model, GET /healthz, GET /readyz, GET /metrics.
+    /// Stops gracefully on SIGTERM or ctrl-c: in-flight requests finish first.
+    Serve(ServeArgs),
+    /// Forecast the series in a CSV or JSON file and print the answer as JSON, without a server.
+    ///
+    /// CSV: a header naming the model's features (e.g. `OT`), optional `id` and `date`/`timestamp`
+    /// columns; each series uses its last `window` rows. JSON: the body of POST /v1/forecast.
+    Forecast(ForecastArgs),
+    /// Inspect and check models.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Model to use: `bundled`, a model directory, or file://DIR.
+    #[arg(long, env = "MODEL_URI", default_value = "bundled")]
+    model: String,
+
+    /// libtorch intra-op threads [default: the CPUs this process may use, cgroup quotas included].
+    #[arg(long, env = "THREADS")]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+
+    /// Address to listen on. Use 0.0.0.0:8080 in a container; port 0 picks a free port.
+    #[arg(long, env = "BIND", default_value = "127.0.0.1:8080")]
+    bind: SocketAddr,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
+    max_body_bytes: usize,
+
+    /// Most series per forecast request (they run as one batch).
+    #[arg(long, env = "MAX_SERIES", default_value_t = Limits::default().max_series)]
+    max_series: usize,
+
+    /// Requests that may wait for the engine; beyond this the server answers 429 with Retry-After.
+    #[arg(long, env = "MAX_QUEUE", default_value_t = 64)]
+    max_queue: usize,
+}
+
+#[derive(Args)]
+struct ForecastArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+
+    /// Input file (CSV or JSON); `-` reads standard input.
+    #[arg(long, short)]
+    input: PathBuf,
+
+    /// Input format [default: from the file extension, else the content].
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
+
+    /// Most series read from the input.
+    #[arg(long, default_value_t = 100_000)]
+    max_series: usize,
+
+    /// Series per forward pass.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Csv,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Check a model directory before serving it: contract, checksum, and forecasts at batch sizes
+    /// 1, 2 and 64 (finite, right shape, same alone as inside a batch).
+    ///
+    /// The libtorch checks run in a child process, so a model that crashes libtorch (e.g. an LSTM
+    /// traced with a fixed batch size) is reported as invalid instead of crashing this command.
+    /// Exits 0 when valid, 1 when not.
+    Validate {
+        /// Model directory holding model.json and model.pt.
+        dir: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Give up on the probe after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
+    /// Print a model's metadata (model.json) after loading and checking it.
+    Show {
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Internal: the child process of `model validate`. Prints one JSON line per check.
+    #[command(hide = true)]
+    Probe { dir: PathBuf },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
+    match command {
+        Command::Serve(args) => serve(args)?,
+        Command::Forecast(args) => forecast(args)?,
+        Command::Model(ModelCommand::Validate {
+            dir,
+            json,
+            timeout_secs,
+        }) => return validate(dir, json, timeout_secs),
+        Command::Model(ModelCommand::Show { model }) => {
+            let model = load_model(&model)?;
+            println!("{}", serde_json::to_string_pretty(model.metadata())?);
+        }
+        Command::Model(ModelCommand::Probe { dir }) => {
+            configure_threads(None);
+            let artifacts = DirectorySource::new(&dir).read()?;
+            let ok = run_probe(&artifacts, &mut std::io::stdout().lock());
+            return Ok(if ok {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            });
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Fetches, checks, loads and warms up a model, logging where the time went.
+fn load_model(args: &ModelArgs) -> anyhow::Result<Model> {
+    let started = Instant::now();
+    let threads = configure_threads(args.threads);
+    let source = source_for_uri(&args.model)?;
+    let artifacts = runtime()?
+        .block_on(source.fetch())
+        .with_context(|| format!("fetching the model from {}", source.describe()))?;
+    let fetched = started.elapsed();
+    let model = Model::load(&artifacts).with_context(|| format!("loading the model from {}", source.describe()))?;
+    let metadata = model.metadata();
+    tracing::info!(
+        model = %metadata.name,
+        model_version = %metadata.version,
+        source = %source.describe(),
+        threads,
+        fetch_ms = fetched.as_secs_f64() * 1e3,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        "model loaded and warmed up"
+    );
+    Ok(model)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let model = load_model(&args.model)?;
+    let limits = Limits {
+        max_body_bytes: args.max_body_bytes,
+        max_series: args.max_series,
+    };
+    let (handle, engine_thread) = InferenceHandle::spawn(model, args.max_queue);
+    let state = AppState::new(handle, ServerMetrics::new(), limits);
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.bind)
+            .await
+            .with_context(|| format!("binding {}", args.bind))?;
+        let address = listener.local_addr()?;
+        let model = state.handle().model();
+        tracing::info!(
+            model = %model.metadata().name,
+            model_version = %model.metadata().version,
+            "listening on http://{address}  (try: curl -s http://{address}/v1/model)"
+        );
+        drop(model);
+        http::serve(listener, state, http::shutdown_signal())
+            .await
+            .context("serving HTTP")
+    })?;
+    // The state (and so the last job sender) is gone: the engine thread drains and exits.
+    let _ = engine_thread.join();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn forecast(args: ForecastArgs) -> anyhow::Result<()> {
+    let content = if args.input.as_os_str() == "-" {
+        let mut buffer = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buffer).context("reading standard input")?;
+        buffer
+    } else {
+        std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?
+    };
+    let format = match args.format {
+        Some(FormatArg::Csv) => InputFormat::Csv,
+        Some(FormatArg::Json) => InputFormat::Json,
+        None => InputFormat::detect(&args.input.to_string_lossy(), &content),
+    };
+    let model = load_model(&args.model)?;
+    let shape = RequestShape::new(model.metadata(), args.max_series);
+    let series = parse_input(format, &content, &shape).with_context(|| format!("reading {}", args.input.display()))?;
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let mut outputs = Vec::with_capacity(series.len());
+    for chunk in series.chunks(args.batch_size) {
+        let windows: Vec<&[f64]> = chunk.iter().map(|s| s.values.as_slice()).collect();
+        outputs.extend(model.forecast(&windows)?);
+    }
+    let response = ForecastResponse::new(model.metadata(), &series, outputs);
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut stdout, &response)?;
+    writeln!(stdout)?;
+    Ok(())
+}
+
+fn validate(dir: PathBuf, json: bool, timeout_secs: u64) -> anyhow::Result<std::process::ExitCode> {
+    let exe = std::env::current_exe().context("locating this executable for the probe process")?;
+    let report = validate_dir(&exe, &dir, Duration::from_secs(timeout_secs));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{}: {}",
+            dir.display(),
+            report.model.as_deref().unwrap_or("(unreadable)")
+        );
+        for check in &report.checks {
+            println!("  {} {:<9} {}", if check.ok { "ok  " } else { "FAIL" }, check.name, check.detail);
+        }
+        println!("{}", if report.valid { "valid" } else { "INVALID" });
+    }
+    Ok(if report.valid {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,411 @@
+//! The model contract: `model.json`, read strictly and checked before any tensor is built.
+//!
+//! A model is a directory (or an S3 prefix) holding `model.pt` (TorchScript) and `model.json`.
+//! Everything the service needs to feed the network exactly as training did lives here, so a model
+//! can be swapped without touching the service.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The only `format_version` this build understands.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Parsed `model.json`. Unknown fields are rejected: a typo in a contract must not silently become
+/// a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelMetadata {
+    pub format_version: u32,
+    pub name: String,
+    pub version: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// The PyTorch version that exported `model.pt`; must match the linked libtorch's major.minor.
+    pub torch_version: String,
+    /// Hex sha256 of `model.pt`, checked on every load.
+    pub model_sha256: String,
+    pub input: InputSpec,
+    pub output: OutputSpec,
+    /// Applied in order to each window before the forward pass, inverted in reverse on the output.
+    pub preprocessing: Vec<Preprocessing>,
+    /// Per-feature statistics of the training data (drift detection compares requests with these).
+    pub training_stats: BTreeMap<String, FeatureStats>,
+    /// Free-form scores on the held-out split; shown by `GET /v1/model`, not interpreted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<serde_json::Value>,
+    /// Free-form training details (architecture, seed, ...); shown, not interpreted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// Number of time steps the network reads.
+    pub window: usize,
+    /// Feature names in the column order the network expects.
+    pub features: Vec<String>,
+    /// The feature being forecast; one of `features`.
+    pub target: String,
+    /// Sampling period, e.g. `1h`, `15min`, `1d`; used to stamp forecast steps.
+    pub frequency: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Number of future steps of the target the network returns.
+    pub horizon: usize,
+}
+
+/// One preprocessing step. The service implements exactly these; an unknown `kind` fails the load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Preprocessing {
+    /// `(x - mean) / std` per feature, with training statistics.
+    ZScore { mean: Vec<f64>, std: Vec<f64> },
+    /// Subtract each feature's last value in the window; the target's is added back to the output.
+    SubtractLast,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureStats {
+    pub mean: f64,
+    pub std: f64,
+    pub min: f64,
+    pub max: f64,
+    /// Ascending quantile edges (e.g. deciles) of the training values.
+    pub quantile_edges: Vec<f64>,
+}
+
+/// Why a contract was refused. Each message names the field at fault.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ContractError {
+    #[error("model.json is not valid: {0}")]
+    Parse(String),
+    #[error("model.json format_version {found} is not supported (this build reads {FORMAT_VERSION})")]
+    FormatVersion { found: u32 },
+    #[error("model.json field `{field}` is invalid: {reason}")]
+    Field { field: String, reason: String },
+    #[error("model.pt sha256 is {actual}, but model.json declares {declared}")]
+    Checksum { declared: String, actual: String },
+}
+
+fn field_error(field: impl Into<String>, reason: impl Into<String>) -> ContractError {
+    ContractError::Field {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl ModelMetadata {
+    /// Parses and checks a `model.json` document.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ContractError> {
+        let metadata: ModelMetadata =
+            serde_json::from_slice(bytes).map_err(|e| ContractError::Parse(e.to_string()))?;
+        metadata.check()?;
+        Ok(metadata)
+    }
+
+    /// Checks internal consistency; shapes the engine will be asked for follow from these.
+    pub fn check(&self) -> Result<(), ContractError> {
+        if self.format_version != FORMAT_VERSION {
+            return Err(ContractError::FormatVersion {
+                found: self.format_version,
+            });
+        }
+        if self.name.trim().is_empty() {
+            return Err(field_error("name", "must not be empty"));
+        }
+        if !is_safe_identifier(&self.name) {
+            return Err(field_error(
+                "name",
+                "may only contain letters, digits, '.', '_' and '-'",
+            ));
+        }
+        if !is_safe_identifier(&self.version) {
+            return Err(field_error(
+                "version",
+                "must be non-empty and only contain letters, digits, '.', '_' and '-'",
+            ));
+        }
+        if chrono::DateTime::parse_from_rfc3339(&self.created_at).is_err() {
+            return Err(field_error("created_at", "must be an RFC 3339 timestamp"));
+        }
+        if self.model_sha256.len() != 64 || !self.model_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(field_error("model_sha256", "must be 64 hex characters"));
+        }
+        if self.input.window == 0 {
+            return Err(field_error("input.window", "must be at least 1"));
+        }
+        if self.output.horizon == 0 {
+            return Err(field_error("output.horizon", "must be at least 1"));
+        }
+        if self.input.features.is_empty() {
+            return Err(field_error("input.features", "must name at least one feature"));
+        }
+        for (i, name) in self.input.features.iter().enumerate() {
+            if name.is_empty() {
+                return Err(field_error(format!("input.features[{i}]"), "must not be empty"));
+            }
+            if self.input.features[..i].contains(name) {
+                return Err(field_error(
+                    format!("input.features[{i}]"),
+                    format!("duplicate feature `{name}`"),
+                ));
+            }
+        }
+        if self.target_index().is_none() {
+            return Err(field_error(
+                "input.target",
+                format!(
+                    "`{}` is not one of input.features {:?}",
+                    self.input.target, self.input.features
+                ),
+            ));
+        }
+        parse_frequency(&self.input.frequency)
+            .map_err(|reason| field_error("input.frequency", reason))?;
+        let features = self.input.features.len();
+        for (i, step) in self.preprocessing.iter().enumerate() {
+            if let Preprocessing::ZScore { mean, std } = step {
+                let field = format!("preprocessing[{i}]");
+                if mean.len() != features || std.len() != features {
+                    return Err(field_error(
+                        field,
+                        format!(
+                            "z_score has {} means and {} stds for {features} features",
+                            mean.len(),
+                            std.len()
+                        ),
+                    ));
+                }
+                if mean.iter().any(|m| !m.is_finite()) {
+                    return Err(field_error(field, "z_score mean must be finite"));
+                }
+                if std.iter().any(|s| !s.is_finite() || *s <= 0.0) {
+                    return Err(field_error(field, "z_score std must be finite and > 0"));
+                }
+            }
+        }
+        for name in &self.input.features {
+            let Some(stats) = self.training_stats.get(name) else {
+                return Err(field_error(
+                    "training_stats",
+                    format!("missing statistics for feature `{name}`"),
+                ));
+            };
+            let edges = &stats.quantile_edges;
+            if edges.len() < 2 || edges.windows(2).any(|w| w[0] > w[1]) {
+                return Err(field_error(
+                    format!("training_stats.{name}.quantile_edges"),
+                    "needs at least 2 ascending values",
+                ));
+            }
+        }
+        if let Some(extra) = self
+            .training_stats
+            .keys()
+            .find(|k| !self.input.features.contains(k))
+        {
+            return Err(field_error(
+                "training_stats",
+                format!("statistics for `{extra}`, which is not an input feature"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Column of the target feature in the input rows.
+    pub fn target_index(&self) -> Option<usize> {
+        self.input
+            .features
+            .iter()
+            .position(|f| *f == self.input.target)
+    }
+
+    /// The sampling period; valid once [`ModelMetadata::check`] has passed.
+    pub fn frequency(&self) -> Duration {
+        parse_frequency(&self.input.frequency).expect("checked at load")
+    }
+
+    /// Compares `model.pt` bytes with the declared checksum.
+    pub fn verify_checksum(&self, model_pt: &[u8]) -> Result<(), ContractError> {
+        let actual = sha256_hex(model_pt);
+        if actual.eq_ignore_ascii_case(&self.model_sha256) {
+            Ok(())
+        } else {
+            Err(ContractError::Checksum {
+                declared: self.model_sha256.clone(),
+                actual,
+            })
+        }
+    }
+}
+
+/// Names and versions become S3 keys and metric dimensions, so keep them plain.
+fn is_safe_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Parses `<count><unit>` with unit one of `s`, `min`, `h`, `d` (pandas-like aliases `T`, `H`, `D`).
+pub fn parse_frequency(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` has no unit (expected e.g. 1h, 15min, 1d)"))?;
+    let (count, unit) = text.split_at(split);
+    let count: u64 = if count.is_empty() {
+        1
+    } else {
+        count
+            .parse()
+            .map_err(|_| format!("`{text}` has an invalid count"))?
+    };
+    let unit_secs = match unit {
+        "s" => 1,
+        "min" | "T" => 60,
+        "h" | "H" => 3600,
+        "d" | "D" => 86_400,
+        _ => return Err(format!("`{text}` has unknown unit `{unit}` (use s, min, h or d)")),
+    };
+    if count == 0 {
+        return Err(format!("`{text}` must be a positive period"));
+    }
+    Ok(Duration::from_secs(count * unit_secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid_json() -> serde_json::Value {
+        serde_json::json!({
+            "format_version": 1,
+            "name": "demo",
+            "version": "1.0.0",
+            "created_at": "2026-11-27T00:00:00Z",
+            "torch_version": "2.13.0",
+            "model_sha256": "0".repeat(64),
+            "input": {"window": 4, "features": ["OT"], "target": "OT", "frequency": "1h"},
+            "output": {"horizon": 2},
+            "preprocessing": [{"kind": "z_score", "mean": [1.0], "std": [2.0]}, {"kind": "subtract_last"}],
+            "training_stats": {"OT": {"mean": 1.0, "std": 2.0, "min": -3.0, "max": 5.0, "quantile_edges": [-3.0, 1.0, 5.0]}}
+        })
+    }
+
+    fn parse(value: serde_json::Value) -> Result<ModelMetadata, ContractError> {
+        ModelMetadata::from_json(value.to_string().as_bytes())
+    }
+
+    fn error_text(value: serde_json::Value) -> String {
+        parse(value).expect_err("contract must be refused").to_string()
+    }
+
+    #[test]
+    fn a_complete_contract_loads() {
+        let metadata = parse(valid_json()).unwrap();
+        assert_eq!(metadata.input.window, 4);
+        assert_eq!(metadata.target_index(), Some(0));
+        assert_eq!(metadata.frequency(), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_and_named() {
+        let mut doc = valid_json();
+        doc["input"]["windw"] = 3.into();
+        assert!(error_text(doc).contains("windw"));
+    }
+
+    #[test]
+    fn missing_fields_are_refused_and_named() {
+        let mut doc = valid_json();
+        doc["output"].as_object_mut().unwrap().remove("horizon");
+        assert!(error_text(doc).contains("horizon"));
+    }
+
+    #[test]
+    fn unknown_preprocessing_kinds_are_refused() {
+        let mut doc = valid_json();
+        doc["preprocessing"] = serde_json::json!([{"kind": "revin"}]);
+        assert!(error_text(doc).contains("revin"));
+    }
+
+    #[test]
+    fn target_must_be_a_feature() {
+        let mut doc = valid_json();
+        doc["input"]["target"] = "HUFL".into();
+        let text = error_text(doc);
+        assert!(text.contains("input.target"), "{text}");
+    }
+
+    #[test]
+    fn z_score_must_cover_every_feature_with_positive_std() {
+        let mut doc = valid_json();
+        doc["preprocessing"][0]["mean"] = serde_json::json!([1.0, 2.0]);
+        assert!(error_text(doc).contains("preprocessing[0]"));
+        let mut doc = valid_json();
+        doc["preprocessing"][0]["std"] = serde_json::json!([0.0]);
+        assert!(error_text(doc).contains("std must be finite and > 0"));
+    }
+
+    #[test]
+    fn zero_window_or_horizon_is_refused() {
+        let mut doc = valid_json();
+        doc["input"]["window"] = 0.into();
+        assert!(error_text(doc).contains("input.window"));
+        let mut doc = valid_json();
+        doc["output"]["horizon"] = 0.into();
+        assert!(error_text(doc).contains("output.horizon"));
+    }
+
+    #[test]
+    fn newer_format_versions_are_refused() {
+        let mut doc = valid_json();
+        doc["format_version"] = 2.into();
+        assert_eq!(parse(doc), Err(ContractError::FormatVersion { found: 2 }));
+    }
+
+    #[test]
+    fn names_that_cannot_be_s3_keys_are_refused() {
+        let mut doc = valid_json();
+        doc["version"] = "../1".into();
+        assert!(error_text(doc).contains("`version`"));
+    }
+
+    #[test]
+    fn every_feature_needs_training_statistics() {
+        let mut doc = valid_json();
+        doc["training_stats"] = serde_json::json!({});
+        assert!(error_text(doc).contains("missing statistics for feature `OT`"));
+    }
+
+    #[test]
+    fn checksum_mismatch_names_both_digests() {
+        let mut metadata = parse(valid_json()).unwrap();
+        metadata.model_sha256 = sha256_hex(b"model");
+        assert!(metadata.verify_checksum(b"model").is_ok());
+        let err = metadata.verify_checksum(b"tampered").unwrap_err();
+        assert!(err.to_string().contains(&metadata.model_sha256));
+    }
+
+    #[test]
+    fn frequencies_parse_with_units() {
+        assert_eq!(parse_frequency("15min"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_frequency("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_frequency("h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_frequency("0h").is_err());
+        assert!(parse_frequency("5").is_err());
+        assert!(parse_frequency("1w").is_err());
+    }
+}

@@ -1,0 +1,243 @@
+//! A loaded model: contract + preprocessing + engine, and the batched forecast path.
+
+pub mod contract;
+pub mod engine;
+pub mod preprocess;
+
+use contract::{ContractError, ModelMetadata};
+use engine::{Engine, EngineError, TorchEngine};
+use preprocess::Pipeline;
+
+/// The libtorch major.minor this build links (tch 0.26). TorchScript from another release may load
+/// but behave differently, so the contract's `torch_version` must match.
+pub const LIBTORCH_VERSION: &str = "2.13";
+
+/// The two files of a model, already in memory.
+#[derive(Clone)]
+pub struct ModelArtifacts {
+    pub metadata_json: Vec<u8>,
+    pub model_pt: Vec<u8>,
+}
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Contract(#[from] ContractError),
+    #[error("model.json torch_version {declared} does not match the linked libtorch {LIBTORCH_VERSION}")]
+    TorchVersion { declared: String },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("warm-up forecast failed: {0}")]
+    WarmUp(#[source] ForecastError),
+}
+
+/// Why one forecast batch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ForecastError {
+    #[error("series[{series}] has {actual} values, expected {expected} (window x features)")]
+    Shape {
+        series: usize,
+        expected: usize,
+        actual: usize,
+    },
+    #[error("series[{series}] has values too large to represent after normalisation")]
+    InputOutOfRange { series: usize },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("the model produced a non-finite forecast for series[{series}]")]
+    NonFiniteOutput { series: usize },
+}
+
+impl ForecastError {
+    /// Errors the caller caused (bad input) as opposed to the model or engine failing.
+    pub fn is_client_error(&self) -> bool {
+        matches!(self, ForecastError::Shape { .. } | ForecastError::InputOutOfRange { .. })
+    }
+}
+
+pub struct Model {
+    metadata: ModelMetadata,
+    pipeline: Pipeline,
+    engine: Box<dyn Engine>,
+}
+
+impl Model {
+    /// Checks the contract and checksum, loads TorchScript and runs a warm-up forecast, so a model
+    /// that loads is one that answers.
+    pub fn load(artifacts: &ModelArtifacts) -> Result<Self, ModelError> {
+        let metadata = ModelMetadata::from_json(&artifacts.metadata_json)?;
+        metadata.verify_checksum(&artifacts.model_pt)?;
+        if !torch_version_matches(&metadata.torch_version) {
+            return Err(ModelError::TorchVersion {
+                declared: metadata.torch_version.clone(),
+            });
+        }
+        let engine = TorchEngine::load(&artifacts.model_pt, metadata.output.horizon)?;
+        let model = Model::with_engine(metadata, Box::new(engine));
+        model.warm_up()?;
+        Ok(model)
+    }
+
+    /// Assembles a model around any engine (tests use small fakes).
+    pub fn with_engine(metadata: ModelMetadata, engine: Box<dyn Engine>) -> Self {
+        Model {
+            pipeline: Pipeline::new(&metadata),
+            metadata,
+            engine,
+        }
+    }
+
+    pub fn metadata(&self) -> &ModelMetadata {
+        &self.metadata
+    }
+
+    /// Values per window: `window * features`, row-major.
+    pub fn window_len(&self) -> usize {
+        self.metadata.input.window * self.metadata.input.features.len()
+    }
+
+    /// One forecast of a window at the training mean: pays libtorch's lazy initialisation at load
+    /// time instead of on the first request, and proves the output shape.
+    pub fn warm_up(&self) -> Result<(), ModelError> {
+        let row: Vec<f64> = self
+            .metadata
+            .input
+            .features
+            .iter()
+            .map(|f| self.metadata.training_stats[f].mean)
+            .collect();
+        let window: Vec<f64> = row.iter().copied().cycle().take(self.window_len()).collect();
+        self.forecast(&[window]).map(|_| ()).map_err(ModelError::WarmUp)
+    }
+
+    /// Forecasts a batch of windows (original scale, row-major `[window][features]`) in one
+    /// forward pass. Returns `horizon` target values per window, original scale.
+    pub fn forecast<W: AsRef<[f64]>>(&self, windows: &[W]) -> Result<Vec<Vec<f64>>, ForecastError> {
+        let n = self.window_len();
+        let mut input = vec![0f32; windows.len() * n];
+        let mut scratch = Vec::with_capacity(n);
+        let mut restores = Vec::with_capacity(windows.len());
+        for (i, (window, out)) in windows.iter().zip(input.chunks_exact_mut(n)).enumerate() {
+            let window = window.as_ref();
+            if window.len() != n {
+                return Err(ForecastError::Shape {
+                    series: i,
+                    expected: n,
+                    actual: window.len(),
+                });
+            }
+            restores.push(self.pipeline.normalize_into(window, &mut scratch, out));
+            if out.iter().any(|x| !x.is_finite()) {
+                return Err(ForecastError::InputOutOfRange { series: i });
+            }
+        }
+        if windows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let horizon = self.metadata.output.horizon;
+        let output = self.engine.forward(
+            &input,
+            windows.len(),
+            self.metadata.input.window,
+            self.metadata.input.features.len(),
+        )?;
+        if output.len() != windows.len() * horizon {
+            return Err(EngineError::OutputShape {
+                actual: vec![output.len() as i64],
+                batch: windows.len(),
+                horizon,
+            }
+            .into());
+        }
+        output
+            .chunks_exact(horizon)
+            .zip(&restores)
+            .enumerate()
+            .map(|(series, (y, restore))| {
+                let values = restore.apply(y);
+                if values.iter().all(|v| v.is_finite()) {
+                    Ok(values)
+                } else {
+                    Err(ForecastError::NonFiniteOutput { series })
+                }
+            })
+            .collect()
+    }
+}
+
+fn torch_version_matches(declared: &str) -> bool {
+    let major_minor: Vec<&str> = declared.split(['.', '+']).take(2).collect();
+    major_minor.join(".") == LIBTORCH_VERSION
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Forecasts the last input value for every step: enough to check the plumbing around the engine.
+    struct RepeatLast {
+        horizon: usize,
+    }
+
+    impl Engine for RepeatLast {
+        fn forward(&self, input: &[f32], batch: usize, window: usize, features: usize) -> Result<Vec<f32>, EngineError> {
+            Ok((0..batch)
+                .flat_map(|b| {
+                    let last = input[(b * window + window - 1) * features];
+                    std::iter::repeat_n(last, self.horizon)
+                })
+                .collect())
+        }
+    }
+
+    fn metadata() -> ModelMetadata {
+        serde_json::from_value(serde_json::json!({
+            "format_version": 1, "name": "demo", "version": "1", "created_at": "2026-11-27T00:00:00Z",
+            "torch_version": "2.13.0", "model_sha256": "0".repeat(64),
+            "input": {"window": 3, "features": ["OT"], "target": "OT", "frequency": "1h"},
+            "output": {"horizon": 2},
+            "preprocessing": [{"kind": "z_score", "mean": [10.0], "std": [2.0]}],
+            "training_stats": {"OT": {"mean": 10.0, "std": 2.0, "min": 0.0, "max": 20.0, "quantile_edges": [0.0, 20.0]}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn forecasts_come_back_on_the_original_scale_in_request_order() {
+        let model = Model::with_engine(metadata(), Box::new(RepeatLast { horizon: 2 }));
+        let out = model.forecast(&[vec![1.0, 2.0, 3.0], vec![7.0, 8.0, 9.5]]).unwrap();
+        assert_eq!(out, vec![vec![3.0, 3.0], vec![9.5, 9.5]]);
+    }
+
+    #[test]
+    fn wrong_window_lengths_never_reach_the_engine() {
+        let model = Model::with_engine(metadata(), Box::new(RepeatLast { horizon: 2 }));
+        let err = model.forecast(&[vec![1.0, 2.0, 3.0], vec![1.0]]).unwrap_err();
+        assert!(matches!(err, ForecastError::Shape { series: 1, expected: 3, actual: 1 }));
+        assert!(err.is_client_error());
+    }
+
+    #[test]
+    fn values_that_overflow_f32_after_normalisation_are_refused() {
+        let model = Model::with_engine(metadata(), Box::new(RepeatLast { horizon: 2 }));
+        let err = model.forecast(&[vec![1.0, 2.0, 1e300]]).unwrap_err();
+        assert!(matches!(err, ForecastError::InputOutOfRange { series: 0 }));
+    }
+
+    #[test]
+    fn an_engine_returning_the_wrong_horizon_is_an_error_not_a_panic() {
+        let model = Model::with_engine(metadata(), Box::new(RepeatLast { horizon: 5 }));
+        let err = model.forecast(&[vec![1.0, 2.0, 3.0]]).unwrap_err();
+        assert!(matches!(err, ForecastError::Engine(EngineError::OutputShape { .. })));
+        assert!(model.warm_up().is_err());
+    }
+
+    #[test]
+    fn torch_versions_compare_on_major_minor() {
+        assert!(torch_version_matches("2.13.0"));
+        assert!(torch_version_matches("2.13.1+cpu"));
+        assert!(!torch_version_matches("2.12.0"));
+        assert!(!torch_version_matches("2"));
+    }
+}

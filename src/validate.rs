@@ -1,0 +1,312 @@
+//! `model validate`: proves a model is safe to serve, without risking the caller.
+//!
+//! Some broken TorchScript does not raise, it kills the process: an LSTM traced with a fixed batch
+//! segfaults inside oneDNN when called with another batch size. So the checks that touch libtorch
+//! run in a child process (`lstm-forecast model probe DIR`), which reports each check as a JSON line
+//! on stdout. If the child dies, the parent knows which check was running and reports the model
+//! invalid; the caller carries on.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::contract::ModelMetadata;
+use crate::model::{Model, ModelArtifacts};
+use crate::source::DirectorySource;
+
+/// Batch sizes the probe runs: 1 (a single request), 2 (the smallest batch), 64 (a large batch).
+pub const PROBE_BATCH_SIZES: [usize; 3] = [1, 2, 64];
+
+/// Largest allowed difference between a series forecast alone and inside a batch, relative to
+/// `|value| + training std`. Batched kernels may reorder float sums, nothing more.
+const BATCH_CONSISTENCY_TOLERANCE: f64 = 1e-4;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ValidationReport {
+    pub model: Option<String>,
+    pub valid: bool,
+    pub checks: Vec<Check>,
+}
+
+/// One line of the probe child's stdout.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum ProbeLine {
+    Running { running: String },
+    Done(Check),
+}
+
+/// Validates the model in `dir`. `exe` is this program's binary, re-run as the probe child.
+pub fn validate_dir(exe: &Path, dir: &Path, timeout: Duration) -> ValidationReport {
+    let mut checks = Vec::new();
+    let mut model = None;
+    let fail = |mut checks: Vec<Check>, model, name: &str, detail: String| {
+        checks.push(Check {
+            name: name.into(),
+            ok: false,
+            detail,
+        });
+        ValidationReport {
+            model,
+            valid: false,
+            checks,
+        }
+    };
+    // Cheap, libtorch-free checks first, in this process.
+    let artifacts = match DirectorySource::new(dir).read() {
+        Ok(a) => a,
+        Err(e) => return fail(checks, model, "files", e.to_string()),
+    };
+    let metadata = match ModelMetadata::from_json(&artifacts.metadata_json) {
+        Ok(m) => m,
+        Err(e) => return fail(checks, model, "contract", e.to_string()),
+    };
+    model = Some(format!("{} {}", metadata.name, metadata.version));
+    checks.push(Check {
+        name: "contract".into(),
+        ok: true,
+        detail: format!(
+            "window {} x {:?} -> horizon {} of {} at {}",
+            metadata.input.window,
+            metadata.input.features,
+            metadata.output.horizon,
+            metadata.input.target,
+            metadata.input.frequency
+        ),
+    });
+    if let Err(e) = metadata.verify_checksum(&artifacts.model_pt) {
+        return fail(checks, model, "checksum", e.to_string());
+    }
+    checks.push(Check {
+        name: "checksum".into(),
+        ok: true,
+        detail: format!("sha256 {}", metadata.model_sha256),
+    });
+
+    // Everything that touches libtorch, in a child that may die.
+    let child = Command::new(exe)
+        .args(["model", "probe"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return fail(checks, model, "probe", format!("cannot start {}: {e}", exe.display())),
+    };
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut running = None;
+        let mut done = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            match serde_json::from_str::<ProbeLine>(&line) {
+                Ok(ProbeLine::Running { running: name }) => running = Some(name),
+                Ok(ProbeLine::Done(check)) => {
+                    running = None;
+                    done.push(check);
+                }
+                Err(_) => {}
+            }
+        }
+        (running, done)
+    });
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+        text
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => break None,
+        }
+    };
+    let (running, done) = reader.join().unwrap_or_default();
+    let stderr_text = stderr_reader.join().unwrap_or_default();
+    checks.extend(done);
+    let during = running
+        .map(|name| format!(" during `{name}`"))
+        .unwrap_or_default();
+    match status {
+        None => {
+            return fail(
+                checks,
+                model,
+                "probe",
+                format!("probe did not finish within {}s{during}", timeout.as_secs()),
+            )
+        }
+        Some(status) if !status.success() => {
+            let how = describe_exit(status);
+            let last_stderr = stderr_text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(|l| format!("; last stderr line: {}", l.trim()))
+                .unwrap_or_default();
+            return fail(
+                checks,
+                model,
+                "probe",
+                format!("the probe process {how}{during}: libtorch cannot run this model safely{last_stderr}"),
+            );
+        }
+        Some(_) => {}
+    }
+    let valid = !checks.is_empty() && checks.iter().all(|c| c.ok);
+    ValidationReport {
+        model,
+        valid,
+        checks,
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            let name = match signal {
+                4 => "SIGILL",
+                6 => "SIGABRT",
+                7 => "SIGBUS",
+                8 => "SIGFPE",
+                9 => "SIGKILL",
+                11 => "SIGSEGV",
+                _ => "signal",
+            };
+            return format!("crashed with {name} ({signal})");
+        }
+    }
+    match status.code() {
+        Some(code) => format!("exited with status {code}"),
+        None => "exited abnormally".into(),
+    }
+}
+
+/// The child side: loads the model and runs every batch size, one JSON line per check.
+/// Returns false if any check failed. Never called in a process that must survive.
+pub fn run_probe(artifacts: &ModelArtifacts, out: &mut dyn std::io::Write) -> bool {
+    let mut emit = |line: &ProbeLine| {
+        let _ = writeln!(out, "{}", serde_json::to_string(line).expect("serialisable"));
+        let _ = out.flush();
+    };
+    emit(&ProbeLine::Running {
+        running: "load".into(),
+    });
+    let model = match Model::load(artifacts) {
+        Ok(m) => m,
+        Err(e) => {
+            emit(&ProbeLine::Done(Check {
+                name: "load".into(),
+                ok: false,
+                detail: e.to_string(),
+            }));
+            return false;
+        }
+    };
+    emit(&ProbeLine::Done(Check {
+        name: "load".into(),
+        ok: true,
+        detail: "TorchScript loaded; warm-up forecast finite and of the declared shape".into(),
+    }));
+    let largest = *PROBE_BATCH_SIZES.iter().max().expect("non-empty");
+    let windows = probe_windows(model.metadata(), largest);
+    // Each series forecast alone is the reference a batch must reproduce.
+    let mut singles = Vec::with_capacity(largest);
+    let mut all_ok = true;
+    for batch in PROBE_BATCH_SIZES {
+        let name = format!("batch {batch}");
+        emit(&ProbeLine::Running { running: name.clone() });
+        while singles.len() < batch {
+            match model.forecast(&windows[singles.len()..=singles.len()]) {
+                Ok(mut out) => singles.push(out.remove(0)),
+                Err(e) => {
+                    emit(&ProbeLine::Done(Check {
+                        name,
+                        ok: false,
+                        detail: format!("single-series forecast failed: {e}"),
+                    }));
+                    return false;
+                }
+            }
+        }
+        let check = match model.forecast(&windows[..batch]) {
+            Err(e) => Check {
+                name,
+                ok: false,
+                detail: e.to_string(),
+            },
+            Ok(out) => {
+                let std = model.metadata().training_stats[&model.metadata().input.target].std;
+                let worst = out
+                    .iter()
+                    .zip(&singles)
+                    .flat_map(|(b, s)| b.iter().zip(s).map(|(b, s)| (b - s).abs() / (s.abs() + std)))
+                    .fold(0.0, f64::max);
+                let shaped = out.len() == batch && out.iter().all(|s| s.len() == model.metadata().output.horizon);
+                if !shaped {
+                    Check {
+                        name,
+                        ok: false,
+                        detail: "forecast count or horizon does not match the batch".into(),
+                    }
+                } else if worst > BATCH_CONSISTENCY_TOLERANCE {
+                    Check {
+                        name,
+                        ok: false,
+                        detail: format!(
+                            "a series' forecast differs inside the batch from alone (relative difference {worst:.2e} > {BATCH_CONSISTENCY_TOLERANCE:.0e})"
+                        ),
+                    }
+                } else {
+                    Check {
+                        name,
+                        ok: true,
+                        detail: format!("finite, [{batch}, {}], matches single-series forecasts (max rel. diff {worst:.1e})", model.metadata().output.horizon),
+                    }
+                }
+            }
+        };
+        all_ok &= check.ok;
+        emit(&ProbeLine::Done(check));
+    }
+    all_ok
+}
+
+/// Deterministic, distinct, plausible windows: daily-ish sine waves around the training mean.
+fn probe_windows(metadata: &ModelMetadata, count: usize) -> Vec<Vec<f64>> {
+    let features = &metadata.input.features;
+    (0..count)
+        .map(|series| {
+            (0..metadata.input.window)
+                .flat_map(|t| {
+                    features.iter().map(move |f| {
+                        let stats = &metadata.training_stats[f];
+                        let phase = series as f64 * 0.37;
+                        stats.mean + stats.std * (0.8 * ((t as f64) * std::f64::consts::TAU / 24.0 + phase).sin() + 0.01 * series as f64)
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
