@@ -19,6 +19,16 @@ pub struct ModelArtifacts {
     pub model_pt: Vec<u8>,
 }
 
+impl std::fmt::Debug for ModelArtifacts {
+    /// Sizes only: dumping a model's bytes into a log helps nobody.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelArtifacts")
+            .field("metadata_json_bytes", &self.metadata_json.len())
+            .field("model_pt_bytes", &self.model_pt.len())
+            .finish()
+    }
+}
+
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

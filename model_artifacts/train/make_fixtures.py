@@ -1,0 +1,69 @@
+"""Writes the test fixture models under tests/fixtures/.
+
+broken-traced-lstm/: an LSTM exported with torch.jit.trace at batch size 1, with its initial
+hidden state passed as constants. The trace bakes that batch size in; libtorch's oneDNN LSTM then
+crashes the process (SIGSEGV, no exception) on any other batch size. This is the model that
+`lstm-forecast model validate` must reject without dying itself.
+
+Usage: python make_fixtures.py --out ../../tests/fixtures
+"""
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+
+import torch
+from torch import nn
+
+WINDOW, HORIZON, HIDDEN = 168, 24, 8
+
+
+class FixedBatchLstm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(1, HIDDEN, batch_first=True)
+        self.head = nn.Linear(HIDDEN, HORIZON)
+        # The mistake: a hidden state sized for batch 1, captured as a constant by the trace.
+        self.register_buffer("h0", torch.zeros(1, 1, HIDDEN))
+        self.register_buffer("c0", torch.zeros(1, 1, HIDDEN))
+
+    def forward(self, x):
+        out, _ = self.lstm(x, (self.h0, self.c0))
+        return self.head(out[:, -1, :])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    model = FixedBatchLstm().eval()
+    traced = torch.jit.trace(model, torch.zeros(1, WINDOW, 1))
+    folder = os.path.join(args.out, "broken-traced-lstm")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "model.pt")
+    traced.save(path)
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    meta = {
+        "format_version": 1,
+        "name": "broken-traced-lstm",
+        "version": "0.0.1",
+        "created_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "torch_version": torch.__version__.split("+")[0],
+        "model_sha256": digest,
+        "input": {"window": WINDOW, "features": ["OT"], "target": "OT", "frequency": "1h"},
+        "output": {"horizon": HORIZON},
+        "preprocessing": [{"kind": "z_score", "mean": [17.0], "std": [9.0]}],
+        "training_stats": {"OT": {"mean": 17.0, "std": 9.0, "min": -4.0, "max": 46.0, "quantile_edges": [-4.0, 17.0, 46.0]}},
+        "training": {"note": "untrained; traced with a fixed batch of 1 on purpose (see make_fixtures.py)"},
+    }
+    with open(os.path.join(folder, "model.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
+    print(f"wrote {folder}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+//! The `lstm-forecast` binary, run as a user would.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::repo_path;
+use lstm_forecast::model::contract::sha256_hex;
+use serde_json::Value;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let output = bin().args(args).env("THREADS", "1").output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn validate_accepts_the_bundled_model_at_every_probe_batch_size() {
+    let dir = repo_path("model_artifacts/etth1-ot-lstm");
+    let (ok, stdout, _) = run(&["model", "validate", dir.to_str().unwrap()]);
+    assert!(ok, "{stdout}");
+    for check in ["contract", "checksum", "load", "batch 1", "batch 2", "batch 64"] {
+        assert!(stdout.lines().any(|l| l.contains("ok") && l.contains(check)), "{check} missing:\n{stdout}");
+    }
+    assert!(stdout.trim_end().ends_with("valid"));
+}
+
+#[test]
+fn validate_reports_a_model_that_crashes_libtorch_without_crashing_itself() {
+    // GIVEN an LSTM traced with a fixed batch of 1 (libtorch dies on batch 2)
+    let dir = repo_path("tests/fixtures/broken-traced-lstm");
+    // WHEN it is validated
+    let output = bin()
+        .args(["model", "validate", "--json", dir.to_str().unwrap()])
+        .env("THREADS", "1")
+        .output()
+        .unwrap();
+    // THEN the command itself exits normally with status 1 and a report naming the crash
+    assert_eq!(output.status.code(), Some(1), "validate must exit, not die");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["valid"], false);
+    let failed = report["checks"].as_array().unwrap().iter().find(|c| c["ok"] == false).unwrap();
+    let detail = failed["detail"].as_str().unwrap();
+    assert!(detail.contains("crashed with SIG"), "{detail}");
+    assert!(detail.contains("during `batch 2`"), "{detail}");
+    // AND batch 1 (what a warm-up alone would try) passed, which is why the probe is needed
+    assert!(report["checks"].as_array().unwrap().iter().any(|c| c["name"] == "batch 1" && c["ok"] == true));
+}
+
+#[test]
+fn validate_rejects_a_corrupt_model_pt_and_a_bad_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundled = repo_path("model_artifacts/etth1-ot-lstm");
+    let garbage = b"PK\x03\x04 not really a zip".to_vec();
+    let mut metadata: Value = serde_json::from_slice(&std::fs::read(bundled.join("model.json")).unwrap()).unwrap();
+    metadata["model_sha256"] = sha256_hex(&garbage).into();
+    std::fs::write(dir.path().join("model.pt"), &garbage).unwrap();
+    std::fs::write(dir.path().join("model.json"), serde_json::to_vec(&metadata).unwrap()).unwrap();
+    let (ok, stdout, _) = run(&["model", "validate", dir.path().to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stdout.contains("FAIL load") && stdout.contains("libtorch could not load model.pt"), "{stdout}");
+
+    std::fs::copy(bundled.join("model.pt"), dir.path().join("model.pt")).unwrap();
+    let (ok, stdout, _) = run(&["model", "validate", dir.path().to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stdout.contains("FAIL checksum"), "{stdout}");
+}
+
+#[test]
+fn validate_names_missing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, stdout, _) = run(&["model", "validate", dir.path().to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stdout.contains("model.json"), "{stdout}");
+}
+
+#[test]
+fn forecast_reads_the_etth1_csv_and_forecasts_the_24_hours_after_it() {
+    let csv = repo_path("model_artifacts/data/ETTh1.csv");
+    let (ok, stdout, stderr) = run(&["forecast", "--input", csv.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let answer: Value = serde_json::from_str(&stdout).unwrap();
+    let forecast = &answer["forecasts"][0];
+    assert_eq!(forecast["values"].as_array().unwrap().len(), 24);
+    // The file ends at 2018-06-26 19:00.
+    assert_eq!(forecast["timestamps"][0], "2018-06-26T20:00:00Z");
+    assert!(stderr.contains("model loaded"), "logs should say what was loaded: {stderr}");
+}
+
+#[test]
+fn forecast_explains_a_bad_input_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("short.csv");
+    std::fs::write(&path, "date,OT\n2018-01-01 00:00:00,3.5\n").unwrap();
+    let (ok, _, stderr) = run(&["forecast", "--input", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("has 1 rows; the model needs at least 168"), "{stderr}");
+}
+
+#[test]
+fn a_bad_model_uri_is_an_error_that_names_it() {
+    let (ok, _, stderr) = run(&["model", "show", "--model", "/nonexistent/model"]);
+    assert!(!ok);
+    assert!(stderr.contains("/nonexistent/model/model.json"), "{stderr}");
+}
+
+#[test]
+fn help_explains_the_commands_and_endpoints() {
+    let (ok, stdout, _) = run(&["serve", "--help"]);
+    assert!(ok);
+    for needle in ["POST /v1/forecast", "SIGTERM", "--bind", "MODEL_URI", "--max-queue"] {
+        assert!(stdout.contains(needle), "serve --help lacks {needle}:\n{stdout}");
+    }
+}
+
+#[tokio::test]
+async fn serve_answers_then_exits_cleanly_on_sigterm() {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("THREADS", "1")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (address_tx, address_rx) = std::sync::mpsc::channel();
+    let log_reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        let stderr = tokio_stderr_to_std(stderr);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = address_tx.send(rest.split_whitespace().next().unwrap().to_string());
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    let address = tokio::task::spawn_blocking(move || address_rx.recv_timeout(std::time::Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .expect("the server logs its address");
+    let response = reqwest::Client::new()
+        .post(format!("http://{address}/v1/forecast"))
+        .json(&common::forecast_body(&[common::window(0.0)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let log = log_reader.join().unwrap();
+    assert!(log.contains("shutdown signal received"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+    assert!(log.contains("model_version"), "logs carry the model version: {log}");
+}
+
+fn tokio_stderr_to_std(stderr: tokio::process::ChildStderr) -> std::fs::File {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let fd = stderr.into_owned_fd().unwrap().into_raw_fd();
+    // SAFETY: the descriptor was just released by tokio and is owned by nobody else.
+    unsafe { std::fs::File::from_raw_fd(fd) }
+}

@@ -1,0 +1,82 @@
+//! Shared test helpers: a real server on 127.0.0.1:0 with the real bundled model.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use lstm_forecast::http::{self, AppState, Limits};
+use lstm_forecast::infer::InferenceHandle;
+use lstm_forecast::metrics::ServerMetrics;
+use lstm_forecast::model::{Model, ModelArtifacts};
+use lstm_forecast::source::{BUNDLED_MODEL_JSON, BUNDLED_MODEL_PT};
+use tokio::sync::oneshot;
+
+pub fn repo_path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+pub fn bundled_artifacts() -> ModelArtifacts {
+    ModelArtifacts {
+        metadata_json: BUNDLED_MODEL_JSON.to_vec(),
+        model_pt: BUNDLED_MODEL_PT.to_vec(),
+    }
+}
+
+pub fn bundled_model() -> Model {
+    lstm_forecast::model::engine::configure_threads(Some(1));
+    Model::load(&bundled_artifacts()).expect("the bundled model loads")
+}
+
+/// A running server; dropping it without `stop` leaves the task to die with the runtime.
+pub struct TestServer {
+    pub base: String,
+    pub state: AppState,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    pub async fn start(model: Model, limits: Limits, max_queue: usize) -> Self {
+        let (handle, _engine_thread) = InferenceHandle::spawn(model, max_queue);
+        let state = AppState::new(handle, ServerMetrics::new(), limits);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let task = tokio::spawn(http::serve(listener, state.clone(), async {
+            let _ = stop.await;
+        }));
+        TestServer {
+            base,
+            state,
+            shutdown: Some(shutdown),
+            task,
+        }
+    }
+
+    pub async fn bundled() -> Self {
+        Self::start(bundled_model(), Limits::default(), 64).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// `n` ETTh1-like windows of 168 hourly values (a daily cycle around 15 degrees).
+pub fn window(phase: f64) -> Vec<f64> {
+    (0..168)
+        .map(|t| 15.0 + 4.0 * ((t as f64) * std::f64::consts::TAU / 24.0 + phase).sin())
+        .collect()
+}
+
+pub fn forecast_body(windows: &[Vec<f64>]) -> serde_json::Value {
+    serde_json::json!({
+        "series": windows.iter().enumerate().map(|(i, w)| serde_json::json!({"id": format!("s{i}"), "values": w})).collect::<Vec<_>>()
+    })
+}
