@@ -1,1 +1,274 @@
-fn main(){}
+//! `make bench`: where a forecast's time goes, in one run, printed as a Markdown table.
+//!
+//! Rows: the raw libtorch forward (the floor), the in-process forecast path (validation-free
+//! preprocessing + tensor + forward + restore), and an HTTP round trip through the real server,
+//! each for 1 and 64 series; then cold start (exec -> first HTTP forecast answered) and RSS of the
+//! `serve` process. Raw and path samples are taken in alternating blocks so machine noise hits both.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lstm_forecast::http::{self, AppState, Limits};
+use lstm_forecast::infer::InferenceHandle;
+use lstm_forecast::metrics::ServerMetrics;
+use lstm_forecast::model::engine::configure_libtorch;
+use lstm_forecast::model::{Model, ModelArtifacts};
+use lstm_forecast::source::{BUNDLED_MODEL_JSON, BUNDLED_MODEL_PT};
+
+const THREADS: usize = 1;
+
+fn main() {
+    // `cargo bench` passes `--bench`; ignore arguments.
+    configure_libtorch(Some(THREADS));
+    let artifacts = ModelArtifacts {
+        metadata_json: BUNDLED_MODEL_JSON.to_vec(),
+        model_pt: BUNDLED_MODEL_PT.to_vec(),
+    };
+    let model = Model::load(&artifacts).expect("bundled model loads");
+    let module = {
+        let mut m = tch::CModule::load_data(&mut std::io::Cursor::new(BUNDLED_MODEL_PT)).unwrap();
+        m.set_eval();
+        m
+    };
+    let windows: Vec<Vec<f64>> = (0..64).map(window).collect();
+    let mut rows = Vec::new();
+
+    for (batch, rounds, per_round) in [(1usize, 20, 100), (64, 10, 20)] {
+        let input = &windows[..batch];
+        // What the network sees: the same normalised values the path would build.
+        let tensor = normalised_tensor(&model, input);
+        let mut raw = Vec::new();
+        let mut path = Vec::new();
+        for _ in 0..3 {
+            raw_forward(&module, &tensor);
+            model.forecast(input).unwrap();
+        }
+        for _ in 0..rounds {
+            for _ in 0..per_round {
+                let t = Instant::now();
+                raw_forward(&module, &tensor);
+                raw.push(t.elapsed());
+            }
+            for _ in 0..per_round {
+                let t = Instant::now();
+                std::hint::black_box(model.forecast(input).unwrap());
+                path.push(t.elapsed());
+            }
+        }
+        rows.push(Row::new(format!("raw libtorch forward, {batch} series"), &mut raw, batch));
+        let raw_p50 = percentile(&raw, 0.5);
+        let mut row = Row::new(format!("forecast path (in-process), {batch} series"), &mut path, batch);
+        row.note = format!("{:.3}x raw p50", percentile(&path, 0.5).as_secs_f64() / raw_p50.as_secs_f64());
+        rows.push(row);
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (handle, _engine) = InferenceHandle::spawn(Model::load(&artifacts).unwrap(), 64);
+        let state = AppState::new(handle, ServerMetrics::new(), Limits::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/forecast", listener.local_addr().unwrap());
+        tokio::spawn(http::serve(listener, state, std::future::pending()));
+        let client = reqwest::Client::new();
+        for (batch, requests) in [(1usize, 1000), (64, 200)] {
+            let body = body(&windows[..batch]);
+            let mut samples = Vec::new();
+            for i in 0..requests + 20 {
+                let t = Instant::now();
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                response.bytes().await.unwrap();
+                if i >= 20 {
+                    samples.push(t.elapsed());
+                }
+            }
+            rows.push(Row::new(format!("HTTP round trip, {batch} series"), &mut samples, batch));
+        }
+    });
+
+    println!();
+    println!("## Forecast latency (bundled ETTh1 LSTM, window 168 -> horizon 24, {THREADS} libtorch thread)");
+    println!();
+    println!("| what | p50 | p99 | per series (p50) | note |");
+    println!("|---|---:|---:|---:|---|");
+    for row in &rows {
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            row.name,
+            fmt(row.p50),
+            fmt(row.p99),
+            fmt(row.p50 / row.batch as u32),
+            row.note
+        );
+    }
+
+    let cold = cold_start(5, &body(&windows[..1]));
+    println!();
+    println!("## Cold start and memory (`lstm-forecast serve`, release build)");
+    println!();
+    println!("| what | value |");
+    println!("|---|---:|");
+    println!("| exec -> first forecast answered over HTTP (median of 5) | {} |", fmt(cold.median));
+    println!("| fastest of 5 | {} |", fmt(cold.fastest));
+    println!("| RSS after 200 single + 20 batch-64 forecasts | {:.1} MB |", cold.rss_kb as f64 / 1024.0);
+    println!("| peak RSS (VmHWM) | {:.1} MB |", cold.hwm_kb as f64 / 1024.0);
+    println!();
+    println!("Targets (issue 2): path p50 <= 1.05x raw; cold start <= 0.3 s; RSS <= 150 MB.");
+}
+
+struct Row {
+    name: String,
+    p50: Duration,
+    p99: Duration,
+    batch: usize,
+    note: String,
+}
+
+impl Row {
+    fn new(name: String, samples: &mut [Duration], batch: usize) -> Self {
+        samples.sort();
+        Row {
+            name,
+            p50: percentile(samples, 0.5),
+            p99: percentile(samples, 0.99),
+            batch,
+            note: String::new(),
+        }
+    }
+}
+
+fn percentile(samples: &[Duration], q: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn fmt(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us >= 10_000.0 {
+        format!("{:.1} ms", us / 1000.0)
+    } else if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+fn window(series: usize) -> Vec<f64> {
+    (0..168)
+        .map(|t| 15.0 + 4.0 * ((t as f64) * std::f64::consts::TAU / 24.0 + series as f64 * 0.3).sin())
+        .collect()
+}
+
+fn normalised_tensor(model: &Model, windows: &[Vec<f64>]) -> tch::Tensor {
+    let metadata = model.metadata();
+    let pipeline = lstm_forecast::model::preprocess::Pipeline::new(metadata);
+    let n = model.window_len();
+    let mut input = vec![0f32; windows.len() * n];
+    for (w, out) in windows.iter().zip(input.chunks_exact_mut(n)) {
+        pipeline.normalize_into(w, &mut Vec::new(), out);
+    }
+    tch::Tensor::from_slice(&input).view([windows.len() as i64, metadata.input.window as i64, 1])
+}
+
+fn raw_forward(module: &tch::CModule, tensor: &tch::Tensor) {
+    let _guard = tch::no_grad_guard();
+    let out = module.forward_ts(&[tensor]).unwrap();
+    std::hint::black_box(Vec::<f32>::try_from(&out.view([-1])).unwrap());
+}
+
+fn body(windows: &[Vec<f64>]) -> String {
+    serde_json::json!({"series": windows.iter().map(|w| serde_json::json!({"values": w})).collect::<Vec<_>>()}).to_string()
+}
+
+struct ColdStart {
+    median: Duration,
+    fastest: Duration,
+    rss_kb: u64,
+    hwm_kb: u64,
+}
+
+/// Starts `serve` `runs` times; each time measures exec -> first forecast answered.
+fn cold_start(runs: usize, single_body: &str) -> ColdStart {
+    let exe = env!("CARGO_BIN_EXE_lstm-forecast");
+    let mut times = Vec::new();
+    let (mut rss_kb, mut hwm_kb) = (0, 0);
+    for run in 0..runs {
+        let started = Instant::now();
+        let mut child = Command::new(exe)
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .env("THREADS", THREADS.to_string())
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn serve");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let address = loop {
+            let line = lines.next().expect("serve exited before listening").unwrap();
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        // Keep draining the log so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let url = format!("http://{address}/v1/forecast");
+        post_blocking(&url, single_body);
+        times.push(started.elapsed());
+        if run == 0 {
+            for _ in 0..200 {
+                post_blocking(&url, single_body);
+            }
+            let batch_body = body(&(0..64).map(window).collect::<Vec<_>>());
+            for _ in 0..20 {
+                post_blocking(&url, &batch_body);
+            }
+            let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+            rss_kb = status_kb(&status, "VmRSS:");
+            hwm_kb = status_kb(&status, "VmHWM:");
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    times.sort();
+    ColdStart {
+        median: times[times.len() / 2],
+        fastest: times[0],
+        rss_kb,
+        hwm_kb,
+    }
+}
+
+fn status_kb(status: &str, key: &str) -> u64 {
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// POSTs JSON over a fresh TCP connection with plain std I/O and panics unless the answer is 200.
+/// Used for cold start so the timing does not include an HTTP client's own start-up.
+fn post_blocking(url: &str, body: &str) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{}", answer.lines().next().unwrap_or(""));
+}

@@ -15,6 +15,8 @@ pub enum InputFormat {
     Csv,
     /// The `POST /v1/forecast` body.
     Json,
+    /// One series object (`{"id","values","last_timestamp"}`) per line: batch jobs.
+    JsonLines,
 }
 
 impl InputFormat {
@@ -26,6 +28,9 @@ impl InputFormat {
         }
         if lower.ends_with(".json") {
             return InputFormat::Json;
+        }
+        if lower.ends_with(".jsonl") || lower.ends_with(".ndjson") {
+            return InputFormat::JsonLines;
         }
         match content.iter().find(|b| !b.is_ascii_whitespace()) {
             Some(b'{') => InputFormat::Json,
@@ -46,7 +51,45 @@ pub fn parse_input(format: InputFormat, content: &[u8], shape: &RequestShape) ->
     match format {
         InputFormat::Json => parse_forecast_request(content, shape),
         InputFormat::Csv => parse_csv(content, shape),
+        InputFormat::JsonLines => parse_json_lines(content, shape),
     }
+}
+
+/// JSON Lines: each non-blank line is one series, validated like a `POST /v1/forecast` series;
+/// errors name the line.
+pub fn parse_json_lines(content: &[u8], shape: &RequestShape) -> Result<Vec<SeriesInput>, RequestError> {
+    let mut series = Vec::new();
+    let one = RequestShape {
+        max_series: 1,
+        ..shape.clone()
+    };
+    for (index, line) in content.split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if series.len() == shape.max_series {
+            return Err(RequestError {
+                code: ErrorCode::TooManySeries,
+                message: format!("more than {} series; split the input", shape.max_series),
+            });
+        }
+        let mut body = Vec::with_capacity(line.len() + 12);
+        body.extend_from_slice(b"{\"series\":[");
+        body.extend_from_slice(line);
+        body.extend_from_slice(b"]}");
+        let parsed = parse_forecast_request(&body, &one).map_err(|e| RequestError {
+            code: e.code,
+            message: format!("line {}: {}", index + 1, e.message.replace("series[0]", "series")),
+        })?;
+        series.extend(parsed);
+    }
+    if series.is_empty() {
+        return Err(RequestError {
+            code: ErrorCode::EmptyRequest,
+            message: "no series: the input has no non-blank lines".into(),
+        });
+    }
+    Ok(series)
 }
 
 pub fn parse_csv(content: &[u8], shape: &RequestShape) -> Result<Vec<SeriesInput>, RequestError> {
@@ -187,6 +230,16 @@ mod tests {
         assert!(err.message.contains("no column `OT`"));
         let err = parse_csv(b"OT\n1\nnan\n", &shape()).unwrap_err();
         assert_eq!(err.code, ErrorCode::NonFiniteValue);
+    }
+
+    #[test]
+    fn json_lines_are_one_series_per_line_and_errors_name_the_line() {
+        let text = "{\"id\":\"a\",\"values\":[1,2]}\n\n{\"id\":\"b\",\"values\":[3,4]}\n";
+        let series = parse_json_lines(text.as_bytes(), &shape()).unwrap();
+        assert_eq!(series.len(), 2);
+        assert_eq!(series[1].values, vec![3.0, 4.0]);
+        let err = parse_json_lines(b"{\"values\":[1,2]}\n{\"values\":[1]}\n", &shape()).unwrap_err();
+        assert!(err.message.starts_with("line 2: series.values has 1 entries"), "{}", err.message);
     }
 
     #[test]

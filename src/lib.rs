@@ -10,7 +10,12 @@
 //!   ([`model::engine`]), and [`model::Model`], which ties them into the batched forecast path.
 //! - [`forecast`]: forecast requests and answers, parsed and validated without trusting the client.
 //! - [`input`]: CSV and JSON files as forecast input (CLI, batch jobs).
-//! - [`source`]: the model-source port (`bundled`, local directory; S3 comes with the Lambda).
+//! - [`source`]: the model-source port and model URIs (`bundled`, a directory, the S3 registry).
+//! - [`registry`]: the model registry on S3 (versions, the `live` alias with its history,
+//!   rollback) and the S3 model source with its on-disk cache.
+//! - [`reload`]: hot reload of the alias in long-running processes.
+//! - [`aws`]: SDK configuration (retries and timeouts sized for Lambda init, emulator endpoints).
+//! - [`emf`]: CloudWatch Embedded Metric Format lines.
 //! - [`infer`]: the inference handle: a dedicated engine thread behind a bounded queue, so libtorch
 //!   never runs on async workers.
 //! - [`validate`]: `model validate`, which probes a model in a child process so a model that
@@ -20,13 +25,20 @@
 //! Adapters only convert types and errors:
 //!
 //! - [`http`]: the axum server (`lstm-forecast serve`).
+//! - [`lambda`]: the Lambda function: API Gateway events through the same router, scheduled batch
+//!   jobs, alarm-driven rollback.
 //! - `src/main.rs`: the command line (`serve`, `forecast`, `model ...`).
 
+pub mod aws;
+pub mod emf;
 pub mod forecast;
 pub mod http;
 pub mod infer;
 pub mod input;
+pub mod lambda;
 pub mod metrics;
 pub mod model;
+pub mod registry;
+pub mod reload;
 pub mod source;
 pub mod validate;

@@ -13,9 +13,11 @@ use lstm_forecast::http::{self, AppState, Limits};
 use lstm_forecast::infer::InferenceHandle;
 use lstm_forecast::input::{parse_input, InputFormat};
 use lstm_forecast::metrics::ServerMetrics;
-use lstm_forecast::model::engine::configure_threads;
+use lstm_forecast::model::engine::configure_libtorch;
 use lstm_forecast::model::Model;
-use lstm_forecast::source::{source_for_uri, DirectorySource};
+use lstm_forecast::lambda::{self, LambdaConfig};
+use lstm_forecast::registry::{Registry, RegistryRef, RollbackOutcome};
+use lstm_forecast::source::{open_source, DirectorySource, ModelUri};
 use lstm_forecast::validate::{run_probe, validate_dir};
 
 /// LSTM time-series forecasts on libtorch.
@@ -52,14 +54,40 @@ enum Command {
     /// CSV: a header naming the model's features (e.g. `OT`), optional `id` and `date`/`timestamp`
     /// columns; each series uses its last `window` rows. JSON: the body of POST /v1/forecast.
     Forecast(ForecastArgs),
-    /// Inspect and check models.
+    /// Inspect, check and publish models (local directories and the S3 registry).
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Run as an AWS Lambda function (also started when the binary is invoked as `bootstrap`).
+    ///
+    /// Answers API Gateway REST/HTTP proxy events (the same routes as `serve`), EventBridge
+    /// scheduled events ({"action":"batch-forecast","input":"s3://...","output":"s3://..."}), and
+    /// CloudWatch alarm events (rollback of the model alias for alarms in ROLLBACK_ALARMS). Needs the
+    /// Lambda environment (AWS_LAMBDA_RUNTIME_API, ...). A failed init exits non-zero with the cause.
+    Lambda(LambdaArgs),
+}
+
+#[derive(Args)]
+struct LambdaArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+
+    /// Comma-separated alarm names whose ALARM state rolls the model alias back.
+    #[arg(long, env = "ROLLBACK_ALARMS", value_delimiter = ',', default_value = "")]
+    rollback_alarms: Vec<String>,
+
+    /// Seconds between checks of the registry alias by a warm instance (0: every invocation).
+    #[arg(long, env = "ALIAS_CHECK_SECONDS", default_value_t = 60)]
+    alias_check_seconds: u64,
+
+    /// CloudWatch namespace of the Embedded Metric Format lines.
+    #[arg(long, env = "METRICS_NAMESPACE", default_value = lstm_forecast::emf::DEFAULT_NAMESPACE)]
+    metrics_namespace: String,
 }
 
 #[derive(Args)]
 struct ModelArgs {
-    /// Model to use: `bundled`, a model directory, or file://DIR.
+    /// Model to use: `bundled`, a model directory, file://DIR, s3://BUCKET/models/NAME (the live
+    /// alias, followed by hot reload in `serve`) or s3://BUCKET/models/NAME/VERSION.
     #[arg(long, env = "MODEL_URI", default_value = "bundled")]
     model: String,
 
@@ -88,6 +116,11 @@ struct ServeArgs {
     /// Requests that may wait for the engine; beyond this the server answers 429 with Retry-After.
     #[arg(long, env = "MAX_QUEUE", default_value_t = 64)]
     max_queue: usize,
+
+    /// Seconds between checks of the registry alias when --model is s3://BUCKET/models/NAME; a new
+    /// live version is loaded in the background and swapped in (0 disables).
+    #[arg(long, env = "RELOAD_INTERVAL_SECONDS", default_value_t = 60)]
+    reload_interval_seconds: u64,
 }
 
 #[derive(Args)]
@@ -116,6 +149,8 @@ struct ForecastArgs {
 enum FormatArg {
     Csv,
     Json,
+    /// One series object per line.
+    Jsonl,
 }
 
 #[derive(Subcommand)]
@@ -141,13 +176,51 @@ enum ModelCommand {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Validate a model directory, upload it to the S3 registry as a new version, and make it live.
+    ///
+    /// Uploads NAME/VERSION/model.pt then model.json (VERSION from model.json; versions are
+    /// immutable), then points the `live` alias at it unless --no-promote.
+    Publish {
+        /// Model directory holding model.json and model.pt.
+        dir: PathBuf,
+        /// Registry: s3://BUCKET/models/NAME.
+        registry: String,
+        /// Upload without making the version live.
+        #[arg(long)]
+        no_promote: bool,
+    },
+    /// List a registry's published versions and which one is live.
+    List {
+        /// Registry: s3://BUCKET/models/NAME.
+        registry: String,
+    },
+    /// Make a published version live (the previous one stays in the alias history).
+    Promote {
+        /// Registry: s3://BUCKET/models/NAME.
+        registry: String,
+        version: String,
+    },
+    /// Move the live alias back to the version that was live before the current one.
+    Rollback {
+        /// Registry: s3://BUCKET/models/NAME.
+        registry: String,
+    },
     /// Internal: the child process of `model validate`. Prints one JSON line per check.
     #[command(hide = true)]
     Probe { dir: PathBuf },
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    // Lambda's provided.al2023 runtime executes `bootstrap` with no arguments.
+    let invoked_as_bootstrap = std::env::args_os()
+        .next()
+        .map(|arg0| PathBuf::from(arg0).file_name().is_some_and(|n| n == "bootstrap"))
+        .unwrap_or(false);
+    let cli = if invoked_as_bootstrap {
+        Cli::parse_from(["lstm-forecast", "lambda"])
+    } else {
+        Cli::parse()
+    };
     init_tracing(cli.log_format);
     match run(cli.command) {
         Ok(code) => code,
@@ -185,8 +258,46 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             let model = load_model(&model)?;
             println!("{}", serde_json::to_string_pretty(model.metadata())?);
         }
+        Command::Model(ModelCommand::Publish {
+            dir,
+            registry,
+            no_promote,
+        }) => return publish(dir, &registry, !no_promote),
+        Command::Model(ModelCommand::List { registry }) => {
+            let registry = open_registry(&registry)?;
+            runtime()?.block_on(async {
+                let live = registry.read_alias().await?.map(|(alias, _)| alias);
+                for version in registry.list_versions().await? {
+                    let marker = if live.as_ref().is_some_and(|a| a.version == version) { "  (live)" } else { "" };
+                    println!("{version}{marker}");
+                }
+                if let Some(alias) = live {
+                    println!("live history: {}", alias.history.join(" -> "));
+                }
+                anyhow::Ok(())
+            })?;
+        }
+        Command::Model(ModelCommand::Promote { registry, version }) => {
+            let registry = open_registry(&registry)?;
+            let previous = runtime()?.block_on(registry.promote(&version))?;
+            match previous {
+                Some(p) if p == version => println!("{version} is already live"),
+                Some(p) => println!("{version} is live (was {p})"),
+                None => println!("{version} is live"),
+            }
+        }
+        Command::Model(ModelCommand::Rollback { registry }) => {
+            let registry = open_registry(&registry)?;
+            let trigger = format!("cli@{}", chrono::Utc::now().to_rfc3339());
+            match runtime()?.block_on(registry.rollback(&trigger))? {
+                RollbackOutcome::RolledBack { from, to } | RollbackOutcome::AlreadyApplied { from, to } => {
+                    println!("rolled back: {to} is live (was {from})")
+                }
+            }
+        }
+        Command::Lambda(args) => return run_lambda(args),
         Command::Model(ModelCommand::Probe { dir }) => {
-            configure_threads(None);
+            configure_libtorch(None);
             let artifacts = DirectorySource::new(&dir).read()?;
             let ok = run_probe(&artifacts, &mut std::io::stdout().lock());
             return Ok(if ok {
@@ -209,9 +320,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Fetches, checks, loads and warms up a model, logging where the time went.
 fn load_model(args: &ModelArgs) -> anyhow::Result<Model> {
     let started = Instant::now();
-    let threads = configure_threads(args.threads);
-    let source = source_for_uri(&args.model)?;
-    let artifacts = runtime()?
+    let threads = configure_libtorch(args.threads);
+    let uri = ModelUri::parse(&args.model)?;
+    let runtime = runtime()?;
+    let source = runtime.block_on(open_source(&uri));
+    let artifacts = runtime
         .block_on(source.fetch())
         .with_context(|| format!("fetching the model from {}", source.describe()))?;
     let fetched = started.elapsed();
@@ -237,7 +350,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let (handle, engine_thread) = InferenceHandle::spawn(model, args.max_queue);
     let state = AppState::new(handle, ServerMetrics::new(), limits);
+    let follow_alias = match ModelUri::parse(&args.model.model)? {
+        ModelUri::S3(model) if model.version.is_none() && args.reload_interval_seconds > 0 => Some(model),
+        _ => None,
+    };
     runtime()?.block_on(async move {
+        let (stop_watching, watching_stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Some(model) = follow_alias {
+            let config = lstm_forecast::aws::sdk_config().await;
+            let registry = Registry::new(lstm_forecast::aws::s3_client(&config), model);
+            tokio::spawn(lstm_forecast::reload::watch_alias(
+                registry,
+                state.clone(),
+                Duration::from_secs(args.reload_interval_seconds),
+                async {
+                    let _ = watching_stopped.await;
+                },
+            ));
+        }
         let listener = tokio::net::TcpListener::bind(args.bind)
             .await
             .with_context(|| format!("binding {}", args.bind))?;
@@ -249,9 +379,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "listening on http://{address}  (try: curl -s http://{address}/v1/model)"
         );
         drop(model);
-        http::serve(listener, state, http::shutdown_signal())
+        let served = http::serve(listener, state, http::shutdown_signal())
             .await
-            .context("serving HTTP")
+            .context("serving HTTP");
+        let _ = stop_watching.send(());
+        served
     })?;
     // The state (and so the last job sender) is gone: the engine thread drains and exits.
     let _ = engine_thread.join();
@@ -270,6 +402,7 @@ fn forecast(args: ForecastArgs) -> anyhow::Result<()> {
     let format = match args.format {
         Some(FormatArg::Csv) => InputFormat::Csv,
         Some(FormatArg::Json) => InputFormat::Json,
+        Some(FormatArg::Jsonl) => InputFormat::JsonLines,
         None => InputFormat::detect(&args.input.to_string_lossy(), &content),
     };
     let model = load_model(&args.model)?;
@@ -311,4 +444,82 @@ fn validate(dir: PathBuf, json: bool, timeout_secs: u64) -> anyhow::Result<std::
     } else {
         std::process::ExitCode::FAILURE
     })
+}
+
+fn open_registry(uri: &str) -> anyhow::Result<Registry> {
+    let model = RegistryRef::parse(uri)?;
+    if model.version.is_some() {
+        bail!("`{uri}` names a version; registry commands take s3://BUCKET/models/NAME");
+    }
+    let config = runtime()?.block_on(lstm_forecast::aws::sdk_config());
+    Ok(Registry::new(lstm_forecast::aws::s3_client(&config), model))
+}
+
+fn publish(dir: PathBuf, registry: &str, promote: bool) -> anyhow::Result<std::process::ExitCode> {
+    let registry = open_registry(registry)?;
+    eprintln!("validating {} ...", dir.display());
+    let exe = std::env::current_exe().context("locating this executable for the probe process")?;
+    let report = validate_dir(&exe, &dir, Duration::from_secs(120));
+    if !report.valid {
+        let failed: Vec<String> = report
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .collect();
+        bail!("{} is not valid, nothing was uploaded: {}", dir.display(), failed.join("; "));
+    }
+    let artifacts = DirectorySource::new(&dir).read()?;
+    let total = (artifacts.model_pt.len() + artifacts.metadata_json.len()) as u64;
+    let bar = indicatif::ProgressBar::new(total).with_style(
+        indicatif::ProgressStyle::with_template("uploading {bar:30} {bytes}/{total_bytes} {msg}")
+            .expect("valid template"),
+    );
+    let runtime = runtime()?;
+    let version = runtime.block_on(registry.publish(&artifacts, &|done| bar.set_position(done)))?;
+    bar.finish_with_message(format!("{}/{version}", registry.model.root_uri()));
+    if promote {
+        let previous = runtime.block_on(registry.promote(&version))?;
+        match previous {
+            Some(p) => println!("published {version}; live (was {p})"),
+            None => println!("published {version}; live"),
+        }
+    } else {
+        println!("published {version} (not live; `lstm-forecast model promote` makes it live)");
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn run_lambda(args: LambdaArgs) -> anyhow::Result<std::process::ExitCode> {
+    // API Gateway REST puts the stage in the path (`/prod/v1/forecast`); the routes are stage-free,
+    // exactly as `serve` exposes them. Set before any thread exists, so the write cannot race.
+    if std::env::var_os("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH").is_none() {
+        std::env::set_var("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true");
+    }
+    let config = LambdaConfig {
+        model_uri: ModelUri::parse(&args.model.model)?,
+        rollback_alarms: args.rollback_alarms.into_iter().filter(|a| !a.trim().is_empty()).collect(),
+        threads: args.model.threads,
+        limits: Limits::default(),
+        alias_check_interval: Duration::from_secs(args.alias_check_seconds),
+        metrics_namespace: args.metrics_namespace,
+    };
+    let runtime = runtime()?;
+    let app = match runtime.block_on(lambda::init(config)) {
+        Ok((app, _timings)) => app,
+        Err(e) => {
+            let kind = match e {
+                lambda::InitError::Fetch { .. } => "ModelFetchFailed",
+                lambda::InitError::Load { .. } => "ModelLoadFailed",
+            };
+            tracing::error!(error_type = kind, "init failed: {e}");
+            lambda::report_init_error(kind, &e.to_string());
+            eprintln!("error: init failed: {e}");
+            return Ok(std::process::ExitCode::FAILURE);
+        }
+    };
+    runtime
+        .block_on(lambda::run(app))
+        .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))?;
+    Ok(std::process::ExitCode::SUCCESS)
 }

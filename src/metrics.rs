@@ -25,6 +25,10 @@ pub struct ServerMetrics {
     pub requests: IntCounterVec,
     /// Failed requests by error code (`wrong_window_length`, `overloaded`, ...).
     pub errors: IntCounterVec,
+    /// Successful hot reloads (a new version from the registry alias).
+    pub model_reloads: IntCounter,
+    /// Reloads that failed; the previous model kept serving.
+    pub model_reload_failures: IntCounter,
     model_info: IntGaugeVec,
 }
 
@@ -72,6 +76,13 @@ impl ServerMetrics {
             &["kind"],
         )
         .expect("valid metric");
+        let model_reloads =
+            IntCounter::new("lstm_forecast_model_reloads_total", "Models hot-reloaded from the registry.").expect("valid metric");
+        let model_reload_failures = IntCounter::new(
+            "lstm_forecast_model_reload_failures_total",
+            "Hot reloads that failed (the previous model kept serving).",
+        )
+        .expect("valid metric");
         let model_info = IntGaugeVec::new(
             Opts::new("lstm_forecast_model_info", "The model in service (value is always 1)."),
             &["name", "version"],
@@ -85,6 +96,8 @@ impl ServerMetrics {
             Box::new(requests.clone()),
             Box::new(errors.clone()),
             Box::new(model_info.clone()),
+            Box::new(model_reloads.clone()),
+            Box::new(model_reload_failures.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
@@ -96,6 +109,8 @@ impl ServerMetrics {
             forecasts,
             requests,
             errors,
+            model_reloads,
+            model_reload_failures,
             model_info,
         }
     }

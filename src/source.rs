@@ -26,8 +26,10 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
-    #[error("unsupported model URI `{0}` (use `bundled`, a directory, or file://DIR)")]
+    #[error("unsupported model URI `{0}` (use `bundled`, a directory, file://DIR, or s3://BUCKET/models/NAME[/VERSION])")]
     UnsupportedUri(String),
+    #[error("{0}")]
+    Remote(String),
 }
 
 /// The ETTh1 model compiled into the binary: `make run` and tests need no files or network.
@@ -89,18 +91,48 @@ impl ModelSource for DirectorySource {
     }
 }
 
-/// Picks a source from a model URI: `bundled`, `file://DIR`, or a plain directory path.
-pub fn source_for_uri(uri: &str) -> Result<Box<dyn ModelSource>, SourceError> {
-    if uri == "bundled" {
-        return Ok(Box::new(BundledSource));
+/// Where a model comes from, as given by `--model` / `MODEL_URI`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelUri {
+    /// The ETTh1 model compiled into the binary.
+    Bundled,
+    Directory(PathBuf),
+    /// The S3 registry: a pinned version, or the `live` alias.
+    S3(crate::registry::RegistryRef),
+}
+
+impl ModelUri {
+    /// `bundled`, `file://DIR`, `s3://BUCKET/models/NAME[/VERSION]`, or a plain directory path.
+    pub fn parse(uri: &str) -> Result<Self, SourceError> {
+        if uri == "bundled" {
+            return Ok(ModelUri::Bundled);
+        }
+        if let Some(path) = uri.strip_prefix("file://") {
+            return Ok(ModelUri::Directory(PathBuf::from(path)));
+        }
+        if uri.starts_with("s3://") {
+            return crate::registry::RegistryRef::parse(uri)
+                .map(ModelUri::S3)
+                .map_err(|e| SourceError::Remote(e.to_string()));
+        }
+        if uri.contains("://") {
+            return Err(SourceError::UnsupportedUri(uri.to_string()));
+        }
+        Ok(ModelUri::Directory(PathBuf::from(uri)))
     }
-    if let Some(path) = uri.strip_prefix("file://") {
-        return Ok(Box::new(DirectorySource::new(path)));
+}
+
+/// Picks a source for a model URI. S3 sources load the AWS configuration (env, profile, role).
+pub async fn open_source(uri: &ModelUri) -> Box<dyn ModelSource> {
+    match uri {
+        ModelUri::Bundled => Box::new(BundledSource),
+        ModelUri::Directory(dir) => Box::new(DirectorySource::new(dir)),
+        ModelUri::S3(model) => {
+            let config = crate::aws::sdk_config().await;
+            let registry = crate::registry::Registry::new(crate::aws::s3_client(&config), model.clone());
+            Box::new(crate::registry::S3ModelSource::new(registry, crate::registry::default_cache_dir()))
+        }
     }
-    if uri.contains("://") {
-        return Err(SourceError::UnsupportedUri(uri.to_string()));
-    }
-    Ok(Box::new(DirectorySource::new(uri)))
 }
 
 #[cfg(test)]
@@ -109,13 +141,12 @@ mod tests {
 
     #[test]
     fn uris_pick_their_source() {
-        assert_eq!(source_for_uri("bundled").unwrap().describe(), "bundled");
-        assert_eq!(source_for_uri("file:///m").unwrap().describe(), "file:///m");
-        assert_eq!(source_for_uri("models/m").unwrap().describe(), "file://models/m");
-        assert!(matches!(
-            source_for_uri("ftp://x/y"),
-            Err(SourceError::UnsupportedUri(_))
-        ));
+        assert_eq!(ModelUri::parse("bundled").unwrap(), ModelUri::Bundled);
+        assert_eq!(ModelUri::parse("file:///m").unwrap(), ModelUri::Directory("/m".into()));
+        assert_eq!(ModelUri::parse("models/m").unwrap(), ModelUri::Directory("models/m".into()));
+        assert!(matches!(ModelUri::parse("s3://b/models/m").unwrap(), ModelUri::S3(_)));
+        assert!(matches!(ModelUri::parse("s3://b/m").unwrap_err(), SourceError::Remote(_)));
+        assert!(matches!(ModelUri::parse("ftp://x/y"), Err(SourceError::UnsupportedUri(_))));
     }
 
     #[test]

@@ -76,6 +76,13 @@ impl Model {
     /// Checks the contract and checksum, loads TorchScript and runs a warm-up forecast, so a model
     /// that loads is one that answers.
     pub fn load(artifacts: &ModelArtifacts) -> Result<Self, ModelError> {
+        let model = Self::load_unwarmed(artifacts)?;
+        model.warm_up()?;
+        Ok(model)
+    }
+
+    /// [`Model::load`] without the warm-up forecast (callers that time the two separately).
+    pub fn load_unwarmed(artifacts: &ModelArtifacts) -> Result<Self, ModelError> {
         let metadata = ModelMetadata::from_json(&artifacts.metadata_json)?;
         metadata.verify_checksum(&artifacts.model_pt)?;
         if !torch_version_matches(&metadata.torch_version) {
@@ -84,9 +91,7 @@ impl Model {
             });
         }
         let engine = TorchEngine::load(&artifacts.model_pt, metadata.output.horizon)?;
-        let model = Model::with_engine(metadata, Box::new(engine));
-        model.warm_up()?;
-        Ok(model)
+        Ok(Model::with_engine(metadata, Box::new(engine)))
     }
 
     /// Assembles a model around any engine (tests use small fakes).

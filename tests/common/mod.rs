@@ -22,7 +22,7 @@ pub fn bundled_artifacts() -> ModelArtifacts {
 }
 
 pub fn bundled_model() -> Model {
-    lstm_forecast::model::engine::configure_threads(Some(1));
+    lstm_forecast::model::engine::configure_libtorch(Some(1));
     Model::load(&bundled_artifacts()).expect("the bundled model loads")
 }
 
@@ -80,3 +80,4 @@ pub fn forecast_body(windows: &[Vec<f64>]) -> serde_json::Value {
         "series": windows.iter().enumerate().map(|(i, w)| serde_json::json!({"id": format!("s{i}"), "values": w})).collect::<Vec<_>>()
     })
 }
+pub mod emulators;

@@ -1,0 +1,73 @@
+# lstm-forecast: every target installs what it needs (libtorch, Python tools) by itself.
+#   make run     serve the bundled ETTh1 model on http://127.0.0.1:8080
+#   make test    the whole test suite
+#   make bench   benchmarks, printed as tables
+#   make model   re-train the bundled model (installs full PyTorch, ~4.7 GB, into ~/.cache)
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CACHE       ?= $(HOME)/.cache/lstm-forecast
+LIBTORCH    := .libtorch
+TRAIN_VENV  := $(CACHE)/train-venv
+PYTHON      ?= python3
+CARGO       ?= cargo
+# Arguments for `make run`, e.g. make run ARGS="--bind 0.0.0.0:8080"
+ARGS        ?=
+
+.PHONY: help run test bench model libtorch tools toolchain build release fmt clippy clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+toolchain:
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs) first" >&2; exit 1; }
+	@command -v $(PYTHON) >/dev/null || { echo "python3 not found: it is needed to fetch libtorch from PyPI" >&2; exit 1; }
+
+# A CPU libtorch built from the PyPI torch wheel, cached under ~/.cache and linked here as .libtorch
+# (.cargo/config.toml points LIBTORCH at it).
+libtorch: toolchain $(LIBTORCH)/build-version ## Fetch the CPU libtorch (cached, once per machine)
+$(LIBTORCH)/build-version: scripts/fetch-libtorch.sh
+	@ln -sfn "$$(scripts/fetch-libtorch.sh)" $(LIBTORCH)
+	@test -f $@
+
+# Emulators and linters the tests start themselves (moto, cargo-lambda, cfn-lint), in a cached venv.
+tools: toolchain ## Install the test tools (cached)
+	@scripts/python-tools.sh >/dev/null
+
+build: libtorch ## Debug build
+	$(CARGO) build --locked
+
+release: libtorch ## Optimised build (target/release/lstm-forecast)
+	$(CARGO) build --locked --release
+
+run: release ## Serve the bundled model on 127.0.0.1:8080 (no AWS needed); ctrl-c stops it
+	./target/release/lstm-forecast serve $(ARGS)
+
+test: libtorch tools ## Run every test
+	LSTM_FORECAST_TOOLS="$$(scripts/python-tools.sh)" $(CARGO) test --locked
+
+bench: libtorch ## Benchmarks (release build), printed as tables
+	$(CARGO) bench --locked --bench forecast
+
+# Training needs the full PyTorch (CUDA wheels included, ~4.7 GB): kept out of run/test.
+$(TRAIN_VENV)/.installed: model_artifacts/train/requirements.txt
+	$(PYTHON) -m venv $(TRAIN_VENV)
+	$(TRAIN_VENV)/bin/pip install -q --find-links $(CACHE)/wheels -r model_artifacts/train/requirements.txt
+	@touch $@
+
+model: $(TRAIN_VENV)/.installed ## Re-train the bundled model and regenerate the test fixtures
+	cd model_artifacts/train && $(TRAIN_VENV)/bin/python train.py --data ../data/ETTh1.csv \
+	    --out ../etth1-ot-lstm --parity ../../tests/fixtures/parity-etth1-ot-lstm.json
+	cd model_artifacts/train && $(TRAIN_VENV)/bin/python make_fixtures.py --out ../../tests/fixtures
+	@echo "model_artifacts/etth1-ot-lstm updated; run 'make test' (the binary embeds the model)"
+
+fmt:
+	$(CARGO) fmt
+
+clippy: libtorch
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -f $(LIBTORCH)

@@ -1,0 +1,288 @@
+//! The Lambda function under cargo-lambda's real Lambda Runtime API emulator, with its model pulled
+//! from S3 (moto) at cold start. Events are the committed fixtures in tests/fixtures/events/.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+use common::emulators::{event, Function, LambdaEmulator, Moto};
+use common::repo_path;
+use serde_json::{json, Value};
+
+const BUCKET: &str = "lstm-forecast-test";
+const REGISTRY: &str = "s3://lstm-forecast-test/models/etth1-ot-lstm";
+
+/// Runs the CLI against moto.
+fn cli(moto: &Moto, args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
+        .args(args)
+        .envs(moto.env())
+        .env("THREADS", "1")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+/// A copy of the bundled model directory with another version number.
+fn bundled_as_version(version: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let source = repo_path("model_artifacts/etth1-ot-lstm");
+    std::fs::copy(source.join("model.pt"), dir.path().join("model.pt")).unwrap();
+    let mut metadata: Value = serde_json::from_slice(&std::fs::read(source.join("model.json")).unwrap()).unwrap();
+    metadata["version"] = version.into();
+    std::fs::write(dir.path().join("model.json"), serde_json::to_vec_pretty(&metadata).unwrap()).unwrap();
+    dir
+}
+
+fn function_env(moto: &Moto, cache: &tempfile::TempDir, model_uri: &str) -> Vec<(&'static str, String)> {
+    let mut env = moto.env();
+    env.push(("MODEL_URI", model_uri.into()));
+    env.push(("LSTM_FORECAST_MODEL_CACHE", cache.path().display().to_string()));
+    env.push(("ROLLBACK_ALARMS", "lstm-forecast-accuracy".into()));
+    env
+}
+
+async fn read_alias(s3: &aws_sdk_s3::Client) -> Value {
+    let object = s3.get_object().bucket(BUCKET).key("models/etth1-ot-lstm/alias/live.json").send().await.unwrap();
+    serde_json::from_slice(&object.body.collect().await.unwrap().into_bytes()).unwrap()
+}
+
+fn http_body(response: &Value) -> Value {
+    serde_json::from_str(response["body"].as_str().expect("a proxy response has a body")).unwrap()
+}
+
+#[tokio::test]
+async fn cold_start_from_s3_then_api_gateway_rest_and_http_events_are_answered_by_the_router() {
+    // GIVEN the bundled model published to the S3 registry and made live
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET).await;
+    let dir = repo_path("model_artifacts/etth1-ot-lstm");
+    let (ok, out) = cli(&moto, &["model", "publish", dir.to_str().unwrap(), REGISTRY]);
+    assert!(ok, "{out}");
+    // WHEN the function cold-starts under the Runtime API emulator with MODEL_URI on the alias
+    let emulator = LambdaEmulator::start();
+    let cache = tempfile::tempdir().unwrap();
+    let function = Function::start(&emulator, &function_env(&moto, &cache, REGISTRY));
+
+    // THEN a REST (v1) forecast is answered with 24 values after the window's last hour
+    let (status, response) = emulator.invoke(&event("apigw-v1-forecast.json")).await;
+    assert_eq!(status, 200, "{response}\n{}", function.log());
+    assert_eq!(response["statusCode"], 200, "{response}");
+    let body = http_body(&response);
+    assert_eq!(body["forecasts"][0]["values"].as_array().unwrap().len(), 24);
+    assert_eq!(body["forecasts"][0]["timestamps"][0], "2018-06-26T20:00:00Z");
+    assert_eq!(body["model"]["version"], "1.0.0");
+
+    // AND an HTTP API (v2) event gets the same forecast
+    let (_, response) = emulator.invoke(&event("apigw-v2-forecast.json")).await;
+    assert_eq!(response["statusCode"], 200, "{response}");
+    assert_eq!(http_body(&response)["forecasts"][0]["values"], body["forecasts"][0]["values"]);
+
+    // AND a client error is a 400 response naming the problem, not a Lambda error
+    let (status, response) = emulator.invoke(&event("apigw-v2-bad-request.json")).await;
+    assert_eq!(status, 200);
+    assert_eq!(response["statusCode"], 400, "{response}");
+    assert_eq!(http_body(&response)["error"]["code"], "wrong_window_length");
+
+    // AND metadata and health routes work through API Gateway too
+    let (_, response) = emulator.invoke(&event("apigw-v1-model.json")).await;
+    assert_eq!(http_body(&response)["input"]["window"], 168);
+    let (_, response) = emulator.invoke(&event("apigw-v2-healthz.json")).await;
+    assert_eq!(response["statusCode"], 200);
+
+    // AND init logged its timings in one line, and the Lambda request id reached the logs
+    let log = function.log();
+    assert!(log.contains("init complete") && log.contains("fetch_ms") && log.contains("warm_up_ms"), "{log}");
+    assert!(log.contains("from_cache=false") || log.contains("\"from_cache\":false"), "{log}");
+    assert!(log.contains("ColdStartDuration"), "EMF cold start metric missing:\n{log}");
+    drop(function);
+
+    // AND a second cold start of the same version is served from the /tmp cache
+    let function = Function::start(&emulator, &function_env(&moto, &cache, REGISTRY));
+    let (_, response) = emulator.invoke(&event("apigw-v2-healthz.json")).await;
+    assert_eq!(response["statusCode"], 200);
+    let log = function.log();
+    assert!(log.contains("from_cache=true") || log.contains("\"from_cache\":true"), "{log}");
+}
+
+#[tokio::test]
+async fn scheduled_batch_forecasts_read_csv_or_json_lines_and_write_json_lines() {
+    let moto = Moto::start();
+    let s3 = moto.create_bucket(BUCKET).await;
+    // Two series in one CSV, told apart by id; ETTh1's last 200 rows each.
+    let text = std::fs::read_to_string(repo_path("model_artifacts/data/ETTh1.csv")).unwrap();
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    let mut csv = String::from("id,date,OT\n");
+    let mut jsonl = String::new();
+    for id in ["a", "b"] {
+        let tail = &rows[rows.len() - 200..];
+        let mut values = Vec::new();
+        for row in tail {
+            let cells: Vec<&str> = row.split(',').collect();
+            csv.push_str(&format!("{id},{},{}\n", cells[0], cells[7]));
+            values.push(cells[7].parse::<f64>().unwrap());
+        }
+        jsonl.push_str(&json!({"id": id, "values": &values[values.len() - 168..]}).to_string());
+        jsonl.push('\n');
+    }
+    for (key, body) in [("batch/input.csv", csv), ("batch/input.jsonl", jsonl)] {
+        s3.put_object().bucket(BUCKET).key(key).body(ByteStream::from(body.into_bytes())).send().await.unwrap();
+    }
+    let emulator = LambdaEmulator::start();
+    let cache = tempfile::tempdir().unwrap();
+    let function = Function::start(&emulator, &function_env(&moto, &cache, "bundled"));
+
+    for (fixture, output_key) in [("scheduled-batch-forecast.json", "batch/output.jsonl"), ("scheduled-event.json", "batch/output-2.jsonl")] {
+        let (status, response) = emulator.invoke(&event(fixture)).await;
+        assert_eq!(status, 200, "{fixture}: {response}\n{}", function.log());
+        assert_eq!(response["series"], 2, "{fixture}: {response}");
+        let object = s3.get_object().bucket(BUCKET).key(output_key).send().await.unwrap();
+        let written = String::from_utf8(object.body.collect().await.unwrap().into_bytes().to_vec()).unwrap();
+        let lines: Vec<Value> = written.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["id"], "a");
+        assert_eq!(lines[1]["values"].as_array().unwrap().len(), 24);
+        assert_eq!(lines[0]["model"]["name"], "etth1-ot-lstm");
+    }
+}
+
+#[tokio::test]
+async fn evaluate_and_unknown_events_are_clear_errors() {
+    let moto = Moto::start();
+    let emulator = LambdaEmulator::start();
+    let cache = tempfile::tempdir().unwrap();
+    let function = Function::start(&emulator, &function_env(&moto, &cache, "bundled"));
+    let (_, response) = emulator.invoke(&event("scheduled-evaluate.json")).await;
+    assert_eq!(response["errorType"], "NotConfigured", "{response}\n{}", function.log());
+    assert!(response["errorMessage"].as_str().unwrap().contains("not configured"));
+    let (_, response) = emulator.invoke(&json!({"Records": [{"eventSource": "aws:sqs"}]})).await;
+    assert_eq!(response["errorType"], "UnrecognisedEvent", "{response}");
+    assert!(response["errorMessage"].as_str().unwrap().contains("Records"));
+    let (_, response) = emulator.invoke(&json!({"action": "retrain"})).await;
+    assert_eq!(response["errorType"], "InvalidEvent", "{response}");
+}
+
+#[tokio::test]
+async fn an_accuracy_alarm_rolls_the_alias_back_once_and_the_function_serves_the_previous_version() {
+    // GIVEN versions 1.0.0 then 1.0.1 published and promoted
+    let moto = Moto::start();
+    let s3 = moto.create_bucket(BUCKET).await;
+    let v1 = bundled_as_version("1.0.0");
+    let v2 = bundled_as_version("1.0.1");
+    for dir in [&v1, &v2] {
+        let (ok, out) = cli(&moto, &["model", "publish", dir.path().to_str().unwrap(), REGISTRY]);
+        assert!(ok, "{out}");
+    }
+    assert_eq!(read_alias(&s3).await["version"], "1.0.1");
+    let emulator = LambdaEmulator::start();
+    let cache = tempfile::tempdir().unwrap();
+    let function = Function::start(&emulator, &function_env(&moto, &cache, REGISTRY));
+
+    // WHEN the accuracy alarm's state change reaches the function through EventBridge
+    let alarm = event("alarm-state-change.json");
+    let (status, response) = emulator.invoke(&alarm).await;
+    assert_eq!(status, 200, "{response}\n{}", function.log());
+    // THEN the alias points at 1.0.0 and the running function reloaded it
+    assert_eq!(response["action"], "rollback", "{response}");
+    assert_eq!(response["from"], "1.0.1");
+    assert_eq!(response["to"], "1.0.0");
+    assert_eq!(response["serving"], "1.0.0");
+    assert_eq!(read_alias(&s3).await["version"], "1.0.0");
+    let (_, forecast) = emulator.invoke(&event("apigw-v2-forecast.json")).await;
+    assert_eq!(http_body(&forecast)["model"]["version"], "1.0.0");
+    assert!(function.log().contains("ModelRollbacks"), "EMF rollback metric missing");
+
+    // AND the same event delivered again does nothing more
+    let (_, response) = emulator.invoke(&alarm).await;
+    assert_eq!(response["action"], "none", "{response}");
+    let alias = read_alias(&s3).await;
+    assert_eq!(alias["version"], "1.0.0");
+    assert_eq!(alias["history"], json!(["1.0.0"]));
+
+    // AND a later alarm (the direct alarm-action payload) has nowhere to roll back to: a clear
+    // error, alias unchanged
+    let (_, response) = emulator.invoke(&event("alarm-action.json")).await;
+    assert_eq!(response["errorType"], "RollbackImpossible", "{response}");
+    assert!(response["errorMessage"].as_str().unwrap().contains("1.0.0 is the only version"));
+    assert_eq!(read_alias(&s3).await["version"], "1.0.0");
+
+    // AND alarms that are not rollback alarms, or not in ALARM, are ignored
+    let mut other = alarm.clone();
+    other["detail"]["alarmName"] = "some-other-alarm".into();
+    let (_, response) = emulator.invoke(&other).await;
+    assert_eq!(response["action"], "none");
+}
+
+/// Starts the function with `model_uri` and returns its init failure log.
+fn init_failure(moto_env: Vec<(&'static str, String)>, model_uri: &str) -> String {
+    let emulator = LambdaEmulator::start();
+    let cache = tempfile::tempdir().unwrap();
+    let mut env = moto_env;
+    env.push(("MODEL_URI", model_uri.into()));
+    env.push(("LSTM_FORECAST_MODEL_CACHE", cache.path().display().to_string()));
+    let function = Function::start(&emulator, &env);
+    let (ok, log) = function.wait_exit(Duration::from_secs(60));
+    assert!(!ok, "init should have failed:\n{log}");
+    assert!(log.contains("init failed"), "{log}");
+    log
+}
+
+#[tokio::test]
+async fn every_cold_start_fault_is_an_init_error_naming_the_object_and_the_cause() {
+    let moto = Moto::start();
+    let s3 = moto.create_bucket(BUCKET).await;
+    let put = |key: &'static str, body: Vec<u8>| {
+        let s3 = s3.clone();
+        async move {
+            s3.put_object().bucket(BUCKET).key(key).body(ByteStream::from(body)).send().await.unwrap();
+        }
+    };
+
+    // Nothing published yet: the alias is missing.
+    let log = init_failure(moto.env(), REGISTRY);
+    assert!(log.contains("s3://lstm-forecast-test/models/etth1-ot-lstm/alias/live.json does not exist"), "{log}");
+
+    // The bucket does not exist.
+    let log = init_failure(moto.env(), "s3://no-such-bucket/models/etth1-ot-lstm/1.0.0");
+    assert!(log.contains("s3://no-such-bucket/models/etth1-ot-lstm/1.0.0/model.json"), "{log}");
+
+    // The alias names a version that was never uploaded.
+    put(
+        "models/etth1-ot-lstm/alias/live.json",
+        json!({"version": "9.9.9", "history": ["9.9.9"], "updated_at": "2026-11-27T00:00:00Z"}).to_string().into_bytes(),
+    )
+    .await;
+    let log = init_failure(moto.env(), REGISTRY);
+    assert!(log.contains("version 9.9.9 is not in the registry"), "{log}");
+    assert!(log.contains("models/etth1-ot-lstm/9.9.9/model.json"), "{log}");
+
+    // model.pt does not match the declared sha256.
+    let metadata = std::fs::read(repo_path("model_artifacts/etth1-ot-lstm/model.json")).unwrap();
+    let model_pt = std::fs::read(repo_path("model_artifacts/etth1-ot-lstm/model.pt")).unwrap();
+    put("models/etth1-ot-lstm/1.0.0/model.json", metadata.clone()).await;
+    let mut tampered = model_pt.clone();
+    tampered[1000] ^= 0x55;
+    put("models/etth1-ot-lstm/1.0.0/model.pt", tampered).await;
+    let log = init_failure(moto.env(), &format!("{REGISTRY}/1.0.0"));
+    assert!(log.contains("sha256") && log.contains("models/etth1-ot-lstm/1.0.0/model.json"), "{log}");
+
+    // model.pt is not TorchScript at all (with a matching checksum).
+    let garbage = b"definitely not a TorchScript zip archive".to_vec();
+    let mut doc: Value = serde_json::from_slice(&metadata).unwrap();
+    doc["model_sha256"] = lstm_forecast::model::contract::sha256_hex(&garbage).into();
+    put("models/etth1-ot-lstm/1.0.0/model.json", serde_json::to_vec(&doc).unwrap()).await;
+    put("models/etth1-ot-lstm/1.0.0/model.pt", garbage).await;
+    let log = init_failure(moto.env(), &format!("{REGISTRY}/1.0.0"));
+    assert!(log.contains("libtorch could not load model.pt"), "{log}");
+    assert!(log.contains("s3://lstm-forecast-test/models/etth1-ot-lstm/1.0.0"), "{log}");
+
+    // S3 cannot be reached at all.
+    let mut unreachable = moto.env();
+    unreachable[0].1 = format!("http://127.0.0.1:{}", common::emulators::free_port());
+    let log = init_failure(unreachable, REGISTRY);
+    assert!(log.contains("S3 is unreachable"), "{log}");
+    assert!(log.contains("alias/live.json"), "{log}");
+}
