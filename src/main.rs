@@ -198,7 +198,9 @@ enum ModelCommand {
     Promote {
         /// Registry: s3://BUCKET/models/NAME.
         registry: String,
-        version: String,
+        /// The published version to make live.
+        #[arg(value_name = "VERSION")]
+        target_version: String,
     },
     /// Move the live alias back to the version that was live before the current one.
     Rollback {
@@ -277,7 +279,10 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                 anyhow::Ok(())
             })?;
         }
-        Command::Model(ModelCommand::Promote { registry, version }) => {
+        Command::Model(ModelCommand::Promote {
+            registry,
+            target_version: version,
+        }) => {
             let registry = open_registry(&registry)?;
             let previous = runtime()?.block_on(registry.promote(&version))?;
             match previous {
@@ -522,4 +527,15 @@ fn run_lambda(args: LambdaArgs) -> anyhow::Result<std::process::ExitCode> {
         .block_on(lambda::run(app))
         .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

@@ -267,7 +267,8 @@ impl Registry {
         }
     }
 
-    async fn write_alias(&self, alias: &Alias, expected_etag: Option<&str>) -> Result<(), RegistryError> {
+    /// Writes the alias only if it still has `expected_etag` (or does not exist yet, for `None`).
+    pub async fn write_alias(&self, alias: &Alias, expected_etag: Option<&str>) -> Result<(), RegistryError> {
         let bucket = &self.model.bucket;
         let key = self.model.alias_key();
         let body = serde_json::to_vec_pretty(alias).expect("alias serialises");
