@@ -47,8 +47,8 @@ run: release ## Serve the bundled model on 127.0.0.1:8080 (no AWS needed); ctrl-
 test: libtorch tools ## Run every test
 	LSTM_FORECAST_TOOLS="$$(scripts/python-tools.sh)" $(CARGO) test --locked
 
-bench: libtorch ## Benchmarks (release build), printed as tables
-	$(CARGO) bench --locked --bench forecast
+bench: libtorch tools ## Benchmarks (release build), printed as tables
+	LSTM_FORECAST_TOOLS="$$(scripts/python-tools.sh)" $(CARGO) bench --locked --bench forecast
 
 # Training needs the full PyTorch (CUDA wheels included, ~4.7 GB): kept out of run/test.
 $(TRAIN_VENV)/.installed: model_artifacts/train/requirements.txt

@@ -56,14 +56,28 @@ fn main() {
                 path.push(t.elapsed());
             }
         }
-        rows.push(Row::new(format!("raw libtorch forward, {batch} series"), &mut raw, batch));
+        rows.push(Row::new(
+            format!("raw libtorch forward, {batch} series"),
+            &mut raw,
+            batch,
+        ));
         let raw_p50 = percentile(&raw, 0.5);
-        let mut row = Row::new(format!("forecast path (in-process), {batch} series"), &mut path, batch);
-        row.note = format!("{:.3}x raw p50", percentile(&path, 0.5).as_secs_f64() / raw_p50.as_secs_f64());
+        let mut row = Row::new(
+            format!("forecast path (in-process), {batch} series"),
+            &mut path,
+            batch,
+        );
+        row.note = format!(
+            "{:.3}x raw p50",
+            percentile(&path, 0.5).as_secs_f64() / raw_p50.as_secs_f64()
+        );
         rows.push(row);
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let (handle, _engine) = InferenceHandle::spawn(Model::load(&artifacts).unwrap(), 64);
         let state = AppState::new(handle, ServerMetrics::new(), Limits::default());
@@ -89,7 +103,11 @@ fn main() {
                     samples.push(t.elapsed());
                 }
             }
-            rows.push(Row::new(format!("HTTP round trip, {batch} series"), &mut samples, batch));
+            rows.push(Row::new(
+                format!("HTTP round trip, {batch} series"),
+                &mut samples,
+                batch,
+            ));
         }
     });
 
@@ -109,18 +127,136 @@ fn main() {
         );
     }
 
+    let path_single_p50 = rows[1].p50;
+    let lambda = lambda_bench();
     let cold = cold_start(5, &body(&windows[..1]));
     println!();
     println!("## Cold start and memory (`lstm-forecast serve`, release build)");
     println!();
     println!("| what | value |");
     println!("|---|---:|");
-    println!("| exec -> first forecast answered over HTTP (median of 5) | {} |", fmt(cold.median));
+    println!(
+        "| exec -> first forecast answered over HTTP (median of 5) | {} |",
+        fmt(cold.median)
+    );
     println!("| fastest of 5 | {} |", fmt(cold.fastest));
-    println!("| RSS after 200 single + 20 batch-64 forecasts | {:.1} MB |", cold.rss_kb as f64 / 1024.0);
-    println!("| peak RSS (VmHWM) | {:.1} MB |", cold.hwm_kb as f64 / 1024.0);
+    println!(
+        "| RSS after 200 single + 20 batch-64 forecasts | {:.1} MB |",
+        cold.rss_kb as f64 / 1024.0
+    );
+    println!(
+        "| peak RSS (VmHWM) | {:.1} MB |",
+        cold.hwm_kb as f64 / 1024.0
+    );
     println!();
     println!("Targets (issue 2): path p50 <= 1.05x raw; cold start <= 0.3 s; RSS <= 150 MB.");
+
+    println!();
+    println!("## Lambda under cargo-lambda's Runtime API emulator, model from moto S3");
+    println!();
+    println!("| what | value |");
+    println!("|---|---:|");
+    println!("| cold start: exec -> first API Gateway v2 forecast answered, model fetched from S3 (median of 5) | {} |", fmt(lambda.cold_median));
+    println!("| fastest of 5 | {} |", fmt(lambda.cold_fastest));
+    println!(
+        "| warm invocation, 1 series, p50 | {} |",
+        fmt(lambda.warm_p50)
+    );
+    println!(
+        "| warm invocation, 1 series, p99 | {} |",
+        fmt(lambda.warm_p99)
+    );
+    println!(
+        "| in-process forecast path p50 (from the table above) | {} |",
+        fmt(path_single_p50)
+    );
+    println!(
+        "| warm invocation overhead over the in-process path, p50 | {} |",
+        fmt(lambda.warm_p50.saturating_sub(path_single_p50))
+    );
+    println!();
+    println!(
+        "Target (issue 3): cold start <= 0.35 s. The invocation goes through the emulator's HTTP"
+    );
+    println!(
+        "Invoke API and Runtime API (two loopback HTTP hops each way), as it would in Lambda."
+    );
+}
+
+#[path = "../tests/common/emulators.rs"]
+mod emulators;
+
+fn repo_path(relative: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+struct LambdaNumbers {
+    cold_median: Duration,
+    cold_fastest: Duration,
+    warm_p50: Duration,
+    warm_p99: Duration,
+}
+
+fn lambda_bench() -> LambdaNumbers {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let moto = emulators::Moto::start();
+        moto.create_bucket("bench").await;
+        let registry = "s3://bench/models/etth1-ot-lstm";
+        let status = Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
+            .args([
+                "model",
+                "publish",
+                repo_path("model_artifacts/etth1-ot-lstm").to_str().unwrap(),
+                registry,
+            ])
+            .envs(moto.env())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "publishing to moto failed");
+        let emulator = emulators::LambdaEmulator::start();
+        let event = emulators::event("apigw-v2-forecast.json");
+        let mut colds = Vec::new();
+        let mut warm = Vec::new();
+        for run in 0..5 {
+            let cache = tempfile::tempdir().unwrap();
+            let mut env = moto.env();
+            env.push(("MODEL_URI", registry.to_string()));
+            env.push((
+                "LSTM_FORECAST_MODEL_CACHE",
+                cache.path().display().to_string(),
+            ));
+            env.push(("RUST_LOG", "warn".to_string()));
+            let started = Instant::now();
+            let function = emulators::Function::start(&emulator, &env);
+            let (_, response) = emulator.invoke(&event).await;
+            colds.push(started.elapsed());
+            assert_eq!(response["statusCode"], 200, "{response}");
+            if run == 0 {
+                for i in 0..220 {
+                    let t = Instant::now();
+                    let (_, response) = emulator.invoke(&event).await;
+                    if i >= 20 {
+                        warm.push(t.elapsed());
+                    }
+                    assert_eq!(response["statusCode"], 200);
+                }
+            }
+            drop(function);
+        }
+        colds.sort();
+        LambdaNumbers {
+            cold_median: colds[colds.len() / 2],
+            cold_fastest: colds[0],
+            warm_p50: percentile(&warm, 0.5),
+            warm_p99: percentile(&warm, 0.99),
+        }
+    })
 }
 
 struct Row {
@@ -163,7 +299,9 @@ fn fmt(d: Duration) -> String {
 
 fn window(series: usize) -> Vec<f64> {
     (0..168)
-        .map(|t| 15.0 + 4.0 * ((t as f64) * std::f64::consts::TAU / 24.0 + series as f64 * 0.3).sin())
+        .map(|t| {
+            15.0 + 4.0 * ((t as f64) * std::f64::consts::TAU / 24.0 + series as f64 * 0.3).sin()
+        })
         .collect()
 }
 
@@ -212,7 +350,10 @@ fn cold_start(runs: usize, single_body: &str) -> ColdStart {
             .expect("spawn serve");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let address = loop {
-            let line = lines.next().expect("serve exited before listening").unwrap();
+            let line = lines
+                .next()
+                .expect("serve exited before listening")
+                .unwrap();
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 break rest.split_whitespace().next().unwrap().to_string();
             }
@@ -230,7 +371,8 @@ fn cold_start(runs: usize, single_body: &str) -> ColdStart {
             for _ in 0..20 {
                 post_blocking(&url, &batch_body);
             }
-            let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+            let status =
+                std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
             rss_kb = status_kb(&status, "VmRSS:");
             hwm_kb = status_kb(&status, "VmHWM:");
         }
@@ -270,5 +412,9 @@ fn post_blocking(url: &str, body: &str) {
     .unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{}", answer.lines().next().unwrap_or(""));
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{}",
+        answer.lines().next().unwrap_or("")
+    );
 }

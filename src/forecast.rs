@@ -15,9 +15,17 @@ use crate::model::contract::ModelMetadata;
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesInput {
     pub id: Option<String>,
-    /// Row-major `[window][features]`, original scale, all finite.
+    /// The history, row-major `[rows][features]`, original scale, all finite, at least `window`
+    /// rows. The forecast reads the last `window` rows; a longer history allows a backtest.
     pub values: Vec<f64>,
     pub last_timestamp: Option<DateTime<Utc>>,
+}
+
+impl SeriesInput {
+    /// The last `len` values (the network's window, when `len = window * features`).
+    pub fn window(&self, len: usize) -> &[f64] {
+        &self.values[self.values.len().saturating_sub(len)..]
+    }
 }
 
 /// What a request may look like for one model.
@@ -40,6 +48,9 @@ impl RequestShape {
 
 /// Longest accepted series id; ids end up in logs and forecast records.
 pub const MAX_ID_LEN: usize = 256;
+
+/// Longest accepted history, in windows: enough for a backtest, bounded against abuse.
+pub const MAX_HISTORY_WINDOWS: usize = 8;
 
 /// Machine-readable error codes (the `code` of an error body, and the `kind` label of metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +96,10 @@ fn reject(code: ErrorCode, message: impl Into<String>) -> RequestError {
 }
 
 /// Parses and validates a `POST /v1/forecast` body: `{"series":[{"id","values","last_timestamp"}]}`.
-pub fn parse_forecast_request(body: &[u8], shape: &RequestShape) -> Result<Vec<SeriesInput>, RequestError> {
+pub fn parse_forecast_request(
+    body: &[u8],
+    shape: &RequestShape,
+) -> Result<Vec<SeriesInput>, RequestError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(reject(
             ErrorCode::EmptyRequest,
@@ -98,7 +112,10 @@ pub fn parse_forecast_request(body: &[u8], shape: &RequestShape) -> Result<Vec<S
         } else {
             ""
         };
-        reject(ErrorCode::InvalidJson, format!("request body is not valid JSON: {e}{hint}"))
+        reject(
+            ErrorCode::InvalidJson,
+            format!("request body is not valid JSON: {e}{hint}"),
+        )
     })?;
     let Value::Object(top) = document else {
         return Err(reject(
@@ -148,7 +165,10 @@ fn parse_series(i: usize, item: &Value, shape: &RequestShape) -> Result<SeriesIn
     let Value::Object(fields) = item else {
         return Err(reject(
             ErrorCode::InvalidRequest,
-            format!("{at} must be an object with `values`, got {}", kind_of(item)),
+            format!(
+                "{at} must be an object with `values`, got {}",
+                kind_of(item)
+            ),
         ));
     };
     reject_unknown_fields(fields, &["id", "values", "last_timestamp"], &at)?;
@@ -169,7 +189,12 @@ fn parse_series(i: usize, item: &Value, shape: &RequestShape) -> Result<SeriesIn
         }
     };
     let values = match fields.get("values") {
-        None => return Err(reject(ErrorCode::InvalidRequest, format!("{at} is missing `values`"))),
+        None => {
+            return Err(reject(
+                ErrorCode::InvalidRequest,
+                format!("{at} is missing `values`"),
+            ))
+        }
         Some(Value::Array(values)) => values,
         Some(other) => {
             return Err(reject(
@@ -178,13 +203,23 @@ fn parse_series(i: usize, item: &Value, shape: &RequestShape) -> Result<SeriesIn
             ))
         }
     };
-    if values.len() != shape.window {
+    if values.len() < shape.window {
         return Err(reject(
             ErrorCode::WrongWindowLength,
             format!(
-                "{at}.values has {} entries; the model needs exactly {} (the most recent observations, oldest first)",
+                "{at}.values has {} entries; the model needs at least {} (the most recent observations, oldest first)",
                 values.len(),
                 shape.window
+            ),
+        ));
+    }
+    if values.len() > MAX_HISTORY_WINDOWS * shape.window {
+        return Err(reject(
+            ErrorCode::WrongWindowLength,
+            format!(
+                "{at}.values has {} entries; send at most {} ({MAX_HISTORY_WINDOWS} windows of history)",
+                values.len(),
+                MAX_HISTORY_WINDOWS * shape.window
             ),
         ));
     }
@@ -270,14 +305,22 @@ fn number(value: &Value, at: &str, features: &[String]) -> Result<f64, RequestEr
     }
 }
 
-fn reject_unknown_fields(fields: &Map<String, Value>, known: &[&str], at: &str) -> Result<(), RequestError> {
+fn reject_unknown_fields(
+    fields: &Map<String, Value>,
+    known: &[&str],
+    at: &str,
+) -> Result<(), RequestError> {
     match fields.keys().find(|k| !known.contains(&k.as_str())) {
         Some(unknown) => Err(reject(
             ErrorCode::InvalidRequest,
             format!(
                 "{at} has unknown field `{}` (expected {})",
                 truncate(unknown, 64),
-                known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                known
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )),
         None => Ok(()),
@@ -312,6 +355,106 @@ fn is_non_finite_word(s: &str) -> bool {
 fn contains_non_json_number(body: &[u8]) -> bool {
     let text = String::from_utf8_lossy(body);
     text.contains("NaN") || text.contains("Infinity")
+}
+
+/// Parses a `POST /v1/observations` body: `{"series":[{"id","timestamps":[...],"values":[...]}]}`.
+pub fn parse_observations(
+    body: &[u8],
+    max_points: usize,
+) -> Result<Vec<crate::monitor::store::Observation>, RequestError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(reject(
+            ErrorCode::EmptyRequest,
+            "request body is empty; expected {\"series\": [{\"id\", \"timestamps\", \"values\"}]}",
+        ));
+    }
+    let document: Value = serde_json::from_slice(body).map_err(|e| {
+        reject(
+            ErrorCode::InvalidJson,
+            format!("request body is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(top) = document else {
+        return Err(reject(
+            ErrorCode::InvalidRequest,
+            "request body must be a JSON object with a `series` array",
+        ));
+    };
+    reject_unknown_fields(&top, &["series"], "request body")?;
+    let Some(Value::Array(series)) = top.get("series") else {
+        return Err(reject(
+            ErrorCode::InvalidRequest,
+            "`series` must be an array",
+        ));
+    };
+    let mut observations = Vec::new();
+    for (i, item) in series.iter().enumerate() {
+        let at = format!("series[{i}]");
+        let Value::Object(fields) = item else {
+            return Err(reject(
+                ErrorCode::InvalidRequest,
+                format!("{at} must be an object"),
+            ));
+        };
+        reject_unknown_fields(fields, &["id", "timestamps", "values"], &at)?;
+        let id =
+            match fields.get("id") {
+                Some(Value::String(id)) if !id.is_empty() && id.chars().count() <= MAX_ID_LEN => {
+                    id.clone()
+                }
+                _ => return Err(reject(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "{at}.id must be a non-empty string (the series id used when forecasting)"
+                    ),
+                )),
+            };
+        let (Some(Value::Array(stamps)), Some(Value::Array(values))) =
+            (fields.get("timestamps"), fields.get("values"))
+        else {
+            return Err(reject(
+                ErrorCode::InvalidRequest,
+                format!("{at} needs `timestamps` and `values` arrays"),
+            ));
+        };
+        if stamps.len() != values.len() {
+            return Err(reject(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "{at} has {} timestamps but {} values",
+                    stamps.len(),
+                    values.len()
+                ),
+            ));
+        }
+        for (k, (stamp, value)) in stamps.iter().zip(values).enumerate() {
+            let timestamp = stamp.as_str().and_then(parse_rfc3339).ok_or_else(|| {
+                reject(
+                    ErrorCode::InvalidTimestamp,
+                    format!("{at}.timestamps[{k}] must be an RFC 3339 string"),
+                )
+            })?;
+            let value = number(value, &format!("{at}.values[{k}]"), &["value".to_string()])?;
+            observations.push(crate::monitor::store::Observation {
+                series_id: id.clone(),
+                timestamp,
+                value,
+            });
+            if observations.len() > max_points {
+                return Err(reject(
+                    ErrorCode::TooManySeries,
+                    format!("more than {max_points} observations in one request"),
+                ));
+            }
+        }
+    }
+    if observations.is_empty() {
+        return Err(reject(
+            ErrorCode::EmptyRequest,
+            "no observations in the request",
+        ));
+    }
+    Ok(observations)
 }
 
 /// RFC 3339, normalised to UTC.
@@ -410,16 +553,28 @@ mod tests {
 
     #[test]
     fn multivariate_rows_are_flattened_row_major() {
-        let got = parse(r#"{"series":[{"values":[[1,2],[3,4]]}]}"#, &shape(2, &["a", "b"])).unwrap();
+        let got = parse(
+            r#"{"series":[{"values":[[1,2],[3,4]]}]}"#,
+            &shape(2, &["a", "b"]),
+        )
+        .unwrap();
         assert_eq!(got[0].values, vec![1.0, 2.0, 3.0, 4.0]);
     }
 
     #[test]
     fn the_wrong_window_length_names_the_series_and_both_lengths() {
-        let err = parse(r#"{"series":[{"values":[1,2,3]},{"values":[1,2]}]}"#, &shape(3, &["OT"])).unwrap_err();
+        let err = parse(
+            r#"{"series":[{"values":[1,2,3]},{"values":[1,2]}]}"#,
+            &shape(3, &["OT"]),
+        )
+        .unwrap_err();
         assert_eq!(err.code, ErrorCode::WrongWindowLength);
-        assert!(err.message.contains("series[1].values has 2 entries"), "{}", err.message);
-        assert!(err.message.contains("exactly 3"));
+        assert!(
+            err.message.contains("series[1].values has 2 entries"),
+            "{}",
+            err.message
+        );
+        assert!(err.message.contains("at least 3"));
     }
 
     #[test]
@@ -429,28 +584,45 @@ mod tests {
         assert!(err.message.contains("series[0].values[1]"));
         let err = parse(r#"{"series":[{"values":[1,NaN,3]}]}"#, &shape(3, &["OT"])).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidJson);
-        assert!(err.message.contains("NaN and Infinity are not JSON numbers"));
+        assert!(err
+            .message
+            .contains("NaN and Infinity are not JSON numbers"));
     }
 
     #[test]
     fn a_row_with_the_wrong_number_of_features_is_named() {
-        let err = parse(r#"{"series":[{"values":[[1,2],[3]]}]}"#, &shape(2, &["a", "b"])).unwrap_err();
+        let err = parse(
+            r#"{"series":[{"values":[[1,2],[3]]}]}"#,
+            &shape(2, &["a", "b"]),
+        )
+        .unwrap_err();
         assert_eq!(err.code, ErrorCode::WrongFeatureCount);
-        assert!(err.message.contains("series[0].values[1] has 1 values"), "{}", err.message);
+        assert!(
+            err.message.contains("series[0].values[1] has 1 values"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
     fn unknown_fields_are_refused_at_every_level() {
         let err = parse(r#"{"series":[],"extra":1}"#, &shape(3, &["OT"])).unwrap_err();
         assert!(err.message.contains("`extra`"));
-        let err = parse(r#"{"series":[{"values":[1,2,3],"valuez":[]}]}"#, &shape(3, &["OT"])).unwrap_err();
+        let err = parse(
+            r#"{"series":[{"values":[1,2,3],"valuez":[]}]}"#,
+            &shape(3, &["OT"]),
+        )
+        .unwrap_err();
         assert!(err.message.contains("series[0] has unknown field `valuez`"));
     }
 
     #[test]
     fn too_many_series_is_refused_before_parsing_them() {
-        let body = format!(r#"{{"series":[{}]}}"#, vec![r#"{"values":"x"}"#; 5].join(","));
-        assert_eq!(parse(&body, &shape(3, &["OT"])).unwrap_err().code, ErrorCode::TooManySeries);
+        let body = format!(r#"{{"series":[{}]}}"#, [r#"{"values":"x"}"#; 5].join(","));
+        assert_eq!(
+            parse(&body, &shape(3, &["OT"])).unwrap_err().code,
+            ErrorCode::TooManySeries
+        );
     }
 
     #[test]
@@ -471,7 +643,10 @@ mod tests {
         let response = ForecastResponse::new(&metadata, &[input], vec![vec![1.0, 2.0]]);
         assert_eq!(
             response.forecasts[0].timestamps,
-            Some(vec!["2018-02-21T00:00:00Z".to_string(), "2018-02-21T01:00:00Z".to_string()])
+            Some(vec![
+                "2018-02-21T00:00:00Z".to_string(),
+                "2018-02-21T01:00:00Z".to_string()
+            ])
         );
     }
 

@@ -20,10 +20,14 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
-use crate::forecast::{parse_forecast_request, ForecastResponse, RequestError, RequestShape};
+use crate::forecast::{
+    parse_forecast_request, parse_observations, ForecastResponse, RequestError, RequestShape,
+    SeriesInput,
+};
 use crate::infer::{InferError, InferenceHandle};
-use crate::metrics::ServerMetrics;
+use crate::metrics::{Metric, ServerMetrics, Telemetry};
 use crate::model::contract::ModelMetadata;
+use crate::monitor::store::{ForecastLog, ForecastRecord};
 
 /// Request limits, from the CLI.
 #[derive(Debug, Clone, Copy)]
@@ -53,18 +57,83 @@ struct Inner {
     handle: InferenceHandle,
     metrics: ServerMetrics,
     limits: Limits,
+    monitoring: Monitoring,
+    /// Counts backtest-eligible series, for deterministic sampling at `backtest_rate`.
+    backtest_counter: AtomicU64,
+}
+
+/// The monitoring side of the server: where metrics go, where forecasts are logged, how often
+/// requests are backtested.
+#[derive(Clone)]
+pub struct Monitoring {
+    pub telemetry: Telemetry,
+    /// Set when `FORECAST_LOG_URI` is: forecasts are logged and `/v1/observations` stores actuals.
+    pub forecast_log: Option<Arc<ForecastLog>>,
+    /// Share of backtest-eligible series (history >= window + horizon) that are backtested.
+    pub backtest_rate: f64,
+}
+
+impl Default for Monitoring {
+    fn default() -> Self {
+        Monitoring {
+            telemetry: Telemetry::disabled(),
+            forecast_log: None,
+            backtest_rate: 0.0,
+        }
+    }
 }
 
 impl AppState {
     pub fn new(handle: InferenceHandle, metrics: ServerMetrics, limits: Limits) -> Self {
-        metrics.set_model(handle.model().metadata());
+        Self::with_monitoring(handle, metrics, limits, Monitoring::default())
+    }
+
+    pub fn with_monitoring(
+        handle: InferenceHandle,
+        metrics: ServerMetrics,
+        limits: Limits,
+        monitoring: Monitoring,
+    ) -> Self {
+        let model = handle.model();
+        metrics.set_model(model.metadata());
+        monitoring
+            .telemetry
+            .set_model(&model.metadata().name, &model.metadata().version);
         AppState {
             inner: Arc::new(Inner {
                 handle,
                 metrics,
                 limits,
+                monitoring,
+                backtest_counter: AtomicU64::new(0),
             }),
         }
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.inner.monitoring.telemetry
+    }
+
+    pub fn forecast_log(&self) -> Option<&Arc<ForecastLog>> {
+        self.inner.monitoring.forecast_log.as_ref()
+    }
+
+    /// The model in service changed: label later metrics with it.
+    pub fn model_changed(&self) {
+        let model = self.inner.handle.model();
+        self.inner.metrics.set_model(model.metadata());
+        self.telemetry()
+            .set_model(&model.metadata().name, &model.metadata().version);
+    }
+
+    /// Whether the next backtest-eligible series is sampled (deterministic: every 1/rate-th).
+    fn sample_backtest(&self) -> bool {
+        let rate = self.inner.monitoring.backtest_rate;
+        if rate <= 0.0 {
+            return false;
+        }
+        let n = self.inner.backtest_counter.fetch_add(1, Ordering::Relaxed) as f64;
+        ((n + 1.0) * rate).floor() > (n * rate).floor()
     }
 
     pub fn handle(&self) -> &InferenceHandle {
@@ -80,6 +149,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/forecast", post(forecast))
+        .route("/v1/observations", post(observations))
         .route("/v1/model", get(model_metadata))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -152,17 +222,158 @@ async fn forecast(
             ));
         }
     }
-    let body = body.map_err(|rejection| ApiError::body(rejection, state.inner.limits.max_body_bytes))?;
+    let body =
+        body.map_err(|rejection| ApiError::body(rejection, state.inner.limits.max_body_bytes))?;
     let model = state.inner.handle.model();
-    let shape = RequestShape::new(model.metadata(), state.inner.limits.max_series);
+    let metadata = model.metadata();
+    let shape = RequestShape::new(metadata, state.inner.limits.max_series);
     let series = parse_forecast_request(&body, &shape)?;
     let count = series.len() as u64;
-    let outcome = state.inner.handle.forecast(series).await?;
+    let telemetry = state.telemetry();
+    record_drift(telemetry, metadata, &series);
+    let rows_needed =
+        (metadata.input.window + metadata.output.horizon) * metadata.input.features.len();
+    let backtest: Vec<usize> = series
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.values.len() >= rows_needed && state.sample_backtest())
+        .map(|(i, _)| i)
+        .collect();
+    let log_inputs: Vec<(String, chrono::DateTime<chrono::Utc>, f64)> = match state.forecast_log() {
+        Some(_) => {
+            let target = metadata.target_index().expect("checked at load");
+            let features = metadata.input.features.len();
+            series
+                .iter()
+                .filter_map(|s| {
+                    Some((
+                        s.id.clone()?,
+                        s.last_timestamp?,
+                        s.values[s.values.len() - features + target],
+                    ))
+                })
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    drop(model);
+    let outcome = state
+        .inner
+        .handle
+        .forecast_with_backtest(series, backtest)
+        .await?;
     let metrics = &state.inner.metrics;
-    metrics.inference_duration.observe(outcome.inference.as_secs_f64());
+    metrics
+        .inference_duration
+        .observe(outcome.inference.as_secs_f64());
     metrics.queue_duration.observe(outcome.queued.as_secs_f64());
     metrics.forecasts.inc_by(count);
+    telemetry.record(
+        Metric::InferenceLatency,
+        outcome.inference.as_secs_f64() * 1e3,
+    );
+    telemetry.record(Metric::Forecasts, count as f64);
+    for mae in &outcome.backtest_mae {
+        telemetry.record(Metric::BacktestMae, *mae);
+    }
+    if let Some(log) = state.forecast_log() {
+        let request_id = headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let now = chrono::Utc::now();
+        let response = &outcome.response;
+        let by_id: std::collections::HashMap<&str, &crate::forecast::SeriesForecast> = response
+            .forecasts
+            .iter()
+            .filter_map(|f| Some((f.id.as_deref()?, f)))
+            .collect();
+        log.push(
+            log_inputs
+                .into_iter()
+                .filter_map(|(id, origin, last_value)| {
+                    let forecast = by_id.get(id.as_str())?;
+                    let timestamps = forecast
+                        .timestamps
+                        .as_ref()?
+                        .iter()
+                        .filter_map(|t| crate::forecast::parse_rfc3339(t))
+                        .collect();
+                    Some(ForecastRecord {
+                        series_id: id,
+                        origin,
+                        last_value,
+                        timestamps,
+                        values: forecast.values.clone(),
+                        model: response.model.name.clone(),
+                        model_version: response.model.version.clone(),
+                        request_id: request_id.clone(),
+                        created_at: now,
+                    })
+                }),
+        );
+    }
     Ok(Json(outcome.response))
+}
+
+/// Input drift of each series' window against the training statistics of the target feature.
+fn record_drift(telemetry: &Telemetry, metadata: &ModelMetadata, series: &[SeriesInput]) {
+    let features = metadata.input.features.len();
+    let target = metadata.target_index().expect("checked at load");
+    let stats = &metadata.training_stats[&metadata.input.target];
+    let window_len = metadata.input.window * features;
+    for s in series {
+        let values: Vec<f64> = s
+            .window(window_len)
+            .iter()
+            .skip(target)
+            .step_by(features)
+            .copied()
+            .collect();
+        telemetry.record(
+            Metric::InputDrift,
+            crate::monitor::drift::psi(&values, &stats.quantile_edges),
+        );
+        telemetry.record(
+            Metric::OutOfRangeFraction,
+            crate::monitor::drift::out_of_range_fraction(&values, stats.min, stats.max),
+        );
+    }
+}
+
+/// Most observations accepted in one request.
+const MAX_OBSERVATIONS: usize = 100_000;
+
+/// Stores actuals for the accuracy loop (the same store as the forecast log).
+async fn observations(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let body =
+        body.map_err(|rejection| ApiError::body(rejection, state.inner.limits.max_body_bytes))?;
+    let Some(log) = state.forecast_log() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_configured",
+            "observations need a store: start the server with FORECAST_LOG_URI=s3://BUCKET/PREFIX",
+        ));
+    };
+    let observations = parse_observations(&body, MAX_OBSERVATIONS)?;
+    let key = log
+        .store()
+        .append_actuals(&observations)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                format!("could not store the observations: {e}"),
+            )
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"stored": observations.len(), "object": key})),
+    ))
 }
 
 async fn model_metadata(State(state): State<AppState>) -> Json<ModelMetadata> {
@@ -194,7 +405,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.inner.metrics.render(),
     )
         .into_response()
@@ -205,7 +419,7 @@ async fn not_found(method: Method, uri: Uri) -> ApiError {
         StatusCode::NOT_FOUND,
         "not_found",
         format!(
-            "no route for {method} {}; available: POST /v1/forecast, GET /v1/model, GET /healthz, GET /readyz, GET /metrics",
+            "no route for {method} {}; available: POST /v1/forecast, POST /v1/observations, GET /v1/model, GET /healthz, GET /readyz, GET /metrics",
             uri.path()
         ),
     )
@@ -253,6 +467,18 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
         .request_duration
         .with_label_values(&[route.as_str()])
         .observe(elapsed.as_secs_f64());
+    if route.starts_with("/v1/") || route == "unmatched" {
+        let telemetry = state.telemetry();
+        telemetry.record(Metric::Requests, 1.0);
+        if status.is_client_error() {
+            telemetry.record(Metric::ClientErrors, 1.0);
+        } else if status.is_server_error() {
+            telemetry.record(Metric::ServerErrors, 1.0);
+        }
+        if route == "/v1/forecast" {
+            telemetry.record(Metric::ForecastLatency, elapsed.as_secs_f64() * 1e3);
+        }
+    }
     metrics
         .requests
         .with_label_values(&[route.as_str(), status.as_str()])
@@ -266,7 +492,11 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
             tracing::info!(status = status.as_u16(), code = error.code, message = %error.message, latency_ms = elapsed.as_secs_f64() * 1e3, "request rejected");
         }
     } else if route.starts_with("/v1/") {
-        tracing::info!(status = status.as_u16(), latency_ms = elapsed.as_secs_f64() * 1e3, "request served");
+        tracing::info!(
+            status = status.as_u16(),
+            latency_ms = elapsed.as_secs_f64() * 1e3,
+            "request served"
+        );
     }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
@@ -319,7 +549,9 @@ impl ApiError {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
-                format!("request body exceeds the {limit}-byte limit; send fewer series per request"),
+                format!(
+                    "request body exceeds the {limit}-byte limit; send fewer series per request"
+                ),
             )
         } else {
             ApiError::new(
@@ -348,14 +580,22 @@ impl From<InferError> for ApiError {
                 retry_after_secs: Some(1),
                 ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", e.to_string())
             },
-            InferError::Stopped => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
-            InferError::Panicked => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+            InferError::Stopped => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
+            InferError::Panicked => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
             InferError::Forecast(f) if f.is_client_error() => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", f.to_string())
             }
-            InferError::Forecast(f) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inference_failed", f.to_string())
-            }
+            InferError::Forecast(f) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "inference_failed",
+                f.to_string(),
+            ),
         }
     }
 }

@@ -18,6 +18,9 @@ use crate::model::{ForecastError, Model};
 #[derive(Debug)]
 pub struct ForecastOutcome {
     pub response: ForecastResponse,
+    /// Per backtested series: MAE of the forecast from the history's older part against its newest
+    /// `horizon` values (original scale).
+    pub backtest_mae: Vec<f64>,
     /// Time spent waiting for the engine thread.
     pub queued: Duration,
     /// Preprocessing + forward + restore.
@@ -38,6 +41,8 @@ pub enum InferError {
 
 struct Job {
     series: Vec<SeriesInput>,
+    /// Indices of series to backtest (their history holds at least window + horizon rows).
+    backtest: Vec<usize>,
     enqueued_at: Instant,
     reply: oneshot::Sender<Result<ForecastOutcome, InferError>>,
 }
@@ -75,9 +80,20 @@ impl InferenceHandle {
 
     /// Queues a forecast and waits for it. Returns `Overloaded` at once if the queue is full.
     pub async fn forecast(&self, series: Vec<SeriesInput>) -> Result<ForecastOutcome, InferError> {
+        self.forecast_with_backtest(series, Vec::new()).await
+    }
+
+    /// Like [`InferenceHandle::forecast`], and also backtests the series at `backtest` (indices):
+    /// their older windows ride in the same forward pass as the real forecasts.
+    pub async fn forecast_with_backtest(
+        &self,
+        series: Vec<SeriesInput>,
+        backtest: Vec<usize>,
+    ) -> Result<ForecastOutcome, InferError> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             series,
+            backtest,
             enqueued_at: Instant::now(),
             reply,
         };
@@ -92,12 +108,20 @@ impl InferenceHandle {
 
     /// The model currently in service.
     pub fn model(&self) -> Arc<Model> {
-        Arc::clone(&self.model.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
+        Arc::clone(
+            &self
+                .model
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
     }
 
     /// Puts a new model in service; requests already running finish on the old one.
     pub fn swap_model(&self, model: Model) -> Arc<Model> {
-        let mut slot = self.model.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slot = self
+            .model
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         std::mem::replace(&mut *slot, Arc::new(model))
     }
 
@@ -114,16 +138,18 @@ fn run_engine(mut jobs: mpsc::Receiver<Job>, model: Arc<RwLock<Arc<Model>>>) {
             continue;
         }
         let queued = job.enqueued_at.elapsed();
-        let model = Arc::clone(&model.read().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        let model = Arc::clone(
+            &model
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
         let started = Instant::now();
         // A panic here must not take the engine thread (and so the whole server) down with it.
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let windows: Vec<&[f64]> = job.series.iter().map(|s| s.values.as_slice()).collect();
-            model.forecast(&windows)
-        }));
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| forecast_job(&model, &job)));
         let outcome = match result {
-            Ok(Ok(outputs)) => Ok(ForecastOutcome {
+            Ok(Ok((outputs, backtest_mae))) => Ok(ForecastOutcome {
                 response: ForecastResponse::new(model.metadata(), &job.series, outputs),
+                backtest_mae,
                 queued,
                 inference: started.elapsed(),
             }),
@@ -132,4 +158,44 @@ fn run_engine(mut jobs: mpsc::Receiver<Job>, model: Arc<RwLock<Arc<Model>>>) {
         };
         let _ = job.reply.send(outcome);
     }
+}
+
+/// One forward pass for the job's forecasts and its backtests.
+fn forecast_job(model: &Model, job: &Job) -> Result<(Vec<Vec<f64>>, Vec<f64>), ForecastError> {
+    let metadata = model.metadata();
+    let features = metadata.input.features.len();
+    let target = metadata.target_index().expect("checked at load");
+    let horizon = metadata.output.horizon;
+    let window_len = model.window_len();
+    let mut windows: Vec<&[f64]> = job.series.iter().map(|s| s.window(window_len)).collect();
+    let mut actuals = Vec::new();
+    for &i in &job.backtest {
+        let Some(history) = job.series.get(i).map(|s| s.values.as_slice()) else {
+            continue;
+        };
+        let held_out = horizon * features;
+        if history.len() < window_len + held_out {
+            continue;
+        }
+        let end = history.len() - held_out;
+        windows.push(&history[end - window_len..end]);
+        actuals.push(
+            history[end..]
+                .iter()
+                .skip(target)
+                .step_by(features)
+                .copied()
+                .collect::<Vec<f64>>(),
+        );
+    }
+    let mut outputs = model.forecast(&windows)?;
+    let backtests = outputs.split_off(job.series.len());
+    let backtest_mae = backtests
+        .iter()
+        .zip(&actuals)
+        .map(|(f, a)| {
+            f.iter().zip(a).map(|(f, a)| (f - a).abs()).sum::<f64>() / a.len().max(1) as f64
+        })
+        .collect();
+    Ok((outputs, backtest_mae))
 }

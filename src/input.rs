@@ -7,7 +7,10 @@
 
 use std::collections::HashMap;
 
-use crate::forecast::{parse_forecast_request, parse_timestamp_lenient, ErrorCode, RequestError, RequestShape, SeriesInput};
+use crate::forecast::{
+    parse_forecast_request, parse_timestamp_lenient, ErrorCode, RequestError, RequestShape,
+    SeriesInput,
+};
 
 /// Input file formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +50,11 @@ fn invalid(message: String) -> RequestError {
 }
 
 /// Parses a file of either format into validated series. `shape.max_series` bounds the series count.
-pub fn parse_input(format: InputFormat, content: &[u8], shape: &RequestShape) -> Result<Vec<SeriesInput>, RequestError> {
+pub fn parse_input(
+    format: InputFormat,
+    content: &[u8],
+    shape: &RequestShape,
+) -> Result<Vec<SeriesInput>, RequestError> {
     match format {
         InputFormat::Json => parse_forecast_request(content, shape),
         InputFormat::Csv => parse_csv(content, shape),
@@ -57,7 +64,10 @@ pub fn parse_input(format: InputFormat, content: &[u8], shape: &RequestShape) ->
 
 /// JSON Lines: each non-blank line is one series, validated like a `POST /v1/forecast` series;
 /// errors name the line.
-pub fn parse_json_lines(content: &[u8], shape: &RequestShape) -> Result<Vec<SeriesInput>, RequestError> {
+pub fn parse_json_lines(
+    content: &[u8],
+    shape: &RequestShape,
+) -> Result<Vec<SeriesInput>, RequestError> {
     let mut series = Vec::new();
     let one = RequestShape {
         max_series: 1,
@@ -79,7 +89,11 @@ pub fn parse_json_lines(content: &[u8], shape: &RequestShape) -> Result<Vec<Seri
         body.extend_from_slice(b"]}");
         let parsed = parse_forecast_request(&body, &one).map_err(|e| RequestError {
             code: e.code,
-            message: format!("line {}: {}", index + 1, e.message.replace("series[0]", "series")),
+            message: format!(
+                "line {}: {}",
+                index + 1,
+                e.message.replace("series[0]", "series")
+            ),
         })?;
         series.extend(parsed);
     }
@@ -93,7 +107,9 @@ pub fn parse_json_lines(content: &[u8], shape: &RequestShape) -> Result<Vec<Seri
 }
 
 pub fn parse_csv(content: &[u8], shape: &RequestShape) -> Result<Vec<SeriesInput>, RequestError> {
-    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(content);
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(content);
     let headers = reader
         .headers()
         .map_err(|e| invalid(format!("CSV header: {e}")))?
@@ -103,15 +119,13 @@ pub fn parse_csv(content: &[u8], shape: &RequestShape) -> Result<Vec<SeriesInput
         .features
         .iter()
         .map(|f| {
-            column(f).ok_or_else(|| {
-                RequestError {
-                    code: ErrorCode::WrongFeatureCount,
-                    message: format!(
-                        "CSV has no column `{f}`; the model needs {} (header: {})",
-                        shape.features.join(", "),
-                        headers.iter().collect::<Vec<_>>().join(",")
-                    ),
-                }
+            column(f).ok_or_else(|| RequestError {
+                code: ErrorCode::WrongFeatureCount,
+                message: format!(
+                    "CSV has no column `{f}`; the model needs {} (header: {})",
+                    shape.features.join(", "),
+                    headers.iter().collect::<Vec<_>>().join(",")
+                ),
             })
         })
         .collect::<Result<_, _>>()?;
@@ -138,7 +152,9 @@ pub fn parse_csv(content: &[u8], shape: &RequestShape) -> Result<Vec<SeriesInput
         for (&c, feature) in feature_columns.iter().zip(&shape.features) {
             let cell = record.get(c).unwrap_or("");
             let value: f64 = cell.parse().map_err(|_| {
-                invalid(format!("CSV line {line}, column `{feature}`: `{cell}` is not a number"))
+                invalid(format!(
+                    "CSV line {line}, column `{feature}`: `{cell}` is not a number"
+                ))
             })?;
             if !value.is_finite() {
                 return Err(RequestError {
@@ -159,7 +175,11 @@ pub fn parse_csv(content: &[u8], shape: &RequestShape) -> Result<Vec<SeriesInput
     if order.len() > shape.max_series {
         return Err(RequestError {
             code: ErrorCode::TooManySeries,
-            message: format!("CSV has {} series; at most {} are accepted", order.len(), shape.max_series),
+            message: format!(
+                "CSV has {} series; at most {} are accepted",
+                order.len(),
+                shape.max_series
+            ),
         });
     }
     let width = shape.features.len();
@@ -210,7 +230,10 @@ mod tests {
         let series = parse_csv(csv.as_bytes(), &shape()).unwrap();
         assert_eq!(series.len(), 1);
         assert_eq!(series[0].values, vec![11.0, 12.0]);
-        assert_eq!(series[0].last_timestamp, parse_rfc3339("2018-01-01T02:00:00Z"));
+        assert_eq!(
+            series[0].last_timestamp,
+            parse_rfc3339("2018-01-01T02:00:00Z")
+        );
     }
 
     #[test]
@@ -225,7 +248,11 @@ mod tests {
     #[test]
     fn short_histories_and_missing_columns_are_named() {
         let err = parse_csv(b"id,OT\nx,1\n", &shape()).unwrap_err();
-        assert!(err.message.contains("series `x` has 1 rows"), "{}", err.message);
+        assert!(
+            err.message.contains("series `x` has 1 rows"),
+            "{}",
+            err.message
+        );
         let err = parse_csv(b"temp\n1\n2\n", &shape()).unwrap_err();
         assert!(err.message.contains("no column `OT`"));
         let err = parse_csv(b"OT\n1\nnan\n", &shape()).unwrap_err();
@@ -238,14 +265,23 @@ mod tests {
         let series = parse_json_lines(text.as_bytes(), &shape()).unwrap();
         assert_eq!(series.len(), 2);
         assert_eq!(series[1].values, vec![3.0, 4.0]);
-        let err = parse_json_lines(b"{\"values\":[1,2]}\n{\"values\":[1]}\n", &shape()).unwrap_err();
-        assert!(err.message.starts_with("line 2: series.values has 1 entries"), "{}", err.message);
+        let err =
+            parse_json_lines(b"{\"values\":[1,2]}\n{\"values\":[1]}\n", &shape()).unwrap_err();
+        assert!(
+            err.message
+                .starts_with("line 2: series.values has 1 entries"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
     fn formats_are_detected_by_name_then_content() {
         assert_eq!(InputFormat::detect("a.csv", b"{"), InputFormat::Csv);
-        assert_eq!(InputFormat::detect("-", b"  {\"series\":[]}"), InputFormat::Json);
+        assert_eq!(
+            InputFormat::detect("-", b"  {\"series\":[]}"),
+            InputFormat::Json
+        );
         assert_eq!(InputFormat::detect("-", b"OT\n1"), InputFormat::Csv);
     }
 }

@@ -12,7 +12,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_lambda_events::cloudwatch_alarms::{CloudWatchAlarm, CloudWatchAlarmData, CloudWatchAlarmStateValue};
+use aws_lambda_events::cloudwatch_alarms::{
+    CloudWatchAlarm, CloudWatchAlarmData, CloudWatchAlarmStateValue,
+};
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use chrono::{DateTime, Utc};
 use lambda_runtime::{Diagnostic, LambdaEvent};
@@ -21,13 +23,13 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tower::Service;
 
-use crate::emf;
 use crate::forecast::{ForecastResponse, RequestShape};
-use crate::http::{AppState, Limits};
+use crate::http::{AppState, Limits, Monitoring};
 use crate::infer::InferenceHandle;
 use crate::input::{parse_input, InputFormat};
-use crate::metrics::ServerMetrics;
+use crate::metrics::{Metric, ServerMetrics, SinkKind, Telemetry};
 use crate::model::{Model, ModelArtifacts, ModelError};
+use crate::monitor::store::{AccuracyStore, ForecastLog};
 use crate::registry::{Registry, RegistryError, RollbackOutcome, S3ModelSource};
 use crate::source::{BundledSource, DirectorySource, ModelSource, ModelUri};
 
@@ -42,6 +44,15 @@ pub struct LambdaConfig {
     /// How often a warm instance re-reads the alias to pick up a promotion or a rollback.
     pub alias_check_interval: Duration,
     pub metrics_namespace: String,
+    /// Where metrics go; EMF (log lines, no API call) by default in Lambda.
+    pub metrics_sinks: Vec<SinkKind>,
+    /// Optional `Stage` dimension.
+    pub stage: Option<String>,
+    /// `s3://BUCKET/PREFIX` of the forecast log and actuals (the accuracy loop).
+    pub forecast_log_uri: Option<String>,
+    pub backtest_rate: f64,
+    /// How long after a forecast's last target time its actuals may still arrive.
+    pub evaluation_grace: Duration,
 }
 
 /// Why the function could not start. Lambda reports it as an init error.
@@ -50,7 +61,12 @@ pub enum InitError {
     #[error("fetching the model from {source_uri}: {cause}")]
     Fetch { source_uri: String, cause: String },
     #[error("loading the model from {source_uri}: {cause}")]
-    Load { source_uri: String, cause: ModelError },
+    Load {
+        source_uri: String,
+        cause: ModelError,
+    },
+    #[error("FORECAST_LOG_URI: {0}")]
+    Config(String),
 }
 
 /// Where init time went; logged as one structured line.
@@ -84,13 +100,22 @@ pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, InitTimings), Init
         ModelUri::S3(model) => {
             let registry = Registry::new(s3.clone(), model.clone());
             let source = S3ModelSource::new(registry.clone(), crate::registry::default_cache_dir());
-            let (artifacts, report) = source.fetch_current().await.map_err(|e| InitError::Fetch {
-                source_uri: model.to_string(),
-                cause: e.to_string(),
-            })?;
-            (Some(registry), model.to_string(), (artifacts, report.from_cache))
+            let (artifacts, report) =
+                source.fetch_current().await.map_err(|e| InitError::Fetch {
+                    source_uri: model.to_string(),
+                    cause: e.to_string(),
+                })?;
+            (
+                Some(registry),
+                model.to_string(),
+                (artifacts, report.from_cache),
+            )
         }
-        ModelUri::Bundled => (None, "bundled".into(), (fetch_local(&BundledSource).await?, true)),
+        ModelUri::Bundled => (
+            None,
+            "bundled".into(),
+            (fetch_local(&BundledSource).await?, true),
+        ),
         ModelUri::Directory(dir) => {
             let source = DirectorySource::new(dir);
             (None, source.describe(), (fetch_local(&source).await?, true))
@@ -126,16 +151,42 @@ pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, InitTimings), Init
         "init complete"
     );
     let (handle, _engine_thread) = InferenceHandle::spawn(model, 64);
-    let state = AppState::new(handle, ServerMetrics::new(), config.limits);
-    let router = crate::http::router(state.clone()).layer(axum::middleware::map_request(lambda_request_id));
-    emf::emit(
+    let server_metrics = ServerMetrics::new();
+    let (sinks, _) = crate::metrics::build_sinks(
+        &config.metrics_sinks,
         &config.metrics_namespace,
-        &[("Model", &metadata.name), ("ModelVersion", &metadata.version)],
-        &[
-            emf::Datum { name: "ColdStartDuration", unit: "Milliseconds", value: ms(timings.total) },
-            emf::Datum { name: "ModelLoadDuration", unit: "Milliseconds", value: ms(timings.load + timings.warm_up) },
-        ],
+        &server_metrics,
+        &sdk_config,
     );
+    let telemetry = Telemetry::new(
+        sinks,
+        &metadata.name,
+        &metadata.version,
+        config.stage.as_deref(),
+    );
+    let forecast_log = match &config.forecast_log_uri {
+        Some(uri) => Some(Arc::new(ForecastLog::new(
+            AccuracyStore::new(s3.clone(), uri).map_err(|e| InitError::Config(e.to_string()))?,
+        ))),
+        None => None,
+    };
+    let monitoring = Monitoring {
+        telemetry: telemetry.clone(),
+        forecast_log,
+        backtest_rate: config.backtest_rate,
+    };
+    let state = AppState::with_monitoring(handle, server_metrics, config.limits, monitoring);
+    let router =
+        crate::http::router(state.clone()).layer(axum::middleware::map_request(lambda_request_id));
+    telemetry.record(Metric::ColdStartDuration, ms(timings.total));
+    telemetry.record(
+        Metric::ModelLoadDuration,
+        ms(timings.load + timings.warm_up),
+    );
+    if let Some(rss) = crate::metrics::resident_set_bytes() {
+        telemetry.record(Metric::MemoryRss, rss);
+    }
+    telemetry.flush().await;
     Ok((
         LambdaApp {
             state,
@@ -233,11 +284,14 @@ fn shape_of(event: &Value) -> Shape {
     let text = |key: &str| event.get(key).and_then(Value::as_str);
     if has("requestContext") && (has("httpMethod") || has("routeKey")) {
         Shape::Http
-    } else if text("source") == Some("aws.cloudwatch") && text("detail-type") == Some("CloudWatch Alarm State Change") {
+    } else if text("source") == Some("aws.cloudwatch")
+        && text("detail-type") == Some("CloudWatch Alarm State Change")
+    {
         Shape::AlarmStateChange
     } else if text("source") == Some("aws.cloudwatch") && has("alarmData") {
         Shape::AlarmAction
-    } else if text("source") == Some("aws.events") && text("detail-type") == Some("Scheduled Event") {
+    } else if text("source") == Some("aws.events") && text("detail-type") == Some("Scheduled Event")
+    {
         Shape::ScheduledEvent
     } else if has("action") {
         // An EventBridge rule with a constant input replaces the event with that input entirely.
@@ -255,7 +309,10 @@ fn describe_unknown(event: &Value) -> String {
                 "unrecognised event with keys {keys:?}; expected an API Gateway proxy event, an EventBridge scheduled event or {{\"action\": ...}}, or a CloudWatch alarm event"
             )
         }
-        other => format!("unrecognised event: a JSON {} instead of an object", json_kind(other)),
+        other => format!(
+            "unrecognised event: a JSON {} instead of an object",
+            json_kind(other)
+        ),
     }
 }
 
@@ -271,7 +328,8 @@ fn json_kind(value: &Value) -> &'static str {
 }
 
 fn typed<T: serde::de::DeserializeOwned>(event: Value, what: &str) -> Result<T, InvocationError> {
-    serde_json::from_value(event).map_err(|e| InvocationError::new("InvalidEvent", format!("malformed {what}: {e}")))
+    serde_json::from_value(event)
+        .map_err(|e| InvocationError::new("InvalidEvent", format!("malformed {what}: {e}")))
 }
 
 impl LambdaApp {
@@ -287,59 +345,118 @@ impl LambdaApp {
         use tracing::Instrument;
         async move {
             self.pick_up_alias_changes().await;
+            let result = self.dispatch(payload, context).await;
+            // Lambda may freeze the sandbox right after the answer: ship metrics and logs now.
+            if let Some(log) = self.state.forecast_log() {
+                log.flush().await;
+            }
+            self.state.telemetry().flush().await;
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn dispatch(
+        &self,
+        payload: Value,
+        context: lambda_runtime::Context,
+    ) -> Result<Value, InvocationError> {
+        {
             match shape_of(&payload) {
                 Shape::Http => {
-                    let request: lambda_http::request::LambdaRequest = typed(payload, "API Gateway proxy event")?;
+                    let request: lambda_http::request::LambdaRequest =
+                        typed(payload, "API Gateway proxy event")?;
                     let mut adapter = lambda_http::Adapter::from(self.router.clone());
                     let response = adapter
                         .call(LambdaEvent::new(request, context))
                         .await
-                        .map_err(|e| InvocationError::new("Internal", format!("router failed: {e}")))?;
-                    serde_json::to_value(response).map_err(|e| InvocationError::new("Internal", e.to_string()))
+                        .map_err(|e| {
+                            InvocationError::new("Internal", format!("router failed: {e}"))
+                        })?;
+                    serde_json::to_value(response)
+                        .map_err(|e| InvocationError::new("Internal", e.to_string()))
                 }
-                Shape::ScheduledAction => self.run_action(typed(payload, "scheduled action")?).await,
+                Shape::ScheduledAction => {
+                    self.run_action(typed(payload, "scheduled action")?).await
+                }
                 Shape::ScheduledEvent => {
-                    let event: EventBridgeEvent<Value> = typed(payload, "EventBridge scheduled event")?;
+                    let event: EventBridgeEvent<Value> =
+                        typed(payload, "EventBridge scheduled event")?;
                     if event.detail.get("action").is_none() {
                         return Err(InvocationError::new(
                             "InvalidEvent",
                             "scheduled event without an action: give the rule an input such as {\"action\":\"batch-forecast\",\"input\":\"s3://...\",\"output\":\"s3://...\"}",
                         ));
                     }
-                    self.run_action(typed(event.detail, "scheduled event detail")?).await
+                    self.run_action(typed(event.detail, "scheduled event detail")?)
+                        .await
                 }
                 Shape::AlarmStateChange => {
-                    let event: EventBridgeEvent<CloudWatchAlarmData> = typed(payload, "CloudWatch Alarm State Change event")?;
-                    let state = event.detail.state.as_ref().map(|s| (s.value.clone(), s.timestamp));
+                    let event: EventBridgeEvent<CloudWatchAlarmData> =
+                        typed(payload, "CloudWatch Alarm State Change event")?;
+                    let state = event
+                        .detail
+                        .state
+                        .as_ref()
+                        .map(|s| (s.value.clone(), s.timestamp));
                     self.on_alarm(&event.detail.alarm_name, state).await
                 }
                 Shape::AlarmAction => {
                     let alarm: CloudWatchAlarm = typed(payload, "CloudWatch alarm action payload")?;
-                    let state = alarm.alarm_data.state.as_ref().map(|s| (s.value.clone(), s.timestamp));
+                    let state = alarm
+                        .alarm_data
+                        .state
+                        .as_ref()
+                        .map(|s| (s.value.clone(), s.timestamp));
                     self.on_alarm(&alarm.alarm_data.alarm_name, state).await
                 }
-                Shape::Unknown => Err(InvocationError::new("UnrecognisedEvent", describe_unknown(&payload))),
+                Shape::Unknown => Err(InvocationError::new(
+                    "UnrecognisedEvent",
+                    describe_unknown(&payload),
+                )),
             }
         }
-        .instrument(span)
-        .await
     }
 
     async fn run_action(&self, action: ScheduledAction) -> Result<Value, InvocationError> {
         match action {
-            ScheduledAction::BatchForecast { input, output } => self.batch_forecast(&input, &output).await,
-            ScheduledAction::Evaluate {} => Err(InvocationError::new(
-                "NotConfigured",
-                "accuracy evaluation is not configured in this build (it arrives with the monitoring loop: forecast log, actuals, evaluate)",
-            )),
+            ScheduledAction::BatchForecast { input, output } => {
+                self.batch_forecast(&input, &output).await
+            }
+            ScheduledAction::Evaluate {} => {
+                let Some(log) = self.state.forecast_log() else {
+                    return Err(InvocationError::new(
+                        "NotConfigured",
+                        "accuracy evaluation is not configured: set FORECAST_LOG_URI=s3://BUCKET/PREFIX (where forecasts and actuals are stored)",
+                    ));
+                };
+                let grace = chrono::Duration::from_std(self.config.evaluation_grace)
+                    .unwrap_or_else(|_| chrono::Duration::hours(1));
+                let run = crate::monitor::evaluate::run_evaluation(
+                    log.store(),
+                    self.state.telemetry(),
+                    Utc::now(),
+                    grace,
+                )
+                .await
+                .map_err(|e| InvocationError::new("EvaluationFailed", e.to_string()))?;
+                Ok(
+                    json!({"action": "evaluate", "report": run.report, "forecasts_scored": run.evaluation.forecasts_scored,
+                          "pairs": run.evaluation.pairs, "missing_actuals": run.evaluation.missing_actuals,
+                          "scores": run.evaluation.by_version}),
+                )
+            }
         }
     }
 
     async fn batch_forecast(&self, input: &str, output: &str) -> Result<Value, InvocationError> {
         let started = Instant::now();
         let bad = |m: String| InvocationError::new("InvalidInput", m);
-        let (in_bucket, in_key) = crate::aws::parse_s3_url(input).ok_or_else(|| bad(format!("input `{input}` is not an s3:// URL")))?;
-        let (out_bucket, out_key) = crate::aws::parse_s3_url(output).ok_or_else(|| bad(format!("output `{output}` is not an s3:// URL")))?;
+        let (in_bucket, in_key) = crate::aws::parse_s3_url(input)
+            .ok_or_else(|| bad(format!("input `{input}` is not an s3:// URL")))?;
+        let (out_bucket, out_key) = crate::aws::parse_s3_url(output)
+            .ok_or_else(|| bad(format!("output `{output}` is not an s3:// URL")))?;
         let object = self
             .s3
             .get_object()
@@ -347,7 +464,15 @@ impl LambdaApp {
             .key(&in_key)
             .send()
             .await
-            .map_err(|e| InvocationError::new("S3", format!("reading {input}: {}", aws_sdk_s3::error::DisplayErrorContext(&e))))?;
+            .map_err(|e| {
+                InvocationError::new(
+                    "S3",
+                    format!(
+                        "reading {input}: {}",
+                        aws_sdk_s3::error::DisplayErrorContext(&e)
+                    ),
+                )
+            })?;
         let content = object
             .body
             .collect()
@@ -360,7 +485,8 @@ impl LambdaApp {
         };
         let model = self.state.handle().model();
         let shape = RequestShape::new(model.metadata(), 1_000_000);
-        let series = parse_input(format, &content, &shape).map_err(|e| bad(format!("{input}: {e}")))?;
+        let series =
+            parse_input(format, &content, &shape).map_err(|e| bad(format!("{input}: {e}")))?;
         let mut lines = Vec::with_capacity(series.len() * 600);
         let mut version = model.metadata().version.clone();
         for chunk in series.chunks(self.config.limits.max_series.max(1)) {
@@ -386,20 +512,47 @@ impl LambdaApp {
             .body(lines.into())
             .send()
             .await
-            .map_err(|e| InvocationError::new("S3", format!("writing {output}: {}", aws_sdk_s3::error::DisplayErrorContext(&e))))?;
-        tracing::info!(series = series.len(), input, output, elapsed_ms = ms(started.elapsed()), "batch forecast written");
-        Ok(json!({"action": "batch-forecast", "series": series.len(), "input": input, "output": output, "model_version": version}))
+            .map_err(|e| {
+                InvocationError::new(
+                    "S3",
+                    format!(
+                        "writing {output}: {}",
+                        aws_sdk_s3::error::DisplayErrorContext(&e)
+                    ),
+                )
+            })?;
+        tracing::info!(
+            series = series.len(),
+            input,
+            output,
+            elapsed_ms = ms(started.elapsed()),
+            "batch forecast written"
+        );
+        Ok(
+            json!({"action": "batch-forecast", "series": series.len(), "input": input, "output": output, "model_version": version}),
+        )
     }
 
-    async fn on_alarm(&self, alarm: &str, state: Option<(CloudWatchAlarmStateValue, DateTime<Utc>)>) -> Result<Value, InvocationError> {
+    async fn on_alarm(
+        &self,
+        alarm: &str,
+        state: Option<(CloudWatchAlarmStateValue, DateTime<Utc>)>,
+    ) -> Result<Value, InvocationError> {
         let Some((value, changed_at)) = state else {
-            return Err(InvocationError::new("InvalidEvent", format!("alarm event for {alarm} carries no state")));
+            return Err(InvocationError::new(
+                "InvalidEvent",
+                format!("alarm event for {alarm} carries no state"),
+            ));
         };
         if value != CloudWatchAlarmStateValue::Alarm {
-            return Ok(json!({"action": "none", "reason": format!("alarm {alarm} is {value:?}, not ALARM")}));
+            return Ok(
+                json!({"action": "none", "reason": format!("alarm {alarm} is {value:?}, not ALARM")}),
+            );
         }
         if !self.config.rollback_alarms.iter().any(|a| a == alarm) {
-            return Ok(json!({"action": "none", "reason": format!("alarm {alarm} is not in ROLLBACK_ALARMS {:?}", self.config.rollback_alarms)}));
+            return Ok(
+                json!({"action": "none", "reason": format!("alarm {alarm} is not in ROLLBACK_ALARMS {:?}", self.config.rollback_alarms)}),
+            );
         }
         let registry = match &self.registry {
             Some(r) if r.model.version.is_none() => r,
@@ -412,18 +565,15 @@ impl LambdaApp {
         };
         let trigger = format!("alarm:{alarm}@{}", changed_at.to_rfc3339());
         let outcome = registry.rollback(&trigger).await.map_err(|e| match e {
-            RegistryError::NoPreviousVersion { .. } => InvocationError::new("RollbackImpossible", e.to_string()),
+            RegistryError::NoPreviousVersion { .. } => {
+                InvocationError::new("RollbackImpossible", e.to_string())
+            }
             other => InvocationError::new("Registry", other.to_string()),
         })?;
         let (action, from, to) = match outcome {
             RollbackOutcome::RolledBack { from, to } => {
                 tracing::warn!(alarm, from = %from, to = %to, "model rolled back");
-                let model = self.state.handle().model();
-                emf::emit(
-                    &self.config.metrics_namespace,
-                    &[("Model", &model.metadata().name), ("ModelVersion", &from)],
-                    &[emf::Datum { name: "ModelRollbacks", unit: "Count", value: 1.0 }],
-                );
+                self.state.telemetry().record(Metric::ModelRollbacks, 1.0);
                 ("rollback", from, to)
             }
             RollbackOutcome::AlreadyApplied { from, to } => {
@@ -451,7 +601,9 @@ impl LambdaApp {
             Ok(version) => {
                 self.reload_if_changed(&version).await;
             }
-            Err(e) => tracing::warn!("could not read the model alias (serving the current model): {e}"),
+            Err(e) => {
+                tracing::warn!("could not read the model alias (serving the current model): {e}")
+            }
         }
     }
 
@@ -467,22 +619,15 @@ impl LambdaApp {
         };
         match crate::reload::reload(registry, version, self.state.handle()).await {
             Ok(()) => {
-                self.state.metrics().set_model(self.state.handle().model().metadata());
-                let model = self.state.handle().model();
-                emf::emit(
-                    &self.config.metrics_namespace,
-                    &[("Model", &model.metadata().name), ("ModelVersion", version)],
-                    &[emf::Datum { name: "ModelReloads", unit: "Count", value: 1.0 }],
-                );
+                self.state.model_changed();
+                self.state.telemetry().record(Metric::ModelReloads, 1.0);
                 version.to_string()
             }
             Err(e) => {
                 tracing::error!(version, "model reload failed; still serving {current}: {e}");
-                emf::emit(
-                    &self.config.metrics_namespace,
-                    &[("Model", &registry.model.name), ("ModelVersion", &current)],
-                    &[emf::Datum { name: "ModelReloadFailures", unit: "Count", value: 1.0 }],
-                );
+                self.state
+                    .telemetry()
+                    .record(Metric::ModelReloadFailures, 1.0);
                 current
             }
         }
@@ -492,10 +637,12 @@ impl LambdaApp {
 /// Runs the Lambda runtime loop until the process is stopped.
 pub async fn run(app: LambdaApp) -> Result<(), lambda_runtime::Error> {
     let app = Arc::new(app);
-    lambda_runtime::run(lambda_runtime::service_fn(move |event: LambdaEvent<Value>| {
-        let app = Arc::clone(&app);
-        async move { app.handle(event).await }
-    }))
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: LambdaEvent<Value>| {
+            let app = Arc::clone(&app);
+            async move { app.handle(event).await }
+        },
+    ))
     .await
 }
 
@@ -507,7 +654,10 @@ pub fn report_init_error(error_type: &str, message: &str) {
         return;
     };
     let api = api.trim_start_matches("http://").trim_end_matches('/');
-    let (host, base) = api.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((api, String::new()));
+    let (host, base) = api
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((api, String::new()));
     let body = json!({"errorType": error_type, "errorMessage": message}).to_string();
     let Ok(mut stream) = std::net::TcpStream::connect(host) else {
         return;
@@ -530,9 +680,11 @@ mod tests {
     fn events_are_routed_by_shape() {
         let v1 = json!({"httpMethod": "POST", "path": "/v1/forecast", "requestContext": {}});
         let v2 = json!({"version": "2.0", "routeKey": "POST /v1/forecast", "requestContext": {}});
-        let scheduled = json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
+        let scheduled =
+            json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
         let custom = json!({"action": "evaluate"});
-        let change = json!({"source": "aws.cloudwatch", "detail-type": "CloudWatch Alarm State Change"});
+        let change =
+            json!({"source": "aws.cloudwatch", "detail-type": "CloudWatch Alarm State Change"});
         let direct = json!({"source": "aws.cloudwatch", "alarmData": {}});
         assert!(matches!(shape_of(&v1), Shape::Http));
         assert!(matches!(shape_of(&v2), Shape::Http));
@@ -546,7 +698,10 @@ mod tests {
     #[test]
     fn an_unknown_event_is_described_by_its_keys() {
         let text = describe_unknown(&json!({"Records": [], "foo": 1}));
-        assert!(text.contains("\"Records\"") && text.contains("\"foo\""), "{text}");
+        assert!(
+            text.contains("\"Records\"") && text.contains("\"foo\""),
+            "{text}"
+        );
         assert!(describe_unknown(&json!([1])).contains("array"));
     }
 
@@ -555,6 +710,9 @@ mod tests {
         let ok: ScheduledAction = serde_json::from_value(json!({"action": "batch-forecast", "input": "s3://b/i.csv", "output": "s3://b/o.jsonl"})).unwrap();
         assert!(matches!(ok, ScheduledAction::BatchForecast { .. }));
         assert!(serde_json::from_value::<ScheduledAction>(json!({"action": "retrain"})).is_err());
-        assert!(serde_json::from_value::<ScheduledAction>(json!({"action": "batch-forecast", "input": "x"})).is_err());
+        assert!(serde_json::from_value::<ScheduledAction>(
+            json!({"action": "batch-forecast", "input": "x"})
+        )
+        .is_err());
     }
 }

@@ -15,12 +15,14 @@
 //!   rollback) and the S3 model source with its on-disk cache.
 //! - [`reload`]: hot reload of the alias in long-running processes.
 //! - [`aws`]: SDK configuration (retries and timeouts sized for Lambda init, emulator endpoints).
-//! - [`emf`]: CloudWatch Embedded Metric Format lines.
+//! - [`monitor`]: input drift, accuracy scores, the forecast log and actuals on S3, evaluation
+//!   reports.
 //! - [`infer`]: the inference handle: a dedicated engine thread behind a bounded queue, so libtorch
 //!   never runs on async workers.
 //! - [`validate`]: `model validate`, which probes a model in a child process so a model that
 //!   crashes libtorch cannot crash the caller.
-//! - [`metrics`]: Prometheus metrics of the serving process.
+//! - [`metrics`]: one metrics facade ([`metrics::Telemetry`], the metric list in
+//!   [`metrics::Metric`]) with three sinks: Prometheus, the CloudWatch API, EMF log lines.
 //!
 //! Adapters only convert types and errors:
 //!
@@ -30,7 +32,6 @@
 //! - `src/main.rs`: the command line (`serve`, `forecast`, `model ...`).
 
 pub mod aws;
-pub mod emf;
 pub mod forecast;
 pub mod http;
 pub mod infer;
@@ -38,6 +39,7 @@ pub mod input;
 pub mod lambda;
 pub mod metrics;
 pub mod model;
+pub mod monitor;
 pub mod registry;
 pub mod reload;
 pub mod source;

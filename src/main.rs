@@ -9,13 +9,15 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use lstm_forecast::forecast::{ForecastResponse, RequestShape};
-use lstm_forecast::http::{self, AppState, Limits};
+use lstm_forecast::http::{self, AppState, Limits, Monitoring};
 use lstm_forecast::infer::InferenceHandle;
 use lstm_forecast::input::{parse_input, InputFormat};
+use lstm_forecast::lambda::{self, LambdaConfig};
 use lstm_forecast::metrics::ServerMetrics;
+use lstm_forecast::metrics::{Metric, SinkKind, Telemetry};
 use lstm_forecast::model::engine::configure_libtorch;
 use lstm_forecast::model::Model;
-use lstm_forecast::lambda::{self, LambdaConfig};
+use lstm_forecast::monitor::store::{AccuracyStore, ForecastLog};
 use lstm_forecast::registry::{Registry, RegistryRef, RollbackOutcome};
 use lstm_forecast::source::{open_source, DirectorySource, ModelUri};
 use lstm_forecast::validate::{run_probe, validate_dir};
@@ -57,6 +59,14 @@ enum Command {
     /// Inspect, check and publish models (local directories and the S3 registry).
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Score logged forecasts against actuals and publish the accuracy metrics and a report.
+    ///
+    /// Joins the forecasts logged under FORECAST_LOG_URI with the actuals stored there
+    /// (POST /v1/observations, or JSON Lines / CSV files dropped under PREFIX/actuals/) on
+    /// (series id, target time); scores those that became due since the last evaluation; pushes
+    /// MAE, RMSE, WAPE, Bias, MASE (overall and per horizon bucket) to the metrics sinks; writes
+    /// PREFIX/reports/<time>/report.json and chart.svg.
+    Evaluate(EvaluateArgs),
     /// Run as an AWS Lambda function (also started when the binary is invoked as `bootstrap`).
     ///
     /// Answers API Gateway REST/HTTP proxy events (the same routes as `serve`), EventBridge
@@ -66,22 +76,81 @@ enum Command {
     Lambda(LambdaArgs),
 }
 
+/// Where metrics go.
+#[derive(Args)]
+struct MetricsArgs {
+    /// Comma-separated metric sinks: prometheus (GET /metrics), cloudwatch (PutMetricData API),
+    /// emf (Embedded Metric Format lines on stdout) [default: prometheus for serve, emf for lambda].
+    #[arg(long, env = "METRICS_SINKS", value_delimiter = ',')]
+    metrics_sinks: Vec<SinkKind>,
+
+    /// CloudWatch namespace.
+    #[arg(long, env = "METRICS_NAMESPACE", default_value = lstm_forecast::metrics::emf::DEFAULT_NAMESPACE)]
+    metrics_namespace: String,
+
+    /// Value of the optional `Stage` dimension (e.g. prod, staging).
+    #[arg(long, env = "STAGE")]
+    stage: Option<String>,
+
+    /// Seconds between flushes of the CloudWatch/EMF sinks (serve); Lambda flushes per invocation.
+    #[arg(long, env = "METRICS_FLUSH_SECONDS", default_value_t = 60)]
+    metrics_flush_seconds: u64,
+}
+
+/// The accuracy loop.
+#[derive(Args)]
+struct AccuracyArgs {
+    /// s3://BUCKET/PREFIX where forecasts are logged and actuals stored; enables POST /v1/observations.
+    #[arg(long, env = "FORECAST_LOG_URI")]
+    forecast_log: Option<String>,
+
+    /// Share (0-1) of series sent with at least window + horizon history that are also backtested
+    /// (forecast from the older part, scored against the newest values -> BacktestMAE).
+    #[arg(long, env = "BACKTEST_SAMPLE_RATE", default_value_t = 0.1)]
+    backtest_rate: f64,
+}
+
+#[derive(Args)]
+struct EvaluateArgs {
+    /// s3://BUCKET/PREFIX of the forecast log and actuals.
+    #[arg(long, env = "FORECAST_LOG_URI")]
+    store: String,
+
+    /// Minutes after a forecast's last target time that its actuals may still arrive.
+    #[arg(long, env = "EVALUATION_GRACE_MINUTES", default_value_t = 60)]
+    grace_minutes: i64,
+
+    #[command(flatten)]
+    metrics: MetricsArgs,
+}
+
 #[derive(Args)]
 struct LambdaArgs {
     #[command(flatten)]
     model: ModelArgs,
 
+    #[command(flatten)]
+    metrics: MetricsArgs,
+
+    #[command(flatten)]
+    accuracy: AccuracyArgs,
+
+    /// Minutes after a forecast's last target time that its actuals may still arrive.
+    #[arg(long, env = "EVALUATION_GRACE_MINUTES", default_value_t = 60)]
+    grace_minutes: u64,
+
     /// Comma-separated alarm names whose ALARM state rolls the model alias back.
-    #[arg(long, env = "ROLLBACK_ALARMS", value_delimiter = ',', default_value = "")]
+    #[arg(
+        long,
+        env = "ROLLBACK_ALARMS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
     rollback_alarms: Vec<String>,
 
     /// Seconds between checks of the registry alias by a warm instance (0: every invocation).
     #[arg(long, env = "ALIAS_CHECK_SECONDS", default_value_t = 60)]
     alias_check_seconds: u64,
-
-    /// CloudWatch namespace of the Embedded Metric Format lines.
-    #[arg(long, env = "METRICS_NAMESPACE", default_value = lstm_forecast::emf::DEFAULT_NAMESPACE)]
-    metrics_namespace: String,
 }
 
 #[derive(Args)]
@@ -121,6 +190,12 @@ struct ServeArgs {
     /// live version is loaded in the background and swapped in (0 disables).
     #[arg(long, env = "RELOAD_INTERVAL_SECONDS", default_value_t = 60)]
     reload_interval_seconds: u64,
+
+    #[command(flatten)]
+    metrics: MetricsArgs,
+
+    #[command(flatten)]
+    accuracy: AccuracyArgs,
 }
 
 #[derive(Args)]
@@ -216,7 +291,11 @@ fn main() -> std::process::ExitCode {
     // Lambda's provided.al2023 runtime executes `bootstrap` with no arguments.
     let invoked_as_bootstrap = std::env::args_os()
         .next()
-        .map(|arg0| PathBuf::from(arg0).file_name().is_some_and(|n| n == "bootstrap"))
+        .map(|arg0| {
+            PathBuf::from(arg0)
+                .file_name()
+                .is_some_and(|n| n == "bootstrap")
+        })
         .unwrap_or(false);
     let cli = if invoked_as_bootstrap {
         Cli::parse_from(["lstm-forecast", "lambda"])
@@ -243,7 +322,11 @@ fn init_tracing(format: LogFormat) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
     }
 }
 
@@ -270,7 +353,11 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             runtime()?.block_on(async {
                 let live = registry.read_alias().await?.map(|(alias, _)| alias);
                 for version in registry.list_versions().await? {
-                    let marker = if live.as_ref().is_some_and(|a| a.version == version) { "  (live)" } else { "" };
+                    let marker = if live.as_ref().is_some_and(|a| a.version == version) {
+                        "  (live)"
+                    } else {
+                        ""
+                    };
                     println!("{version}{marker}");
                 }
                 if let Some(alias) = live {
@@ -295,12 +382,14 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             let registry = open_registry(&registry)?;
             let trigger = format!("cli@{}", chrono::Utc::now().to_rfc3339());
             match runtime()?.block_on(registry.rollback(&trigger))? {
-                RollbackOutcome::RolledBack { from, to } | RollbackOutcome::AlreadyApplied { from, to } => {
+                RollbackOutcome::RolledBack { from, to }
+                | RollbackOutcome::AlreadyApplied { from, to } => {
                     println!("rolled back: {to} is live (was {from})")
                 }
             }
         }
         Command::Lambda(args) => return run_lambda(args),
+        Command::Evaluate(args) => evaluate(args)?,
         Command::Model(ModelCommand::Probe { dir }) => {
             configure_libtorch(None);
             let artifacts = DirectorySource::new(&dir).read()?;
@@ -333,7 +422,8 @@ fn load_model(args: &ModelArgs) -> anyhow::Result<Model> {
         .block_on(source.fetch())
         .with_context(|| format!("fetching the model from {}", source.describe()))?;
     let fetched = started.elapsed();
-    let model = Model::load(&artifacts).with_context(|| format!("loading the model from {}", source.describe()))?;
+    let model = Model::load(&artifacts)
+        .with_context(|| format!("loading the model from {}", source.describe()))?;
     let metadata = model.metadata();
     tracing::info!(
         model = %metadata.name,
@@ -354,25 +444,92 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_series: args.max_series,
     };
     let (handle, engine_thread) = InferenceHandle::spawn(model, args.max_queue);
-    let state = AppState::new(handle, ServerMetrics::new(), limits);
     let follow_alias = match ModelUri::parse(&args.model.model)? {
-        ModelUri::S3(model) if model.version.is_none() && args.reload_interval_seconds > 0 => Some(model),
+        ModelUri::S3(model) if model.version.is_none() && args.reload_interval_seconds > 0 => {
+            Some(model)
+        }
         _ => None,
     };
-    runtime()?.block_on(async move {
-        let (stop_watching, watching_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server_metrics = ServerMetrics::new();
+    let runtime = runtime()?;
+    runtime.block_on(async move {
+        let sdk_config = lstm_forecast::aws::sdk_config().await;
+        let kinds = if args.metrics.metrics_sinks.is_empty() {
+            vec![SinkKind::Prometheus]
+        } else {
+            args.metrics.metrics_sinks.clone()
+        };
+        let (sinks, _) = lstm_forecast::metrics::build_sinks(
+            &kinds,
+            &args.metrics.metrics_namespace,
+            &server_metrics,
+            &sdk_config,
+        );
+        let model = handle.model();
+        let telemetry = Telemetry::new(
+            sinks,
+            &model.metadata().name,
+            &model.metadata().version,
+            args.metrics.stage.as_deref(),
+        );
+        drop(model);
+        let forecast_log = match &args.accuracy.forecast_log {
+            Some(uri) => Some(std::sync::Arc::new(ForecastLog::new(AccuracyStore::new(
+                lstm_forecast::aws::s3_client(&sdk_config),
+                uri,
+            )?))),
+            None => None,
+        };
+        let monitoring = Monitoring {
+            telemetry: telemetry.clone(),
+            forecast_log: forecast_log.clone(),
+            backtest_rate: args.accuracy.backtest_rate,
+        };
+        let state = AppState::with_monitoring(handle, server_metrics, limits, monitoring);
+        let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = background_stopped.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
         if let Some(model) = follow_alias {
-            let config = lstm_forecast::aws::sdk_config().await;
-            let registry = Registry::new(lstm_forecast::aws::s3_client(&config), model);
+            let registry = Registry::new(lstm_forecast::aws::s3_client(&sdk_config), model);
             tokio::spawn(lstm_forecast::reload::watch_alias(
                 registry,
                 state.clone(),
                 Duration::from_secs(args.reload_interval_seconds),
-                async {
-                    let _ = watching_stopped.await;
-                },
+                stopped(),
             ));
         }
+        // Push sinks and the forecast log ship on a period and once more at shutdown.
+        let flush_period = Duration::from_secs(args.metrics.metrics_flush_seconds.max(1));
+        let background = tokio::spawn({
+            let telemetry = telemetry.clone();
+            let forecast_log = forecast_log.clone();
+            let shutdown = stopped();
+            async move {
+                tokio::pin!(shutdown);
+                let mut ticker = tokio::time::interval(flush_period);
+                ticker.tick().await;
+                loop {
+                    let stop = tokio::select! {
+                        _ = &mut shutdown => true,
+                        _ = ticker.tick() => false,
+                    };
+                    if let Some(rss) = lstm_forecast::metrics::resident_set_bytes() {
+                        telemetry.record(Metric::MemoryRss, rss);
+                    }
+                    if let Some(log) = &forecast_log {
+                        log.flush().await;
+                    }
+                    telemetry.flush().await;
+                    if stop {
+                        break;
+                    }
+                }
+            }
+        });
         let listener = tokio::net::TcpListener::bind(args.bind)
             .await
             .with_context(|| format!("binding {}", args.bind))?;
@@ -387,7 +544,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let served = http::serve(listener, state, http::shutdown_signal())
             .await
             .context("serving HTTP");
-        let _ = stop_watching.send(());
+        let _ = stop_background.send(true);
+        let _ = background.await;
+        tracing::info!("metrics and forecast log flushed");
         served
     })?;
     // The state (and so the last job sender) is gone: the engine thread drains and exits.
@@ -399,7 +558,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn forecast(args: ForecastArgs) -> anyhow::Result<()> {
     let content = if args.input.as_os_str() == "-" {
         let mut buffer = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buffer).context("reading standard input")?;
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buffer)
+            .context("reading standard input")?;
         buffer
     } else {
         std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?
@@ -412,7 +572,8 @@ fn forecast(args: ForecastArgs) -> anyhow::Result<()> {
     };
     let model = load_model(&args.model)?;
     let shape = RequestShape::new(model.metadata(), args.max_series);
-    let series = parse_input(format, &content, &shape).with_context(|| format!("reading {}", args.input.display()))?;
+    let series = parse_input(format, &content, &shape)
+        .with_context(|| format!("reading {}", args.input.display()))?;
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -440,7 +601,12 @@ fn validate(dir: PathBuf, json: bool, timeout_secs: u64) -> anyhow::Result<std::
             report.model.as_deref().unwrap_or("(unreadable)")
         );
         for check in &report.checks {
-            println!("  {} {:<9} {}", if check.ok { "ok  " } else { "FAIL" }, check.name, check.detail);
+            println!(
+                "  {} {:<9} {}",
+                if check.ok { "ok  " } else { "FAIL" },
+                check.name,
+                check.detail
+            );
         }
         println!("{}", if report.valid { "valid" } else { "INVALID" });
     }
@@ -472,7 +638,11 @@ fn publish(dir: PathBuf, registry: &str, promote: bool) -> anyhow::Result<std::p
             .filter(|c| !c.ok)
             .map(|c| format!("{}: {}", c.name, c.detail))
             .collect();
-        bail!("{} is not valid, nothing was uploaded: {}", dir.display(), failed.join("; "));
+        bail!(
+            "{} is not valid, nothing was uploaded: {}",
+            dir.display(),
+            failed.join("; ")
+        );
     }
     let artifacts = DirectorySource::new(&dir).read()?;
     let total = (artifacts.model_pt.len() + artifacts.metadata_json.len()) as u64;
@@ -503,11 +673,24 @@ fn run_lambda(args: LambdaArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     let config = LambdaConfig {
         model_uri: ModelUri::parse(&args.model.model)?,
-        rollback_alarms: args.rollback_alarms.into_iter().filter(|a| !a.trim().is_empty()).collect(),
+        rollback_alarms: args
+            .rollback_alarms
+            .into_iter()
+            .filter(|a| !a.trim().is_empty())
+            .collect(),
         threads: args.model.threads,
         limits: Limits::default(),
         alias_check_interval: Duration::from_secs(args.alias_check_seconds),
-        metrics_namespace: args.metrics_namespace,
+        metrics_namespace: args.metrics.metrics_namespace,
+        metrics_sinks: if args.metrics.metrics_sinks.is_empty() {
+            vec![SinkKind::Emf]
+        } else {
+            args.metrics.metrics_sinks
+        },
+        stage: args.metrics.stage,
+        forecast_log_uri: args.accuracy.forecast_log,
+        backtest_rate: args.accuracy.backtest_rate,
+        evaluation_grace: Duration::from_secs(args.grace_minutes * 60),
     };
     let runtime = runtime()?;
     let app = match runtime.block_on(lambda::init(config)) {
@@ -516,6 +699,7 @@ fn run_lambda(args: LambdaArgs) -> anyhow::Result<std::process::ExitCode> {
             let kind = match e {
                 lambda::InitError::Fetch { .. } => "ModelFetchFailed",
                 lambda::InitError::Load { .. } => "ModelLoadFailed",
+                lambda::InitError::Config(_) => "InvalidConfiguration",
             };
             tracing::error!(error_type = kind, "init failed: {e}");
             lambda::report_init_error(kind, &e.to_string());
@@ -527,6 +711,45 @@ fn run_lambda(args: LambdaArgs) -> anyhow::Result<std::process::ExitCode> {
         .block_on(lambda::run(app))
         .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
+    let runtime = runtime()?;
+    runtime.block_on(async move {
+        let sdk_config = lstm_forecast::aws::sdk_config().await;
+        let store = AccuracyStore::new(lstm_forecast::aws::s3_client(&sdk_config), &args.store)?;
+        let kinds = if args.metrics.metrics_sinks.is_empty() {
+            vec![SinkKind::CloudWatch]
+        } else {
+            args.metrics.metrics_sinks.clone()
+        };
+        let server_metrics = ServerMetrics::new();
+        let (sinks, cloudwatch) = lstm_forecast::metrics::build_sinks(
+            &kinds,
+            &args.metrics.metrics_namespace,
+            &server_metrics,
+            &sdk_config,
+        );
+        let telemetry = Telemetry::new(sinks, "", "", args.metrics.stage.as_deref());
+        let run = lstm_forecast::monitor::evaluate::run_evaluation(
+            &store,
+            &telemetry,
+            chrono::Utc::now(),
+            chrono::Duration::minutes(args.grace_minutes),
+        )
+        .await?;
+        telemetry.flush().await;
+        if let Some(sink) = cloudwatch {
+            if sink.pending() > 0 {
+                tracing::warn!(
+                    pending = sink.pending(),
+                    "some accuracy metrics could not be sent to CloudWatch"
+                );
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&run)?);
+        anyhow::Ok(())
+    })
 }
 
 #[cfg(test)]

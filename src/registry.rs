@@ -36,8 +36,13 @@ pub struct RegistryRef {
 impl RegistryRef {
     /// Parses `s3://BUCKET/models/NAME` (the live alias) or `s3://BUCKET/models/NAME/VERSION`.
     pub fn parse(uri: &str) -> Result<Self, RegistryError> {
-        let invalid = |why: &str| RegistryError::Uri(format!("`{uri}`: {why} (expected s3://BUCKET/models/NAME[/VERSION])"));
-        let (bucket, key) = crate::aws::parse_s3_url(uri).ok_or_else(|| invalid("not an s3:// URL"))?;
+        let invalid = |why: &str| {
+            RegistryError::Uri(format!(
+                "`{uri}`: {why} (expected s3://BUCKET/models/NAME[/VERSION])"
+            ))
+        };
+        let (bucket, key) =
+            crate::aws::parse_s3_url(uri).ok_or_else(|| invalid("not an s3:// URL"))?;
         let parts: Vec<&str> = key.trim_end_matches('/').split('/').collect();
         match parts.as_slice() {
             ["models", name] if !name.is_empty() => Ok(RegistryRef {
@@ -45,12 +50,16 @@ impl RegistryRef {
                 name: name.to_string(),
                 version: None,
             }),
-            ["models", name, version] if !name.is_empty() && !version.is_empty() => Ok(RegistryRef {
-                bucket,
-                name: name.to_string(),
-                version: Some(version.to_string()),
-            }),
-            _ => Err(invalid("the key must be models/NAME or models/NAME/VERSION")),
+            ["models", name, version] if !name.is_empty() && !version.is_empty() => {
+                Ok(RegistryRef {
+                    bucket,
+                    name: name.to_string(),
+                    version: Some(version.to_string()),
+                })
+            }
+            _ => Err(invalid(
+                "the key must be models/NAME or models/NAME/VERSION",
+            )),
         }
     }
 
@@ -108,9 +117,15 @@ pub struct Rollback {
 /// What a rollback did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RollbackOutcome {
-    RolledBack { from: String, to: String },
+    RolledBack {
+        from: String,
+        to: String,
+    },
     /// The same trigger already rolled this alias back; nothing was changed.
-    AlreadyApplied { from: String, to: String },
+    AlreadyApplied {
+        from: String,
+        to: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,29 +137,58 @@ pub enum RegistryError {
     #[error("access denied to s3://{bucket}/{key} (check the role's s3:GetObject/PutObject permissions)")]
     AccessDenied { bucket: String, key: String },
     #[error("S3 is unreachable for s3://{bucket}/{key}: {cause}")]
-    Unreachable { bucket: String, key: String, cause: String },
+    Unreachable {
+        bucket: String,
+        key: String,
+        cause: String,
+    },
     #[error("S3 request for s3://{bucket}/{key} failed: {cause}")]
-    S3 { bucket: String, key: String, cause: String },
-    #[error("s3://{bucket}/{key} changed while it was being updated (concurrent promotion?); retry")]
+    S3 {
+        bucket: String,
+        key: String,
+        cause: String,
+    },
+    #[error(
+        "s3://{bucket}/{key} changed while it was being updated (concurrent promotion?); retry"
+    )]
     Conflict { bucket: String, key: String },
     #[error("no model is live: s3://{bucket}/{key} does not exist (publish one with `lstm-forecast model publish`)")]
     NoAlias { bucket: String, key: String },
     #[error("s3://{bucket}/{key} is not a valid alias document: {cause}")]
-    InvalidAlias { bucket: String, key: String, cause: String },
+    InvalidAlias {
+        bucket: String,
+        key: String,
+        cause: String,
+    },
     #[error("version {version} is not in the registry (s3://{bucket}/{key} does not exist)")]
-    UnknownVersion { version: String, bucket: String, key: String },
+    UnknownVersion {
+        version: String,
+        bucket: String,
+        key: String,
+    },
     #[error("version {version} is already published at s3://{bucket}/{key}; versions are immutable, bump `version` in model.json")]
-    AlreadyPublished { version: String, bucket: String, key: String },
+    AlreadyPublished {
+        version: String,
+        bucket: String,
+        key: String,
+    },
     #[error("cannot roll back {name}: {current} is the only version that was ever live; the alias is unchanged")]
     NoPreviousVersion { name: String, current: String },
     #[error("model at s3://{bucket}/{key}: {cause}")]
-    Contract { bucket: String, key: String, cause: String },
+    Contract {
+        bucket: String,
+        key: String,
+        cause: String,
+    },
 }
 
 impl RegistryError {
     /// Whether retrying later may help (S3 down or throttled, a concurrent writer).
     pub fn is_transient(&self) -> bool {
-        matches!(self, RegistryError::Unreachable { .. } | RegistryError::Conflict { .. })
+        matches!(
+            self,
+            RegistryError::Unreachable { .. } | RegistryError::Conflict { .. }
+        )
     }
 }
 
@@ -158,13 +202,19 @@ where
     let key = key.to_string();
     let cause = DisplayErrorContext(&err).to_string();
     match &err {
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => RegistryError::Unreachable { bucket, key, cause },
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            RegistryError::Unreachable { bucket, key, cause }
+        }
         SdkError::ServiceError(service) => {
             let code = service.err().code().unwrap_or_default();
             match code {
-                "NoSuchKey" | "NotFound" | "NoSuchBucket" => RegistryError::MissingObject { bucket, key },
+                "NoSuchKey" | "NotFound" | "NoSuchBucket" => {
+                    RegistryError::MissingObject { bucket, key }
+                }
                 "AccessDenied" | "Forbidden" => RegistryError::AccessDenied { bucket, key },
-                "PreconditionFailed" | "ConditionalRequestConflict" => RegistryError::Conflict { bucket, key },
+                "PreconditionFailed" | "ConditionalRequestConflict" => {
+                    RegistryError::Conflict { bucket, key }
+                }
                 _ => RegistryError::S3 { bucket, key, cause },
             }
         }
@@ -173,7 +223,14 @@ where
 }
 
 /// Head requests carry no error body, so their codes are only the HTTP status.
-fn classify_head(err: SdkError<aws_sdk_s3::operation::head_object::HeadObjectError, aws_sdk_s3::config::http::HttpResponse>, bucket: &str, key: &str) -> RegistryError {
+fn classify_head(
+    err: SdkError<
+        aws_sdk_s3::operation::head_object::HeadObjectError,
+        aws_sdk_s3::config::http::HttpResponse,
+    >,
+    bucket: &str,
+    key: &str,
+) -> RegistryError {
     if let SdkError::ServiceError(service) = &err {
         match service.raw().status().as_u16() {
             404 => {
@@ -217,17 +274,28 @@ impl Registry {
             .await
             .map_err(|e| classify(e, bucket, key))?;
         let etag = output.e_tag().map(str::to_owned);
-        let bytes = output.body.collect().await.map_err(|e| RegistryError::Unreachable {
-            bucket: bucket.clone(),
-            key: key.to_string(),
-            cause: format!("reading the body: {e}"),
-        })?;
+        let bytes = output
+            .body
+            .collect()
+            .await
+            .map_err(|e| RegistryError::Unreachable {
+                bucket: bucket.clone(),
+                key: key.to_string(),
+                cause: format!("reading the body: {e}"),
+            })?;
         Ok((bytes.into_bytes().to_vec(), etag))
     }
 
     async fn exists(&self, key: &str) -> Result<bool, RegistryError> {
         let bucket = &self.model.bucket;
-        match self.client.head_object().bucket(bucket).key(key).send().await {
+        match self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) => match classify_head(e, bucket, key) {
                 RegistryError::MissingObject { .. } => Ok(false),
@@ -255,11 +323,12 @@ impl Registry {
         let key = self.model.alias_key();
         match self.get(&key).await {
             Ok((bytes, etag)) => {
-                let alias = serde_json::from_slice(&bytes).map_err(|e| RegistryError::InvalidAlias {
-                    bucket: self.model.bucket.clone(),
-                    key: key.clone(),
-                    cause: e.to_string(),
-                })?;
+                let alias =
+                    serde_json::from_slice(&bytes).map_err(|e| RegistryError::InvalidAlias {
+                        bucket: self.model.bucket.clone(),
+                        key: key.clone(),
+                        cause: e.to_string(),
+                    })?;
                 Ok(Some((alias, etag)))
             }
             Err(RegistryError::MissingObject { .. }) => Ok(None),
@@ -268,7 +337,11 @@ impl Registry {
     }
 
     /// Writes the alias only if it still has `expected_etag` (or does not exist yet, for `None`).
-    pub async fn write_alias(&self, alias: &Alias, expected_etag: Option<&str>) -> Result<(), RegistryError> {
+    pub async fn write_alias(
+        &self,
+        alias: &Alias,
+        expected_etag: Option<&str>,
+    ) -> Result<(), RegistryError> {
         let bucket = &self.model.bucket;
         let key = self.model.alias_key();
         let body = serde_json::to_vec_pretty(alias).expect("alias serialises");
@@ -283,7 +356,10 @@ impl Registry {
             Some(etag) => request.if_match(etag),
             None => request.if_none_match("*"),
         };
-        request.send().await.map_err(|e| classify(e, bucket, &key))?;
+        request
+            .send()
+            .await
+            .map_err(|e| classify(e, bucket, &key))?;
         Ok(())
     }
 
@@ -327,7 +403,8 @@ impl Registry {
             key: json_key.clone(),
             cause,
         };
-        let metadata = ModelMetadata::from_json(&metadata_json).map_err(|e| contract_error(e.to_string()))?;
+        let metadata =
+            ModelMetadata::from_json(&metadata_json).map_err(|e| contract_error(e.to_string()))?;
         if metadata.version != version {
             return Err(contract_error(format!(
                 "model.json declares version {} but is filed under {version}",
@@ -337,16 +414,25 @@ impl Registry {
         metadata
             .verify_checksum(&model_pt)
             .map_err(|e| contract_error(e.to_string()))?;
-        Ok(ModelArtifacts { metadata_json, model_pt })
+        Ok(ModelArtifacts {
+            metadata_json,
+            model_pt,
+        })
     }
 
     /// Uploads a (validated) model as a new version; `model.json` goes last so readers never see a
     /// half-uploaded version. `progress` is told the bytes uploaded so far.
-    pub async fn publish(&self, artifacts: &ModelArtifacts, progress: &(dyn Fn(u64) + Sync)) -> Result<String, RegistryError> {
-        let metadata = ModelMetadata::from_json(&artifacts.metadata_json).map_err(|e| RegistryError::Contract {
-            bucket: self.model.bucket.clone(),
-            key: "model.json".into(),
-            cause: e.to_string(),
+    pub async fn publish(
+        &self,
+        artifacts: &ModelArtifacts,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<String, RegistryError> {
+        let metadata = ModelMetadata::from_json(&artifacts.metadata_json).map_err(|e| {
+            RegistryError::Contract {
+                bucket: self.model.bucket.clone(),
+                key: "model.json".into(),
+                cause: e.to_string(),
+            }
         })?;
         let version = metadata.version.clone();
         let json_key = self.model.object_key(&version, "model.json");
@@ -364,7 +450,12 @@ impl Registry {
         )
         .await?;
         progress(artifacts.model_pt.len() as u64);
-        self.put(&json_key, artifacts.metadata_json.clone(), "application/json").await?;
+        self.put(
+            &json_key,
+            artifacts.metadata_json.clone(),
+            "application/json",
+        )
+        .await?;
         progress((artifacts.model_pt.len() + artifacts.metadata_json.len()) as u64);
         Ok(version)
     }
@@ -501,7 +592,10 @@ pub struct FetchReport {
 
 impl S3ModelSource {
     pub fn new(registry: Registry, cache_dir: PathBuf) -> Self {
-        S3ModelSource { registry, cache_dir }
+        S3ModelSource {
+            registry,
+            cache_dir,
+        }
     }
 
     pub fn registry(&self) -> &Registry {
@@ -510,11 +604,17 @@ impl S3ModelSource {
 
     fn cache_path(&self, version: &str) -> PathBuf {
         let model = &self.registry.model;
-        self.cache_dir.join(&model.bucket).join(&model.name).join(version)
+        self.cache_dir
+            .join(&model.bucket)
+            .join(&model.name)
+            .join(version)
     }
 
     /// Fetches `version`, from the cache when its checksum still matches.
-    pub async fn fetch_version(&self, version: &str) -> Result<(ModelArtifacts, FetchReport), RegistryError> {
+    pub async fn fetch_version(
+        &self,
+        version: &str,
+    ) -> Result<(ModelArtifacts, FetchReport), RegistryError> {
         let started = Instant::now();
         let dir = self.cache_path(version);
         if let Some(artifacts) = read_cached(&dir, version) {
@@ -553,13 +653,21 @@ fn read_cached(dir: &Path, version: &str) -> Option<ModelArtifacts> {
     let metadata_json = std::fs::read(dir.join("model.json")).ok()?;
     let model_pt = std::fs::read(dir.join("model.pt")).ok()?;
     let metadata = ModelMetadata::from_json(&metadata_json).ok()?;
-    (metadata.version == version && metadata.verify_checksum(&model_pt).is_ok()).then_some(ModelArtifacts { metadata_json, model_pt })
+    (metadata.version == version && metadata.verify_checksum(&model_pt).is_ok()).then_some(
+        ModelArtifacts {
+            metadata_json,
+            model_pt,
+        },
+    )
 }
 
 fn write_cache(dir: &Path, artifacts: &ModelArtifacts) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     // Write-then-rename so a crash mid-write never leaves a truncated file under the final name.
-    for (name, bytes) in [("model.pt", &artifacts.model_pt), ("model.json", &artifacts.metadata_json)] {
+    for (name, bytes) in [
+        ("model.pt", &artifacts.model_pt),
+        ("model.json", &artifacts.metadata_json),
+    ] {
         let partial = dir.join(format!("{name}.partial"));
         std::fs::write(&partial, bytes)?;
         std::fs::rename(&partial, dir.join(name))?;
@@ -593,8 +701,16 @@ mod tests {
         assert_eq!(live.alias_key(), "models/etth1/alias/live.json");
         let pinned = RegistryRef::parse("s3://bucket/models/etth1/1.0.0/").unwrap();
         assert_eq!(pinned.version.as_deref(), Some("1.0.0"));
-        assert_eq!(pinned.object_key("1.0.0", "model.pt"), "models/etth1/1.0.0/model.pt");
-        for bad in ["s3://bucket", "s3://bucket/etth1", "s3://bucket/models/a/b/c", "http://x/models/a"] {
+        assert_eq!(
+            pinned.object_key("1.0.0", "model.pt"),
+            "models/etth1/1.0.0/model.pt"
+        );
+        for bad in [
+            "s3://bucket",
+            "s3://bucket/etth1",
+            "s3://bucket/models/a/b/c",
+            "http://x/models/a",
+        ] {
             assert!(RegistryRef::parse(bad).is_err(), "{bad}");
         }
     }
@@ -606,7 +722,9 @@ mod tests {
             metadata_json: crate::source::BUNDLED_MODEL_JSON.to_vec(),
             model_pt: crate::source::BUNDLED_MODEL_PT.to_vec(),
         };
-        let version = ModelMetadata::from_json(&artifacts.metadata_json).unwrap().version;
+        let version = ModelMetadata::from_json(&artifacts.metadata_json)
+            .unwrap()
+            .version;
         write_cache(dir.path(), &artifacts).unwrap();
         assert!(read_cached(dir.path(), &version).is_some());
         assert!(read_cached(dir.path(), "other-version").is_none());

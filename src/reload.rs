@@ -12,9 +12,16 @@ use crate::model::Model;
 use crate::registry::{Registry, S3ModelSource};
 
 /// Fetches and loads `version`, then swaps it in.
-pub async fn reload(registry: &Registry, version: &str, handle: &InferenceHandle) -> Result<(), String> {
+pub async fn reload(
+    registry: &Registry,
+    version: &str,
+    handle: &InferenceHandle,
+) -> Result<(), String> {
     let source = S3ModelSource::new(registry.clone(), crate::registry::default_cache_dir());
-    let (artifacts, _) = source.fetch_version(version).await.map_err(|e| e.to_string())?;
+    let (artifacts, _) = source
+        .fetch_version(version)
+        .await
+        .map_err(|e| e.to_string())?;
     let model = tokio::task::spawn_blocking(move || Model::load(&artifacts))
         .await
         .map_err(|e| format!("loading panicked: {e}"))?
@@ -25,7 +32,12 @@ pub async fn reload(registry: &Registry, version: &str, handle: &InferenceHandle
 }
 
 /// Polls the alias every `interval` until `shutdown` resolves, reloading on change.
-pub async fn watch_alias(registry: Registry, state: AppState, interval: Duration, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn watch_alias(
+    registry: Registry,
+    state: AppState,
+    interval: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -49,10 +61,16 @@ pub async fn watch_alias(registry: Registry, state: AppState, interval: Duration
         match reload(&registry, &live, state.handle()).await {
             Ok(()) => {
                 state.metrics().model_reloads.inc();
-                state.metrics().set_model(state.handle().model().metadata());
+                state
+                    .telemetry()
+                    .record(crate::metrics::Metric::ModelReloads, 1.0);
+                state.model_changed();
             }
             Err(e) => {
                 state.metrics().model_reload_failures.inc();
+                state
+                    .telemetry()
+                    .record(crate::metrics::Metric::ModelReloadFailures, 1.0);
                 tracing::error!(version = %live, "model reload failed; still serving {serving}: {e}");
             }
         }

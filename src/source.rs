@@ -35,10 +35,14 @@ pub enum SourceError {
 /// The ETTh1 model compiled into the binary: `make run` and tests need no files or network.
 pub struct BundledSource;
 
-pub const BUNDLED_MODEL_JSON: &[u8] =
-    include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/model_artifacts/etth1-ot-lstm/model.json"));
-pub const BUNDLED_MODEL_PT: &[u8] =
-    include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/model_artifacts/etth1-ot-lstm/model.pt"));
+pub const BUNDLED_MODEL_JSON: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/model_artifacts/etth1-ot-lstm/model.json"
+));
+pub const BUNDLED_MODEL_PT: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/model_artifacts/etth1-ot-lstm/model.pt"
+));
 
 impl ModelSource for BundledSource {
     fn describe(&self) -> String {
@@ -129,8 +133,12 @@ pub async fn open_source(uri: &ModelUri) -> Box<dyn ModelSource> {
         ModelUri::Directory(dir) => Box::new(DirectorySource::new(dir)),
         ModelUri::S3(model) => {
             let config = crate::aws::sdk_config().await;
-            let registry = crate::registry::Registry::new(crate::aws::s3_client(&config), model.clone());
-            Box::new(crate::registry::S3ModelSource::new(registry, crate::registry::default_cache_dir()))
+            let registry =
+                crate::registry::Registry::new(crate::aws::s3_client(&config), model.clone());
+            Box::new(crate::registry::S3ModelSource::new(
+                registry,
+                crate::registry::default_cache_dir(),
+            ))
         }
     }
 }
@@ -142,16 +150,36 @@ mod tests {
     #[test]
     fn uris_pick_their_source() {
         assert_eq!(ModelUri::parse("bundled").unwrap(), ModelUri::Bundled);
-        assert_eq!(ModelUri::parse("file:///m").unwrap(), ModelUri::Directory("/m".into()));
-        assert_eq!(ModelUri::parse("models/m").unwrap(), ModelUri::Directory("models/m".into()));
-        assert!(matches!(ModelUri::parse("s3://b/models/m").unwrap(), ModelUri::S3(_)));
-        assert!(matches!(ModelUri::parse("s3://b/m").unwrap_err(), SourceError::Remote(_)));
-        assert!(matches!(ModelUri::parse("ftp://x/y"), Err(SourceError::UnsupportedUri(_))));
+        assert_eq!(
+            ModelUri::parse("file:///m").unwrap(),
+            ModelUri::Directory("/m".into())
+        );
+        assert_eq!(
+            ModelUri::parse("models/m").unwrap(),
+            ModelUri::Directory("models/m".into())
+        );
+        assert!(matches!(
+            ModelUri::parse("s3://b/models/m").unwrap(),
+            ModelUri::S3(_)
+        ));
+        assert!(matches!(
+            ModelUri::parse("s3://b/m").unwrap_err(),
+            SourceError::Remote(_)
+        ));
+        assert!(matches!(
+            ModelUri::parse("ftp://x/y"),
+            Err(SourceError::UnsupportedUri(_))
+        ));
     }
 
     #[test]
     fn a_missing_directory_names_the_file() {
-        let err = DirectorySource::new("/nonexistent/model").read().unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/model/model.json"), "{err}");
+        let err = DirectorySource::new("/nonexistent/model")
+            .read()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/model/model.json"),
+            "{err}"
+        );
     }
 }

@@ -103,7 +103,14 @@ pub fn validate_dir(exe: &Path, dir: &Path, timeout: Duration) -> ValidationRepo
         .spawn();
     let mut child = match child {
         Ok(c) => c,
-        Err(e) => return fail(checks, model, "probe", format!("cannot start {}: {e}", exe.display())),
+        Err(e) => {
+            return fail(
+                checks,
+                model,
+                "probe",
+                format!("cannot start {}: {e}", exe.display()),
+            )
+        }
     };
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
@@ -207,7 +214,11 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
 /// Returns false if any check failed. Never called in a process that must survive.
 pub fn run_probe(artifacts: &ModelArtifacts, out: &mut dyn std::io::Write) -> bool {
     let mut emit = |line: &ProbeLine| {
-        let _ = writeln!(out, "{}", serde_json::to_string(line).expect("serialisable"));
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string(line).expect("serialisable")
+        );
         let _ = out.flush();
     };
     emit(&ProbeLine::Running {
@@ -236,7 +247,9 @@ pub fn run_probe(artifacts: &ModelArtifacts, out: &mut dyn std::io::Write) -> bo
     let mut all_ok = true;
     for batch in PROBE_BATCH_SIZES {
         let name = format!("batch {batch}");
-        emit(&ProbeLine::Running { running: name.clone() });
+        emit(&ProbeLine::Running {
+            running: name.clone(),
+        });
         while singles.len() < batch {
             match model.forecast(&windows[singles.len()..=singles.len()]) {
                 Ok(mut out) => singles.push(out.remove(0)),
@@ -261,9 +274,16 @@ pub fn run_probe(artifacts: &ModelArtifacts, out: &mut dyn std::io::Write) -> bo
                 let worst = out
                     .iter()
                     .zip(&singles)
-                    .flat_map(|(b, s)| b.iter().zip(s).map(|(b, s)| (b - s).abs() / (s.abs() + std)))
+                    .flat_map(|(b, s)| {
+                        b.iter()
+                            .zip(s)
+                            .map(|(b, s)| (b - s).abs() / (s.abs() + std))
+                    })
                     .fold(0.0, f64::max);
-                let shaped = out.len() == batch && out.iter().all(|s| s.len() == model.metadata().output.horizon);
+                let shaped = out.len() == batch
+                    && out
+                        .iter()
+                        .all(|s| s.len() == model.metadata().output.horizon);
                 if !shaped {
                     Check {
                         name,
@@ -303,7 +323,10 @@ fn probe_windows(metadata: &ModelMetadata, count: usize) -> Vec<Vec<f64>> {
                     features.iter().map(move |f| {
                         let stats = &metadata.training_stats[f];
                         let phase = series as f64 * 0.37;
-                        stats.mean + stats.std * (0.8 * ((t as f64) * std::f64::consts::TAU / 24.0 + phase).sin() + 0.01 * series as f64)
+                        stats.mean
+                            + stats.std
+                                * (0.8 * ((t as f64) * std::f64::consts::TAU / 24.0 + phase).sin()
+                                    + 0.01 * series as f64)
                     })
                 })
                 .collect()

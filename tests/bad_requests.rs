@@ -15,7 +15,13 @@ struct Case {
     mentions: &'static str,
 }
 
-fn case(name: &'static str, body: impl Into<Vec<u8>>, status: u16, code: &'static str, mentions: &'static str) -> Case {
+fn case(
+    name: &'static str,
+    body: impl Into<Vec<u8>>,
+    status: u16,
+    code: &'static str,
+    mentions: &'static str,
+) -> Case {
     Case {
         name,
         body: body.into(),
@@ -41,50 +47,226 @@ fn cases() -> Vec<Case> {
     let ok = window(0.0);
     vec![
         case("empty body", "", 400, "empty_request", "body is empty"),
-        case("whitespace body", "  \n ", 400, "empty_request", "body is empty"),
+        case(
+            "whitespace body",
+            "  \n ",
+            400,
+            "empty_request",
+            "body is empty",
+        ),
         case("not json", "hello", 400, "invalid_json", "not valid JSON"),
-        case("truncated json", r#"{"series":["#, 400, "invalid_json", "not valid JSON"),
-        case("invalid utf-8", vec![b'{', 0xff, 0xfe, b'}'], 400, "invalid_json", "not valid JSON"),
-        case("deeply nested garbage", "[".repeat(10_000), 400, "invalid_json", "not valid JSON"),
-        json_case("array at top level", json!([1, 2]), "invalid_request", "JSON object"),
-        json_case("string at top level", json!("series"), "invalid_request", "got a string"),
-        json_case("null at top level", Value::Null, "invalid_request", "got null"),
-        json_case("missing series", json!({}), "invalid_request", "missing field `series`"),
-        json_case("series is an object", json!({"series": {}}), "invalid_request", "`series` must be an array"),
-        json_case("series is empty", json!({"series": []}), "empty_request", "`series` is empty"),
+        case(
+            "truncated json",
+            r#"{"series":["#,
+            400,
+            "invalid_json",
+            "not valid JSON",
+        ),
+        case(
+            "invalid utf-8",
+            vec![b'{', 0xff, 0xfe, b'}'],
+            400,
+            "invalid_json",
+            "not valid JSON",
+        ),
+        case(
+            "deeply nested garbage",
+            "[".repeat(10_000),
+            400,
+            "invalid_json",
+            "not valid JSON",
+        ),
+        json_case(
+            "array at top level",
+            json!([1, 2]),
+            "invalid_request",
+            "JSON object",
+        ),
+        json_case(
+            "string at top level",
+            json!("series"),
+            "invalid_request",
+            "got a string",
+        ),
+        json_case(
+            "null at top level",
+            Value::Null,
+            "invalid_request",
+            "got null",
+        ),
+        json_case(
+            "missing series",
+            json!({}),
+            "invalid_request",
+            "missing field `series`",
+        ),
+        json_case(
+            "series is an object",
+            json!({"series": {}}),
+            "invalid_request",
+            "`series` must be an array",
+        ),
+        json_case(
+            "series is empty",
+            json!({"series": []}),
+            "empty_request",
+            "`series` is empty",
+        ),
         json_case(
             "too many series",
             json!({"series": vec![json!({"values": ok}); 257]}),
             "too_many_series",
             "at most 256",
         ),
-        json_case("series entry is a number", json!({"series": [3]}), "invalid_request", "series[0] must be an object"),
-        json_case("series entry without values", json!({"series": [{"id": "a"}]}), "invalid_request", "series[0] is missing `values`"),
-        json_case("values is a string", json!({"series": [{"values": "1,2,3"}]}), "invalid_request", "series[0].values must be an array"),
-        json_case("window too short", json!({"series": [{"values": vec![1.0; 10]}]}), "wrong_window_length", "series[0].values has 10 entries"),
-        json_case("window one too long", json!({"series": [{"values": vec![1.0; 169]}]}), "wrong_window_length", "exactly 168"),
-        json_case("window empty", json!({"series": [{"values": []}]}), "wrong_window_length", "has 0 entries"),
+        json_case(
+            "series entry is a number",
+            json!({"series": [3]}),
+            "invalid_request",
+            "series[0] must be an object",
+        ),
+        json_case(
+            "series entry without values",
+            json!({"series": [{"id": "a"}]}),
+            "invalid_request",
+            "series[0] is missing `values`",
+        ),
+        json_case(
+            "values is a string",
+            json!({"series": [{"values": "1,2,3"}]}),
+            "invalid_request",
+            "series[0].values must be an array",
+        ),
+        json_case(
+            "window too short",
+            json!({"series": [{"values": vec![1.0; 10]}]}),
+            "wrong_window_length",
+            "series[0].values has 10 entries",
+        ),
+        json_case(
+            "window one too short",
+            json!({"series": [{"values": vec![1.0; 167]}]}),
+            "wrong_window_length",
+            "at least 168",
+        ),
+        json_case(
+            "history longer than 8 windows",
+            json!({"series": [{"values": vec![1.0; 8 * 168 + 1]}]}),
+            "wrong_window_length",
+            "at most 1344",
+        ),
+        json_case(
+            "window empty",
+            json!({"series": [{"values": []}]}),
+            "wrong_window_length",
+            "has 0 entries",
+        ),
         json_case(
             "second series has the wrong length",
             json!({"series": [{"values": ok}, {"values": [1.0, 2.0]}]}),
             "wrong_window_length",
             "series[1].values has 2 entries",
         ),
-        case("NaN literal", window_with(5, "NaN"), 400, "invalid_json", "NaN and Infinity are not JSON numbers"),
-        case("Infinity literal", window_with(5, "-Infinity"), 400, "invalid_json", "NaN and Infinity are not JSON numbers"),
-        case("number out of f64 range", window_with(7, "1e400"), 400, "invalid_json", "not valid JSON"),
-        case("NaN as a string", window_with(5, r#""NaN""#), 400, "non_finite_value", "series[0].values[5]"),
-        case("Infinity as a string", window_with(9, r#""Infinity""#), 400, "non_finite_value", "series[0].values[9]"),
-        case("null value (a gap)", window_with(3, "null"), 400, "non_finite_value", "series[0].values[3] is null"),
-        case("string value", window_with(4, r#""12.5C""#), 400, "invalid_request", "series[0].values[4] must be a number, got a string"),
-        case("boolean value", window_with(0, "true"), 400, "invalid_request", "series[0].values[0] must be a number, got a boolean"),
-        case("object value", window_with(1, r#"{"v":1}"#), 400, "invalid_request", "got an object"),
-        case("row for a univariate model", window_with(2, "[1.0]"), 400, "wrong_feature_count", "one feature (OT)"),
-        case("value too large for the network", window_with(167, "1e300"), 400, "invalid_input", "too large"),
-        json_case("unknown top-level field", json!({"series": [{"values": ok}], "horizon": 48}), "invalid_request", "unknown field `horizon`"),
-        json_case("unknown series field", json!({"series": [{"values": ok, "freq": "1h"}]}), "invalid_request", "series[0] has unknown field `freq`"),
-        json_case("numeric id", json!({"series": [{"id": 7, "values": ok}]}), "invalid_request", "series[0].id must be a string"),
-        json_case("id too long", json!({"series": [{"id": "x".repeat(300), "values": ok}]}), "invalid_request", "series[0].id is longer than 256"),
+        case(
+            "NaN literal",
+            window_with(5, "NaN"),
+            400,
+            "invalid_json",
+            "NaN and Infinity are not JSON numbers",
+        ),
+        case(
+            "Infinity literal",
+            window_with(5, "-Infinity"),
+            400,
+            "invalid_json",
+            "NaN and Infinity are not JSON numbers",
+        ),
+        case(
+            "number out of f64 range",
+            window_with(7, "1e400"),
+            400,
+            "invalid_json",
+            "not valid JSON",
+        ),
+        case(
+            "NaN as a string",
+            window_with(5, r#""NaN""#),
+            400,
+            "non_finite_value",
+            "series[0].values[5]",
+        ),
+        case(
+            "Infinity as a string",
+            window_with(9, r#""Infinity""#),
+            400,
+            "non_finite_value",
+            "series[0].values[9]",
+        ),
+        case(
+            "null value (a gap)",
+            window_with(3, "null"),
+            400,
+            "non_finite_value",
+            "series[0].values[3] is null",
+        ),
+        case(
+            "string value",
+            window_with(4, r#""12.5C""#),
+            400,
+            "invalid_request",
+            "series[0].values[4] must be a number, got a string",
+        ),
+        case(
+            "boolean value",
+            window_with(0, "true"),
+            400,
+            "invalid_request",
+            "series[0].values[0] must be a number, got a boolean",
+        ),
+        case(
+            "object value",
+            window_with(1, r#"{"v":1}"#),
+            400,
+            "invalid_request",
+            "got an object",
+        ),
+        case(
+            "row for a univariate model",
+            window_with(2, "[1.0]"),
+            400,
+            "wrong_feature_count",
+            "one feature (OT)",
+        ),
+        case(
+            "value too large for the network",
+            window_with(167, "1e300"),
+            400,
+            "invalid_input",
+            "too large",
+        ),
+        json_case(
+            "unknown top-level field",
+            json!({"series": [{"values": ok}], "horizon": 48}),
+            "invalid_request",
+            "unknown field `horizon`",
+        ),
+        json_case(
+            "unknown series field",
+            json!({"series": [{"values": ok, "freq": "1h"}]}),
+            "invalid_request",
+            "series[0] has unknown field `freq`",
+        ),
+        json_case(
+            "numeric id",
+            json!({"series": [{"id": 7, "values": ok}]}),
+            "invalid_request",
+            "series[0].id must be a string",
+        ),
+        json_case(
+            "id too long",
+            json!({"series": [{"id": "x".repeat(300), "values": ok}]}),
+            "invalid_request",
+            "series[0].id is longer than 256",
+        ),
         json_case(
             "timestamp not RFC 3339",
             json!({"series": [{"values": ok, "last_timestamp": "yesterday"}]}),
@@ -97,10 +279,22 @@ fn cases() -> Vec<Case> {
             "invalid_timestamp",
             "must be an RFC 3339 string",
         ),
-        case("oversize body", vec![b' '; 3 * 1024 * 1024], 413, "body_too_large", "byte limit"),
+        case(
+            "oversize body",
+            vec![b' '; 3 * 1024 * 1024],
+            413,
+            "body_too_large",
+            "byte limit",
+        ),
         Case {
             content_type: "text/plain",
-            ..case("plain-text content type", json!({"series": [{"values": ok}]}).to_string(), 415, "unsupported_media_type", "application/json")
+            ..case(
+                "plain-text content type",
+                json!({"series": [{"values": ok}]}).to_string(),
+                415,
+                "unsupported_media_type",
+                "application/json",
+            )
         },
     ]
 }
@@ -110,7 +304,10 @@ async fn every_bad_request_is_a_named_4xx_and_the_server_stays_healthy() {
     let server = TestServer::bundled().await;
     let client = reqwest::Client::new();
     let cases = cases();
-    assert!(cases.len() >= 30, "the specification asks for at least 30 cases");
+    assert!(
+        cases.len() >= 30,
+        "the specification asks for at least 30 cases"
+    );
     for case in cases {
         let response = client
             .post(server.url("/v1/forecast"))
@@ -126,7 +323,12 @@ async fn every_bad_request_is_a_named_4xx_and_the_server_stays_healthy() {
             .unwrap_or_else(|e| panic!("{}: error body is not JSON: {e}", case.name));
         assert_eq!(body["error"]["code"], case.code, "{}: {body}", case.name);
         let message = body["error"]["message"].as_str().unwrap();
-        assert!(message.contains(case.mentions), "{}: message {message:?} should mention {:?}", case.name, case.mentions);
+        assert!(
+            message.contains(case.mentions),
+            "{}: message {message:?} should mention {:?}",
+            case.name,
+            case.mentions
+        );
         let health = client.get(server.url("/healthz")).send().await.unwrap();
         assert_eq!(health.status(), 200, "unhealthy after {}", case.name);
     }

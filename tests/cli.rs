@@ -27,8 +27,15 @@ fn validate_accepts_the_bundled_model_at_every_probe_batch_size() {
     let dir = repo_path("model_artifacts/etth1-ot-lstm");
     let (ok, stdout, _) = run(&["model", "validate", dir.to_str().unwrap()]);
     assert!(ok, "{stdout}");
-    for check in ["contract", "checksum", "load", "batch 1", "batch 2", "batch 64"] {
-        assert!(stdout.lines().any(|l| l.contains("ok") && l.contains(check)), "{check} missing:\n{stdout}");
+    for check in [
+        "contract", "checksum", "load", "batch 1", "batch 2", "batch 64",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains("ok") && l.contains(check)),
+            "{check} missing:\n{stdout}"
+        );
     }
     assert!(stdout.trim_end().ends_with("valid"));
 }
@@ -47,12 +54,21 @@ fn validate_reports_a_model_that_crashes_libtorch_without_crashing_itself() {
     assert_eq!(output.status.code(), Some(1), "validate must exit, not die");
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["valid"], false);
-    let failed = report["checks"].as_array().unwrap().iter().find(|c| c["ok"] == false).unwrap();
+    let failed = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["ok"] == false)
+        .unwrap();
     let detail = failed["detail"].as_str().unwrap();
     assert!(detail.contains("crashed with SIG"), "{detail}");
     assert!(detail.contains("during `batch 2`"), "{detail}");
     // AND batch 1 (what a warm-up alone would try) passed, which is why the probe is needed
-    assert!(report["checks"].as_array().unwrap().iter().any(|c| c["name"] == "batch 1" && c["ok"] == true));
+    assert!(report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["name"] == "batch 1" && c["ok"] == true));
 }
 
 #[test]
@@ -60,13 +76,21 @@ fn validate_rejects_a_corrupt_model_pt_and_a_bad_checksum() {
     let dir = tempfile::tempdir().unwrap();
     let bundled = repo_path("model_artifacts/etth1-ot-lstm");
     let garbage = b"PK\x03\x04 not really a zip".to_vec();
-    let mut metadata: Value = serde_json::from_slice(&std::fs::read(bundled.join("model.json")).unwrap()).unwrap();
+    let mut metadata: Value =
+        serde_json::from_slice(&std::fs::read(bundled.join("model.json")).unwrap()).unwrap();
     metadata["model_sha256"] = sha256_hex(&garbage).into();
     std::fs::write(dir.path().join("model.pt"), &garbage).unwrap();
-    std::fs::write(dir.path().join("model.json"), serde_json::to_vec(&metadata).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("model.json"),
+        serde_json::to_vec(&metadata).unwrap(),
+    )
+    .unwrap();
     let (ok, stdout, _) = run(&["model", "validate", dir.path().to_str().unwrap()]);
     assert!(!ok);
-    assert!(stdout.contains("FAIL load") && stdout.contains("libtorch could not load model.pt"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL load") && stdout.contains("libtorch could not load model.pt"),
+        "{stdout}"
+    );
 
     std::fs::copy(bundled.join("model.pt"), dir.path().join("model.pt")).unwrap();
     let (ok, stdout, _) = run(&["model", "validate", dir.path().to_str().unwrap()]);
@@ -92,7 +116,10 @@ fn forecast_reads_the_etth1_csv_and_forecasts_the_24_hours_after_it() {
     assert_eq!(forecast["values"].as_array().unwrap().len(), 24);
     // The file ends at 2018-06-26 19:00.
     assert_eq!(forecast["timestamps"][0], "2018-06-26T20:00:00Z");
-    assert!(stderr.contains("model loaded"), "logs should say what was loaded: {stderr}");
+    assert!(
+        stderr.contains("model loaded"),
+        "logs should say what was loaded: {stderr}"
+    );
 }
 
 #[test]
@@ -102,7 +129,10 @@ fn forecast_explains_a_bad_input_file() {
     std::fs::write(&path, "date,OT\n2018-01-01 00:00:00,3.5\n").unwrap();
     let (ok, _, stderr) = run(&["forecast", "--input", path.to_str().unwrap()]);
     assert!(!ok);
-    assert!(stderr.contains("has 1 rows; the model needs at least 168"), "{stderr}");
+    assert!(
+        stderr.contains("has 1 rows; the model needs at least 168"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -116,8 +146,17 @@ fn a_bad_model_uri_is_an_error_that_names_it() {
 fn help_explains_the_commands_and_endpoints() {
     let (ok, stdout, _) = run(&["serve", "--help"]);
     assert!(ok);
-    for needle in ["POST /v1/forecast", "SIGTERM", "--bind", "MODEL_URI", "--max-queue"] {
-        assert!(stdout.contains(needle), "serve --help lacks {needle}:\n{stdout}");
+    for needle in [
+        "POST /v1/forecast",
+        "SIGTERM",
+        "--bind",
+        "MODEL_URI",
+        "--max-queue",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "serve --help lacks {needle}:\n{stdout}"
+        );
     }
 }
 
@@ -144,10 +183,12 @@ async fn serve_answers_then_exits_cleanly_on_sigterm() {
         }
         log
     });
-    let address = tokio::task::spawn_blocking(move || address_rx.recv_timeout(std::time::Duration::from_secs(60)))
-        .await
-        .unwrap()
-        .expect("the server logs its address");
+    let address = tokio::task::spawn_blocking(move || {
+        address_rx.recv_timeout(std::time::Duration::from_secs(60))
+    })
+    .await
+    .unwrap()
+    .expect("the server logs its address");
     let response = reqwest::Client::new()
         .post(format!("http://{address}/v1/forecast"))
         .json(&common::forecast_body(&[common::window(0.0)]))
@@ -156,7 +197,11 @@ async fn serve_answers_then_exits_cleanly_on_sigterm() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let pid = child.id().unwrap().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
         .await
         .expect("exits after SIGTERM")
@@ -165,7 +210,10 @@ async fn serve_answers_then_exits_cleanly_on_sigterm() {
     let log = log_reader.join().unwrap();
     assert!(log.contains("shutdown signal received"), "{log}");
     assert!(log.contains("stopped"), "{log}");
-    assert!(log.contains("model_version"), "logs carry the model version: {log}");
+    assert!(
+        log.contains("model_version"),
+        "logs carry the model version: {log}"
+    );
 }
 
 fn tokio_stderr_to_std(stderr: tokio::process::ChildStderr) -> std::fs::File {

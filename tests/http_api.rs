@@ -12,7 +12,12 @@ async fn a_forecast_returns_horizon_values_and_hourly_timestamps() {
     // GIVEN one series of 168 hourly values ending 2018-02-20 23:00 UTC
     let body = json!({"series": [{"id": "t1", "values": window(0.0), "last_timestamp": "2018-02-20T23:00:00Z"}]});
     // WHEN it is posted
-    let response = client.post(server.url("/v1/forecast")).json(&body).send().await.unwrap();
+    let response = client
+        .post(server.url("/v1/forecast"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     // THEN 24 finite values come back, stamped from the next hour on
     assert_eq!(response.status(), 200);
     assert!(response.headers().contains_key("x-request-id"));
@@ -45,7 +50,10 @@ async fn many_series_in_one_call_match_their_single_forecasts() {
         .await
         .unwrap();
     assert_eq!(batched["forecasts"].as_array().unwrap().len(), 16);
-    assert!(batched["forecasts"][0].get("timestamps").is_none(), "no last_timestamp, no timestamps");
+    assert!(
+        batched["forecasts"][0].get("timestamps").is_none(),
+        "no last_timestamp, no timestamps"
+    );
     for (i, w) in windows.iter().enumerate().step_by(5) {
         let single: Value = client
             .post(server.url("/v1/forecast"))
@@ -60,7 +68,10 @@ async fn many_series_in_one_call_match_their_single_forecasts() {
         let b = single["forecasts"][0]["values"].as_array().unwrap();
         for (x, y) in a.iter().zip(b) {
             let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
-            assert!((x - y).abs() <= 1e-5 * y.abs().max(1.0), "series {i}: batched {x} vs single {y}");
+            assert!(
+                (x - y).abs() <= 1e-5 * y.abs().max(1.0),
+                "series {i}: batched {x} vs single {y}"
+            );
         }
     }
     server.stop().await;
@@ -70,13 +81,27 @@ async fn many_series_in_one_call_match_their_single_forecasts() {
 async fn model_health_and_readiness_endpoints_describe_the_service() {
     let server = TestServer::bundled().await;
     let client = reqwest::Client::new();
-    let model: Value = client.get(server.url("/v1/model")).send().await.unwrap().json().await.unwrap();
+    let model: Value = client
+        .get(server.url("/v1/model"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(model["input"]["window"], 168);
     assert_eq!(model["output"]["horizon"], 24);
     assert_eq!(model["preprocessing"][0]["kind"], "z_score");
     let health = client.get(server.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
-    let ready: Value = client.get(server.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let ready: Value = client
+        .get(server.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["model"]["version"], model["version"]);
     server.stop().await;
@@ -87,16 +112,41 @@ async fn metrics_count_forecasts_errors_and_latency_in_prometheus_text() {
     let server = TestServer::bundled().await;
     let client = reqwest::Client::new();
     let windows: Vec<Vec<f64>> = (0..3).map(|i| window(i as f64)).collect();
-    client.post(server.url("/v1/forecast")).json(&forecast_body(&windows)).send().await.unwrap();
-    client.post(server.url("/v1/forecast")).json(&json!({"series": []})).send().await.unwrap();
+    client
+        .post(server.url("/v1/forecast"))
+        .json(&forecast_body(&windows))
+        .send()
+        .await
+        .unwrap();
+    client
+        .post(server.url("/v1/forecast"))
+        .json(&json!({"series": []}))
+        .send()
+        .await
+        .unwrap();
     let response = client.get(server.url("/metrics")).send().await.unwrap();
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
     let text = response.text().await.unwrap();
     assert!(text.contains("lstm_forecast_forecasts_total 3"), "{text}");
-    assert!(text.contains(r#"lstm_forecast_errors_total{kind="empty_request"} 1"#), "{text}");
-    assert!(text.contains(r#"lstm_forecast_request_duration_seconds_count{route="/v1/forecast"} 2"#), "{text}");
-    assert!(text.contains(r#"lstm_forecast_model_info{name="etth1-ot-lstm""#), "{text}");
-    assert!(text.contains("lstm_forecast_inference_duration_seconds_bucket"), "{text}");
+    assert!(
+        text.contains(r#"lstm_forecast_errors_total{kind="empty_request"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"lstm_forecast_request_duration_seconds_count{route="/v1/forecast"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"lstm_forecast_model_info{name="etth1-ot-lstm""#),
+        "{text}"
+    );
+    assert!(
+        text.contains("lstm_forecast_inference_duration_seconds_bucket"),
+        "{text}"
+    );
     server.stop().await;
 }
 
@@ -121,7 +171,10 @@ async fn unknown_routes_and_methods_get_json_errors() {
     assert_eq!(response.status(), 404);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_found");
-    assert!(body["error"]["message"].as_str().unwrap().contains("POST /v1/forecast"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("POST /v1/forecast"));
     let response = client.get(server.url("/v1/forecast")).send().await.unwrap();
     assert_eq!(response.status(), 405);
     let body: Value = response.json().await.unwrap();

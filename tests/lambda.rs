@@ -22,7 +22,11 @@ fn cli(moto: &Moto, args: &[&str]) -> (bool, String) {
         .env("THREADS", "1")
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     (output.status.success(), text)
 }
 
@@ -31,27 +35,50 @@ fn bundled_as_version(version: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let source = repo_path("model_artifacts/etth1-ot-lstm");
     std::fs::copy(source.join("model.pt"), dir.path().join("model.pt")).unwrap();
-    let mut metadata: Value = serde_json::from_slice(&std::fs::read(source.join("model.json")).unwrap()).unwrap();
+    let mut metadata: Value =
+        serde_json::from_slice(&std::fs::read(source.join("model.json")).unwrap()).unwrap();
     metadata["version"] = version.into();
-    std::fs::write(dir.path().join("model.json"), serde_json::to_vec_pretty(&metadata).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("model.json"),
+        serde_json::to_vec_pretty(&metadata).unwrap(),
+    )
+    .unwrap();
     dir
 }
 
-fn function_env(moto: &Moto, cache: &tempfile::TempDir, model_uri: &str) -> Vec<(&'static str, String)> {
+fn function_env(
+    moto: &Moto,
+    cache: &tempfile::TempDir,
+    model_uri: &str,
+) -> Vec<(&'static str, String)> {
     let mut env = moto.env();
     env.push(("MODEL_URI", model_uri.into()));
-    env.push(("LSTM_FORECAST_MODEL_CACHE", cache.path().display().to_string()));
+    env.push((
+        "LSTM_FORECAST_MODEL_CACHE",
+        cache.path().display().to_string(),
+    ));
     env.push(("ROLLBACK_ALARMS", "lstm-forecast-accuracy".into()));
     env
 }
 
 async fn read_alias(s3: &aws_sdk_s3::Client) -> Value {
-    let object = s3.get_object().bucket(BUCKET).key("models/etth1-ot-lstm/alias/live.json").send().await.unwrap();
+    let object = s3
+        .get_object()
+        .bucket(BUCKET)
+        .key("models/etth1-ot-lstm/alias/live.json")
+        .send()
+        .await
+        .unwrap();
     serde_json::from_slice(&object.body.collect().await.unwrap().into_bytes()).unwrap()
 }
 
 fn http_body(response: &Value) -> Value {
-    serde_json::from_str(response["body"].as_str().expect("a proxy response has a body")).unwrap()
+    serde_json::from_str(
+        response["body"]
+            .as_str()
+            .expect("a proxy response has a body"),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -60,7 +87,10 @@ async fn cold_start_from_s3_then_api_gateway_rest_and_http_events_are_answered_b
     let moto = Moto::start();
     moto.create_bucket(BUCKET).await;
     let dir = repo_path("model_artifacts/etth1-ot-lstm");
-    let (ok, out) = cli(&moto, &["model", "publish", dir.to_str().unwrap(), REGISTRY]);
+    let (ok, out) = cli(
+        &moto,
+        &["model", "publish", dir.to_str().unwrap(), REGISTRY],
+    );
     assert!(ok, "{out}");
     // WHEN the function cold-starts under the Runtime API emulator with MODEL_URI on the alias
     let emulator = LambdaEmulator::start();
@@ -73,13 +103,19 @@ async fn cold_start_from_s3_then_api_gateway_rest_and_http_events_are_answered_b
     assert_eq!(response["statusCode"], 200, "{response}");
     let body = http_body(&response);
     assert_eq!(body["forecasts"][0]["values"].as_array().unwrap().len(), 24);
-    assert_eq!(body["forecasts"][0]["timestamps"][0], "2018-06-26T20:00:00Z");
+    assert_eq!(
+        body["forecasts"][0]["timestamps"][0],
+        "2018-06-26T20:00:00Z"
+    );
     assert_eq!(body["model"]["version"], "1.0.0");
 
     // AND an HTTP API (v2) event gets the same forecast
     let (_, response) = emulator.invoke(&event("apigw-v2-forecast.json")).await;
     assert_eq!(response["statusCode"], 200, "{response}");
-    assert_eq!(http_body(&response)["forecasts"][0]["values"], body["forecasts"][0]["values"]);
+    assert_eq!(
+        http_body(&response)["forecasts"][0]["values"],
+        body["forecasts"][0]["values"]
+    );
 
     // AND a client error is a 400 response naming the problem, not a Lambda error
     let (status, response) = emulator.invoke(&event("apigw-v2-bad-request.json")).await;
@@ -95,9 +131,18 @@ async fn cold_start_from_s3_then_api_gateway_rest_and_http_events_are_answered_b
 
     // AND init logged its timings in one line, and the Lambda request id reached the logs
     let log = function.log();
-    assert!(log.contains("init complete") && log.contains("fetch_ms") && log.contains("warm_up_ms"), "{log}");
-    assert!(log.contains("from_cache=false") || log.contains("\"from_cache\":false"), "{log}");
-    assert!(log.contains("ColdStartDuration"), "EMF cold start metric missing:\n{log}");
+    assert!(
+        log.contains("init complete") && log.contains("fetch_ms") && log.contains("warm_up_ms"),
+        "{log}"
+    );
+    assert!(
+        log.contains("from_cache=false") || log.contains("\"from_cache\":false"),
+        "{log}"
+    );
+    assert!(
+        log.contains("ColdStartDuration"),
+        "EMF cold start metric missing:\n{log}"
+    );
     drop(function);
 
     // AND a second cold start of the same version is served from the /tmp cache
@@ -105,7 +150,10 @@ async fn cold_start_from_s3_then_api_gateway_rest_and_http_events_are_answered_b
     let (_, response) = emulator.invoke(&event("apigw-v2-healthz.json")).await;
     assert_eq!(response["statusCode"], 200);
     let log = function.log();
-    assert!(log.contains("from_cache=true") || log.contains("\"from_cache\":true"), "{log}");
+    assert!(
+        log.contains("from_cache=true") || log.contains("\"from_cache\":true"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
@@ -129,19 +177,38 @@ async fn scheduled_batch_forecasts_read_csv_or_json_lines_and_write_json_lines()
         jsonl.push('\n');
     }
     for (key, body) in [("batch/input.csv", csv), ("batch/input.jsonl", jsonl)] {
-        s3.put_object().bucket(BUCKET).key(key).body(ByteStream::from(body.into_bytes())).send().await.unwrap();
+        s3.put_object()
+            .bucket(BUCKET)
+            .key(key)
+            .body(ByteStream::from(body.into_bytes()))
+            .send()
+            .await
+            .unwrap();
     }
     let emulator = LambdaEmulator::start();
     let cache = tempfile::tempdir().unwrap();
     let function = Function::start(&emulator, &function_env(&moto, &cache, "bundled"));
 
-    for (fixture, output_key) in [("scheduled-batch-forecast.json", "batch/output.jsonl"), ("scheduled-event.json", "batch/output-2.jsonl")] {
+    for (fixture, output_key) in [
+        ("scheduled-batch-forecast.json", "batch/output.jsonl"),
+        ("scheduled-event.json", "batch/output-2.jsonl"),
+    ] {
         let (status, response) = emulator.invoke(&event(fixture)).await;
         assert_eq!(status, 200, "{fixture}: {response}\n{}", function.log());
         assert_eq!(response["series"], 2, "{fixture}: {response}");
-        let object = s3.get_object().bucket(BUCKET).key(output_key).send().await.unwrap();
-        let written = String::from_utf8(object.body.collect().await.unwrap().into_bytes().to_vec()).unwrap();
-        let lines: Vec<Value> = written.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let object = s3
+            .get_object()
+            .bucket(BUCKET)
+            .key(output_key)
+            .send()
+            .await
+            .unwrap();
+        let written =
+            String::from_utf8(object.body.collect().await.unwrap().into_bytes().to_vec()).unwrap();
+        let lines: Vec<Value> = written
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["id"], "a");
         assert_eq!(lines[1]["values"].as_array().unwrap().len(), 24);
@@ -156,24 +223,41 @@ async fn evaluate_and_unknown_events_are_clear_errors() {
     let cache = tempfile::tempdir().unwrap();
     let function = Function::start(&emulator, &function_env(&moto, &cache, "bundled"));
     let (_, response) = emulator.invoke(&event("scheduled-evaluate.json")).await;
-    assert_eq!(response["errorType"], "NotConfigured", "{response}\n{}", function.log());
-    assert!(response["errorMessage"].as_str().unwrap().contains("not configured"));
-    let (_, response) = emulator.invoke(&json!({"Records": [{"eventSource": "aws:sqs"}]})).await;
+    assert_eq!(
+        response["errorType"],
+        "NotConfigured",
+        "{response}\n{}",
+        function.log()
+    );
+    assert!(response["errorMessage"]
+        .as_str()
+        .unwrap()
+        .contains("not configured"));
+    let (_, response) = emulator
+        .invoke(&json!({"Records": [{"eventSource": "aws:sqs"}]}))
+        .await;
     assert_eq!(response["errorType"], "UnrecognisedEvent", "{response}");
-    assert!(response["errorMessage"].as_str().unwrap().contains("Records"));
+    assert!(response["errorMessage"]
+        .as_str()
+        .unwrap()
+        .contains("Records"));
     let (_, response) = emulator.invoke(&json!({"action": "retrain"})).await;
     assert_eq!(response["errorType"], "InvalidEvent", "{response}");
 }
 
 #[tokio::test]
-async fn an_accuracy_alarm_rolls_the_alias_back_once_and_the_function_serves_the_previous_version() {
+async fn an_accuracy_alarm_rolls_the_alias_back_once_and_the_function_serves_the_previous_version()
+{
     // GIVEN versions 1.0.0 then 1.0.1 published and promoted
     let moto = Moto::start();
     let s3 = moto.create_bucket(BUCKET).await;
     let v1 = bundled_as_version("1.0.0");
     let v2 = bundled_as_version("1.0.1");
     for dir in [&v1, &v2] {
-        let (ok, out) = cli(&moto, &["model", "publish", dir.path().to_str().unwrap(), REGISTRY]);
+        let (ok, out) = cli(
+            &moto,
+            &["model", "publish", dir.path().to_str().unwrap(), REGISTRY],
+        );
         assert!(ok, "{out}");
     }
     assert_eq!(read_alias(&s3).await["version"], "1.0.1");
@@ -193,7 +277,10 @@ async fn an_accuracy_alarm_rolls_the_alias_back_once_and_the_function_serves_the
     assert_eq!(read_alias(&s3).await["version"], "1.0.0");
     let (_, forecast) = emulator.invoke(&event("apigw-v2-forecast.json")).await;
     assert_eq!(http_body(&forecast)["model"]["version"], "1.0.0");
-    assert!(function.log().contains("ModelRollbacks"), "EMF rollback metric missing");
+    assert!(
+        function.log().contains("ModelRollbacks"),
+        "EMF rollback metric missing"
+    );
 
     // AND the same event delivered again does nothing more
     let (_, response) = emulator.invoke(&alarm).await;
@@ -206,7 +293,10 @@ async fn an_accuracy_alarm_rolls_the_alias_back_once_and_the_function_serves_the
     // error, alias unchanged
     let (_, response) = emulator.invoke(&event("alarm-action.json")).await;
     assert_eq!(response["errorType"], "RollbackImpossible", "{response}");
-    assert!(response["errorMessage"].as_str().unwrap().contains("1.0.0 is the only version"));
+    assert!(response["errorMessage"]
+        .as_str()
+        .unwrap()
+        .contains("1.0.0 is the only version"));
     assert_eq!(read_alias(&s3).await["version"], "1.0.0");
 
     // AND alarms that are not rollback alarms, or not in ALARM, are ignored
@@ -222,7 +312,10 @@ fn init_failure(moto_env: Vec<(&'static str, String)>, model_uri: &str) -> Strin
     let cache = tempfile::tempdir().unwrap();
     let mut env = moto_env;
     env.push(("MODEL_URI", model_uri.into()));
-    env.push(("LSTM_FORECAST_MODEL_CACHE", cache.path().display().to_string()));
+    env.push((
+        "LSTM_FORECAST_MODEL_CACHE",
+        cache.path().display().to_string(),
+    ));
     let function = Function::start(&emulator, &env);
     let (ok, log) = function.wait_exit(Duration::from_secs(60));
     assert!(!ok, "init should have failed:\n{log}");
@@ -237,27 +330,47 @@ async fn every_cold_start_fault_is_an_init_error_naming_the_object_and_the_cause
     let put = |key: &'static str, body: Vec<u8>| {
         let s3 = s3.clone();
         async move {
-            s3.put_object().bucket(BUCKET).key(key).body(ByteStream::from(body)).send().await.unwrap();
+            s3.put_object()
+                .bucket(BUCKET)
+                .key(key)
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .unwrap();
         }
     };
 
     // Nothing published yet: the alias is missing.
     let log = init_failure(moto.env(), REGISTRY);
-    assert!(log.contains("s3://lstm-forecast-test/models/etth1-ot-lstm/alias/live.json does not exist"), "{log}");
+    assert!(
+        log.contains("s3://lstm-forecast-test/models/etth1-ot-lstm/alias/live.json does not exist"),
+        "{log}"
+    );
 
     // The bucket does not exist.
     let log = init_failure(moto.env(), "s3://no-such-bucket/models/etth1-ot-lstm/1.0.0");
-    assert!(log.contains("s3://no-such-bucket/models/etth1-ot-lstm/1.0.0/model.json"), "{log}");
+    assert!(
+        log.contains("s3://no-such-bucket/models/etth1-ot-lstm/1.0.0/model.json"),
+        "{log}"
+    );
 
     // The alias names a version that was never uploaded.
     put(
         "models/etth1-ot-lstm/alias/live.json",
-        json!({"version": "9.9.9", "history": ["9.9.9"], "updated_at": "2026-11-27T00:00:00Z"}).to_string().into_bytes(),
+        json!({"version": "9.9.9", "history": ["9.9.9"], "updated_at": "2026-11-27T00:00:00Z"})
+            .to_string()
+            .into_bytes(),
     )
     .await;
     let log = init_failure(moto.env(), REGISTRY);
-    assert!(log.contains("version 9.9.9 is not in the registry"), "{log}");
-    assert!(log.contains("models/etth1-ot-lstm/9.9.9/model.json"), "{log}");
+    assert!(
+        log.contains("version 9.9.9 is not in the registry"),
+        "{log}"
+    );
+    assert!(
+        log.contains("models/etth1-ot-lstm/9.9.9/model.json"),
+        "{log}"
+    );
 
     // model.pt does not match the declared sha256.
     let metadata = std::fs::read(repo_path("model_artifacts/etth1-ot-lstm/model.json")).unwrap();
@@ -267,17 +380,27 @@ async fn every_cold_start_fault_is_an_init_error_naming_the_object_and_the_cause
     tampered[1000] ^= 0x55;
     put("models/etth1-ot-lstm/1.0.0/model.pt", tampered).await;
     let log = init_failure(moto.env(), &format!("{REGISTRY}/1.0.0"));
-    assert!(log.contains("sha256") && log.contains("models/etth1-ot-lstm/1.0.0/model.json"), "{log}");
+    assert!(
+        log.contains("sha256") && log.contains("models/etth1-ot-lstm/1.0.0/model.json"),
+        "{log}"
+    );
 
     // model.pt is not TorchScript at all (with a matching checksum).
     let garbage = b"definitely not a TorchScript zip archive".to_vec();
     let mut doc: Value = serde_json::from_slice(&metadata).unwrap();
     doc["model_sha256"] = lstm_forecast::model::contract::sha256_hex(&garbage).into();
-    put("models/etth1-ot-lstm/1.0.0/model.json", serde_json::to_vec(&doc).unwrap()).await;
+    put(
+        "models/etth1-ot-lstm/1.0.0/model.json",
+        serde_json::to_vec(&doc).unwrap(),
+    )
+    .await;
     put("models/etth1-ot-lstm/1.0.0/model.pt", garbage).await;
     let log = init_failure(moto.env(), &format!("{REGISTRY}/1.0.0"));
     assert!(log.contains("libtorch could not load model.pt"), "{log}");
-    assert!(log.contains("s3://lstm-forecast-test/models/etth1-ot-lstm/1.0.0"), "{log}");
+    assert!(
+        log.contains("s3://lstm-forecast-test/models/etth1-ot-lstm/1.0.0"),
+        "{log}"
+    );
 
     // S3 cannot be reached at all.
     let mut unreachable = moto.env();
@@ -285,4 +408,102 @@ async fn every_cold_start_fault_is_an_init_error_naming_the_object_and_the_cause
     let log = init_failure(unreachable, REGISTRY);
     assert!(log.contains("S3 is unreachable"), "{log}");
     assert!(log.contains("alias/live.json"), "{log}");
+}
+
+#[tokio::test]
+async fn the_accuracy_loop_runs_through_lambda_forecast_observe_then_evaluate() {
+    let moto = Moto::start();
+    let s3 = moto.create_bucket(BUCKET).await;
+    let emulator = LambdaEmulator::start();
+    let cache = tempfile::tempdir().unwrap();
+    let mut env = function_env(&moto, &cache, "bundled");
+    env.push(("FORECAST_LOG_URI", format!("s3://{BUCKET}/monitoring")));
+    let function = Function::start(&emulator, &env);
+
+    // A forecast through API Gateway is logged (the fixture has an id and a last timestamp) ...
+    let forecast_event = event("apigw-v2-forecast.json");
+    let (_, response) = emulator.invoke(&forecast_event).await;
+    let forecast = http_body(&response);
+    let values = forecast["forecasts"][0]["values"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let stamps = forecast["forecasts"][0]["timestamps"]
+        .as_array()
+        .unwrap()
+        .clone();
+    // ... the actuals arrive through API Gateway too (here: the forecast plus one, so MAE is 1) ...
+    let mut observe = forecast_event.clone();
+    observe["rawPath"] = "/v1/observations".into();
+    observe["routeKey"] = "POST /v1/observations".into();
+    observe["requestContext"]["http"]["path"] = "/v1/observations".into();
+    observe["body"] = json!({"series": [{"id": "etth1-ot", "timestamps": stamps,
+        "values": values.iter().map(|v| v.as_f64().unwrap() + 1.0).collect::<Vec<_>>()}]})
+    .to_string()
+    .into();
+    let (_, response) = emulator.invoke(&observe).await;
+    assert_eq!(response["statusCode"], 202, "{response}");
+    // ... and the scheduled evaluation scores it.
+    let (status, response) = emulator.invoke(&event("scheduled-evaluate.json")).await;
+    assert_eq!(status, 200, "{response}\n{}", function.log());
+    assert_eq!(response["pairs"], 24, "{response}");
+    let scores = &response["scores"]["1.0.0"]["overall"];
+    assert!(
+        (scores["mae"].as_f64().unwrap() - 1.0).abs() < 1e-9,
+        "{response}"
+    );
+    assert!(
+        (scores["bias"].as_f64().unwrap() + 1.0).abs() < 1e-9,
+        "{response}"
+    );
+    let report = response["report"].as_str().unwrap();
+    let key = report.strip_prefix(&format!("s3://{BUCKET}/")).unwrap();
+    let chart = s3
+        .get_object()
+        .bucket(BUCKET)
+        .key(format!("{key}chart.svg"))
+        .send()
+        .await
+        .unwrap();
+    let svg = String::from_utf8(chart.body.collect().await.unwrap().into_bytes().to_vec()).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("etth1-ot"));
+
+    // Every EMF line the function wrote is a valid document within the limits.
+    let log = function.log();
+    let emf: Vec<Value> = log
+        .lines()
+        .filter(|l| l.contains("\"_aws\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!emf.is_empty());
+    for doc in &emf {
+        let directive = &doc["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "LstmForecast");
+        assert!(directive["Metrics"].as_array().unwrap().len() <= 100);
+        for metric in directive["Metrics"].as_array().unwrap() {
+            assert!(doc.get(metric["Name"].as_str().unwrap()).is_some(), "{doc}");
+        }
+    }
+    let names: Vec<&str> = emf
+        .iter()
+        .flat_map(|d| {
+            d["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["Name"].as_str().unwrap())
+        })
+        .collect();
+    for expected in [
+        "ColdStartDuration",
+        "ForecastLatency",
+        "InputDrift",
+        "MAE",
+        "WAPE",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from EMF: {names:?}"
+        );
+    }
 }

@@ -40,7 +40,10 @@ fn a_corrupt_model_pt_is_refused_by_libtorch_not_crashed_on() {
         ..artifacts
     };
     let error = load_error(&artifacts);
-    assert!(error.contains("libtorch could not load model.pt"), "{error}");
+    assert!(
+        error.contains("libtorch could not load model.pt"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -66,7 +69,10 @@ fn a_checksum_mismatch_is_refused_before_libtorch_runs() {
 #[test]
 fn a_horizon_that_disagrees_with_the_network_is_refused_at_warm_up() {
     let error = load_error(&with_metadata(|m| m["output"]["horizon"] = 12.into()));
-    assert!(error.contains("[1, 24]") || error.contains("expected [1, 12]"), "{error}");
+    assert!(
+        error.contains("[1, 24]") || error.contains("expected [1, 12]"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -94,6 +100,8 @@ fn a_model_from_another_torch_release_is_refused() {
 
 #[test]
 fn contract_errors_name_the_field() {
-    let error = load_error(&with_metadata(|m| m["input"]["frequency"] = "hourly".into()));
+    let error = load_error(&with_metadata(|m| {
+        m["input"]["frequency"] = "hourly".into()
+    }));
     assert!(error.contains("input.frequency"), "{error}");
 }

@@ -15,7 +15,8 @@ use serde_json::Value;
 const TOLERANCE: f64 = 1e-5;
 
 fn fixture() -> Value {
-    let text = std::fs::read_to_string(repo_path("tests/fixtures/parity-etth1-ot-lstm.json")).unwrap();
+    let text =
+        std::fs::read_to_string(repo_path("tests/fixtures/parity-etth1-ot-lstm.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -24,14 +25,20 @@ fn assert_close(case: &str, got: &[f64], expected: &[Value]) {
     for (step, (g, e)) in got.iter().zip(expected).enumerate() {
         let e = e.as_f64().unwrap();
         let relative = (g - e).abs() / e.abs().max(1e-3);
-        assert!(relative <= TOLERANCE, "{case} step {step}: service {g} vs PyTorch {e} (relative {relative:.2e})");
+        assert!(
+            relative <= TOLERANCE,
+            "{case} step {step}: service {g} vs PyTorch {e} (relative {relative:.2e})"
+        );
     }
 }
 
 #[test]
 fn the_fixture_was_made_with_the_bundled_model() {
     let fixture = fixture();
-    assert_eq!(fixture["model"]["model_sha256"], sha256_hex(BUNDLED_MODEL_PT));
+    assert_eq!(
+        fixture["model"]["model_sha256"],
+        sha256_hex(BUNDLED_MODEL_PT)
+    );
     assert_eq!(fixture["cases"].as_array().unwrap().len(), 32);
 }
 
@@ -42,11 +49,22 @@ fn in_process_forecasts_match_pytorch_for_32_test_windows_in_one_batch() {
     let cases = fixture["cases"].as_array().unwrap();
     let windows: Vec<Vec<f64>> = cases
         .iter()
-        .map(|c| c["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect())
+        .map(|c| {
+            c["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect()
+        })
         .collect();
     let forecasts = model.forecast(&windows).unwrap();
     for (case, forecast) in cases.iter().zip(&forecasts) {
-        assert_close(case["id"].as_str().unwrap(), forecast, case["forecast"].as_array().unwrap());
+        assert_close(
+            case["id"].as_str().unwrap(),
+            forecast,
+            case["forecast"].as_array().unwrap(),
+        );
     }
 }
 
@@ -70,8 +88,17 @@ async fn http_forecasts_match_pytorch_with_timestamps_after_the_window() {
         .unwrap();
     for (case, forecast) in cases.iter().zip(answer["forecasts"].as_array().unwrap()) {
         assert_eq!(forecast["id"], case["id"]);
-        let values: Vec<f64> = forecast["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-        assert_close(case["id"].as_str().unwrap(), &values, case["forecast"].as_array().unwrap());
+        let values: Vec<f64> = forecast["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_close(
+            case["id"].as_str().unwrap(),
+            &values,
+            case["forecast"].as_array().unwrap(),
+        );
     }
     server.stop().await;
 }

@@ -21,7 +21,11 @@ fn cli(moto: &Moto, args: &[&str]) -> (bool, String) {
         .env("THREADS", "1")
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     (output.status.success(), text)
 }
 
@@ -29,9 +33,14 @@ fn version_dir(version: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let source = repo_path("model_artifacts/etth1-ot-lstm");
     std::fs::copy(source.join("model.pt"), dir.path().join("model.pt")).unwrap();
-    let mut metadata: Value = serde_json::from_slice(&std::fs::read(source.join("model.json")).unwrap()).unwrap();
+    let mut metadata: Value =
+        serde_json::from_slice(&std::fs::read(source.join("model.json")).unwrap()).unwrap();
     metadata["version"] = version.into();
-    std::fs::write(dir.path().join("model.json"), serde_json::to_vec_pretty(&metadata).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("model.json"),
+        serde_json::to_vec_pretty(&metadata).unwrap(),
+    )
+    .unwrap();
     dir
 }
 
@@ -45,30 +54,57 @@ async fn publish_promote_and_rollback_keep_a_history_of_live_versions() {
     moto.create_bucket(BUCKET).await;
     let (v1, v2) = (version_dir("1.0.0"), version_dir("1.0.1"));
 
-    let (ok, out) = cli(&moto, &["model", "publish", v1.path().to_str().unwrap(), REGISTRY]);
+    let (ok, out) = cli(
+        &moto,
+        &["model", "publish", v1.path().to_str().unwrap(), REGISTRY],
+    );
     assert!(ok && out.contains("published 1.0.0; live"), "{out}");
     // Versions are immutable.
-    let (ok, out) = cli(&moto, &["model", "publish", v1.path().to_str().unwrap(), REGISTRY]);
+    let (ok, out) = cli(
+        &moto,
+        &["model", "publish", v1.path().to_str().unwrap(), REGISTRY],
+    );
     assert!(!ok && out.contains("1.0.0 is already published"), "{out}");
     // --no-promote uploads without changing what serves.
-    let (ok, out) = cli(&moto, &["model", "publish", "--no-promote", v2.path().to_str().unwrap(), REGISTRY]);
+    let (ok, out) = cli(
+        &moto,
+        &[
+            "model",
+            "publish",
+            "--no-promote",
+            v2.path().to_str().unwrap(),
+            REGISTRY,
+        ],
+    );
     assert!(ok && out.contains("not live"), "{out}");
     let (_, out) = cli(&moto, &["model", "list", REGISTRY]);
-    assert!(out.contains("1.0.0  (live)") && out.contains("1.0.1"), "{out}");
+    assert!(
+        out.contains("1.0.0  (live)") && out.contains("1.0.1"),
+        "{out}"
+    );
 
     let (ok, out) = cli(&moto, &["model", "promote", REGISTRY, "1.0.1"]);
     assert!(ok && out.contains("1.0.1 is live (was 1.0.0)"), "{out}");
     let (ok, out) = cli(&moto, &["model", "promote", REGISTRY, "7.7.7"]);
-    assert!(!ok && out.contains("version 7.7.7 is not in the registry"), "{out}");
+    assert!(
+        !ok && out.contains("version 7.7.7 is not in the registry"),
+        "{out}"
+    );
 
     let (ok, out) = cli(&moto, &["model", "rollback", REGISTRY]);
     assert!(ok && out.contains("1.0.0 is live (was 1.0.1)"), "{out}");
     let (ok, out) = cli(&moto, &["model", "rollback", REGISTRY]);
-    assert!(!ok && out.contains("1.0.0 is the only version that was ever live"), "{out}");
+    assert!(
+        !ok && out.contains("1.0.0 is the only version that was ever live"),
+        "{out}"
+    );
     assert_eq!(registry(&moto).await.live_version().await.unwrap(), "1.0.0");
 
     // `model show` reads a registry model like any other.
-    let (ok, out) = cli(&moto, &["model", "show", "--model", &format!("{REGISTRY}/1.0.1")]);
+    let (ok, out) = cli(
+        &moto,
+        &["model", "show", "--model", &format!("{REGISTRY}/1.0.1")],
+    );
     assert!(ok && out.contains("\"version\": \"1.0.1\""), "{out}");
 }
 
@@ -77,9 +113,15 @@ async fn publish_refuses_a_model_that_fails_validation_and_uploads_nothing() {
     let moto = Moto::start();
     let s3 = moto.create_bucket(BUCKET).await;
     let broken = repo_path("tests/fixtures/broken-traced-lstm");
-    let (ok, out) = cli(&moto, &["model", "publish", broken.to_str().unwrap(), REGISTRY]);
+    let (ok, out) = cli(
+        &moto,
+        &["model", "publish", broken.to_str().unwrap(), REGISTRY],
+    );
     assert!(!ok, "{out}");
-    assert!(out.contains("is not valid, nothing was uploaded") && out.contains("crashed"), "{out}");
+    assert!(
+        out.contains("is not valid, nothing was uploaded") && out.contains("crashed"),
+        "{out}"
+    );
     let listed = s3.list_objects_v2().bucket(BUCKET).send().await.unwrap();
     assert_eq!(listed.key_count(), Some(0));
 }
@@ -90,7 +132,16 @@ async fn a_stale_alias_write_is_refused_instead_of_overwriting_a_concurrent_prom
     moto.create_bucket(BUCKET).await;
     for v in ["1.0.0", "1.0.1"] {
         let dir = version_dir(v);
-        let (ok, out) = cli(&moto, &["model", "publish", "--no-promote", dir.path().to_str().unwrap(), REGISTRY]);
+        let (ok, out) = cli(
+            &moto,
+            &[
+                "model",
+                "publish",
+                "--no-promote",
+                dir.path().to_str().unwrap(),
+                REGISTRY,
+            ],
+        );
         assert!(ok, "{out}");
     }
     let registry = registry(&moto).await;
@@ -100,7 +151,10 @@ async fn a_stale_alias_write_is_refused_instead_of_overwriting_a_concurrent_prom
     // ... WHEN someone else promotes in between ...
     registry.promote("1.0.1").await.unwrap();
     // ... THEN its write, conditioned on what it read, is refused.
-    let err = registry.write_alias(&alias, stale_etag.as_deref()).await.unwrap_err();
+    let err = registry
+        .write_alias(&alias, stale_etag.as_deref())
+        .await
+        .unwrap_err();
     assert!(matches!(err, RegistryError::Conflict { .. }), "{err}");
     assert_eq!(registry.live_version().await.unwrap(), "1.0.1");
 }
@@ -110,12 +164,23 @@ async fn serve_follows_the_alias_and_keeps_the_old_model_when_a_new_one_fails_to
     let moto = Moto::start();
     let s3 = moto.create_bucket(BUCKET).await;
     let v1 = version_dir("1.0.0");
-    let (ok, out) = cli(&moto, &["model", "publish", v1.path().to_str().unwrap(), REGISTRY]);
+    let (ok, out) = cli(
+        &moto,
+        &["model", "publish", v1.path().to_str().unwrap(), REGISTRY],
+    );
     assert!(ok, "{out}");
     let cache = tempfile::tempdir().unwrap();
     let port = common::emulators::free_port();
     let mut server = Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
-        .args(["serve", "--model", REGISTRY, "--bind", &format!("127.0.0.1:{port}"), "--reload-interval-seconds", "1"])
+        .args([
+            "serve",
+            "--model",
+            REGISTRY,
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--reload-interval-seconds",
+            "1",
+        ])
         .envs(moto.env())
         .env("THREADS", "1")
         .env("LSTM_FORECAST_MODEL_CACHE", cache.path())
@@ -127,7 +192,11 @@ async fn serve_follows_the_alias_and_keeps_the_old_model_when_a_new_one_fails_to
     let client = reqwest::Client::new();
     let version = || async {
         match client.get(format!("{base}/v1/model")).send().await {
-            Ok(r) => r.json::<Value>().await.ok().map(|m| m["version"].as_str().unwrap_or("").to_string()),
+            Ok(r) => r
+                .json::<Value>()
+                .await
+                .ok()
+                .map(|m| m["version"].as_str().unwrap_or("").to_string()),
             Err(_) => None,
         }
     };
@@ -137,7 +206,10 @@ async fn serve_follows_the_alias_and_keeps_the_old_model_when_a_new_one_fails_to
             if version().await.as_deref() == Some(expected) {
                 return;
             }
-            assert!(Instant::now() < deadline, "serve never reported version {expected}");
+            assert!(
+                Instant::now() < deadline,
+                "serve never reported version {expected}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
@@ -145,36 +217,62 @@ async fn serve_follows_the_alias_and_keeps_the_old_model_when_a_new_one_fails_to
 
     // A good new version is picked up without a restart.
     let v2 = version_dir("1.0.1");
-    let (ok, out) = cli(&moto, &["model", "publish", v2.path().to_str().unwrap(), REGISTRY]);
+    let (ok, out) = cli(
+        &moto,
+        &["model", "publish", v2.path().to_str().unwrap(), REGISTRY],
+    );
     assert!(ok, "{out}");
     wait_for("1.0.1").await;
 
     // A version that cannot load (uploaded around `publish`, which would have refused it) is
     // promoted: the server keeps serving 1.0.1 and counts the failure.
     let garbage = b"not TorchScript".to_vec();
-    let mut metadata: Value = serde_json::from_slice(&std::fs::read(v2.path().join("model.json")).unwrap()).unwrap();
+    let mut metadata: Value =
+        serde_json::from_slice(&std::fs::read(v2.path().join("model.json")).unwrap()).unwrap();
     metadata["version"] = "1.0.2".into();
     metadata["model_sha256"] = lstm_forecast::model::contract::sha256_hex(&garbage).into();
     for (key, body) in [
         ("models/etth1-ot-lstm/1.0.2/model.pt", garbage),
-        ("models/etth1-ot-lstm/1.0.2/model.json", serde_json::to_vec(&metadata).unwrap()),
+        (
+            "models/etth1-ot-lstm/1.0.2/model.json",
+            serde_json::to_vec(&metadata).unwrap(),
+        ),
     ] {
-        s3.put_object().bucket(BUCKET).key(key).body(ByteStream::from(body)).send().await.unwrap();
+        s3.put_object()
+            .bucket(BUCKET)
+            .key(key)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .unwrap();
     }
     registry(&moto).await.promote("1.0.2").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        let metrics = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         let failures = metrics
             .lines()
             .find_map(|l| l.strip_prefix("lstm_forecast_model_reload_failures_total "))
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0);
         if failures >= 1 {
-            assert!(metrics.contains("lstm_forecast_model_reloads_total 1"), "{metrics}");
+            assert!(
+                metrics.contains("lstm_forecast_model_reloads_total 1"),
+                "{metrics}"
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "the failed reload was never counted:\n{metrics}");
+        assert!(
+            Instant::now() < deadline,
+            "the failed reload was never counted:\n{metrics}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(version().await.as_deref(), Some("1.0.1"));

@@ -86,7 +86,9 @@ pub struct FeatureStats {
 pub enum ContractError {
     #[error("model.json is not valid: {0}")]
     Parse(String),
-    #[error("model.json format_version {found} is not supported (this build reads {FORMAT_VERSION})")]
+    #[error(
+        "model.json format_version {found} is not supported (this build reads {FORMAT_VERSION})"
+    )]
     FormatVersion { found: u32 },
     #[error("model.json field `{field}` is invalid: {reason}")]
     Field { field: String, reason: String },
@@ -135,7 +137,9 @@ impl ModelMetadata {
         if chrono::DateTime::parse_from_rfc3339(&self.created_at).is_err() {
             return Err(field_error("created_at", "must be an RFC 3339 timestamp"));
         }
-        if self.model_sha256.len() != 64 || !self.model_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if self.model_sha256.len() != 64
+            || !self.model_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+        {
             return Err(field_error("model_sha256", "must be 64 hex characters"));
         }
         if self.input.window == 0 {
@@ -145,11 +149,17 @@ impl ModelMetadata {
             return Err(field_error("output.horizon", "must be at least 1"));
         }
         if self.input.features.is_empty() {
-            return Err(field_error("input.features", "must name at least one feature"));
+            return Err(field_error(
+                "input.features",
+                "must name at least one feature",
+            ));
         }
         for (i, name) in self.input.features.iter().enumerate() {
             if name.is_empty() {
-                return Err(field_error(format!("input.features[{i}]"), "must not be empty"));
+                return Err(field_error(
+                    format!("input.features[{i}]"),
+                    "must not be empty",
+                ));
             }
             if self.input.features[..i].contains(name) {
                 return Err(field_error(
@@ -277,7 +287,11 @@ pub fn parse_frequency(text: &str) -> Result<Duration, String> {
         "min" | "T" => 60,
         "h" | "H" => 3600,
         "d" | "D" => 86_400,
-        _ => return Err(format!("`{text}` has unknown unit `{unit}` (use s, min, h or d)")),
+        _ => {
+            return Err(format!(
+                "`{text}` has unknown unit `{unit}` (use s, min, h or d)"
+            ))
+        }
     };
     if count == 0 {
         return Err(format!("`{text}` must be a positive period"));
@@ -309,7 +323,9 @@ mod tests {
     }
 
     fn error_text(value: serde_json::Value) -> String {
-        parse(value).expect_err("contract must be refused").to_string()
+        parse(value)
+            .expect_err("contract must be refused")
+            .to_string()
     }
 
     #[test]

@@ -9,7 +9,13 @@ use std::sync::Once;
 /// Runs the network on one batch.
 pub trait Engine: Send + Sync {
     /// `input` is row-major `[batch, window, features]`; returns row-major `[batch, horizon]`.
-    fn forward(&self, input: &[f32], batch: usize, window: usize, features: usize) -> Result<Vec<f32>, EngineError>;
+    fn forward(
+        &self,
+        input: &[f32],
+        batch: usize,
+        window: usize,
+        features: usize,
+    ) -> Result<Vec<f32>, EngineError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,19 +41,28 @@ pub struct TorchEngine {
 impl TorchEngine {
     /// Loads TorchScript from memory (an S3 body or an embedded file need no temporary file).
     pub fn load(model_pt: &[u8], horizon: usize) -> Result<Self, EngineError> {
-        let mut module = tch::CModule::load_data_on_device(&mut Cursor::new(model_pt), tch::Device::Cpu)
-            .map_err(|e| EngineError::Load(first_line(&e.to_string())))?;
+        let mut module =
+            tch::CModule::load_data_on_device(&mut Cursor::new(model_pt), tch::Device::Cpu)
+                .map_err(|e| EngineError::Load(first_line(&e.to_string())))?;
         module.set_eval();
         Ok(TorchEngine { module, horizon })
     }
 }
 
 impl Engine for TorchEngine {
-    fn forward(&self, input: &[f32], batch: usize, window: usize, features: usize) -> Result<Vec<f32>, EngineError> {
+    fn forward(
+        &self,
+        input: &[f32],
+        batch: usize,
+        window: usize,
+        features: usize,
+    ) -> Result<Vec<f32>, EngineError> {
         let _no_grad = tch::no_grad_guard();
         let shape = [batch as i64, window as i64, features as i64];
         let forward_error = |e: tch::TchError| EngineError::Forward(first_line(&e.to_string()));
-        let x = tch::Tensor::from_slice(input).f_view(shape).map_err(forward_error)?;
+        let x = tch::Tensor::from_slice(input)
+            .f_view(shape)
+            .map_err(forward_error)?;
         let y = self.module.forward_ts(&[x]).map_err(forward_error)?;
         let size = y.size();
         if size != [batch as i64, self.horizon as i64] {
@@ -57,7 +72,11 @@ impl Engine for TorchEngine {
                 horizon: self.horizon,
             });
         }
-        let y = y.f_to_kind(tch::Kind::Float).map_err(forward_error)?.f_contiguous().map_err(forward_error)?;
+        let y = y
+            .f_to_kind(tch::Kind::Float)
+            .map_err(forward_error)?
+            .f_contiguous()
+            .map_err(forward_error)?;
         let flat = y.f_view([-1]).map_err(forward_error)?;
         Vec::<f32>::try_from(&flat).map_err(forward_error)
     }
@@ -90,5 +109,7 @@ pub fn configure_libtorch(requested_threads: Option<usize>) -> usize {
 /// CPUs this process may really use: std honours sched affinity and cgroup v1/v2 CPU quotas
 /// (a container limited to 1.5 CPUs gets 1), which is what ECS, Kubernetes and Lambda set.
 pub fn available_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }

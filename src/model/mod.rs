@@ -34,7 +34,9 @@ impl std::fmt::Debug for ModelArtifacts {
 pub enum ModelError {
     #[error(transparent)]
     Contract(#[from] ContractError),
-    #[error("model.json torch_version {declared} does not match the linked libtorch {LIBTORCH_VERSION}")]
+    #[error(
+        "model.json torch_version {declared} does not match the linked libtorch {LIBTORCH_VERSION}"
+    )]
     TorchVersion { declared: String },
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -62,7 +64,10 @@ pub enum ForecastError {
 impl ForecastError {
     /// Errors the caller caused (bad input) as opposed to the model or engine failing.
     pub fn is_client_error(&self) -> bool {
-        matches!(self, ForecastError::Shape { .. } | ForecastError::InputOutOfRange { .. })
+        matches!(
+            self,
+            ForecastError::Shape { .. } | ForecastError::InputOutOfRange { .. }
+        )
     }
 }
 
@@ -122,8 +127,15 @@ impl Model {
             .iter()
             .map(|f| self.metadata.training_stats[f].mean)
             .collect();
-        let window: Vec<f64> = row.iter().copied().cycle().take(self.window_len()).collect();
-        self.forecast(&[window]).map(|_| ()).map_err(ModelError::WarmUp)
+        let window: Vec<f64> = row
+            .iter()
+            .copied()
+            .cycle()
+            .take(self.window_len())
+            .collect();
+        self.forecast(&[window])
+            .map(|_| ())
+            .map_err(ModelError::WarmUp)
     }
 
     /// Forecasts a batch of windows (original scale, row-major `[window][features]`) in one
@@ -196,7 +208,13 @@ mod tests {
     }
 
     impl Engine for RepeatLast {
-        fn forward(&self, input: &[f32], batch: usize, window: usize, features: usize) -> Result<Vec<f32>, EngineError> {
+        fn forward(
+            &self,
+            input: &[f32],
+            batch: usize,
+            window: usize,
+            features: usize,
+        ) -> Result<Vec<f32>, EngineError> {
             Ok((0..batch)
                 .flat_map(|b| {
                     let last = input[(b * window + window - 1) * features];
@@ -221,15 +239,26 @@ mod tests {
     #[test]
     fn forecasts_come_back_on_the_original_scale_in_request_order() {
         let model = Model::with_engine(metadata(), Box::new(RepeatLast { horizon: 2 }));
-        let out = model.forecast(&[vec![1.0, 2.0, 3.0], vec![7.0, 8.0, 9.5]]).unwrap();
+        let out = model
+            .forecast(&[vec![1.0, 2.0, 3.0], vec![7.0, 8.0, 9.5]])
+            .unwrap();
         assert_eq!(out, vec![vec![3.0, 3.0], vec![9.5, 9.5]]);
     }
 
     #[test]
     fn wrong_window_lengths_never_reach_the_engine() {
         let model = Model::with_engine(metadata(), Box::new(RepeatLast { horizon: 2 }));
-        let err = model.forecast(&[vec![1.0, 2.0, 3.0], vec![1.0]]).unwrap_err();
-        assert!(matches!(err, ForecastError::Shape { series: 1, expected: 3, actual: 1 }));
+        let err = model
+            .forecast(&[vec![1.0, 2.0, 3.0], vec![1.0]])
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            ForecastError::Shape {
+                series: 1,
+                expected: 3,
+                actual: 1
+            }
+        ));
         assert!(err.is_client_error());
     }
 
@@ -244,7 +273,10 @@ mod tests {
     fn an_engine_returning_the_wrong_horizon_is_an_error_not_a_panic() {
         let model = Model::with_engine(metadata(), Box::new(RepeatLast { horizon: 5 }));
         let err = model.forecast(&[vec![1.0, 2.0, 3.0]]).unwrap_err();
-        assert!(matches!(err, ForecastError::Engine(EngineError::OutputShape { .. })));
+        assert!(matches!(
+            err,
+            ForecastError::Engine(EngineError::OutputShape { .. })
+        ));
         assert!(model.warm_up().is_err());
     }
 

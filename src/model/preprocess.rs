@@ -41,9 +41,18 @@ impl Pipeline {
     /// layout, f32) and returns what undoes it on the output.
     ///
     /// Panics if the slices do not have `window * features` elements: callers validate shapes first.
-    pub fn normalize_into(&self, window: &[f64], scratch: &mut Vec<f64>, out: &mut [f32]) -> Restore {
+    pub fn normalize_into(
+        &self,
+        window: &[f64],
+        scratch: &mut Vec<f64>,
+        out: &mut [f32],
+    ) -> Restore {
         let n = self.window * self.features;
-        assert_eq!(window.len(), n, "window shape is validated before preprocessing");
+        assert_eq!(
+            window.len(),
+            n,
+            "window shape is validated before preprocessing"
+        );
         assert_eq!(out.len(), n);
         scratch.clear();
         scratch.extend_from_slice(window);
@@ -99,7 +108,12 @@ impl Restore {
 mod tests {
     use super::*;
 
-    fn pipeline(steps: Vec<Preprocessing>, window: usize, features: usize, target: usize) -> Pipeline {
+    fn pipeline(
+        steps: Vec<Preprocessing>,
+        window: usize,
+        features: usize,
+        target: usize,
+    ) -> Pipeline {
         Pipeline {
             steps,
             window,

@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 pub const REGION: &str = "us-east-1";
 
 pub fn tools_bin(name: &str) -> PathBuf {
-    let venv = std::env::var_os("LSTM_FORECAST_TOOLS").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/lstm-forecast/tools-venv")
-    });
+    let venv = std::env::var_os("LSTM_FORECAST_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").expect("HOME"))
+                .join(".cache/lstm-forecast/tools-venv")
+        });
     let path = venv.join("bin").join(name);
     assert!(
         path.exists(),
@@ -25,7 +28,11 @@ pub fn tools_bin(name: &str) -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_for_port(port: u16, what: &str, child: &mut Child) {
@@ -47,7 +54,9 @@ struct Group(Child);
 
 impl Drop for Group {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.0.id())]).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
         let _ = self.0.wait();
     }
 }
@@ -91,15 +100,33 @@ impl Moto {
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .endpoint_url(&self.endpoint)
             .region(aws_sdk_s3::config::Region::new(REGION))
-            .credentials_provider(aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "test"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
             .force_path_style(true)
             .build();
         aws_sdk_s3::Client::from_conf(config)
     }
 
+    pub async fn cloudwatch(&self) -> aws_sdk_cloudwatch::Client {
+        let config = aws_sdk_cloudwatch::Config::builder()
+            .behavior_version(aws_sdk_cloudwatch::config::BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(aws_sdk_cloudwatch::config::Region::new(REGION))
+            .credentials_provider(aws_sdk_cloudwatch::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .build();
+        aws_sdk_cloudwatch::Client::from_conf(config)
+    }
+
     pub async fn create_bucket(&self, bucket: &str) -> aws_sdk_s3::Client {
         let s3 = self.s3().await;
-        s3.create_bucket().bucket(bucket).send().await.expect("create bucket");
+        s3.create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .expect("create bucket");
         s3
     }
 }
@@ -114,7 +141,15 @@ impl LambdaEmulator {
     pub fn start() -> Self {
         let port = free_port();
         let mut child = Command::new(tools_bin("cargo-lambda"))
-            .args(["lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1", "-P", &port.to_string()])
+            .args([
+                "lambda",
+                "watch",
+                "--only-lambda-apis",
+                "-A",
+                "127.0.0.1",
+                "-P",
+                &port.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0)
@@ -135,7 +170,10 @@ impl LambdaEmulator {
     /// Invokes the function through the Invoke API; returns the HTTP status and the payload.
     pub async fn invoke(&self, event: &serde_json::Value) -> (u16, serde_json::Value) {
         let response = reqwest::Client::new()
-            .post(format!("http://127.0.0.1:{}/2015-03-31/functions/_/invocations", self.port))
+            .post(format!(
+                "http://127.0.0.1:{}/2015-03-31/functions/_/invocations",
+                self.port
+            ))
             .json(event)
             .timeout(Duration::from_secs(60))
             .send()
@@ -143,7 +181,9 @@ impl LambdaEmulator {
             .expect("invoke");
         let status = response.status().as_u16();
         let bytes = response.bytes().await.unwrap();
-        let payload = serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        let payload = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+        });
         (status, payload)
     }
 }
@@ -178,7 +218,10 @@ impl Function {
             let log = log.clone();
             std::thread::spawn(move || {
                 use std::io::BufRead;
-                for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
                     log.lock().unwrap().push_str(&(line + "\n"));
                 }
             });
@@ -198,7 +241,11 @@ impl Function {
                 std::thread::sleep(Duration::from_millis(100));
                 return (status.success(), self.log());
             }
-            assert!(Instant::now() < deadline, "the function did not exit; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "the function did not exit; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -36,8 +36,25 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(model: Model, limits: Limits, max_queue: usize) -> Self {
+        Self::start_with(
+            model,
+            limits,
+            max_queue,
+            ServerMetrics::new(),
+            Default::default(),
+        )
+        .await
+    }
+
+    pub async fn start_with(
+        model: Model,
+        limits: Limits,
+        max_queue: usize,
+        metrics: ServerMetrics,
+        monitoring: lstm_forecast::http::Monitoring,
+    ) -> Self {
         let (handle, _engine_thread) = InferenceHandle::spawn(model, max_queue);
-        let state = AppState::new(handle, ServerMetrics::new(), limits);
+        let state = AppState::with_monitoring(handle, metrics, limits, monitoring);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown, stop) = oneshot::channel::<()>();

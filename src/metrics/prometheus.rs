@@ -1,0 +1,286 @@
+//! Prometheus metrics of the serving process (`GET /metrics`).
+//!
+//! One registry per server instance rather than the global default, so several servers can live in
+//! one process (integration tests do) without their counters mixing. HTTP-specific families (by
+//! route and status) are recorded by the HTTP layer directly; the [`PrometheusSink`] adds the
+//! facade's metrics that have no native family here (drift, accuracy, backtest, memory, ...).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use super::{Kind, Metric, MetricSink, Sample};
+use crate::model::contract::ModelMetadata;
+use crate::source::BoxFuture;
+
+#[derive(Clone)]
+pub struct ServerMetrics {
+    registry: Registry,
+    /// Whole-request latency by route, including queueing and JSON.
+    pub request_duration: HistogramVec,
+    /// Preprocessing + forward + restore, per request.
+    pub inference_duration: Histogram,
+    /// Time requests waited for the engine thread.
+    pub queue_duration: Histogram,
+    /// Series forecast (a request may carry many).
+    pub forecasts: IntCounter,
+    /// Answered requests by route and status code.
+    pub requests: IntCounterVec,
+    /// Failed requests by error code (`wrong_window_length`, `overloaded`, ...).
+    pub errors: IntCounterVec,
+    /// Successful hot reloads (a new version from the registry alias).
+    pub model_reloads: IntCounter,
+    /// Reloads that failed; the previous model kept serving.
+    pub model_reload_failures: IntCounter,
+    model_info: IntGaugeVec,
+}
+
+/// Latency buckets from 100 µs to 10 s: a single forward is ~0.4 ms, a batch of 64 ~6 ms.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+
+impl ServerMetrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "lstm_forecast_request_duration_seconds",
+                "Whole-request latency by route.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
+        let inference_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "lstm_forecast_inference_duration_seconds",
+                "Preprocessing, forward pass and restore, per request.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let queue_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "lstm_forecast_queue_duration_seconds",
+                "Time a request waited for the engine thread.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let forecasts = IntCounter::new("lstm_forecast_forecasts_total", "Series forecast.")
+            .expect("valid metric");
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "lstm_forecast_requests_total",
+                "Answered requests by route and status.",
+            ),
+            &["route", "status"],
+        )
+        .expect("valid metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "lstm_forecast_errors_total",
+                "Failed requests by error code.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let model_reloads = IntCounter::new(
+            "lstm_forecast_model_reloads_total",
+            "Models hot-reloaded from the registry.",
+        )
+        .expect("valid metric");
+        let model_reload_failures = IntCounter::new(
+            "lstm_forecast_model_reload_failures_total",
+            "Hot reloads that failed (the previous model kept serving).",
+        )
+        .expect("valid metric");
+        let model_info = IntGaugeVec::new(
+            Opts::new(
+                "lstm_forecast_model_info",
+                "The model in service (value is always 1).",
+            ),
+            &["name", "version"],
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(request_duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(inference_duration.clone()),
+            Box::new(queue_duration.clone()),
+            Box::new(forecasts.clone()),
+            Box::new(requests.clone()),
+            Box::new(errors.clone()),
+            Box::new(model_info.clone()),
+            Box::new(model_reloads.clone()),
+            Box::new(model_reload_failures.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        ServerMetrics {
+            registry,
+            request_duration,
+            inference_duration,
+            queue_duration,
+            forecasts,
+            requests,
+            errors,
+            model_reloads,
+            model_reload_failures,
+            model_info,
+        }
+    }
+
+    /// Marks `metadata` as the model in service (and only it).
+    pub fn set_model(&self, metadata: &ModelMetadata) {
+        self.model_info.reset();
+        self.model_info
+            .with_label_values(&[metadata.name.as_str(), metadata.version.as_str()])
+            .set(1);
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding into memory cannot fail");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+impl ServerMetrics {
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+/// The facade's metrics as Prometheus families `lstm_forecast_<name>` with labels `model`,
+/// `model_version`, `horizon_bucket`. Metrics the HTTP layer already exposes natively (requests,
+/// errors, latency, forecasts, reloads) are skipped so nothing is counted twice.
+pub struct PrometheusSink {
+    registry: Registry,
+    families: Mutex<HashMap<Metric, Family>>,
+}
+
+enum Family {
+    Counter(prometheus::CounterVec),
+    Histogram(HistogramVec),
+    Gauge(GaugeVec),
+}
+
+const LABELS: [&str; 3] = ["model", "model_version", "horizon_bucket"];
+
+/// Prometheus name for a facade metric, or `None` when a native family already covers it.
+pub fn prometheus_name(metric: Metric) -> Option<&'static str> {
+    Some(match metric {
+        Metric::ForecastLatency
+        | Metric::InferenceLatency
+        | Metric::Forecasts
+        | Metric::Requests
+        | Metric::ClientErrors
+        | Metric::ServerErrors
+        | Metric::ModelReloads
+        | Metric::ModelReloadFailures => return None,
+        Metric::ColdStartDuration => "lstm_forecast_cold_start_duration_milliseconds",
+        Metric::ModelLoadDuration => "lstm_forecast_model_load_duration_milliseconds",
+        Metric::ModelRollbacks => "lstm_forecast_model_rollbacks_total",
+        Metric::MemoryRss => "lstm_forecast_memory_rss_bytes",
+        Metric::InputDrift => "lstm_forecast_input_drift_psi",
+        Metric::OutOfRangeFraction => "lstm_forecast_out_of_range_fraction",
+        Metric::Mae => "lstm_forecast_accuracy_mae",
+        Metric::Rmse => "lstm_forecast_accuracy_rmse",
+        Metric::Wape => "lstm_forecast_accuracy_wape",
+        Metric::Bias => "lstm_forecast_accuracy_bias",
+        Metric::Mase => "lstm_forecast_accuracy_mase",
+        Metric::BacktestMae => "lstm_forecast_backtest_mae",
+        Metric::MetricsDropped => "lstm_forecast_metrics_dropped_total",
+    })
+}
+
+impl PrometheusSink {
+    pub fn new(metrics: &ServerMetrics) -> Self {
+        PrometheusSink {
+            registry: metrics.registry().clone(),
+            families: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl MetricSink for PrometheusSink {
+    fn record(&self, sample: &Sample) {
+        let Some(name) = prometheus_name(sample.metric) else {
+            return;
+        };
+        let mut families = self.families.lock().unwrap_or_else(|p| p.into_inner());
+        let family = families.entry(sample.metric).or_insert_with(|| {
+            let help = format!(
+                "{} (CloudWatch metric {}, unit {})",
+                name,
+                sample.metric.name(),
+                sample.metric.unit()
+            );
+            let family = match sample.metric.kind() {
+                Kind::Counter => Family::Counter(
+                    prometheus::CounterVec::new(Opts::new(name, help), &LABELS).expect("valid"),
+                ),
+                Kind::Gauge => {
+                    Family::Gauge(GaugeVec::new(Opts::new(name, help), &LABELS).expect("valid"))
+                }
+                Kind::Distribution => {
+                    let buckets = match sample.metric {
+                        Metric::ColdStartDuration | Metric::ModelLoadDuration => {
+                            vec![
+                                10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+                                10000.0,
+                            ]
+                        }
+                        Metric::OutOfRangeFraction => vec![0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0],
+                        _ => vec![0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0],
+                    };
+                    Family::Histogram(
+                        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &LABELS)
+                            .expect("valid"),
+                    )
+                }
+            };
+            let collector: Box<dyn prometheus::core::Collector> = match &family {
+                Family::Counter(c) => Box::new(c.clone()),
+                Family::Gauge(g) => Box::new(g.clone()),
+                Family::Histogram(h) => Box::new(h.clone()),
+            };
+            if let Err(e) = self.registry.register(collector) {
+                tracing::warn!("prometheus family {name}: {e}");
+            }
+            family
+        });
+        let d = &sample.dimensions;
+        let labels = [
+            &*d.model,
+            &*d.model_version,
+            d.horizon_bucket.as_deref().unwrap_or(""),
+        ];
+        match family {
+            Family::Counter(c) => c.with_label_values(&labels).inc_by(sample.value.max(0.0)),
+            Family::Gauge(g) => g.with_label_values(&labels).set(sample.value),
+            Family::Histogram(h) => h.with_label_values(&labels).observe(sample.value),
+        }
+    }
+
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+impl Default for ServerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

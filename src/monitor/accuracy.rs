@@ -1,0 +1,123 @@
+//! Accuracy scores of forecasts against actuals.
+
+use serde::Serialize;
+
+/// Running sums for one group of (forecast, actual) pairs.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Accumulator {
+    count: usize,
+    abs_error: f64,
+    squared_error: f64,
+    error: f64,
+    abs_actual: f64,
+    naive_abs_error: f64,
+}
+
+/// The accuracy set. `mase` is the MAE relative to repeating the last observed value on the same
+/// points (below 1: better than naive).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scores {
+    pub count: usize,
+    pub mae: f64,
+    pub rmse: f64,
+    pub wape: f64,
+    pub bias: f64,
+    pub mase: f64,
+}
+
+impl Accumulator {
+    /// Adds one point: the forecast, what happened, and the naive forecast (last value at origin).
+    pub fn add(&mut self, forecast: f64, actual: f64, naive: f64) {
+        let e = forecast - actual;
+        self.count += 1;
+        self.abs_error += e.abs();
+        self.squared_error += e * e;
+        self.error += e;
+        self.abs_actual += actual.abs();
+        self.naive_abs_error += (naive - actual).abs();
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    pub fn scores(&self) -> Option<Scores> {
+        if self.count == 0 {
+            return None;
+        }
+        let n = self.count as f64;
+        Some(Scores {
+            count: self.count,
+            mae: self.abs_error / n,
+            rmse: (self.squared_error / n).sqrt(),
+            wape: if self.abs_actual > 0.0 {
+                self.abs_error / self.abs_actual
+            } else {
+                f64::NAN
+            },
+            bias: self.error / n,
+            mase: if self.naive_abs_error > 0.0 {
+                self.abs_error / self.naive_abs_error
+            } else {
+                f64::NAN
+            },
+        })
+    }
+}
+
+/// Horizon buckets for reporting: `1-6`, `7-12`, `13-24` (for a 24-step horizon), cut at 6 and 12
+/// and clipped to the horizon.
+pub fn horizon_buckets(horizon: usize) -> Vec<(usize, usize, String)> {
+    let mut buckets = Vec::new();
+    let mut start = 1;
+    for end in [6, 12, usize::MAX] {
+        let end = end.min(horizon);
+        if start > end {
+            break;
+        }
+        buckets.push((start, end, format!("{start}-{end}")));
+        start = end + 1;
+    }
+    buckets
+}
+
+/// The bucket label of 1-based horizon step `step`.
+pub fn bucket_of(step: usize, horizon: usize) -> String {
+    horizon_buckets(horizon)
+        .into_iter()
+        .find(|(s, e, _)| (*s..=*e).contains(&step))
+        .map(|(_, _, label)| label)
+        .unwrap_or_else(|| format!("{step}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_match_a_hand_computation() {
+        // forecasts 2, 4, 9 for actuals 1, 5, 10; naive (last value) 0 for all
+        let mut acc = Accumulator::default();
+        for (f, a) in [(2.0, 1.0), (4.0, 5.0), (9.0, 10.0)] {
+            acc.add(f, a, 0.0);
+        }
+        let s = acc.scores().unwrap();
+        assert_eq!(s.count, 3);
+        assert!((s.mae - 1.0).abs() < 1e-12);
+        assert!((s.rmse - 1.0).abs() < 1e-12);
+        assert!((s.wape - 3.0 / 16.0).abs() < 1e-12);
+        assert!((s.bias - (-1.0 / 3.0)).abs() < 1e-12);
+        assert!((s.mase - 3.0 / 16.0).abs() < 1e-12);
+        assert_eq!(Accumulator::default().scores(), None);
+    }
+
+    #[test]
+    fn buckets_cover_the_horizon() {
+        let labels: Vec<String> = horizon_buckets(24).into_iter().map(|b| b.2).collect();
+        assert_eq!(labels, vec!["1-6", "7-12", "13-24"]);
+        let labels: Vec<String> = horizon_buckets(8).into_iter().map(|b| b.2).collect();
+        assert_eq!(labels, vec!["1-6", "7-8"]);
+        assert_eq!(bucket_of(7, 24), "7-12");
+        assert_eq!(bucket_of(24, 24), "13-24");
+    }
+}

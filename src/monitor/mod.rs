@@ -1,0 +1,12 @@
+//! Watching the model in production: input drift, accuracy against actuals, and the evaluation
+//! loop that joins logged forecasts with observed values.
+//!
+//! - [`drift`]: per-window PSI against the training quantile bins, out-of-range share.
+//! - [`accuracy`]: MAE, RMSE, WAPE, bias and MASE, overall and per horizon bucket.
+//! - [`store`]: forecasts and actuals as JSON Lines on S3, partitioned by date.
+//! - [`evaluate`]: the join, the scores, the report and its chart.
+
+pub mod accuracy;
+pub mod drift;
+pub mod evaluate;
+pub mod store;

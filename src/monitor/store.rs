@@ -1,0 +1,404 @@
+//! Forecasts and actuals as JSON Lines objects on S3, partitioned by date.
+//!
+//! ```text
+//! PREFIX/forecasts/date=YYYY-MM-DD/HHMMSS-<unique>.jsonl   one ForecastRecord per line
+//! PREFIX/actuals/date=YYYY-MM-DD/HHMMSS-<unique>.jsonl     one Observation per line (also any
+//!                                                          .jsonl or .csv with id,timestamp,value
+//!                                                          dropped there by other systems)
+//! PREFIX/state/evaluation.json                             where the last evaluation stopped
+//! PREFIX/reports/<time>/report.json, chart.svg             evaluation reports
+//! ```
+//!
+//! Writes are batched ([`ForecastLog`]): many forecasts become one object, so S3 cost and latency do
+//! not scale with the request rate, and nothing is written on the request path itself.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use aws_sdk_s3::primitives::ByteStream;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// One logged forecast: enough to score it once the actuals arrive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForecastRecord {
+    pub series_id: String,
+    /// The last observed timestamp of the input (the forecast's origin).
+    pub origin: DateTime<Utc>,
+    /// The last observed target value: the repeat-last-value forecast that MASE compares with.
+    pub last_value: f64,
+    pub timestamps: Vec<DateTime<Utc>>,
+    pub values: Vec<f64>,
+    pub model: String,
+    pub model_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One observed value of a series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    pub series_id: String,
+    pub timestamp: DateTime<Utc>,
+    pub value: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid store URI `{0}` (expected s3://BUCKET/PREFIX)")]
+    Uri(String),
+    #[error("S3 {operation} s3://{bucket}/{key}: {cause}")]
+    S3 {
+        operation: &'static str,
+        bucket: String,
+        key: String,
+        cause: String,
+    },
+    #[error("s3://{bucket}/{key} line {line}: {cause}")]
+    Parse {
+        bucket: String,
+        key: String,
+        line: usize,
+        cause: String,
+    },
+}
+
+/// The accuracy store on S3.
+#[derive(Clone)]
+pub struct AccuracyStore {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    /// Key prefix, empty or ending with '/'.
+    prefix: String,
+}
+
+static UNIQUE: AtomicU64 = AtomicU64::new(0);
+
+fn unique_name(now: DateTime<Utc>) -> String {
+    format!(
+        "{}-{:x}-{:x}.jsonl",
+        now.format("%H%M%S%.3f"),
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl AccuracyStore {
+    pub fn new(client: aws_sdk_s3::Client, uri: &str) -> Result<Self, StoreError> {
+        let (bucket, prefix) =
+            crate::aws::parse_s3_url(uri).ok_or_else(|| StoreError::Uri(uri.to_string()))?;
+        let prefix = if prefix.is_empty() || prefix.ends_with('/') {
+            prefix
+        } else {
+            format!("{prefix}/")
+        };
+        Ok(AccuracyStore {
+            client,
+            bucket,
+            prefix,
+        })
+    }
+
+    pub fn uri(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    fn s3_error<E: std::error::Error + 'static>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        e: E,
+    ) -> StoreError {
+        StoreError::S3 {
+            operation,
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            cause: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+        }
+    }
+
+    async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), StoreError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| self.s3_error("PutObject", key, e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(output) => Ok(Some(
+                output
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| self.s3_error("GetObject", key, e))?
+                    .into_bytes()
+                    .to_vec(),
+            )),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(self.s3_error("GetObject", key, e)),
+        }
+    }
+
+    async fn list(&self, folder: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = format!("{}{folder}/", self.prefix);
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.s3_error("ListObjectsV2", &prefix, e))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn append<T: Serialize>(
+        &self,
+        folder: &str,
+        items: &[T],
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        if items.is_empty() {
+            return Ok(None);
+        }
+        let mut body = Vec::new();
+        for item in items {
+            serde_json::to_writer(&mut body, item).expect("records serialise");
+            body.push(b'\n');
+        }
+        let key = format!(
+            "{}{folder}/date={}/{}",
+            self.prefix,
+            now.format("%Y-%m-%d"),
+            unique_name(now)
+        );
+        self.put(&key, body, "application/x-ndjson").await?;
+        Ok(Some(key))
+    }
+
+    pub async fn append_forecasts(
+        &self,
+        records: &[ForecastRecord],
+    ) -> Result<Option<String>, StoreError> {
+        self.append("forecasts", records, Utc::now()).await
+    }
+
+    pub async fn append_actuals(
+        &self,
+        observations: &[Observation],
+    ) -> Result<Option<String>, StoreError> {
+        self.append("actuals", observations, Utc::now()).await
+    }
+
+    pub async fn load_forecasts(&self) -> Result<Vec<ForecastRecord>, StoreError> {
+        let mut records = Vec::new();
+        for key in self.list("forecasts").await? {
+            let Some(bytes) = self.get(&key).await? else {
+                continue;
+            };
+            for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                records.push(serde_json::from_slice(line).map_err(|e| StoreError::Parse {
+                    bucket: self.bucket.clone(),
+                    key: key.clone(),
+                    line: i + 1,
+                    cause: e.to_string(),
+                })?);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Every observation under `actuals/`: our JSON Lines, and CSV files (`id,timestamp,value`).
+    pub async fn load_actuals(&self) -> Result<Vec<Observation>, StoreError> {
+        let mut observations = Vec::new();
+        for key in self.list("actuals").await? {
+            let Some(bytes) = self.get(&key).await? else {
+                continue;
+            };
+            let parse_error = |line: usize, cause: String| StoreError::Parse {
+                bucket: self.bucket.clone(),
+                key: key.clone(),
+                line,
+                cause,
+            };
+            if key.ends_with(".csv") {
+                let mut reader = csv::ReaderBuilder::new()
+                    .trim(csv::Trim::All)
+                    .from_reader(bytes.as_slice());
+                for (i, row) in reader.records().enumerate() {
+                    let row = row.map_err(|e| parse_error(i + 2, e.to_string()))?;
+                    let field = |n: usize| row.get(n).unwrap_or("");
+                    let timestamp =
+                        crate::forecast::parse_timestamp_lenient(field(1)).ok_or_else(|| {
+                            parse_error(i + 2, format!("bad timestamp `{}`", field(1)))
+                        })?;
+                    let value: f64 = field(2)
+                        .parse()
+                        .map_err(|_| parse_error(i + 2, format!("bad value `{}`", field(2))))?;
+                    observations.push(Observation {
+                        series_id: field(0).to_string(),
+                        timestamp,
+                        value,
+                    });
+                }
+            } else {
+                for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    observations.push(
+                        serde_json::from_slice(line)
+                            .map_err(|e| parse_error(i + 1, e.to_string()))?,
+                    );
+                }
+            }
+        }
+        Ok(observations)
+    }
+
+    /// Where the last evaluation stopped: forecasts due at or before it were scored.
+    pub async fn evaluated_until(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let key = format!("{}state/evaluation.json", self.prefix);
+        let Some(bytes) = self.get(&key).await? else {
+            return Ok(None);
+        };
+        #[derive(Deserialize)]
+        struct State {
+            evaluated_until: DateTime<Utc>,
+        }
+        let state: State = serde_json::from_slice(&bytes).map_err(|e| StoreError::Parse {
+            bucket: self.bucket.clone(),
+            key,
+            line: 1,
+            cause: e.to_string(),
+        })?;
+        Ok(Some(state.evaluated_until))
+    }
+
+    pub async fn set_evaluated_until(&self, until: DateTime<Utc>) -> Result<(), StoreError> {
+        let key = format!("{}state/evaluation.json", self.prefix);
+        let body = serde_json::to_vec_pretty(
+            &serde_json::json!({"evaluated_until": until, "updated_at": Utc::now()}),
+        )
+        .expect("serialises");
+        self.put(&key, body, "application/json").await
+    }
+
+    /// Writes a report folder; returns its URI.
+    pub async fn write_report(
+        &self,
+        report_json: &[u8],
+        chart_svg: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<String, StoreError> {
+        let folder = format!("{}reports/{}", self.prefix, now.format("%Y%m%dT%H%M%SZ"));
+        self.put(
+            &format!("{folder}/report.json"),
+            report_json.to_vec(),
+            "application/json",
+        )
+        .await?;
+        self.put(
+            &format!("{folder}/chart.svg"),
+            chart_svg.to_vec(),
+            "image/svg+xml",
+        )
+        .await?;
+        Ok(format!("s3://{}/{folder}/", self.bucket))
+    }
+}
+
+/// Batches forecast records in memory and writes them as one object per flush.
+pub struct ForecastLog {
+    store: AccuracyStore,
+    buffer: Mutex<Vec<ForecastRecord>>,
+    /// Records written, and records lost to S3 errors (counted, logged).
+    written: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Records kept in memory at most; beyond this the oldest unwritten are dropped (and counted).
+pub const MAX_BUFFERED_RECORDS: usize = 100_000;
+
+impl ForecastLog {
+    pub fn new(store: AccuracyStore) -> Self {
+        ForecastLog {
+            store,
+            buffer: Mutex::new(Vec::new()),
+            written: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
+
+    pub fn store(&self) -> &AccuracyStore {
+        &self.store
+    }
+
+    pub fn push(&self, records: impl IntoIterator<Item = ForecastRecord>) {
+        let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        buffer.extend(records);
+        let overflow = buffer.len().saturating_sub(MAX_BUFFERED_RECORDS);
+        if overflow > 0 {
+            buffer.drain(..overflow);
+            self.failed.fetch_add(overflow as u64, Ordering::Relaxed);
+        }
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Writes what is buffered as one object. On failure the records go back to the buffer.
+    pub async fn flush(&self) {
+        let records = std::mem::take(&mut *self.buffer.lock().unwrap_or_else(|p| p.into_inner()));
+        if records.is_empty() {
+            return;
+        }
+        match self.store.append_forecasts(&records).await {
+            Ok(_) => {
+                self.written
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    records = records.len(),
+                    "forecast log write failed; will retry: {e}"
+                );
+                let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+                let newer = std::mem::replace(&mut *buffer, records);
+                buffer.extend(newer);
+            }
+        }
+    }
+}

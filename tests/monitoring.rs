@@ -1,0 +1,435 @@
+//! Monitoring against moto: every metric pushed to CloudWatch is read back and checked; the
+//! accuracy loop (forecast log, observations, evaluation) is replayed on ETTh1.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_cloudwatch::types::{Dimension, Statistic};
+use common::emulators::Moto;
+use common::{bundled_model, repo_path, window, TestServer};
+use lstm_forecast::http::{Limits, Monitoring};
+use lstm_forecast::metrics::cloudwatch::CloudWatchSink;
+use lstm_forecast::metrics::{MetricSink, ServerMetrics, Telemetry};
+use lstm_forecast::monitor::store::{AccuracyStore, ForecastLog};
+use serde_json::{json, Value};
+
+const NAMESPACE: &str = "LstmForecastTest";
+
+fn cloudwatch_sink(endpoint: &str, max_pending: usize) -> Arc<CloudWatchSink> {
+    let config = aws_sdk_cloudwatch::Config::builder()
+        .behavior_version(aws_sdk_cloudwatch::config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_sdk_cloudwatch::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_cloudwatch::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .timeout_config(
+            aws_sdk_cloudwatch::config::timeout::TimeoutConfig::builder()
+                .operation_timeout(Duration::from_secs(5))
+                .connect_timeout(Duration::from_secs(1))
+                .build(),
+        )
+        .build();
+    Arc::new(CloudWatchSink::new(
+        aws_sdk_cloudwatch::Client::from_conf(config),
+        NAMESPACE,
+        max_pending,
+    ))
+}
+
+async fn statistics(
+    moto: &Moto,
+    metric: &str,
+    dimensions: &[(&str, &str)],
+) -> Option<aws_sdk_cloudwatch::types::Datapoint> {
+    let client = moto.cloudwatch().await;
+    let now = aws_sdk_cloudwatch::primitives::DateTime::from(std::time::SystemTime::now());
+    let start = aws_sdk_cloudwatch::primitives::DateTime::from_secs(now.secs() - 3600);
+    let end = aws_sdk_cloudwatch::primitives::DateTime::from_secs(now.secs() + 3600);
+    let out = client
+        .get_metric_statistics()
+        .namespace(NAMESPACE)
+        .metric_name(metric)
+        .set_dimensions(Some(
+            dimensions
+                .iter()
+                .map(|(k, v)| Dimension::builder().name(*k).value(*v).build())
+                .collect(),
+        ))
+        .start_time(start)
+        .end_time(end)
+        .period(7200)
+        .statistics(Statistic::Sum)
+        .statistics(Statistic::SampleCount)
+        .statistics(Statistic::Minimum)
+        .statistics(Statistic::Maximum)
+        .statistics(Statistic::Average)
+        .send()
+        .await
+        .unwrap();
+    out.datapoints().first().cloned()
+}
+
+async fn server_with(
+    sinks: Vec<Arc<dyn MetricSink>>,
+    forecast_log: Option<Arc<ForecastLog>>,
+    backtest_rate: f64,
+) -> (TestServer, Telemetry) {
+    let model = bundled_model();
+    let telemetry = Telemetry::new(
+        sinks,
+        "etth1-ot-lstm",
+        &model.metadata().version,
+        Some("test"),
+    );
+    let monitoring = Monitoring {
+        telemetry: telemetry.clone(),
+        forecast_log,
+        backtest_rate,
+    };
+    (
+        TestServer::start_with(
+            model,
+            Limits::default(),
+            64,
+            ServerMetrics::new(),
+            monitoring,
+        )
+        .await,
+        telemetry,
+    )
+}
+
+#[tokio::test]
+async fn every_request_metric_reaches_cloudwatch_with_the_right_values() {
+    let moto = Moto::start();
+    let sink = cloudwatch_sink(&moto.endpoint, 10_000);
+    let (server, telemetry) = server_with(vec![sink.clone()], None, 1.0).await;
+    let client = reqwest::Client::new();
+    // GIVEN 5 forecast requests of 3 series (one with a long enough history to be backtested) ...
+    let long: Vec<f64> = (0..192).map(|t| 15.0 + ((t as f64) / 4.0).sin()).collect();
+    for _ in 0..5 {
+        let body =
+            json!({"series": [{"values": window(0.0)}, {"values": window(1.0)}, {"values": long}]});
+        let r = client
+            .post(server.url("/v1/forecast"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // ... and 2 bad requests
+    for _ in 0..2 {
+        client
+            .post(server.url("/v1/forecast"))
+            .json(&json!({"series": []}))
+            .send()
+            .await
+            .unwrap();
+    }
+    // WHEN the sink flushes
+    telemetry.flush().await;
+    assert_eq!(sink.failures(), 0);
+    assert_eq!(
+        sink.calls(),
+        1,
+        "one PutMetricData call per flush, whatever the request count"
+    );
+    // THEN CloudWatch holds exactly what happened
+    let version = server.state.handle().model().metadata().version.clone();
+    let dims = [
+        ("Model", "etth1-ot-lstm"),
+        ("ModelVersion", version.as_str()),
+        ("Stage", "test"),
+    ];
+    let forecasts = statistics(&moto, "Forecasts", &dims)
+        .await
+        .expect("Forecasts datapoint");
+    assert_eq!(forecasts.sum(), Some(15.0));
+    let requests = statistics(&moto, "Requests", &dims).await.unwrap();
+    assert_eq!(requests.sum(), Some(7.0));
+    assert_eq!(
+        statistics(&moto, "ClientErrors", &dims)
+            .await
+            .unwrap()
+            .sum(),
+        Some(2.0)
+    );
+    assert!(statistics(&moto, "ServerErrors", &dims).await.is_none());
+    let latency = statistics(&moto, "ForecastLatency", &dims).await.unwrap();
+    assert_eq!(latency.sample_count(), Some(7.0));
+    assert!(
+        latency.minimum().unwrap() > 0.0
+            && latency.maximum().unwrap() >= latency.minimum().unwrap()
+    );
+    let inference = statistics(&moto, "InferenceLatency", &dims).await.unwrap();
+    assert_eq!(inference.sample_count(), Some(5.0));
+    let drift = statistics(&moto, "InputDrift", &dims).await.unwrap();
+    assert_eq!(
+        drift.sample_count(),
+        Some(15.0),
+        "one drift sample per series"
+    );
+    assert!(drift.minimum().unwrap() >= 0.0);
+    let out_of_range = statistics(&moto, "OutOfRangeFraction", &dims)
+        .await
+        .unwrap();
+    assert_eq!(
+        out_of_range.maximum(),
+        Some(0.0),
+        "these windows are inside the training range"
+    );
+    let backtest = statistics(&moto, "BacktestMAE", &dims).await.unwrap();
+    assert_eq!(
+        backtest.sample_count(),
+        Some(5.0),
+        "the long series, backtested at rate 1"
+    );
+    assert!(backtest.minimum().unwrap() > 0.0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cloudwatch_being_unreachable_never_fails_a_forecast_and_drops_are_counted() {
+    // GIVEN a CloudWatch endpoint nobody listens on and a buffer of 5 datums
+    let dead = format!("http://127.0.0.1:{}", common::emulators::free_port());
+    let sink = cloudwatch_sink(&dead, 5);
+    let (server, telemetry) = server_with(vec![sink.clone()], None, 0.0).await;
+    let client = reqwest::Client::new();
+    for i in 0..10 {
+        let r = client
+            .post(server.url("/v1/forecast"))
+            .json(&common::forecast_body(&[window(i as f64)]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "forecasts do not depend on CloudWatch");
+    }
+    // WHEN flushes fail
+    telemetry.flush().await;
+    telemetry.flush().await;
+    // THEN the failure is counted, at most 5 datums wait, the rest are counted as dropped
+    assert!(sink.failures() >= 1);
+    assert!(sink.pending() <= 5);
+    assert!(
+        sink.dropped() > 0,
+        "overflow is counted (as MetricsDropped once CloudWatch answers)"
+    );
+    let r = client
+        .post(server.url("/v1/forecast"))
+        .json(&common::forecast_body(&[window(0.0)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn dropped_metrics_are_reported_once_cloudwatch_answers_again() {
+    let moto = Moto::start();
+    let sink = cloudwatch_sink(&moto.endpoint, 2);
+    let telemetry = Telemetry::new(vec![sink.clone()], "m", "1", None);
+    for metric in [
+        lstm_forecast::metrics::Metric::Forecasts,
+        lstm_forecast::metrics::Metric::Requests,
+        lstm_forecast::metrics::Metric::ClientErrors,
+    ] {
+        telemetry.record(metric, 1.0);
+    }
+    // 3 datums into a buffer of 2: one is dropped before sending, and reported by the next flush.
+    telemetry.flush().await;
+    telemetry.flush().await;
+    let dropped = statistics(
+        &moto,
+        "MetricsDropped",
+        &[("Model", "m"), ("ModelVersion", "1")],
+    )
+    .await
+    .expect("MetricsDropped");
+    assert_eq!(dropped.sum(), Some(1.0));
+}
+
+#[tokio::test]
+async fn an_etth1_replay_evaluates_to_the_same_mae_as_an_offline_computation() {
+    let moto = Moto::start();
+    let s3 = moto.create_bucket("accuracy").await;
+    let store = AccuracyStore::new(s3, "s3://accuracy/monitoring").unwrap();
+    let log = Arc::new(ForecastLog::new(store.clone()));
+    let sink = cloudwatch_sink(&moto.endpoint, 10_000);
+    let (server, telemetry) = server_with(vec![sink.clone()], Some(log.clone()), 0.0).await;
+    let client = reqwest::Client::new();
+
+    // ETTh1 test rows: forecast from 12 consecutive hourly origins.
+    let text = std::fs::read_to_string(repo_path("model_artifacts/data/ETTh1.csv")).unwrap();
+    let rows: Vec<(String, f64)> = text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            (
+                format!("{}Z", cells[0].replace(' ', "T")),
+                cells[7].parse().unwrap(),
+            )
+        })
+        .collect();
+    let first_origin = 12_000;
+    let mut offline_abs_error = 0.0;
+    let mut offline_count = 0usize;
+    let mut offline_by_bucket: std::collections::BTreeMap<&str, (f64, usize)> = Default::default();
+    for origin in first_origin..first_origin + 12 {
+        let history: Vec<f64> = rows[origin - 168..origin].iter().map(|r| r.1).collect();
+        let body = json!({"series": [{"id": "etth1-ot", "values": history, "last_timestamp": rows[origin - 1].0}]});
+        let answer: Value = client
+            .post(server.url("/v1/forecast"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for (k, value) in answer["forecasts"][0]["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            let error = (value.as_f64().unwrap() - rows[origin + k].1).abs();
+            offline_abs_error += error;
+            offline_count += 1;
+            let bucket = match k + 1 {
+                1..=6 => "1-6",
+                7..=12 => "7-12",
+                _ => "13-24",
+            };
+            let entry = offline_by_bucket.entry(bucket).or_default();
+            entry.0 += error;
+            entry.1 += 1;
+        }
+    }
+    log.flush().await;
+    assert_eq!(log.written(), 12);
+
+    // The actuals arrive through the API (all but the very last hour, which stays missing).
+    let actual_rows = &rows[first_origin..first_origin + 12 + 23 - 1];
+    let observations = json!({"series": [{
+        "id": "etth1-ot",
+        "timestamps": actual_rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+        "values": actual_rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+    }]});
+    let stored = client
+        .post(server.url("/v1/observations"))
+        .json(&observations)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 202);
+    // The last hour's error is not in the evaluation: take it out of the offline sum.
+    let last_origin = first_origin + 11;
+    let answer_last: Value = client
+        .post(server.url("/v1/forecast"))
+        .json(&json!({"series": [{"values": rows[last_origin - 168..last_origin].iter().map(|r| r.1).collect::<Vec<_>>()}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let last_error = (answer_last["forecasts"][0]["values"][23].as_f64().unwrap()
+        - rows[last_origin + 23].1)
+        .abs();
+    offline_abs_error -= last_error;
+    offline_count -= 1;
+    let bucket = offline_by_bucket.get_mut("13-24").unwrap();
+    bucket.0 -= last_error;
+    bucket.1 -= 1;
+
+    // WHEN evaluated
+    let run = lstm_forecast::monitor::evaluate::run_evaluation(
+        &store,
+        &telemetry,
+        chrono::Utc::now(),
+        chrono::Duration::hours(1),
+    )
+    .await
+    .unwrap();
+    telemetry.flush().await;
+
+    // THEN the MAE is the offline one, the missing hour is counted, and the metrics are in CloudWatch
+    let evaluation = &run.evaluation;
+    assert_eq!(evaluation.forecasts_scored, 12);
+    assert_eq!(evaluation.missing_actuals, 1);
+    assert_eq!(evaluation.pairs, offline_count);
+    let version = server.state.handle().model().metadata().version.clone();
+    let scores = &evaluation.by_version[&version];
+    let offline_mae = offline_abs_error / offline_count as f64;
+    assert!(
+        (scores.overall.mae - offline_mae).abs() < 1e-9,
+        "{} vs {offline_mae}",
+        scores.overall.mae
+    );
+    for (bucket, (sum, n)) in &offline_by_bucket {
+        assert!(
+            (scores.horizon_buckets[*bucket].mae - sum / *n as f64).abs() < 1e-9,
+            "bucket {bucket}"
+        );
+    }
+    let dims = [
+        ("Model", "etth1-ot-lstm"),
+        ("ModelVersion", version.as_str()),
+        ("Stage", "test"),
+    ];
+    // moto matches dimensions as a subset (real CloudWatch matches the exact set), so this query
+    // sees the overall MAE and the three per-bucket ones: 4 samples whose sum we know.
+    let mae = statistics(&moto, "MAE", &dims)
+        .await
+        .expect("MAE in CloudWatch");
+    let expected_sum =
+        scores.overall.mae + scores.horizon_buckets.values().map(|s| s.mae).sum::<f64>();
+    assert_eq!(mae.sample_count(), Some(4.0), "{mae:?}");
+    assert!(
+        (mae.sum().unwrap() - expected_sum).abs() < expected_sum * 1e-3,
+        "CloudWatch keeps 4 significant digits: {mae:?} vs {expected_sum}"
+    );
+    let bucket_dims = [dims[0], dims[1], dims[2], ("HorizonBucket", "13-24")];
+    assert!(statistics(&moto, "WAPE", &bucket_dims).await.is_some());
+    for metric in ["RMSE", "Bias", "MASE"] {
+        assert!(statistics(&moto, metric, &dims).await.is_some(), "{metric}");
+    }
+    assert!(run.report.starts_with("s3://accuracy/monitoring/reports/"));
+
+    // AND the report and its chart are in S3; a second run scores nothing twice
+    let again = lstm_forecast::monitor::evaluate::run_evaluation(
+        &store,
+        &telemetry,
+        chrono::Utc::now(),
+        chrono::Duration::hours(1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.evaluation.forecasts_scored, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn observations_without_a_store_are_a_clear_501() {
+    let server = TestServer::bundled().await;
+    let r = reqwest::Client::new()
+        .post(server.url("/v1/observations"))
+        .json(&json!({"series": [{"id": "a", "timestamps": ["2018-01-01T00:00:00Z"], "values": [1.0]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 501);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_configured");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("FORECAST_LOG_URI"));
+    server.stop().await;
+}
