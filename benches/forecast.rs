@@ -128,6 +128,7 @@ fn main() {
     }
 
     let path_single_p50 = rows[1].p50;
+    let monitoring = monitoring_bench(&model, &windows, path_single_p50);
     let lambda = lambda_bench();
     let cold = cold_start(5, &body(&windows[..1]));
     println!();
@@ -150,6 +151,29 @@ fn main() {
     );
     println!();
     println!("Targets (issue 2): path p50 <= 1.05x raw; cold start <= 0.3 s; RSS <= 150 MB.");
+
+    println!();
+    println!("## Monitoring overhead (issue 4)");
+    println!();
+    println!("| what | value |");
+    println!("|---|---:|");
+    println!("| metrics work per 1-series request (drift, latency, counters; Prometheus + CloudWatch sinks), p50 | {} |", fmt(monitoring.per_request));
+    println!(
+        "| ... as a share of the in-process forecast path p50 | {:.2}% |",
+        monitoring.per_request.as_secs_f64() / path_single_p50.as_secs_f64() * 100.0
+    );
+    println!(
+        "| HTTP round trip p50, monitoring off | {} |",
+        fmt(monitoring.http_off)
+    );
+    println!(
+        "| HTTP round trip p50, monitoring on | {} |",
+        fmt(monitoring.http_on)
+    );
+    println!("| CloudWatch PutMetricData calls for 10 s at 1,000 requests/s (10,000 requests, one 10 s flush) | {} |", monitoring.calls);
+    println!("| datums in that flush | {} |", monitoring.datums);
+    println!();
+    println!("Targets (issue 4): metrics overhead <= 2% of p50; <= 1 CloudWatch call per flush period, independent of the request rate.");
 
     println!();
     println!("## Lambda under cargo-lambda's Runtime API emulator, model from moto S3");
@@ -181,6 +205,131 @@ fn main() {
     println!(
         "Invoke API and Runtime API (two loopback HTTP hops each way), as it would in Lambda."
     );
+}
+
+struct MonitoringNumbers {
+    per_request: Duration,
+    http_off: Duration,
+    http_on: Duration,
+    calls: u64,
+    datums: usize,
+}
+
+/// Monitoring cost: the exact telemetry calls a 1-series request makes, timed in process; HTTP
+/// round trips with monitoring off and on, interleaved; and CloudWatch calls for a 10 s period.
+fn monitoring_bench(model: &Model, windows: &[Vec<f64>], _path_p50: Duration) -> MonitoringNumbers {
+    use lstm_forecast::metrics::{
+        cloudwatch::CloudWatchSink, prometheus::PrometheusSink, Metric, MetricSink, Telemetry,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let moto = emulators::Moto::start();
+    let cloudwatch = runtime.block_on(async {
+        let client = moto.cloudwatch().await;
+        std::sync::Arc::new(CloudWatchSink::new(client, "Bench", 100_000))
+    });
+    let server_metrics = ServerMetrics::new();
+    let sinks: Vec<std::sync::Arc<dyn MetricSink>> = vec![
+        std::sync::Arc::new(PrometheusSink::new(&server_metrics)),
+        cloudwatch.clone(),
+    ];
+    let telemetry = Telemetry::new(sinks, "etth1-ot-lstm", "1.0.0", Some("bench"));
+    let series = vec![lstm_forecast::forecast::SeriesInput {
+        id: None,
+        values: windows[0].clone(),
+        last_timestamp: None,
+    }];
+    let one_request = |telemetry: &Telemetry| {
+        lstm_forecast::http::record_drift(telemetry, model.metadata(), &series);
+        telemetry.record(Metric::InferenceLatency, 0.9);
+        telemetry.record(Metric::Forecasts, 1.0);
+        telemetry.record(Metric::Requests, 1.0);
+        telemetry.record(Metric::ForecastLatency, 1.3);
+    };
+    let mut per_request = Vec::new();
+    for _ in 0..20_000 {
+        let t = Instant::now();
+        one_request(&telemetry);
+        per_request.push(t.elapsed());
+    }
+    // 10 s at 1,000 requests/s, then the period's flush.
+    runtime.block_on(cloudwatch.flush());
+    let calls_before = cloudwatch.calls();
+    for i in 0..10_000 {
+        one_request(&telemetry);
+        telemetry.record(Metric::ForecastLatency, 1.0 + (i % 500) as f64 * 0.01);
+    }
+    runtime.block_on(cloudwatch.flush());
+    let calls = cloudwatch.calls() - calls_before;
+    let datums = cloudwatch.last_flush_datums();
+
+    // HTTP with and without monitoring, interleaved blocks.
+    let (http_off, http_on) = runtime.block_on(async {
+        let mut urls = Vec::new();
+        for monitored in [false, true] {
+            let artifacts = ModelArtifacts {
+                metadata_json: BUNDLED_MODEL_JSON.to_vec(),
+                model_pt: BUNDLED_MODEL_PT.to_vec(),
+            };
+            let (handle, _engine) = InferenceHandle::spawn(Model::load(&artifacts).unwrap(), 64);
+            let monitoring = if monitored {
+                lstm_forecast::http::Monitoring {
+                    telemetry: telemetry.clone(),
+                    forecast_log: None,
+                    backtest_rate: 0.0,
+                }
+            } else {
+                Default::default()
+            };
+            let state = AppState::with_monitoring(
+                handle,
+                ServerMetrics::new(),
+                Limits::default(),
+                monitoring,
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            urls.push(format!(
+                "http://{}/v1/forecast",
+                listener.local_addr().unwrap()
+            ));
+            tokio::spawn(http::serve(listener, state, std::future::pending()));
+        }
+        let client = reqwest::Client::new();
+        let body = body(&windows[..1]);
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        for round in 0..20 {
+            for (i, url) in urls.iter().enumerate() {
+                for _ in 0..50 {
+                    let t = Instant::now();
+                    let r = client
+                        .post(url)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                    r.bytes().await.unwrap();
+                    if round > 0 {
+                        if i == 0 {
+                            off.push(t.elapsed())
+                        } else {
+                            on.push(t.elapsed())
+                        }
+                    }
+                }
+            }
+        }
+        (percentile(&off, 0.5), percentile(&on, 0.5))
+    });
+    MonitoringNumbers {
+        per_request: percentile(&per_request, 0.5),
+        http_off,
+        http_on,
+        calls,
+        datums,
+    }
 }
 
 #[path = "../tests/common/emulators.rs"]

@@ -397,18 +397,19 @@ pub fn parse_observations(
             ));
         };
         reject_unknown_fields(fields, &["id", "timestamps", "values"], &at)?;
-        let id =
-            match fields.get("id") {
-                Some(Value::String(id)) if !id.is_empty() && id.chars().count() <= MAX_ID_LEN => {
-                    id.clone()
-                }
-                _ => return Err(reject(
+        let id = match fields.get("id") {
+            Some(Value::String(id)) if !id.is_empty() && id.chars().count() <= MAX_ID_LEN => {
+                id.clone()
+            }
+            _ => {
+                return Err(reject(
                     ErrorCode::InvalidRequest,
                     format!(
                         "{at}.id must be a non-empty string (the series id used when forecasting)"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         let (Some(Value::Array(stamps)), Some(Value::Array(values))) =
             (fields.get("timestamps"), fields.get("values"))
         else {

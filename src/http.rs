@@ -317,7 +317,7 @@ async fn forecast(
 }
 
 /// Input drift of each series' window against the training statistics of the target feature.
-fn record_drift(telemetry: &Telemetry, metadata: &ModelMetadata, series: &[SeriesInput]) {
+pub fn record_drift(telemetry: &Telemetry, metadata: &ModelMetadata, series: &[SeriesInput]) {
     let features = metadata.input.features.len();
     let target = metadata.target_index().expect("checked at load");
     let stats = &metadata.training_stats[&metadata.input.target];

@@ -240,7 +240,8 @@ async fn dropped_metrics_are_reported_once_cloudwatch_answers_again() {
     ] {
         telemetry.record(metric, 1.0);
     }
-    // 3 datums into a buffer of 2: one is dropped before sending, and reported by the next flush.
+    // 3 metrics x 2 dimension sets = 6 datums into a buffer of 2: 4 are dropped before sending,
+    // and reported by the next flush.
     telemetry.flush().await;
     telemetry.flush().await;
     let dropped = statistics(
@@ -250,7 +251,7 @@ async fn dropped_metrics_are_reported_once_cloudwatch_answers_again() {
     )
     .await
     .expect("MetricsDropped");
-    assert_eq!(dropped.sum(), Some(1.0));
+    assert_eq!(dropped.sum(), Some(4.0));
 }
 
 #[tokio::test]

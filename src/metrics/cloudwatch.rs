@@ -38,6 +38,8 @@ pub struct CloudWatchSink {
     calls: AtomicU64,
     /// Failed PutMetricData calls (after the SDK's retries).
     failures: AtomicU64,
+    /// Datums the last flush tried to send.
+    last_flush_datums: AtomicU64,
     /// The dimensions `MetricsDropped` is reported under (the last seen).
     last_dimensions: Mutex<Option<Dimensions>>,
     /// One flush at a time: a periodic flush and a shutdown flush must not interleave.
@@ -59,6 +61,7 @@ impl CloudWatchSink {
             dropped: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            last_flush_datums: AtomicU64::new(0),
             last_dimensions: Mutex::new(None),
             flushing: tokio::sync::Mutex::new(()),
         }
@@ -84,6 +87,10 @@ impl CloudWatchSink {
 
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
+    }
+
+    pub fn last_flush_datums(&self) -> usize {
+        self.last_flush_datums.load(Ordering::Relaxed) as usize
     }
 
     /// Samples dropped and not yet reported.
@@ -135,6 +142,8 @@ impl CloudWatchSink {
             }
             pending.drain(..).collect()
         };
+        self.last_flush_datums
+            .store(batch.len() as u64, Ordering::Relaxed);
         let mut unsent = Vec::new();
         let mut chunks = batch.chunks(MAX_DATUMS_PER_CALL);
         for chunk in chunks.by_ref() {
@@ -177,30 +186,31 @@ impl CloudWatchSink {
     }
 }
 
+/// One datum per dimension set (see [`Dimensions::dimension_sets`]) and per 150 distinct values.
 fn to_datums(
     aggregated: &Aggregated,
     timestamp: aws_sdk_cloudwatch::primitives::DateTime,
 ) -> Vec<MetricDatum> {
-    let dimensions: Vec<Dimension> = aggregated
-        .dimensions
-        .pairs()
-        .into_iter()
-        .map(|(name, value)| Dimension::builder().name(name).value(value).build())
-        .collect();
-    aggregated
-        .values
-        .chunks(MAX_VALUES_PER_DATUM)
-        .map(|chunk| {
-            MetricDatum::builder()
-                .metric_name(aggregated.metric.name())
-                .unit(StandardUnit::from(aggregated.metric.unit()))
-                .timestamp(timestamp)
-                .set_dimensions(Some(dimensions.clone()))
-                .set_values(Some(chunk.iter().map(|(v, _)| *v).collect()))
-                .set_counts(Some(chunk.iter().map(|(_, c)| *c).collect()))
-                .build()
-        })
-        .collect()
+    let mut datums = Vec::new();
+    for set in aggregated.dimensions.dimension_sets() {
+        let dimensions: Vec<Dimension> = set
+            .into_iter()
+            .map(|(name, value)| Dimension::builder().name(name).value(value).build())
+            .collect();
+        for chunk in aggregated.values.chunks(MAX_VALUES_PER_DATUM) {
+            datums.push(
+                MetricDatum::builder()
+                    .metric_name(aggregated.metric.name())
+                    .unit(StandardUnit::from(aggregated.metric.unit()))
+                    .timestamp(timestamp)
+                    .set_dimensions(Some(dimensions.clone()))
+                    .set_values(Some(chunk.iter().map(|(v, _)| *v).collect()))
+                    .set_counts(Some(chunk.iter().map(|(_, c)| *c).collect()))
+                    .build(),
+            );
+        }
+    }
+    datums
 }
 
 impl MetricSink for CloudWatchSink {
@@ -263,10 +273,19 @@ mod tests {
             &aggregated,
             aws_sdk_cloudwatch::primitives::DateTime::from_secs(0),
         );
-        assert_eq!(datums.len(), 3);
+        assert_eq!(
+            datums.len(),
+            6,
+            "3 chunks of <= 150 values, under 2 dimension sets"
+        );
         assert_eq!(datums[0].values().len(), 150);
         assert_eq!(datums[2].counts().len(), 100);
         assert_eq!(datums[0].unit(), Some(&StandardUnit::Milliseconds));
-        assert_eq!(datums[0].dimensions().len(), 2);
+        assert_eq!(
+            datums[0].dimensions().len(),
+            1,
+            "Model only: what alarms watch"
+        );
+        assert_eq!(datums[3].dimensions().len(), 2, "Model and ModelVersion");
     }
 }

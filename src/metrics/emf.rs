@@ -27,7 +27,8 @@ pub struct Datum<'a> {
     pub value: f64,
 }
 
-/// Builds one EMF document. `dimensions` become both the dimension set and top-level members.
+/// Builds one EMF document. `dimensions` become top-level members; the metrics are published under
+/// two dimension sets: all of them, and all but `ModelVersion` (see `Dimensions::dimension_sets`).
 pub fn document(
     namespace: &str,
     dimensions: &[(&str, &str)],
@@ -42,6 +43,17 @@ pub fn document(
         dimensions.len() <= MAX_DIMENSIONS,
         "EMF allows 30 dimensions"
     );
+    let all: Vec<&str> = dimensions.iter().map(|(k, _)| *k).collect();
+    let stable: Vec<&str> = all
+        .iter()
+        .copied()
+        .filter(|k| *k != super::DIM_MODEL_VERSION)
+        .collect();
+    let sets = if stable.len() == all.len() {
+        vec![all]
+    } else {
+        vec![stable, all]
+    };
     let mut root = Map::new();
     root.insert(
         "_aws".into(),
@@ -49,7 +61,7 @@ pub fn document(
             "Timestamp": timestamp_ms,
             "CloudWatchMetrics": [{
                 "Namespace": namespace,
-                "Dimensions": [dimensions.iter().map(|(k, _)| *k).collect::<Vec<_>>()],
+                "Dimensions": sets,
                 "Metrics": metrics.iter().map(|m| json!({"Name": m.name, "Unit": m.unit})).collect::<Vec<_>>(),
             }]
         }),
@@ -244,7 +256,9 @@ mod tests {
         for doc in &docs {
             let directive = &doc["_aws"]["CloudWatchMetrics"][0];
             assert!(directive["Metrics"].as_array().unwrap().len() <= MAX_METRICS_PER_DIRECTIVE);
-            assert!(directive["Dimensions"][0].as_array().unwrap().len() <= MAX_DIMENSIONS);
+            for set in directive["Dimensions"].as_array().unwrap() {
+                assert!(set.as_array().unwrap().len() <= MAX_DIMENSIONS);
+            }
             for metric in directive["Metrics"].as_array().unwrap() {
                 let name = metric["Name"].as_str().unwrap();
                 let values = &doc[name];
@@ -271,7 +285,10 @@ mod tests {
         );
         let directive = &doc["_aws"]["CloudWatchMetrics"][0];
         assert_eq!(directive["Namespace"], "LstmForecast");
-        assert_eq!(directive["Dimensions"][0], json!(["Model", "ModelVersion"]));
+        assert_eq!(
+            directive["Dimensions"],
+            json!([["Model"], ["Model", "ModelVersion"]])
+        );
         assert_eq!(
             directive["Metrics"][0],
             json!({"Name": "ModelRollbacks", "Unit": "Count"})

@@ -199,6 +199,18 @@ pub struct Dimensions {
 }
 
 impl Dimensions {
+    /// The dimension sets each sample is published under: without `ModelVersion` (what alarms and
+    /// the dashboard watch, stable across releases) and with it (to compare versions).
+    pub fn dimension_sets(&self) -> [Vec<(&'static str, &str)>; 2] {
+        let all = self.pairs();
+        let stable = all
+            .iter()
+            .filter(|(name, _)| *name != DIM_MODEL_VERSION)
+            .copied()
+            .collect();
+        [stable, all]
+    }
+
     /// `(name, value)` pairs in a fixed order.
     pub fn pairs(&self) -> Vec<(&'static str, &str)> {
         let mut pairs = vec![
