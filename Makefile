@@ -15,7 +15,7 @@ CARGO       ?= cargo
 # Arguments for `make run`, e.g. make run ARGS="--bind 0.0.0.0:8080"
 ARGS        ?=
 
-.PHONY: help run test bench model libtorch tools toolchain build release fmt clippy clean
+.PHONY: help run test bench model libtorch tools toolchain build release image-rootfs deploy fmt clippy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,15 +31,30 @@ $(LIBTORCH)/build-version: scripts/fetch-libtorch.sh
 	@ln -sfn "$$(scripts/fetch-libtorch.sh)" $(LIBTORCH)
 	@test -f $@
 
-# Emulators and linters the tests start themselves (moto, cargo-lambda, cfn-lint), in a cached venv.
+# Emulators and linters the tests start themselves (moto, cargo-lambda, cfn-lint, ...), in a cached
+# venv, and promtool from Debian.
 tools: toolchain ## Install the test tools (cached)
 	@scripts/python-tools.sh >/dev/null
+	@scripts/system-tools.sh
 
 build: libtorch ## Debug build
 	$(CARGO) build --locked
 
 release: libtorch ## Optimised build (target/release/lstm-forecast)
 	$(CARGO) build --locked --release
+
+image-rootfs: release ## Assemble the container image's files under target/image-rootfs (what the Dockerfile copies)
+	scripts/build-image-rootfs.sh target/image-rootfs
+
+# Needs AWS credentials, the SAM CLI and Docker: it cannot run in the offline development sandbox.
+deploy: ## sam build + sam deploy (image pushed to ECR); see README "Deploying"
+	@if [ -z "$$AWS_ACCESS_KEY_ID$$AWS_PROFILE$$AWS_WEB_IDENTITY_TOKEN_FILE$$AWS_CONTAINER_CREDENTIALS_FULL_URI$$AWS_CONTAINER_CREDENTIALS_RELATIVE_URI" ] \
+	    && [ ! -f "$$HOME/.aws/credentials" ] && [ ! -f "$$HOME/.aws/config" ]; then \
+	  echo "make deploy: no AWS credentials found (set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run 'aws configure')" >&2; exit 1; fi
+	@command -v sam >/dev/null || { echo "make deploy: the AWS SAM CLI is missing (pip install aws-sam-cli)" >&2; exit 1; }
+	@command -v docker >/dev/null || { echo "make deploy: Docker is needed to build the image" >&2; exit 1; }
+	sam build --config-file infra/samconfig.toml
+	sam deploy --config-file infra/samconfig.toml $(DEPLOY_ARGS)
 
 run: release ## Serve the bundled model on 127.0.0.1:8080 (no AWS needed); ctrl-c stops it
 	./target/release/lstm-forecast serve $(ARGS)

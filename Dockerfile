@@ -1,0 +1,32 @@
+# One image for Lambda (default command) and ECS/Kubernetes (`serve`).
+#
+#   docker build -t lstm-forecast .
+#   docker run -p 8080:8080 lstm-forecast serve --bind 0.0.0.0:8080
+#
+# Expected size: ~600 MB (Debian slim ~75 MB + CPU libtorch ~490 MB + the binary ~40 MB). libtorch
+# is why the Lambda is an image and not a zip (250 MB limit).
+
+# --- builder: the same scripts as `make release` and `make image-rootfs` ---------------------------
+FROM rust:1.95-bookworm AS builder
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends patchelf python3 python3-pip python3-venv \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+ENV LSTM_FORECAST_CACHE=/cache
+RUN ln -sfn "$(scripts/fetch-libtorch.sh)" .libtorch \
+ && cargo build --release --locked --bin lstm-forecast \
+ && scripts/build-image-rootfs.sh /rootfs
+
+# --- final: minimal runtime, non-root -------------------------------------------------------------
+# glibc >= 2.28 and libstdc++ are all libtorch needs; bookworm-slim has both.
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin forecast
+COPY --from=builder /rootfs/ /
+USER 10001
+ENV PATH=/opt/lstm-forecast/bin:$PATH \
+    LSTM_FORECAST_MODEL_CACHE=/tmp/lstm-forecast-models
+EXPOSE 8080
+# Lambda runs the entrypoint with the image's CMD: `bootstrap` = `lstm-forecast lambda`.
+ENTRYPOINT ["/opt/lstm-forecast/bin/lstm-forecast"]
+CMD ["lambda"]

@@ -1,0 +1,523 @@
+//! infra/ checked offline: linters, a deployment to moto's CloudFormation, the metric contract
+//! between the code and the alarms/dashboard/alert rules, the Kubernetes manifests, the image
+//! filesystem, and the remediation loop (alarm -> function -> rollback) on the emulators.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+
+use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit, StateValue};
+use common::emulators::{tools_bin, Function, LambdaEmulator, Moto};
+use common::repo_path;
+use lstm_forecast::metrics::{
+    prometheus::prometheus_name, Metric, DIM_HORIZON_BUCKET, DIM_MODEL, DIM_STAGE,
+};
+use serde_json::{json, Value};
+
+const TEMPLATES: [&str; 2] = ["infra/template.yaml", "infra/ecs.yaml"];
+
+fn run(program: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(repo_path(""))
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+fn cfn_helper(args: &[&str]) -> Value {
+    let mut all = vec!["tests/infra/cfn.py"];
+    all.extend_from_slice(args);
+    let (ok, out) = run(&tools_bin("python"), &all);
+    assert!(ok, "{out}");
+    serde_json::from_str(out.lines().last().unwrap()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn cfn_lint_and_the_serverless_rules_are_clean_on_every_template() {
+    for template in TEMPLATES {
+        let (ok, out) = run(&tools_bin("cfn-lint"), &[template]);
+        assert!(ok, "cfn-lint {template}:\n{out}");
+        let (ok, out) = run(
+            &tools_bin("cfn-lint"),
+            &[template, "-a", "cfn_lint_serverless.rules"],
+        );
+        assert!(ok, "cfn-lint serverless rules {template}:\n{out}");
+    }
+}
+
+#[test]
+fn the_sam_template_translates_and_deploys_to_moto_cloudformation() {
+    let moto = Moto::start();
+    let report = cfn_helper(&["deploy", "infra/template.yaml", &moto.endpoint]);
+    assert_eq!(report["status"], "CREATE_COMPLETE", "{report}");
+    // The translation produces everything, including what moto then skips (alarms, HTTP API).
+    let types: BTreeSet<&str> = report["translated_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    for expected in [
+        "AWS::CloudWatch::Alarm",
+        "AWS::CloudWatch::CompositeAlarm",
+        "AWS::CloudWatch::Dashboard",
+        "AWS::ApiGatewayV2::Route",
+        "AWS::ApiGatewayV2::Stage",
+        "AWS::Events::Rule",
+        "AWS::SNS::Subscription",
+        "AWS::S3::BucketPolicy",
+    ] {
+        assert!(
+            types.contains(expected),
+            "{expected} missing from the translated template"
+        );
+    }
+    let created: BTreeSet<&str> = report["created"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    for expected in [
+        "ArtifactsBucket",
+        "ForecastFunction",
+        "ForecastFunctionRole",
+        "AlertTopic",
+        "ForecastFunctionBatchForecast",
+        "ForecastFunctionEvaluate",
+        "FunctionLogGroup",
+    ] {
+        assert!(
+            created.contains(expected),
+            "moto did not create {expected}: {created:?}"
+        );
+    }
+    assert_eq!(report["bucket_encryption"], "AES256");
+    let function = &report["function"];
+    assert_eq!(function["memory"], 2048);
+    assert_eq!(function["timeout"], 60);
+    let env = &function["environment"];
+    assert!(env["MODEL_URI"]
+        .as_str()
+        .unwrap()
+        .ends_with("/models/etth1-ot-lstm"));
+    assert_eq!(
+        env["ROLLBACK_ALARMS"], "lstm-forecast-accuracy",
+        "the rollback alarm is wired by name"
+    );
+    assert_eq!(env["METRICS_SINKS"], "emf");
+    let inputs: Vec<Value> = report["schedule_inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| serde_json::from_str(i.as_str().unwrap()).unwrap())
+        .collect();
+    assert!(inputs.iter().any(|i| i["action"] == "batch-forecast"));
+    assert!(inputs.iter().any(|i| i["action"] == "evaluate"));
+}
+
+#[test]
+fn every_alarm_watches_a_metric_the_code_emits_and_every_metric_is_on_the_dashboard() {
+    let found = cfn_helper(&["metrics", TEMPLATES[0], TEMPLATES[1]]);
+    let code_names: BTreeSet<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+    let code_dimensions: BTreeSet<&str> = [DIM_MODEL, DIM_STAGE, DIM_HORIZON_BUCKET].into();
+    let mut checked = 0;
+    for alarm in found["alarms"].as_array().unwrap() {
+        if alarm["namespace"] != "LstmForecast" {
+            // AWS/Lambda, AWS/ApplicationELB, AWS/ECS: AWS's own metrics.
+            assert!(
+                alarm["namespace"].as_str().unwrap().starts_with("AWS/"),
+                "{alarm}"
+            );
+            continue;
+        }
+        let metric = alarm["metric"].as_str().unwrap();
+        assert!(
+            code_names.contains(metric),
+            "alarm {} watches {metric}, which the code never emits",
+            alarm["alarm"]
+        );
+        for dimension in alarm["dimensions"].as_array().unwrap() {
+            assert!(
+                code_dimensions.contains(dimension.as_str().unwrap()),
+                "alarm {} uses dimension {dimension}",
+                alarm["alarm"]
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 7, "the LstmForecast alarms were found");
+    let dashboard = found["dashboard"].as_str().unwrap();
+    for name in &code_names {
+        assert!(
+            dashboard.contains(&format!("\"{name}\"")),
+            "{name} is not on the dashboard"
+        );
+    }
+}
+
+#[test]
+fn the_prometheus_rules_pass_promtool_and_use_metrics_the_server_exposes() {
+    let (ok, out) = run(
+        std::path::Path::new("promtool"),
+        &["check", "rules", "infra/prometheus/rules.yml"],
+    );
+    assert!(ok, "{out}");
+    let rules = std::fs::read_to_string(repo_path("infra/prometheus/rules.yml")).unwrap();
+    let mut exposed: BTreeSet<String> = Metric::ALL
+        .iter()
+        .filter_map(|m| prometheus_name(*m))
+        .map(str::to_owned)
+        .collect();
+    for native in [
+        "lstm_forecast_request_duration_seconds",
+        "lstm_forecast_requests_total",
+        "lstm_forecast_model_reload_failures_total",
+    ] {
+        exposed.insert(native.to_owned());
+    }
+    let mentioned: BTreeSet<String> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("lstm_forecast_"))
+        .map(|w| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .fold(w.to_string(), |w, s| {
+                    w.strip_suffix(s).map(str::to_owned).unwrap_or(w)
+                })
+        })
+        .collect();
+    assert!(!mentioned.is_empty());
+    for name in &mentioned {
+        assert!(
+            exposed.contains(name),
+            "rules.yml uses {name}, which the server does not expose"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_live_metrics_scrape_passes_promtool_check_metrics() {
+    use lstm_forecast::metrics::{prometheus::PrometheusSink, ServerMetrics, Telemetry};
+    let metrics = ServerMetrics::new();
+    let telemetry = Telemetry::new(
+        vec![std::sync::Arc::new(PrometheusSink::new(&metrics))],
+        "etth1-ot-lstm",
+        "1.0.0",
+        None,
+    );
+    let monitoring = lstm_forecast::http::Monitoring {
+        telemetry: telemetry.clone(),
+        forecast_log: None,
+        backtest_rate: 1.0,
+    };
+    let server = common::TestServer::start_with(
+        common::bundled_model(),
+        Default::default(),
+        64,
+        metrics,
+        monitoring,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    client
+        .post(server.url("/v1/forecast"))
+        .json(&common::forecast_body(&[common::window(0.0)]))
+        .send()
+        .await
+        .unwrap();
+    client
+        .post(server.url("/v1/forecast"))
+        .json(&json!({"series": []}))
+        .send()
+        .await
+        .unwrap();
+    telemetry.record_in_bucket(Metric::Mae, 0.5, Some("1-6"));
+    let scrape = client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(scrape.contains("lstm_forecast_input_drift_psi"), "{scrape}");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), scrape.as_bytes()).unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    server.stop().await;
+}
+
+#[test]
+fn the_kubernetes_manifests_validate_against_the_api_schema() {
+    let mut args = vec!["--strict", "-k", "1.30.0"];
+    let manifests: Vec<String> = std::fs::read_dir(repo_path("infra/k8s"))
+        .unwrap()
+        .map(|e| format!("infra/k8s/{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    args.extend(manifests.iter().map(String::as_str));
+    let (ok, out) = run(&tools_bin("kubernetes-validate"), &args);
+    assert!(ok, "{out}");
+    assert_eq!(out.matches("passed").count(), manifests.len(), "{out}");
+    let deployment = std::fs::read_to_string(repo_path("infra/k8s/deployment.yaml")).unwrap();
+    for needle in [
+        "name: lstm-predictor",
+        "runAsNonRoot: true",
+        "readinessProbe",
+        "path: /readyz",
+        "configMapRef",
+    ] {
+        assert!(deployment.contains(needle), "{needle}");
+    }
+}
+
+#[test]
+fn the_image_filesystem_runs_with_an_empty_environment() {
+    // The same script the Dockerfile's builder stage runs; the test build's binary stands in for
+    // the release one.
+    let root = tempfile::tempdir().unwrap();
+    let rootfs = root.path().join("rootfs");
+    let status = Command::new(repo_path("scripts/build-image-rootfs.sh"))
+        .arg(&rootfs)
+        .env("BINARY", env!("CARGO_BIN_EXE_lstm-forecast"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let binary = rootfs.join("opt/lstm-forecast/bin/lstm-forecast");
+    let rpath = Command::new("patchelf")
+        .arg("--print-rpath")
+        .arg(&binary)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&rpath.stdout).trim(),
+        "$ORIGIN/../lib",
+        "no build-machine path in the image"
+    );
+    let dockerfile = std::fs::read_to_string(repo_path("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains("scripts/build-image-rootfs.sh /rootfs")
+            && dockerfile.contains("COPY --from=builder /rootfs/ /")
+    );
+    assert!(dockerfile.contains("USER 10001"));
+    let csv = repo_path("model_artifacts/data/ETTh1.csv");
+    for entry in ["lstm-forecast", "bootstrap"] {
+        let program = rootfs.join("opt/lstm-forecast/bin").join(entry);
+        let args: &[&str] = if entry == "bootstrap" {
+            &[]
+        } else {
+            &["forecast", "--input", csv.to_str().unwrap()]
+        };
+        if entry == "bootstrap" {
+            // As `bootstrap` it is the Lambda entry: outside Lambda it must fail cleanly, naming
+            // what is missing, rather than forecast.
+            let output = Command::new(&program)
+                .args(args)
+                .env_clear()
+                .env("THREADS", "1")
+                .output()
+                .unwrap();
+            assert!(!output.status.success());
+            continue;
+        }
+        let output = Command::new(&program)
+            .args(args)
+            .env_clear()
+            .env("THREADS", "1")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(
+            answer["forecasts"][0]["values"].as_array().unwrap().len(),
+            24
+        );
+    }
+}
+
+#[test]
+fn make_deploy_fails_fast_without_aws_credentials() {
+    let home = tempfile::tempdir().unwrap();
+    let output = Command::new("make")
+        .args(["-s", "deploy"])
+        .current_dir(repo_path(""))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("AWS credentials"), "{text}");
+}
+
+#[tokio::test]
+async fn the_accuracy_alarm_rolls_the_model_back_end_to_end_on_the_emulators() {
+    // GIVEN two published versions, 1.0.1 live
+    let moto = Moto::start();
+    moto.create_bucket("remediation").await;
+    let registry = "s3://remediation/models/etth1-ot-lstm";
+    for version in ["1.0.0", "1.0.1"] {
+        let dir = tempfile::tempdir().unwrap();
+        let source = repo_path("model_artifacts/etth1-ot-lstm");
+        std::fs::copy(source.join("model.pt"), dir.path().join("model.pt")).unwrap();
+        let mut metadata: Value =
+            serde_json::from_slice(&std::fs::read(source.join("model.json")).unwrap()).unwrap();
+        metadata["version"] = version.into();
+        std::fs::write(
+            dir.path().join("model.json"),
+            serde_json::to_vec(&metadata).unwrap(),
+        )
+        .unwrap();
+        let status = Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
+            .args(["model", "publish", dir.path().to_str().unwrap(), registry])
+            .envs(moto.env())
+            .env("THREADS", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    // AND the template's accuracy alarm, created in moto's CloudWatch with breaching WAPE data
+    let found = cfn_helper(&["metrics", TEMPLATES[0]]);
+    let accuracy = found["alarms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["alarm"] == "AccuracyAlarm")
+        .unwrap()
+        .clone();
+    assert_eq!(accuracy["metric"], "WAPE");
+    let alarm_name = "lstm-forecast-accuracy";
+    let cloudwatch = moto.cloudwatch().await;
+    let dims = vec![
+        Dimension::builder()
+            .name("Model")
+            .value("etth1-ot-lstm")
+            .build(),
+        Dimension::builder().name("Stage").value("prod").build(),
+    ];
+    cloudwatch
+        .put_metric_data()
+        .namespace("LstmForecast")
+        .metric_data(
+            MetricDatum::builder()
+                .metric_name("WAPE")
+                .unit(StandardUnit::None)
+                .set_dimensions(Some(dims.clone()))
+                .values(0.35)
+                .values(0.4)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    cloudwatch
+        .put_metric_alarm()
+        .alarm_name(alarm_name)
+        .namespace("LstmForecast")
+        .metric_name("WAPE")
+        .set_dimensions(Some(dims))
+        .statistic(aws_sdk_cloudwatch::types::Statistic::Average)
+        .period(3600)
+        .evaluation_periods(3)
+        .datapoints_to_alarm(2)
+        .threshold(0.1)
+        .comparison_operator(aws_sdk_cloudwatch::types::ComparisonOperator::GreaterThanThreshold)
+        .send()
+        .await
+        .unwrap();
+    // moto does not evaluate alarms: set the state the data would have produced.
+    cloudwatch
+        .set_alarm_state()
+        .alarm_name(alarm_name)
+        .state_value(StateValue::Alarm)
+        .state_reason("Threshold Crossed: 2 out of the last 3 datapoints were greater than the threshold (0.1).")
+        .send()
+        .await
+        .unwrap();
+    let described = cloudwatch
+        .describe_alarms()
+        .alarm_names(alarm_name)
+        .send()
+        .await
+        .unwrap();
+    let alarm = &described.metric_alarms()[0];
+    assert_eq!(alarm.state_value(), Some(&StateValue::Alarm));
+
+    // WHEN CloudWatch's Lambda action delivers the state change to the function (built from the
+    // alarm as described by CloudWatch) through the Runtime API emulator
+    let emulator = LambdaEmulator::start();
+    let cache = tempfile::tempdir().unwrap();
+    let mut env = moto.env();
+    env.push(("MODEL_URI", registry.to_string()));
+    env.push(("ROLLBACK_ALARMS", alarm_name.to_string()));
+    env.push((
+        "LSTM_FORECAST_MODEL_CACHE",
+        cache.path().display().to_string(),
+    ));
+    let function = Function::start(&emulator, &env);
+    let updated = alarm
+        .state_updated_timestamp()
+        .map(|t| t.secs())
+        .unwrap_or(0);
+    let stamp = chrono::DateTime::from_timestamp(updated, 0)
+        .unwrap()
+        .to_rfc3339();
+    let payload = json!({
+        "source": "aws.cloudwatch",
+        "alarmArn": alarm.alarm_arn(),
+        "accountId": "123456789012",
+        "time": stamp,
+        "region": "us-east-1",
+        "alarmData": {
+            "alarmName": alarm.alarm_name(),
+            "state": {"value": "ALARM", "reason": alarm.state_reason(), "timestamp": stamp},
+            "previousState": {"value": "OK", "reason": "", "timestamp": stamp},
+            "configuration": {"description": "", "metrics": []}
+        }
+    });
+    let (status, response) = emulator.invoke(&payload).await;
+
+    // THEN the alias rolled back and the function serves the previous version
+    assert_eq!(status, 200, "{response}\n{}", function.log());
+    assert_eq!(response["action"], "rollback", "{response}");
+    assert_eq!(response["to"], "1.0.0");
+    let s3 = moto.s3().await;
+    let alias = s3
+        .get_object()
+        .bucket("remediation")
+        .key("models/etth1-ot-lstm/alias/live.json")
+        .send()
+        .await
+        .unwrap();
+    let alias: Value =
+        serde_json::from_slice(&alias.body.collect().await.unwrap().into_bytes()).unwrap();
+    assert_eq!(alias["version"], "1.0.0");
+}

@@ -1,0 +1,153 @@
+"""Helpers for tests/infra.rs, run with the tools venv's Python (boto3, cfn-lint's SAM translator).
+
+  cfn.py metrics TEMPLATE...          JSON: alarms (namespace, metric, dimensions) and dashboard metric names
+  cfn.py deploy TEMPLATE ENDPOINT     SAM-translate, deploy to moto's CloudFormation, print what was created
+"""
+import json
+import os
+import sys
+
+import yaml
+
+
+class CfnLoader(yaml.SafeLoader):
+    pass
+
+
+def _tag(loader, suffix, node):
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    if suffix == "GetAtt" and isinstance(value, str):
+        # The YAML short form `!GetAtt Res.Attr` is a list in JSON templates.
+        value = value.split(".", 1)
+    name = "Ref" if suffix == "Ref" else "Fn::" + suffix
+    return {name: value}
+
+
+CfnLoader.add_multi_constructor("!", _tag)
+
+
+def load(path):
+    with open(path) as f:
+        return yaml.load(f, Loader=CfnLoader)
+
+
+def text_of(value):
+    """A Sub/Ref-free rendering of a value, enough to find metric names in it."""
+    if isinstance(value, dict) and "Fn::Sub" in value:
+        sub = value["Fn::Sub"]
+        return sub[0] if isinstance(sub, list) else sub
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def metrics(paths):
+    alarms, dashboard_text = [], ""
+    for path in paths:
+        template = load(path)
+        for name, resource in template.get("Resources", {}).items():
+            props = resource.get("Properties", {})
+            if resource["Type"] == "AWS::CloudWatch::Alarm":
+                stats = []
+                if "MetricName" in props:
+                    stats.append({"Namespace": props["Namespace"], "MetricName": props["MetricName"], "Dimensions": props.get("Dimensions", [])})
+                for m in props.get("Metrics", []):
+                    if "MetricStat" in m:
+                        stats.append(m["MetricStat"]["Metric"])
+                for s in stats:
+                    alarms.append({
+                        "alarm": name, "template": path, "namespace": s["Namespace"], "metric": s["MetricName"],
+                        "dimensions": [d["Name"] for d in s.get("Dimensions", [])],
+                    })
+            if resource["Type"] == "AWS::CloudWatch::Dashboard":
+                dashboard_text += text_of(props["DashboardBody"])
+    def probe(call):
+        # moto applies some properties and not others; report what it did, not a crash.
+        try:
+            return call()
+        except Exception as e:  # noqa: BLE001
+            return {"not_applied_by_moto": type(e).__name__}
+
+    print(json.dumps({"alarms": alarms, "dashboard": dashboard_text}))
+
+
+# moto's CloudFormation skips these types, and an Output or attribute pointing at them fails.
+SKIPPED_BY_MOTO = ("AWS::CloudWatch::Alarm", "AWS::CloudWatch::CompositeAlarm", "AWS::ApiGatewayV2::")
+
+
+def deploy(path, endpoint):
+    import boto3
+    from samtranslator.translator.transform import transform
+
+    class NoManagedPolicies:
+        def load(self):
+            return {}
+
+    template = load(path)
+    function = template["Resources"]["ForecastFunction"]["Properties"]
+    # `sam build` fills ImageUri from the Dockerfile; here a placeholder stands in.
+    function.setdefault("ImageUri", "123456789012.dkr.ecr.us-east-1.amazonaws.com/lstm-forecast:test")
+    # The translator reads the region from the environment to build ARNs.
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    translated = transform(template, {}, NoManagedPolicies())
+    resources = translated["Resources"]
+    skipped = {n for n, r in resources.items() if r["Type"].startswith(SKIPPED_BY_MOTO)}
+    translated["Outputs"] = {
+        k: v for k, v in translated.get("Outputs", {}).items() if not any(s in json.dumps(v) for s in skipped)
+    }
+    kwargs = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+    cfn = boto3.client("cloudformation", **kwargs)
+    cfn.create_stack(
+        StackName="lstm-forecast",
+        TemplateBody=json.dumps(translated),
+        Parameters=[{"ParameterKey": "AlertEmail", "ParameterValue": "ops@example.com"}],
+        Capabilities=["CAPABILITY_IAM"],
+    )
+    stack = cfn.describe_stacks(StackName="lstm-forecast")["Stacks"][0]
+    created = cfn.describe_stack_resources(StackName="lstm-forecast")["StackResources"]
+    physical = {r["LogicalResourceId"]: r.get("PhysicalResourceId") for r in created if "LogicalResourceId" in r}
+    s3 = boto3.client("s3", **kwargs)
+    bucket = physical["ArtifactsBucket"]
+    lam = boto3.client("lambda", **kwargs)
+    fn = lam.get_function(FunctionName=physical["ForecastFunction"])["Configuration"]
+    events = boto3.client("events", **kwargs)
+    rules = [r for r in events.list_rules()["Rules"]]
+    inputs = []
+    for r in rules:
+        for t in events.list_targets_by_rule(Rule=r["Name"])["Targets"]:
+            inputs.append(t.get("Input"))
+    sns = boto3.client("sns", **kwargs)
+    subscriptions = sns.list_subscriptions()["Subscriptions"]
+    def probe(call):
+        # moto applies some properties and not others; report what it did, not a crash.
+        try:
+            return call()
+        except Exception as e:  # noqa: BLE001
+            return {"not_applied_by_moto": type(e).__name__}
+
+    print(json.dumps({
+        "status": stack["StackStatus"],
+        "translated_types": sorted({r["Type"] for r in resources.values()}),
+        "created": sorted(physical),
+        "bucket_versioning": probe(lambda: s3.get_bucket_versioning(Bucket=bucket).get("Status")),
+        "bucket_encryption": probe(lambda: s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"]),
+        "bucket_public_access_block": probe(lambda: s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]),
+        "bucket_policy": probe(lambda: json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])),
+        "function": {"package_type": fn.get("PackageType"), "memory": fn["MemorySize"], "timeout": fn["Timeout"],
+                     "environment": fn.get("Environment", {}).get("Variables", {})},
+        "schedule_inputs": inputs,
+        "subscriptions": [{"protocol": s["Protocol"], "endpoint": s["Endpoint"]} for s in subscriptions],
+    }, default=str))
+
+
+if __name__ == "__main__":
+    command = sys.argv[1]
+    if command == "metrics":
+        metrics(sys.argv[2:])
+    elif command == "deploy":
+        deploy(sys.argv[2], sys.argv[3])
+    else:
+        sys.exit(f"unknown command {command}")
