@@ -257,12 +257,18 @@ async fn forecast(
         None => Vec::new(),
     };
     drop(model);
+    state
+        .inner
+        .metrics
+        .queue_depth
+        .set(state.inner.handle.queue_depth() as i64);
     let outcome = state
         .inner
         .handle
         .forecast_with_backtest(series, backtest)
         .await?;
     let metrics = &state.inner.metrics;
+    metrics.batch_windows.observe(outcome.batch_windows as f64);
     metrics
         .inference_duration
         .observe(outcome.inference.as_secs_f64());

@@ -186,6 +186,15 @@ struct ServeArgs {
     #[arg(long, env = "MAX_QUEUE", default_value_t = 64)]
     max_queue: usize,
 
+    /// Dynamic batching: most series in one forward pass, across concurrent requests (1 disables).
+    #[arg(long, env = "MAX_BATCH_SIZE", default_value_t = 64)]
+    max_batch_size: usize,
+
+    /// Dynamic batching: how long (ms) a request may wait for others to share its forward pass. 0
+    /// batches only what is already queued, adding no latency at low load.
+    #[arg(long, env = "MAX_BATCH_DELAY_MS", default_value_t = 0)]
+    max_batch_delay_ms: u64,
+
     /// Seconds between checks of the registry alias when --model is s3://BUCKET/models/NAME; a new
     /// live version is loaded in the background and swapped in (0 disables).
     #[arg(long, env = "RELOAD_INTERVAL_SECONDS", default_value_t = 60)]
@@ -443,7 +452,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         max_series: args.max_series,
     };
-    let (handle, engine_thread) = InferenceHandle::spawn(model, args.max_queue);
+    let batching = lstm_forecast::infer::Batching {
+        max_batch_series: args.max_batch_size.max(1),
+        max_delay: Duration::from_millis(args.max_batch_delay_ms),
+    };
+    let (handle, engine_thread) = InferenceHandle::spawn_with(model, args.max_queue, batching);
     let follow_alias = match ModelUri::parse(&args.model.model)? {
         ModelUri::S3(model) if model.version.is_none() && args.reload_interval_seconds > 0 => {
             Some(model)

@@ -32,6 +32,10 @@ pub struct ServerMetrics {
     pub requests: IntCounterVec,
     /// Failed requests by error code (`wrong_window_length`, `overloaded`, ...).
     pub errors: IntCounterVec,
+    /// Windows per forward pass (requests batched together, backtests included).
+    pub batch_windows: Histogram,
+    /// Requests waiting for the engine thread, sampled when a forecast request arrives.
+    pub queue_depth: prometheus::IntGauge,
     /// Successful hot reloads (a new version from the registry alias).
     pub model_reloads: IntCounter,
     /// Reloads that failed; the previous model kept serving.
@@ -91,6 +95,19 @@ impl ServerMetrics {
             &["kind"],
         )
         .expect("valid metric");
+        let batch_windows = Histogram::with_opts(
+            HistogramOpts::new(
+                "lstm_forecast_batch_windows",
+                "Windows per forward pass (dynamic batching).",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        )
+        .expect("valid metric");
+        let queue_depth = prometheus::IntGauge::new(
+            "lstm_forecast_queue_depth",
+            "Requests waiting for the engine thread.",
+        )
+        .expect("valid metric");
         let model_reloads = IntCounter::new(
             "lstm_forecast_model_reloads_total",
             "Models hot-reloaded from the registry.",
@@ -118,6 +135,8 @@ impl ServerMetrics {
             Box::new(errors.clone()),
             Box::new(model_info.clone()),
             Box::new(model_reloads.clone()),
+            Box::new(batch_windows.clone()),
+            Box::new(queue_depth.clone()),
             Box::new(model_reload_failures.clone()),
         ] {
             registry
@@ -134,6 +153,8 @@ impl ServerMetrics {
             errors,
             model_reloads,
             model_reload_failures,
+            batch_windows,
+            queue_depth,
             model_info,
         }
     }

@@ -1,0 +1,236 @@
+//! Dynamic batching, overload protection and a model swap under load, on the real server.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{bundled_model, forecast_body, window};
+use lstm_forecast::http::{AppState, Limits};
+use lstm_forecast::infer::{Batching, InferenceHandle};
+use lstm_forecast::metrics::ServerMetrics;
+use serde_json::{json, Value};
+
+async fn server(batching: Batching, max_queue: usize) -> (String, AppState) {
+    let (handle, _engine) = InferenceHandle::spawn_with(bundled_model(), max_queue, batching);
+    let state = AppState::new(handle, ServerMetrics::new(), Limits::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(lstm_forecast::http::serve(
+        listener,
+        state.clone(),
+        std::future::pending(),
+    ));
+    (base, state)
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_share_forward_passes_and_get_the_unbatched_answers() {
+    // GIVEN a server that lets a request wait up to 50 ms for company
+    let (base, _state) = server(
+        Batching {
+            max_batch_series: 64,
+            max_delay: Duration::from_millis(50),
+        },
+        64,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    // WHEN 16 clients send one series each at the same time
+    let requests = (0..16).map(|i| {
+        let client = client.clone();
+        let url = format!("{base}/v1/forecast");
+        async move {
+            let answer: Value = client
+                .post(url)
+                .json(&forecast_body(&[window(i as f64 * 0.3)]))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            answer["forecasts"][0]["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect::<Vec<f64>>()
+        }
+    });
+    let batched: Vec<Vec<f64>> = futures_join_all(requests).await;
+    // THEN they shared forward passes ...
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let passes = metric(&metrics, "lstm_forecast_batch_windows_count");
+    let windows = metric(&metrics, "lstm_forecast_batch_windows_sum");
+    assert!(
+        windows / passes > 1.5,
+        "mean windows per pass {windows}/{passes}"
+    );
+    // ... and each got the answer it gets alone
+    let alone = bundled_model();
+    for (i, values) in batched.iter().enumerate() {
+        let expected = alone.forecast(&[window(i as f64 * 0.3)]).unwrap().remove(0);
+        for (got, want) in values.iter().zip(&expected) {
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "request {i}: batched {got} vs alone {want}"
+            );
+        }
+    }
+}
+
+async fn futures_join_all<
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<T> {
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bad_request_batched_with_good_ones_fails_alone() {
+    let (base, _state) = server(
+        Batching {
+            max_batch_series: 64,
+            max_delay: Duration::from_millis(50),
+        },
+        64,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let mut bad = window(0.0);
+    bad[167] = 1e300; // finite JSON, but overflows the network's f32 input
+    let bodies: Vec<Value> = (0..6)
+        .map(|i| {
+            if i == 3 {
+                forecast_body(&[bad.clone()])
+            } else {
+                forecast_body(&[window(i as f64)])
+            }
+        })
+        .collect();
+    let statuses = futures_join_all(bodies.into_iter().map(|body| {
+        let client = client.clone();
+        let url = format!("{base}/v1/forecast");
+        async move {
+            client
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    }))
+    .await;
+    assert_eq!(statuses, vec![200, 200, 200, 400, 200, 200]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn beyond_the_queue_bound_requests_get_429_with_retry_after_and_nothing_else_fails() {
+    // One request may wait; each takes a while (256 series), and batching is off.
+    let (base, _state) = server(Batching::DISABLED, 1).await;
+    let client = reqwest::Client::new();
+    let big = forecast_body(&(0..256).map(|i| window(i as f64)).collect::<Vec<_>>());
+    let responses = futures_join_all((0..12).map(|_| {
+        let client = client.clone();
+        let url = format!("{base}/v1/forecast");
+        let body = big.clone();
+        async move {
+            let r = client.post(url).json(&body).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_string()),
+            )
+        }
+    }))
+    .await;
+    let overloaded: Vec<_> = responses.iter().filter(|(s, _)| *s == 429).collect();
+    assert!(!overloaded.is_empty(), "{responses:?}");
+    assert!(overloaded
+        .iter()
+        .all(|(_, retry)| retry.as_deref() == Some("1")));
+    assert!(
+        responses.iter().all(|(s, _)| *s == 200 || *s == 429),
+        "{responses:?}"
+    );
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn swapping_the_model_under_load_fails_no_request_and_mixes_no_versions() {
+    let (base, state) = server(Batching::default(), 256).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (state, stop) = (state.clone(), stop.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut swaps = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut artifacts = common::bundled_artifacts();
+                let mut metadata: Value = serde_json::from_slice(&artifacts.metadata_json).unwrap();
+                metadata["version"] = format!("swap-{swaps}").into();
+                artifacts.metadata_json = serde_json::to_vec(&metadata).unwrap();
+                let model = lstm_forecast::model::Model::load(&artifacts).unwrap();
+                state.handle().swap_model(model);
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let client = reqwest::Client::new();
+    let results = futures_join_all((0..8).map(|c| {
+        let client = client.clone();
+        let url = format!("{base}/v1/forecast");
+        async move {
+            let mut seen = Vec::new();
+            for i in 0..25 {
+                let body = json!({"series": [{"id": "a", "values": window((c * 25 + i) as f64)}, {"id": "b", "values": window(1.0)}]});
+                let r = client.post(&url).json(&body).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                let answer: Value = r.json().await.unwrap();
+                assert_eq!(answer["forecasts"].as_array().unwrap().len(), 2);
+                seen.push(answer["model"]["version"].as_str().unwrap().to_string());
+            }
+            seen
+        }
+    }))
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.await.unwrap();
+    let versions: std::collections::BTreeSet<String> = results.into_iter().flatten().collect();
+    assert!(
+        swaps >= 2,
+        "the model was swapped during the load ({swaps} swaps)"
+    );
+    assert!(
+        versions.len() >= 2,
+        "answers came from several versions: {versions:?}"
+    );
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}
