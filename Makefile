@@ -15,7 +15,7 @@ CARGO       ?= cargo
 # Arguments for `make run`, e.g. make run ARGS="--bind 0.0.0.0:8080"
 ARGS        ?=
 
-.PHONY: help run test bench model libtorch tools toolchain build release image-rootfs deploy fmt clippy clean
+.PHONY: help run test bench bench-peers soak model libtorch tools toolchain build release image-rootfs deploy fmt clippy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -64,6 +64,12 @@ test: libtorch tools ## Run every test
 
 bench: libtorch tools ## Benchmarks (release build), printed as tables
 	LSTM_FORECAST_TOOLS="$$(scripts/python-tools.sh)" $(CARGO) bench --locked --bench forecast
+
+soak: libtorch ## 10 minutes at ~80% of measured capacity (SOAK_SECONDS to change); errors and RSS drift
+	$(CARGO) bench --locked --bench soak
+
+bench-peers: libtorch ## This server vs Python FastAPI (TorchScript, ONNX Runtime); writes BENCHMARKS.md
+	scripts/bench-peers.sh
 
 # Training needs the full PyTorch (CUDA wheels included, ~4.7 GB): kept out of run/test.
 $(TRAIN_VENV)/.installed: model_artifacts/train/requirements.txt

@@ -1,0 +1,312 @@
+//! `make bench-peers`: this server (batching off and on) against the Python stacks users would
+//! deploy instead, on the same model and inputs, with the same load generator, in one run.
+//!
+//! Needs `PEERS_PYTHON` (a Python with torch, fastapi, uvicorn, onnxruntime) and `ONNX_MODEL`;
+//! scripts/bench-peers.sh provides both. Writes the tables to stdout and to BENCHMARKS.md.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const CONCURRENCY: [usize; 3] = [1, 8, 64];
+const WARM_UP: Duration = Duration::from_secs(1);
+const MEASURE: Duration = Duration::from_secs(5);
+const THREADS: &str = "1";
+
+struct Target {
+    name: &'static str,
+    command: Command,
+}
+
+struct Measured {
+    throughput: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: usize,
+}
+
+struct Report {
+    name: &'static str,
+    cold_start: Duration,
+    rss_mb: f64,
+    runs: Vec<(usize, Measured)>,
+}
+
+fn repo(relative: &str) -> String {
+    format!("{}/{relative}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn body() -> String {
+    let values: Vec<f64> = (0..168)
+        .map(|t| 15.0 + 4.0 * ((t as f64) * std::f64::consts::TAU / 24.0).sin())
+        .collect();
+    serde_json::json!({"series": [{"id": "s", "values": values}]}).to_string()
+}
+
+fn post_once(port: u16, body: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = write!(
+        stream,
+        "POST /v1/forecast HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200")
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+async fn load(url: &str, concurrency: usize, body: &str) -> Measured {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap();
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, body, measuring, stop) = (
+            client.clone(),
+            url.to_string(),
+            body.to_string(),
+            measuring.clone(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let (mut latencies, mut errors) = (Vec::new(), 0usize);
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let ok = match client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if measuring.load(Ordering::Relaxed) {
+                    if ok {
+                        latencies.push(started.elapsed());
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    tokio::time::sleep(WARM_UP).await;
+    measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(MEASURE).await;
+    measuring.store(false, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for task in tasks {
+        let (latencies, e) = task.await.unwrap();
+        all.extend(latencies);
+        errors += e;
+    }
+    all.sort();
+    Measured {
+        throughput: all.len() as f64 / MEASURE.as_secs_f64(),
+        p50: percentile(&all, 0.5),
+        p99: percentile(&all, 0.99),
+        errors,
+    }
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() {
+    let python = std::env::var("PEERS_PYTHON").expect("PEERS_PYTHON: run `make bench-peers`");
+    let onnx = std::env::var("ONNX_MODEL").expect("ONNX_MODEL: run `make bench-peers`");
+    let ours = env!("CARGO_BIN_EXE_lstm-forecast");
+    let body = body();
+    let mut targets = Vec::new();
+    for (name, batch) in [
+        ("lstm-forecast, batching off", "1"),
+        ("lstm-forecast, batching on", "64"),
+    ] {
+        let mut command = Command::new(ours);
+        command
+            .args(["serve", "--max-batch-size", batch, "--max-queue", "1024"])
+            .env("THREADS", THREADS)
+            .env("RUST_LOG", "warn");
+        targets.push(Target { name, command });
+    }
+    for (name, module) in [
+        ("Python FastAPI + TorchScript", "server_torchscript:app"),
+        ("Python FastAPI + ONNX Runtime", "server_onnx:app"),
+    ] {
+        let mut command = Command::new(&python);
+        command
+            .args([
+                "-m",
+                "uvicorn",
+                module,
+                "--log-level",
+                "warning",
+                "--host",
+                "127.0.0.1",
+            ])
+            .current_dir(repo("bench/peers"))
+            .env("THREADS", THREADS)
+            .env("ONNX_MODEL", &onnx)
+            .env("OMP_NUM_THREADS", THREADS);
+        targets.push(Target { name, command });
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut reports = Vec::new();
+    for mut target in targets {
+        let port = free_port();
+        let is_ours = target.command.get_program() == ours;
+        if is_ours {
+            target
+                .command
+                .args(["--bind", &format!("127.0.0.1:{port}")]);
+        } else {
+            target.command.args(["--port", &port.to_string()]);
+        }
+        target.command.stdout(Stdio::null()).stderr(Stdio::piped());
+        let started = Instant::now();
+        let mut child = target.command.spawn().expect("start the server");
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+        let server = Running(child);
+        while !post_once(port, &body) {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{} never answered",
+                target.name
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let cold_start = started.elapsed();
+        let url = format!("http://127.0.0.1:{port}/v1/forecast");
+        let mut runs = Vec::new();
+        for concurrency in CONCURRENCY {
+            let measured = runtime.block_on(load(&url, concurrency, &body));
+            eprintln!(
+                "{} @ {concurrency}: {:.0} req/s",
+                target.name, measured.throughput
+            );
+            runs.push((concurrency, measured));
+        }
+        let rss = rss_mb(server.0.id());
+        reports.push(Report {
+            name: target.name,
+            cold_start,
+            rss_mb: rss,
+            runs,
+        });
+        drop(server);
+    }
+
+    let mut out = String::new();
+    out.push_str("# Benchmarks against the peers\n\n");
+    out.push_str(&format!(
+        "`make bench-peers`, one run, {}. Same model (the bundled ETTh1 LSTM), same request (one series of 168 values), \
+         same load generator (closed loop: N clients, each sending its next request when the previous is answered; \
+         {}s warm-up, {}s measured), 1 intra-op thread for every engine (torch, libtorch, ONNX Runtime), one process each \
+         (uvicorn with one worker).\n\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        WARM_UP.as_secs(),
+        MEASURE.as_secs()
+    ));
+    out.push_str("| server | clients | throughput (req/s) | p50 | p99 | errors |\n|---|---:|---:|---:|---:|---:|\n");
+    for r in &reports {
+        for (c, m) in &r.runs {
+            out.push_str(&format!(
+                "| {} | {c} | {:.0} | {:.2} ms | {:.2} ms | {} |\n",
+                r.name,
+                m.throughput,
+                m.p50.as_secs_f64() * 1e3,
+                m.p99.as_secs_f64() * 1e3,
+                m.errors
+            ));
+        }
+    }
+    out.push_str(
+        "\n| server | cold start (exec -> first answer) | RSS after the runs |\n|---|---:|---:|\n",
+    );
+    for r in &reports {
+        out.push_str(&format!(
+            "| {} | {:.0} ms | {:.0} MB |\n",
+            r.name,
+            r.cold_start.as_secs_f64() * 1e3,
+            r.rss_mb
+        ));
+    }
+    let at64 = |name: &str| {
+        reports
+            .iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.runs.iter().find(|(c, _)| *c == 64))
+            .map(|(_, m)| m.throughput)
+            .unwrap_or(0.0)
+    };
+    let (off, on, ts, onnx_rps) = (
+        at64("lstm-forecast, batching off"),
+        at64("lstm-forecast, batching on"),
+        at64("Python FastAPI + TorchScript"),
+        at64("Python FastAPI + ONNX Runtime"),
+    );
+    out.push_str(&format!(
+        "\nAt 64 clients: batching on / off = {:.2}x (target >= 3x); / Python TorchScript = {:.2}x (target >= 5x); / Python ONNX Runtime = {:.2}x (target > 1x).\n",
+        on / off.max(1e-9),
+        on / ts.max(1e-9),
+        on / onnx_rps.max(1e-9)
+    ));
+    out.push_str(&std::fs::read_to_string(repo("bench/peers/ANALYSIS.md")).unwrap_or_default());
+    println!("{out}");
+    std::fs::write(repo("BENCHMARKS.md"), &out).expect("write BENCHMARKS.md");
+}
