@@ -15,7 +15,7 @@ CARGO       ?= cargo
 # Arguments for `make run`, e.g. make run ARGS="--bind 0.0.0.0:8080"
 ARGS        ?=
 
-.PHONY: help run test bench bench-peers soak model libtorch tools toolchain build release image-rootfs deploy fmt clippy clean
+.PHONY: help run test bench bench-peers soak fuzz model libtorch tools toolchain build release image-rootfs deploy fmt clippy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -67,6 +67,12 @@ bench: libtorch tools ## Benchmarks (release build), printed as tables
 
 soak: libtorch ## 10 minutes at ~80% of measured capacity (SOAK_SECONDS to change); errors and RSS drift
 	$(CARGO) bench --locked --bench soak
+
+# cargo-fuzz needs the nightly toolchain; 10 million runs take a few minutes here.
+FUZZ_RUNS ?= 10000000
+fuzz: libtorch ## Fuzz request decoding and validation (cargo-fuzz, FUZZ_RUNS executions)
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cargo +nightly fuzz run forecast_request -- -runs=$(FUZZ_RUNS) -max_len=4096
 
 bench-peers: libtorch ## This server vs Python FastAPI (TorchScript, ONNX Runtime); writes BENCHMARKS.md
 	scripts/bench-peers.sh

@@ -184,16 +184,47 @@ async fn unknown_routes_and_methods_get_json_errors() {
 
 #[tokio::test]
 async fn shutdown_waits_for_in_flight_requests() {
-    let server = TestServer::bundled().await;
+    use lstm_forecast::model::engine::{Engine, EngineError};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// Signals when a forward starts, then takes 300 ms: a request certainly in flight.
+    struct Slow {
+        started: Arc<AtomicBool>,
+    }
+    impl Engine for Slow {
+        fn forward(
+            &self,
+            _input: &[f32],
+            batch: usize,
+            _window: usize,
+            _features: usize,
+        ) -> Result<Vec<f32>, EngineError> {
+            self.started.store(true, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            Ok(vec![0.0; batch * 24])
+        }
+    }
+    let started = Arc::new(AtomicBool::new(false));
+    let metadata = common::bundled_model().metadata().clone();
+    let model = lstm_forecast::model::Model::with_engine(
+        metadata,
+        Box::new(Slow {
+            started: started.clone(),
+        }),
+    );
+    let server = TestServer::start(model, Default::default(), 64).await;
     let client = reqwest::Client::new();
-    let windows: Vec<Vec<f64>> = (0..64).map(|i| window(i as f64)).collect();
     let in_flight = tokio::spawn({
         let url = server.url("/v1/forecast");
-        let body = forecast_body(&windows);
+        let body = forecast_body(&[window(0.0)]);
         async move { client.post(url).json(&body).send().await.unwrap().status() }
     });
-    // Let the request reach the server before asking it to stop.
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // GIVEN a request inside the forward pass
+    while !started.load(Ordering::SeqCst) {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // WHEN the server is asked to stop, THEN it still answers that request
     server.stop().await;
     assert_eq!(in_flight.await.unwrap(), 200);
 }

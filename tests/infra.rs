@@ -383,26 +383,12 @@ async fn the_accuracy_alarm_rolls_the_model_back_end_to_end_on_the_emulators() {
     moto.create_bucket("remediation").await;
     let registry = "s3://remediation/models/etth1-ot-lstm";
     for version in ["1.0.0", "1.0.1"] {
-        let dir = tempfile::tempdir().unwrap();
-        let source = repo_path("model_artifacts/etth1-ot-lstm");
-        std::fs::copy(source.join("model.pt"), dir.path().join("model.pt")).unwrap();
-        let mut metadata: Value =
-            serde_json::from_slice(&std::fs::read(source.join("model.json")).unwrap()).unwrap();
-        metadata["version"] = version.into();
-        std::fs::write(
-            dir.path().join("model.json"),
-            serde_json::to_vec(&metadata).unwrap(),
-        )
-        .unwrap();
-        let status = Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
-            .args(["model", "publish", dir.path().to_str().unwrap(), registry])
-            .envs(moto.env())
-            .env("THREADS", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        let dir = common::bundled_as_version(version);
+        let (ok, out) = common::emulators::cli(
+            &moto,
+            &["model", "publish", dir.path().to_str().unwrap(), registry],
+        );
+        assert!(ok, "{out}");
     }
     // AND the template's accuracy alarm, created in moto's CloudWatch with breaching WAPE data
     let found = cfn_helper(&["metrics", TEMPLATES[0]]);

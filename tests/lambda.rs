@@ -3,48 +3,15 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
-use common::emulators::{event, Function, LambdaEmulator, Moto};
-use common::repo_path;
+use common::emulators::{cli, event, Function, LambdaEmulator, Moto};
+use common::{bundled_as_version, repo_path};
 use serde_json::{json, Value};
 
 const BUCKET: &str = "lstm-forecast-test";
 const REGISTRY: &str = "s3://lstm-forecast-test/models/etth1-ot-lstm";
-
-/// Runs the CLI against moto.
-fn cli(moto: &Moto, args: &[&str]) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
-        .args(args)
-        .envs(moto.env())
-        .env("THREADS", "1")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
-
-/// A copy of the bundled model directory with another version number.
-fn bundled_as_version(version: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let source = repo_path("model_artifacts/etth1-ot-lstm");
-    std::fs::copy(source.join("model.pt"), dir.path().join("model.pt")).unwrap();
-    let mut metadata: Value =
-        serde_json::from_slice(&std::fs::read(source.join("model.json")).unwrap()).unwrap();
-    metadata["version"] = version.into();
-    std::fs::write(
-        dir.path().join("model.json"),
-        serde_json::to_vec_pretty(&metadata).unwrap(),
-    )
-    .unwrap();
-    dir
-}
 
 fn function_env(
     moto: &Moto,

@@ -434,3 +434,52 @@ async fn observations_without_a_store_are_a_clear_501() {
         .contains("FORECAST_LOG_URI"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn actuals_dropped_as_csv_files_under_the_prefix_are_joined_too() {
+    // GIVEN a logged forecast and its actuals delivered by another system as a CSV file
+    let moto = Moto::start();
+    let s3 = moto.create_bucket("dropped").await;
+    let store = AccuracyStore::new(s3.clone(), "s3://dropped/monitoring").unwrap();
+    let origin = chrono::DateTime::parse_from_rfc3339("2018-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let record = lstm_forecast::monitor::store::ForecastRecord {
+        series_id: "plant-7".into(),
+        origin,
+        last_value: 10.0,
+        timestamps: (1..=3)
+            .map(|h| origin + chrono::Duration::hours(h))
+            .collect(),
+        values: vec![11.0, 12.0, 13.0],
+        model: "m".into(),
+        model_version: "1".into(),
+        request_id: None,
+        created_at: chrono::Utc::now(),
+    };
+    store.append_forecasts(&[record]).await.unwrap();
+    let csv =
+        "id,timestamp,value\nplant-7,2018-01-01 01:00:00,12\nplant-7,2018-01-01T02:00:00Z,12\n";
+    s3.put_object()
+        .bucket("dropped")
+        .key("monitoring/actuals/from-scada/2018-01-01.csv")
+        .body(aws_sdk_s3::primitives::ByteStream::from(
+            csv.as_bytes().to_vec(),
+        ))
+        .send()
+        .await
+        .unwrap();
+    // WHEN evaluated
+    let run = lstm_forecast::monitor::evaluate::run_evaluation(
+        &store,
+        &Telemetry::disabled(),
+        chrono::Utc::now(),
+        chrono::Duration::hours(1),
+    )
+    .await
+    .unwrap();
+    // THEN both CSV rows matched (errors -1 and 0), and the third hour is counted as missing
+    assert_eq!(run.evaluation.pairs, 2);
+    assert_eq!(run.evaluation.missing_actuals, 1);
+    assert!((run.evaluation.by_version["1"].overall.mae - 0.5).abs() < 1e-12);
+}

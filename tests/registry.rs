@@ -6,43 +6,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
-use common::emulators::Moto;
-use common::repo_path;
+use common::emulators::{cli, Moto};
+use common::{bundled_as_version, repo_path};
 use lstm_forecast::registry::{Registry, RegistryError, RegistryRef};
 use serde_json::Value;
 
 const BUCKET: &str = "registry-test";
 const REGISTRY: &str = "s3://registry-test/models/etth1-ot-lstm";
-
-fn cli(moto: &Moto, args: &[&str]) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
-        .args(args)
-        .envs(moto.env())
-        .env("THREADS", "1")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
-
-fn version_dir(version: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let source = repo_path("model_artifacts/etth1-ot-lstm");
-    std::fs::copy(source.join("model.pt"), dir.path().join("model.pt")).unwrap();
-    let mut metadata: Value =
-        serde_json::from_slice(&std::fs::read(source.join("model.json")).unwrap()).unwrap();
-    metadata["version"] = version.into();
-    std::fs::write(
-        dir.path().join("model.json"),
-        serde_json::to_vec_pretty(&metadata).unwrap(),
-    )
-    .unwrap();
-    dir
-}
 
 async fn registry(moto: &Moto) -> Registry {
     Registry::new(moto.s3().await, RegistryRef::parse(REGISTRY).unwrap())
@@ -52,7 +22,7 @@ async fn registry(moto: &Moto) -> Registry {
 async fn publish_promote_and_rollback_keep_a_history_of_live_versions() {
     let moto = Moto::start();
     moto.create_bucket(BUCKET).await;
-    let (v1, v2) = (version_dir("1.0.0"), version_dir("1.0.1"));
+    let (v1, v2) = (bundled_as_version("1.0.0"), bundled_as_version("1.0.1"));
 
     let (ok, out) = cli(
         &moto,
@@ -131,7 +101,7 @@ async fn a_stale_alias_write_is_refused_instead_of_overwriting_a_concurrent_prom
     let moto = Moto::start();
     moto.create_bucket(BUCKET).await;
     for v in ["1.0.0", "1.0.1"] {
-        let dir = version_dir(v);
+        let dir = bundled_as_version(v);
         let (ok, out) = cli(
             &moto,
             &[
@@ -163,7 +133,7 @@ async fn a_stale_alias_write_is_refused_instead_of_overwriting_a_concurrent_prom
 async fn serve_follows_the_alias_and_keeps_the_old_model_when_a_new_one_fails_to_load() {
     let moto = Moto::start();
     let s3 = moto.create_bucket(BUCKET).await;
-    let v1 = version_dir("1.0.0");
+    let v1 = bundled_as_version("1.0.0");
     let (ok, out) = cli(
         &moto,
         &["model", "publish", v1.path().to_str().unwrap(), REGISTRY],
@@ -216,7 +186,7 @@ async fn serve_follows_the_alias_and_keeps_the_old_model_when_a_new_one_fails_to
     wait_for("1.0.0").await;
 
     // A good new version is picked up without a restart.
-    let v2 = version_dir("1.0.1");
+    let v2 = bundled_as_version("1.0.1");
     let (ok, out) = cli(
         &moto,
         &["model", "publish", v2.path().to_str().unwrap(), REGISTRY],
@@ -275,6 +245,10 @@ async fn serve_follows_the_alias_and_keeps_the_old_model_when_a_new_one_fails_to
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert_eq!(version().await.as_deref(), Some("1.0.1"));
+    // S3 goes away entirely: alias checks fail, and the server keeps serving what it has.
+    drop(moto);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(version().await.as_deref(), Some("1.0.1"));
     let forecast = client
         .post(format!("{base}/v1/forecast"))

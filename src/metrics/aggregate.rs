@@ -105,20 +105,8 @@ impl Aggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
-    fn sample(metric: Metric, value: f64) -> Sample {
-        Sample {
-            metric,
-            value,
-            dimensions: Dimensions {
-                model: Arc::from("m"),
-                model_version: Arc::from("1"),
-                stage: None,
-                horizon_bucket: None,
-            },
-        }
-    }
+    use crate::metrics::test_sample as sample;
 
     #[test]
     fn counters_sum_and_distributions_count_distinct_quantised_values() {

@@ -223,21 +223,9 @@ impl MetricSink for EmfSink {
 mod tests {
     use super::*;
 
-    use crate::metrics::{Dimensions, Metric};
-    use std::sync::Arc;
+    use crate::metrics::Metric;
 
-    fn sample(metric: Metric, value: f64) -> Sample {
-        Sample {
-            metric,
-            value,
-            dimensions: Dimensions {
-                model: Arc::from("m"),
-                model_version: Arc::from("1"),
-                stage: None,
-                horizon_bucket: None,
-            },
-        }
-    }
+    use crate::metrics::test_sample as sample;
 
     #[test]
     fn a_flush_writes_valid_documents_within_the_limits() {

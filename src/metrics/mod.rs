@@ -399,6 +399,21 @@ pub fn resident_set_bytes() -> Option<f64> {
     Some(kb * 1024.0)
 }
 
+/// A sample for model `m` version `1`, for the sinks' unit tests.
+#[cfg(test)]
+pub(crate) fn test_sample(metric: Metric, value: f64) -> Sample {
+    Sample {
+        metric,
+        value,
+        dimensions: Dimensions {
+            model: Arc::from("m"),
+            model_version: Arc::from("1"),
+            stage: None,
+            horizon_bucket: None,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

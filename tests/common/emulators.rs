@@ -262,3 +262,19 @@ pub fn event(name: &str) -> serde_json::Value {
     let path = super::repo_path(&format!("tests/fixtures/events/{name}"));
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
+
+/// Runs the CLI against this moto; returns success and stdout + stderr.
+pub fn cli(moto: &Moto, args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
+        .args(args)
+        .envs(moto.env())
+        .env("THREADS", "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}

@@ -98,3 +98,19 @@ pub fn forecast_body(windows: &[Vec<f64>]) -> serde_json::Value {
     })
 }
 pub mod emulators;
+
+/// A copy of the bundled model directory under another version number.
+pub fn bundled_as_version(version: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let source = repo_path("model_artifacts/etth1-ot-lstm");
+    std::fs::copy(source.join("model.pt"), dir.path().join("model.pt")).unwrap();
+    let mut metadata: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(source.join("model.json")).unwrap()).unwrap();
+    metadata["version"] = version.into();
+    std::fs::write(
+        dir.path().join("model.json"),
+        serde_json::to_vec_pretty(&metadata).unwrap(),
+    )
+    .unwrap();
+    dir
+}
