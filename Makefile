@@ -72,7 +72,7 @@ soak: libtorch ## 10 minutes at ~80% of measured capacity (SOAK_SECONDS to chang
 FUZZ_RUNS ?= 10000000
 fuzz: libtorch ## Fuzz request decoding and validation (cargo-fuzz, FUZZ_RUNS executions)
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-	cargo +nightly fuzz run forecast_request -- -runs=$(FUZZ_RUNS) -max_len=4096
+	LD_LIBRARY_PATH="$$(readlink -f .libtorch)/lib" cargo +nightly fuzz run forecast_request -- -runs=$(FUZZ_RUNS) -max_len=4096
 
 bench-peers: libtorch ## This server vs Python FastAPI (TorchScript, ONNX Runtime); writes BENCHMARKS.md
 	scripts/bench-peers.sh
