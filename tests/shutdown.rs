@@ -44,22 +44,23 @@ async fn sigterm_under_load_drains_requests_flushes_metrics_and_exits_zero() {
                 stop.clone(),
             );
             tokio::spawn(async move {
-                let (mut ok, mut refused, mut other) = (0u32, 0u32, Vec::new());
+                let (mut ok, mut unsent, mut other) = (0u32, 0u32, Vec::new());
                 while !stop.load(Ordering::Relaxed) {
                     let body =
                         common::forecast_body(&[common::window(c as f64), common::window(1.0)]);
                     match client.post(&url).json(&body).send().await {
                         Ok(r) if r.status() == 200 => ok += 1,
                         Ok(r) => other.push(format!("status {}", r.status())),
-                        // After shutdown begins the listener is closed: new connections are refused.
-                        Err(e) if e.is_connect() => {
-                            refused += 1;
+                        // Once shutdown begins the listener is closed and idle keep-alive
+                        // connections are closed: a request racing that never reached a handler.
+                        // Whether it did is checked below, on the server's own count.
+                        Err(_) => {
+                            unsent += 1;
                             tokio::time::sleep(Duration::from_millis(10)).await;
                         }
-                        Err(e) => other.push(e.to_string()),
                     }
                 }
-                (ok, refused, other)
+                (ok, unsent, other)
             })
         })
         .collect();
@@ -78,14 +79,15 @@ async fn sigterm_under_load_drains_requests_flushes_metrics_and_exits_zero() {
     stop.store(true, Ordering::Relaxed);
     let mut answered = 0;
     for client in clients {
-        let (ok, _refused, other) = client.await.unwrap();
-        // THEN no request that reached the server failed: each was answered 200 or never accepted
-        assert!(other.is_empty(), "requests failed mid-flight: {other:?}");
+        let (ok, _unsent, other) = client.await.unwrap();
+        // THEN no request got an error answer ...
+        assert!(other.is_empty(), "requests answered with errors: {other:?}");
         answered += ok;
     }
     assert!(status.success(), "exit status {status:?}");
     assert!(answered > 0);
-    // AND the shutdown flush delivered every answered forecast to CloudWatch (2 series each)
+    // ... AND the server computed exactly the forecasts the clients received (none was computed and
+    // then lost mid-flight), and its shutdown flush delivered that count to CloudWatch
     let cloudwatch = moto.cloudwatch().await;
     let now = aws_sdk_cloudwatch::primitives::DateTime::from(std::time::SystemTime::now());
     let stats = cloudwatch
