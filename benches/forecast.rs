@@ -143,12 +143,9 @@ fn main() {
     println!("| fastest of 5 | {} |", fmt(cold.fastest));
     println!(
         "| RSS after 200 single + 20 batch-64 forecasts | {:.1} MB |",
-        cold.rss_kb as f64 / 1024.0
+        cold.rss_mb
     );
-    println!(
-        "| peak RSS (VmHWM) | {:.1} MB |",
-        cold.hwm_kb as f64 / 1024.0
-    );
+    println!("| peak RSS (VmHWM) | {:.1} MB |", cold.hwm_mb);
     println!();
     println!("Targets (issue 2): path p50 <= 1.05x raw; cold start <= 0.3 s; RSS <= 150 MB.");
 
@@ -478,15 +475,15 @@ fn body(windows: &[Vec<f64>]) -> String {
 struct ColdStart {
     median: Duration,
     fastest: Duration,
-    rss_kb: u64,
-    hwm_kb: u64,
+    rss_mb: f64,
+    hwm_mb: f64,
 }
 
 /// Starts `serve` `runs` times; each time measures exec -> first forecast answered.
 fn cold_start(runs: usize, single_body: &str) -> ColdStart {
     let exe = env!("CARGO_BIN_EXE_lstm-forecast");
     let mut times = Vec::new();
-    let (mut rss_kb, mut hwm_kb) = (0, 0);
+    let (mut rss_mb, mut hwm_mb) = (0.0, 0.0);
     for run in 0..runs {
         let started = Instant::now();
         let mut child = Command::new(exe)
@@ -520,10 +517,8 @@ fn cold_start(runs: usize, single_body: &str) -> ColdStart {
             for _ in 0..20 {
                 post_blocking(&url, &batch_body);
             }
-            let status =
-                std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
-            rss_kb = status_kb(&status, "VmRSS:");
-            hwm_kb = status_kb(&status, "VmHWM:");
+            rss_mb = support::rss_mb(child.id());
+            hwm_mb = support::peak_rss_mb(child.id());
         }
         let _ = child.kill();
         let _ = child.wait();
@@ -532,19 +527,13 @@ fn cold_start(runs: usize, single_body: &str) -> ColdStart {
     ColdStart {
         median: times[times.len() / 2],
         fastest: times[0],
-        rss_kb,
-        hwm_kb,
+        rss_mb,
+        hwm_mb,
     }
 }
 
-fn status_kb(status: &str, key: &str) -> u64 {
-    status
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
+#[path = "support/mod.rs"]
+mod support;
 
 /// POSTs JSON over a fresh TCP connection with plain std I/O and panics unless the answer is 200.
 /// Used for cold start so the timing does not include an HTTP client's own start-up.

@@ -68,18 +68,9 @@ fn post_once(port: u16, body: &str) -> bool {
     answer.starts_with("HTTP/1.1 200")
 }
 
-fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
+#[path = "support/mod.rs"]
+mod support;
+use support::rss_mb;
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
