@@ -327,7 +327,8 @@ fn reject_unknown_fields(
     }
 }
 
-fn kind_of(value: &Value) -> &'static str {
+/// "a string", "an array", ...: for messages that say what a client sent instead.
+pub(crate) fn kind_of(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -310,20 +310,9 @@ fn describe_unknown(event: &Value) -> String {
             )
         }
         other => format!(
-            "unrecognised event: a JSON {} instead of an object",
-            json_kind(other)
+            "unrecognised event: {} instead of a JSON object",
+            crate::forecast::kind_of(other)
         ),
-    }
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
     }
 }
 
