@@ -297,6 +297,7 @@ enum ModelCommand {
 }
 
 fn main() -> std::process::ExitCode {
+    lstm_forecast::model::footprint::limit_onednn_kernel_cache();
     // Lambda's provided.al2023 runtime executes `bootstrap` with no arguments.
     let invoked_as_bootstrap = std::env::args_os()
         .next()

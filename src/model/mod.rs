@@ -2,6 +2,7 @@
 
 pub mod contract;
 pub mod engine;
+pub mod footprint;
 pub mod preprocess;
 
 use contract::{ContractError, ModelMetadata};
@@ -96,6 +97,8 @@ impl Model {
             });
         }
         let engine = TorchEngine::load(&artifacts.model_pt, metadata.output.horizon)?;
+        // Before the warm-up, so that the warm-up faults the forecast path's pages back in.
+        footprint::release_libtorch_startup_pages_once();
         Ok(Model::with_engine(metadata, Box::new(engine)))
     }
 
