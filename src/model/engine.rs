@@ -3,7 +3,9 @@
 //! The trait is deliberately tiny (one call, plain slices) so that tests and future engines (ONNX
 //! Runtime, say) do not depend on tch types.
 
+use std::cell::Cell;
 use std::io::Cursor;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 
 /// Runs the network on one batch.
@@ -57,6 +59,7 @@ impl Engine for TorchEngine {
         window: usize,
         features: usize,
     ) -> Result<Vec<f32>, EngineError> {
+        adopt_intra_op_threads();
         let _no_grad = tch::no_grad_guard();
         let shape = [batch as i64, window as i64, features as i64];
         let forward_error = |e: tch::TchError| EngineError::Forward(first_line(&e.to_string()));
@@ -100,10 +103,35 @@ pub fn configure_libtorch(requested_threads: Option<usize>) -> usize {
     static ONCE: Once = Once::new();
     let threads = requested_threads.unwrap_or_else(available_cpus).max(1);
     ONCE.call_once(|| {
-        tch::set_num_threads(threads as i32);
+        INTRA_OP_THREADS.store(threads, Ordering::Relaxed);
         tch::jit::set_profiling_mode(false);
     });
+    adopt_intra_op_threads();
     tch::get_num_threads().max(1) as usize
+}
+
+/// The intra-op thread count [`configure_libtorch`] chose; 0 until it runs.
+static INTRA_OP_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static ADOPTED_INTRA_OP_THREADS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// libtorch's thread count is OpenMP's, and OpenMP keeps it per calling thread: a thread that
+/// never set it runs oneDNN with one OpenMP thread per CPU, whatever `configure_libtorch` said.
+/// The engine thread is not the one that configured libtorch, so every forward adopts the
+/// configured count on its own thread first (once per thread).
+fn adopt_intra_op_threads() {
+    let wanted = INTRA_OP_THREADS.load(Ordering::Relaxed);
+    if wanted == 0 {
+        return;
+    }
+    ADOPTED_INTRA_OP_THREADS.with(|adopted| {
+        if adopted.get() != wanted {
+            tch::set_num_threads(wanted as i32);
+            adopted.set(wanted);
+        }
+    });
 }
 
 /// CPUs this process may really use: std honours sched affinity and cgroup v1/v2 CPU quotas
@@ -112,4 +140,38 @@ pub fn available_cpus() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What oneDNN will use: OpenMP's per-thread maximum, read straight from libgomp (libtorch's
+    /// own `get_num_threads` would first initialise the calling thread and hide the problem).
+    fn openmp_max_threads_of_this_thread() -> i32 {
+        // SAFETY: dlsym on the process's global scope; the symbol, when present, is libgomp's
+        // `int omp_get_max_threads(void)`.
+        unsafe {
+            let symbol = libc::dlsym(libc::RTLD_DEFAULT, c"omp_get_max_threads".as_ptr());
+            assert!(!symbol.is_null(), "libgomp is not loaded");
+            let omp_get_max_threads: extern "C" fn() -> libc::c_int = std::mem::transmute(symbol);
+            omp_get_max_threads()
+        }
+    }
+
+    #[test]
+    fn a_forward_on_a_new_thread_runs_with_the_configured_intra_op_threads() {
+        // Only this test configures libtorch in the unit-test process. One thread differs from
+        // OpenMP's default (one per CPU) on any machine with more than one CPU.
+        let configured = configure_libtorch(Some(1));
+        assert_eq!(configured, 1);
+        let engine = TorchEngine::load(crate::source::BUNDLED_MODEL_PT, 24).unwrap();
+        let threads_seen_by_the_forward = std::thread::spawn(move || {
+            engine.forward(&vec![0.0; 168], 1, 168, 1).unwrap();
+            openmp_max_threads_of_this_thread()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(threads_seen_by_the_forward, 1);
+    }
 }
