@@ -93,7 +93,10 @@ pub struct LambdaApp {
 /// Fetches, checks, loads and warms up the model, and builds the clients.
 pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, InitTimings), InitError> {
     let started = Instant::now();
-    let threads = crate::model::engine::configure_libtorch(config.threads);
+    let threads = crate::model::engine::configure_libtorch(
+        config.threads,
+        crate::model::engine::Workload::Serving,
+    );
     let sdk_config = crate::aws::sdk_config().await;
     let s3 = crate::aws::s3_client(&sdk_config);
     let (registry, source_uri, fetched) = match &config.model_uri {

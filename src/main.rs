@@ -15,7 +15,7 @@ use lstm_forecast::input::{parse_input, InputFormat};
 use lstm_forecast::lambda::{self, LambdaConfig};
 use lstm_forecast::metrics::ServerMetrics;
 use lstm_forecast::metrics::{Metric, SinkKind, Telemetry};
-use lstm_forecast::model::engine::configure_libtorch;
+use lstm_forecast::model::engine::{configure_libtorch, Workload};
 use lstm_forecast::model::Model;
 use lstm_forecast::monitor::store::{AccuracyStore, ForecastLog};
 use lstm_forecast::registry::{Registry, RegistryRef, RollbackOutcome};
@@ -160,7 +160,8 @@ struct ModelArgs {
     #[arg(long, env = "MODEL_URI", default_value = "bundled")]
     model: String,
 
-    /// libtorch intra-op threads [default: the CPUs this process may use, cgroup quotas included].
+    /// libtorch intra-op threads [default: the CPUs this process may use (cgroup quotas
+    /// included), minus one for HTTP in `serve` and `lambda`].
     #[arg(long, env = "THREADS")]
     threads: Option<usize>,
 }
@@ -350,7 +351,7 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             timeout_secs,
         }) => return validate(dir, json, timeout_secs),
         Command::Model(ModelCommand::Show { model }) => {
-            let model = load_model(&model)?;
+            let model = load_model(&model, Workload::Batch)?;
             println!("{}", serde_json::to_string_pretty(model.metadata())?);
         }
         Command::Model(ModelCommand::Publish {
@@ -401,7 +402,7 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Lambda(args) => return run_lambda(args),
         Command::Evaluate(args) => evaluate(args)?,
         Command::Model(ModelCommand::Probe { dir }) => {
-            configure_libtorch(None);
+            configure_libtorch(None, Workload::Batch);
             let artifacts = DirectorySource::new(&dir).read()?;
             let ok = run_probe(&artifacts, &mut std::io::stdout().lock());
             return Ok(if ok {
@@ -422,9 +423,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Fetches, checks, loads and warms up a model, logging where the time went.
-fn load_model(args: &ModelArgs) -> anyhow::Result<Model> {
+fn load_model(args: &ModelArgs, workload: Workload) -> anyhow::Result<Model> {
     let started = Instant::now();
-    let threads = configure_libtorch(args.threads);
+    let threads = configure_libtorch(args.threads, workload);
     let uri = ModelUri::parse(&args.model)?;
     let runtime = runtime()?;
     let source = runtime.block_on(open_source(&uri));
@@ -448,7 +449,7 @@ fn load_model(args: &ModelArgs) -> anyhow::Result<Model> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let model = load_model(&args.model)?;
+    let model = load_model(&args.model, Workload::Serving)?;
     let limits = Limits {
         max_body_bytes: args.max_body_bytes,
         max_series: args.max_series,
@@ -584,7 +585,7 @@ fn forecast(args: ForecastArgs) -> anyhow::Result<()> {
         Some(FormatArg::Jsonl) => InputFormat::JsonLines,
         None => InputFormat::detect(&args.input.to_string_lossy(), &content),
     };
-    let model = load_model(&args.model)?;
+    let model = load_model(&args.model, Workload::Batch)?;
     let shape = RequestShape::new(model.metadata(), args.max_series);
     let series = parse_input(format, &content, &shape)
         .with_context(|| format!("reading {}", args.input.display()))?;

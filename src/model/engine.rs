@@ -91,23 +91,55 @@ fn first_line(message: &str) -> String {
     message.lines().next().unwrap_or(message).trim().to_string()
 }
 
+/// What else runs on the CPUs while a forward does; it decides the default intra-op threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// `serve` and the Lambda function: HTTP workers parse and answer requests while a forward
+    /// runs. The LSTM's OpenMP team meets at a barrier on each of its 336 steps, so one team member
+    /// preempted by an HTTP worker stalls the whole forward. Measured on 2 vCPUs under load
+    /// (`make bench-peers`, batching on): 2 intra-op threads served 84-770 req/s, 1 thread
+    /// 1,340-1,690. One CPU is therefore left to everything that is not the forward.
+    Serving,
+    /// One-off forecasts and evaluations: nothing competes, every CPU goes to the forward.
+    Batch,
+}
+
+/// Intra-op threads when the operator has not chosen: see [`Workload`].
+pub fn default_intra_op_threads(workload: Workload, cpus: usize) -> usize {
+    match workload {
+        Workload::Serving => cpus.saturating_sub(1).max(1),
+        Workload::Batch => cpus.max(1),
+    }
+}
+
 /// Process-wide libtorch settings, applied once before any JIT code runs. Returns the intra-op
 /// thread count in effect.
 ///
-/// - Intra-op threads: `None` uses [`available_cpus`]. Inter-op parallelism is left alone: one
-///   forward at a time runs on the engine thread, so an inter-op pool would only add threads.
+/// - Intra-op threads: `None` uses [`default_intra_op_threads`] of [`available_cpus`]. Inter-op
+///   parallelism is left alone: one forward at a time runs on the engine thread, so an inter-op
+///   pool would only add threads.
 /// - The JIT's profiling executor is turned off. It re-optimises the graph over the first calls,
 ///   which made the first forecast ~80 ms instead of ~12 ms here, and a steady-state forward is no
 ///   faster with it for this model (measured: same p50 at batch 1 and 64).
-pub fn configure_libtorch(requested_threads: Option<usize>) -> usize {
+pub fn configure_libtorch(requested_threads: Option<usize>, workload: Workload) -> usize {
     static ONCE: Once = Once::new();
-    let threads = requested_threads.unwrap_or_else(available_cpus).max(1);
+    let threads = requested_threads
+        .unwrap_or_else(|| default_intra_op_threads(workload, available_cpus()))
+        .max(1);
     ONCE.call_once(|| {
         INTRA_OP_THREADS.store(threads, Ordering::Relaxed);
         tch::jit::set_profiling_mode(false);
     });
     adopt_intra_op_threads();
     tch::get_num_threads().max(1) as usize
+}
+
+/// CPUs this process may really use: std honours sched affinity and cgroup v1/v2 CPU quotas
+/// (a container limited to 1.5 CPUs gets 1), which is what ECS, Kubernetes and Lambda set.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// The intra-op thread count [`configure_libtorch`] chose; 0 until it runs.
@@ -134,17 +166,18 @@ fn adopt_intra_op_threads() {
     });
 }
 
-/// CPUs this process may really use: std honours sched affinity and cgroup v1/v2 CPU quotas
-/// (a container limited to 1.5 CPUs gets 1), which is what ECS, Kubernetes and Lambda set.
-pub fn available_cpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_leaves_one_cpu_to_http_and_a_batch_job_takes_them_all() {
+        assert_eq!(default_intra_op_threads(Workload::Serving, 1), 1);
+        assert_eq!(default_intra_op_threads(Workload::Serving, 2), 1);
+        assert_eq!(default_intra_op_threads(Workload::Serving, 8), 7);
+        assert_eq!(default_intra_op_threads(Workload::Batch, 2), 2);
+        assert_eq!(default_intra_op_threads(Workload::Batch, 0), 1);
+    }
 
     /// What oneDNN will use: OpenMP's per-thread maximum, read straight from libgomp (libtorch's
     /// own `get_num_threads` would first initialise the calling thread and hide the problem).
@@ -163,7 +196,7 @@ mod tests {
     fn a_forward_on_a_new_thread_runs_with_the_configured_intra_op_threads() {
         // Only this test configures libtorch in the unit-test process. One thread differs from
         // OpenMP's default (one per CPU) on any machine with more than one CPU.
-        let configured = configure_libtorch(Some(1));
+        let configured = configure_libtorch(Some(1), Workload::Batch);
         assert_eq!(configured, 1);
         let engine = TorchEngine::load(crate::source::BUNDLED_MODEL_PT, 24).unwrap();
         let threads_seen_by_the_forward = std::thread::spawn(move || {

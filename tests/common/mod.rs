@@ -22,7 +22,10 @@ pub fn bundled_artifacts() -> ModelArtifacts {
 }
 
 pub fn bundled_model() -> Model {
-    lstm_forecast::model::engine::configure_libtorch(Some(1));
+    lstm_forecast::model::engine::configure_libtorch(
+        Some(1),
+        lstm_forecast::model::engine::Workload::Batch,
+    );
     Model::load(&bundled_artifacts()).expect("the bundled model loads")
 }
 
