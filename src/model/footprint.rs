@@ -13,6 +13,11 @@
 //! discards pages the process wrote, such as relocated pointers, so only mappings without a single
 //! private (anonymous) page are touched.
 //!
+//! glibc keeps memory that is freed in its arenas and only returns the top of each. A burst (a
+//! queue that filled during a pause, a run of unusual batch sizes) leaves a high-water mark that
+//! stays resident for the life of the process; [`HeapTrimmer`] hands such free pages back now and
+//! then, between batches.
+//!
 //! oneDNN, which runs libtorch's LSTM on CPU, keeps a compiled kernel and its buffers for every
 //! input shape it has seen, up to 1024 of them. Under dynamic batching every batch size from 1 to
 //! the maximum is a shape of its own, so the cache alone grows by about 20 MB;
@@ -153,6 +158,47 @@ pub fn release_libtorch_startup_pages_once() {
     });
 }
 
+/// Returns free heap pages to the kernel (`malloc_trim`) at most once per `every`, called by the
+/// engine thread between batches when no request is waiting, so the trim delays nobody.
+pub struct HeapTrimmer {
+    every: std::time::Duration,
+    last: std::time::Instant,
+}
+
+impl HeapTrimmer {
+    pub fn new(every: std::time::Duration) -> Self {
+        HeapTrimmer {
+            every,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Trims if `every` has passed since the last trim.
+    pub fn between_batches(&mut self) {
+        if self.last.elapsed() < self.every {
+            return;
+        }
+        let started = std::time::Instant::now();
+        trim_heap();
+        self.last = std::time::Instant::now();
+        tracing::trace!(
+            micros = started.elapsed().as_micros() as u64,
+            "heap trimmed"
+        );
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim only returns free memory; it is thread-safe (it locks each arena).
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +236,21 @@ Anonymous:             0 kB
         // libraries, the heap, anonymous memory: kept. A mapping whose Anonymous line is missing
         // counts as written.
         assert_eq!(releasable(SMAPS), vec![(0x7f00a000, 0x2000)]);
+    }
+
+    #[test]
+    fn the_heap_is_trimmed_at_most_once_per_period() {
+        let mut trimmer = HeapTrimmer::new(std::time::Duration::from_secs(3600));
+        let created = trimmer.last;
+        trimmer.between_batches();
+        assert_eq!(trimmer.last, created, "trimmed before the period passed");
+        let mut trimmer = HeapTrimmer::new(std::time::Duration::ZERO);
+        let created = trimmer.last;
+        trimmer.between_batches();
+        assert!(
+            trimmer.last > created,
+            "not trimmed after the period passed"
+        );
     }
 
     #[test]
