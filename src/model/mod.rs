@@ -97,7 +97,7 @@ impl Model {
             });
         }
         let engine = TorchEngine::load(&artifacts.model_pt, metadata.output.horizon)?;
-        // Before the warm-up, so that the warm-up faults the forecast path's pages back in.
+        // Now that libtorch's one-off start-up work is done; the warm-up maps back what it uses.
         footprint::release_libtorch_startup_pages_once();
         Ok(Model::with_engine(metadata, Box::new(engine)))
     }
