@@ -48,33 +48,14 @@ async fn concurrent_requests_share_forward_passes_and_get_the_unbatched_answers(
         let client = client.clone();
         let url = format!("{base}/v1/forecast");
         async move {
-            let answer: Value = client
-                .post(url)
-                .json(&forecast_body(&[window(i as f64 * 0.3)]))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            answer["forecasts"][0]["values"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect::<Vec<f64>>()
+            let answer: Value =
+                common::post_json(&client, &url, &forecast_body(&[window(i as f64 * 0.3)])).await;
+            common::f64s(&answer["forecasts"][0]["values"])
         }
     });
     let batched: Vec<Vec<f64>> = futures_join_all(requests).await;
     // THEN they shared forward passes ...
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&client, &format!("{base}/metrics")).await;
     let passes = metric(&metrics, "lstm_forecast_batch_windows_count");
     let windows = metric(&metrics, "lstm_forecast_batch_windows_sum");
     assert!(

@@ -40,30 +40,24 @@ async fn many_series_in_one_call_match_their_single_forecasts() {
     let server = TestServer::bundled().await;
     let client = reqwest::Client::new();
     let windows: Vec<Vec<f64>> = (0..16).map(|i| window(i as f64 * 0.4)).collect();
-    let batched: Value = client
-        .post(server.url("/v1/forecast"))
-        .json(&forecast_body(&windows))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let batched: Value = common::post_json(
+        &client,
+        &server.url("/v1/forecast"),
+        &forecast_body(&windows),
+    )
+    .await;
     assert_eq!(batched["forecasts"].as_array().unwrap().len(), 16);
     assert!(
         batched["forecasts"][0].get("timestamps").is_none(),
         "no last_timestamp, no timestamps"
     );
     for (i, w) in windows.iter().enumerate().step_by(5) {
-        let single: Value = client
-            .post(server.url("/v1/forecast"))
-            .json(&forecast_body(std::slice::from_ref(w)))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let single: Value = common::post_json(
+            &client,
+            &server.url("/v1/forecast"),
+            &forecast_body(std::slice::from_ref(w)),
+        )
+        .await;
         let a = batched["forecasts"][i]["values"].as_array().unwrap();
         let b = single["forecasts"][0]["values"].as_array().unwrap();
         for (x, y) in a.iter().zip(b) {

@@ -54,18 +54,23 @@ fn cfn_lint_and_the_serverless_rules_are_clean_on_every_template() {
     }
 }
 
+/// A JSON array of strings (resource types, logical ids) as a set.
+fn string_set(values: &Value) -> BTreeSet<&str> {
+    values
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect()
+}
+
 #[test]
 fn the_sam_template_translates_and_deploys_to_moto_cloudformation() {
     let moto = Moto::start();
     let report = cfn_helper(&["deploy", "infra/template.yaml", &moto.endpoint]);
     assert_eq!(report["status"], "CREATE_COMPLETE", "{report}");
     // The translation produces everything, including what moto then skips (alarms, HTTP API).
-    let types: BTreeSet<&str> = report["translated_types"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
+    let types = string_set(&report["translated_types"]);
     for expected in [
         "AWS::CloudWatch::Alarm",
         "AWS::CloudWatch::CompositeAlarm",
@@ -81,12 +86,7 @@ fn the_sam_template_translates_and_deploys_to_moto_cloudformation() {
             "{expected} missing from the translated template"
         );
     }
-    let created: BTreeSet<&str> = report["created"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
+    let created = string_set(&report["created"]);
     for expected in [
         "ArtifactsBucket",
         "ForecastFunction",
@@ -242,14 +242,7 @@ async fn a_live_metrics_scrape_passes_promtool_check_metrics() {
         .await
         .unwrap();
     telemetry.record_in_bucket(Metric::Mae, 0.5, Some("1-6"));
-    let scrape = client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = common::get_text(&client, &server.url("/metrics")).await;
     assert!(scrape.contains("lstm_forecast_input_drift_psi"), "{scrape}");
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])

@@ -284,15 +284,7 @@ async fn an_etth1_replay_evaluates_to_the_same_mae_as_an_offline_computation() {
     for origin in first_origin..first_origin + 12 {
         let history: Vec<f64> = rows[origin - 168..origin].iter().map(|r| r.1).collect();
         let body = json!({"series": [{"id": "etth1-ot", "values": history, "last_timestamp": rows[origin - 1].0}]});
-        let answer: Value = client
-            .post(server.url("/v1/forecast"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer: Value = common::post_json(&client, &server.url("/v1/forecast"), &body).await;
         for (k, value) in answer["forecasts"][0]["values"]
             .as_array()
             .unwrap()
@@ -331,15 +323,7 @@ async fn an_etth1_replay_evaluates_to_the_same_mae_as_an_offline_computation() {
     assert_eq!(stored.status(), 202);
     // The last hour's error is not in the evaluation: take it out of the offline sum.
     let last_origin = first_origin + 11;
-    let answer_last: Value = client
-        .post(server.url("/v1/forecast"))
-        .json(&json!({"series": [{"values": rows[last_origin - 168..last_origin].iter().map(|r| r.1).collect::<Vec<_>>()}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer_last: Value = common::post_json(&client, &server.url("/v1/forecast"), &json!({"series": [{"values": rows[last_origin - 168..last_origin].iter().map(|r| r.1).collect::<Vec<_>>()}]})).await;
     let last_error = (answer_last["forecasts"][0]["values"][23].as_f64().unwrap()
         - rows[last_origin + 23].1)
         .abs();

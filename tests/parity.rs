@@ -47,17 +47,7 @@ fn in_process_forecasts_match_pytorch_for_32_test_windows_in_one_batch() {
     let model = bundled_model();
     let fixture = fixture();
     let cases = fixture["cases"].as_array().unwrap();
-    let windows: Vec<Vec<f64>> = cases
-        .iter()
-        .map(|c| {
-            c["values"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect()
-        })
-        .collect();
+    let windows: Vec<Vec<f64>> = cases.iter().map(|c| common::f64s(&c["values"])).collect();
     let forecasts = model.forecast(&windows).unwrap();
     for (case, forecast) in cases.iter().zip(&forecasts) {
         assert_close(
@@ -77,23 +67,15 @@ async fn http_forecasts_match_pytorch_with_timestamps_after_the_window() {
         .iter()
         .map(|c| serde_json::json!({"id": c["id"], "values": c["values"], "last_timestamp": format!("{}Z", c["last_timestamp"].as_str().unwrap().replace(' ', "T"))}))
         .collect();
-    let answer: Value = reqwest::Client::new()
-        .post(server.url("/v1/forecast"))
-        .json(&serde_json::json!({"series": series}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer: Value = common::post_json(
+        &reqwest::Client::new(),
+        &server.url("/v1/forecast"),
+        &serde_json::json!({"series": series}),
+    )
+    .await;
     for (case, forecast) in cases.iter().zip(answer["forecasts"].as_array().unwrap()) {
         assert_eq!(forecast["id"], case["id"]);
-        let values: Vec<f64> = forecast["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
+        let values = common::f64s(&forecast["values"]);
         assert_close(
             case["id"].as_str().unwrap(),
             &values,

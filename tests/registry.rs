@@ -219,14 +219,7 @@ async fn serve_follows_the_alias_and_keeps_the_old_model_when_a_new_one_fails_to
     registry(&moto).await.promote("1.0.2").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let metrics = client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = common::get_text(&client, &format!("{base}/metrics")).await;
         let failures = metrics
             .lines()
             .find_map(|l| l.strip_prefix("lstm_forecast_model_reload_failures_total "))

@@ -102,6 +102,38 @@ pub fn forecast_body(windows: &[Vec<f64>]) -> serde_json::Value {
 }
 pub mod emulators;
 
+/// POSTs a JSON body and returns the JSON answer, whatever its status.
+pub async fn post_json(
+    client: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    client
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// GETs a URL's body as text (a `/metrics` scrape).
+pub async fn get_text(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// A JSON array of numbers (a forecast's `values`) as f64s.
+pub fn f64s(values: &serde_json::Value) -> Vec<f64> {
+    values
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
 /// A copy of the bundled model directory under another version number.
 pub fn bundled_as_version(version: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
