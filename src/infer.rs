@@ -1,21 +1,27 @@
-//! The inference handle: a dedicated engine thread fed through a bounded queue, with dynamic
+//! The inference handle: dedicated engine threads fed through one bounded queue, with dynamic
 //! batching.
 //!
 //! libtorch calls are CPU-bound and may take milliseconds; running them on tokio's workers would
-//! stall every other connection. So one `std::thread` owns the forward passes and async callers
-//! wait on a oneshot reply. The queue is bounded: when it is full the caller gets `Overloaded`
-//! (HTTP 429) at once instead of waiting behind an ever-growing backlog.
+//! stall every other connection. So `std::thread`s own the forward passes and async callers wait
+//! on a oneshot reply. The queue is bounded: when it is full the caller gets `Overloaded` (HTTP
+//! 429) at once instead of waiting behind an ever-growing backlog.
 //!
-//! Batching: the engine thread takes the first waiting request, then every request already queued
-//! (and, with a non-zero `max_delay`, those arriving within it) up to `max_batch_series` series,
-//! and runs them all in one forward pass. A batch of 64 costs far less than 64 single forwards, so
-//! under concurrency the server's throughput grows with the load. With `max_delay` zero nothing
-//! waits on purpose: batches form only from requests that queued while the previous batch ran.
+//! Batching: a free engine thread takes the first waiting request, then every request already
+//! queued (and, with a non-zero `max_delay`, those arriving within it) up to `max_batch_series`
+//! series, and runs them all in one forward pass. A batch of 64 costs far less than 64 single
+//! forwards, so under concurrency the server's throughput grows with the load. With `max_delay`
+//! zero nothing waits on purpose: batches form only from requests that queued while the previous
+//! batch ran.
+//!
+//! Several engine threads (`workers`) each run their own forwards, with one intra-op thread each
+//! by default. That is how a server uses a second CPU: an OpenMP team inside one forward meets at
+//! a barrier on each of the LSTM's 336 steps and stalls whenever an HTTP worker preempts one of
+//! its members, while independent forwards have nothing to wait for.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -31,7 +37,7 @@ pub struct ForecastOutcome {
     /// Per backtested series: MAE of the forecast from the history's older part against its newest
     /// `horizon` values (original scale).
     pub backtest_mae: Vec<f64>,
-    /// Time spent waiting for the engine thread.
+    /// Time spent waiting for an engine thread.
     pub queued: Duration,
     /// Preprocessing + forward + restore of the whole batch this request rode in.
     pub inference: Duration,
@@ -51,7 +57,7 @@ pub enum InferError {
     Forecast(#[from] ForecastError),
 }
 
-/// How the engine thread groups requests.
+/// How the engine threads group requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Batching {
     /// Most series in one forward pass (a single larger request still runs, alone). 1 disables
@@ -85,45 +91,65 @@ struct Job {
     reply: oneshot::Sender<Result<ForecastOutcome, InferError>>,
 }
 
-/// Cloneable handle to the engine thread.
+/// Cloneable handle to the engine threads.
 #[derive(Clone)]
 pub struct InferenceHandle {
-    /// A std sync channel rather than tokio's: the engine thread needs `recv_timeout`, and async
+    /// A std sync channel rather than tokio's: an engine thread needs `recv_timeout`, and async
     /// callers only ever `try_send`, which never blocks.
     jobs: SyncSender<Job>,
     /// The model in service. A `RwLock<Arc<_>>` rather than a plain `Arc` so a reload can swap it
     /// while in-flight batches finish on the old one (they hold their own `Arc`).
     model: Arc<RwLock<Arc<Model>>>,
     capacity: usize,
-    /// Requests queued and not yet taken by the engine thread.
+    /// Requests queued and not yet taken by an engine thread.
     depth: Arc<AtomicUsize>,
-    /// Cleared when the engine thread exits.
+    /// Cleared when the last engine thread exits.
     alive: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl InferenceHandle {
-    /// Starts the engine thread with the default batching. `queue_capacity` bounds waiting requests.
+    /// Starts one engine thread with the default batching. `queue_capacity` bounds waiting
+    /// requests.
     pub fn spawn(model: Model, queue_capacity: usize) -> (Self, std::thread::JoinHandle<()>) {
-        Self::spawn_with(model, queue_capacity, Batching::default())
+        Self::spawn_with(model, queue_capacity, Batching::default(), 1)
     }
 
+    /// Starts `workers` engine threads (at least one) that share the queue. The returned handle
+    /// joins once all of them have stopped, which they do when every `InferenceHandle` is dropped
+    /// and the queue is drained.
     pub fn spawn_with(
         model: Model,
         queue_capacity: usize,
         batching: Batching,
+        workers: usize,
     ) -> (Self, std::thread::JoinHandle<()>) {
         let capacity = queue_capacity.max(1);
         let (jobs, rx) = mpsc::sync_channel(capacity);
         let model = Arc::new(RwLock::new(Arc::new(model)));
         let depth = Arc::new(AtomicUsize::new(0));
         let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        // One receiver, taken in turn: the worker holding it gathers a whole batch, so batches
+        // are never split between workers that collect at the same moment.
+        let rx = Arc::new(Mutex::new(rx));
         let worker = {
             let (model, depth, alive) =
                 (Arc::clone(&model), Arc::clone(&depth), Arc::clone(&alive));
             std::thread::Builder::new()
                 .name("inference".into())
                 .spawn(move || {
-                    run_engine(rx, model, batching, depth);
+                    let threads: Vec<_> = (0..workers.max(1))
+                        .map(|i| {
+                            let (rx, model, depth) =
+                                (Arc::clone(&rx), Arc::clone(&model), Arc::clone(&depth));
+                            std::thread::Builder::new()
+                                .name(format!("inference-{i}"))
+                                .spawn(move || run_engine(rx, model, batching, depth))
+                                .expect("spawning an inference thread")
+                        })
+                        .collect();
+                    for t in threads {
+                        let _ = t.join();
+                    }
                     alive.store(false, Ordering::Release);
                 })
                 .expect("spawning the inference thread")
@@ -196,18 +222,18 @@ impl InferenceHandle {
         std::mem::replace(&mut *slot, Arc::new(model))
     }
 
-    /// False once the engine thread has exited.
+    /// False once every engine thread has exited.
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
     }
 }
 
-/// How often the engine thread may hand free heap pages back to the kernel. A trim takes 9-16 ms
+/// How often an engine thread may hand free heap pages back to the kernel. A trim takes 9-16 ms
 /// here under load, so a request arriving during one waits that long: once per 30 s is below p99.
 const HEAP_TRIM_PERIOD: Duration = Duration::from_secs(30);
 
 fn run_engine(
-    jobs: mpsc::Receiver<Job>,
+    jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
     model: Arc<RwLock<Arc<Model>>>,
     batching: Batching,
     depth: Arc<AtomicUsize>,
@@ -217,35 +243,46 @@ fn run_engine(
         job
     };
     let mut heap = HeapTrimmer::new(HEAP_TRIM_PERIOD);
-    while let Ok(first) = jobs.recv() {
-        let first = take(first);
-        let mut batch_series = first.series.len();
-        let mut batch = vec![first];
-        let deadline = Instant::now() + batching.max_delay;
-        while batch_series < batching.max_batch_series {
-            let next = match jobs.try_recv() {
-                Ok(job) => Some(job),
-                Err(TryRecvError::Disconnected) => None,
-                Err(TryRecvError::Empty) => {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    if remaining.is_zero() {
-                        None
-                    } else {
-                        jobs.recv_timeout(remaining).ok()
-                    }
-                }
+    let mut carried: Option<Job> = None;
+    loop {
+        let batch = {
+            let jobs = jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let first = match carried.take() {
+                Some(job) => job,
+                None => match jobs.recv() {
+                    Ok(job) => take(job),
+                    Err(_) => return,
+                },
             };
-            let Some(job) = next.map(take) else { break };
-            if batch_series + job.series.len() > batching.max_batch_series {
-                // Too big to join this batch: it starts the next one, alone if need be.
-                run_batch(&model, std::mem::take(&mut batch));
-                batch_series = 0;
+            let mut batch_series = first.series.len();
+            let mut batch = vec![first];
+            let deadline = Instant::now() + batching.max_delay;
+            while batch_series < batching.max_batch_series {
+                let next = match jobs.try_recv() {
+                    Ok(job) => Some(job),
+                    Err(TryRecvError::Disconnected) => None,
+                    Err(TryRecvError::Empty) => {
+                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        if remaining.is_zero() {
+                            None
+                        } else {
+                            jobs.recv_timeout(remaining).ok()
+                        }
+                    }
+                };
+                let Some(job) = next.map(take) else { break };
+                if batch_series + job.series.len() > batching.max_batch_series {
+                    // Too big to join this batch: it starts the next one, alone if need be.
+                    carried = Some(job);
+                    break;
+                }
+                batch_series += job.series.len();
+                batch.push(job);
             }
-            batch_series += job.series.len();
-            batch.push(job);
-        }
+            batch
+        };
         run_batch(&model, batch);
-        if depth.load(Ordering::Relaxed) == 0 {
+        if carried.is_none() && depth.load(Ordering::Relaxed) == 0 {
             heap.between_batches();
         }
     }

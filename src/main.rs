@@ -15,7 +15,10 @@ use lstm_forecast::input::{parse_input, InputFormat};
 use lstm_forecast::lambda::{self, LambdaConfig};
 use lstm_forecast::metrics::ServerMetrics;
 use lstm_forecast::metrics::{Metric, SinkKind, Telemetry};
-use lstm_forecast::model::engine::{configure_libtorch, Workload};
+use lstm_forecast::model::engine::{
+    available_cpus, configure_libtorch, configured_intra_op_threads, default_engine_workers,
+    oversubscription_warning, Workload,
+};
 use lstm_forecast::model::Model;
 use lstm_forecast::monitor::store::{AccuracyStore, ForecastLog};
 use lstm_forecast::registry::{Registry, RegistryRef, RollbackOutcome};
@@ -160,8 +163,9 @@ struct ModelArgs {
     #[arg(long, env = "MODEL_URI", default_value = "bundled")]
     model: String,
 
-    /// libtorch intra-op threads [default: the CPUs this process may use (cgroup quotas
-    /// included), minus one for HTTP in `serve` and `lambda`].
+    /// libtorch intra-op threads per forward [default: 1 in `serve` and `lambda`, which use more
+    /// CPUs by running forwards side by side; the CPUs this process may use (cgroup quotas
+    /// included) for one-off commands].
     #[arg(long, env = "THREADS")]
     threads: Option<usize>,
 }
@@ -186,6 +190,11 @@ struct ServeArgs {
     /// Requests that may wait for the engine; beyond this the server answers 429 with Retry-After.
     #[arg(long, env = "MAX_QUEUE", default_value_t = 64)]
     max_queue: usize,
+
+    /// Engine threads, each running its own forward passes [default: the CPUs this process may
+    /// use]. Keep engine threads x --threads at or below the CPUs.
+    #[arg(long, env = "ENGINE_WORKERS")]
+    engine_workers: Option<usize>,
 
     /// Dynamic batching: most series in one forward pass, across concurrent requests (1 disables).
     #[arg(long, env = "MAX_BATCH_SIZE", default_value_t = 64)]
@@ -458,7 +467,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_batch_series: args.max_batch_size.max(1),
         max_delay: Duration::from_millis(args.max_batch_delay_ms),
     };
-    let (handle, engine_thread) = InferenceHandle::spawn_with(model, args.max_queue, batching);
+    let cpus = available_cpus();
+    let engine_workers = args
+        .engine_workers
+        .unwrap_or_else(|| default_engine_workers(cpus))
+        .max(1);
+    let intra_op_threads = configured_intra_op_threads().max(1);
+    if let Some(warning) = oversubscription_warning(engine_workers, intra_op_threads, cpus) {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(
+        engine_workers,
+        intra_op_threads,
+        max_batch_size = batching.max_batch_series,
+        "starting the engine threads"
+    );
+    let (handle, engine_thread) =
+        InferenceHandle::spawn_with(model, args.max_queue, batching, engine_workers);
     let follow_alias = match ModelUri::parse(&args.model.model)? {
         ModelUri::S3(model) if model.version.is_none() && args.reload_interval_seconds > 0 => {
             Some(model)

@@ -12,7 +12,16 @@ use lstm_forecast::metrics::ServerMetrics;
 use serde_json::{json, Value};
 
 async fn server(batching: Batching, max_queue: usize) -> (String, AppState) {
-    let (handle, _engine) = InferenceHandle::spawn_with(bundled_model(), max_queue, batching);
+    server_with_engine_threads(batching, max_queue, 1).await
+}
+
+async fn server_with_engine_threads(
+    batching: Batching,
+    max_queue: usize,
+    engine_threads: usize,
+) -> (String, AppState) {
+    let (handle, _engine) =
+        InferenceHandle::spawn_with(bundled_model(), max_queue, batching, engine_threads);
     let state = AppState::new(handle, ServerMetrics::new(), Limits::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -33,13 +42,23 @@ fn metric(text: &str, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_requests_share_forward_passes_and_get_the_unbatched_answers() {
+    concurrent_requests_share_forward_passes_on(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_engine_threads_taking_batches_from_one_queue_give_the_same_answers() {
+    concurrent_requests_share_forward_passes_on(2).await;
+}
+
+async fn concurrent_requests_share_forward_passes_on(engine_threads: usize) {
     // GIVEN a server that lets a request wait up to 50 ms for company
-    let (base, _state) = server(
+    let (base, _state) = server_with_engine_threads(
         Batching {
             max_batch_series: 64,
             max_delay: Duration::from_millis(50),
         },
         64,
+        engine_threads,
     )
     .await;
     let client = reqwest::Client::new();
@@ -165,7 +184,8 @@ async fn beyond_the_queue_bound_requests_get_429_with_retry_after_and_nothing_el
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn swapping_the_model_under_load_fails_no_request_and_mixes_no_versions() {
-    let (base, state) = server(Batching::default(), 256).await;
+    // Two engine threads, as `serve` runs on two CPUs: batches on both straddle the swaps.
+    let (base, state) = server_with_engine_threads(Batching::default(), 256, 2).await;
     // GIVEN a background task that swaps in 5 new versions, one after the other
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let swapper = {

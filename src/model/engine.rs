@@ -95,10 +95,13 @@ fn first_line(message: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workload {
     /// `serve` and the Lambda function: HTTP workers parse and answer requests while a forward
-    /// runs. The LSTM's OpenMP team meets at a barrier on each of its 336 steps, so one team member
-    /// preempted by an HTTP worker stalls the whole forward. Measured on 2 vCPUs under load
-    /// (`make bench-peers`, batching on): 2 intra-op threads served 84-770 req/s, 1 thread
-    /// 1,340-1,690. One CPU is therefore left to everything that is not the forward.
+    /// runs. The LSTM's OpenMP team meets at a barrier on each of its 336 steps, so a team member
+    /// preempted by an HTTP worker stalls the whole forward, and a single series gains little
+    /// from a second thread anyway (1.22 against 1.45 ms here, idle). So each forward gets one
+    /// thread, and a server uses more CPUs by running more forwards side by side
+    /// ([`default_engine_workers`]). Measured on 2 vCPUs, 64 clients, batching on: 2 engine
+    /// threads of 1 intra-op thread served 2,319 req/s, 1 engine thread of 2 intra-op threads
+    /// 1,504, and 1 of 1 about 1,660-1,900.
     Serving,
     /// One-off forecasts and evaluations: nothing competes, every CPU goes to the forward.
     Batch,
@@ -107,17 +110,45 @@ pub enum Workload {
 /// Intra-op threads when the operator has not chosen: see [`Workload`].
 pub fn default_intra_op_threads(workload: Workload, cpus: usize) -> usize {
     match workload {
-        Workload::Serving => cpus.saturating_sub(1).max(1),
+        Workload::Serving => 1,
         Workload::Batch => cpus.max(1),
     }
+}
+
+/// Engine threads of a server when the operator has not chosen: one per CPU, each running its
+/// own forwards with [`default_intra_op_threads`] of them, so that the forwards together use
+/// every CPU without an OpenMP barrier between them. HTTP work fits in between: a worker waiting
+/// for its next batch is asleep.
+pub fn default_engine_workers(cpus: usize) -> usize {
+    cpus.max(1)
+}
+
+/// libgomp spins at a barrier only while the OpenMP threads it manages (every team, on every
+/// thread that ever ran a parallel region, idle or not) are no more than the CPUs. Beyond that it
+/// sleeps in the kernel at each barrier, and a forward with ~1,000 barriers slows tenfold or
+/// more: measured here, 2 intra-op threads with a second OpenMP team left over from the warm-up
+/// served 69-111 req/s instead of 600-1,500. Returns a warning when a configuration would do that.
+pub fn oversubscription_warning(
+    workers: usize,
+    intra_op_threads: usize,
+    cpus: usize,
+) -> Option<String> {
+    let openmp_threads = workers * intra_op_threads;
+    (intra_op_threads > 1 && openmp_threads > cpus).then(|| {
+        format!(
+            "{workers} engine threads x {intra_op_threads} intra-op threads = {openmp_threads} OpenMP threads on {cpus} CPUs: \
+             libgomp stops spinning at barriers when its threads outnumber the CPUs, and every forward \
+             slows down many times; keep engine threads x intra-op threads <= CPUs"
+        )
+    })
 }
 
 /// Process-wide libtorch settings, applied once before any JIT code runs. Returns the intra-op
 /// thread count in effect.
 ///
-/// - Intra-op threads: `None` uses [`default_intra_op_threads`] of [`available_cpus`]. Inter-op
-///   parallelism is left alone: one forward at a time runs on the engine thread, so an inter-op
-///   pool would only add threads.
+/// - Intra-op threads: `None` uses [`default_intra_op_threads`] of [`available_cpus`]. libtorch's
+///   inter-op pool is left alone: a TorchScript forward of this model has nothing to run in
+///   parallel inside it, and a server runs forwards in parallel on its own engine threads.
 /// - The JIT's profiling executor is turned off. It re-optimises the graph over the first calls,
 ///   which made the first forecast ~80 ms instead of ~12 ms here, and a steady-state forward is no
 ///   faster with it for this model (measured: same p50 at batch 1 and 64).
@@ -132,6 +163,11 @@ pub fn configure_libtorch(requested_threads: Option<usize>, workload: Workload) 
     });
     adopt_intra_op_threads();
     tch::get_num_threads().max(1) as usize
+}
+
+/// The intra-op threads each forward adopts; 0 before [`configure_libtorch`] runs.
+pub fn configured_intra_op_threads() -> usize {
+    INTRA_OP_THREADS.load(Ordering::Relaxed)
 }
 
 /// CPUs this process may really use: std honours sched affinity and cgroup v1/v2 CPU quotas
@@ -171,12 +207,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_server_leaves_one_cpu_to_http_and_a_batch_job_takes_them_all() {
-        assert_eq!(default_intra_op_threads(Workload::Serving, 1), 1);
-        assert_eq!(default_intra_op_threads(Workload::Serving, 2), 1);
-        assert_eq!(default_intra_op_threads(Workload::Serving, 8), 7);
+    fn a_server_runs_one_single_threaded_forward_per_cpu_and_a_batch_job_gives_one_forward_every_cpu(
+    ) {
+        for cpus in [1, 2, 8] {
+            assert_eq!(default_intra_op_threads(Workload::Serving, cpus), 1);
+            assert_eq!(default_engine_workers(cpus), cpus);
+        }
         assert_eq!(default_intra_op_threads(Workload::Batch, 2), 2);
         assert_eq!(default_intra_op_threads(Workload::Batch, 0), 1);
+        assert_eq!(default_engine_workers(0), 1);
+    }
+
+    #[test]
+    fn more_openmp_threads_than_cpus_is_warned_about_and_single_threaded_forwards_never_are() {
+        assert_eq!(oversubscription_warning(2, 1, 2), None);
+        assert_eq!(
+            oversubscription_warning(8, 1, 2),
+            None,
+            "no team, no barrier"
+        );
+        assert_eq!(oversubscription_warning(1, 2, 2), None);
+        let warning = oversubscription_warning(2, 2, 2).expect("4 OpenMP threads on 2 CPUs");
+        assert!(warning.contains("4 OpenMP threads on 2 CPUs"), "{warning}");
     }
 
     /// What oneDNN will use: OpenMP's per-thread maximum, read straight from libgomp (libtorch's

@@ -122,7 +122,21 @@ impl Model {
 
     /// One forecast of a window at the training mean: pays libtorch's lazy initialisation at load
     /// time instead of on the first request, and proves the output shape.
+    ///
+    /// It runs on a thread of its own. libgomp keeps an OpenMP team for the lifetime of each
+    /// thread that ran a parallel region and counts it against the CPUs; a team left on the loading
+    /// thread would push the engine threads' teams over that count, and their barriers would then
+    /// sleep in the kernel instead of spinning (see `engine::oversubscription_warning`).
     pub fn warm_up(&self) -> Result<(), ModelError> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| self.warm_up_on_this_thread())
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    fn warm_up_on_this_thread(&self) -> Result<(), ModelError> {
         let row: Vec<f64> = self
             .metadata
             .input
