@@ -11,6 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CONCURRENCY: [usize; 3] = [1, 8, 64];
+const OURS_OFF: &str = "lstm-forecast, batching off";
+const OURS_ON: &str = "lstm-forecast, batching on";
+const OURS_ONE_ENGINE_OFF: &str = "lstm-forecast, 1 engine thread x all CPUs, batching off";
+const OURS_ONE_ENGINE_ON: &str = "lstm-forecast, 1 engine thread x all CPUs, batching on";
+const PYTHON_TORCHSCRIPT: &str = "Python FastAPI + TorchScript";
+const PYTHON_ONNX: &str = "Python FastAPI + ONNX Runtime";
 const WARM_UP: Duration = Duration::from_secs(1);
 const MEASURE: Duration = Duration::from_secs(9);
 /// The measured window is cut into this many equal slices and the median slice's rate is the
@@ -176,20 +182,31 @@ fn main() {
     let ours = env!("CARGO_BIN_EXE_lstm-forecast");
     let body = body();
     let mut targets = Vec::new();
-    for (name, batch) in [
-        ("lstm-forecast, batching off", "1"),
-        ("lstm-forecast, batching on", "64"),
+    // The server's defaults (one engine thread per CPU, each forward on `threads` intra-op
+    // threads), and the one-engine-thread layout in which every CPU works inside each forward:
+    // the second shows what batching alone buys, the first what a deployment gets.
+    let cpus = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .to_string();
+    for (name, batch, engine_workers, intra_op) in [
+        (OURS_OFF, "1", None, threads),
+        (OURS_ON, "64", None, threads),
+        (OURS_ONE_ENGINE_OFF, "1", Some("1"), cpus.as_str()),
+        (OURS_ONE_ENGINE_ON, "64", Some("1"), cpus.as_str()),
     ] {
         let mut command = Command::new(ours);
         command
             .args(["serve", "--max-batch-size", batch, "--max-queue", "1024"])
-            .env("THREADS", threads)
+            .env("THREADS", intra_op)
             .env("RUST_LOG", "warn");
+        if let Some(workers) = engine_workers {
+            command.args(["--engine-workers", workers]);
+        }
         targets.push(Target { name, command });
     }
     for (name, module) in [
-        ("Python FastAPI + TorchScript", "server_torchscript:app"),
-        ("Python FastAPI + ONNX Runtime", "server_onnx:app"),
+        (PYTHON_TORCHSCRIPT, "server_torchscript:app"),
+        (PYTHON_ONNX, "server_onnx:app"),
     ] {
         let mut command = Command::new(&python);
         command
@@ -270,8 +287,10 @@ fn main() {
     out.push_str(&format!(
         "`make bench-peers`, one run, {}. Same model (the bundled ETTh1 LSTM), same request (one series of 168 values), \
          same load generator (closed loop: N clients, each sending its next request when the previous is answered; \
-         {}s warm-up, {}s measured; throughput is the median of {SLICES} equal slices of it, latency is over all of it), {threads} intra-op thread(s) for every engine (torch, libtorch, ONNX Runtime; \
-         `PEERS_THREADS`), one process each (uvicorn with one worker).\n\n",
+         {}s warm-up, {}s measured; throughput is the median of {SLICES} equal slices of it, latency is over all of it), {threads} intra-op thread(s) per forward for every engine (torch, libtorch, ONNX Runtime; \
+         `PEERS_THREADS`) except in the rows that say otherwise, one process each. The Python servers are uvicorn with one worker; \
+         their endpoints are plain `def`, so FastAPI runs forwards side by side on its thread pool, as this server's default \
+         does on its engine threads (one per CPU here: {cpus}).\n\n",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         WARM_UP.as_secs(),
         MEASURE.as_secs()
@@ -308,18 +327,25 @@ fn main() {
             .map(|(_, m)| m.throughput)
             .unwrap_or(0.0)
     };
-    let (off, on, ts, onnx_rps) = (
-        at64("lstm-forecast, batching off"),
-        at64("lstm-forecast, batching on"),
-        at64("Python FastAPI + TorchScript"),
-        at64("Python FastAPI + ONNX Runtime"),
+    let (off, on, one_off, one_on, ts, onnx_rps) = (
+        at64(OURS_OFF),
+        at64(OURS_ON),
+        at64(OURS_ONE_ENGINE_OFF),
+        at64(OURS_ONE_ENGINE_ON),
+        at64(PYTHON_TORCHSCRIPT),
+        at64(PYTHON_ONNX),
     );
     if only.is_none() {
+        let ratio = |a: f64, b: f64| a / b.max(1e-9);
         out.push_str(&format!(
-            "\nAt 64 clients: batching on / off = {:.2}x (target >= 3x); / Python TorchScript = {:.2}x (target >= 5x); / Python ONNX Runtime = {:.2}x (target > 1x).\n",
-            on / off.max(1e-9),
-            on / ts.max(1e-9),
-            on / onnx_rps.max(1e-9)
+            "\nAt 64 clients, the server's defaults: batching on / off = {:.2}x (target >= 3x); on / Python TorchScript = {:.2}x (target >= 5x); \
+             on / Python ONNX Runtime = {:.2}x (target > 1x).\n\
+             With one engine thread using every CPU in each forward: batching on / off = {:.2}x; on / Python TorchScript = {:.2}x.\n",
+            ratio(on, off),
+            ratio(on, ts),
+            ratio(on, onnx_rps),
+            ratio(one_on, one_off),
+            ratio(one_on, ts),
         ));
     }
     out.push_str(&std::fs::read_to_string(repo("bench/peers/ANALYSIS.md")).unwrap_or_default());

@@ -308,6 +308,7 @@ enum ModelCommand {
 
 fn main() -> std::process::ExitCode {
     lstm_forecast::model::footprint::limit_onednn_kernel_cache();
+    lstm_forecast::model::footprint::limit_malloc_arenas();
     // Lambda's provided.al2023 runtime executes `bootstrap` with no arguments.
     let invoked_as_bootstrap = std::env::args_os()
         .next()
