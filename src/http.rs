@@ -390,7 +390,7 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when the engine thread is alive: the model was loaded and warmed up before the listener
+/// Ready when the engine threads are alive: the model was loaded and warmed up before the listener
 /// opened, so there is no "loading" state to report.
 async fn readyz(State(state): State<AppState>) -> Response {
     let handle = &state.inner.handle;

@@ -17,7 +17,7 @@
 //! - [`aws`]: SDK configuration (retries and timeouts sized for Lambda init, emulator endpoints).
 //! - [`monitor`]: input drift, accuracy scores, the forecast log and actuals on S3, evaluation
 //!   reports.
-//! - [`infer`]: the inference handle: a dedicated engine thread behind a bounded queue, so libtorch
+//! - [`infer`]: the inference handle: dedicated engine threads behind one bounded queue, so libtorch
 //!   never runs on async workers.
 //! - [`validate`]: `model validate`, which probes a model in a child process so a model that
 //!   crashes libtorch cannot crash the caller.

@@ -590,7 +590,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("metrics and forecast log flushed");
         served
     })?;
-    // The state (and so the last job sender) is gone: the engine thread drains and exits.
+    // The state (and so the last job sender) is gone: the engine threads drain the queue and exit.
     let _ = engine_thread.join();
     tracing::info!("stopped");
     Ok(())

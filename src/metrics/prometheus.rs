@@ -24,7 +24,7 @@ pub struct ServerMetrics {
     pub request_duration: HistogramVec,
     /// Preprocessing + forward + restore, per request.
     pub inference_duration: Histogram,
-    /// Time requests waited for the engine thread.
+    /// Time requests waited for an engine thread.
     pub queue_duration: Histogram,
     /// Series forecast (a request may carry many).
     pub forecasts: IntCounter,
@@ -34,7 +34,7 @@ pub struct ServerMetrics {
     pub errors: IntCounterVec,
     /// Windows per forward pass (requests batched together, backtests included).
     pub batch_windows: Histogram,
-    /// Requests waiting for the engine thread, sampled when a forecast request arrives.
+    /// Requests waiting for an engine thread, sampled when a forecast request arrives.
     pub queue_depth: prometheus::IntGauge,
     /// Successful hot reloads (a new version from the registry alias).
     pub model_reloads: IntCounter,
@@ -72,7 +72,7 @@ impl ServerMetrics {
         let queue_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "lstm_forecast_queue_duration_seconds",
-                "Time a request waited for the engine thread.",
+                "Time a request waited for an engine thread.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
         )
@@ -105,7 +105,7 @@ impl ServerMetrics {
         .expect("valid metric");
         let queue_depth = prometheus::IntGauge::new(
             "lstm_forecast_queue_depth",
-            "Requests waiting for the engine thread.",
+            "Requests waiting for an engine thread.",
         )
         .expect("valid metric");
         let model_reloads = IntCounter::new(

@@ -99,9 +99,9 @@ pub enum Workload {
     /// preempted by an HTTP worker stalls the whole forward, and a single series gains little
     /// from a second thread anyway (1.22 against 1.45 ms here, idle). So each forward gets one
     /// thread, and a server uses more CPUs by running more forwards side by side
-    /// ([`default_engine_workers`]). Measured on 2 vCPUs, 64 clients, batching on: 2 engine
-    /// threads of 1 intra-op thread served 2,319 req/s, 1 engine thread of 2 intra-op threads
-    /// 1,504, and 1 of 1 about 1,660-1,900.
+    /// ([`default_engine_workers`]). Measured on 2 vCPUs, batching on, 3-5 runs each: 2 engine
+    /// threads of 1 intra-op thread served 1,932-2,319 req/s at 64 clients and 1,147-1,514 at 8;
+    /// 1 engine thread of 2 intra-op threads 1,597-1,999 and 695-1,214.
     Serving,
     /// One-off forecasts and evaluations: nothing competes, every CPU goes to the forward.
     Batch,
@@ -187,7 +187,7 @@ thread_local! {
 
 /// libtorch's thread count is OpenMP's, and OpenMP keeps it per calling thread: a thread that
 /// never set it runs oneDNN with one OpenMP thread per CPU, whatever `configure_libtorch` said.
-/// The engine thread is not the one that configured libtorch, so every forward adopts the
+/// Engine threads are not the thread that configured libtorch, so every forward adopts the
 /// configured count on its own thread first (once per thread).
 fn adopt_intra_op_threads() {
     let wanted = INTRA_OP_THREADS.load(Ordering::Relaxed);
