@@ -61,20 +61,29 @@ impl Engine for TorchEngine {
     ) -> Result<Vec<f32>, EngineError> {
         adopt_intra_op_threads();
         let _no_grad = tch::no_grad_guard();
-        let shape = [batch as i64, window as i64, features as i64];
         let forward_error = |e: tch::TchError| EngineError::Forward(first_line(&e.to_string()));
-        let x = tch::Tensor::from_slice(input)
-            .f_view(shape)
+        let padded = padded_batch(batch);
+        let x = if padded == batch {
+            tch::Tensor::from_slice(input)
+        } else {
+            let mut rows = Vec::with_capacity(padded * window * features);
+            rows.extend_from_slice(input);
+            rows.resize(padded * window * features, 0.0);
+            tch::Tensor::from_slice(&rows)
+        };
+        let x = x
+            .f_view([padded as i64, window as i64, features as i64])
             .map_err(forward_error)?;
         let y = self.module.forward_ts(&[x]).map_err(forward_error)?;
         let size = y.size();
-        if size != [batch as i64, self.horizon as i64] {
+        if size != [padded as i64, self.horizon as i64] {
             return Err(EngineError::OutputShape {
                 actual: size,
-                batch,
+                batch: padded,
                 horizon: self.horizon,
             });
         }
+        let y = y.f_narrow(0, 0, batch as i64).map_err(forward_error)?;
         let y = y
             .f_to_kind(tch::Kind::Float)
             .map_err(forward_error)?
@@ -82,6 +91,22 @@ impl Engine for TorchEngine {
             .map_err(forward_error)?;
         let flat = y.f_view([-1]).map_err(forward_error)?;
         Vec::<f32>::try_from(&flat).map_err(forward_error)
+    }
+}
+
+/// Batches above this size are padded to a multiple of it.
+const BATCH_SIZE_STEP: usize = 8;
+
+/// The batch size a forward really runs at. oneDNN compiles and caches kernels for every batch
+/// size it meets, several per size for a 2-layer LSTM. Padding to a multiple of 8 above 8 leaves
+/// 15 sizes up to 64 instead of 64, so the kernels fit the cache instead of being recompiled over
+/// and over, and the cache stays small. The padding rows are zeros, and the LSTM keeps the rows
+/// of a batch apart, so the real rows' answers are those of an unpadded forward.
+fn padded_batch(batch: usize) -> usize {
+    if batch <= BATCH_SIZE_STEP {
+        batch
+    } else {
+        batch.div_ceil(BATCH_SIZE_STEP) * BATCH_SIZE_STEP
     }
 }
 
@@ -258,5 +283,42 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(threads_seen_by_the_forward, 1);
+    }
+
+    #[test]
+    fn batches_above_eight_run_at_the_next_multiple_of_eight_so_at_most_15_sizes_reach_64() {
+        assert_eq!(
+            (1..=8).map(padded_batch).collect::<Vec<_>>(),
+            (1..=8).collect::<Vec<_>>()
+        );
+        assert_eq!(padded_batch(9), 16);
+        assert_eq!(padded_batch(16), 16);
+        assert_eq!(padded_batch(57), 64);
+        let sizes: std::collections::BTreeSet<usize> = (1..=64).map(padded_batch).collect();
+        assert_eq!(sizes.len(), 15);
+    }
+
+    #[test]
+    fn a_padded_batch_answers_each_window_as_it_is_answered_alone() {
+        let engine = TorchEngine::load(crate::source::BUNDLED_MODEL_PT, 24).unwrap();
+        // 9 windows run as 16; each must still get its own forecast, not a neighbour's or a pad's.
+        let windows: Vec<Vec<f32>> = (0..9)
+            .map(|w| {
+                (0..168)
+                    .map(|t| ((t * (w + 1)) as f32 * 0.01).sin() - 0.1 * w as f32)
+                    .collect()
+            })
+            .collect();
+        let batched = engine.forward(&windows.concat(), 9, 168, 1).unwrap();
+        assert_eq!(batched.len(), 9 * 24);
+        for (w, window) in windows.iter().enumerate() {
+            let alone = engine.forward(window, 1, 168, 1).unwrap();
+            for (got, want) in batched[w * 24..(w + 1) * 24].iter().zip(&alone) {
+                assert!(
+                    (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "window {w}: {got} vs {want}"
+                );
+            }
+        }
     }
 }

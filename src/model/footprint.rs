@@ -30,12 +30,13 @@
 use std::sync::Once;
 
 /// Kernels oneDNN keeps (its `ONEDNN_PRIMITIVE_CACHE_CAPACITY`) unless the environment says
-/// otherwise. A size that falls out costs a kernel compilation when it comes back, and with two
-/// engine threads batch sizes spread over the whole 1-64 range. Measured on 2 vCPUs, 64 clients,
-/// two engine threads, arenas capped: 16 entries served 1,937 req/s at 126 MB RSS, 64 entries
-/// 2,488 req/s at 142 MB, 128 entries 2,284 at 148 MB. oneDNN's own default, 1,024 entries, served
-/// 2,423-2,448 req/s at 160 MB (arenas not capped).
-pub const ONEDNN_KERNEL_CACHE_DEFAULT: usize = 64;
+/// otherwise. A forward of the 2-layer LSTM uses 4 weight reorders, the same for every batch, and
+/// one RNN kernel per layer and batch size. The engine pads batches to 15 sizes up to 64
+/// (`engine::padded_batch`), so 34 entries hold every kernel of a batch up to 64 series; a kernel
+/// that falls out is compiled again when its size comes back. Measured on 2 vCPUs, 64 clients,
+/// two engine threads: without padding, 16 entries served 1,937 req/s and 64 entries 2,488 at
+/// 142 MB; with padding, 32 entries served 2,515 req/s at 130 MB.
+pub const ONEDNN_KERNEL_CACHE_DEFAULT: usize = 48;
 
 /// Sets oneDNN's kernel cache capacity to [`ONEDNN_KERNEL_CACHE_DEFAULT`] unless the operator has
 /// set `ONEDNN_PRIMITIVE_CACHE_CAPACITY`. oneDNN reads it when it compiles its first kernel, so
