@@ -31,7 +31,12 @@ fn main() {
             "--max-queue",
             "1024",
         ])
-        .env("THREADS", "1")
+        // SOAK_THREADS (intra-op threads per forward, default 1) and ENGINE_WORKERS (inherited)
+        // soak other layouts than the defaults.
+        .env(
+            "THREADS",
+            std::env::var("SOAK_THREADS").unwrap_or_else(|_| "1".into()),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
