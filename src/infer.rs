@@ -21,7 +21,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, TryLockError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -243,49 +243,68 @@ fn run_engine(
         job
     };
     let mut heap = HeapTrimmer::new(HEAP_TRIM_PERIOD);
+    // A job taken from the queue that did not fit the previous batch: it starts the next one.
     let mut carried: Option<Job> = None;
     loop {
-        let batch = {
-            let jobs = jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let first = match carried.take() {
-                Some(job) => job,
-                None => match jobs.recv() {
-                    Ok(job) => take(job),
-                    Err(_) => return,
-                },
-            };
-            let mut batch_series = first.series.len();
-            let mut batch = vec![first];
-            let deadline = Instant::now() + batching.max_delay;
-            while batch_series < batching.max_batch_series {
-                let next = match jobs.try_recv() {
-                    Ok(job) => Some(job),
-                    Err(TryRecvError::Disconnected) => None,
-                    Err(TryRecvError::Empty) => {
-                        let remaining = deadline.saturating_duration_since(Instant::now());
-                        if remaining.is_zero() {
-                            None
-                        } else {
-                            jobs.recv_timeout(remaining).ok()
-                        }
-                    }
-                };
-                let Some(job) = next.map(take) else { break };
-                if batch_series + job.series.len() > batching.max_batch_series {
-                    // Too big to join this batch: it starts the next one, alone if need be.
-                    carried = Some(job);
-                    break;
+        let (batch, left_over) = match carried.take() {
+            // Another engine thread may hold the queue while it blocks waiting for a new job; a
+            // job already taken must not wait for that, so it gathers company only if the
+            // queue is free, and otherwise runs alone.
+            Some(first) => match jobs.try_lock() {
+                Ok(queue) => gather(first, &queue, batching, &take),
+                Err(TryLockError::Poisoned(poisoned)) => {
+                    gather(first, &poisoned.into_inner(), batching, &take)
                 }
-                batch_series += job.series.len();
-                batch.push(job);
+                Err(TryLockError::WouldBlock) => (vec![first], None),
+            },
+            None => {
+                let queue = jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let Ok(first) = queue.recv() else { return };
+                gather(take(first), &queue, batching, &take)
             }
-            batch
         };
+        carried = left_over;
         run_batch(&model, batch);
         if carried.is_none() && depth.load(Ordering::Relaxed) == 0 {
             heap.between_batches();
         }
     }
+}
+
+/// Adds to `first` every job already queued (and, with a non-zero `max_delay`, those arriving
+/// within it) up to `max_batch_series` series. Returns the batch and the job that did not fit, if
+/// one was taken. The caller holds the queue, so no other engine thread splits the batch.
+fn gather(
+    first: Job,
+    queue: &mpsc::Receiver<Job>,
+    batching: Batching,
+    take: &impl Fn(Job) -> Job,
+) -> (Vec<Job>, Option<Job>) {
+    let mut batch_series = first.series.len();
+    let mut batch = vec![first];
+    let deadline = Instant::now() + batching.max_delay;
+    while batch_series < batching.max_batch_series {
+        let next = match queue.try_recv() {
+            Ok(job) => Some(job),
+            Err(TryRecvError::Disconnected) => None,
+            Err(TryRecvError::Empty) => {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    None
+                } else {
+                    queue.recv_timeout(remaining).ok()
+                }
+            }
+        };
+        let Some(job) = next.map(take) else { break };
+        if batch_series + job.series.len() > batching.max_batch_series {
+            // Too big to join this batch: it starts the next one, alone if need be.
+            return (batch, Some(job));
+        }
+        batch_series += job.series.len();
+        batch.push(job);
+    }
+    (batch, None)
 }
 
 /// Runs a batch of requests in one forward pass and answers each. If the merged pass fails (one

@@ -234,3 +234,37 @@ async fn swapping_the_model_under_load_fails_no_request_and_mixes_no_versions() 
     let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_too_big_to_join_a_batch_is_answered_even_when_no_other_request_follows() {
+    // GIVEN two engine threads that gather for up to 50 ms, 64 series per pass
+    let (base, _state) = server_with_engine_threads(
+        Batching {
+            max_batch_series: 64,
+            max_delay: Duration::from_millis(50),
+        },
+        64,
+        2,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    // WHEN a 60-series request and a 10-series one arrive together (they cannot share a pass),
+    // and nothing comes after them
+    let bodies = [
+        forecast_body(&(0..60).map(|i| window(i as f64)).collect::<Vec<_>>()),
+        forecast_body(&(0..10).map(|i| window(i as f64)).collect::<Vec<_>>()),
+    ];
+    let answered = futures_join_all(bodies.into_iter().map(|body| {
+        let client = client.clone();
+        let url = format!("{base}/v1/forecast");
+        async move {
+            let answer: Value = common::post_json(&client, &url, &body).await;
+            answer["forecasts"].as_array().unwrap().len()
+        }
+    }));
+    // THEN both are answered, the second without waiting for a third request to wake the queue
+    let counts = tokio::time::timeout(Duration::from_secs(20), answered)
+        .await
+        .expect("the request left over from a full batch was never answered");
+    assert_eq!(counts, vec![60, 10]);
+}
