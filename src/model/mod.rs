@@ -136,7 +136,9 @@ impl Model {
         })
     }
 
-    fn warm_up_on_this_thread(&self) -> Result<(), ModelError> {
+    /// [`Model::warm_up`] on the calling thread, for a process that runs every forward on that
+    /// one thread (the `model validate` probe), where no other OpenMP team will ever exist.
+    pub fn warm_up_on_this_thread(&self) -> Result<(), ModelError> {
         let row: Vec<f64> = self
             .metadata
             .input
