@@ -20,7 +20,7 @@ const THREADS: usize = 1;
 
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
-    configure_libtorch(Some(THREADS), lstm_forecast::model::engine::Workload::Batch);
+    configure_libtorch(Some(THREADS), lstm_forecast::model::engine::Workload::OneAtATime);
     let artifacts = ModelArtifacts {
         metadata_json: BUNDLED_MODEL_JSON.to_vec(),
         model_pt: BUNDLED_MODEL_PT.to_vec(),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 #[path = "support/mod.rs"]
 mod support;
-use support::rss_mb;
+use support::{rss_mb, status_mb};
 
 fn main() {
     let seconds: u64 = std::env::var("SOAK_SECONDS")
@@ -107,14 +107,21 @@ fn main() {
         let started = Instant::now();
         // RSS once a second: a drift is a trend across minutes, not the difference of two
         // readings that may straddle one allocator trim.
-        let rss_samples = Arc::new(std::sync::Mutex::new(Vec::<(f64, f64)>::new()));
+        let rss_samples = Arc::new(std::sync::Mutex::new(Vec::<(f64, [f64; 3])>::new()));
         let sampler = {
             let rss_samples = rss_samples.clone();
             tokio::spawn(async move {
                 let mut every_second = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     every_second.tick().await;
-                    let sample = (started.elapsed().as_secs_f64(), rss_mb(server_pid));
+                    let sample = (
+                        started.elapsed().as_secs_f64(),
+                        [
+                            rss_mb(server_pid),
+                            status_mb(server_pid, "RssAnon:"),
+                            status_mb(server_pid, "RssFile:"),
+                        ],
+                    );
                     rss_samples.lock().unwrap().push(sample);
                 }
             })
@@ -159,23 +166,33 @@ fn main() {
     });
     // The second minute (the first is warm-up) against the last one; shorter soaks scale down.
     let window = 60.0f64.min(seconds as f64 / 4.0);
-    let median_between = |from: f64, to: f64| {
+    let median_between = |kind: usize, from: f64, to: f64| {
         let mut values: Vec<f64> = rss_samples
             .iter()
             .filter(|(t, _)| *t >= from && *t < to)
-            .map(|(_, rss)| *rss)
+            .map(|(_, sample)| sample[kind])
             .collect();
         values.sort_by(f64::total_cmp);
         values.get(values.len() / 2).copied().unwrap_or(0.0)
     };
-    let rss_early = median_between(window, 2.0 * window);
-    let rss_late = median_between(seconds as f64 - window, seconds as f64 + 1.0);
-    let rss_peak = rss_samples.iter().map(|(_, rss)| *rss).fold(0.0, f64::max);
-    let drift = if rss_early > 0.0 {
-        (rss_late - rss_early) / rss_early * 100.0
-    } else {
-        0.0
+    let early_and_late = |kind: usize| {
+        (
+            median_between(kind, window, 2.0 * window),
+            median_between(kind, seconds as f64 - window, seconds as f64 + 1.0),
+        )
     };
+    let percent = |(early, late): (f64, f64)| {
+        if early > 0.0 {
+            (late - early) / early * 100.0
+        } else {
+            0.0
+        }
+    };
+    let (rss_early, rss_late) = early_and_late(0);
+    let drift = percent((rss_early, rss_late));
+    let (anon_early, anon_late) = early_and_late(1);
+    let (file_early, file_late) = early_and_late(2);
+    let rss_peak = rss_samples.iter().map(|(_, s)| s[0]).fold(0.0, f64::max);
     let _ = server.kill();
     let _ = server.wait();
     println!();
@@ -186,5 +203,15 @@ fn main() {
     println!("| answered 200 | {ok} |");
     println!("| errors | {errors} (target 0) |");
     println!("| RSS, median of the second {window:.0} s -> of the last {window:.0} s | {rss_early:.1} MB -> {rss_late:.1} MB ({drift:+.2}%, target < 5%) |");
+    // Anonymous memory is the heap and stacks, where a leak would show. File-backed memory is
+    // libtorch's code mapped back in; the kernel may reclaim it from an idle-looking process.
+    println!(
+        "| of which anonymous (heap, stacks) | {anon_early:.1} MB -> {anon_late:.1} MB ({:+.2}%) |",
+        percent((anon_early, anon_late))
+    );
+    println!(
+        "| of which file-backed (libtorch's code) | {file_early:.1} MB -> {file_late:.1} MB ({:+.2}%) |",
+        percent((file_early, file_late))
+    );
     println!("| RSS, peak of the 1 s samples | {rss_peak:.1} MB |");
 }

@@ -32,6 +32,15 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
         .await
 }
 
+/// The config for a process that never calls AWS (the local default: bundled model, Prometheus).
+/// [`sdk_config`] would look for a region and credentials, which asks the instance metadata
+/// service: ~15 ms of every local start, and seconds where a firewall drops the packets.
+pub fn offline_config() -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .build()
+}
+
 /// An S3 client. With a custom endpoint (an emulator such as moto or MinIO), path-style addressing
 /// is used, because `bucket.127.0.0.1` does not resolve.
 pub fn s3_client(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {

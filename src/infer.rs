@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::forecast::{ForecastResponse, SeriesInput};
-use crate::model::footprint::HeapTrimmer;
 use crate::model::{ForecastError, Model};
 
 /// A forecast that succeeded, with where its time went.
@@ -228,10 +227,6 @@ impl InferenceHandle {
     }
 }
 
-/// How often an engine thread may hand free heap pages back to the kernel. A trim takes 9-16 ms
-/// here under load, so a request arriving during one waits that long: once per 30 s is below p99.
-const HEAP_TRIM_PERIOD: Duration = Duration::from_secs(30);
-
 fn run_engine(
     jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
     model: Arc<RwLock<Arc<Model>>>,
@@ -242,7 +237,6 @@ fn run_engine(
         depth.fetch_sub(1, Ordering::Relaxed);
         job
     };
-    let mut heap = HeapTrimmer::new(HEAP_TRIM_PERIOD);
     // A job taken from the queue that did not fit the previous batch: it starts the next one.
     let mut carried: Option<Job> = None;
     loop {
@@ -265,9 +259,6 @@ fn run_engine(
         };
         carried = left_over;
         run_batch(&model, batch);
-        if carried.is_none() && depth.load(Ordering::Relaxed) == 0 {
-            heap.between_batches();
-        }
     }
 }
 

@@ -95,7 +95,7 @@ pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, InitTimings), Init
     let started = Instant::now();
     let threads = crate::model::engine::configure_libtorch(
         config.threads,
-        crate::model::engine::Workload::Serving,
+        crate::model::engine::Workload::OneAtATime,
     );
     let sdk_config = crate::aws::sdk_config().await;
     let s3 = crate::aws::s3_client(&sdk_config);

@@ -14,6 +14,7 @@
 //! - [`registry`]: the model registry on S3 (versions, the `live` alias with its history,
 //!   rollback) and the S3 model source with its on-disk cache.
 //! - [`reload`]: hot reload of the alias in long-running processes.
+//! - [`allocator`]: jemalloc as the malloc of the whole process, libtorch's included.
 //! - [`aws`]: SDK configuration (retries and timeouts sized for Lambda init, emulator endpoints).
 //! - [`monitor`]: input drift, accuracy scores, the forecast log and actuals on S3, evaluation
 //!   reports.
@@ -31,6 +32,7 @@
 //!   jobs, alarm-driven rollback.
 //! - `src/main.rs`: the command line (`serve`, `forecast`, `model ...`).
 
+pub mod allocator;
 pub mod aws;
 pub mod forecast;
 pub mod http;

@@ -308,7 +308,6 @@ enum ModelCommand {
 
 fn main() -> std::process::ExitCode {
     lstm_forecast::model::footprint::limit_onednn_kernel_cache();
-    lstm_forecast::model::footprint::limit_malloc_arenas();
     // Lambda's provided.al2023 runtime executes `bootstrap` with no arguments.
     let invoked_as_bootstrap = std::env::args_os()
         .next()
@@ -361,7 +360,7 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             timeout_secs,
         }) => return validate(dir, json, timeout_secs),
         Command::Model(ModelCommand::Show { model }) => {
-            let model = load_model(&model, Workload::Batch)?;
+            let model = load_model(&model, Workload::OneAtATime)?;
             println!("{}", serde_json::to_string_pretty(model.metadata())?);
         }
         Command::Model(ModelCommand::Publish {
@@ -412,7 +411,7 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Lambda(args) => return run_lambda(args),
         Command::Evaluate(args) => evaluate(args)?,
         Command::Model(ModelCommand::Probe { dir }) => {
-            configure_libtorch(None, Workload::Batch);
+            configure_libtorch(None, Workload::OneAtATime);
             let artifacts = DirectorySource::new(&dir).read()?;
             let ok = run_probe(&artifacts, &mut std::io::stdout().lock());
             return Ok(if ok {
@@ -443,8 +442,12 @@ fn load_model(args: &ModelArgs, workload: Workload) -> anyhow::Result<Model> {
         .block_on(source.fetch())
         .with_context(|| format!("fetching the model from {}", source.describe()))?;
     let fetched = started.elapsed();
-    let model = Model::load(&artifacts)
+    let model = Model::load_unwarmed(&artifacts)
         .with_context(|| format!("loading the model from {}", source.describe()))?;
+    let loaded = started.elapsed();
+    model
+        .warm_up()
+        .with_context(|| format!("warming up the model from {}", source.describe()))?;
     let metadata = model.metadata();
     tracing::info!(
         model = %metadata.name,
@@ -452,6 +455,7 @@ fn load_model(args: &ModelArgs, workload: Workload) -> anyhow::Result<Model> {
         source = %source.describe(),
         threads,
         fetch_ms = fetched.as_secs_f64() * 1e3,
+        load_ms = (loaded - fetched).as_secs_f64() * 1e3,
         total_ms = started.elapsed().as_secs_f64() * 1e3,
         "model loaded and warmed up"
     );
@@ -494,11 +498,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server_metrics = ServerMetrics::new();
     let runtime = runtime()?;
     runtime.block_on(async move {
-        let sdk_config = lstm_forecast::aws::sdk_config().await;
         let kinds = if args.metrics.metrics_sinks.is_empty() {
             vec![SinkKind::Prometheus]
         } else {
             args.metrics.metrics_sinks.clone()
+        };
+        let uses_aws = kinds.contains(&SinkKind::CloudWatch)
+            || args.accuracy.forecast_log.is_some()
+            || follow_alias.is_some();
+        let sdk_config = if uses_aws {
+            lstm_forecast::aws::sdk_config().await
+        } else {
+            lstm_forecast::aws::offline_config()
         };
         let (sinks, _) = lstm_forecast::metrics::build_sinks(
             &kinds,
@@ -611,7 +622,7 @@ fn forecast(args: ForecastArgs) -> anyhow::Result<()> {
         Some(FormatArg::Jsonl) => InputFormat::JsonLines,
         None => InputFormat::detect(&args.input.to_string_lossy(), &content),
     };
-    let model = load_model(&args.model, Workload::Batch)?;
+    let model = load_model(&args.model, Workload::OneAtATime)?;
     let shape = RequestShape::new(model.metadata(), args.max_series);
     let series = parse_input(format, &content, &shape)
         .with_context(|| format!("reading {}", args.input.display()))?;

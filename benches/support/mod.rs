@@ -11,6 +11,11 @@ pub fn peak_rss_mb(pid: u32) -> f64 {
     status_kb(pid, "VmHWM:") / 1024.0
 }
 
+/// A `/proc/PID/status` field given in kB (`RssAnon:`, `RssFile:`), in MB.
+pub fn status_mb(pid: u32, key: &str) -> f64 {
+    status_kb(pid, key) / 1024.0
+}
+
 fn status_kb(pid: u32, key: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

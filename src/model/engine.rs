@@ -119,7 +119,7 @@ fn first_line(message: &str) -> String {
 /// What else runs on the CPUs while a forward does; it decides the default intra-op threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workload {
-    /// `serve` and the Lambda function: HTTP workers parse and answer requests while a forward
+    /// `serve`: HTTP workers parse and answer requests while a forward
     /// runs. The LSTM's OpenMP team meets at a barrier on each of its 336 steps, so a team member
     /// preempted by an HTTP worker stalls the whole forward, and a single series gains little
     /// from a second thread anyway (1.22 against 1.45 ms here, idle). So each forward gets one
@@ -128,15 +128,18 @@ pub enum Workload {
     /// threads of 1 intra-op thread served 1,932-2,319 req/s at 64 clients and 1,147-1,514 at 8;
     /// 1 engine thread of 2 intra-op threads 1,597-1,999 and 695-1,214.
     Serving,
-    /// One-off forecasts and evaluations: nothing competes, every CPU goes to the forward.
-    Batch,
+    /// One forward at a time with nothing else to do meanwhile, so every CPU goes to it: one-off
+    /// commands (`forecast`, `evaluate`) and the Lambda function, which handles one invocation at
+    /// a time (its async workers wait for the forward). A scheduled batch of 64 series takes
+    /// ~21 ms on 2 CPUs against ~33 ms on one.
+    OneAtATime,
 }
 
 /// Intra-op threads when the operator has not chosen: see [`Workload`].
 pub fn default_intra_op_threads(workload: Workload, cpus: usize) -> usize {
     match workload {
         Workload::Serving => 1,
-        Workload::Batch => cpus.max(1),
+        Workload::OneAtATime => cpus.max(1),
     }
 }
 
@@ -238,8 +241,8 @@ mod tests {
             assert_eq!(default_intra_op_threads(Workload::Serving, cpus), 1);
             assert_eq!(default_engine_workers(cpus), cpus);
         }
-        assert_eq!(default_intra_op_threads(Workload::Batch, 2), 2);
-        assert_eq!(default_intra_op_threads(Workload::Batch, 0), 1);
+        assert_eq!(default_intra_op_threads(Workload::OneAtATime, 2), 2);
+        assert_eq!(default_intra_op_threads(Workload::OneAtATime, 0), 1);
         assert_eq!(default_engine_workers(0), 1);
     }
 
@@ -273,7 +276,7 @@ mod tests {
     fn a_forward_on_a_new_thread_runs_with_the_configured_intra_op_threads() {
         // Only this test configures libtorch in the unit-test process. One thread differs from
         // OpenMP's default (one per CPU) on any machine with more than one CPU.
-        let configured = configure_libtorch(Some(1), Workload::Batch);
+        let configured = configure_libtorch(Some(1), Workload::OneAtATime);
         assert_eq!(configured, 1);
         let engine = TorchEngine::load(crate::source::BUNDLED_MODEL_PT, 24).unwrap();
         let threads_seen_by_the_forward = std::thread::spawn(move || {

@@ -13,19 +13,12 @@
 //! discards pages the process wrote, such as relocated pointers, so only mappings without a single
 //! private (anonymous) page are touched.
 //!
-//! glibc keeps memory that is freed in its arenas and only returns the top of each. A burst (a
-//! queue that filled during a pause, a run of unusual batch sizes) leaves a high-water mark that
-//! stays resident for the life of the process; [`HeapTrimmer`] hands such free pages back now and
-//! then, between batches.
+//! The heap itself is jemalloc's ([`crate::allocator`]), which returns freed pages on its own.
 //!
 //! oneDNN, which runs libtorch's LSTM on CPU, keeps a compiled kernel and its buffers for every
 //! input shape it has seen, up to 1024 of them. Under dynamic batching every batch size from 1 to
 //! the maximum is a shape of its own, so the cache alone grows by about 20 MB;
 //! [`limit_onednn_kernel_cache`] bounds it.
-//!
-//! glibc also gives each thread that allocates concurrently an arena of its own, and each arena
-//! keeps its own high-water mark. With two engine threads that cost ~25 MB of RSS at equal load;
-//! [`limit_malloc_arenas`] caps the arenas at two.
 
 use std::sync::Once;
 
@@ -45,24 +38,6 @@ pub fn limit_onednn_kernel_cache() {
     const VARIABLE: &str = "ONEDNN_PRIMITIVE_CACHE_CAPACITY";
     if std::env::var_os(VARIABLE).is_none() {
         std::env::set_var(VARIABLE, ONEDNN_KERNEL_CACHE_DEFAULT.to_string());
-    }
-}
-
-/// glibc arenas unless `MALLOC_ARENA_MAX` says otherwise: one for the main thread and one that
-/// every other thread shares. The engine threads allocate a few buffers per batch and HTTP workers
-/// a few per request, too little for a shared arena's lock to matter, while each extra arena keeps
-/// its own high-water mark resident.
-pub const MALLOC_ARENAS_DEFAULT: i32 = 2;
-
-/// Caps glibc's malloc arenas at [`MALLOC_ARENAS_DEFAULT`] unless the operator has set
-/// `MALLOC_ARENA_MAX` (which glibc reads itself). Call it at the start of `main`, before any
-/// thread allocates.
-pub fn limit_malloc_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets a glibc tunable; M_ARENA_MAX takes any positive count.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS_DEFAULT);
-        }
     }
 }
 
@@ -199,47 +174,6 @@ pub fn release_libtorch_startup_pages_once() {
     });
 }
 
-/// Returns free heap pages to the kernel (`malloc_trim`) at most once per `every`, called by the
-/// engine thread between batches when no request is waiting, so the trim delays nobody.
-pub struct HeapTrimmer {
-    every: std::time::Duration,
-    last: std::time::Instant,
-}
-
-impl HeapTrimmer {
-    pub fn new(every: std::time::Duration) -> Self {
-        HeapTrimmer {
-            every,
-            last: std::time::Instant::now(),
-        }
-    }
-
-    /// Trims if `every` has passed since the last trim.
-    pub fn between_batches(&mut self) {
-        if self.last.elapsed() < self.every {
-            return;
-        }
-        let started = std::time::Instant::now();
-        trim_heap();
-        self.last = std::time::Instant::now();
-        tracing::trace!(
-            micros = started.elapsed().as_micros() as u64,
-            "heap trimmed"
-        );
-    }
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim_heap() {
-    // SAFETY: malloc_trim only returns free memory; it is thread-safe (it locks each arena).
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim_heap() {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,21 +211,6 @@ Anonymous:             0 kB
         // libraries, the heap, anonymous memory: kept. A mapping whose Anonymous line is missing
         // counts as written.
         assert_eq!(releasable(SMAPS), vec![(0x7f00a000, 0x2000)]);
-    }
-
-    #[test]
-    fn the_heap_is_trimmed_at_most_once_per_period() {
-        let mut trimmer = HeapTrimmer::new(std::time::Duration::from_secs(3600));
-        let created = trimmer.last;
-        trimmer.between_batches();
-        assert_eq!(trimmer.last, created, "trimmed before the period passed");
-        let mut trimmer = HeapTrimmer::new(std::time::Duration::ZERO);
-        let created = trimmer.last;
-        trimmer.between_batches();
-        assert!(
-            trimmer.last > created,
-            "not trimmed after the period passed"
-        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub fn bundled_artifacts() -> ModelArtifacts {
 pub fn bundled_model() -> Model {
     lstm_forecast::model::engine::configure_libtorch(
         Some(1),
-        lstm_forecast::model::engine::Workload::Batch,
+        lstm_forecast::model::engine::Workload::OneAtATime,
     );
     Model::load(&bundled_artifacts()).expect("the bundled model loads")
 }
