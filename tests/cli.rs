@@ -42,7 +42,9 @@ fn validate_accepts_the_bundled_model_at_every_probe_batch_size() {
 
 #[test]
 fn validate_reports_a_model_that_crashes_libtorch_without_crashing_itself() {
-    // GIVEN an LSTM traced with a fixed batch of 1 (libtorch dies on batch 2)
+    // GIVEN an LSTM traced with a fixed batch of 1: for any larger batch libtorch reads past its
+    // state, and whether that crashes at 2 series or only at 64 depends on what lies there
+    // (with jemalloc, usually 64)
     let dir = repo_path("tests/fixtures/broken-traced-lstm");
     // WHEN it is validated
     let output = bin()
@@ -61,8 +63,17 @@ fn validate_reports_a_model_that_crashes_libtorch_without_crashing_itself() {
         .find(|c| c["ok"] == false)
         .unwrap();
     let detail = failed["detail"].as_str().unwrap();
-    assert!(detail.contains("crashed with SIG"), "{detail}");
-    assert!(detail.contains("during `batch 2`"), "{detail}");
+    let at_a_batch_above_one = ["batch 2", "batch 64"]
+        .iter()
+        .any(|batch| failed["name"] == *batch || detail.contains(&format!("during `{batch}`")));
+    assert!(at_a_batch_above_one, "{failed}");
+    // (in ~29 runs of 30 a SIGSEGV, otherwise garbage that the batch checks catch)
+    assert!(
+        detail.contains("crashed with SIG")
+            || detail.contains("non-finite")
+            || detail.contains("differs inside the batch"),
+        "{detail}"
+    );
     // AND batch 1 (what a warm-up alone would try) passed, which is why the probe is needed
     assert!(report["checks"]
         .as_array()
