@@ -13,8 +13,9 @@
 //! `posix_memalign` and the rest in this executable, and the dynamic linker binds libtorch's calls
 //! to them, so Rust and C++ share one allocator (mixing two would be undefined behaviour).
 //!
-//! Linux with glibc only, the platform the service ships on; elsewhere the system allocator
-//! stays and [`stats`] answers `None`.
+//! Linux with glibc only, the platform the service ships on, and only with the `jemalloc` feature
+//! (on by default; the fuzz build turns it off so AddressSanitizer can own malloc). Elsewhere the
+//! system allocator stays and [`stats`] answers `None`.
 
 /// jemalloc's settings, read before `main` (jemalloc initialises on the first allocation of the
 /// dynamic linker's start-up). `MALLOC_CONF` in the environment is applied after these, so an
@@ -25,11 +26,11 @@
 ///   a process whose allocations come from a handful of threads.
 /// - `dirty_decay_ms:1000`, `muzzy_decay_ms:0`: freed pages go back to the kernel within about a
 ///   second (default ten), so a burst's memory does not outlive the burst for long.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
 pub const MALLOC_CONF: &str =
     "background_thread:true,narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0";
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
 mod jemalloc {
     #[global_allocator]
     static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -66,7 +67,7 @@ pub struct AllocatorStats {
 
 /// The allocator's counters now, or `None` where jemalloc is not the allocator.
 pub fn stats() -> Option<AllocatorStats> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
     {
         use tikv_jemalloc_ctl::{epoch, stats};
         // jemalloc caches its statistics; advancing the epoch refreshes them.
@@ -76,13 +77,13 @@ pub fn stats() -> Option<AllocatorStats> {
             resident: stats::resident::read().ok()? as u64,
         })
     }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    #[cfg(not(all(feature = "jemalloc", target_os = "linux", target_env = "gnu")))]
     {
         None
     }
 }
 
-#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+#[cfg(all(test, feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
 mod tests {
     use super::*;
 

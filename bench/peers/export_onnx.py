@@ -1,8 +1,12 @@
 """Exports the bundled model to ONNX (dynamic batch) for the ONNX Runtime peer.
 
 The TorchScript file holds the weights; they are loaded into the training script's eager module,
-which the ONNX exporter handles best, and the export is checked against TorchScript.
+which the ONNX exporter handles best, and the export is checked against TorchScript. The file is
+frozen (no state dict), so the weights are read from its constants, in the order its code uses
+them: the LSTM's flat weights, then the head's and the highway's linear layers. A wrong mapping
+fails the final comparison.
 """
+import re
 import os
 import sys
 
@@ -16,7 +20,17 @@ from train import LstmForecaster  # noqa: E402
 out = sys.argv[1]
 model_dir = os.path.join(HERE, "../../model_artifacts/etth1-ot-lstm")
 scripted = torch.jit.load(os.path.join(model_dir, "model.pt"))
-state = scripted.state_dict()
+code, constants = scripted.code_with_constants
+tensors = constants.const_mapping
+flat = re.search(r"self_lstm__flat_weights = \[([^\]]*)\]", code).group(1)
+flat = [tensors[name.strip().removeprefix("CONSTANTS.")] for name in flat.split(",")]
+linears = re.findall(r"torch\.linear\([^,]+(?:\([^)]*\))?, CONSTANTS\.(c\d+), CONSTANTS\.(c\d+)\)", code)
+(head_w, head_b), (highway_w, highway_b) = [(tensors[w], tensors[b]) for w, b in linears]
+state = {"head.weight": head_w, "head.bias": head_b,
+         "highway.weight": highway_w, "highway.bias": highway_b}
+for i in range(len(flat) // 4):
+    for j, kind in enumerate(["weight_ih", "weight_hh", "bias_ih", "bias_hh"]):
+        state[f"lstm.{kind}_l{i}"] = flat[4 * i + j]
 hidden = state["lstm.weight_hh_l0"].shape[1]
 layers = sum(1 for k in state if k.startswith("lstm.weight_ih_l"))
 window = state["highway.weight"].shape[1]
