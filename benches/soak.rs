@@ -38,6 +38,8 @@ fn main() {
             std::env::var("SOAK_THREADS").unwrap_or_else(|_| "1".into()),
         )
         .env("RUST_LOG", "warn")
+        // The live-heap gauge on /metrics is refreshed at each flush.
+        .env("METRICS_FLUSH_SECONDS", "5")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -107,19 +109,25 @@ fn main() {
         let started = Instant::now();
         // RSS once a second: a drift is a trend across minutes, not the difference of two
         // readings that may straddle one allocator trim.
-        let rss_samples = Arc::new(std::sync::Mutex::new(Vec::<(f64, [f64; 3])>::new()));
+        let rss_samples = Arc::new(std::sync::Mutex::new(Vec::<(f64, [f64; 4])>::new()));
         let sampler = {
             let rss_samples = rss_samples.clone();
+            let (client, metrics_url) = (
+                client.clone(),
+                format!("http://127.0.0.1:{port}/metrics"),
+            );
             tokio::spawn(async move {
                 let mut every_second = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     every_second.tick().await;
+                    let heap = live_heap_mb(&client, &metrics_url).await;
                     let sample = (
                         started.elapsed().as_secs_f64(),
                         [
                             rss_mb(server_pid),
                             status_mb(server_pid, "RssAnon:"),
                             status_mb(server_pid, "RssFile:"),
+                            heap,
                         ],
                     );
                     rss_samples.lock().unwrap().push(sample);
@@ -171,6 +179,7 @@ fn main() {
             .iter()
             .filter(|(t, _)| *t >= from && *t < to)
             .map(|(_, sample)| sample[kind])
+            .filter(|value| value.is_finite())
             .collect();
         values.sort_by(f64::total_cmp);
         values.get(values.len() / 2).copied().unwrap_or(0.0)
@@ -192,6 +201,7 @@ fn main() {
     let drift = percent((rss_early, rss_late));
     let (anon_early, anon_late) = early_and_late(1);
     let (file_early, file_late) = early_and_late(2);
+    let (heap_early, heap_late) = early_and_late(3);
     let rss_peak = rss_samples.iter().map(|(_, s)| s[0]).fold(0.0, f64::max);
     let _ = server.kill();
     let _ = server.wait();
@@ -213,5 +223,24 @@ fn main() {
         "| of which file-backed (libtorch's code) | {file_early:.1} MB -> {file_late:.1} MB ({:+.2}%) |",
         percent((file_early, file_late))
     );
+    println!(
+        "| live heap (jemalloc's allocated bytes, from /metrics) | {heap_early:.1} MB -> {heap_late:.1} MB ({:+.2}%) |",
+        percent((heap_early, heap_late))
+    );
     println!("| RSS, peak of the 1 s samples | {rss_peak:.1} MB |");
+}
+
+/// `lstm_forecast_heap_allocated_bytes` from the server's /metrics in MB; NaN if absent.
+async fn live_heap_mb(client: &reqwest::Client, url: &str) -> f64 {
+    let Ok(response) = client.get(url).send().await else {
+        return f64::NAN;
+    };
+    let Ok(text) = response.text().await else {
+        return f64::NAN;
+    };
+    text.lines()
+        .find(|line| line.starts_with("lstm_forecast_heap_allocated_bytes"))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse::<f64>().ok())
+        .map_or(f64::NAN, |bytes| bytes / (1024.0 * 1024.0))
 }

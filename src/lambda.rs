@@ -189,6 +189,9 @@ pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, InitTimings), Init
     if let Some(rss) = crate::metrics::resident_set_bytes() {
         telemetry.record(Metric::MemoryRss, rss);
     }
+    if let Some(heap) = crate::allocator::stats() {
+        telemetry.record(Metric::HeapAllocated, heap.allocated as f64);
+    }
     telemetry.flush().await;
     Ok((
         LambdaApp {

@@ -572,6 +572,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     if let Some(rss) = lstm_forecast::metrics::resident_set_bytes() {
                         telemetry.record(Metric::MemoryRss, rss);
                     }
+                    if let Some(heap) = lstm_forecast::allocator::stats() {
+                        telemetry.record(Metric::HeapAllocated, heap.allocated as f64);
+                    }
                     if let Some(log) = &forecast_log {
                         log.flush().await;
                     }

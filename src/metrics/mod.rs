@@ -48,6 +48,9 @@ pub enum Metric {
     ModelRollbacks,
     /// Resident set size, bytes.
     MemoryRss,
+    /// Bytes of live allocations (jemalloc's count, libtorch's tensors included): a leak shows
+    /// here first, without the pages the allocator or the kernel keep around.
+    HeapAllocated,
     /// Population stability index of a request window against the training quantile bins.
     InputDrift,
     /// Share of a window's values outside the training [min, max].
@@ -79,7 +82,7 @@ pub enum Kind {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 21] = [
+    pub const ALL: [Metric; 22] = [
         Metric::ForecastLatency,
         Metric::InferenceLatency,
         Metric::Forecasts,
@@ -92,6 +95,7 @@ impl Metric {
         Metric::ModelReloadFailures,
         Metric::ModelRollbacks,
         Metric::MemoryRss,
+        Metric::HeapAllocated,
         Metric::InputDrift,
         Metric::OutOfRangeFraction,
         Metric::Mae,
@@ -118,6 +122,7 @@ impl Metric {
             Metric::ModelReloadFailures => "ModelReloadFailures",
             Metric::ModelRollbacks => "ModelRollbacks",
             Metric::MemoryRss => "MemoryRSS",
+            Metric::HeapAllocated => "HeapAllocated",
             Metric::InputDrift => "InputDrift",
             Metric::OutOfRangeFraction => "OutOfRangeFraction",
             Metric::Mae => "MAE",
@@ -137,7 +142,7 @@ impl Metric {
             | Metric::InferenceLatency
             | Metric::ColdStartDuration
             | Metric::ModelLoadDuration => "Milliseconds",
-            Metric::MemoryRss => "Bytes",
+            Metric::MemoryRss | Metric::HeapAllocated => "Bytes",
             Metric::Forecasts
             | Metric::Requests
             | Metric::ClientErrors
@@ -160,7 +165,7 @@ impl Metric {
     pub fn kind(self) -> Kind {
         match self.unit() {
             "Count" => Kind::Counter,
-            _ if self == Metric::MemoryRss => Kind::Gauge,
+            "Bytes" => Kind::Gauge,
             _ => Kind::Distribution,
         }
     }

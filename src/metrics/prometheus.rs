@@ -214,6 +214,7 @@ pub fn prometheus_name(metric: Metric) -> Option<&'static str> {
         Metric::ModelLoadDuration => "lstm_forecast_model_load_duration_milliseconds",
         Metric::ModelRollbacks => "lstm_forecast_model_rollbacks_total",
         Metric::MemoryRss => "lstm_forecast_memory_rss_bytes",
+        Metric::HeapAllocated => "lstm_forecast_heap_allocated_bytes",
         Metric::InputDrift => "lstm_forecast_input_drift_psi",
         Metric::OutOfRangeFraction => "lstm_forecast_out_of_range_fraction",
         Metric::Mae => "lstm_forecast_accuracy_mae",
