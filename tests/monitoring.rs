@@ -1,5 +1,6 @@
 //! Monitoring against moto: every metric pushed to CloudWatch is read back and checked; the
-//! accuracy loop (forecast log, observations, evaluation) is replayed on ETTh1.
+//! accuracy loop (forecast log, observations, evaluation) is replayed on ETTh1; the real `serve`
+//! exposes its memory gauges.
 
 mod common;
 
@@ -466,4 +467,50 @@ async fn actuals_dropped_as_csv_files_under_the_prefix_are_joined_too() {
     assert_eq!(run.evaluation.pairs, 2);
     assert_eq!(run.evaluation.missing_actuals, 1);
     assert!((run.evaluation.by_version["1"].overall.mae - 0.5).abs() < 1e-12);
+}
+
+#[tokio::test]
+async fn serve_exposes_its_resident_set_and_live_heap_on_metrics() {
+    // GIVEN the real server binary flushing its process metrics every second
+    let port = common::emulators::free_port();
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .env("THREADS", "1")
+        .env("METRICS_FLUSH_SECONDS", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+    let gauge = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+    };
+    // WHEN /metrics is scraped after a flush
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (rss, heap) = loop {
+        if let Ok(response) = client.get(&metrics_url).send().await {
+            let text = response.text().await.unwrap();
+            if let (Some(rss), Some(heap)) = (
+                gauge(&text, "lstm_forecast_memory_rss_bytes"),
+                gauge(&text, "lstm_forecast_heap_allocated_bytes"),
+            ) {
+                break (rss, heap);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no memory gauges on /metrics"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    server.kill().await.unwrap();
+    // THEN both are plausible: libtorch's operator tables alone are tens of MB of live heap
+    // (so jemalloc sees libtorch's allocations), and the resident set holds the heap
+    assert!(heap > 10e6, "live heap {heap} bytes");
+    assert!(rss > heap, "RSS {rss} bytes below the live heap {heap}");
 }
