@@ -20,7 +20,10 @@ const THREADS: usize = 1;
 
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
-    configure_libtorch(Some(THREADS), lstm_forecast::model::engine::Workload::OneAtATime);
+    configure_libtorch(
+        Some(THREADS),
+        lstm_forecast::model::engine::Workload::OneAtATime,
+    );
     let artifacts = ModelArtifacts {
         metadata_json: BUNDLED_MODEL_JSON.to_vec(),
         model_pt: BUNDLED_MODEL_PT.to_vec(),

@@ -112,10 +112,8 @@ fn main() {
         let rss_samples = Arc::new(std::sync::Mutex::new(Vec::<(f64, [f64; 4])>::new()));
         let sampler = {
             let rss_samples = rss_samples.clone();
-            let (client, metrics_url) = (
-                client.clone(),
-                format!("http://127.0.0.1:{port}/metrics"),
-            );
+            let (client, metrics_url) =
+                (client.clone(), format!("http://127.0.0.1:{port}/metrics"));
             tokio::spawn(async move {
                 let mut every_second = tokio::time::interval(Duration::from_secs(1));
                 loop {
