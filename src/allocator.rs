@@ -15,7 +15,7 @@
 //!
 //! Linux with glibc only, the platform the service ships on, and only with the `jemalloc` feature
 //! (on by default; the fuzz build turns it off so AddressSanitizer can own malloc). Elsewhere the
-//! system allocator stays and [`stats`] answers `None`.
+//! system allocator stays and [`allocated_bytes`] answers `None`.
 
 /// jemalloc's settings, read before `main` (jemalloc initialises on the first allocation of the
 /// dynamic linker's start-up). `MALLOC_CONF` in the environment is applied after these, so an
@@ -56,26 +56,15 @@ mod jemalloc {
     static MALLOC_CONF_SYMBOL: &[u8; CONF_LEN] = &CONF_BYTES;
 }
 
-/// What the allocator holds, in bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AllocatorStats {
-    /// Live allocations.
-    pub allocated: u64,
-    /// Pages the allocator has resident: live data, its metadata and dirty pages not purged yet.
-    pub resident: u64,
-}
-
-/// The allocator's counters now, or `None` where jemalloc is not the allocator.
-pub fn stats() -> Option<AllocatorStats> {
+/// Bytes of live allocations, or `None` where jemalloc is not the allocator.
+pub fn allocated_bytes() -> Option<u64> {
     #[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
     {
-        use tikv_jemalloc_ctl::{epoch, stats};
         // jemalloc caches its statistics; advancing the epoch refreshes them.
-        epoch::advance().ok()?;
-        Some(AllocatorStats {
-            allocated: stats::allocated::read().ok()? as u64,
-            resident: stats::resident::read().ok()? as u64,
-        })
+        tikv_jemalloc_ctl::epoch::advance().ok()?;
+        tikv_jemalloc_ctl::stats::allocated::read()
+            .ok()
+            .map(|bytes| bytes as u64)
     }
     #[cfg(not(all(feature = "jemalloc", target_os = "linux", target_env = "gnu")))]
     {
@@ -108,9 +97,9 @@ mod tests {
         // to glibc's, jemalloc would never see these bytes, and freeing them here would mix
         // two allocators.
         const FLOATS: i64 = 16 << 20;
-        let before = stats().unwrap().allocated;
+        let before = allocated_bytes().unwrap();
         let tensor = tch::Tensor::zeros([FLOATS], (tch::Kind::Float, tch::Device::Cpu));
-        let during = stats().unwrap().allocated;
+        let during = allocated_bytes().unwrap();
         drop(tensor);
         let bytes = FLOATS as u64 * 4;
         assert!(

@@ -186,12 +186,7 @@ pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, InitTimings), Init
         Metric::ModelLoadDuration,
         ms(timings.load + timings.warm_up),
     );
-    if let Some(rss) = crate::metrics::resident_set_bytes() {
-        telemetry.record(Metric::MemoryRss, rss);
-    }
-    if let Some(heap) = crate::allocator::stats() {
-        telemetry.record(Metric::HeapAllocated, heap.allocated as f64);
-    }
+    telemetry.record_process_memory();
     telemetry.flush().await;
     Ok((
         LambdaApp {

@@ -14,7 +14,7 @@ use lstm_forecast::infer::InferenceHandle;
 use lstm_forecast::input::{parse_input, InputFormat};
 use lstm_forecast::lambda::{self, LambdaConfig};
 use lstm_forecast::metrics::ServerMetrics;
-use lstm_forecast::metrics::{Metric, SinkKind, Telemetry};
+use lstm_forecast::metrics::{SinkKind, Telemetry};
 use lstm_forecast::model::engine::{
     available_cpus, configure_libtorch, configured_intra_op_threads, default_engine_workers,
     oversubscription_warning, Workload,
@@ -569,12 +569,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                         _ = &mut shutdown => true,
                         _ = ticker.tick() => false,
                     };
-                    if let Some(rss) = lstm_forecast::metrics::resident_set_bytes() {
-                        telemetry.record(Metric::MemoryRss, rss);
-                    }
-                    if let Some(heap) = lstm_forecast::allocator::stats() {
-                        telemetry.record(Metric::HeapAllocated, heap.allocated as f64);
-                    }
+                    telemetry.record_process_memory();
                     if let Some(log) = &forecast_log {
                         log.flush().await;
                     }

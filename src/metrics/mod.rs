@@ -287,6 +287,16 @@ impl Telemetry {
         self.record_in_bucket(metric, value, None);
     }
 
+    /// Samples the process's memory now: resident set and live heap, where readable.
+    pub fn record_process_memory(&self) {
+        if let Some(rss) = resident_set_bytes() {
+            self.record(Metric::MemoryRss, rss);
+        }
+        if let Some(heap) = crate::allocator::allocated_bytes() {
+            self.record(Metric::HeapAllocated, heap as f64);
+        }
+    }
+
     /// Records for an explicit model version (evaluation scores versions other than the current).
     pub fn record_for(
         &self,
