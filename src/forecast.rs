@@ -5,7 +5,7 @@
 //! wrong, and this parser's do (`series[3].values[17] is null`). Nothing here trusts the client:
 //! shapes, finiteness and sizes are checked before libtorch sees a single number.
 
-use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, TimeDelta, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -34,6 +34,9 @@ pub struct RequestShape {
     pub window: usize,
     pub features: Vec<String>,
     pub max_series: usize,
+    /// How far the forecast's last step lies after `last_timestamp` (`horizon` steps of the
+    /// model's frequency); `None` when that span does not fit a date at all.
+    pub forecast_span: Option<TimeDelta>,
 }
 
 impl RequestShape {
@@ -42,8 +45,34 @@ impl RequestShape {
             window: metadata.input.window,
             features: metadata.input.features.clone(),
             max_series,
+            forecast_span: forecast_span(metadata.frequency(), metadata.output.horizon),
         }
     }
+
+    /// Checks that every forecast step after `last` can be written as RFC 3339, whose years end at
+    /// 9999; `last` itself parsed, so only the steps can overflow.
+    pub(crate) fn check_forecast_fits_after(&self, last: DateTime<Utc>) -> Result<(), String> {
+        let newest_writable = NaiveDate::from_ymd_opt(9999, 12, 31)
+            .and_then(|d| d.and_hms_opt(23, 59, 59))
+            .expect("a valid date")
+            .and_utc();
+        match self
+            .forecast_span
+            .and_then(|span| last.checked_add_signed(span))
+        {
+            Some(end) if end <= newest_writable => Ok(()),
+            _ => Err(format!(
+                "its forecast steps would run past {}, which RFC 3339 timestamps cannot write",
+                newest_writable.to_rfc3339_opts(SecondsFormat::Secs, true)
+            )),
+        }
+    }
+}
+
+fn forecast_span(step: std::time::Duration, horizon: usize) -> Option<TimeDelta> {
+    TimeDelta::from_std(step)
+        .ok()?
+        .checked_mul(i32::try_from(horizon).ok()?)
 }
 
 /// Longest accepted series id; ids end up in logs and forecast records.
@@ -257,16 +286,28 @@ fn parse_series(i: usize, item: &Value, shape: &RequestShape) -> Result<SeriesIn
     }
     let last_timestamp = match fields.get("last_timestamp") {
         None | Some(Value::Null) => None,
-        Some(Value::String(text)) => Some(parse_rfc3339(text).ok_or_else(|| {
-            reject(
-                ErrorCode::InvalidTimestamp,
-                format!("{at}.last_timestamp `{text}` is not an RFC 3339 timestamp (e.g. 2018-02-20T23:00:00Z)"),
-            )
-        })?),
+        Some(Value::String(text)) => {
+            let last = parse_rfc3339(text).ok_or_else(|| {
+                reject(
+                    ErrorCode::InvalidTimestamp,
+                    format!("{at}.last_timestamp `{text}` is not an RFC 3339 timestamp (e.g. 2018-02-20T23:00:00Z)"),
+                )
+            })?;
+            shape.check_forecast_fits_after(last).map_err(|why| {
+                reject(
+                    ErrorCode::InvalidTimestamp,
+                    format!("{at}.last_timestamp `{text}`: {why}"),
+                )
+            })?;
+            Some(last)
+        }
         Some(other) => {
             return Err(reject(
                 ErrorCode::InvalidTimestamp,
-                format!("{at}.last_timestamp must be an RFC 3339 string, got {}", kind_of(other)),
+                format!(
+                    "{at}.last_timestamp must be an RFC 3339 string, got {}",
+                    kind_of(other)
+                ),
             ))
         }
     };
@@ -501,15 +542,21 @@ pub struct SeriesForecast {
 impl ForecastResponse {
     /// Pairs each input with its forecast and stamps the steps at the model's frequency.
     pub fn new(metadata: &ModelMetadata, inputs: &[SeriesInput], outputs: Vec<Vec<f64>>) -> Self {
-        let step = chrono::Duration::from_std(metadata.frequency()).expect("frequency fits chrono");
+        let step = TimeDelta::from_std(metadata.frequency()).unwrap_or(TimeDelta::MAX);
         let forecasts = inputs
             .iter()
             .zip(outputs)
             .map(|(input, values)| SeriesForecast {
                 id: input.id.clone(),
+                // `RequestShape::check_forecast_fits_after` accepted `last` only if every step
+                // fits; the checked sums keep a caller that skipped it from panicking.
                 timestamps: input.last_timestamp.map(|last| {
-                    (1..=values.len() as i32)
-                        .map(|k| (last + step * k).to_rfc3339_opts(SecondsFormat::Secs, true))
+                    (1..=values.len())
+                        .map_while(|k| {
+                            let offset = step.checked_mul(i32::try_from(k).ok()?)?;
+                            last.checked_add_signed(offset)
+                        })
+                        .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
                         .collect()
                 }),
                 values,
@@ -534,6 +581,7 @@ mod tests {
             window,
             features: features.iter().map(|f| f.to_string()).collect(),
             max_series: 4,
+            forecast_span: Some(TimeDelta::hours(24)),
         }
     }
 
@@ -551,6 +599,42 @@ mod tests {
         assert_eq!(got[0].id.as_deref(), Some("t1"));
         assert_eq!(got[0].values, vec![1.0, 2.5, 3.0]);
         assert_eq!(got[0].last_timestamp, parse_rfc3339("2018-02-20T22:00:00Z"));
+    }
+
+    #[test]
+    fn a_last_timestamp_whose_forecast_would_pass_year_9999_is_refused() {
+        // 24 hourly steps after 9999-12-31T00:00 end exactly at the year's last writable hour.
+        let fits = r#"{"series":[{"values":[1,2,3],"last_timestamp":"9999-12-30T23:00:00Z"}]}"#;
+        assert!(parse(fits, &shape(3, &["OT"])).is_ok());
+
+        let overflows =
+            r#"{"series":[{"values":[1,2,3],"last_timestamp":"9999-12-31T00:00:01Z"}]}"#;
+        let err = parse(overflows, &shape(3, &["OT"])).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidTimestamp);
+        assert!(
+            err.message.starts_with("series[0].last_timestamp"),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.contains("9999-12-31T23:59:59Z"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn a_model_whose_forecast_span_fits_no_date_refuses_every_timestamp_but_still_forecasts() {
+        let shape = RequestShape {
+            forecast_span: None,
+            ..shape(3, &["OT"])
+        };
+        let stamped = r#"{"series":[{"values":[1,2,3],"last_timestamp":"2018-02-20T23:00:00Z"}]}"#;
+        assert_eq!(
+            parse(stamped, &shape).unwrap_err().code,
+            ErrorCode::InvalidTimestamp
+        );
+        assert!(parse(r#"{"series":[{"values":[1,2,3]}]}"#, &shape).is_ok());
     }
 
     #[test]

@@ -196,10 +196,17 @@ pub fn parse_csv(content: &[u8], shape: &RequestShape) -> Result<Vec<SeriesInput
                 });
             }
             let last_timestamp = match rows.last_timestamp {
-                Some(text) => Some(parse_timestamp_lenient(&text).ok_or_else(|| RequestError {
-                    code: ErrorCode::InvalidTimestamp,
-                    message: format!("{name}: last timestamp `{text}` is neither RFC 3339 nor `YYYY-MM-DD HH:MM:SS`"),
-                })?),
+                Some(text) => {
+                    let last = parse_timestamp_lenient(&text).ok_or_else(|| RequestError {
+                        code: ErrorCode::InvalidTimestamp,
+                        message: format!("{name}: last timestamp `{text}` is neither RFC 3339 nor `YYYY-MM-DD HH:MM:SS`"),
+                    })?;
+                    shape.check_forecast_fits_after(last).map_err(|why| RequestError {
+                        code: ErrorCode::InvalidTimestamp,
+                        message: format!("{name}: last timestamp `{text}`: {why}"),
+                    })?;
+                    Some(last)
+                }
                 None => None,
             };
             Ok(SeriesInput {
@@ -221,6 +228,7 @@ mod tests {
             window: 2,
             features: vec!["OT".into()],
             max_series: 8,
+            forecast_span: Some(chrono::TimeDelta::hours(24)),
         }
     }
 
@@ -233,6 +241,18 @@ mod tests {
         assert_eq!(
             series[0].last_timestamp,
             parse_rfc3339("2018-01-01T02:00:00Z")
+        );
+    }
+
+    #[test]
+    fn a_file_ending_too_close_to_year_9999_to_stamp_its_forecast_is_refused() {
+        let csv = "date,OT\n9999-12-31 22:00:00,1\n9999-12-31 23:00:00,2\n";
+        let err = parse_csv(csv.as_bytes(), &shape()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidTimestamp);
+        assert!(
+            err.message.contains("9999-12-31T23:59:59Z"),
+            "{}",
+            err.message
         );
     }
 

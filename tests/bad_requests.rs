@@ -274,6 +274,12 @@ fn cases() -> Vec<Case> {
             "series[0].last_timestamp `yesterday`",
         ),
         json_case(
+            "forecast steps past year 9999",
+            json!({"series": [{"values": ok, "last_timestamp": "9999-12-31T12:00:00Z"}]}),
+            "invalid_timestamp",
+            "would run past 9999-12-31T23:59:59Z",
+        ),
+        json_case(
             "timestamp as a number",
             json!({"series": [{"values": ok, "last_timestamp": 1519167600}]}),
             "invalid_timestamp",

@@ -23,7 +23,7 @@ fn metadata() -> &'static ModelMetadata {
 
 fuzz_target!(|data: &[u8]| {
     let metadata = metadata();
-    let shape = RequestShape { window: 4, features: metadata.input.features.clone(), max_series: 8 };
+    let shape = RequestShape { window: 4, max_series: 8, ..RequestShape::new(metadata, 8) };
     if let Ok(series) = parse_forecast_request(data, &shape) {
         let pipeline = Pipeline::new(metadata);
         for s in &series {

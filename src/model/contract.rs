@@ -296,7 +296,10 @@ pub fn parse_frequency(text: &str) -> Result<Duration, String> {
     if count == 0 {
         return Err(format!("`{text}` must be a positive period"));
     }
-    Ok(Duration::from_secs(count * unit_secs))
+    count
+        .checked_mul(unit_secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{text}` is too long a period"))
 }
 
 #[cfg(test)]
@@ -423,5 +426,11 @@ mod tests {
         assert!(parse_frequency("0h").is_err());
         assert!(parse_frequency("5").is_err());
         assert!(parse_frequency("1w").is_err());
+    }
+
+    #[test]
+    fn a_frequency_too_long_to_count_in_seconds_is_refused_not_wrapped() {
+        let err = parse_frequency("300000000000000000d").unwrap_err();
+        assert!(err.contains("too long"), "{err}");
     }
 }
