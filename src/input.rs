@@ -114,6 +114,16 @@ pub fn parse_csv(content: &[u8], shape: &RequestShape) -> Result<Vec<SeriesInput
         .headers()
         .map_err(|e| invalid(format!("CSV header: {e}")))?
         .clone();
+    if headers.is_empty() {
+        return Err(RequestError {
+            code: ErrorCode::EmptyRequest,
+            message: format!(
+                "the CSV file is empty; it needs a header naming {} and at least {} rows",
+                shape.features.join(", "),
+                shape.window
+            ),
+        });
+    }
     let column = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
     let feature_columns: Vec<usize> = shape
         .features
@@ -254,6 +264,13 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn an_empty_file_is_called_empty_not_missing_a_column() {
+        let err = parse_csv(b"", &shape()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::EmptyRequest);
+        assert!(err.message.contains("empty"), "{}", err.message);
     }
 
     #[test]

@@ -322,12 +322,17 @@ fn main() -> std::process::ExitCode {
     } else {
         Cli::parse()
     };
-    init_tracing(cli.log_format);
+    let log_format = cli.log_format;
+    init_tracing(log_format);
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+            // Once, in the form its reader expects: a structured event for a log pipeline, a
+            // plain line for a person (the text log would only repeat it with a timestamp).
+            match log_format {
+                LogFormat::Json => tracing::error!("{e:#}"),
+                LogFormat::Text => eprintln!("error: {e:#}"),
+            }
             std::process::ExitCode::FAILURE
         }
     }

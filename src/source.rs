@@ -20,11 +20,12 @@ pub trait ModelSource: Send + Sync {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("cannot read {path}: {source}")]
+    // The cause is in the message and deliberately not a `#[source]`: anyhow's `{:#}` prints
+    // the source chain too, which would repeat it.
+    #[error("cannot read {path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("unsupported model URI `{0}` (use `bundled`, a directory, file://DIR, or s3://BUCKET/models/NAME[/VERSION])")]
     UnsupportedUri(String),
@@ -79,9 +80,9 @@ impl DirectorySource {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, SourceError> {
-    std::fs::read(path).map_err(|source| SourceError::Io {
+    std::fs::read(path).map_err(|cause| SourceError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 

@@ -41,8 +41,9 @@ pub enum ModelError {
     TorchVersion { declared: String },
     #[error(transparent)]
     Engine(#[from] EngineError),
+    // Not a `#[source]`: the message already carries it, and `{:#}` would print it twice.
     #[error("warm-up forecast failed: {0}")]
-    WarmUp(#[source] ForecastError),
+    WarmUp(ForecastError),
 }
 
 /// Why one forecast batch failed.
