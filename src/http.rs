@@ -201,11 +201,9 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received; finishing in-flight requests");
 }
 
-async fn forecast(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<ForecastResponse>, ApiError> {
+/// Bodies must be JSON, and uncompressed: a gzip body would otherwise fail as "not valid JSON",
+/// which sends its sender looking in the wrong place.
+fn check_plain_json(headers: &HeaderMap) -> Result<(), ApiError> {
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
         let is_json = content_type
             .to_str()
@@ -222,6 +220,30 @@ async fn forecast(
             ));
         }
     }
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
+        let is_identity = encoding
+            .to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity"));
+        if !is_identity {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "Content-Encoding {:?} is not supported; send the body uncompressed",
+                    encoding
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn forecast(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ForecastResponse>, ApiError> {
+    check_plain_json(&headers)?;
     let body =
         body.map_err(|rejection| ApiError::body(rejection, state.inner.limits.max_body_bytes))?;
     let model = state.inner.handle.model();
@@ -353,8 +375,10 @@ const MAX_OBSERVATIONS: usize = 100_000;
 /// Stores actuals for the accuracy loop (the same store as the forecast log).
 async fn observations(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    check_plain_json(&headers)?;
     let body =
         body.map_err(|rejection| ApiError::body(rejection, state.inner.limits.max_body_bytes))?;
     let Some(log) = state.forecast_log() else {

@@ -9,6 +9,8 @@ struct Case {
     name: &'static str,
     body: Vec<u8>,
     content_type: &'static str,
+    /// A `Content-Encoding` header, when the case sends one.
+    content_encoding: Option<&'static str>,
     status: u16,
     code: &'static str,
     /// A fragment the error message must contain (it names the field or series at fault).
@@ -26,6 +28,7 @@ fn case(
         name,
         body: body.into(),
         content_type: "application/json",
+        content_encoding: None,
         status,
         code,
         mentions,
@@ -302,6 +305,18 @@ fn cases() -> Vec<Case> {
                 "application/json",
             )
         },
+        Case {
+            content_encoding: Some("gzip"),
+            ..case(
+                "gzip-compressed body",
+                // The gzip header bytes, then junk: the server must refuse the encoding before it
+                // reads the body as JSON.
+                vec![0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00],
+                415,
+                "unsupported_media_type",
+                "send the body uncompressed",
+            )
+        },
     ]
 }
 
@@ -315,9 +330,13 @@ async fn every_bad_request_is_a_named_4xx_and_the_server_stays_healthy() {
         "the specification asks for at least 30 cases"
     );
     for case in cases {
-        let response = client
+        let mut request = client
             .post(server.url("/v1/forecast"))
-            .header("content-type", case.content_type)
+            .header("content-type", case.content_type);
+        if let Some(encoding) = case.content_encoding {
+            request = request.header("content-encoding", encoding);
+        }
+        let response = request
             .body(case.body)
             .send()
             .await
