@@ -632,11 +632,25 @@ fn forecast(args: ForecastArgs) -> anyhow::Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    // A file of many series takes minutes; one forward pass does not need a bar. indicatif draws
+    // nothing when stderr is not a terminal, so piped and CI runs stay clean.
+    let progress = if series.len() > args.batch_size {
+        indicatif::ProgressBar::new(series.len() as u64).with_style(
+            indicatif::ProgressStyle::with_template(
+                "forecasting {bar:30} {pos}/{len} series, {eta} left",
+            )
+            .expect("a valid template"),
+        )
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let mut outputs = Vec::with_capacity(series.len());
     for chunk in series.chunks(args.batch_size) {
         let windows: Vec<&[f64]> = chunk.iter().map(|s| s.values.as_slice()).collect();
         outputs.extend(model.forecast(&windows)?);
+        progress.inc(chunk.len() as u64);
     }
+    progress.finish_and_clear();
     let response = ForecastResponse::new(model.metadata(), &series, outputs);
     let mut stdout = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut stdout, &response)?;
