@@ -589,6 +589,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", args.bind))?;
         let address = listener.local_addr()?;
+        lstm_forecast::model::footprint::release_libtorch_startup_pages_after(
+            lstm_forecast::model::footprint::STARTUP_PAGES_RELEASE_DELAY,
+        );
         let model = state.handle().model();
         tracing::info!(
             model = %model.metadata().name,

@@ -514,3 +514,60 @@ async fn serve_exposes_its_resident_set_and_live_heap_on_metrics() {
     assert!(heap > 10e6, "live heap {heap} bytes");
     assert!(rss > heap, "RSS {rss} bytes below the live heap {heap}");
 }
+
+#[tokio::test]
+async fn serve_gives_back_libtorchs_startup_pages_after_it_starts_listening_not_during_the_load() {
+    use tokio::io::AsyncBufReadExt;
+    // GIVEN the real server binary, logging its memory housekeeping
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("THREADS", "1")
+        .env("RUST_LOG", "info,lstm_forecast::model::footprint=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut log = tokio::io::BufReader::new(server.stderr.take().unwrap()).lines();
+    // WHEN it starts and runs for a moment
+    let mut order = Vec::new();
+    let released_mib = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            for event in [
+                "model loaded and warmed up",
+                "listening on",
+                "released libtorch",
+            ] {
+                if line.contains(event) {
+                    order.push(event);
+                }
+            }
+            if line.contains("released libtorch") {
+                return line
+                    .split("mib=")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|mib| mib.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        panic!("serve exited without releasing its startup pages");
+    })
+    .await
+    .expect("no release of libtorch's startup pages within 60 s");
+    server.kill().await.unwrap();
+    // THEN the code libtorch ran once before `main` leaves the resident set, and only once the
+    // server listens: unmapping it during the load slowed the warm-up and the cold start
+    assert_eq!(
+        order,
+        [
+            "model loaded and warmed up",
+            "listening on",
+            "released libtorch"
+        ]
+    );
+    assert!(
+        released_mib >= 20,
+        "released only {released_mib} MiB of libtorch mappings"
+    );
+}

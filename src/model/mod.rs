@@ -98,8 +98,6 @@ impl Model {
             });
         }
         let engine = TorchEngine::load(&artifacts.model_pt, metadata.output.horizon)?;
-        // Now that libtorch's one-off start-up work is done; the warm-up maps back what it uses.
-        footprint::release_libtorch_startup_pages_once();
         Ok(Model::with_engine(metadata, Box::new(engine)))
     }
 
