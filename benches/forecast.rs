@@ -509,7 +509,6 @@ fn cold_start(runs: usize, single_body: &str) -> ColdStart {
                 break rest.split_whitespace().next().unwrap().to_string();
             }
         };
-        let listening_at = Instant::now();
         // Keep draining the log so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         let url = format!("http://{address}/v1/forecast");
@@ -522,13 +521,6 @@ fn cold_start(runs: usize, single_body: &str) -> ColdStart {
             let batch_body = body(&(0..64).map(window).collect::<Vec<_>>());
             for _ in 0..20 {
                 post_blocking(&url, &batch_body);
-            }
-            // The steady state, not a race: `serve` drops libtorch's startup pages a moment after
-            // it starts listening, and those forecasts may have finished sooner.
-            let settled = lstm_forecast::model::footprint::STARTUP_PAGES_RELEASE_DELAY
-                + Duration::from_millis(300);
-            if let Some(rest) = settled.checked_sub(listening_at.elapsed()) {
-                std::thread::sleep(rest);
             }
             rss_mb = support::rss_mb(child.id());
             hwm_mb = support::peak_rss_mb(child.id());

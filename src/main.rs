@@ -589,9 +589,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", args.bind))?;
         let address = listener.local_addr()?;
-        lstm_forecast::model::footprint::release_libtorch_startup_pages_after(
-            lstm_forecast::model::footprint::STARTUP_PAGES_RELEASE_DELAY,
-        );
         let model = state.handle().model();
         tracing::info!(
             model = %model.metadata().name,
@@ -599,6 +596,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "listening on http://{address}  (try: curl -s http://{address}/v1/model)"
         );
         drop(model);
+        lstm_forecast::model::footprint::release_libtorch_startup_pages_in_background();
         let served = http::serve(listener, state, http::shutdown_signal())
             .await
             .context("serving HTTP");

@@ -2,9 +2,9 @@
 //!
 //! libtorch's static initialisers register thousands of operators before `main` runs, touching
 //! about 60 MB of `libtorch_cpu.so` code that is never executed again. Those pages stay mapped, and
-//! counted in the process's RSS, for as long as it lives. Shortly after `serve` starts listening we
-//! unmap them (`MADV_DONTNEED` on libtorch's clean, read-only mappings); the forecasts that follow
-//! map back exactly the pages the forecast path uses.
+//! counted in the process's RSS, for as long as it lives. Once `serve` listens we unmap them
+//! (`MADV_DONTNEED` on libtorch's clean, read-only mappings); the forecasts that follow map back
+//! exactly the pages the forecast path uses.
 //!
 //! `MADV_DONTNEED` only drops this process's page-table entries. The pages stay in the page cache,
 //! so mapping them back is a minor fault and the next process to start finds libtorch still in
@@ -145,32 +145,27 @@ pub fn release_libtorch_startup_pages() -> std::io::Result<Released> {
     Ok(Released::default())
 }
 
-/// How long after `serve` starts listening its startup pages are released.
+/// [`release_libtorch_startup_pages`] once per process, on a thread of its own, once `serve`
+/// listens. Pages that requests touch meanwhile are simply mapped again (minor faults). Once per
+/// process because a later reload must not unmap the live model's hot code.
 ///
 /// Not during the model load: the release reads `/proc/self/smaps`, which walks every page table
 /// (11-13 ms here), then drops ~300 MB of mappings, and the TLB shootdowns and refaults land on
 /// whatever runs beside it. Overlapping the warm-up, as it used to, cost the cold start ~35 ms:
 /// exec to first forecast took 326 against 290 ms with the release held back, and the warm-up 23
-/// against 10 ms (medians of 12 interleaved runs each, 2026-11-27). Once the server listens it
-/// matters less: releasing at once or half a second later measured 287 and 305 ms (20 runs each,
-/// within this VM's noise). Half a second keeps it off a cold start's first requests in principle
-/// and still comes long before a server settles into its steady state.
-pub const STARTUP_PAGES_RELEASE_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// [`release_libtorch_startup_pages`] once per process, `delay` from now, on a thread of its own.
-/// Pages that requests touch meanwhile are simply mapped again (minor faults). Once per process
-/// because a later reload must not unmap the live model's hot code.
+/// against 10 ms (medians of 12 interleaved runs each, 2026-11-27). Beside the first request it
+/// costs nothing measurable: releasing at once after listening or half a second later measured
+/// 287 and 305 ms (20 runs each, within this VM's noise), and at once keeps the peak lower.
 ///
 /// Only `serve` calls it. The one-off commands exit before it would pay off, and a Lambda function
 /// (2 GB by default) has no use for 60 MB back, while a release after its init would land inside
 /// an invocation.
-pub fn release_libtorch_startup_pages_after(delay: std::time::Duration) {
+pub fn release_libtorch_startup_pages_in_background() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let spawned = std::thread::Builder::new()
             .name("release-pages".into())
-            .spawn(move || {
-                std::thread::sleep(delay);
+            .spawn(|| {
                 let started = std::time::Instant::now();
                 match release_libtorch_startup_pages() {
                     Ok(released) => tracing::debug!(
