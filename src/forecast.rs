@@ -603,7 +603,8 @@ mod tests {
 
     #[test]
     fn a_last_timestamp_whose_forecast_would_pass_year_9999_is_refused() {
-        // 24 hourly steps after 9999-12-31T00:00 end exactly at the year's last writable hour.
+        // 24 hourly steps after 9999-12-30T23:00 end at 9999-12-31T23:00, the last whole hour
+        // an RFC 3339 timestamp can write; one second later they would not.
         let fits = r#"{"series":[{"values":[1,2,3],"last_timestamp":"9999-12-30T23:00:00Z"}]}"#;
         assert!(parse(fits, &shape(3, &["OT"])).is_ok());
 
