@@ -3,11 +3,16 @@
 #   make test    the whole test suite
 #   make bench   benchmarks, printed as tables
 #   make model   re-train the bundled model (installs full PyTorch, ~4.7 GB, into ~/.cache)
+#   make test-fresh  make test on a fresh clone of HEAD with an empty cache (what a new machine does)
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-CACHE       ?= $(HOME)/.cache/lstm-forecast
+# Everything the targets download or install (libtorch, wheels, venvs, pip's own cache) lives here;
+# the scripts read the same variable.
+LSTM_FORECAST_CACHE ?= $(HOME)/.cache/lstm-forecast
+export LSTM_FORECAST_CACHE
+CACHE       := $(LSTM_FORECAST_CACHE)
 LIBTORCH    := .libtorch
 TRAIN_VENV  := $(CACHE)/train-venv
 PYTHON      ?= python3
@@ -15,7 +20,7 @@ CARGO       ?= cargo
 # Arguments for `make run`, e.g. make run ARGS="--bind 0.0.0.0:8080"
 ARGS        ?=
 
-.PHONY: help run test bench bench-peers soak fuzz model libtorch tools toolchain build release image-rootfs deploy fmt clippy clean
+.PHONY: help run test test-fresh bench bench-peers soak fuzz model libtorch tools toolchain build release image-rootfs deploy fmt clippy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,18 +29,20 @@ toolchain:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs) first" >&2; exit 1; }
 	@command -v $(PYTHON) >/dev/null || { echo "python3 not found: it is needed to fetch libtorch from PyPI" >&2; exit 1; }
 
-# A CPU libtorch built from the PyPI torch wheel, cached under ~/.cache and linked here as .libtorch
-# (.cargo/config.toml points LIBTORCH at it).
-libtorch: toolchain $(LIBTORCH)/build-version ## Fetch the CPU libtorch (cached, once per machine)
-$(LIBTORCH)/build-version: scripts/fetch-libtorch.sh
-	@ln -sfn "$$(scripts/fetch-libtorch.sh)" $(LIBTORCH)
-	@test -f $@
+# A CPU libtorch built from the PyPI torch wheel, cached under $(CACHE) and linked here as .libtorch
+# (.cargo/config.toml points LIBTORCH at it). Re-linked on every run (a no-op when cached), so a
+# different LSTM_FORECAST_CACHE really gets its own.
+libtorch: toolchain ## Fetch the CPU libtorch (cached, once per machine)
+	@dest="$$(scripts/fetch-libtorch.sh)" && ln -sfn "$$dest" $(LIBTORCH)
+	@test -f $(LIBTORCH)/build-version
 
 # Emulators and linters the tests start themselves (moto, cargo-lambda, cfn-lint, ...), in a cached
 # venv, and promtool from Debian.
+# Installed from hash-checked locks (scripts/lock-python.sh regenerates them), then checked: a
+# missing tool is named in one line before cargo starts.
 tools: toolchain ## Install the test tools (cached)
-	@scripts/python-tools.sh >/dev/null
 	@scripts/system-tools.sh
+	@scripts/check-tools.sh "$$(scripts/python-tools.sh)"
 
 build: libtorch ## Debug build
 	$(CARGO) build --locked
@@ -62,6 +69,17 @@ run: release ## Serve the bundled model on 127.0.0.1:8080 (no AWS needed); ctrl-
 test: libtorch tools ## Run every test
 	LSTM_FORECAST_TOOLS="$$(scripts/python-tools.sh)" $(CARGO) test --locked
 
+# What a new machine does: a fresh clone of HEAD (committed work only), an empty LSTM_FORECAST_CACHE
+# and an empty cargo home, so no download or install step can hide behind a warm cache. Only the
+# Rust toolchain, python3 and Debian packages (promtool, patchelf) come from the machine.
+test-fresh: ## make test on a fresh clone of HEAD with empty caches (~25 min on 2 cores)
+	@scratch="$$(mktemp -d)" && echo "test-fresh: in $$scratch" \
+	  && git clone -q . "$$scratch/clone" \
+	  && cd "$$scratch/clone" \
+	  && LSTM_FORECAST_CACHE="$$scratch/cache" CARGO_HOME="$$scratch/cargo-home" \
+	     PATH="$$(dirname "$$(command -v $(CARGO))"):$$PATH" $(MAKE) test \
+	  && echo "test-fresh: passed; remove $$scratch when done"
+
 bench: libtorch tools ## Benchmarks (release build), printed as tables
 	LSTM_FORECAST_TOOLS="$$(scripts/python-tools.sh)" $(CARGO) bench --locked --bench forecast
 
@@ -81,13 +99,10 @@ fuzz: libtorch ## Fuzz request decoding and validation (cargo-fuzz, FUZZ_RUNS ex
 bench-peers: libtorch ## This server vs Python FastAPI (TorchScript, ONNX Runtime); writes BENCHMARKS.md
 	scripts/bench-peers.sh
 
-# Training needs the full PyTorch (CUDA wheels included, ~4.7 GB): kept out of run/test.
-$(TRAIN_VENV)/.installed: model_artifacts/train/requirements.txt
-	$(PYTHON) -m venv $(TRAIN_VENV)
-	$(TRAIN_VENV)/bin/pip install -q --find-links $(CACHE)/wheels -r model_artifacts/train/requirements.txt
-	@touch $@
-
-model: $(TRAIN_VENV)/.installed ## Re-train the bundled model and regenerate the test fixtures
+# Training needs the full PyTorch (CUDA wheels included, ~4.7 GB): kept out of run/test. Installed
+# from the hash-checked lock; a changed lock rebuilds the venv.
+model: ## Re-train the bundled model and regenerate the test fixtures
+	scripts/locked-venv.sh $(TRAIN_VENV) model_artifacts/train/requirements.txt >/dev/null
 	cd model_artifacts/train && $(TRAIN_VENV)/bin/python train.py --data ../data/ETTh1.csv \
 	    --out ../etth1-ot-lstm --parity ../../tests/fixtures/parity-etth1-ot-lstm.json
 	cd model_artifacts/train && $(TRAIN_VENV)/bin/python make_fixtures.py --out ../../tests/fixtures

@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# Installs the peer stacks (FastAPI + TorchScript, FastAPI + ONNX Runtime) into the training venv,
-# exports the ONNX model, and runs benches/peers.rs. Needs the full PyTorch (~4.7 GB, cached).
+# Installs the peer stacks (FastAPI + TorchScript, FastAPI + ONNX Runtime) into a venv of their own
+# from the hash-checked lock bench/peers/requirements.txt, exports the ONNX model, and runs
+# benches/peers.rs. Needs the full PyTorch (~4.7 GB, cached).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 CACHE="${LSTM_FORECAST_CACHE:-$HOME/.cache/lstm-forecast}"
-VENV="$CACHE/train-venv"
-[ -x "$VENV/bin/python" ] || "${PYTHON:-python3}" -m venv "$VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check --find-links "$CACHE/wheels" -r "$HERE/bench/peers/requirements.txt"
+VENV="$("$HERE/scripts/locked-venv.sh" "$CACHE/peers-venv" "$HERE/bench/peers/requirements.txt")"
 ONNX_MODEL="$CACHE/etth1-ot-lstm.onnx"
 "$VENV/bin/python" "$HERE/bench/peers/export_onnx.py" "$ONNX_MODEL" 2>/dev/null
 cd "$HERE"

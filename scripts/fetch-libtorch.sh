@@ -31,23 +31,32 @@ if ! command -v patchelf >/dev/null 2>&1; then
 fi
 
 PYTHON="${PYTHON:-python3}"
+HERE="$(cd "$(dirname "$0")/.." && pwd)"
+export PIP_CACHE_DIR="$CACHE/pip"
 mkdir -p "$WHEELS"
-# Explicit platform tags so the download does not depend on the local Python version.
-pip_download() {
-  "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
+# The three wheels, with the hashes the training lock pins for them (pip checks every download).
+LOCKED="$CACHE/libtorch-wheels.txt"
+"$PYTHON" - "$HERE/model_artifacts/train/requirements.txt" "$LOCKED" <<'PY'
+import re, sys
+lock, out = sys.argv[1], sys.argv[2]
+wanted = {"torch", "nvidia-cuda-runtime", "nvidia-cuda-cupti"}
+blocks = re.split(r"\n(?=\S)", open(lock).read())
+picked = [b.split("    # via")[0].rstrip() for b in blocks if b.split("==")[0].strip() in wanted]
+if len(picked) != len(wanted):
+    sys.exit(f"fetch-libtorch: {lock} must pin {sorted(wanted)} with hashes")
+open(out, "w").write("\n".join(picked) + "\n")
+PY
+if ! grep -q "^torch==$TORCH_VERSION " "$LOCKED"; then
+  log "model_artifacts/train/requirements.txt pins another torch than $TORCH_VERSION (tch 0.26 needs it)"; exit 1
+fi
+if ! ls "$WHEELS"/torch-$TORCH_VERSION-*.whl "$WHEELS"/nvidia_cuda_runtime-*.whl \
+    "$WHEELS"/nvidia_cuda_cupti-*.whl >/dev/null 2>&1; then
+  log "downloading the torch==$TORCH_VERSION wheel (~526 MB) and two CUDA runtime wheels, hash-checked (once)"
+  # Explicit platform tags so the download does not depend on the local Python version.
+  "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --require-hashes --python-version 3.11 \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_25_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d "$WHEELS" "$@" >&2
-}
-if ! ls "$WHEELS"/torch-$TORCH_VERSION-*.whl >/dev/null 2>&1; then
-  log "downloading torch==$TORCH_VERSION wheel (~526 MB, once)"
-  pip_download "torch==$TORCH_VERSION"
-fi
-if ! ls "$WHEELS"/nvidia_cuda_runtime-*.whl >/dev/null 2>&1; then
-  pip_download "nvidia-cuda-runtime==13.0.96.*"
-fi
-if ! ls "$WHEELS"/nvidia_cuda_cupti-*.whl >/dev/null 2>&1; then
-  pip_download "nvidia-cuda-cupti==13.0.85.*"
+    -d "$WHEELS" -r "$LOCKED" >&2
 fi
 
 STAGE="$DEST.partial"

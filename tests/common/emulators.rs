@@ -1,6 +1,6 @@
 //! Real emulators on 127.0.0.1, started and stopped by the tests: moto (S3) and cargo-lambda's
 //! Lambda Runtime API. `make test` installs them (scripts/python-tools.sh); run alone, the tests
-//! look in ~/.cache/lstm-forecast/tools-venv or $LSTM_FORECAST_TOOLS.
+//! look in $LSTM_FORECAST_TOOLS, else $LSTM_FORECAST_CACHE/tools-venv (default ~/.cache/lstm-forecast).
 #![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
@@ -15,8 +15,13 @@ pub fn tools_bin(name: &str) -> PathBuf {
     let venv = std::env::var_os("LSTM_FORECAST_TOOLS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").expect("HOME"))
-                .join(".cache/lstm-forecast/tools-venv")
+            std::env::var_os("LSTM_FORECAST_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var("HOME").expect("HOME"))
+                        .join(".cache/lstm-forecast")
+                })
+                .join("tools-venv")
         });
     let path = venv.join("bin").join(name);
     assert!(

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Checks, before cargo starts, that every tool the tests drive is installed and works, and names
+# each one that is not in one line (instead of a Python traceback deep inside a test).
+#   scripts/check-tools.sh VENV
+set -uo pipefail
+VENV="${1:?usage: check-tools.sh TOOLS_VENV}"
+missing=()
+check() { # check NAME HOW-TO-FIX COMMAND...
+  local name="$1" fix="$2"; shift 2
+  if ! "$@" >/dev/null 2>&1; then missing+=("$name: $fix"); fi
+}
+reinstall="delete $VENV and run make test again (scripts/python-tools.sh reinstalls it from the lock)"
+check "moto (S3/CloudWatch/CloudFormation emulator)" "$reinstall" "$VENV/bin/moto_server" --help
+check "cfn-lint" "$reinstall" "$VENV/bin/cfn-lint" --version
+check "aws-sam-translator (samtranslator, used by tests/infra/cfn.py)" "$reinstall" \
+  "$VENV/bin/python" -c "from samtranslator.translator.transform import transform"
+check "cfn-lint-serverless" "$reinstall" "$VENV/bin/python" -c "import cfn_lint_serverless"
+check "boto3" "$reinstall" "$VENV/bin/python" -c "import boto3"
+check "kubernetes-validate" "$reinstall" "$VENV/bin/kubernetes-validate" --version
+check "cargo-lambda (Lambda Runtime API emulator)" "$reinstall" "$VENV/bin/cargo-lambda" lambda --version
+check "promtool (Debian package prometheus)" "run scripts/system-tools.sh as root, or apt-get install prometheus" promtool --version
+if [ ${#missing[@]} -gt 0 ]; then
+  for m in "${missing[@]}"; do echo "make test: missing or broken tool: $m" >&2; done
+  exit 1
+fi
