@@ -9,11 +9,12 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lstm_forecast::http::{self, AppState, Limits};
+use lstm_forecast::http;
 use lstm_forecast::infer::InferenceHandle;
 use lstm_forecast::metrics::ServerMetrics;
 use lstm_forecast::model::engine::configure_libtorch;
 use lstm_forecast::model::{Model, ModelArtifacts};
+use lstm_forecast::service::{Limits, Service};
 use lstm_forecast::source::{BUNDLED_MODEL_JSON, BUNDLED_MODEL_PT};
 
 const THREADS: usize = 1;
@@ -83,7 +84,7 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let (handle, _engine) = InferenceHandle::spawn(Model::load(&artifacts).unwrap(), 64);
-        let state = AppState::new(handle, ServerMetrics::new(), Limits::default());
+        let state = Service::unmonitored(handle, Limits::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/v1/forecast", listener.local_addr().unwrap());
         tokio::spawn(http::serve(listener, state, std::future::pending()));
@@ -244,7 +245,7 @@ fn monitoring_bench(model: &Model, windows: &[Vec<f64>], _path_p50: Duration) ->
         last_timestamp: None,
     }];
     let one_request = |telemetry: &Telemetry| {
-        lstm_forecast::http::record_drift(telemetry, model.metadata(), &series);
+        lstm_forecast::service::record_drift(telemetry, model.metadata(), &series);
         telemetry.record(Metric::InferenceLatency, 0.9);
         telemetry.record(Metric::Forecasts, 1.0);
         telemetry.record(Metric::Requests, 1.0);
@@ -276,21 +277,22 @@ fn monitoring_bench(model: &Model, windows: &[Vec<f64>], _path_p50: Duration) ->
                 model_pt: BUNDLED_MODEL_PT.to_vec(),
             };
             let (handle, _engine) = InferenceHandle::spawn(Model::load(&artifacts).unwrap(), 64);
+            // Every service feeds its own /metrics; "monitored" adds the CloudWatch sink.
             let monitoring = if monitored {
-                lstm_forecast::http::Monitoring {
-                    telemetry: telemetry.clone(),
+                lstm_forecast::service::Monitoring {
+                    telemetry: Telemetry::new(
+                        vec![cloudwatch.clone()],
+                        "etth1-ot-lstm",
+                        "1.0.0",
+                        Some("bench"),
+                    ),
                     forecast_log: None,
                     backtest_rate: 0.0,
                 }
             } else {
                 Default::default()
             };
-            let state = AppState::with_monitoring(
-                handle,
-                ServerMetrics::new(),
-                Limits::default(),
-                monitoring,
-            );
+            let state = Service::new(handle, ServerMetrics::new(), Limits::default(), monitoring);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             urls.push(format!(
                 "http://{}/v1/forecast",

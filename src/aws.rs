@@ -1,4 +1,4 @@
-//! AWS SDK configuration shared by every S3 user (model source, registry, batch jobs).
+//! AWS SDK configuration shared by every AWS user (model source, registry, stores, metrics).
 
 use std::time::Duration;
 
@@ -22,14 +22,19 @@ pub fn retries() -> RetryConfig {
         .with_initial_backoff(Duration::from_millis(100))
 }
 
-/// Loads credentials, region and endpoint the standard way (env, profile, web identity, ECS, IMDS).
-/// `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3` point the clients at an emulator.
-pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
+/// Loads credentials and region the standard way (env, profile, web identity, ECS, IMDS).
+/// `endpoint_url` (`--aws-endpoint-url`, `AWS_ENDPOINT_URL`) points every client at an emulator
+/// such as moto or MinIO.
+pub async fn sdk_config(endpoint_url: Option<&str>) -> aws_config::SdkConfig {
+    let loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(retries())
-        .timeout_config(timeouts())
-        .load()
-        .await
+        .timeout_config(timeouts());
+    match endpoint_url {
+        Some(url) => loader.endpoint_url(url),
+        None => loader,
+    }
+    .load()
+    .await
 }
 
 /// The config for a process that never calls AWS (the local default: bundled model, Prometheus).
@@ -44,10 +49,8 @@ pub fn offline_config() -> aws_config::SdkConfig {
 /// An S3 client. With a custom endpoint (an emulator such as moto or MinIO), path-style addressing
 /// is used, because `bucket.127.0.0.1` does not resolve.
 pub fn s3_client(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
-    let custom_endpoint = std::env::var_os("AWS_ENDPOINT_URL_S3").is_some()
-        || std::env::var_os("AWS_ENDPOINT_URL").is_some();
     let s3_config = aws_sdk_s3::config::Builder::from(config)
-        .force_path_style(custom_endpoint)
+        .force_path_style(config.endpoint_url().is_some())
         .build();
     aws_sdk_s3::Client::from_conf(s3_config)
 }

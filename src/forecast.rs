@@ -5,11 +5,12 @@
 //! wrong, and this parser's do (`series[3].values[17] is null`). Nothing here trusts the client:
 //! shapes, finiteness and sizes are checked before libtorch sees a single number.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, SecondsFormat, TimeDelta, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::model::contract::ModelMetadata;
+use crate::time::{parse_rfc3339, span_of_steps, steps_after};
 
 /// One series to forecast, validated against the model's input shape.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,7 +46,7 @@ impl RequestShape {
             window: metadata.input.window,
             features: metadata.input.features.clone(),
             max_series,
-            forecast_span: forecast_span(metadata.frequency(), metadata.output.horizon),
+            forecast_span: span_of_steps(metadata.frequency(), metadata.output.horizon),
         }
     }
 
@@ -67,12 +68,6 @@ impl RequestShape {
             )),
         }
     }
-}
-
-fn forecast_span(step: std::time::Duration, horizon: usize) -> Option<TimeDelta> {
-    TimeDelta::from_std(step)
-        .ok()?
-        .checked_mul(i32::try_from(horizon).ok()?)
 }
 
 /// Longest accepted series id; ids end up in logs and forecast records.
@@ -117,7 +112,7 @@ pub struct RequestError {
     pub message: String,
 }
 
-fn reject(code: ErrorCode, message: impl Into<String>) -> RequestError {
+pub(crate) fn reject(code: ErrorCode, message: impl Into<String>) -> RequestError {
     RequestError {
         code,
         message: message.into(),
@@ -318,7 +313,7 @@ fn parse_series(i: usize, item: &Value, shape: &RequestShape) -> Result<SeriesIn
     })
 }
 
-fn number(value: &Value, at: &str, features: &[String]) -> Result<f64, RequestError> {
+pub(crate) fn number(value: &Value, at: &str, features: &[String]) -> Result<f64, RequestError> {
     match value {
         Value::Number(n) => n
             .as_f64()
@@ -346,7 +341,7 @@ fn number(value: &Value, at: &str, features: &[String]) -> Result<f64, RequestEr
     }
 }
 
-fn reject_unknown_fields(
+pub(crate) fn reject_unknown_fields(
     fields: &Map<String, Value>,
     known: &[&str],
     at: &str,
@@ -399,123 +394,6 @@ fn contains_non_json_number(body: &[u8]) -> bool {
     text.contains("NaN") || text.contains("Infinity")
 }
 
-/// Parses a `POST /v1/observations` body: `{"series":[{"id","timestamps":[...],"values":[...]}]}`.
-pub fn parse_observations(
-    body: &[u8],
-    max_points: usize,
-) -> Result<Vec<crate::monitor::store::Observation>, RequestError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(reject(
-            ErrorCode::EmptyRequest,
-            "request body is empty; expected {\"series\": [{\"id\", \"timestamps\", \"values\"}]}",
-        ));
-    }
-    let document: Value = serde_json::from_slice(body).map_err(|e| {
-        reject(
-            ErrorCode::InvalidJson,
-            format!("request body is not valid JSON: {e}"),
-        )
-    })?;
-    let Value::Object(top) = document else {
-        return Err(reject(
-            ErrorCode::InvalidRequest,
-            "request body must be a JSON object with a `series` array",
-        ));
-    };
-    reject_unknown_fields(&top, &["series"], "request body")?;
-    let Some(Value::Array(series)) = top.get("series") else {
-        return Err(reject(
-            ErrorCode::InvalidRequest,
-            "`series` must be an array",
-        ));
-    };
-    let mut observations = Vec::new();
-    for (i, item) in series.iter().enumerate() {
-        let at = format!("series[{i}]");
-        let Value::Object(fields) = item else {
-            return Err(reject(
-                ErrorCode::InvalidRequest,
-                format!("{at} must be an object"),
-            ));
-        };
-        reject_unknown_fields(fields, &["id", "timestamps", "values"], &at)?;
-        let id = match fields.get("id") {
-            Some(Value::String(id)) if !id.is_empty() && id.chars().count() <= MAX_ID_LEN => {
-                id.clone()
-            }
-            _ => {
-                return Err(reject(
-                    ErrorCode::InvalidRequest,
-                    format!(
-                        "{at}.id must be a non-empty string (the series id used when forecasting)"
-                    ),
-                ))
-            }
-        };
-        let (Some(Value::Array(stamps)), Some(Value::Array(values))) =
-            (fields.get("timestamps"), fields.get("values"))
-        else {
-            return Err(reject(
-                ErrorCode::InvalidRequest,
-                format!("{at} needs `timestamps` and `values` arrays"),
-            ));
-        };
-        if stamps.len() != values.len() {
-            return Err(reject(
-                ErrorCode::InvalidRequest,
-                format!(
-                    "{at} has {} timestamps but {} values",
-                    stamps.len(),
-                    values.len()
-                ),
-            ));
-        }
-        for (k, (stamp, value)) in stamps.iter().zip(values).enumerate() {
-            let timestamp = stamp.as_str().and_then(parse_rfc3339).ok_or_else(|| {
-                reject(
-                    ErrorCode::InvalidTimestamp,
-                    format!("{at}.timestamps[{k}] must be an RFC 3339 string"),
-                )
-            })?;
-            let value = number(value, &format!("{at}.values[{k}]"), &["value".to_string()])?;
-            observations.push(crate::monitor::store::Observation {
-                series_id: id.clone(),
-                timestamp,
-                value,
-            });
-            if observations.len() > max_points {
-                return Err(reject(
-                    ErrorCode::TooManySeries,
-                    format!("more than {max_points} observations in one request"),
-                ));
-            }
-        }
-    }
-    if observations.is_empty() {
-        return Err(reject(
-            ErrorCode::EmptyRequest,
-            "no observations in the request",
-        ));
-    }
-    Ok(observations)
-}
-
-/// RFC 3339, normalised to UTC.
-pub fn parse_rfc3339(text: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text.trim())
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
-
-/// RFC 3339, or the `YYYY-MM-DD HH:MM:SS` of ETT-style CSV files, read as UTC.
-pub fn parse_timestamp_lenient(text: &str) -> Option<DateTime<Utc>> {
-    parse_rfc3339(text).or_else(|| {
-        NaiveDateTime::parse_from_str(text.trim(), "%Y-%m-%d %H:%M:%S")
-            .ok()
-            .map(|t| t.and_utc())
-    })
-}
-
 /// The answer to a forecast request.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ForecastResponse {
@@ -542,7 +420,6 @@ pub struct SeriesForecast {
 impl ForecastResponse {
     /// Pairs each input with its forecast and stamps the steps at the model's frequency.
     pub fn new(metadata: &ModelMetadata, inputs: &[SeriesInput], outputs: Vec<Vec<f64>>) -> Self {
-        let step = TimeDelta::from_std(metadata.frequency()).unwrap_or(TimeDelta::MAX);
         let forecasts = inputs
             .iter()
             .zip(outputs)
@@ -550,15 +427,9 @@ impl ForecastResponse {
                 id: input.id.clone(),
                 // `RequestShape::check_forecast_fits_after` accepted `last` only if every step
                 // fits; the checked sums keep a caller that skipped it from panicking.
-                timestamps: input.last_timestamp.map(|last| {
-                    (1..=values.len())
-                        .map_while(|k| {
-                            let offset = step.checked_mul(i32::try_from(k).ok()?)?;
-                            last.checked_add_signed(offset)
-                        })
-                        .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
-                        .collect()
-                }),
+                timestamps: input
+                    .last_timestamp
+                    .map(|last| steps_after(last, metadata.frequency(), values.len())),
                 values,
             })
             .collect();
@@ -575,6 +446,7 @@ impl ForecastResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::parse_timestamp_lenient;
 
     fn shape(window: usize, features: &[&str]) -> RequestShape {
         RequestShape {

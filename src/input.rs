@@ -7,10 +7,8 @@
 
 use std::collections::HashMap;
 
-use crate::forecast::{
-    parse_forecast_request, parse_timestamp_lenient, ErrorCode, RequestError, RequestShape,
-    SeriesInput,
-};
+use crate::forecast::{parse_forecast_request, ErrorCode, RequestError, RequestShape, SeriesInput};
+use crate::time::parse_timestamp_lenient;
 
 /// Input file formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,7 +229,7 @@ pub fn parse_csv(content: &[u8], shape: &RequestShape) -> Result<Vec<SeriesInput
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forecast::parse_rfc3339;
+    use crate::time::parse_rfc3339;
 
     fn shape() -> RequestShape {
         RequestShape {

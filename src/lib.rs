@@ -5,32 +5,39 @@
 //!
 //! The core knows no transport:
 //!
+//! - [`service`]: **the forecast service**, the one path every entry point takes
+//!   ([`service::Service::forecast`]: validate, run the engine, record drift, backtests, the
+//!   forecast log and metrics); [`service::build`], the composition root of `serve` and `lambda`;
+//!   [`service::follow`], following the registry's `live` alias.
 //! - [`model`]: the model contract (`model.json`, [`model::contract`]), the preprocessing it declares
 //!   ([`model::preprocess`]), the engine port with its TorchScript implementation
 //!   ([`model::engine`]), and [`model::Model`], which ties them into the batched forecast path.
-//! - [`forecast`]: forecast requests and answers, parsed and validated without trusting the client.
-//! - [`input`]: CSV and JSON files as forecast input (CLI, batch jobs).
-//! - [`source`]: the model-source port and model URIs (`bundled`, a directory, the S3 registry).
-//! - [`registry`]: the model registry on S3 (versions, the `live` alias with its history,
-//!   rollback) and the S3 model source with its on-disk cache.
-//! - [`reload`]: hot reload of the alias in long-running processes.
-//! - [`allocator`]: jemalloc as the malloc of the whole process, libtorch's included.
-//! - [`aws`]: SDK configuration (retries and timeouts sized for Lambda init, emulator endpoints).
-//! - [`monitor`]: input drift, accuracy scores, the forecast log and actuals on S3, evaluation
-//!   reports.
 //! - [`infer`]: the inference handle: dedicated engine threads behind one bounded queue, so libtorch
 //!   never runs on async workers.
-//! - [`validate`]: `model validate`, which probes a model in a child process so a model that
-//!   crashes libtorch cannot crash the caller.
+//! - [`forecast`]: forecast requests and answers, parsed and validated without trusting the client.
+//! - [`input`]: CSV and JSON files as forecast input (CLI, batch jobs).
+//! - [`time`]: timestamps as the API and the stores write them (a leaf).
+//! - [`source`]: the model-source port, model URIs, the bundled model and directories;
+//!   [`source::s3`], the S3 registry as a source with its on-disk cache.
+//! - [`registry`]: the model registry on S3 (versions, the `live` alias with its history, rollback).
+//! - [`objects`]: S3 objects (get, put, head, list) with errors that name the object.
+//! - [`aws`]: SDK configuration (retries and timeouts sized for Lambda init, emulator endpoints).
+//! - [`monitor`]: input drift, accuracy scores, actuals, the forecast log and actuals on S3,
+//!   evaluation reports.
 //! - [`metrics`]: one metrics facade ([`metrics::Telemetry`], the metric list in
 //!   [`metrics::Metric`]) with three sinks: Prometheus, the CloudWatch API, EMF log lines.
+//! - [`validate`]: `model validate`, which probes a model in a child process so a model that
+//!   crashes libtorch cannot crash the caller.
+//! - [`allocator`]: jemalloc as the malloc of the whole process, libtorch's included.
 //!
-//! Adapters only convert types and errors:
+//! Adapters only convert types and errors, and no core module imports one:
 //!
-//! - [`http`]: the axum server (`lstm-forecast serve`).
-//! - [`lambda`]: the Lambda function: API Gateway events through the same router, scheduled batch
-//!   jobs, alarm-driven rollback.
-//! - `src/main.rs`: the command line (`serve`, `forecast`, `model ...`).
+//! - [`http`]: the axum router and server (`lstm-forecast serve`).
+//! - [`lambda`]: the Lambda function: API Gateway events through the same router, scheduled jobs
+//!   ([`lambda::jobs`]), alarm-driven rollback ([`lambda::rollback`]), event shapes
+//!   ([`lambda::events`]).
+//! - `src/main.rs` and `src/cli/`: the command line (`serve`, `forecast`, `model ...`, `evaluate`,
+//!   `lambda`).
 
 pub mod allocator;
 pub mod aws;
@@ -42,7 +49,9 @@ pub mod lambda;
 pub mod metrics;
 pub mod model;
 pub mod monitor;
+pub mod objects;
 pub mod registry;
-pub mod reload;
+pub mod service;
 pub mod source;
+pub mod time;
 pub mod validate;

@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{bundled_model, forecast_body, window};
-use lstm_forecast::http::{AppState, Limits};
 use lstm_forecast::infer::{Batching, InferenceHandle};
-use lstm_forecast::metrics::ServerMetrics;
+use lstm_forecast::service::{Limits, Service};
 use serde_json::{json, Value};
 
-async fn server(batching: Batching, max_queue: usize) -> (String, AppState) {
+async fn server(batching: Batching, max_queue: usize) -> (String, Service) {
     server_with_engine_threads(batching, max_queue, 1).await
 }
 
@@ -19,10 +18,10 @@ async fn server_with_engine_threads(
     batching: Batching,
     max_queue: usize,
     engine_threads: usize,
-) -> (String, AppState) {
+) -> (String, Service) {
     let (handle, _engine) =
         InferenceHandle::spawn_with(bundled_model(), max_queue, batching, engine_threads);
-    let state = AppState::new(handle, ServerMetrics::new(), Limits::default());
+    let state = Service::unmonitored(handle, Limits::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(lstm_forecast::http::serve(

@@ -207,16 +207,10 @@ fn the_prometheus_rules_pass_promtool_and_use_metrics_the_server_exposes() {
 
 #[tokio::test]
 async fn a_live_metrics_scrape_passes_promtool_check_metrics() {
-    use lstm_forecast::metrics::{prometheus::PrometheusSink, ServerMetrics, Telemetry};
+    use lstm_forecast::metrics::{ServerMetrics, Telemetry};
     let metrics = ServerMetrics::new();
-    let telemetry = Telemetry::new(
-        vec![std::sync::Arc::new(PrometheusSink::new(&metrics))],
-        "etth1-ot-lstm",
-        "1.0.0",
-        None,
-    );
-    let monitoring = lstm_forecast::http::Monitoring {
-        telemetry: telemetry.clone(),
+    let monitoring = lstm_forecast::service::Monitoring {
+        telemetry: Telemetry::new(Vec::new(), "etth1-ot-lstm", "1.0.0", None),
         forecast_log: None,
         backtest_rate: 1.0,
     };
@@ -241,7 +235,10 @@ async fn a_live_metrics_scrape_passes_promtool_check_metrics() {
         .send()
         .await
         .unwrap();
-    telemetry.record_in_bucket(Metric::Mae, 0.5, Some("1-6"));
+    server
+        .service
+        .telemetry()
+        .record_in_bucket(Metric::Mae, 0.5, Some("1-6"));
     let scrape = common::get_text(&client, &server.url("/metrics")).await;
     assert!(scrape.contains("lstm_forecast_input_drift_psi"), "{scrape}");
     let mut promtool = Command::new("promtool")

@@ -10,10 +10,10 @@ use std::time::Duration;
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
 use common::emulators::Moto;
 use common::{bundled_model, repo_path, window, TestServer};
-use lstm_forecast::http::{Limits, Monitoring};
 use lstm_forecast::metrics::cloudwatch::CloudWatchSink;
 use lstm_forecast::metrics::{MetricSink, ServerMetrics, Telemetry};
 use lstm_forecast::monitor::store::{AccuracyStore, ForecastLog};
+use lstm_forecast::service::{Limits, Monitoring};
 use serde_json::{json, Value};
 
 const NAMESPACE: &str = "LstmForecastTest";
@@ -140,7 +140,7 @@ async fn every_request_metric_reaches_cloudwatch_with_the_right_values() {
         "one PutMetricData call per flush, whatever the request count"
     );
     // THEN CloudWatch holds exactly what happened
-    let version = server.state.handle().model().metadata().version.clone();
+    let version = server.service.model().metadata().version.clone();
     let dims = [
         ("Model", "etth1-ot-lstm"),
         ("ModelVersion", version.as_str()),
@@ -350,7 +350,7 @@ async fn an_etth1_replay_evaluates_to_the_same_mae_as_an_offline_computation() {
     assert_eq!(evaluation.forecasts_scored, 12);
     assert_eq!(evaluation.missing_actuals, 1);
     assert_eq!(evaluation.pairs, offline_count);
-    let version = server.state.handle().model().metadata().version.clone();
+    let version = server.service.model().metadata().version.clone();
     let scores = &evaluation.by_version[&version];
     let offline_mae = offline_abs_error / offline_count as f64;
     assert!(

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::primitives::ByteStream;
 use common::emulators::{cli, Moto};
 use common::{bundled_as_version, repo_path};
+use lstm_forecast::objects::ObjectErrorKind;
 use lstm_forecast::registry::{Registry, RegistryError, RegistryRef};
 use serde_json::Value;
 
@@ -125,7 +126,10 @@ async fn a_stale_alias_write_is_refused_instead_of_overwriting_a_concurrent_prom
         .write_alias(&alias, stale_etag.as_deref())
         .await
         .unwrap_err();
-    assert!(matches!(err, RegistryError::Conflict { .. }), "{err}");
+    assert!(
+        matches!(&err, RegistryError::Object(e) if e.kind == ObjectErrorKind::Conflict),
+        "{err}"
+    );
     assert_eq!(registry.live_version().await.unwrap(), "1.0.1");
 }
 

@@ -5,7 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lstm_forecast::forecast::{parse_forecast_request, parse_observations, RequestShape};
+use lstm_forecast::forecast::{parse_forecast_request, RequestShape};
+use lstm_forecast::monitor::observations::parse_observations;
 use lstm_forecast::input::{parse_csv, parse_json_lines};
 use lstm_forecast::model::contract::ModelMetadata;
 use lstm_forecast::model::preprocess::Pipeline;

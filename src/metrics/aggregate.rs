@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Dimensions, Kind, Metric, Sample};
+use super::telemetry::{Dimensions, Kind, Metric, Sample};
 
 /// Values are rounded to this many significant digits before counting, so a distribution of
 /// latencies collapses to at most a few hundred distinct values per period.
@@ -106,7 +106,7 @@ impl Aggregator {
 mod tests {
     use super::*;
 
-    use crate::metrics::test_sample as sample;
+    use crate::metrics::telemetry::test_sample as sample;
 
     #[test]
     fn counters_sum_and_distributions_count_distinct_quantised_values() {

@@ -1,7 +1,7 @@
 //! The CloudWatch `PutMetricData` sink.
 //!
-//! Samples are aggregated in memory and shipped by [`CloudWatchSink::flush`]: from a periodic task
-//! (`spawn_periodic_flush`), at the end of a job, and on shutdown. So the number of API calls per
+//! Samples are aggregated in memory and shipped by [`CloudWatchSink::flush`]: from the service's
+//! periodic flush, at the end of a job or invocation, and on shutdown. So the number of API calls per
 //! period is independent of the request rate: one call per 1,000 datums, each datum at most 150
 //! distinct values (the API's limits). A failed call is retried (SDK backoff), then its datums wait
 //! in a bounded buffer for the next flush; what no longer fits is dropped and counted as
@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 
 use super::aggregate::{Aggregated, Aggregator};
-use super::{Dimensions, Metric, MetricSink, Sample};
+use super::telemetry::{Dimensions, Metric, MetricSink, Sample};
 use crate::source::BoxFuture;
 
 /// CloudWatch limits: values per datum and datums per PutMetricData call.
@@ -215,6 +215,9 @@ fn to_datums(
 
 impl MetricSink for CloudWatchSink {
     fn record(&self, sample: &Sample) {
+        if sample.metric.is_local() {
+            return;
+        }
         self.current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -231,25 +234,6 @@ impl MetricSink for CloudWatchSink {
     fn flush(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.flush_now())
     }
-}
-
-/// Flushes `sink` every `period` until `shutdown` resolves, then once more.
-pub async fn flush_periodically(
-    sink: std::sync::Arc<dyn MetricSink>,
-    period: Duration,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = ticker.tick() => sink.flush().await,
-        }
-    }
-    sink.flush().await;
 }
 
 #[cfg(test)]

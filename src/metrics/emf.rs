@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use serde_json::{json, Map, Value};
 
 use super::aggregate::Aggregator;
-use super::{Kind, MetricSink, Sample};
+use super::telemetry::{Kind, MetricSink, Sample};
 use crate::source::BoxFuture;
 
 pub const MAX_METRICS_PER_DIRECTIVE: usize = 100;
@@ -201,6 +201,9 @@ pub fn document_with_values(
 
 impl MetricSink for EmfSink {
     fn record(&self, sample: &Sample) {
+        if sample.metric.is_local() {
+            return;
+        }
         self.current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -223,9 +226,9 @@ impl MetricSink for EmfSink {
 mod tests {
     use super::*;
 
-    use crate::metrics::Metric;
+    use crate::metrics::telemetry::Metric;
 
-    use crate::metrics::test_sample as sample;
+    use crate::metrics::telemetry::test_sample as sample;
 
     #[test]
     fn a_flush_writes_valid_documents_within_the_limits() {

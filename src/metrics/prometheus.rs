@@ -1,9 +1,11 @@
 //! Prometheus metrics of the serving process (`GET /metrics`).
 //!
 //! One registry per server instance rather than the global default, so several servers can live in
-//! one process (integration tests do) without their counters mixing. HTTP-specific families (by
-//! route and status) are recorded by the HTTP layer directly; the [`PrometheusSink`] adds the
-//! facade's metrics that have no native family here (drift, accuracy, backtest, memory, ...).
+//! one process (integration tests do) without their counters mixing. Nothing writes to these
+//! families but the [`PrometheusSink`]: it reads the same samples and request outcomes as the
+//! CloudWatch and EMF sinks, and maps them onto the native families (requests by route and status,
+//! inference and queue time, batch sizes, ...) or onto one family per facade metric (drift,
+//! accuracy, backtest, memory, ...).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,7 +15,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use super::{Kind, Metric, MetricSink, Sample};
+use super::telemetry::{Dimensions, Kind, Metric, MetricSink, RequestOutcome, Sample};
 use crate::model::contract::ModelMetadata;
 use crate::source::BoxFuture;
 
@@ -183,11 +185,11 @@ impl ServerMetrics {
     }
 }
 
-/// The facade's metrics as Prometheus families `lstm_forecast_<name>` with labels `model`,
-/// `model_version`, `horizon_bucket`. Metrics the HTTP layer already exposes natively (requests,
-/// errors, latency, forecasts, reloads) are skipped so nothing is counted twice.
+/// The facade's metrics in Prometheus form: those with a native family (forecasts, inference and
+/// queue time, batch sizes, reloads, requests) go there; the rest become families
+/// `lstm_forecast_<name>` with labels `model`, `model_version`, `horizon_bucket`.
 pub struct PrometheusSink {
-    registry: Registry,
+    native: ServerMetrics,
     families: Mutex<HashMap<Metric, Family>>,
 }
 
@@ -199,7 +201,9 @@ enum Family {
 
 const LABELS: [&str; 3] = ["model", "model_version", "horizon_bucket"];
 
-/// Prometheus name for a facade metric, or `None` when a native family already covers it.
+/// Prometheus name for a facade metric, or `None` when a native family covers it (see
+/// [`PrometheusSink::record_native`]) or the request families do (see
+/// [`PrometheusSink::record_request`]).
 pub fn prometheus_name(metric: Metric) -> Option<&'static str> {
     Some(match metric {
         Metric::ForecastLatency
@@ -209,7 +213,10 @@ pub fn prometheus_name(metric: Metric) -> Option<&'static str> {
         | Metric::ClientErrors
         | Metric::ServerErrors
         | Metric::ModelReloads
-        | Metric::ModelReloadFailures => return None,
+        | Metric::ModelReloadFailures
+        | Metric::QueueLatency
+        | Metric::BatchWindows
+        | Metric::QueueDepth => return None,
         Metric::ColdStartDuration => "lstm_forecast_cold_start_duration_milliseconds",
         Metric::ModelLoadDuration => "lstm_forecast_model_load_duration_milliseconds",
         Metric::ModelRollbacks => "lstm_forecast_model_rollbacks_total",
@@ -230,14 +237,51 @@ pub fn prometheus_name(metric: Metric) -> Option<&'static str> {
 impl PrometheusSink {
     pub fn new(metrics: &ServerMetrics) -> Self {
         PrometheusSink {
-            registry: metrics.registry().clone(),
+            native: metrics.clone(),
             families: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Samples with a native family; false for the others.
+    fn record_native(&self, sample: &Sample) -> bool {
+        let native = &self.native;
+        let value = sample.value;
+        match sample.metric {
+            Metric::Forecasts => native.forecasts.inc_by(value.max(0.0) as u64),
+            Metric::InferenceLatency => native.inference_duration.observe(value / 1e3),
+            Metric::QueueLatency => native.queue_duration.observe(value / 1e3),
+            Metric::BatchWindows => native.batch_windows.observe(value),
+            Metric::QueueDepth => native.queue_depth.set(value as i64),
+            Metric::ModelReloads => native.model_reloads.inc_by(value.max(0.0) as u64),
+            Metric::ModelReloadFailures => {
+                native.model_reload_failures.inc_by(value.max(0.0) as u64)
+            }
+            _ => return false,
+        }
+        true
     }
 }
 
 impl MetricSink for PrometheusSink {
+    fn record_request(&self, outcome: &RequestOutcome<'_>, _dimensions: &Dimensions) {
+        let native = &self.native;
+        native
+            .request_duration
+            .with_label_values(&[outcome.route])
+            .observe(outcome.elapsed.as_secs_f64());
+        native
+            .requests
+            .with_label_values(&[outcome.route, &outcome.status.to_string()])
+            .inc();
+        if let Some(code) = outcome.error_code {
+            native.errors.with_label_values(&[code]).inc();
+        }
+    }
+
     fn record(&self, sample: &Sample) {
+        if self.record_native(sample) {
+            return;
+        }
         let Some(name) = prometheus_name(sample.metric) else {
             return;
         };
@@ -278,7 +322,7 @@ impl MetricSink for PrometheusSink {
                 Family::Gauge(g) => Box::new(g.clone()),
                 Family::Histogram(h) => Box::new(h.clone()),
             };
-            if let Err(e) = self.registry.register(collector) {
+            if let Err(e) = self.native.registry().register(collector) {
                 tracing::warn!("prometheus family {name}: {e}");
             }
             family

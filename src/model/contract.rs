@@ -94,6 +94,11 @@ pub enum ContractError {
     Field { field: String, reason: String },
     #[error("model.pt sha256 is {actual}, but model.json declares {declared}")]
     Checksum { declared: String, actual: String },
+    #[error("model.json declares version {declared} but is filed under {filed_under}")]
+    FiledUnderOtherVersion {
+        declared: String,
+        filed_under: String,
+    },
 }
 
 fn field_error(field: impl Into<String>, reason: impl Into<String>) -> ContractError {

@@ -12,7 +12,8 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 use super::accuracy::{bucket_of, horizon_buckets, Accumulator, Scores};
-use super::store::{AccuracyStore, ForecastRecord, Observation, StoreError};
+use super::observations::Observation;
+use super::store::{AccuracyStore, ForecastRecord, StoreError};
 use crate::metrics::{Metric, Telemetry};
 
 /// What one evaluation found.

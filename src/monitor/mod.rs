@@ -3,10 +3,12 @@
 //!
 //! - [`drift`]: per-window PSI against the training quantile bins, out-of-range share.
 //! - [`accuracy`]: MAE, RMSE, WAPE, bias and MASE, overall and per horizon bucket.
+//! - [`observations`]: actuals, and the `POST /v1/observations` body that carries them.
 //! - [`store`]: forecasts and actuals as JSON Lines on S3, partitioned by date.
 //! - [`evaluate`]: the join, the scores, the report and its chart.
 
 pub mod accuracy;
 pub mod drift;
 pub mod evaluate;
+pub mod observations;
 pub mod store;

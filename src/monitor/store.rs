@@ -15,9 +15,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+pub use super::observations::Observation;
+use crate::objects::{ObjectError, Precondition, S3Objects};
 
 /// One logged forecast: enough to score it once the actuals arrive.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,25 +38,12 @@ pub struct ForecastRecord {
     pub created_at: DateTime<Utc>,
 }
 
-/// One observed value of a series.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Observation {
-    pub series_id: String,
-    pub timestamp: DateTime<Utc>,
-    pub value: f64,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("invalid store URI `{0}` (expected s3://BUCKET/PREFIX)")]
     Uri(String),
-    #[error("S3 {operation} s3://{bucket}/{key}: {cause}")]
-    S3 {
-        operation: &'static str,
-        bucket: String,
-        key: String,
-        cause: String,
-    },
+    #[error(transparent)]
+    Object(#[from] ObjectError),
     #[error("s3://{bucket}/{key} line {line}: {cause}")]
     Parse {
         bucket: String,
@@ -67,7 +56,7 @@ pub enum StoreError {
 /// The accuracy store on S3.
 #[derive(Clone)]
 pub struct AccuracyStore {
-    client: aws_sdk_s3::Client,
+    objects: S3Objects,
     bucket: String,
     /// Key prefix, empty or ending with '/'.
     prefix: String,
@@ -94,7 +83,7 @@ impl AccuracyStore {
             format!("{prefix}/")
         };
         Ok(AccuracyStore {
-            client,
+            objects: S3Objects::new(client, bucket.clone()),
             bucket,
             prefix,
         })
@@ -104,76 +93,22 @@ impl AccuracyStore {
         format!("s3://{}/{}", self.bucket, self.prefix)
     }
 
-    fn s3_error<E: std::error::Error + 'static>(
-        &self,
-        operation: &'static str,
-        key: &str,
-        e: E,
-    ) -> StoreError {
-        StoreError::S3 {
-            operation,
-            bucket: self.bucket.clone(),
-            key: key.to_string(),
-            cause: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
-        }
-    }
-
     async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), StoreError> {
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| self.s3_error("PutObject", key, e))?;
-        Ok(())
+        Ok(self
+            .objects
+            .put(key, body, content_type, Precondition::None)
+            .await?)
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(output) => Ok(Some(
-                output
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|e| self.s3_error("GetObject", key, e))?
-                    .into_bytes()
-                    .to_vec(),
-            )),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-            Err(e) => Err(self.s3_error("GetObject", key, e)),
-        }
+        Ok(self.objects.get_if_exists(key).await?.map(|o| o.bytes))
     }
 
     async fn list(&self, folder: &str) -> Result<Vec<String>, StoreError> {
-        let prefix = format!("{}{folder}/", self.prefix);
-        let mut keys = Vec::new();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&prefix)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.s3_error("ListObjectsV2", &prefix, e))?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_owned)),
-            );
-        }
-        keys.sort();
-        Ok(keys)
+        Ok(self
+            .objects
+            .list(&format!("{}{folder}/", self.prefix))
+            .await?)
     }
 
     async fn append<T: Serialize>(
@@ -256,7 +191,7 @@ impl AccuracyStore {
                     let row = row.map_err(|e| parse_error(i + 2, e.to_string()))?;
                     let field = |n: usize| row.get(n).unwrap_or("");
                     let timestamp =
-                        crate::forecast::parse_timestamp_lenient(field(1)).ok_or_else(|| {
+                        crate::time::parse_timestamp_lenient(field(1)).ok_or_else(|| {
                             parse_error(i + 2, format!("bad timestamp `{}`", field(1)))
                         })?;
                     let value: f64 = field(2)

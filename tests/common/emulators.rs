@@ -18,8 +18,7 @@ pub fn tools_bin(name: &str) -> PathBuf {
             std::env::var_os("LSTM_FORECAST_CACHE")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var("HOME").expect("HOME"))
-                        .join(".cache/lstm-forecast")
+                    PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/lstm-forecast")
                 })
                 .join("tools-venv")
         });

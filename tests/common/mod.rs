@@ -3,10 +3,11 @@
 
 use std::path::PathBuf;
 
-use lstm_forecast::http::{self, AppState, Limits};
+use lstm_forecast::http;
 use lstm_forecast::infer::InferenceHandle;
 use lstm_forecast::metrics::ServerMetrics;
 use lstm_forecast::model::{Model, ModelArtifacts};
+use lstm_forecast::service::{Limits, Monitoring, Service};
 use lstm_forecast::source::{BUNDLED_MODEL_JSON, BUNDLED_MODEL_PT};
 use tokio::sync::oneshot;
 
@@ -32,7 +33,7 @@ pub fn bundled_model() -> Model {
 /// A running server; dropping it without `stop` leaves the task to die with the runtime.
 pub struct TestServer {
     pub base: String,
-    pub state: AppState,
+    pub service: Service,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -54,19 +55,19 @@ impl TestServer {
         limits: Limits,
         max_queue: usize,
         metrics: ServerMetrics,
-        monitoring: lstm_forecast::http::Monitoring,
+        monitoring: Monitoring,
     ) -> Self {
         let (handle, _engine_thread) = InferenceHandle::spawn(model, max_queue);
-        let state = AppState::with_monitoring(handle, metrics, limits, monitoring);
+        let service = Service::new(handle, metrics, limits, monitoring);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown, stop) = oneshot::channel::<()>();
-        let task = tokio::spawn(http::serve(listener, state.clone(), async {
+        let task = tokio::spawn(http::serve(listener, service.clone(), async {
             let _ = stop.await;
         }));
         TestServer {
             base,
-            state,
+            service,
             shutdown: Some(shutdown),
             task,
         }

@@ -1,0 +1,269 @@
+//! The command line's arguments: shared groups (model, AWS, metrics, accuracy) and each command's.
+//!
+//! Every setting is an argument with its environment variable, so `--help` lists all of them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use lstm_forecast::metrics::SinkKind;
+use lstm_forecast::service::Limits;
+
+/// Where metrics go.
+#[derive(Args)]
+pub struct MetricsArgs {
+    /// Comma-separated push sinks: cloudwatch (PutMetricData API), emf (Embedded Metric Format
+    /// lines on stdout) [default: none for serve, emf for lambda]. Prometheus (GET /metrics) is
+    /// always on; `prometheus` is accepted and changes nothing.
+    #[arg(long, env = "METRICS_SINKS", value_delimiter = ',')]
+    pub metrics_sinks: Vec<SinkKind>,
+
+    /// CloudWatch namespace.
+    #[arg(long, env = "METRICS_NAMESPACE", default_value = lstm_forecast::metrics::emf::DEFAULT_NAMESPACE)]
+    pub metrics_namespace: String,
+
+    /// Value of the optional `Stage` dimension (e.g. prod, staging).
+    #[arg(long, env = "STAGE")]
+    pub stage: Option<String>,
+
+    /// Seconds between flushes of the CloudWatch/EMF sinks (serve); Lambda flushes per invocation.
+    #[arg(long, env = "METRICS_FLUSH_SECONDS", default_value_t = 60)]
+    pub metrics_flush_seconds: u64,
+}
+
+/// The accuracy loop.
+#[derive(Args)]
+pub struct AccuracyArgs {
+    /// s3://BUCKET/PREFIX where forecasts are logged and actuals stored; enables POST /v1/observations.
+    #[arg(long, env = "FORECAST_LOG_URI")]
+    pub forecast_log: Option<String>,
+
+    /// Share (0-1) of series sent with at least window + horizon history that are also backtested
+    /// (forecast from the older part, scored against the newest values -> BacktestMAE).
+    #[arg(long, env = "BACKTEST_SAMPLE_RATE", default_value_t = 0.1)]
+    pub backtest_rate: f64,
+}
+
+#[derive(Args)]
+pub struct EvaluateArgs {
+    /// s3://BUCKET/PREFIX of the forecast log and actuals.
+    #[arg(long, env = "FORECAST_LOG_URI")]
+    pub store: String,
+
+    /// Minutes after a forecast's last target time that its actuals may still arrive.
+    #[arg(long, env = "EVALUATION_GRACE_MINUTES", default_value_t = 60)]
+    pub grace_minutes: i64,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+#[derive(Args)]
+pub struct LambdaArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+
+    #[command(flatten)]
+    pub accuracy: AccuracyArgs,
+
+    /// Minutes after a forecast's last target time that its actuals may still arrive.
+    #[arg(long, env = "EVALUATION_GRACE_MINUTES", default_value_t = 60)]
+    pub grace_minutes: u64,
+
+    /// Comma-separated alarm names whose ALARM state rolls the model alias back.
+    #[arg(
+        long,
+        env = "ROLLBACK_ALARMS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub rollback_alarms: Vec<String>,
+
+    /// Seconds between checks of the registry alias by a warm instance (0: every invocation).
+    #[arg(long, env = "ALIAS_CHECK_SECONDS", default_value_t = 60)]
+    pub alias_check_seconds: u64,
+}
+
+#[derive(Args)]
+pub struct ModelArgs {
+    /// Model to use: `bundled`, a model directory, file://DIR, s3://BUCKET/models/NAME (the live
+    /// alias, followed by hot reload in `serve`) or s3://BUCKET/models/NAME/VERSION.
+    #[arg(long, env = "MODEL_URI", default_value = "bundled")]
+    pub model: String,
+
+    /// libtorch intra-op threads per forward [default: 1 in `serve` and `lambda`, which use more
+    /// CPUs by running forwards side by side; the CPUs this process may use (cgroup quotas
+    /// included) for one-off commands].
+    #[arg(long, env = "THREADS")]
+    pub threads: Option<usize>,
+
+    /// Where versions downloaded from the S3 registry are cached, keyed by version and checked by
+    /// checksum on reuse (in Lambda, `/tmp` is the only writable place).
+    #[arg(long, env = "LSTM_FORECAST_MODEL_CACHE", value_name = "DIR",
+          default_value_os_t = lstm_forecast::source::s3::default_cache_dir())]
+    pub model_cache_dir: PathBuf,
+
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+/// How AWS is reached. Credentials and region come the standard way (environment, profile, web
+/// identity, the ECS or EC2 role).
+#[derive(Args, Clone)]
+pub struct AwsArgs {
+    /// Send every AWS call (S3, CloudWatch) to this endpoint instead of AWS: an emulator such as
+    /// moto or MinIO (S3 then uses path-style addressing).
+    #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "URL")]
+    pub aws_endpoint_url: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Address to listen on. Use 0.0.0.0:8080 in a container; port 0 picks a free port.
+    #[arg(long, env = "BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
+    pub max_body_bytes: usize,
+
+    /// Most series per forecast request (they run as one batch).
+    #[arg(long, env = "MAX_SERIES", default_value_t = Limits::default().max_series)]
+    pub max_series: usize,
+
+    /// Requests that may wait for the engine; beyond this the server answers 429 with Retry-After.
+    #[arg(long, env = "MAX_QUEUE", default_value_t = 64)]
+    pub max_queue: usize,
+
+    /// Engine threads, each running its own forward passes [default: the CPUs this process may
+    /// use]. Keep engine threads x --threads at or below the CPUs.
+    #[arg(long, env = "ENGINE_WORKERS")]
+    pub engine_workers: Option<usize>,
+
+    /// Dynamic batching: most series in one forward pass, across concurrent requests (1 disables).
+    #[arg(long, env = "MAX_BATCH_SIZE", default_value_t = 64)]
+    pub max_batch_size: usize,
+
+    /// Dynamic batching: how long (ms) a request may wait for others to share its forward pass. 0
+    /// batches only what is already queued, adding no latency at low load.
+    #[arg(long, env = "MAX_BATCH_DELAY_MS", default_value_t = 0)]
+    pub max_batch_delay_ms: u64,
+
+    /// Seconds between checks of the registry alias when --model is s3://BUCKET/models/NAME; a new
+    /// live version is loaded in the background and swapped in (0 disables).
+    #[arg(long, env = "RELOAD_INTERVAL_SECONDS", default_value_t = 60)]
+    pub reload_interval_seconds: u64,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+
+    #[command(flatten)]
+    pub accuracy: AccuracyArgs,
+}
+
+#[derive(Args)]
+pub struct ForecastArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Input file (CSV or JSON); `-` reads standard input.
+    #[arg(long, short)]
+    pub input: PathBuf,
+
+    /// Input format [default: from the file extension, else the content].
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+
+    /// Most series read from the input.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_series: usize,
+
+    /// Series per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    Csv,
+    Json,
+    /// One series object per line.
+    Jsonl,
+}
+
+#[derive(Subcommand)]
+pub enum ModelCommand {
+    /// Check a model directory before serving it: contract, checksum, and forecasts at batch sizes
+    /// 1, 2 and 64 (finite, right shape, same alone as inside a batch).
+    ///
+    /// The libtorch checks run in a child process, so a model that crashes libtorch (e.g. an LSTM
+    /// traced with a fixed batch size) is reported as invalid instead of crashing this command.
+    /// Exits 0 when valid, 1 when not.
+    Validate {
+        /// Model directory holding model.json and model.pt.
+        dir: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Give up on the probe after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
+    /// Print a model's metadata (model.json) after loading and checking it.
+    Show {
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Validate a model directory, upload it to the S3 registry as a new version, and make it live.
+    ///
+    /// Uploads NAME/VERSION/model.pt then model.json (VERSION from model.json; versions are
+    /// immutable), then points the `live` alias at it unless --no-promote.
+    Publish {
+        /// Model directory holding model.json and model.pt.
+        dir: PathBuf,
+        /// Registry: s3://BUCKET/models/NAME.
+        registry: String,
+        /// Upload without making the version live.
+        #[arg(long)]
+        no_promote: bool,
+        #[command(flatten)]
+        aws: AwsArgs,
+    },
+    /// List a registry's published versions and which one is live.
+    List {
+        /// Registry: s3://BUCKET/models/NAME.
+        registry: String,
+        #[command(flatten)]
+        aws: AwsArgs,
+    },
+    /// Make a published version live (the previous one stays in the alias history).
+    Promote {
+        /// Registry: s3://BUCKET/models/NAME.
+        registry: String,
+        /// The published version to make live.
+        #[arg(value_name = "VERSION")]
+        target_version: String,
+        #[command(flatten)]
+        aws: AwsArgs,
+    },
+    /// Move the live alias back to the version that was live before the current one.
+    Rollback {
+        /// Registry: s3://BUCKET/models/NAME.
+        registry: String,
+        #[command(flatten)]
+        aws: AwsArgs,
+    },
+    /// Internal: the child process of `model validate`. Prints one JSON line per check.
+    #[command(hide = true)]
+    Probe { dir: PathBuf },
+}

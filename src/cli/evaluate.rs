@@ -1,0 +1,45 @@
+//! `lstm-forecast evaluate`: one accuracy evaluation, from a scheduler other than Lambda's.
+
+use lstm_forecast::metrics::{SinkKind, Telemetry};
+use lstm_forecast::monitor::store::AccuracyStore;
+use lstm_forecast::service::build::{build_sinks, MetricsConfig};
+
+use super::args::EvaluateArgs;
+use super::runtime;
+
+pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let sdk = lstm_forecast::aws::sdk_config(args.aws.aws_endpoint_url.as_deref()).await;
+        let store = AccuracyStore::new(lstm_forecast::aws::s3_client(&sdk), &args.store)?;
+        let config = MetricsConfig {
+            sinks: if args.metrics.metrics_sinks.is_empty() {
+                vec![SinkKind::CloudWatch]
+            } else {
+                args.metrics.metrics_sinks.clone()
+            },
+            namespace: args.metrics.metrics_namespace.clone(),
+            stage: args.metrics.stage.clone(),
+        };
+        let (sinks, cloudwatch) = build_sinks(&config, &sdk);
+        // Scores carry each forecast's own model and version, not a current one.
+        let telemetry = Telemetry::new(sinks, "", "", config.stage.as_deref());
+        let run = lstm_forecast::monitor::evaluate::run_evaluation(
+            &store,
+            &telemetry,
+            chrono::Utc::now(),
+            chrono::Duration::minutes(args.grace_minutes),
+        )
+        .await?;
+        telemetry.flush().await;
+        if let Some(sink) = cloudwatch {
+            if sink.pending() > 0 {
+                tracing::warn!(
+                    pending = sink.pending(),
+                    "some accuracy metrics could not be sent to CloudWatch"
+                );
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&run)?);
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,62 @@
+//! `lstm-forecast lambda` (and the binary run as `bootstrap`): the AWS Lambda function.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use lstm_forecast::lambda::{self, LambdaConfig};
+use lstm_forecast::metrics::SinkKind;
+use lstm_forecast::service::build::MetricsConfig;
+use lstm_forecast::service::Limits;
+use lstm_forecast::source::ModelUri;
+
+use super::args::LambdaArgs;
+use super::runtime;
+
+pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
+    // API Gateway REST puts the stage in the path (`/prod/v1/forecast`); the routes are stage-free,
+    // exactly as `serve` exposes them. Set before any thread exists, so the write cannot race.
+    if std::env::var_os("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH").is_none() {
+        std::env::set_var("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true");
+    }
+    let config = LambdaConfig {
+        model_uri: ModelUri::parse(&args.model.model)?,
+        model_cache_dir: args.model.model_cache_dir,
+        aws_endpoint_url: args.model.aws.aws_endpoint_url,
+        rollback_alarms: args
+            .rollback_alarms
+            .into_iter()
+            .filter(|a| !a.trim().is_empty())
+            .collect(),
+        threads: args.model.threads,
+        limits: Limits::default(),
+        alias_check_interval: Duration::from_secs(args.alias_check_seconds),
+        metrics: MetricsConfig {
+            sinks: if args.metrics.metrics_sinks.is_empty() {
+                vec![SinkKind::Emf]
+            } else {
+                args.metrics.metrics_sinks
+            },
+            namespace: args.metrics.metrics_namespace,
+            stage: args.metrics.stage,
+        },
+        forecast_log_uri: args.accuracy.forecast_log,
+        backtest_rate: args.accuracy.backtest_rate,
+        evaluation_grace: Duration::from_secs(args.grace_minutes * 60),
+    };
+    let runtime = runtime()?;
+    let app = match runtime.block_on(lambda::init(config)) {
+        Ok((app, _report)) => app,
+        Err(e) => {
+            tracing::error!(error_type = e.kind(), "init failed: {e}");
+            if let Err(report) = runtime.block_on(lambda::report_init_error(&e)) {
+                tracing::warn!("could not report the init error to the Runtime API: {report}");
+            }
+            eprintln!("error: init failed: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    runtime
+        .block_on(lambda::run(app))
+        .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}

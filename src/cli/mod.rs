@@ -1,0 +1,51 @@
+//! The command line's commands, one module each; `main.rs` parses and dispatches.
+//!
+//! Each command only converts: arguments to library configuration, results to output and exit
+//! codes. Models load through [`lstm_forecast::service::build::fetch_and_load`], and `serve` is
+//! composed by [`lstm_forecast::service::build::compose`], the same root as the Lambda function.
+
+pub mod args;
+pub mod evaluate;
+pub mod forecast;
+pub mod lambda;
+pub mod model;
+pub mod serve;
+
+use anyhow::Context;
+
+use lstm_forecast::model::engine::{configure_libtorch, Workload};
+use lstm_forecast::model::Model;
+use lstm_forecast::source::ModelUri;
+
+use args::{AwsArgs, ModelArgs};
+
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// The AWS configuration: the standard chain when `needed`; otherwise one that never looks for
+/// credentials or a region (asking the instance metadata service costs ~15 ms of every local
+/// start, and seconds where a firewall drops the packets).
+pub async fn sdk_config(aws: &AwsArgs, needed: bool) -> aws_config::SdkConfig {
+    if needed {
+        lstm_forecast::aws::sdk_config(aws.aws_endpoint_url.as_deref()).await
+    } else {
+        lstm_forecast::aws::offline_config()
+    }
+}
+
+/// Fetches, checks, loads and warms up a model for a one-off command.
+pub fn load_model(args: &ModelArgs, workload: Workload) -> anyhow::Result<Model> {
+    configure_libtorch(args.threads, workload);
+    let uri = ModelUri::parse(&args.model)?;
+    runtime()?.block_on(async {
+        let sdk = sdk_config(&args.aws, matches!(uri, ModelUri::S3(_))).await;
+        let (model, _) =
+            lstm_forecast::service::build::fetch_and_load(&uri, &args.model_cache_dir, &sdk)
+                .await?;
+        anyhow::Ok(model)
+    })
+}

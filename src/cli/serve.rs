@@ -1,0 +1,142 @@
+//! `lstm-forecast serve`: the long-running HTTP server (ECS, Kubernetes, a laptop).
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use lstm_forecast::infer::Batching;
+use lstm_forecast::metrics::SinkKind;
+use lstm_forecast::model::engine::{
+    available_cpus, configure_libtorch, configured_intra_op_threads, default_engine_workers,
+    oversubscription_warning, Workload,
+};
+use lstm_forecast::registry::Registry;
+use lstm_forecast::service::build::{
+    compose, fetch_and_load, flush_periodically, MetricsConfig, ServiceConfig,
+};
+use lstm_forecast::service::follow::AliasFollower;
+use lstm_forecast::service::Limits;
+use lstm_forecast::source::s3::S3ModelSource;
+use lstm_forecast::source::ModelUri;
+
+use super::args::ServeArgs;
+use super::{runtime, sdk_config};
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    configure_libtorch(args.model.threads, Workload::Serving);
+    let uri = ModelUri::parse(&args.model.model)?;
+    let follow_alias = match &uri {
+        ModelUri::S3(model) if model.version.is_none() && args.reload_interval_seconds > 0 => {
+            Some(model.clone())
+        }
+        _ => None,
+    };
+    let cpus = available_cpus();
+    let engine_workers = args
+        .engine_workers
+        .unwrap_or_else(|| default_engine_workers(cpus))
+        .max(1);
+    let intra_op_threads = configured_intra_op_threads().max(1);
+    if let Some(warning) = oversubscription_warning(engine_workers, intra_op_threads, cpus) {
+        tracing::warn!("{warning}");
+    }
+    let config = ServiceConfig {
+        limits: Limits {
+            max_body_bytes: args.max_body_bytes,
+            max_series: args.max_series,
+        },
+        max_queue: args.max_queue,
+        batching: Batching {
+            max_batch_series: args.max_batch_size.max(1),
+            max_delay: Duration::from_millis(args.max_batch_delay_ms),
+        },
+        engine_workers,
+        metrics: MetricsConfig {
+            sinks: if args.metrics.metrics_sinks.is_empty() {
+                vec![SinkKind::Prometheus]
+            } else {
+                args.metrics.metrics_sinks.clone()
+            },
+            namespace: args.metrics.metrics_namespace.clone(),
+            stage: args.metrics.stage.clone(),
+        },
+        forecast_log_uri: args.accuracy.forecast_log.clone(),
+        backtest_rate: args.accuracy.backtest_rate,
+    };
+    let uses_aws = config.metrics.uses_aws()
+        || config.forecast_log_uri.is_some()
+        || matches!(uri, ModelUri::S3(_));
+    let runtime = runtime()?;
+    let engine = runtime.block_on(async move {
+        let sdk = sdk_config(&args.model.aws, uses_aws).await;
+        let (model, _) = fetch_and_load(&uri, &args.model.model_cache_dir, &sdk).await?;
+        tracing::info!(
+            engine_workers,
+            intra_op_threads,
+            max_batch_size = config.batching.max_batch_series,
+            "starting the engine threads"
+        );
+        let composed = compose(model, &config, &sdk)?;
+        let service = composed.service;
+        let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = background_stopped.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        let follower = follow_alias.map(|model| {
+            let source = S3ModelSource::new(
+                Registry::new(lstm_forecast::aws::s3_client(&sdk), model),
+                args.model.model_cache_dir.clone(),
+            );
+            let follower = AliasFollower::new(
+                source,
+                service.clone(),
+                Duration::from_secs(args.reload_interval_seconds),
+            );
+            tokio::spawn(follower.run(stopped()))
+        });
+        // Push sinks and the forecast log ship on a period and once more at shutdown.
+        let background = tokio::spawn(flush_periodically(
+            service.clone(),
+            Duration::from_secs(args.metrics.metrics_flush_seconds.max(1)),
+            stopped(),
+        ));
+        let listener = tokio::net::TcpListener::bind(args.bind)
+            .await
+            .with_context(|| format!("binding {}", args.bind))?;
+        let address = listener.local_addr()?;
+        let model = service.model();
+        tracing::info!(
+            model = %model.metadata().name,
+            model_version = %model.metadata().version,
+            "listening on http://{address}  (try: curl -s http://{address}/v1/model)"
+        );
+        drop(model);
+        lstm_forecast::model::footprint::release_libtorch_startup_pages_in_background();
+        let served =
+            lstm_forecast::http::serve(listener, service, lstm_forecast::http::shutdown_signal())
+                .await
+                .context("serving HTTP");
+        let _ = stop_background.send(true);
+        let _ = background.await;
+        if let Some(follower) = follower {
+            let _ = follower.await;
+        }
+        if let Some(sink) = composed.cloudwatch {
+            if sink.pending() > 0 {
+                tracing::warn!(
+                    pending = sink.pending(),
+                    "some metrics could not be sent to CloudWatch before shutdown"
+                );
+            }
+        }
+        tracing::info!("metrics and forecast log flushed");
+        served.map(|()| composed.engine)
+    })?;
+    // Every service handle is gone: the engine threads drain the queue and exit.
+    let _ = engine.join();
+    tracing::info!("stopped");
+    Ok(())
+}

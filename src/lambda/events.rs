@@ -1,0 +1,145 @@
+//! What arrives at the function: event shapes, the scheduled actions, and the error an invocation
+//! reports to Lambda.
+
+use lambda_runtime::Diagnostic;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// A failed invocation; `kind` becomes the Lambda `errorType`.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct InvocationError {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl InvocationError {
+    pub fn new(kind: &'static str, message: impl Into<String>) -> Self {
+        InvocationError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<InvocationError> for Diagnostic {
+    fn from(e: InvocationError) -> Self {
+        Diagnostic {
+            error_type: e.kind.to_string(),
+            error_message: e.message,
+        }
+    }
+}
+
+/// The scheduled jobs, from an EventBridge rule's input.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ScheduledAction {
+    /// Reads series from `input` (CSV or JSON Lines on S3) and writes forecasts to `output`.
+    BatchForecast { input: String, output: String },
+    /// Scores the logged forecasts against the actuals that arrived (the accuracy loop).
+    Evaluate {},
+}
+
+/// What kind of event arrived, decided from its shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Http,
+    ScheduledAction,
+    ScheduledEvent,
+    AlarmStateChange,
+    AlarmAction,
+    Unknown,
+}
+
+pub fn shape_of(event: &Value) -> Shape {
+    let has = |key: &str| event.get(key).is_some();
+    let text = |key: &str| event.get(key).and_then(Value::as_str);
+    if has("requestContext") && (has("httpMethod") || has("routeKey")) {
+        Shape::Http
+    } else if text("source") == Some("aws.cloudwatch")
+        && text("detail-type") == Some("CloudWatch Alarm State Change")
+    {
+        Shape::AlarmStateChange
+    } else if text("source") == Some("aws.cloudwatch") && has("alarmData") {
+        Shape::AlarmAction
+    } else if text("source") == Some("aws.events") && text("detail-type") == Some("Scheduled Event")
+    {
+        Shape::ScheduledEvent
+    } else if has("action") {
+        // An EventBridge rule with a constant input replaces the event with that input entirely.
+        Shape::ScheduledAction
+    } else {
+        Shape::Unknown
+    }
+}
+
+pub fn describe_unknown(event: &Value) -> String {
+    match event {
+        Value::Object(map) => {
+            let keys: Vec<&str> = map.keys().map(String::as_str).take(12).collect();
+            format!(
+                "unrecognised event with keys {keys:?}; expected an API Gateway proxy event, an EventBridge scheduled event or {{\"action\": ...}}, or a CloudWatch alarm event"
+            )
+        }
+        other => format!(
+            "unrecognised event: {} instead of a JSON object",
+            crate::forecast::kind_of(other)
+        ),
+    }
+}
+
+/// Deserialises an event into its typed form; a mismatch is the caller's error, named.
+pub fn typed<T: serde::de::DeserializeOwned>(
+    event: Value,
+    what: &str,
+) -> Result<T, InvocationError> {
+    serde_json::from_value(event)
+        .map_err(|e| InvocationError::new("InvalidEvent", format!("malformed {what}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn events_are_routed_by_shape() {
+        let v1 = json!({"httpMethod": "POST", "path": "/v1/forecast", "requestContext": {}});
+        let v2 = json!({"version": "2.0", "routeKey": "POST /v1/forecast", "requestContext": {}});
+        let scheduled =
+            json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
+        let custom = json!({"action": "evaluate"});
+        let change =
+            json!({"source": "aws.cloudwatch", "detail-type": "CloudWatch Alarm State Change"});
+        let direct = json!({"source": "aws.cloudwatch", "alarmData": {}});
+        assert_eq!(shape_of(&v1), Shape::Http);
+        assert_eq!(shape_of(&v2), Shape::Http);
+        assert_eq!(shape_of(&scheduled), Shape::ScheduledEvent);
+        assert_eq!(shape_of(&custom), Shape::ScheduledAction);
+        assert_eq!(shape_of(&change), Shape::AlarmStateChange);
+        assert_eq!(shape_of(&direct), Shape::AlarmAction);
+        assert_eq!(shape_of(&json!({"hello": 1})), Shape::Unknown);
+    }
+
+    #[test]
+    fn an_unknown_event_is_described_by_its_keys() {
+        let text = describe_unknown(&json!({"Records": [], "foo": 1}));
+        assert!(
+            text.contains("\"Records\"") && text.contains("\"foo\""),
+            "{text}"
+        );
+        assert!(describe_unknown(&json!([1])).contains("array"));
+    }
+
+    #[test]
+    fn scheduled_actions_are_strict() {
+        let ok: ScheduledAction = serde_json::from_value(json!({"action": "batch-forecast", "input": "s3://b/i.csv", "output": "s3://b/o.jsonl"})).unwrap();
+        assert!(matches!(ok, ScheduledAction::BatchForecast { .. }));
+        assert!(serde_json::from_value::<ScheduledAction>(json!({"action": "retrain"})).is_err());
+        assert!(serde_json::from_value::<ScheduledAction>(
+            json!({"action": "batch-forecast", "input": "x"})
+        )
+        .is_err());
+    }
+}

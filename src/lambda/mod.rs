@@ -1,0 +1,345 @@
+//! The AWS Lambda adapter: one function, routed by the shape of the event.
+//!
+//! - API Gateway REST (v1) and HTTP API (v2) proxy events go through the very same axum router as
+//!   `serve`, so both transports answer identically (client errors are 4xx responses, never Lambda
+//!   errors).
+//! - EventBridge scheduled events run the jobs in [`jobs`]: `batch-forecast` and `evaluate`.
+//! - CloudWatch alarm events (the EventBridge "Alarm State Change" and an alarm's direct Lambda
+//!   action) roll the model alias back when an alarm in `ROLLBACK_ALARMS` enters ALARM
+//!   ([`rollback`]).
+//!
+//! The expensive state (model, SDK clients) is built once in [`init`], before the runtime loop,
+//! by the same composition root as `serve` ([`crate::service::build`]).
+
+pub mod events;
+pub mod jobs;
+pub mod rollback;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::cloudwatch_alarms::{CloudWatchAlarm, CloudWatchAlarmData};
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+use lambda_runtime::LambdaEvent;
+use serde_json::Value;
+use tower::Service as _;
+
+use crate::infer::Batching;
+use crate::metrics::Metric;
+use crate::model::engine::{configure_libtorch, Workload};
+use crate::registry::Registry;
+use crate::service::build::{
+    compose, fetch_and_load, ComposeError, LoadError, LoadReport, MetricsConfig, ServiceConfig,
+};
+use crate::service::follow::AliasFollower;
+use crate::service::{Limits, Service};
+use crate::source::s3::S3ModelSource;
+use crate::source::ModelUri;
+use events::{describe_unknown, shape_of, typed, InvocationError, ScheduledAction, Shape};
+
+/// Configuration, from the command line and environment (see `lstm-forecast lambda --help`).
+#[derive(Debug, Clone)]
+pub struct LambdaConfig {
+    pub model_uri: ModelUri,
+    /// Where versions downloaded from the registry are cached (`/tmp` is Lambda's only disk).
+    pub model_cache_dir: PathBuf,
+    /// An emulator's endpoint for every AWS client (tests, local runs); `None` in AWS.
+    pub aws_endpoint_url: Option<String>,
+    /// Alarm names whose ALARM state rolls the model back.
+    pub rollback_alarms: Vec<String>,
+    pub threads: Option<usize>,
+    pub limits: Limits,
+    /// How often a warm instance re-reads the alias to pick up a promotion or a rollback.
+    pub alias_check_interval: Duration,
+    pub metrics: MetricsConfig,
+    /// `s3://BUCKET/PREFIX` of the forecast log and actuals (the accuracy loop).
+    pub forecast_log_uri: Option<String>,
+    pub backtest_rate: f64,
+    /// How long after a forecast's last target time its actuals may still arrive.
+    pub evaluation_grace: Duration,
+}
+
+/// Why the function could not start. Lambda reports it as an init error.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Model(#[from] LoadError),
+    #[error(transparent)]
+    Config(#[from] ComposeError),
+}
+
+impl InitError {
+    /// The `errorType` Lambda shows for this failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InitError::Model(LoadError::Fetch { .. }) => "ModelFetchFailed",
+            InitError::Model(_) => "ModelLoadFailed",
+            InitError::Config(_) => "InvalidConfiguration",
+        }
+    }
+}
+
+/// The function's state between invocations.
+pub struct LambdaApp {
+    service: Service,
+    router: axum::Router,
+    /// Set when the model is the registry's `live` alias.
+    follower: Option<AliasFollower>,
+    s3: aws_sdk_s3::Client,
+    config: LambdaConfig,
+}
+
+/// Fetches, checks, loads and warms up the model, and builds the clients.
+pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, LoadReport), InitError> {
+    let threads = configure_libtorch(config.threads, Workload::OneAtATime);
+    let sdk_config = crate::aws::sdk_config(config.aws_endpoint_url.as_deref()).await;
+    let s3 = crate::aws::s3_client(&sdk_config);
+    let (model, report) =
+        fetch_and_load(&config.model_uri, &config.model_cache_dir, &sdk_config).await?;
+    let metadata = model.metadata().clone();
+    tracing::info!(
+        model = %metadata.name,
+        model_version = %metadata.version,
+        source = %report.source_uri,
+        threads,
+        from_cache = report.from_cache,
+        fetch_ms = ms(report.fetch),
+        load_ms = ms(report.load),
+        warm_up_ms = ms(report.warm_up),
+        init_ms = ms(report.total),
+        "init complete"
+    );
+    // One invocation at a time per sandbox: one engine thread, using every CPU for its forward.
+    let service_config = ServiceConfig {
+        limits: config.limits,
+        max_queue: 64,
+        batching: Batching::default(),
+        engine_workers: 1,
+        metrics: config.metrics.clone(),
+        forecast_log_uri: config.forecast_log_uri.clone(),
+        backtest_rate: config.backtest_rate,
+    };
+    let composed = compose(model, &service_config, &sdk_config)?;
+    let service = composed.service;
+    let follower = match &config.model_uri {
+        ModelUri::S3(model) if model.version.is_none() => Some(AliasFollower::new(
+            S3ModelSource::new(
+                Registry::new(s3.clone(), model.clone()),
+                config.model_cache_dir.clone(),
+            ),
+            service.clone(),
+            config.alias_check_interval,
+        )),
+        _ => None,
+    };
+    let router = crate::http::router(service.clone())
+        .layer(axum::middleware::map_request(lambda_request_id));
+    let telemetry = service.telemetry();
+    telemetry.record(Metric::ColdStartDuration, ms(report.total));
+    telemetry.record(Metric::ModelLoadDuration, ms(report.load + report.warm_up));
+    crate::service::build::flush(&service).await;
+    Ok((
+        LambdaApp {
+            service,
+            router,
+            follower,
+            s3,
+            config,
+        },
+        report,
+    ))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Lambda already gave the invocation an id: use it as the request id in logs and headers.
+async fn lambda_request_id(mut request: axum::extract::Request) -> axum::extract::Request {
+    let id = request
+        .extensions()
+        .get::<lambda_runtime::Context>()
+        .map(|c| c.request_id.clone());
+    if let Some(value) = id.and_then(|id| axum::http::HeaderValue::from_str(&id).ok()) {
+        request.headers_mut().insert("x-request-id", value);
+    }
+    request
+}
+
+impl LambdaApp {
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+
+    /// Handles one invocation.
+    pub async fn handle(&self, event: LambdaEvent<Value>) -> Result<Value, InvocationError> {
+        let (payload, context) = event.into_parts();
+        let model_version = self.service.model().metadata().version.clone();
+        let span = tracing::info_span!("invocation", request_id = %context.request_id, model_version = %model_version);
+        use tracing::Instrument;
+        async move {
+            if let Some(follower) = &self.follower {
+                follower.check_if_due().await;
+            }
+            let result = self.dispatch(payload, context).await;
+            // Lambda may freeze the sandbox right after the answer: ship metrics and logs now.
+            crate::service::build::flush(&self.service).await;
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn dispatch(
+        &self,
+        payload: Value,
+        context: lambda_runtime::Context,
+    ) -> Result<Value, InvocationError> {
+        match shape_of(&payload) {
+            Shape::Http => {
+                let request: lambda_http::request::LambdaRequest =
+                    typed(payload, "API Gateway proxy event")?;
+                let mut adapter = lambda_http::Adapter::from(self.router.clone());
+                let response = adapter
+                    .call(LambdaEvent::new(request, context))
+                    .await
+                    .map_err(|e| InvocationError::new("Internal", format!("router failed: {e}")))?;
+                serde_json::to_value(response)
+                    .map_err(|e| InvocationError::new("Internal", e.to_string()))
+            }
+            Shape::ScheduledAction => {
+                self.run_action(typed(payload, "scheduled action")?, &context.request_id)
+                    .await
+            }
+            Shape::ScheduledEvent => {
+                let event: EventBridgeEvent<Value> = typed(payload, "EventBridge scheduled event")?;
+                if event.detail.get("action").is_none() {
+                    return Err(InvocationError::new(
+                        "InvalidEvent",
+                        "scheduled event without an action: give the rule an input such as {\"action\":\"batch-forecast\",\"input\":\"s3://...\",\"output\":\"s3://...\"}",
+                    ));
+                }
+                self.run_action(
+                    typed(event.detail, "scheduled event detail")?,
+                    &context.request_id,
+                )
+                .await
+            }
+            Shape::AlarmStateChange => {
+                let event: EventBridgeEvent<CloudWatchAlarmData> =
+                    typed(payload, "CloudWatch Alarm State Change event")?;
+                let state = event
+                    .detail
+                    .state
+                    .as_ref()
+                    .map(|s| (s.value.clone(), s.timestamp));
+                self.on_alarm(&event.detail.alarm_name, state).await
+            }
+            Shape::AlarmAction => {
+                let alarm: CloudWatchAlarm = typed(payload, "CloudWatch alarm action payload")?;
+                let state = alarm
+                    .alarm_data
+                    .state
+                    .as_ref()
+                    .map(|s| (s.value.clone(), s.timestamp));
+                self.on_alarm(&alarm.alarm_data.alarm_name, state).await
+            }
+            Shape::Unknown => Err(InvocationError::new(
+                "UnrecognisedEvent",
+                describe_unknown(&payload),
+            )),
+        }
+    }
+
+    async fn run_action(
+        &self,
+        action: ScheduledAction,
+        request_id: &str,
+    ) -> Result<Value, InvocationError> {
+        match action {
+            ScheduledAction::BatchForecast { input, output } => {
+                jobs::batch_forecast(&self.service, &self.s3, &input, &output, request_id).await
+            }
+            ScheduledAction::Evaluate {} => {
+                jobs::evaluate(&self.service, self.config.evaluation_grace).await
+            }
+        }
+    }
+
+    async fn on_alarm(
+        &self,
+        alarm: &str,
+        state: Option<(
+            aws_lambda_events::cloudwatch_alarms::CloudWatchAlarmStateValue,
+            chrono::DateTime<chrono::Utc>,
+        )>,
+    ) -> Result<Value, InvocationError> {
+        rollback::on_alarm(
+            &self.service,
+            self.follower.as_ref(),
+            &self.config.rollback_alarms,
+            alarm,
+            state,
+        )
+        .await
+    }
+}
+
+/// Runs the Lambda runtime loop until the process is stopped.
+pub async fn run(app: LambdaApp) -> Result<(), lambda_runtime::Error> {
+    let app = Arc::new(app);
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: LambdaEvent<Value>| {
+            let app = Arc::clone(&app);
+            async move { app.handle(event).await }
+        },
+    ))
+    .await
+}
+
+/// Why the init error could not be reported (the caller exits non-zero either way).
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("AWS_LAMBDA_RUNTIME_API is not set: not running under Lambda")]
+    NotInLambda,
+    #[error("AWS_LAMBDA_RUNTIME_API `{0}` is not a valid address")]
+    InvalidEndpoint(String),
+    #[error("the Runtime API refused the report: {0}")]
+    Rejected(String),
+}
+
+/// Tells the Lambda Runtime API that init failed, so the platform reports an init error with our
+/// message instead of a bare exit status.
+pub async fn report_init_error(error: &InitError) -> Result<(), ReportError> {
+    use lambda_runtime_api_client::{build_request, PooledClient};
+    let api = std::env::var("AWS_LAMBDA_RUNTIME_API").map_err(|_| ReportError::NotInLambda)?;
+    let endpoint: axum::http::Uri = api
+        .parse()
+        .map_err(|_| ReportError::InvalidEndpoint(api.clone()))?;
+    let client = PooledClient::builder().with_endpoint(endpoint).build();
+    let diagnostic = lambda_runtime::Diagnostic {
+        error_type: error.kind().to_string(),
+        error_message: error.to_string(),
+    };
+    let body = serde_json::to_vec(&diagnostic).expect("a diagnostic serialises");
+    let request = build_request()
+        .method(axum::http::Method::POST)
+        .uri("/2018-06-01/runtime/init/error")
+        .header("lambda-runtime-function-error-type", error.kind())
+        .header("content-type", "application/json")
+        .body(lambda_runtime_api_client::body::Body::from(body))
+        .map_err(|e| ReportError::Rejected(e.to_string()))?;
+    let response = client
+        .call(request)
+        .await
+        .map_err(|e| ReportError::Rejected(e.to_string()))?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(ReportError::Rejected(format!(
+            "status {}",
+            response.status()
+        )))
+    }
+}

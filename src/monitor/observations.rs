@@ -1,0 +1,120 @@
+//! Actuals: the observed values that forecasts are scored against.
+//!
+//! They arrive as `POST /v1/observations` bodies (parsed here with the same field-naming errors as
+//! forecast requests) or as files other systems drop into the store (read by the store).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::forecast::{number, reject, reject_unknown_fields, ErrorCode, RequestError, MAX_ID_LEN};
+use crate::time::parse_rfc3339;
+
+/// One observed value of a series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    pub series_id: String,
+    pub timestamp: DateTime<Utc>,
+    pub value: f64,
+}
+
+/// Parses a `POST /v1/observations` body: `{"series":[{"id","timestamps":[...],"values":[...]}]}`.
+pub fn parse_observations(
+    body: &[u8],
+    max_points: usize,
+) -> Result<Vec<Observation>, RequestError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(reject(
+            ErrorCode::EmptyRequest,
+            "request body is empty; expected {\"series\": [{\"id\", \"timestamps\", \"values\"}]}",
+        ));
+    }
+    let document: Value = serde_json::from_slice(body).map_err(|e| {
+        reject(
+            ErrorCode::InvalidJson,
+            format!("request body is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(top) = document else {
+        return Err(reject(
+            ErrorCode::InvalidRequest,
+            "request body must be a JSON object with a `series` array",
+        ));
+    };
+    reject_unknown_fields(&top, &["series"], "request body")?;
+    let Some(Value::Array(series)) = top.get("series") else {
+        return Err(reject(
+            ErrorCode::InvalidRequest,
+            "`series` must be an array",
+        ));
+    };
+    let mut observations = Vec::new();
+    for (i, item) in series.iter().enumerate() {
+        let at = format!("series[{i}]");
+        let Value::Object(fields) = item else {
+            return Err(reject(
+                ErrorCode::InvalidRequest,
+                format!("{at} must be an object"),
+            ));
+        };
+        reject_unknown_fields(fields, &["id", "timestamps", "values"], &at)?;
+        let id = match fields.get("id") {
+            Some(Value::String(id)) if !id.is_empty() && id.chars().count() <= MAX_ID_LEN => {
+                id.clone()
+            }
+            _ => {
+                return Err(reject(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "{at}.id must be a non-empty string (the series id used when forecasting)"
+                    ),
+                ))
+            }
+        };
+        let (Some(Value::Array(stamps)), Some(Value::Array(values))) =
+            (fields.get("timestamps"), fields.get("values"))
+        else {
+            return Err(reject(
+                ErrorCode::InvalidRequest,
+                format!("{at} needs `timestamps` and `values` arrays"),
+            ));
+        };
+        if stamps.len() != values.len() {
+            return Err(reject(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "{at} has {} timestamps but {} values",
+                    stamps.len(),
+                    values.len()
+                ),
+            ));
+        }
+        for (k, (stamp, value)) in stamps.iter().zip(values).enumerate() {
+            let timestamp = stamp.as_str().and_then(parse_rfc3339).ok_or_else(|| {
+                reject(
+                    ErrorCode::InvalidTimestamp,
+                    format!("{at}.timestamps[{k}] must be an RFC 3339 string"),
+                )
+            })?;
+            let value = number(value, &format!("{at}.values[{k}]"), &["value".to_string()])?;
+            observations.push(Observation {
+                series_id: id.clone(),
+                timestamp,
+                value,
+            });
+            if observations.len() > max_points {
+                return Err(reject(
+                    ErrorCode::TooManySeries,
+                    format!("more than {max_points} observations in one request"),
+                ));
+            }
+        }
+    }
+    if observations.is_empty() {
+        return Err(reject(
+            ErrorCode::EmptyRequest,
+            "no observations in the request",
+        ));
+    }
+    Ok(observations)
+}

@@ -1,0 +1,258 @@
+//! S3 objects: the one place that calls GetObject, PutObject, HeadObject and ListObjectsV2, and
+//! turns the SDK's errors into an [`ObjectError`] that names the object and says whose problem it
+//! is (missing, access denied, unreachable, a lost conditional write).
+//!
+//! The registry, the accuracy store and the batch jobs all read and write through [`S3Objects`].
+
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+
+/// What went wrong with an object, as far as a caller can act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectErrorKind {
+    /// No such key (or bucket).
+    Missing,
+    AccessDenied,
+    /// Connection failure or time-out: retrying later may help.
+    Unreachable,
+    /// A conditional write lost to a concurrent writer.
+    Conflict,
+    /// Anything else S3 answered.
+    Other,
+}
+
+/// A failed S3 call on one object (or prefix, for listings).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.describe())]
+pub struct ObjectError {
+    pub kind: ObjectErrorKind,
+    pub operation: &'static str,
+    pub bucket: String,
+    pub key: String,
+    /// The SDK's own account of the failure, for the log.
+    pub cause: String,
+}
+
+impl ObjectError {
+    fn describe(&self) -> String {
+        let (bucket, key, cause) = (&self.bucket, &self.key, &self.cause);
+        match self.kind {
+            ObjectErrorKind::Missing => format!("s3://{bucket}/{key} does not exist"),
+            ObjectErrorKind::AccessDenied => format!(
+                "access denied to s3://{bucket}/{key} (check the role's s3:GetObject/PutObject permissions)"
+            ),
+            ObjectErrorKind::Unreachable => {
+                format!("S3 is unreachable for s3://{bucket}/{key}: {cause}")
+            }
+            ObjectErrorKind::Conflict => format!(
+                "s3://{bucket}/{key} changed while it was being updated (concurrent writer?); retry"
+            ),
+            ObjectErrorKind::Other => format!(
+                "S3 {} for s3://{bucket}/{key} failed: {cause}",
+                self.operation
+            ),
+        }
+    }
+
+    pub fn is_missing(&self) -> bool {
+        self.kind == ObjectErrorKind::Missing
+    }
+
+    fn new(
+        kind: ObjectErrorKind,
+        operation: &'static str,
+        bucket: &str,
+        key: &str,
+        cause: String,
+    ) -> Self {
+        ObjectError {
+            kind,
+            operation,
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            cause,
+        }
+    }
+
+    fn classify<E, R>(operation: &'static str, err: SdkError<E, R>, bucket: &str, key: &str) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug + HttpStatus,
+    {
+        let cause = DisplayErrorContext(&err).to_string();
+        let kind = match &err {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                ObjectErrorKind::Unreachable
+            }
+            SdkError::ServiceError(service) => match service.err().code() {
+                Some("NoSuchKey" | "NotFound" | "NoSuchBucket") => ObjectErrorKind::Missing,
+                Some("AccessDenied" | "Forbidden") => ObjectErrorKind::AccessDenied,
+                Some("PreconditionFailed" | "ConditionalRequestConflict") => {
+                    ObjectErrorKind::Conflict
+                }
+                // HEAD answers carry no body, so no code: only the status tells.
+                _ => match service.raw().status_code() {
+                    404 => ObjectErrorKind::Missing,
+                    403 => ObjectErrorKind::AccessDenied,
+                    412 => ObjectErrorKind::Conflict,
+                    _ => ObjectErrorKind::Other,
+                },
+            },
+            _ => ObjectErrorKind::Other,
+        };
+        ObjectError::new(kind, operation, bucket, key, cause)
+    }
+}
+
+/// The status code of a raw response, whatever its type.
+pub trait HttpStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+/// A write's precondition.
+#[derive(Debug, Clone, Copy)]
+pub enum Precondition<'a> {
+    None,
+    /// Only if the object still has this ETag (`If-Match`).
+    Matches(&'a str),
+    /// Only if no object exists yet (`If-None-Match: *`).
+    Absent,
+}
+
+/// An object's bytes and ETag.
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub bytes: Vec<u8>,
+    pub etag: Option<String>,
+}
+
+/// One bucket's objects.
+#[derive(Clone)]
+pub struct S3Objects {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl S3Objects {
+    pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
+        S3Objects {
+            client,
+            bucket: bucket.into(),
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    /// Reads a whole object.
+    pub async fn get(&self, key: &str) -> Result<Object, ObjectError> {
+        let output = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| ObjectError::classify("GetObject", e, &self.bucket, key))?;
+        let etag = output.e_tag().map(str::to_owned);
+        let bytes = output.body.collect().await.map_err(|e| {
+            ObjectError::new(
+                ObjectErrorKind::Unreachable,
+                "GetObject",
+                &self.bucket,
+                key,
+                format!("reading the body: {e}"),
+            )
+        })?;
+        Ok(Object {
+            bytes: bytes.into_bytes().to_vec(),
+            etag,
+        })
+    }
+
+    /// Reads a whole object, `None` when it does not exist.
+    pub async fn get_if_exists(&self, key: &str) -> Result<Option<Object>, ObjectError> {
+        match self.get(key).await {
+            Ok(object) => Ok(Some(object)),
+            Err(e) if e.is_missing() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool, ObjectError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) => match ObjectError::classify("HeadObject", e, &self.bucket, key) {
+                e if e.is_missing() => Ok(false),
+                e => Err(e),
+            },
+        }
+    }
+
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        precondition: Precondition<'_>,
+    ) -> Result<(), ObjectError> {
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body));
+        let request = match precondition {
+            Precondition::None => request,
+            Precondition::Matches(etag) => request.if_match(etag),
+            Precondition::Absent => request.if_none_match("*"),
+        };
+        request
+            .send()
+            .await
+            .map_err(|e| ObjectError::classify("PutObject", e, &self.bucket, key))?;
+        Ok(())
+    }
+
+    /// Every key under `prefix`, in key order.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, ObjectError> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.map_err(|e| ObjectError::classify("ListObjectsV2", e, &self.bucket, prefix))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+        }
+        keys.sort();
+        Ok(keys)
+    }
+}

@@ -1,0 +1,251 @@
+//! The composition root: how `serve` and the Lambda function turn their configuration into a
+//! running [`Service`]. Both call the same functions, so they cannot drift apart in which sinks,
+//! logs and monitors they wire up.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Limits, Monitoring, Service};
+use crate::infer::{Batching, InferenceHandle};
+use crate::metrics::{cloudwatch::CloudWatchSink, SinkKind, Telemetry};
+use crate::metrics::{MetricSink, ServerMetrics};
+use crate::model::{Model, ModelError};
+use crate::monitor::store::{AccuracyStore, ForecastLog, StoreError};
+use crate::source::{ModelSource, ModelUri, SourceError};
+
+/// Why a model could not be put in service at start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("fetching the model from {source_uri}: {cause}")]
+    Fetch {
+        source_uri: String,
+        cause: SourceError,
+    },
+    #[error("loading the model from {source_uri}: {cause}")]
+    Load {
+        source_uri: String,
+        cause: ModelError,
+    },
+    #[error("loading the model from {source_uri} panicked")]
+    Panicked { source_uri: String },
+}
+
+/// Where start-up time went; logged as one structured line and published as metrics.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    pub source_uri: String,
+    pub fetch: Duration,
+    pub load: Duration,
+    pub warm_up: Duration,
+    pub total: Duration,
+    /// Whether the files came from the local cache (or need no download at all).
+    pub from_cache: bool,
+}
+
+/// Fetches, checks, loads and warms up the model at `uri`: the one start-up path of every process.
+/// libtorch runs on a blocking thread, never on an async worker.
+pub async fn fetch_and_load(
+    uri: &ModelUri,
+    cache_dir: &Path,
+    sdk_config: &aws_config::SdkConfig,
+) -> Result<(Model, LoadReport), LoadError> {
+    let started = Instant::now();
+    let source: Box<dyn ModelSource> = crate::source::open(uri, cache_dir, sdk_config);
+    let source_uri = source.describe();
+    let fetched = source.fetch().await.map_err(|cause| LoadError::Fetch {
+        source_uri: source_uri.clone(),
+        cause,
+    })?;
+    let fetch = started.elapsed();
+    let artifacts = fetched.artifacts;
+    let loaded = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let model = Model::load_unwarmed(&artifacts)?;
+        let load = started.elapsed();
+        let started = Instant::now();
+        model.warm_up()?;
+        Ok::<_, ModelError>((model, load, started.elapsed()))
+    })
+    .await
+    .map_err(|_| LoadError::Panicked {
+        source_uri: source_uri.clone(),
+    })?;
+    let (model, load, warm_up) = loaded.map_err(|cause| LoadError::Load {
+        source_uri: source_uri.clone(),
+        cause,
+    })?;
+    let report = LoadReport {
+        source_uri,
+        fetch,
+        load,
+        warm_up,
+        total: started.elapsed(),
+        from_cache: fetched.from_cache,
+    };
+    let metadata = model.metadata();
+    tracing::info!(
+        model = %metadata.name,
+        model_version = %metadata.version,
+        source = %report.source_uri,
+        from_cache = report.from_cache,
+        fetch_ms = ms(report.fetch),
+        load_ms = ms(report.load),
+        warm_up_ms = ms(report.warm_up),
+        total_ms = ms(report.total),
+        "model loaded and warmed up"
+    );
+    Ok((model, report))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Where metrics go.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub sinks: Vec<SinkKind>,
+    pub namespace: String,
+    /// Optional `Stage` dimension.
+    pub stage: Option<String>,
+}
+
+impl MetricsConfig {
+    /// Whether a sink calls AWS (and so needs credentials and a region).
+    pub fn uses_aws(&self) -> bool {
+        self.sinks.contains(&SinkKind::CloudWatch)
+    }
+}
+
+/// Everything a long-running service is built from, besides its model.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub limits: Limits,
+    /// Requests that may wait for an engine thread before callers get `Overloaded`.
+    pub max_queue: usize,
+    pub batching: Batching,
+    pub engine_workers: usize,
+    pub metrics: MetricsConfig,
+    /// `s3://BUCKET/PREFIX` of the forecast log and actuals (the accuracy loop).
+    pub forecast_log_uri: Option<String>,
+    pub backtest_rate: f64,
+}
+
+/// Why the service could not be composed.
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    // The cause is in the message and deliberately not a `#[source]`: anyhow's `{:#}` prints the
+    // chain too, which would repeat it (the same holds for the causes above).
+    #[error("FORECAST_LOG_URI: {0}")]
+    ForecastLog(StoreError),
+}
+
+/// A composed service and what its owner must keep.
+pub struct Composed {
+    pub service: Service,
+    /// Exits once the last [`Service`] clone is dropped and the queue drained.
+    pub engine: std::thread::JoinHandle<()>,
+    /// The CloudWatch sink, when configured, so its owner can report datums it could not send.
+    pub cloudwatch: Option<Arc<CloudWatchSink>>,
+}
+
+/// Builds the engine threads, the metric sinks, the forecast log and the service around `model`.
+pub fn compose(
+    model: Model,
+    config: &ServiceConfig,
+    sdk_config: &aws_config::SdkConfig,
+) -> Result<Composed, ComposeError> {
+    let forecast_log = match &config.forecast_log_uri {
+        Some(uri) => Some(Arc::new(ForecastLog::new(
+            AccuracyStore::new(crate::aws::s3_client(sdk_config), uri)
+                .map_err(ComposeError::ForecastLog)?,
+        ))),
+        None => None,
+    };
+    let metadata = model.metadata().clone();
+    let (handle, engine) = InferenceHandle::spawn_with(
+        model,
+        config.max_queue,
+        config.batching,
+        config.engine_workers.max(1),
+    );
+    let (sinks, cloudwatch) = build_sinks(&config.metrics, sdk_config);
+    let telemetry = Telemetry::new(
+        sinks,
+        &metadata.name,
+        &metadata.version,
+        config.metrics.stage.as_deref(),
+    );
+    let monitoring = Monitoring {
+        telemetry,
+        forecast_log,
+        backtest_rate: config.backtest_rate,
+    };
+    Ok(Composed {
+        service: Service::new(handle, ServerMetrics::new(), config.limits, monitoring),
+        engine,
+        cloudwatch,
+    })
+}
+
+/// The configured push sinks. Prometheus needs none: every [`Service`] writes into its own
+/// registry, which `GET /metrics` renders, whatever is configured here.
+pub fn build_sinks(
+    config: &MetricsConfig,
+    sdk_config: &aws_config::SdkConfig,
+) -> (Vec<Arc<dyn MetricSink>>, Option<Arc<CloudWatchSink>>) {
+    let mut sinks: Vec<Arc<dyn MetricSink>> = Vec::new();
+    let mut cloudwatch = None;
+    for kind in &config.sinks {
+        match kind {
+            SinkKind::Prometheus => {}
+            SinkKind::Emf => sinks.push(Arc::new(crate::metrics::emf::EmfSink::stdout(
+                &config.namespace,
+            ))),
+            SinkKind::CloudWatch => {
+                let sink = Arc::new(CloudWatchSink::new(
+                    CloudWatchSink::client_from(sdk_config),
+                    &config.namespace,
+                    crate::metrics::cloudwatch::DEFAULT_MAX_PENDING_DATUMS,
+                ));
+                cloudwatch = Some(sink.clone());
+                sinks.push(sink);
+            }
+        }
+    }
+    (sinks, cloudwatch)
+}
+
+/// Ships what a service buffers (metrics of the push sinks, the forecast log) and samples the
+/// process's memory: every `period`, and once more when `shutdown` resolves.
+pub async fn flush_periodically(
+    service: Service,
+    period: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        let stop = tokio::select! {
+            _ = &mut shutdown => true,
+            _ = ticker.tick() => false,
+        };
+        flush(&service).await;
+        if stop {
+            return;
+        }
+    }
+}
+
+/// One flush: memory sample, forecast log, then metrics (so the log's own failures are counted in
+/// the same flush).
+pub async fn flush(service: &Service) {
+    service.telemetry().record_process_memory();
+    if let Some(log) = service.forecast_log() {
+        log.flush().await;
+    }
+    service.telemetry().flush().await;
+}

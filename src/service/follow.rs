@@ -1,0 +1,149 @@
+//! Following the registry's `live` alias: the one place that notices a promotion or a rollback and
+//! swaps the new version in.
+//!
+//! A new version is fetched (through the on-disk cache) and loaded off the async workers while the
+//! old one keeps serving; the swap is a pointer exchange, so no request ever sees a half-loaded
+//! model. A failed reload leaves the old model in service and is counted (`ModelReloadFailures`).
+//!
+//! `serve` polls on a period ([`AliasFollower::run`]); the Lambda function checks at most once per
+//! period at the start of an invocation ([`AliasFollower::check_if_due`]), since a frozen sandbox
+//! runs no timers, and right after it moved the alias itself ([`AliasFollower::switch_to`]).
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+
+use super::Service;
+use crate::metrics::Metric;
+use crate::model::{Model, ModelError};
+use crate::registry::{Registry, RegistryError};
+use crate::source::s3::S3ModelSource;
+
+/// Why a version could not be put in service.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("fetching version {version}: {cause}")]
+    Fetch {
+        version: String,
+        cause: RegistryError,
+    },
+    #[error("loading version {version}: {cause}")]
+    Load { version: String, cause: ModelError },
+    #[error("loading version {version} panicked")]
+    Panicked { version: String },
+}
+
+/// Follows one registry alias for one service.
+pub struct AliasFollower {
+    source: S3ModelSource,
+    service: Service,
+    interval: Duration,
+    /// When the alias was last read; a mutex so concurrent invocations do not all re-read it.
+    last_check: Mutex<Instant>,
+}
+
+impl AliasFollower {
+    pub fn new(source: S3ModelSource, service: Service, interval: Duration) -> Self {
+        AliasFollower {
+            source,
+            service,
+            interval,
+            last_check: Mutex::new(Instant::now()),
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        self.source.registry()
+    }
+
+    /// Reads the alias and swaps its version in if it is not the one serving. Never fails: a
+    /// registry or load error is logged and counted, and the current model keeps serving.
+    pub async fn check_now(&self) {
+        match self.registry().live_version().await {
+            Ok(live) => {
+                self.switch_to(&live).await;
+            }
+            Err(e) => {
+                let serving = self.serving_version();
+                tracing::warn!("could not read the model alias (still serving {serving}): {e}");
+            }
+        }
+    }
+
+    /// [`AliasFollower::check_now`] at most once per interval (0: every call). A check already
+    /// running elsewhere counts as done.
+    pub async fn check_if_due(&self) {
+        let Ok(mut last) = self.last_check.try_lock() else {
+            return;
+        };
+        if last.elapsed() < self.interval {
+            return;
+        }
+        *last = Instant::now();
+        drop(last);
+        self.check_now().await;
+    }
+
+    /// Puts `version` in service unless it already is. Returns the version serving afterwards; on
+    /// failure that is still the old one.
+    pub async fn switch_to(&self, version: &str) -> String {
+        let serving = self.serving_version();
+        if serving == version {
+            return serving;
+        }
+        let telemetry = self.service.telemetry();
+        match self.load(version).await {
+            Ok(model) => {
+                self.service.handle().swap_model(model);
+                self.service.model_changed();
+                telemetry.record(Metric::ModelReloads, 1.0);
+                tracing::info!(from = %serving, to = version, "model reloaded");
+                version.to_string()
+            }
+            Err(e) => {
+                telemetry.record(Metric::ModelReloadFailures, 1.0);
+                tracing::error!(version, "model reload failed; still serving {serving}: {e}");
+                serving
+            }
+        }
+    }
+
+    /// Polls every interval until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await; // the first tick is immediate; the model was just loaded
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = ticker.tick() => {}
+            }
+            self.check_now().await;
+        }
+    }
+
+    fn serving_version(&self) -> String {
+        self.service.model().metadata().version.clone()
+    }
+
+    async fn load(&self, version: &str) -> Result<Model, ReloadError> {
+        let (artifacts, _) =
+            self.source
+                .fetch_version(version)
+                .await
+                .map_err(|cause| ReloadError::Fetch {
+                    version: version.to_string(),
+                    cause,
+                })?;
+        tokio::task::spawn_blocking(move || Model::load(&artifacts))
+            .await
+            .map_err(|_| ReloadError::Panicked {
+                version: version.to_string(),
+            })?
+            .map_err(|cause| ReloadError::Load {
+                version: version.to_string(),
+                cause,
+            })
+    }
+}

@@ -1,0 +1,346 @@
+//! The forecast service: the core that every entry point calls.
+//!
+//! HTTP (`serve`), the Lambda function's API Gateway events, its scheduled and sharded batch jobs,
+//! and the CLI's `forecast` all go through [`Service::forecast`]. That one function validates the
+//! input against the model in service, runs the engine, and records what the monitoring loop
+//! needs: input drift, sampled backtests, forecast-log records and metrics. An adapter therefore
+//! cannot forget a part of it, as the Lambda batch path once forgot every metric.
+//!
+//! - [`build`]: the one composition root for long-running processes (`serve`, `lambda`).
+//! - [`follow`]: following the registry's `live` alias (hot reload, rollback pick-up).
+
+pub mod build;
+pub mod follow;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::forecast::{
+    parse_forecast_request, ForecastResponse, RequestError, RequestShape, SeriesForecast,
+    SeriesInput,
+};
+use crate::infer::{InferError, InferenceHandle};
+use crate::metrics::prometheus::PrometheusSink;
+use crate::metrics::{Metric, ServerMetrics, Telemetry};
+use crate::model::contract::ModelMetadata;
+use crate::model::Model;
+use crate::monitor::observations::{parse_observations, Observation};
+use crate::monitor::store::{ForecastLog, ForecastRecord, StoreError};
+
+/// Request limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Most series per forecast request (they run as one batch).
+    pub max_series: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 2 * 1024 * 1024,
+            max_series: 256,
+        }
+    }
+}
+
+/// The monitoring side of the service: where metrics go, where forecasts are logged, how often
+/// requests are backtested.
+#[derive(Clone)]
+pub struct Monitoring {
+    pub telemetry: Telemetry,
+    /// Set when `FORECAST_LOG_URI` is: forecasts are logged and observations can be stored.
+    pub forecast_log: Option<Arc<ForecastLog>>,
+    /// Share of backtest-eligible series (history >= window + horizon) that are backtested.
+    pub backtest_rate: f64,
+}
+
+impl Default for Monitoring {
+    fn default() -> Self {
+        Monitoring {
+            telemetry: Telemetry::disabled(),
+            forecast_log: None,
+            backtest_rate: 0.0,
+        }
+    }
+}
+
+/// Most observations accepted in one call.
+pub const MAX_OBSERVATIONS: usize = 100_000;
+
+/// Why a forecast or an observation upload was not answered.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The caller's input is wrong: the message names the field.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The engine refused or failed (overloaded, stopped, a bad model output).
+    #[error(transparent)]
+    Infer(#[from] InferError),
+    /// Observations need `FORECAST_LOG_URI`.
+    #[error("observations need a store: start with FORECAST_LOG_URI=s3://BUCKET/PREFIX")]
+    NoStore,
+    /// The observation store could not be written.
+    #[error("could not store the observations: {0}")]
+    Store(StoreError),
+}
+
+/// What every entry point shares; cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    handle: InferenceHandle,
+    prometheus: ServerMetrics,
+    limits: Limits,
+    monitoring: Monitoring,
+    /// Counts backtest-eligible series, for deterministic sampling at `backtest_rate`.
+    backtest_counter: AtomicU64,
+}
+
+impl Service {
+    /// `prometheus` is the registry `GET /metrics` renders. The service adds the sink that writes
+    /// into it to `monitoring.telemetry`: a pull sink costs nothing until scraped, so `/metrics`
+    /// always works, whatever push sinks are configured.
+    pub fn new(
+        handle: InferenceHandle,
+        prometheus: ServerMetrics,
+        limits: Limits,
+        mut monitoring: Monitoring,
+    ) -> Self {
+        monitoring.telemetry = monitoring
+            .telemetry
+            .with_sink(Arc::new(PrometheusSink::new(&prometheus)));
+        let service = Service {
+            inner: Arc::new(Inner {
+                handle,
+                prometheus,
+                limits,
+                monitoring,
+                backtest_counter: AtomicU64::new(0),
+            }),
+        };
+        service.model_changed();
+        service
+    }
+
+    /// A service without monitoring, for tools and tests that do not care.
+    pub fn unmonitored(handle: InferenceHandle, limits: Limits) -> Self {
+        Self::new(handle, ServerMetrics::new(), limits, Monitoring::default())
+    }
+
+    pub fn handle(&self) -> &InferenceHandle {
+        &self.inner.handle
+    }
+
+    /// The model in service now (a reload may swap it at any time).
+    pub fn model(&self) -> Arc<Model> {
+        self.inner.handle.model()
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.inner.monitoring.telemetry
+    }
+
+    pub fn prometheus(&self) -> &ServerMetrics {
+        &self.inner.prometheus
+    }
+
+    pub fn forecast_log(&self) -> Option<&Arc<ForecastLog>> {
+        self.inner.monitoring.forecast_log.as_ref()
+    }
+
+    /// The model in service changed: label later metrics with it.
+    pub fn model_changed(&self) {
+        let model = self.inner.handle.model();
+        let metadata = model.metadata();
+        self.inner.prometheus.set_model(metadata);
+        self.telemetry()
+            .set_model(&metadata.name, &metadata.version);
+    }
+
+    /// What a request may look like for the model in service, with at most `max_series` series.
+    pub fn request_shape(&self, max_series: usize) -> RequestShape {
+        RequestShape::new(self.model().metadata(), max_series)
+    }
+
+    /// Parses and validates a `POST /v1/forecast` body, then forecasts it.
+    pub async fn forecast_json(
+        &self,
+        body: &[u8],
+        request_id: Option<&str>,
+    ) -> Result<ForecastResponse, ServiceError> {
+        let shape = self.request_shape(self.inner.limits.max_series);
+        let series = parse_forecast_request(body, &shape)?;
+        self.forecast(series, request_id).await
+    }
+
+    /// Forecasts series already parsed against [`Service::request_shape`] (files, batch shards),
+    /// as one batch, and records drift, backtests, the forecast log and metrics.
+    pub async fn forecast(
+        &self,
+        series: Vec<SeriesInput>,
+        request_id: Option<&str>,
+    ) -> Result<ForecastResponse, ServiceError> {
+        let model = self.model();
+        let metadata = model.metadata();
+        let telemetry = self.telemetry();
+        record_drift(telemetry, metadata, &series);
+        let backtest = self.sample_backtests(metadata, &series);
+        let log_inputs = match self.forecast_log() {
+            Some(_) => LogInput::collect(metadata, &series),
+            None => Vec::new(),
+        };
+        drop(model);
+        let count = series.len();
+        telemetry.record(Metric::QueueDepth, self.inner.handle.queue_depth() as f64);
+        let outcome = self
+            .inner
+            .handle
+            .forecast_with_backtest(series, backtest)
+            .await?;
+        telemetry.record(Metric::BatchWindows, outcome.batch_windows as f64);
+        telemetry.record(Metric::QueueLatency, outcome.queued.as_secs_f64() * 1e3);
+        telemetry.record(
+            Metric::InferenceLatency,
+            outcome.inference.as_secs_f64() * 1e3,
+        );
+        telemetry.record(Metric::Forecasts, count as f64);
+        for mae in &outcome.backtest_mae {
+            telemetry.record(Metric::BacktestMae, *mae);
+        }
+        if let Some(log) = self.forecast_log() {
+            log.push(LogInput::records(log_inputs, &outcome.response, request_id));
+        }
+        Ok(outcome.response)
+    }
+
+    /// Parses a `POST /v1/observations` body and appends the actuals to the store.
+    /// Returns how many were stored and the object they went to.
+    pub async fn store_observations(&self, body: &[u8]) -> Result<(usize, String), ServiceError> {
+        let log = self.forecast_log().ok_or(ServiceError::NoStore)?;
+        let observations: Vec<Observation> = parse_observations(body, MAX_OBSERVATIONS)?;
+        let key = log
+            .store()
+            .append_actuals(&observations)
+            .await
+            .map_err(ServiceError::Store)?;
+        Ok((observations.len(), key.unwrap_or_default()))
+    }
+
+    /// Indices of the series to backtest: those with enough history, sampled at `backtest_rate`.
+    fn sample_backtests(&self, metadata: &ModelMetadata, series: &[SeriesInput]) -> Vec<usize> {
+        let rows_needed =
+            (metadata.input.window + metadata.output.horizon) * metadata.input.features.len();
+        series
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.values.len() >= rows_needed && self.sample_backtest())
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Whether the next backtest-eligible series is sampled (deterministic: every 1/rate-th).
+    fn sample_backtest(&self) -> bool {
+        let rate = self.inner.monitoring.backtest_rate;
+        if rate <= 0.0 {
+            return false;
+        }
+        let n = self.inner.backtest_counter.fetch_add(1, Ordering::Relaxed) as f64;
+        ((n + 1.0) * rate).floor() > (n * rate).floor()
+    }
+}
+
+/// Input drift of each series' window against the training statistics of the target feature.
+pub fn record_drift(telemetry: &Telemetry, metadata: &ModelMetadata, series: &[SeriesInput]) {
+    let features = metadata.input.features.len();
+    let target = metadata.target_index().expect("checked at load");
+    let stats = &metadata.training_stats[&metadata.input.target];
+    let window_len = metadata.input.window * features;
+    for s in series {
+        let values: Vec<f64> = s
+            .window(window_len)
+            .iter()
+            .skip(target)
+            .step_by(features)
+            .copied()
+            .collect();
+        telemetry.record(
+            Metric::InputDrift,
+            crate::monitor::drift::psi(&values, &stats.quantile_edges),
+        );
+        telemetry.record(
+            Metric::OutOfRangeFraction,
+            crate::monitor::drift::out_of_range_fraction(&values, stats.min, stats.max),
+        );
+    }
+}
+
+/// What the forecast log keeps of an input: only series with an id and a last timestamp can be
+/// joined with their actuals later.
+struct LogInput {
+    id: String,
+    origin: chrono::DateTime<chrono::Utc>,
+    /// The last observed target value (MASE's naive forecast).
+    last_value: f64,
+}
+
+impl LogInput {
+    fn collect(metadata: &ModelMetadata, series: &[SeriesInput]) -> Vec<LogInput> {
+        let target = metadata.target_index().expect("checked at load");
+        let features = metadata.input.features.len();
+        series
+            .iter()
+            .filter_map(|s| {
+                Some(LogInput {
+                    id: s.id.clone()?,
+                    origin: s.last_timestamp?,
+                    last_value: s.values[s.values.len() - features + target],
+                })
+            })
+            .collect()
+    }
+
+    fn records(
+        inputs: Vec<LogInput>,
+        response: &ForecastResponse,
+        request_id: Option<&str>,
+    ) -> Vec<ForecastRecord> {
+        let now = chrono::Utc::now();
+        let by_id: std::collections::HashMap<&str, &SeriesForecast> = response
+            .forecasts
+            .iter()
+            .filter_map(|f| Some((f.id.as_deref()?, f)))
+            .collect();
+        inputs
+            .into_iter()
+            .filter_map(|input| {
+                let forecast = by_id.get(input.id.as_str())?;
+                let timestamps = forecast
+                    .timestamps
+                    .as_ref()?
+                    .iter()
+                    .filter_map(|t| crate::time::parse_rfc3339(t))
+                    .collect();
+                Some(ForecastRecord {
+                    series_id: input.id,
+                    origin: input.origin,
+                    last_value: input.last_value,
+                    timestamps,
+                    values: forecast.values.clone(),
+                    model: response.model.name.clone(),
+                    model_version: response.model.version.clone(),
+                    request_id: request_id.map(str::to_owned),
+                    created_at: now,
+                })
+            })
+            .collect()
+    }
+}
