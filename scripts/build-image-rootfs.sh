@@ -8,7 +8,7 @@
 #   opt/lstm-forecast/bin/bootstrap       -> lstm-forecast (Lambda's provided.al2023 entry name)
 #   opt/lstm-forecast/lib/                the CPU libtorch libraries
 #
-# The Dockerfile's builder stage runs this same script, and tests/image_rootfs.rs runs the result
+# The Dockerfile's builder stage runs this same script, and tests/infra.rs runs the result
 # with an empty environment, so the image cannot silently depend on the build machine.
 set -euo pipefail
 OUT="${1:?usage: build-image-rootfs.sh OUT_DIR}"

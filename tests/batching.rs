@@ -33,10 +33,7 @@ async fn server_with_engine_threads(
 }
 
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in:\n{text}"))
+    common::metric_value(text, name).unwrap_or_else(|| panic!("{name} not in:\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -185,17 +182,50 @@ async fn beyond_the_queue_bound_requests_get_429_with_retry_after_and_nothing_el
 async fn swapping_the_model_under_load_fails_no_request_and_mixes_no_versions() {
     // Two engine threads, as `serve` runs on two CPUs: batches on both straddle the swaps.
     let (base, state) = server_with_engine_threads(Batching::default(), 256, 2).await;
-    // GIVEN a background task that swaps in 5 new versions, one after the other
+    // GIVEN 5 new versions whose forecasts differ (without `subtract_last`, each version's z-score
+    // mean moves its forecasts), and what each version answers for one fixed series
+    let versions: Vec<lstm_forecast::model::ModelArtifacts> = (0..5)
+        .map(|swap| {
+            let mut artifacts = common::bundled_artifacts();
+            let mut metadata: Value = serde_json::from_slice(&artifacts.metadata_json).unwrap();
+            metadata["version"] = format!("swap-{swap}").into();
+            metadata["preprocessing"] = json!([
+                {"kind": "z_score", "mean": [5.0 * swap as f64], "std": [9.0]}
+            ]);
+            artifacts.metadata_json = serde_json::to_vec(&metadata).unwrap();
+            artifacts
+        })
+        .collect();
+    let fixed = window(1.0);
+    let mut expected: std::collections::HashMap<String, Vec<f64>> = versions
+        .iter()
+        .map(|artifacts| {
+            let model = lstm_forecast::model::Model::load(artifacts).unwrap();
+            let answer = model.forecast(&[fixed.as_slice()]).unwrap().remove(0);
+            (model.metadata().version.clone(), answer)
+        })
+        .collect();
+    let original = bundled_model();
+    expected.insert(
+        original.metadata().version.clone(),
+        original.forecast(&[fixed.as_slice()]).unwrap().remove(0),
+    );
+    let firsts: Vec<f64> = expected.values().map(|values| values[0]).collect();
+    for (i, a) in firsts.iter().enumerate() {
+        for b in &firsts[i + 1..] {
+            assert!(
+                (a - b).abs() > 1e-3,
+                "two versions forecast alike: {firsts:?}"
+            );
+        }
+    }
+    // ... and a background task that swaps them in, one after the other
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let swapper = {
         let (state, done) = (state.clone(), done.clone());
         tokio::task::spawn_blocking(move || {
-            for swap in 0..5 {
-                let mut artifacts = common::bundled_artifacts();
-                let mut metadata: Value = serde_json::from_slice(&artifacts.metadata_json).unwrap();
-                metadata["version"] = format!("swap-{swap}").into();
-                artifacts.metadata_json = serde_json::to_vec(&metadata).unwrap();
-                let model = lstm_forecast::model::Model::load(&artifacts).unwrap();
+            for artifacts in &versions {
+                let model = lstm_forecast::model::Model::load(artifacts).unwrap();
                 state.handle().swap_model(model);
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -204,20 +234,33 @@ async fn swapping_the_model_under_load_fails_no_request_and_mixes_no_versions() 
     };
     // WHEN 8 clients keep forecasting until the swaps are over
     let client = reqwest::Client::new();
+    let expected = Arc::new(expected);
     let results = futures_join_all((0..8).map(|c| {
-        let (client, done) = (client.clone(), done.clone());
+        let (client, done, expected, fixed) =
+            (client.clone(), done.clone(), expected.clone(), fixed.clone());
         let url = format!("{base}/v1/forecast");
         async move {
             let mut seen = Vec::new();
             let mut i = 0;
             while !done.load(std::sync::atomic::Ordering::Relaxed) || i < 5 {
-                let body = json!({"series": [{"id": "a", "values": window((c * 1000 + i) as f64)}, {"id": "b", "values": window(1.0)}]});
+                let body = json!({"series": [{"id": "a", "values": window((c * 1000 + i) as f64)}, {"id": "b", "values": fixed}]});
                 let r = client.post(&url).json(&body).send().await.unwrap();
-                // THEN every request succeeds, whole
+                // THEN every request succeeds, whole ...
                 assert_eq!(r.status(), 200);
                 let answer: Value = r.json().await.unwrap();
                 assert_eq!(answer["forecasts"].as_array().unwrap().len(), 2);
-                seen.push(answer["model"]["version"].as_str().unwrap().to_string());
+                // ... and from the one version it names: the fixed series gets that version's
+                // forecast, so a batch run on one model and labelled with another would show
+                let version = answer["model"]["version"].as_str().unwrap().to_string();
+                let got = common::f64s(&answer["forecasts"][1]["values"]);
+                let want = &expected[&version];
+                for (g, w) in got.iter().zip(want) {
+                    assert!(
+                        (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                        "labelled {version}, but forecast {got:?} is not {version}'s {want:?}"
+                    );
+                }
+                seen.push(version);
                 i += 1;
             }
             seen

@@ -2,8 +2,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::repo_path;
 use lstm_forecast::model::contract::sha256_hex;
@@ -173,63 +172,21 @@ fn help_explains_the_commands_and_endpoints() {
 
 #[tokio::test]
 async fn serve_answers_then_exits_cleanly_on_sigterm() {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .env("THREADS", "1")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (address_tx, address_rx) = std::sync::mpsc::channel();
-    let log_reader = std::thread::spawn(move || {
-        let mut log = String::new();
-        let stderr = tokio_stderr_to_std(stderr);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let _ = address_tx.send(rest.split_whitespace().next().unwrap().to_string());
-            }
-            log.push_str(&line);
-            log.push('\n');
-        }
-        log
-    });
-    let address = tokio::task::spawn_blocking(move || {
-        address_rx.recv_timeout(std::time::Duration::from_secs(60))
-    })
-    .await
-    .unwrap()
-    .expect("the server logs its address");
+    let server = common::ServeProcess::start(&[], &[]).await;
     let response = reqwest::Client::new()
-        .post(format!("http://{address}/v1/forecast"))
+        .post(server.url("/v1/forecast"))
         .json(&common::forecast_body(&[common::window(0.0)]))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let pid = child.id().unwrap().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "exit status {status:?}");
-    let log = log_reader.join().unwrap();
+    server.terminate();
+    let (exited_zero, log) = server.wait(std::time::Duration::from_secs(30)).await;
+    assert!(exited_zero, "{log}");
     assert!(log.contains("shutdown signal received"), "{log}");
     assert!(log.contains("stopped"), "{log}");
     assert!(
         log.contains("model_version"),
         "logs carry the model version: {log}"
     );
-}
-
-fn tokio_stderr_to_std(stderr: tokio::process::ChildStderr) -> std::fs::File {
-    use std::os::fd::{FromRawFd, IntoRawFd};
-    let fd = stderr.into_owned_fd().unwrap().into_raw_fd();
-    // SAFETY: the descriptor was just released by tokio and is owned by nobody else.
-    unsafe { std::fs::File::from_raw_fd(fd) }
 }

@@ -472,43 +472,22 @@ async fn actuals_dropped_as_csv_files_under_the_prefix_are_joined_too() {
 #[tokio::test]
 async fn serve_exposes_its_resident_set_and_live_heap_on_metrics() {
     // GIVEN the real server binary flushing its process metrics every second
-    let port = common::emulators::free_port();
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-        .env("THREADS", "1")
-        .env("METRICS_FLUSH_SECONDS", "1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let server =
+        common::ServeProcess::start(&[], &[("METRICS_FLUSH_SECONDS", "1".to_string())]).await;
     let client = reqwest::Client::new();
-    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
-    let gauge = |text: &str, name: &str| -> Option<f64> {
-        text.lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.rsplit(' ').next())
-            .and_then(|value| value.parse().ok())
-    };
     // WHEN /metrics is scraped after a flush
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let (rss, heap) = loop {
-        if let Ok(response) = client.get(&metrics_url).send().await {
-            let text = response.text().await.unwrap();
-            if let (Some(rss), Some(heap)) = (
-                gauge(&text, "lstm_forecast_memory_rss_bytes"),
-                gauge(&text, "lstm_forecast_heap_allocated_bytes"),
-            ) {
-                break (rss, heap);
+    let (rss, heap) =
+        common::eventually(Duration::from_secs(60), "memory gauges on /metrics", || {
+            let (client, url) = (client.clone(), server.url("/metrics"));
+            async move {
+                let text = common::get_text(&client, &url).await;
+                Some((
+                    common::metric_sum(&text, "lstm_forecast_memory_rss_bytes")?,
+                    common::metric_sum(&text, "lstm_forecast_heap_allocated_bytes")?,
+                ))
             }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no memory gauges on /metrics"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    server.kill().await.unwrap();
+        })
+        .await;
     // THEN both are plausible: libtorch's operator tables alone are tens of MB of live heap
     // (so jemalloc sees libtorch's allocations), and the resident set holds the heap
     assert!(heap > 10e6, "live heap {heap} bytes");
@@ -517,55 +496,39 @@ async fn serve_exposes_its_resident_set_and_live_heap_on_metrics() {
 
 #[tokio::test]
 async fn serve_gives_back_libtorchs_startup_pages_after_it_starts_listening_not_during_the_load() {
-    use tokio::io::AsyncBufReadExt;
     // GIVEN the real server binary, logging its memory housekeeping
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .env("THREADS", "1")
-        .env("RUST_LOG", "info,lstm_forecast::model::footprint=debug")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut log = tokio::io::BufReader::new(server.stderr.take().unwrap()).lines();
+    let server = common::ServeProcess::start(
+        &[],
+        &[(
+            "RUST_LOG",
+            "info,lstm_forecast::model::footprint=debug".to_string(),
+        )],
+    )
+    .await;
     // WHEN it starts and runs for a moment
-    let mut order = Vec::new();
-    let released_mib = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = log.next_line().await.unwrap() {
-            for event in [
-                "model loaded and warmed up",
-                "listening on",
-                "released libtorch",
-            ] {
-                if line.contains(event) {
-                    order.push(event);
-                }
-            }
-            if line.contains("released libtorch") {
-                return line
-                    .split("mib=")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .and_then(|mib| mib.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        }
-        panic!("serve exited without releasing its startup pages");
-    })
-    .await
-    .expect("no release of libtorch's startup pages within 60 s");
-    server.kill().await.unwrap();
+    server
+        .wait_for_log("released libtorch", Duration::from_secs(60))
+        .await;
+    let log = server.log();
+    let events = [
+        "model loaded and warmed up",
+        "listening on",
+        "released libtorch",
+    ];
+    let order: Vec<&str> = log
+        .lines()
+        .flat_map(|line| events.into_iter().filter(move |e| line.contains(e)))
+        .collect();
+    let released_mib = log
+        .lines()
+        .find(|line| line.contains("released libtorch"))
+        .and_then(|line| line.split("mib=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|mib| mib.parse::<u64>().ok())
+        .unwrap_or(0);
     // THEN the code libtorch ran once before `main` leaves the resident set, and only once the
     // server listens: unmapping it during the load slowed the warm-up and the cold start
-    assert_eq!(
-        order,
-        [
-            "model loaded and warmed up",
-            "listening on",
-            "released libtorch"
-        ]
-    );
+    assert_eq!(order, events);
     assert!(
         released_mib >= 20,
         "released only {released_mib} MiB of libtorch mappings"

@@ -2,8 +2,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use common::emulators::{cli, Moto};
@@ -144,25 +143,17 @@ async fn serve_follows_the_alias_and_keeps_the_old_model_when_a_new_one_fails_to
     );
     assert!(ok, "{out}");
     let cache = tempfile::tempdir().unwrap();
-    let port = common::emulators::free_port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
-        .args([
-            "serve",
-            "--model",
-            REGISTRY,
-            "--bind",
-            &format!("127.0.0.1:{port}"),
-            "--reload-interval-seconds",
-            "1",
-        ])
-        .envs(moto.env())
-        .env("THREADS", "1")
-        .env("LSTM_FORECAST_MODEL_CACHE", cache.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let mut env = moto.env();
+    env.push((
+        "LSTM_FORECAST_MODEL_CACHE",
+        cache.path().to_str().unwrap().to_string(),
+    ));
+    let server = common::ServeProcess::start(
+        &["--model", REGISTRY, "--reload-interval-seconds", "1"],
+        &env,
+    )
+    .await;
+    let base = server.base.clone();
     let client = reqwest::Client::new();
     let version = || async {
         match client.get(format!("{base}/v1/model")).send().await {
@@ -175,17 +166,12 @@ async fn serve_follows_the_alias_and_keeps_the_old_model_when_a_new_one_fails_to
         }
     };
     let wait_for = |expected: &'static str| async move {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if version().await.as_deref() == Some(expected) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve never reported version {expected}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        common::eventually(
+            Duration::from_secs(30),
+            &format!("serve reports version {expected}"),
+            || async { (version().await.as_deref() == Some(expected)).then_some(()) },
+        )
+        .await
     };
     wait_for("1.0.0").await;
 
@@ -221,31 +207,28 @@ async fn serve_follows_the_alias_and_keeps_the_old_model_when_a_new_one_fails_to
             .unwrap();
     }
     registry(&moto).await.promote("1.0.2").await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let metrics = common::get_text(&client, &format!("{base}/metrics")).await;
-        let failures = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("lstm_forecast_model_reload_failures_total "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        if failures >= 1 {
-            assert!(
-                metrics.contains("lstm_forecast_model_reloads_total 1"),
-                "{metrics}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the failed reload was never counted:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let metrics = common::eventually(
+        Duration::from_secs(30),
+        "the failed reload is counted",
+        || async {
+            let metrics = common::get_text(&client, &format!("{base}/metrics")).await;
+            let failures =
+                common::metric_value(&metrics, "lstm_forecast_model_reload_failures_total")?;
+            (failures >= 1.0).then_some(metrics)
+        },
+    )
+    .await;
+    assert_eq!(
+        common::metric_value(&metrics, "lstm_forecast_model_reloads_total"),
+        Some(1.0),
+        "{metrics}"
+    );
     assert_eq!(version().await.as_deref(), Some("1.0.1"));
     // S3 goes away entirely: alias checks fail, and the server keeps serving what it has.
     drop(moto);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    server
+        .wait_for_log("could not read the model alias", Duration::from_secs(30))
+        .await;
     assert_eq!(version().await.as_deref(), Some("1.0.1"));
     let forecast = client
         .post(format!("{base}/v1/forecast"))
@@ -254,6 +237,4 @@ async fn serve_follows_the_alias_and_keeps_the_old_model_when_a_new_one_fails_to
         .await
         .unwrap();
     assert_eq!(forecast.status(), 200);
-    let _ = server.kill();
-    let _ = server.wait();
 }

@@ -2,46 +2,36 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
-use common::emulators::{free_port, Moto};
+use common::emulators::Moto;
+use common::ServeProcess;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_under_load_drains_requests_flushes_metrics_and_exits_zero() {
     let moto = Moto::start();
-    let port = free_port();
     // The periodic flush is an hour away: only the shutdown flush can get the counts to CloudWatch.
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-        .envs(moto.env())
-        .env("THREADS", "1")
-        .env("METRICS_SINKS", "cloudwatch,prometheus")
-        .env("METRICS_NAMESPACE", "ShutdownTest")
-        .env("METRICS_FLUSH_SECONDS", "3600")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "serve did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut env = moto.env();
+    env.extend([
+        ("METRICS_SINKS", "cloudwatch".to_string()),
+        ("METRICS_NAMESPACE", "ShutdownTest".to_string()),
+        ("METRICS_FLUSH_SECONDS", "3600".to_string()),
+    ]);
+    let server = ServeProcess::start(&[], &env).await;
+    let base = server.base.clone();
     // GIVEN 8 clients hammering the server
     let stop = Arc::new(AtomicBool::new(false));
+    let answered_so_far = Arc::new(AtomicU32::new(0));
     let clients: Vec<_> = (0..8)
         .map(|c| {
-            let (client, url, stop) = (
+            let (client, url, stop, answered_so_far) = (
                 reqwest::Client::new(),
                 format!("{base}/v1/forecast"),
                 stop.clone(),
+                answered_so_far.clone(),
             );
             tokio::spawn(async move {
                 let (mut ok, mut unsent, mut other) = (0u32, 0u32, Vec::new());
@@ -49,7 +39,10 @@ async fn sigterm_under_load_drains_requests_flushes_metrics_and_exits_zero() {
                     let body =
                         common::forecast_body(&[common::window(c as f64), common::window(1.0)]);
                     match client.post(&url).json(&body).send().await {
-                        Ok(r) if r.status() == 200 => ok += 1,
+                        Ok(r) if r.status() == 200 => {
+                            ok += 1;
+                            answered_so_far.fetch_add(1, Ordering::Relaxed);
+                        }
                         Ok(r) => other.push(format!("status {}", r.status())),
                         // Once shutdown begins the listener is closed and idle keep-alive
                         // connections are closed: a request racing that never reached a handler.
@@ -64,18 +57,15 @@ async fn sigterm_under_load_drains_requests_flushes_metrics_and_exits_zero() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // ... until every client is well into its loop (100 answers between them) ...
+    common::eventually(Duration::from_secs(60), "100 answers under load", || {
+        let answered = answered_so_far.load(Ordering::Relaxed);
+        async move { (answered >= 100).then_some(()) }
+    })
+    .await;
     // WHEN the server gets SIGTERM in the middle of it
-    let pid = server.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = tokio::time::timeout(Duration::from_secs(30), server.wait())
-        .await
-        .expect("exits")
-        .unwrap();
+    server.terminate();
+    let (exited_zero, log) = server.wait(Duration::from_secs(30)).await;
     stop.store(true, Ordering::Relaxed);
     let mut answered = 0;
     for client in clients {
@@ -84,7 +74,7 @@ async fn sigterm_under_load_drains_requests_flushes_metrics_and_exits_zero() {
         assert!(other.is_empty(), "requests answered with errors: {other:?}");
         answered += ok;
     }
-    assert!(status.success(), "exit status {status:?}");
+    assert!(exited_zero, "{log}");
     assert!(answered > 0);
     // ... AND the server computed exactly the forecasts the clients received (none was computed and
     // then lost mid-flight), and its shutdown flush delivered that count to CloudWatch

@@ -75,19 +75,6 @@ pub fn document(
     Value::Object(root)
 }
 
-/// Writes one EMF line to stdout (CloudWatch Logs picks it up in Lambda and from awslogs in ECS).
-pub fn emit(namespace: &str, dimensions: &[(&str, &str)], metrics: &[Datum<'_>]) {
-    let line = document(
-        namespace,
-        dimensions,
-        metrics,
-        chrono::Utc::now().timestamp_millis(),
-    );
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{line}");
-    let _ = stdout.flush();
-}
-
 /// The EMF sink: aggregates like the CloudWatch sink and, on flush, writes one line per dimension
 /// set (more when over 100 metrics). Distributions are written as value arrays (at most 100 values
 /// per metric per line), which CloudWatch turns into statistics.

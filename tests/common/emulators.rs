@@ -196,6 +196,8 @@ impl LambdaEmulator {
 pub struct Function {
     child: Child,
     log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The threads copying stdout and stderr into `log`; they end when the process closes them.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Function {
@@ -215,12 +217,13 @@ impl Function {
         }
         let mut child = command.spawn().expect("start the function");
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut readers = Vec::new();
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
             let log = log.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 use std::io::BufRead;
                 for line in std::io::BufReader::new(stream)
                     .lines()
@@ -228,9 +231,13 @@ impl Function {
                 {
                     log.lock().unwrap().push_str(&(line + "\n"));
                 }
-            });
+            }));
         }
-        Function { child, log }
+        Function {
+            child,
+            log,
+            readers,
+        }
     }
 
     pub fn log(&self) -> String {
@@ -242,7 +249,10 @@ impl Function {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100));
+                // Its pipes are closed: the readers finish with its last words.
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
                 return (status.success(), self.log());
             }
             assert!(

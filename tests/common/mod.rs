@@ -102,6 +102,11 @@ pub fn forecast_body(windows: &[Vec<f64>]) -> serde_json::Value {
     })
 }
 pub mod emulators;
+pub mod serve;
+
+// Each test binary uses some of these; the others are not dead code.
+#[allow(unused_imports)]
+pub use serve::{metric_sum, metric_value, ServeProcess};
 
 /// POSTs a JSON body and returns the JSON answer, whatever its status.
 pub async fn post_json(
@@ -149,4 +154,24 @@ pub fn bundled_as_version(version: &str) -> tempfile::TempDir {
     )
     .unwrap();
     dir
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most `within`; panics naming `what`.
+/// The way to wait for a condition another process or task brings about, instead of a sleep.
+pub async fn eventually<T, F, Fut>(within: std::time::Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
