@@ -474,3 +474,44 @@ async fn the_accuracy_loop_runs_through_lambda_forecast_observe_then_evaluate() 
         );
     }
 }
+
+#[tokio::test]
+async fn a_scheduled_batch_of_n_series_publishes_forecasts_latency_and_drift_in_emf() {
+    // GIVEN 40 series of the model's own training data in one CSV on S3
+    let moto = Moto::start();
+    let s3 = moto.create_bucket(BUCKET).await;
+    let windows = common::etth1_training_windows(40, 168, 24);
+    s3.put_object()
+        .bucket(BUCKET)
+        .key("batch/forty.csv")
+        .body(ByteStream::from(common::windows_csv(&windows).into_bytes()))
+        .send()
+        .await
+        .unwrap();
+    let emulator = LambdaEmulator::start();
+    let cache = tempfile::tempdir().unwrap();
+    let function = Function::start(&emulator, &function_env(&moto, &cache, "bundled"));
+    // WHEN the nightly schedule runs the batch forecast
+    let (status, response) = emulator
+        .invoke(&json!({"action": "batch-forecast",
+                        "input": format!("s3://{BUCKET}/batch/forty.csv"),
+                        "output": format!("s3://{BUCKET}/batch/forty.jsonl")}))
+        .await;
+    assert_eq!(status, 200, "{response}\n{}", function.log());
+    assert_eq!(response["series"], 40, "{response}");
+    // THEN its EMF output counts all 40 forecasts, times the forward passes, and scores the
+    // drift of every one of the 40 windows, as an API request would
+    let emf = common::emf_values(&function.log());
+    // Each EMF document carries the metric once, under two dimension sets, so one sum is the total.
+    let forecasts: f64 = emf.get("Forecasts").map(|v| v.iter().sum()).unwrap_or(0.0);
+    assert_eq!(forecasts, 40.0, "EMF: {emf:?}");
+    assert!(
+        emf.get("InferenceLatency").is_some_and(|v| !v.is_empty()),
+        "EMF: {emf:?}"
+    );
+    assert_eq!(
+        emf.get("InputDrift").map(Vec::len),
+        Some(40),
+        "EMF: {emf:?}"
+    );
+}

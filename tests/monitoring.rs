@@ -105,6 +105,7 @@ async fn server_with(
 
 #[tokio::test]
 async fn every_request_metric_reaches_cloudwatch_with_the_right_values() {
+    // Its own moto: it counts every datum under the dimensions that the replay test uses too.
     let moto = Moto::start();
     let sink = cloudwatch_sink(&moto.endpoint, 10_000);
     let (server, telemetry) = server_with(vec![sink.clone()], None, 1.0).await;
@@ -231,7 +232,7 @@ async fn cloudwatch_being_unreachable_never_fails_a_forecast_and_drops_are_count
 
 #[tokio::test]
 async fn dropped_metrics_are_reported_once_cloudwatch_answers_again() {
-    let moto = Moto::start();
+    let moto = Moto::shared();
     let sink = cloudwatch_sink(&moto.endpoint, 2);
     let telemetry = Telemetry::new(vec![sink.clone()], "m", "1", None);
     for metric in [
@@ -257,7 +258,7 @@ async fn dropped_metrics_are_reported_once_cloudwatch_answers_again() {
 
 #[tokio::test]
 async fn an_etth1_replay_evaluates_to_the_same_mae_as_an_offline_computation() {
-    let moto = Moto::start();
+    let moto = Moto::shared();
     let s3 = moto.create_bucket("accuracy").await;
     let store = AccuracyStore::new(s3, "s3://accuracy/monitoring").unwrap();
     let log = Arc::new(ForecastLog::new(store.clone()));
@@ -423,7 +424,7 @@ async fn observations_without_a_store_are_a_clear_501() {
 #[tokio::test]
 async fn actuals_dropped_as_csv_files_under_the_prefix_are_joined_too() {
     // GIVEN a logged forecast and its actuals delivered by another system as a CSV file
-    let moto = Moto::start();
+    let moto = Moto::shared();
     let s3 = moto.create_bucket("dropped").await;
     let store = AccuracyStore::new(s3.clone(), "s3://dropped/monitoring").unwrap();
     let origin = chrono::DateTime::parse_from_rfc3339("2018-01-01T00:00:00Z")

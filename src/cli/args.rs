@@ -191,6 +191,11 @@ pub struct ForecastArgs {
     /// Series per forward pass.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
+
+    /// Push sinks for the forecast metrics (Forecasts, InferenceLatency, InputDrift, ...), as in
+    /// `serve`; EMF lines go to stderr here, since stdout is the answer.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

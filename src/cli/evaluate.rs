@@ -19,6 +19,7 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
             },
             namespace: args.metrics.metrics_namespace.clone(),
             stage: args.metrics.stage.clone(),
+            emf_to_stderr: false,
         };
         let (sinks, cloudwatch) = build_sinks(&config, &sdk);
         // Scores carry each forecast's own model and version, not a current one.

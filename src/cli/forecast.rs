@@ -7,11 +7,13 @@ use anyhow::{bail, Context};
 use lstm_forecast::forecast::ForecastResponse;
 use lstm_forecast::infer::InferenceHandle;
 use lstm_forecast::input::{parse_input, InputFormat};
+use lstm_forecast::metrics::{ServerMetrics, Telemetry};
 use lstm_forecast::model::engine::Workload;
-use lstm_forecast::service::{Limits, Service};
+use lstm_forecast::service::build::{build_sinks, MetricsConfig};
+use lstm_forecast::service::{Limits, Monitoring, Service};
 
 use super::args::{ForecastArgs, FormatArg};
-use super::{load_model, runtime};
+use super::{load_model, runtime, sdk_config};
 
 pub fn forecast(args: ForecastArgs) -> anyhow::Result<()> {
     if args.batch_size == 0 {
@@ -32,13 +34,34 @@ pub fn forecast(args: ForecastArgs) -> anyhow::Result<()> {
         None => InputFormat::detect(&args.input.to_string_lossy(), &content),
     };
     let model = load_model(&args.model, Workload::OneAtATime)?;
+    let metadata = model.metadata().clone();
+    let runtime = runtime()?;
+    let metrics = MetricsConfig {
+        sinks: args.metrics.metrics_sinks.clone(),
+        namespace: args.metrics.metrics_namespace.clone(),
+        stage: args.metrics.stage.clone(),
+        emf_to_stderr: true,
+    };
+    let sdk = runtime.block_on(sdk_config(&args.model.aws, metrics.uses_aws()));
+    let (sinks, _) = build_sinks(&metrics, &sdk);
+    let monitoring = Monitoring {
+        telemetry: Telemetry::new(
+            sinks,
+            &metadata.name,
+            &metadata.version,
+            metrics.stage.as_deref(),
+        ),
+        ..Monitoring::default()
+    };
     let (handle, engine) = InferenceHandle::spawn(model, 1);
-    let service = Service::unmonitored(
+    let service = Service::new(
         handle,
+        ServerMetrics::new(),
         Limits {
             max_series: args.batch_size,
             ..Limits::default()
         },
+        monitoring,
     );
     let series = parse_input(format, &content, &service.request_shape(args.max_series))
         .with_context(|| format!("reading {}", args.input.display()))?;
@@ -54,7 +77,6 @@ pub fn forecast(args: ForecastArgs) -> anyhow::Result<()> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let runtime = runtime()?;
     let mut response: Option<ForecastResponse> = None;
     for chunk in series.chunks(args.batch_size) {
         let answer = runtime.block_on(service.forecast(chunk.to_vec(), None))?;
@@ -67,6 +89,7 @@ pub fn forecast(args: ForecastArgs) -> anyhow::Result<()> {
     progress.finish_and_clear();
     let response = response
         .unwrap_or_else(|| ForecastResponse::new(service.model().metadata(), &[], Vec::new()));
+    runtime.block_on(service.telemetry().flush());
     drop(service);
     let _ = engine.join();
     let mut stdout = std::io::stdout().lock();

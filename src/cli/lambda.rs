@@ -38,6 +38,7 @@ pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
             },
             namespace: args.metrics.metrics_namespace,
             stage: args.metrics.stage,
+            emf_to_stderr: false,
         },
         forecast_log_uri: args.accuracy.forecast_log,
         backtest_rate: args.accuracy.backtest_rate,

@@ -59,6 +59,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
             namespace: args.metrics.metrics_namespace.clone(),
             stage: args.metrics.stage.clone(),
+            emf_to_stderr: false,
         },
         forecast_log_uri: args.accuracy.forecast_log.clone(),
         backtest_rate: args.accuracy.backtest_rate,

@@ -120,8 +120,7 @@ pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, LoadReport), InitE
         forecast_log_uri: config.forecast_log_uri.clone(),
         backtest_rate: config.backtest_rate,
     };
-    let composed = compose(model, &service_config, &sdk_config)?;
-    let service = composed.service;
+    let service = compose(model, &service_config, &sdk_config)?.service;
     let follower = match &config.model_uri {
         ModelUri::S3(model) if model.version.is_none() => Some(AliasFollower::new(
             S3ModelSource::new(
@@ -133,22 +132,11 @@ pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, LoadReport), InitE
         )),
         _ => None,
     };
-    let router = crate::http::router(service.clone())
-        .layer(axum::middleware::map_request(lambda_request_id));
     let telemetry = service.telemetry();
     telemetry.record(Metric::ColdStartDuration, ms(report.total));
     telemetry.record(Metric::ModelLoadDuration, ms(report.load + report.warm_up));
     crate::service::build::flush(&service).await;
-    Ok((
-        LambdaApp {
-            service,
-            router,
-            follower,
-            s3,
-            config,
-        },
-        report,
-    ))
+    Ok((LambdaApp::new(service, follower, s3, config), report))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -168,6 +156,24 @@ async fn lambda_request_id(mut request: axum::extract::Request) -> axum::extract
 }
 
 impl LambdaApp {
+    /// The function around a composed service ([`init`] composes one from the configuration).
+    pub fn new(
+        service: Service,
+        follower: Option<AliasFollower>,
+        s3: aws_sdk_s3::Client,
+        config: LambdaConfig,
+    ) -> Self {
+        let router = crate::http::router(service.clone())
+            .layer(axum::middleware::map_request(lambda_request_id));
+        LambdaApp {
+            service,
+            router,
+            follower,
+            s3,
+            config,
+        }
+    }
+
     pub fn service(&self) -> &Service {
         &self.service
     }

@@ -109,6 +109,9 @@ pub struct MetricsConfig {
     pub namespace: String,
     /// Optional `Stage` dimension.
     pub stage: Option<String>,
+    /// Where EMF lines are written: stdout for Lambda and containers (the log agent reads it),
+    /// stderr for a command whose stdout is its answer.
+    pub emf_to_stderr: bool,
 }
 
 impl MetricsConfig {
@@ -200,9 +203,17 @@ pub fn build_sinks(
     for kind in &config.sinks {
         match kind {
             SinkKind::Prometheus => {}
-            SinkKind::Emf => sinks.push(Arc::new(crate::metrics::emf::EmfSink::stdout(
-                &config.namespace,
-            ))),
+            SinkKind::Emf => {
+                let out: Box<dyn std::io::Write + Send> = if config.emf_to_stderr {
+                    Box::new(std::io::stderr())
+                } else {
+                    Box::new(std::io::stdout())
+                };
+                sinks.push(Arc::new(crate::metrics::emf::EmfSink::new(
+                    &config.namespace,
+                    out,
+                )))
+            }
             SinkKind::CloudWatch => {
                 let sink = Arc::new(CloudWatchSink::new(
                     CloudWatchSink::client_from(sdk_config),

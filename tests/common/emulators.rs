@@ -72,15 +72,50 @@ pub struct Moto {
 }
 
 impl Moto {
+    /// A moto of this test's own, for tests that need isolation (the same bucket or registry as
+    /// another test).
     pub fn start() -> Self {
+        Self::spawn(false)
+    }
+
+    /// One moto for the whole test binary, for tests that need no isolation: each uses its own
+    /// bucket, namespace or dimensions. A static is never dropped, so this moto is tied to the
+    /// test process instead: the kernel kills it when the thread that started it exits
+    /// (`PR_SET_PDEATHSIG`), and that thread lives as long as the process.
+    pub fn shared() -> &'static Moto {
+        static SHARED: std::sync::OnceLock<Moto> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| {
+            let (started, moto) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                started.send(Moto::spawn(true)).unwrap();
+                loop {
+                    std::thread::park();
+                }
+            });
+            moto.recv().unwrap()
+        })
+    }
+
+    fn spawn(dies_with_this_thread: bool) -> Self {
         let port = free_port();
-        let mut child = Command::new(tools_bin("moto_server"))
+        let mut command = Command::new(tools_bin("moto_server"));
+        command
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("start moto_server");
+            .process_group(0);
+        if dies_with_this_thread {
+            // SAFETY: prctl is async-signal-safe, and nothing else runs between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command.spawn().expect("start moto_server");
         wait_for_port(port, "moto_server", &mut child);
         Moto {
             endpoint: format!("http://127.0.0.1:{port}"),

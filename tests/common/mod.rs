@@ -102,9 +102,12 @@ pub fn forecast_body(windows: &[Vec<f64>]) -> serde_json::Value {
     })
 }
 pub mod emulators;
+pub mod observe;
 pub mod serve;
 
 // Each test binary uses some of these; the others are not dead code.
+#[allow(unused_imports)]
+pub use observe::{emf_values, Collected};
 #[allow(unused_imports)]
 pub use serve::{metric_sum, metric_value, ServeProcess};
 
@@ -174,4 +177,50 @@ where
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// `count` windows of the bundled model's own training data (ETTh1 OT, rows before 8,640), each
+/// `window` hours long, `stride` hours apart: `(id, last timestamp, values)`.
+pub fn etth1_training_windows(
+    count: usize,
+    window: usize,
+    stride: usize,
+) -> Vec<(String, String, Vec<f64>)> {
+    let text = std::fs::read_to_string(repo_path("model_artifacts/data/ETTh1.csv")).unwrap();
+    let rows: Vec<(String, f64)> = text
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let cells: Vec<&str> = line.split(',').collect();
+            (cells[0].to_string(), cells[7].parse().unwrap())
+        })
+        .collect();
+    (0..count)
+        .map(|i| {
+            let end = window + i * stride;
+            assert!(end <= 8640, "only training rows");
+            let slice = &rows[end - window..end];
+            (
+                format!("series-{i}"),
+                slice.last().unwrap().0.replace(' ', "T") + "Z",
+                slice.iter().map(|(_, v)| *v).collect(),
+            )
+        })
+        .collect()
+}
+
+/// The same windows as a CSV file with `id,date,OT` rows, each series' rows together.
+pub fn windows_csv(windows: &[(String, String, Vec<f64>)]) -> String {
+    let mut csv = String::from("id,date,OT\n");
+    for (id, last, values) in windows {
+        let last = chrono::DateTime::parse_from_rfc3339(last).unwrap();
+        for (k, value) in values.iter().enumerate() {
+            let at = last - chrono::Duration::hours((values.len() - 1 - k) as i64);
+            csv.push_str(&format!(
+                "{id},{},{value}\n",
+                at.format("%Y-%m-%d %H:%M:%S")
+            ));
+        }
+    }
+    csv
 }
