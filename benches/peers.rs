@@ -283,7 +283,7 @@ fn main() {
     }
 
     let mut out = String::new();
-    out.push_str("# Benchmarks against the peers\n\n");
+    out.push_str("## Benchmarks against the peers\n\n");
     out.push_str(&format!(
         "`make bench-peers`, one run, {}. Same model (the bundled ETTh1 LSTM), same request (one series of 168 values), \
          same load generator (closed loop: N clients, each sending its next request when the previous is answered; \
@@ -351,6 +351,25 @@ fn main() {
     out.push_str(&std::fs::read_to_string(repo("bench/peers/ANALYSIS.md")).unwrap_or_default());
     println!("{out}");
     if only.is_none() {
-        std::fs::write(repo("BENCHMARKS.md"), &out).expect("write BENCHMARKS.md");
+        let path = repo("BENCHMARKS.md");
+        let previous = std::fs::read_to_string(&path).unwrap_or_default();
+        std::fs::write(&path, replace_peers_section(&previous, &out)).expect("write BENCHMARKS.md");
+    }
+}
+
+const PEERS_BEGIN: &str = "<!-- make bench-peers writes from here -->";
+const PEERS_END: &str = "<!-- make bench-peers writes up to here -->";
+
+/// BENCHMARKS.md with this run in place of the previous one; the other sections (make bench,
+/// soak runs, history) stay as they are.
+fn replace_peers_section(previous: &str, run: &str) -> String {
+    let section = format!("{PEERS_BEGIN}\n{run}\n{PEERS_END}");
+    match (previous.find(PEERS_BEGIN), previous.find(PEERS_END)) {
+        (Some(begin), Some(end)) if begin < end => format!(
+            "{}{section}{}",
+            &previous[..begin],
+            &previous[end + PEERS_END.len()..]
+        ),
+        _ => format!("{previous}\n{section}\n"),
     }
 }

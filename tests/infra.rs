@@ -240,7 +240,7 @@ async fn a_live_metrics_scrape_passes_promtool_check_metrics() {
         .telemetry()
         .record_in_bucket(Metric::Mae, 0.5, Some("1-6"));
     let scrape = common::get_text(&client, &server.url("/metrics")).await;
-    assert!(scrape.contains("lstm_forecast_input_drift_psi"), "{scrape}");
+    assert!(scrape.contains("lstm_forecast_input_drift"), "{scrape}");
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import drift_calibration  # noqa: E402
 import etth1  # noqa: E402
 
 
@@ -227,6 +228,7 @@ def main():
                 "min": float(train.min()),
                 "max": float(train.max()),
                 "quantile_edges": q_edges,
+                "windows": drift_calibration.window_cells(train.tolist(), mean, std, W),
             }
         },
         "evaluation": {

@@ -250,6 +250,7 @@ mod tests {
                 model_version: Arc::from("1"),
                 stage: None,
                 horizon_bucket: None,
+                feature: None,
             },
             values: (0..400).map(|i| (i as f64, 2.0)).collect(),
         };

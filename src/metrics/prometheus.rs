@@ -199,7 +199,7 @@ enum Family {
     Gauge(GaugeVec),
 }
 
-const LABELS: [&str; 3] = ["model", "model_version", "horizon_bucket"];
+const LABELS: [&str; 4] = ["model", "model_version", "horizon_bucket", "feature"];
 
 /// Prometheus name for a facade metric, or `None` when a native family covers it (see
 /// [`PrometheusSink::record_native`]) or the request families do (see
@@ -222,7 +222,7 @@ pub fn prometheus_name(metric: Metric) -> Option<&'static str> {
         Metric::ModelRollbacks => "lstm_forecast_model_rollbacks_total",
         Metric::MemoryRss => "lstm_forecast_memory_rss_bytes",
         Metric::HeapAllocated => "lstm_forecast_heap_allocated_bytes",
-        Metric::InputDrift => "lstm_forecast_input_drift_psi",
+        Metric::InputDrift => "lstm_forecast_input_drift",
         Metric::OutOfRangeFraction => "lstm_forecast_out_of_range_fraction",
         Metric::Mae => "lstm_forecast_accuracy_mae",
         Metric::Rmse => "lstm_forecast_accuracy_rmse",
@@ -332,6 +332,7 @@ impl MetricSink for PrometheusSink {
             &*d.model,
             &*d.model_version,
             d.horizon_bucket.as_deref().unwrap_or(""),
+            d.feature.as_deref().unwrap_or(""),
         ];
         match family {
             Family::Counter(c) => c.with_label_values(&labels).inc_by(sample.value.max(0.0)),

@@ -33,7 +33,8 @@ pub enum Metric {
     /// Bytes of live allocations (jemalloc's count, libtorch's tensors included): a leak shows
     /// here first, without the pages the allocator or the kernel keep around.
     HeapAllocated,
-    /// Population stability index of a request window against the training quantile bins.
+    /// How far (training standard deviations) a request window lies from every training window
+    /// (see `monitor::drift`); 0 for windows like the training data.
     InputDrift,
     /// Share of a window's values outside the training [min, max].
     OutOfRangeFraction,
@@ -192,6 +193,7 @@ pub const DIM_MODEL: &str = "Model";
 pub const DIM_MODEL_VERSION: &str = "ModelVersion";
 pub const DIM_STAGE: &str = "Stage";
 pub const DIM_HORIZON_BUCKET: &str = "HorizonBucket";
+pub const DIM_FEATURE: &str = "Feature";
 
 /// One recorded value with its dimensions.
 #[derive(Debug, Clone, PartialEq)]
@@ -202,13 +204,14 @@ pub struct Sample {
 }
 
 /// The dimensions of a sample: the model always, the stage when configured, the horizon bucket
-/// for the accuracy set.
+/// for the accuracy set, the input feature for per-feature drift.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Dimensions {
     pub model: Arc<str>,
     pub model_version: Arc<str>,
     pub stage: Option<Arc<str>>,
     pub horizon_bucket: Option<Arc<str>>,
+    pub feature: Option<Arc<str>>,
 }
 
 impl Dimensions {
@@ -235,6 +238,9 @@ impl Dimensions {
         }
         if let Some(bucket) = &self.horizon_bucket {
             pairs.push((DIM_HORIZON_BUCKET, bucket));
+        }
+        if let Some(feature) = &self.feature {
+            pairs.push((DIM_FEATURE, feature));
         }
         pairs
     }
@@ -344,6 +350,7 @@ impl Telemetry {
             model_version,
             stage: self.stage.clone(),
             horizon_bucket: horizon_bucket.map(Into::into),
+            feature: None,
         }
     }
 
@@ -381,7 +388,25 @@ impl Telemetry {
                 model_version: model_version.into(),
                 stage: self.stage.clone(),
                 horizon_bucket: horizon_bucket.map(Into::into),
+                feature: None,
             },
+        };
+        for sink in self.sinks.iter() {
+            sink.record(&sample);
+        }
+    }
+
+    /// Records for one input feature of a multi-feature model (`Feature` dimension).
+    pub fn record_for_feature(&self, metric: Metric, value: f64, feature: &str) {
+        if self.sinks.is_empty() || !value.is_finite() {
+            return;
+        }
+        let mut dimensions = self.dimensions(None);
+        dimensions.feature = Some(feature.into());
+        let sample = Sample {
+            metric,
+            value,
+            dimensions,
         };
         for sink in self.sinks.iter() {
             sink.record(&sample);
@@ -467,6 +492,7 @@ pub(crate) fn test_sample(metric: Metric, value: f64) -> Sample {
             model_version: Arc::from("1"),
             stage: None,
             horizon_bucket: None,
+            feature: None,
         },
     }
 }

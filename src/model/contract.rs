@@ -79,6 +79,21 @@ pub struct FeatureStats {
     pub max: f64,
     /// Ascending quantile edges (e.g. deciles) of the training values.
     pub quantile_edges: Vec<f64>,
+    /// The (mean, min, max) cells the training windows occupied: the calibration of `InputDrift`
+    /// (see `monitor::drift`). Without it a model publishes no `InputDrift`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<WindowCells>,
+}
+
+/// Which cells of (window mean, min, max), standardised with the feature's training mean and std
+/// and quantised to `cell` standard deviations, the training windows occupied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowCells {
+    /// Side of a cell, in training standard deviations.
+    pub cell: f64,
+    /// `[mean, min, max]` cell indices (`floor(standardised value / cell)`).
+    pub cells: Vec<[i64; 3]>,
 }
 
 /// Why a contract was refused. Each message names the field at fault.
@@ -219,6 +234,35 @@ impl ModelMetadata {
                     format!("training_stats.{name}.quantile_edges"),
                     "needs at least 2 ascending values",
                 ));
+            }
+            if !stats.std.is_finite() || stats.std <= 0.0 || !stats.mean.is_finite() {
+                return Err(field_error(
+                    format!("training_stats.{name}"),
+                    "mean must be finite and std finite and > 0",
+                ));
+            }
+            if let Some(windows) = &stats.windows {
+                let field = format!("training_stats.{name}.windows");
+                if !windows.cell.is_finite() || windows.cell <= 0.0 {
+                    return Err(field_error(field, "cell must be finite and > 0"));
+                }
+                if windows.cells.is_empty() {
+                    return Err(field_error(
+                        field,
+                        "cells is empty: no training window was recorded",
+                    ));
+                }
+                // A window's min <= mean <= max, so its cells are ordered too.
+                if let Some(bad) = windows
+                    .cells
+                    .iter()
+                    .find(|[mean, min, max]| min > mean || mean > max)
+                {
+                    return Err(field_error(
+                        field,
+                        format!("cell {bad:?} is not [mean, min, max] (needs min <= mean <= max)"),
+                    ));
+                }
             }
         }
         if let Some(extra) = self
@@ -405,6 +449,21 @@ mod tests {
         let mut doc = valid_json();
         doc["version"] = "../1".into();
         assert!(error_text(doc).contains("`version`"));
+    }
+
+    #[test]
+    fn a_drift_calibration_must_be_cells_of_mean_min_and_max() {
+        let mut doc = valid_json();
+        doc["training_stats"]["OT"]["windows"] =
+            serde_json::json!({"cell": 0.25, "cells": [[0, -1, 2]]});
+        assert!(parse(doc.clone()).is_ok());
+        doc["training_stats"]["OT"]["windows"]["cells"] = serde_json::json!([[0, 1, 2]]);
+        assert!(error_text(doc.clone()).contains("is not [mean, min, max]"));
+        doc["training_stats"]["OT"]["windows"] =
+            serde_json::json!({"cell": 0.0, "cells": [[0, 0, 0]]});
+        assert!(error_text(doc.clone()).contains("cell must be finite and > 0"));
+        doc["training_stats"]["OT"]["windows"] = serde_json::json!({"cell": 0.25, "cells": []});
+        assert!(error_text(doc).contains("cells is empty"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Watching the model in production: input drift, accuracy against actuals, and the evaluation
 //! loop that joins logged forecasts with observed values.
 //!
-//! - [`drift`]: per-window PSI against the training quantile bins, out-of-range share.
+//! - [`drift`]: input drift calibrated on the training windows, out-of-range share.
 //! - [`accuracy`]: MAE, RMSE, WAPE, bias and MASE, overall and per horizon bucket.
 //! - [`observations`]: actuals, and the `POST /v1/observations` body that carries them.
 //! - [`store`]: forecasts and actuals as JSON Lines on S3, partitioned by date.

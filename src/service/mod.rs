@@ -24,6 +24,7 @@ use crate::metrics::prometheus::PrometheusSink;
 use crate::metrics::{Metric, ServerMetrics, Telemetry};
 use crate::model::contract::ModelMetadata;
 use crate::model::Model;
+use crate::monitor::drift::InputDriftMonitor;
 use crate::monitor::observations::{parse_observations, Observation};
 use crate::monitor::store::{ForecastLog, ForecastRecord, StoreError};
 
@@ -94,6 +95,8 @@ pub struct Service {
 
 struct Inner {
     handle: InferenceHandle,
+    /// The drift checks of the model in service, rebuilt when it changes.
+    drift: std::sync::RwLock<Arc<InputDriftMonitor>>,
     prometheus: ServerMetrics,
     limits: Limits,
     monitoring: Monitoring,
@@ -114,8 +117,10 @@ impl Service {
         monitoring.telemetry = monitoring
             .telemetry
             .with_sink(Arc::new(PrometheusSink::new(&prometheus)));
+        let drift = InputDriftMonitor::for_model(handle.model().metadata());
         let service = Service {
             inner: Arc::new(Inner {
+                drift: std::sync::RwLock::new(Arc::new(drift)),
                 handle,
                 prometheus,
                 limits,
@@ -157,13 +162,27 @@ impl Service {
         self.inner.monitoring.forecast_log.as_ref()
     }
 
-    /// The model in service changed: label later metrics with it.
+    /// The model in service changed: label later metrics with it, and check drift against its
+    /// training windows.
     pub fn model_changed(&self) {
         let model = self.inner.handle.model();
         let metadata = model.metadata();
         self.inner.prometheus.set_model(metadata);
         self.telemetry()
             .set_model(&metadata.name, &metadata.version);
+        let drift = InputDriftMonitor::for_model(metadata);
+        if !drift.is_calibrated() {
+            tracing::warn!(
+                model = %metadata.name,
+                model_version = %metadata.version,
+                "model.json has no drift calibration (training_stats.*.windows): InputDrift is not published; add one with model_artifacts/train/drift_calibration.py"
+            );
+        }
+        *self.inner.drift.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(drift);
+    }
+
+    fn drift(&self) -> Arc<InputDriftMonitor> {
+        Arc::clone(&self.inner.drift.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// What a request may look like for the model in service, with at most `max_series` series.
@@ -192,7 +211,7 @@ impl Service {
         let model = self.model();
         let metadata = model.metadata();
         let telemetry = self.telemetry();
-        record_drift(telemetry, metadata, &series);
+        self.drift().record(telemetry, &series);
         let backtest = self.sample_backtests(metadata, &series);
         let log_inputs = match self.forecast_log() {
             Some(_) => LogInput::collect(metadata, &series),
@@ -255,31 +274,6 @@ impl Service {
         }
         let n = self.inner.backtest_counter.fetch_add(1, Ordering::Relaxed) as f64;
         ((n + 1.0) * rate).floor() > (n * rate).floor()
-    }
-}
-
-/// Input drift of each series' window against the training statistics of the target feature.
-pub fn record_drift(telemetry: &Telemetry, metadata: &ModelMetadata, series: &[SeriesInput]) {
-    let features = metadata.input.features.len();
-    let target = metadata.target_index().expect("checked at load");
-    let stats = &metadata.training_stats[&metadata.input.target];
-    let window_len = metadata.input.window * features;
-    for s in series {
-        let values: Vec<f64> = s
-            .window(window_len)
-            .iter()
-            .skip(target)
-            .step_by(features)
-            .copied()
-            .collect();
-        telemetry.record(
-            Metric::InputDrift,
-            crate::monitor::drift::psi(&values, &stats.quantile_edges),
-        );
-        telemetry.record(
-            Metric::OutOfRangeFraction,
-            crate::monitor::drift::out_of_range_fraction(&values, stats.min, stats.max),
-        );
     }
 }
 
