@@ -166,6 +166,38 @@ fn every_alarm_watches_a_metric_the_code_emits_and_every_metric_is_on_the_dashbo
 }
 
 #[test]
+fn every_topic_an_alarm_notifies_is_encrypted_with_a_key_cloudwatch_may_use() {
+    // CloudWatch cannot publish to a topic under the AWS-managed alias/aws/sns (its policy cannot
+    // be edited to grant it), and moto does not enforce KMS: only this check catches it.
+    let topics = cfn_helper(&["alarm-topics", TEMPLATES[0], TEMPLATES[1]]);
+    let topics = topics.as_array().unwrap();
+    for template in TEMPLATES {
+        assert!(
+            topics.iter().any(|t| t["template"] == template),
+            "{template} has an alarm topic: {topics:?}"
+        );
+    }
+    for topic in topics {
+        assert_eq!(topic["key_in_stack"], true, "{topic}");
+        let grants = topic["cloudwatch_grants"].as_array().unwrap();
+        assert!(
+            grants.iter().any(|g| {
+                let actions: Vec<&str> = g["actions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap())
+                    .collect();
+                actions.contains(&"kms:Decrypt")
+                    && actions.contains(&"kms:GenerateDataKey*")
+                    && g["source_account"] == true
+            }),
+            "the key of {topic} must grant cloudwatch.amazonaws.com kms:Decrypt and kms:GenerateDataKey*, conditioned on the source account"
+        );
+    }
+}
+
+#[test]
 fn the_prometheus_rules_pass_promtool_and_use_metrics_the_server_exposes() {
     let (ok, out) = run(
         std::path::Path::new("promtool"),

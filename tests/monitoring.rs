@@ -11,7 +11,7 @@ use aws_sdk_cloudwatch::types::{Dimension, Statistic};
 use common::emulators::Moto;
 use common::{bundled_model, repo_path, window, TestServer};
 use lstm_forecast::metrics::cloudwatch::CloudWatchSink;
-use lstm_forecast::metrics::{MetricSink, ServerMetrics, Telemetry};
+use lstm_forecast::metrics::{Metric, MetricSink, ServerMetrics, Telemetry};
 use lstm_forecast::monitor::store::{AccuracyStore, ForecastLog};
 use lstm_forecast::service::{Limits, Monitoring};
 use serde_json::{json, Value};
@@ -247,7 +247,7 @@ async fn dropped_metrics_are_reported_once_cloudwatch_answers_again() {
     telemetry.flush().await;
     telemetry.flush().await;
     let dropped = statistics(
-        &moto,
+        moto,
         "MetricsDropped",
         &[("Model", "m"), ("ModelVersion", "1")],
     )
@@ -372,7 +372,7 @@ async fn an_etth1_replay_evaluates_to_the_same_mae_as_an_offline_computation() {
     ];
     // moto matches dimensions as a subset (real CloudWatch matches the exact set), so this query
     // sees the overall MAE and the three per-bucket ones: 4 samples whose sum we know.
-    let mae = statistics(&moto, "MAE", &dims)
+    let mae = statistics(moto, "MAE", &dims)
         .await
         .expect("MAE in CloudWatch");
     let expected_sum =
@@ -383,9 +383,9 @@ async fn an_etth1_replay_evaluates_to_the_same_mae_as_an_offline_computation() {
         "CloudWatch keeps 4 significant digits: {mae:?} vs {expected_sum}"
     );
     let bucket_dims = [dims[0], dims[1], dims[2], ("HorizonBucket", "13-24")];
-    assert!(statistics(&moto, "WAPE", &bucket_dims).await.is_some());
+    assert!(statistics(moto, "WAPE", &bucket_dims).await.is_some());
     for metric in ["RMSE", "Bias", "MASE"] {
-        assert!(statistics(&moto, metric, &dims).await.is_some(), "{metric}");
+        assert!(statistics(moto, metric, &dims).await.is_some(), "{metric}");
     }
     assert!(run.report.starts_with("s3://accuracy/monitoring/reports/"));
 
@@ -534,4 +534,108 @@ async fn serve_gives_back_libtorchs_startup_pages_after_it_starts_listening_not_
         released_mib >= 20,
         "released only {released_mib} MiB of libtorch mappings"
     );
+}
+
+#[tokio::test]
+async fn unreadable_lines_are_quarantined_and_reported_and_the_first_actual_wins() {
+    // GIVEN a forecast log with a good record and a torn line, and actuals that disagree with
+    // each other, plus a CSV row that is not a number
+    let moto = Moto::shared();
+    let s3 = moto.create_bucket("quarantine").await;
+    let store = AccuracyStore::new(s3.clone(), "s3://quarantine/monitoring").unwrap();
+    let origin = chrono::DateTime::parse_from_rfc3339("2018-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let record = lstm_forecast::monitor::store::ForecastRecord {
+        series_id: "plant-9".into(),
+        origin,
+        last_value: 10.0,
+        timestamps: vec![origin + chrono::Duration::hours(1)],
+        values: vec![11.0],
+        model: "m".into(),
+        model_version: "1".into(),
+        request_id: None,
+        created_at: chrono::Utc::now(),
+    };
+    let good = serde_json::to_string(&record).unwrap();
+    for (key, body) in [
+        (
+            "monitoring/forecasts/date=2018-01-01/torn.jsonl",
+            format!("{good}\n{{\"series_id\": \"plant-9\", \"orig\n"),
+        ),
+        (
+            "monitoring/actuals/date=2018-01-01/a-first.jsonl",
+            r#"{"series_id":"plant-9","timestamp":"2018-01-01T01:00:00Z","value":12.0}"#
+                .to_string(),
+        ),
+        (
+            "monitoring/actuals/date=2018-01-01/b-later.csv",
+            "id,timestamp,value\nplant-9,2018-01-01T01:00:00Z,99\nplant-9,2018-01-01T02:00:00Z,n/a\n"
+                .to_string(),
+        ),
+    ] {
+        s3.put_object()
+            .bucket("quarantine")
+            .key(key)
+            .body(aws_sdk_s3::primitives::ByteStream::from(body.into_bytes()))
+            .send()
+            .await
+            .unwrap();
+    }
+    // WHEN evaluated
+    let run = lstm_forecast::monitor::evaluate::run_evaluation(
+        &store,
+        &Telemetry::disabled(),
+        chrono::Utc::now(),
+        chrono::Duration::hours(1),
+    )
+    .await
+    .expect("bad lines never fail an evaluation");
+    let e = &run.evaluation;
+    // THEN the good record is scored against the first actual (12, not the later 99) ...
+    assert_eq!(e.pairs, 1);
+    assert!((e.by_version["1"].overall.mae - 1.0).abs() < 1e-12);
+    assert_eq!((e.duplicate_actuals, e.conflicting_actuals), (1, 1));
+    // ... and both unreadable lines are reported with their object and line
+    assert_eq!(e.quarantined_lines, 2, "{:?}", e.quarantined);
+    let places: Vec<(&str, usize)> = e
+        .quarantined
+        .iter()
+        .map(|q| (q.key.as_str(), q.line))
+        .collect();
+    assert!(places.contains(&("monitoring/forecasts/date=2018-01-01/torn.jsonl", 2)));
+    assert!(places.contains(&("monitoring/actuals/date=2018-01-01/b-later.csv", 3)));
+}
+
+#[tokio::test]
+async fn forecast_log_writes_that_fail_are_counted_as_forecast_log_failures() {
+    // GIVEN a service whose forecast log points at an S3 that does not answer
+    let dead = format!("http://127.0.0.1:{}", common::emulators::free_port());
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .endpoint_url(&dead)
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .force_path_style(true)
+            .build(),
+    );
+    let log = Arc::new(ForecastLog::new(
+        AccuracyStore::new(s3, "s3://nowhere/monitoring").unwrap(),
+    ));
+    let sink = Arc::new(common::Collected::default());
+    let (server, _) = server_with(vec![sink.clone()], Some(log), 0.0).await;
+    // WHEN two logged forecasts are flushed
+    let body = json!({"series": [
+        {"id": "a", "values": window(0.0), "last_timestamp": "2018-01-01T00:00:00Z"},
+        {"id": "b", "values": window(1.0), "last_timestamp": "2018-01-01T00:00:00Z"}]});
+    let answer =
+        common::post_json(&reqwest::Client::new(), &server.url("/v1/forecast"), &body).await;
+    assert_eq!(answer["forecasts"].as_array().unwrap().len(), 2);
+    lstm_forecast::service::build::flush(&server.service).await;
+    // THEN the forecast was answered, and the two records the flush could not write are counted
+    assert_eq!(sink.values(Metric::ForecastLogFailures), vec![2.0]);
+    server.stop().await;
 }

@@ -135,6 +135,8 @@ pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, LoadReport), InitE
     let telemetry = service.telemetry();
     telemetry.record(Metric::ColdStartDuration, ms(report.total));
     telemetry.record(Metric::ModelLoadDuration, ms(report.load + report.warm_up));
+    // Memory once, after init: sampling it on every invocation would cost the answer time.
+    telemetry.record_process_memory();
     crate::service::build::flush(&service).await;
     Ok((LambdaApp::new(service, follower, s3, config), report))
 }

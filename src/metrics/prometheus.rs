@@ -231,6 +231,7 @@ pub fn prometheus_name(metric: Metric) -> Option<&'static str> {
         Metric::Mase => "lstm_forecast_accuracy_mase",
         Metric::BacktestMae => "lstm_forecast_backtest_mae",
         Metric::MetricsDropped => "lstm_forecast_metrics_dropped_total",
+        Metric::ForecastLogFailures => "lstm_forecast_forecast_log_failures_total",
     })
 }
 

@@ -51,6 +51,9 @@ pub enum Metric {
     BacktestMae,
     /// Metric samples dropped because a sink's buffer was full (CloudWatch unreachable for long).
     MetricsDropped,
+    /// Forecast-log records a flush could not write to the store (retried on the next flush while
+    /// the buffer has room): the accuracy loop is going blind.
+    ForecastLogFailures,
     /// Local: time a forecast waited for an engine thread, milliseconds.
     QueueLatency,
     /// Local: windows in the forward pass a forecast rode in (dynamic batching).
@@ -71,7 +74,7 @@ pub enum Kind {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 22] = [
+    pub const ALL: [Metric; 23] = [
         Metric::ForecastLatency,
         Metric::InferenceLatency,
         Metric::Forecasts,
@@ -94,6 +97,7 @@ impl Metric {
         Metric::Mase,
         Metric::BacktestMae,
         Metric::MetricsDropped,
+        Metric::ForecastLogFailures,
     ];
 
     /// Process-local detail: exposed on `GET /metrics`, never pushed to CloudWatch (every
@@ -133,6 +137,7 @@ impl Metric {
             Metric::Mase => "MASE",
             Metric::BacktestMae => "BacktestMAE",
             Metric::MetricsDropped => "MetricsDropped",
+            Metric::ForecastLogFailures => "ForecastLogFailures",
             Metric::QueueLatency => "QueueLatency",
             Metric::BatchWindows => "BatchWindows",
             Metric::QueueDepth => "QueueDepth",
@@ -156,7 +161,8 @@ impl Metric {
             | Metric::ModelReloads
             | Metric::ModelReloadFailures
             | Metric::ModelRollbacks
-            | Metric::MetricsDropped => "Count",
+            | Metric::MetricsDropped
+            | Metric::ForecastLogFailures => "Count",
             Metric::InputDrift
             | Metric::OutOfRangeFraction
             | Metric::Mae

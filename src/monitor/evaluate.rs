@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::accuracy::{bucket_of, horizon_buckets, Accumulator, Scores};
 use super::observations::Observation;
-use super::store::{AccuracyStore, ForecastRecord, StoreError};
+use super::store::{AccuracyStore, ForecastRecord, Quarantined, StoreError};
 use crate::metrics::{Metric, Telemetry};
 
 /// What one evaluation found.
@@ -28,8 +28,15 @@ pub struct Evaluation {
     pub pairs: usize,
     /// Due targets without an actual.
     pub missing_actuals: usize,
-    /// Actuals for the same (series, timestamp) beyond the first (the last one wins).
+    /// Actuals for the same (series, timestamp) beyond the first (the first one wins: a later
+    /// upload cannot rewrite a value that forecasts were already scored against).
     pub duplicate_actuals: usize,
+    /// Those duplicates whose value differs from the first one's.
+    pub conflicting_actuals: usize,
+    /// Unreadable lines skipped in the store (see `quarantined`).
+    pub quarantined_lines: usize,
+    /// The first of them, with their object key and line number.
+    pub quarantined: Vec<Quarantined>,
     /// Scores per model version, overall and per horizon bucket.
     pub by_version: BTreeMap<String, VersionScores>,
     #[serde(skip)]
@@ -59,13 +66,18 @@ pub fn evaluate(
     until: DateTime<Utc>,
 ) -> Evaluation {
     let mut truth: HashMap<(&str, DateTime<Utc>), f64> = HashMap::with_capacity(actuals.len());
-    let mut duplicate_actuals = 0;
+    let (mut duplicate_actuals, mut conflicting_actuals) = (0, 0);
     for o in actuals {
-        if truth
-            .insert((o.series_id.as_str(), o.timestamp), o.value)
-            .is_some()
-        {
-            duplicate_actuals += 1;
+        match truth.entry((o.series_id.as_str(), o.timestamp)) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(o.value);
+            }
+            std::collections::hash_map::Entry::Occupied(first) => {
+                duplicate_actuals += 1;
+                if *first.get() != o.value {
+                    conflicting_actuals += 1;
+                }
+            }
         }
     }
     let mut groups: BTreeMap<String, (String, Accumulator, BTreeMap<String, Accumulator>)> =
@@ -173,6 +185,9 @@ pub fn evaluate(
         pairs,
         missing_actuals: missing,
         duplicate_actuals,
+        conflicting_actuals,
+        quarantined_lines: 0,
+        quarantined: Vec::new(),
         by_version,
         chart_series,
     }
@@ -357,6 +372,9 @@ fn xml_escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// Quarantined lines listed in a report by key and line; all of them are counted.
+pub const MAX_QUARANTINED_LISTED: usize = 100;
+
 /// The result of a full run against the store.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvaluationRun {
@@ -376,7 +394,18 @@ pub async fn run_evaluation(
     let after = store.evaluated_until().await?;
     let until = now - grace;
     let (forecasts, actuals) = tokio::try_join!(store.load_forecasts(), store.load_actuals())?;
-    let evaluation = evaluate(&forecasts, &actuals, after, until);
+    let mut evaluation = evaluate(&forecasts.items, &actuals.items, after, until);
+    let quarantined: Vec<Quarantined> = forecasts
+        .quarantined
+        .into_iter()
+        .chain(actuals.quarantined)
+        .collect();
+    evaluation.quarantined_lines = quarantined.len();
+    evaluation.quarantined = quarantined
+        .into_iter()
+        .take(MAX_QUARANTINED_LISTED)
+        .collect();
+    let forecasts = forecasts.items;
     evaluation.record(telemetry);
     let report_json = serde_json::to_vec_pretty(&serde_json::json!({
         "generated_at": now,
@@ -395,6 +424,8 @@ pub async fn run_evaluation(
         forecasts = evaluation.forecasts_scored,
         pairs = evaluation.pairs,
         missing_actuals = evaluation.missing_actuals,
+        conflicting_actuals = evaluation.conflicting_actuals,
+        quarantined_lines = evaluation.quarantined_lines,
         report = %report,
         "evaluation written"
     );
@@ -435,6 +466,17 @@ mod tests {
     }
 
     #[test]
+    fn the_first_actual_wins_and_a_conflicting_later_one_is_counted() {
+        // GIVEN a forecast of 11 for hour 1, whose actual arrives as 12, then again as 99
+        let forecasts = vec![record("a", 0, &[11.0], "1")];
+        let actuals = vec![obs("a", 1, 12.0), obs("a", 1, 99.0)];
+        let e = evaluate(&forecasts, &actuals, None, t(10));
+        // THEN it is scored against the first value, and the conflict is reported
+        assert!((e.by_version["1"].overall.mae - 1.0).abs() < 1e-12);
+        assert_eq!((e.duplicate_actuals, e.conflicting_actuals), (1, 1));
+    }
+
+    #[test]
     fn forecasts_join_actuals_on_series_and_timestamp() {
         // GIVEN a 2-step forecast 11, 12 from hour 0 and actuals 12, 12 (one duplicate, one unrelated)
         let forecasts = vec![record("a", 0, &[11.0, 12.0], "1")];
@@ -449,6 +491,10 @@ mod tests {
         // THEN errors are -1 and 0: MAE 0.5, bias -0.5; naive (10) errs by 2 and 2: MASE 0.25
         let s = &e.by_version["1"].overall;
         assert_eq!((e.pairs, e.missing_actuals, e.duplicate_actuals), (2, 0, 1));
+        assert_eq!(
+            e.conflicting_actuals, 0,
+            "the duplicate repeats the same value"
+        );
         assert!(
             (s.mae - 0.5).abs() < 1e-12
                 && (s.bias + 0.5).abs() < 1e-12

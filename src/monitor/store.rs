@@ -53,6 +53,57 @@ pub enum StoreError {
     },
 }
 
+/// What a load read, and the lines it could not.
+#[derive(Debug)]
+pub struct Loaded<T> {
+    pub items: Vec<T>,
+    pub quarantined: Vec<Quarantined>,
+}
+
+impl<T> Default for Loaded<T> {
+    fn default() -> Self {
+        Loaded {
+            items: Vec::new(),
+            quarantined: Vec::new(),
+        }
+    }
+}
+
+impl<T> Loaded<T> {
+    fn quarantine(&mut self, key: &str, line: usize, cause: String) {
+        tracing::warn!(key, line, "quarantined an unreadable line: {cause}");
+        self.quarantined.push(Quarantined {
+            key: key.to_string(),
+            line,
+            cause,
+        });
+    }
+}
+
+/// A line that could not be read: skipped, counted and reported, never fatal.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Quarantined {
+    pub key: String,
+    pub line: usize,
+    pub cause: String,
+}
+
+/// One `id,timestamp,value` row of an actuals CSV file.
+fn csv_observation(row: Result<csv::StringRecord, csv::Error>) -> Result<Observation, String> {
+    let row = row.map_err(|e| e.to_string())?;
+    let field = |n: usize| row.get(n).unwrap_or("");
+    let timestamp = crate::time::parse_timestamp_lenient(field(1))
+        .ok_or_else(|| format!("bad timestamp `{}`", field(1)))?;
+    let value: f64 = field(2)
+        .parse()
+        .map_err(|_| format!("bad value `{}`", field(2)))?;
+    Ok(Observation {
+        series_id: field(0).to_string(),
+        timestamp,
+        value,
+    })
+}
+
 /// The accuracy store on S3.
 #[derive(Clone)]
 pub struct AccuracyStore {
@@ -149,8 +200,11 @@ impl AccuracyStore {
         self.append("actuals", observations, Utc::now()).await
     }
 
-    pub async fn load_forecasts(&self) -> Result<Vec<ForecastRecord>, StoreError> {
-        let mut records = Vec::new();
+    /// Every forecast record under `forecasts/`. A line that is not a record is quarantined
+    /// (skipped, and reported with its key and line), never fatal: one bad line must not stop
+    /// every later evaluation.
+    pub async fn load_forecasts(&self) -> Result<Loaded<ForecastRecord>, StoreError> {
+        let mut loaded = Loaded::default();
         for key in self.list("forecasts").await? {
             let Some(bytes) = self.get(&key).await? else {
                 continue;
@@ -159,63 +213,46 @@ impl AccuracyStore {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                records.push(serde_json::from_slice(line).map_err(|e| StoreError::Parse {
-                    bucket: self.bucket.clone(),
-                    key: key.clone(),
-                    line: i + 1,
-                    cause: e.to_string(),
-                })?);
+                match serde_json::from_slice(line) {
+                    Ok(record) => loaded.items.push(record),
+                    Err(e) => loaded.quarantine(&key, i + 1, e.to_string()),
+                }
             }
         }
-        Ok(records)
+        Ok(loaded)
     }
 
-    /// Every observation under `actuals/`: our JSON Lines, and CSV files (`id,timestamp,value`).
-    pub async fn load_actuals(&self) -> Result<Vec<Observation>, StoreError> {
-        let mut observations = Vec::new();
+    /// Every observation under `actuals/`: our JSON Lines, and CSV files (`id,timestamp,value`),
+    /// in the order they arrived (keys sort by time). Unreadable lines are quarantined.
+    pub async fn load_actuals(&self) -> Result<Loaded<Observation>, StoreError> {
+        let mut loaded = Loaded::default();
         for key in self.list("actuals").await? {
             let Some(bytes) = self.get(&key).await? else {
                 continue;
-            };
-            let parse_error = |line: usize, cause: String| StoreError::Parse {
-                bucket: self.bucket.clone(),
-                key: key.clone(),
-                line,
-                cause,
             };
             if key.ends_with(".csv") {
                 let mut reader = csv::ReaderBuilder::new()
                     .trim(csv::Trim::All)
                     .from_reader(bytes.as_slice());
                 for (i, row) in reader.records().enumerate() {
-                    let row = row.map_err(|e| parse_error(i + 2, e.to_string()))?;
-                    let field = |n: usize| row.get(n).unwrap_or("");
-                    let timestamp =
-                        crate::time::parse_timestamp_lenient(field(1)).ok_or_else(|| {
-                            parse_error(i + 2, format!("bad timestamp `{}`", field(1)))
-                        })?;
-                    let value: f64 = field(2)
-                        .parse()
-                        .map_err(|_| parse_error(i + 2, format!("bad value `{}`", field(2))))?;
-                    observations.push(Observation {
-                        series_id: field(0).to_string(),
-                        timestamp,
-                        value,
-                    });
+                    match csv_observation(row) {
+                        Ok(observation) => loaded.items.push(observation),
+                        Err(cause) => loaded.quarantine(&key, i + 2, cause),
+                    }
                 }
             } else {
                 for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    observations.push(
-                        serde_json::from_slice(line)
-                            .map_err(|e| parse_error(i + 1, e.to_string()))?,
-                    );
+                    match serde_json::from_slice(line) {
+                        Ok(observation) => loaded.items.push(observation),
+                        Err(e) => loaded.quarantine(&key, i + 1, e.to_string()),
+                    }
                 }
             }
         }
-        Ok(observations)
+        Ok(loaded)
     }
 
     /// Where the last evaluation stopped: forecasts due at or before it were scored.
@@ -314,25 +351,29 @@ impl ForecastLog {
         self.failed.load(Ordering::Relaxed)
     }
 
-    /// Writes what is buffered as one object. On failure the records go back to the buffer.
-    pub async fn flush(&self) {
+    /// Writes what is buffered as one object. On failure the records go back to the buffer (up
+    /// to its bound). Returns the records this flush could not write.
+    pub async fn flush(&self) -> u64 {
         let records = std::mem::take(&mut *self.buffer.lock().unwrap_or_else(|p| p.into_inner()));
         if records.is_empty() {
-            return;
+            return 0;
         }
         match self.store.append_forecasts(&records).await {
             Ok(_) => {
                 self.written
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
+                0
             }
             Err(e) => {
+                let unwritten = records.len() as u64;
                 tracing::warn!(
-                    records = records.len(),
+                    records = unwritten,
                     "forecast log write failed; will retry: {e}"
                 );
                 let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
                 let newer = std::mem::replace(&mut *buffer, records);
                 buffer.extend(newer);
+                unwritten
             }
         }
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::{Limits, Monitoring, Service};
 use crate::infer::{Batching, InferenceHandle};
 use crate::metrics::{cloudwatch::CloudWatchSink, SinkKind, Telemetry};
-use crate::metrics::{MetricSink, ServerMetrics};
+use crate::metrics::{Metric, MetricSink, ServerMetrics};
 use crate::model::{Model, ModelError};
 use crate::monitor::store::{AccuracyStore, ForecastLog, StoreError};
 use crate::source::{ModelSource, ModelUri, SourceError};
@@ -228,8 +228,8 @@ pub fn build_sinks(
     (sinks, cloudwatch)
 }
 
-/// Ships what a service buffers (metrics of the push sinks, the forecast log) and samples the
-/// process's memory: every `period`, and once more when `shutdown` resolves.
+/// Samples the process's memory and ships what a service buffers (metrics of the push sinks, the
+/// forecast log): every `period`, and once more when `shutdown` resolves.
 pub async fn flush_periodically(
     service: Service,
     period: Duration,
@@ -244,6 +244,7 @@ pub async fn flush_periodically(
             _ = &mut shutdown => true,
             _ = ticker.tick() => false,
         };
+        service.telemetry().record_process_memory();
         flush(&service).await;
         if stop {
             return;
@@ -251,12 +252,15 @@ pub async fn flush_periodically(
     }
 }
 
-/// One flush: memory sample, forecast log, then metrics (so the log's own failures are counted in
-/// the same flush).
+/// One flush: the forecast log, then metrics (so the log's own failures are counted in the same
+/// flush).
 pub async fn flush(service: &Service) {
-    service.telemetry().record_process_memory();
+    let telemetry = service.telemetry();
     if let Some(log) = service.forecast_log() {
-        log.flush().await;
+        let unwritten = log.flush().await;
+        if unwritten > 0 {
+            telemetry.record(Metric::ForecastLogFailures, unwritten as f64);
+        }
     }
-    service.telemetry().flush().await;
+    telemetry.flush().await;
 }

@@ -2,6 +2,7 @@
 
   cfn.py metrics TEMPLATE...          JSON: alarms (namespace, metric, dimensions) and dashboard metric names
   cfn.py deploy TEMPLATE ENDPOINT     SAM-translate, deploy to moto's CloudFormation, print what was created
+  cfn.py alarm-topics TEMPLATE...     JSON: each SNS topic an alarm notifies, its key, and what the key grants CloudWatch
 """
 import json
 import os
@@ -143,11 +144,50 @@ def deploy(path, endpoint):
     }, default=str))
 
 
+def refs_in(value):
+    """Every resource a value `Ref`s, through `Fn::If` branches and lists."""
+    if isinstance(value, dict):
+        if "Ref" in value:
+            return [value["Ref"]]
+        return [r for v in value.values() for r in refs_in(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in refs_in(v)]
+    return []
+
+
+def alarm_topics(paths):
+    found = []
+    for path in paths:
+        resources = load(path).get("Resources", {})
+        topics = set()
+        for resource in resources.values():
+            if resource["Type"] == "AWS::CloudWatch::Alarm":
+                props = resource.get("Properties", {})
+                for action in props.get("AlarmActions", []) + props.get("OKActions", []):
+                    topics.update(r for r in refs_in(action) if resources.get(r, {}).get("Type") == "AWS::SNS::Topic")
+        for topic in sorted(topics):
+            key = resources[topic]["Properties"].get("KmsMasterKeyId")
+            key_refs = refs_in(key)
+            grants = []
+            if key_refs and resources.get(key_refs[0], {}).get("Type") == "AWS::KMS::Key":
+                for statement in resources[key_refs[0]]["Properties"]["KeyPolicy"]["Statement"]:
+                    principal = statement.get("Principal", {})
+                    if isinstance(principal, dict) and principal.get("Service") == "cloudwatch.amazonaws.com" and statement.get("Effect") == "Allow":
+                        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                        condition = statement.get("Condition", {}).get("StringEquals", {})
+                        grants.append({"actions": actions, "source_account": "aws:SourceAccount" in condition})
+            found.append({"template": path, "topic": topic, "key": key if isinstance(key, str) else (key_refs[0] if key_refs else None),
+                          "key_in_stack": bool(key_refs), "cloudwatch_grants": grants})
+    print(json.dumps(found))
+
+
 if __name__ == "__main__":
     command = sys.argv[1]
     if command == "metrics":
         metrics(sys.argv[2:])
     elif command == "deploy":
         deploy(sys.argv[2], sys.argv[3])
+    elif command == "alarm-topics":
+        alarm_topics(sys.argv[2:])
     else:
         sys.exit(f"unknown command {command}")
