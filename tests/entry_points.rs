@@ -121,7 +121,12 @@ fn lambda_app(service: Service, s3: aws_sdk_s3::Client) -> LambdaApp {
         model_uri: ModelUri::Bundled,
         model_cache_dir: std::env::temp_dir(),
         aws_endpoint_url: None,
-        rollback_alarms: Vec::new(),
+        rollback: lstm_forecast::lambda::RollbackPolicy {
+            alarms: Vec::new(),
+            wape_threshold: 0.1,
+            min_pairs: 240,
+            cooldown: Duration::from_secs(0),
+        },
         threads: Some(1),
         limits: Limits::default(),
         alias_check_interval: Duration::from_secs(60),

@@ -483,9 +483,29 @@ async fn the_accuracy_alarm_rolls_the_model_back_end_to_end_on_the_emulators() {
     // alarm as described by CloudWatch) through the Runtime API emulator
     let emulator = LambdaEmulator::start();
     let cache = tempfile::tempdir().unwrap();
+    // (the evaluation that published that WAPE also recorded it as 1.0.1's own score, which the
+    // function checks before it acts)
+    let scores = json!({"1.0.1": {"wape": 0.4, "pairs": 480, "evaluated_at": chrono::Utc::now()}});
+    moto.s3()
+        .await
+        .put_object()
+        .bucket("remediation")
+        .key("monitoring/state/scores.json")
+        .body(aws_sdk_s3::primitives::ByteStream::from(
+            scores.to_string().into_bytes(),
+        ))
+        .send()
+        .await
+        .unwrap();
     let mut env = moto.env();
     env.push(("MODEL_URI", registry.to_string()));
     env.push(("ROLLBACK_ALARMS", alarm_name.to_string()));
+    env.push((
+        "FORECAST_LOG_URI",
+        "s3://remediation/monitoring".to_string(),
+    ));
+    // Published a moment ago: no cooldown, or the alarm could not act at all.
+    env.push(("ROLLBACK_COOLDOWN_MINUTES", "0".to_string()));
     env.push((
         "LSTM_FORECAST_MODEL_CACHE",
         cache.path().display().to_string(),

@@ -212,6 +212,51 @@ async fn evaluate_and_unknown_events_are_clear_errors() {
     assert_eq!(response["errorType"], "InvalidEvent", "{response}");
 }
 
+/// What the function needs to roll back: the store that holds the versions' scores, and (so the
+/// tests can alarm right after publishing) no cooldown.
+fn rollback_env(
+    moto: &Moto,
+    cache: &tempfile::TempDir,
+    min_pairs: usize,
+    cooldown_minutes: u64,
+) -> Vec<(&'static str, String)> {
+    let mut env = function_env(moto, cache, REGISTRY);
+    env.push(("FORECAST_LOG_URI", format!("s3://{BUCKET}/monitoring")));
+    env.push(("ROLLBACK_MIN_PAIRS", min_pairs.to_string()));
+    env.push(("ROLLBACK_COOLDOWN_MINUTES", cooldown_minutes.to_string()));
+    env
+}
+
+/// The accuracy loop, run for real: one forecast of the version serving now (24 steps, logged),
+/// actuals 100 degrees away from it, and the scheduled evaluation. Returns that version.
+async fn score_the_serving_version_badly(emulator: &LambdaEmulator) -> String {
+    let forecast_event = event("apigw-v2-forecast.json");
+    let (_, response) = emulator.invoke(&forecast_event).await;
+    let forecast = http_body(&response);
+    let version = forecast["model"]["version"].as_str().unwrap().to_string();
+    let mut observe = forecast_event.clone();
+    observe["rawPath"] = "/v1/observations".into();
+    observe["routeKey"] = "POST /v1/observations".into();
+    observe["requestContext"]["http"]["path"] = "/v1/observations".into();
+    let values: Vec<f64> = common::f64s(&forecast["forecasts"][0]["values"])
+        .iter()
+        .map(|v| v + 100.0)
+        .collect();
+    observe["body"] = json!({"series": [{"id": "etth1-ot",
+        "timestamps": forecast["forecasts"][0]["timestamps"], "values": values}]})
+    .to_string()
+    .into();
+    let (_, response) = emulator.invoke(&observe).await;
+    assert_eq!(response["statusCode"], 202, "{response}");
+    let (status, response) = emulator.invoke(&event("scheduled-evaluate.json")).await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(
+        response["scores"][&version]["overall"]["count"], 24,
+        "{response}"
+    );
+    version
+}
+
 #[tokio::test]
 async fn an_accuracy_alarm_rolls_the_alias_back_once_and_the_function_serves_the_previous_version()
 {
@@ -230,10 +275,23 @@ async fn an_accuracy_alarm_rolls_the_alias_back_once_and_the_function_serves_the
     assert_eq!(read_alias(&s3).await["version"], "1.0.1");
     let emulator = LambdaEmulator::start();
     let cache = tempfile::tempdir().unwrap();
-    let function = Function::start(&emulator, &function_env(&moto, &cache, REGISTRY));
-
-    // WHEN the accuracy alarm's state change reaches the function through EventBridge
+    let function = Function::start(&emulator, &rollback_env(&moto, &cache, 24, 0));
     let alarm = event("alarm-state-change.json");
+
+    // WHEN the accuracy alarm arrives before 1.0.1 has a score of its own, THEN nothing moves
+    let (_, response) = emulator.invoke(&alarm).await;
+    assert_eq!(response["action"], "none", "{response}");
+    assert!(
+        response["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no scored forecasts"),
+        "{response}"
+    );
+    assert_eq!(read_alias(&s3).await["version"], "1.0.1");
+
+    // WHEN 1.0.1's own forecasts score badly and the alarm's state change reaches the function
+    assert_eq!(score_the_serving_version_badly(&emulator).await, "1.0.1");
     let (status, response) = emulator.invoke(&alarm).await;
     assert_eq!(status, 200, "{response}\n{}", function.log());
     // THEN the alias points at 1.0.0 and the running function reloaded it
@@ -249,15 +307,25 @@ async fn an_accuracy_alarm_rolls_the_alias_back_once_and_the_function_serves_the
         "EMF rollback metric missing"
     );
 
-    // AND the same event delivered again does nothing more
+    // AND the same event delivered again does nothing more: 1.0.0 has no bad scores of its own
+    // (the alarm's data is 1.0.1's forecasts, still being scored)
     let (_, response) = emulator.invoke(&alarm).await;
     assert_eq!(response["action"], "none", "{response}");
     let alias = read_alias(&s3).await;
     assert_eq!(alias["version"], "1.0.0");
     assert_eq!(alias["history"], json!(["1.0.0"]));
 
-    // AND a later alarm (the direct alarm-action payload) has nowhere to roll back to: a clear
-    // error, alias unchanged
+    // AND once 1.0.0 scores badly too (as a later evaluation records it), a later alarm (the
+    // direct alarm-action payload) has nowhere to roll back to: a clear error, alias unchanged
+    let scores = json!({"1.0.0": {"wape": 0.9, "pairs": 48, "evaluated_at": chrono::Utc::now()},
+                        "1.0.1": {"wape": 0.9, "pairs": 24, "evaluated_at": chrono::Utc::now()}});
+    s3.put_object()
+        .bucket(BUCKET)
+        .key("monitoring/state/scores.json")
+        .body(ByteStream::from(scores.to_string().into_bytes()))
+        .send()
+        .await
+        .unwrap();
     let (_, response) = emulator.invoke(&event("alarm-action.json")).await;
     assert_eq!(response["errorType"], "RollbackImpossible", "{response}");
     assert!(response["errorMessage"]
@@ -273,7 +341,72 @@ async fn an_accuracy_alarm_rolls_the_alias_back_once_and_the_function_serves_the
     assert_eq!(response["action"], "none");
 }
 
-/// Starts the function with `model_uri` and returns its init failure log.
+#[tokio::test]
+async fn a_fresh_promotion_is_not_rolled_back_for_its_predecessors_errors() {
+    // GIVEN 1.0.0 live and scored badly ...
+    let moto = Moto::start();
+    let s3 = moto.create_bucket(BUCKET).await;
+    let v1 = bundled_as_version("1.0.0");
+    let (ok, out) = cli(
+        &moto,
+        &["model", "publish", v1.path().to_str().unwrap(), REGISTRY],
+    );
+    assert!(ok, "{out}");
+    let emulator = LambdaEmulator::start();
+    let cache = tempfile::tempdir().unwrap();
+    let function = Function::start(&emulator, &rollback_env(&moto, &cache, 24, 360));
+    assert_eq!(score_the_serving_version_badly(&emulator).await, "1.0.0");
+    // ... WHEN 1.0.1 is promoted to fix it, and the alarm (still fed by 1.0.0's forecasts) fires
+    let v2 = bundled_as_version("1.0.1");
+    let (ok, out) = cli(
+        &moto,
+        &["model", "publish", v2.path().to_str().unwrap(), REGISTRY],
+    );
+    assert!(ok, "{out}");
+    let (_, response) = emulator.invoke(&event("alarm-state-change.json")).await;
+    // THEN the fix stays live: the alias moved within the cooldown
+    assert_eq!(response["action"], "none", "{response}\n{}", function.log());
+    assert!(
+        response["reason"].as_str().unwrap().contains("cooldown"),
+        "{response}"
+    );
+    drop(function);
+    // AND with no cooldown at all, 1.0.1 still stays: it has no scores of its own
+    let function = Function::start(&emulator, &rollback_env(&moto, &cache, 24, 0));
+    let (_, response) = emulator.invoke(&event("alarm-state-change.json")).await;
+    assert_eq!(response["action"], "none", "{response}\n{}", function.log());
+    assert!(
+        response["reason"]
+            .as_str()
+            .unwrap()
+            .contains("1.0.1 has no scored forecasts"),
+        "{response}"
+    );
+    assert_eq!(read_alias(&s3).await["version"], "1.0.1");
+    drop(function);
+    // AND once 1.0.1 has a bad score of its own, on fewer pairs than the policy asks for (24 of
+    // 240), it still stays ...
+    let scores = json!({"1.0.1": {"wape": 0.9, "pairs": 24, "evaluated_at": chrono::Utc::now()}});
+    s3.put_object()
+        .bucket(BUCKET)
+        .key("monitoring/state/scores.json")
+        .body(ByteStream::from(scores.to_string().into_bytes()))
+        .send()
+        .await
+        .unwrap();
+    let function = Function::start(&emulator, &rollback_env(&moto, &cache, 240, 0));
+    let (_, response) = emulator.invoke(&event("alarm-state-change.json")).await;
+    assert_eq!(response["action"], "none", "{response}\n{}", function.log());
+    assert!(
+        response["reason"]
+            .as_str()
+            .unwrap()
+            .contains("fewer than the 240"),
+        "{response}"
+    );
+    assert_eq!(read_alias(&s3).await["version"], "1.0.1");
+}
+
 fn init_failure(moto_env: Vec<(&'static str, String)>, model_uri: &str) -> String {
     let emulator = LambdaEmulator::start();
     let cache = tempfile::tempdir().unwrap();

@@ -86,6 +86,19 @@ pub struct LambdaArgs {
     )]
     pub rollback_alarms: Vec<String>,
 
+    /// A rollback alarm acts only if the live version's own WAPE (from the evaluation that last
+    /// scored it) is above this: the accuracy alarm's threshold.
+    #[arg(long, env = "ROLLBACK_WAPE_THRESHOLD", default_value_t = 0.1)]
+    pub rollback_wape_threshold: f64,
+
+    /// ... and only on at least this many scored (forecast, actual) pairs of the live version.
+    #[arg(long, env = "ROLLBACK_MIN_PAIRS", default_value_t = 240)]
+    pub rollback_min_pairs: usize,
+
+    /// No rollback within this many minutes after the alias last moved (promotion or rollback).
+    #[arg(long, env = "ROLLBACK_COOLDOWN_MINUTES", default_value_t = 360)]
+    pub rollback_cooldown_minutes: u64,
+
     /// Seconds between checks of the registry alias by a warm instance (0: every invocation).
     #[arg(long, env = "ALIAS_CHECK_SECONDS", default_value_t = 60)]
     pub alias_check_seconds: u64,

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use lstm_forecast::lambda::{self, LambdaConfig};
+use lstm_forecast::lambda::{self, LambdaConfig, RollbackPolicy};
 use lstm_forecast::metrics::SinkKind;
 use lstm_forecast::service::build::MetricsConfig;
 use lstm_forecast::service::Limits;
@@ -22,11 +22,16 @@ pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
         model_uri: ModelUri::parse(&args.model.model)?,
         model_cache_dir: args.model.model_cache_dir,
         aws_endpoint_url: args.model.aws.aws_endpoint_url,
-        rollback_alarms: args
-            .rollback_alarms
-            .into_iter()
-            .filter(|a| !a.trim().is_empty())
-            .collect(),
+        rollback: RollbackPolicy {
+            alarms: args
+                .rollback_alarms
+                .into_iter()
+                .filter(|a| !a.trim().is_empty())
+                .collect(),
+            wape_threshold: args.rollback_wape_threshold,
+            min_pairs: args.rollback_min_pairs,
+            cooldown: Duration::from_secs(args.rollback_cooldown_minutes * 60),
+        },
         threads: args.model.threads,
         limits: Limits::default(),
         alias_check_interval: Duration::from_secs(args.alias_check_seconds),

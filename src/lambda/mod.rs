@@ -37,6 +37,7 @@ use crate::service::{Limits, Service};
 use crate::source::s3::S3ModelSource;
 use crate::source::ModelUri;
 use events::{describe_unknown, shape_of, typed, InvocationError, ScheduledAction, Shape};
+pub use rollback::RollbackPolicy;
 
 /// Configuration, from the command line and environment (see `lstm-forecast lambda --help`).
 #[derive(Debug, Clone)]
@@ -46,8 +47,8 @@ pub struct LambdaConfig {
     pub model_cache_dir: PathBuf,
     /// An emulator's endpoint for every AWS client (tests, local runs); `None` in AWS.
     pub aws_endpoint_url: Option<String>,
-    /// Alarm names whose ALARM state rolls the model back.
-    pub rollback_alarms: Vec<String>,
+    /// Which alarms roll the model back, and when they may.
+    pub rollback: RollbackPolicy,
     pub threads: Option<usize>,
     pub limits: Limits,
     /// How often a warm instance re-reads the alias to pick up a promotion or a rollback.
@@ -286,7 +287,7 @@ impl LambdaApp {
         rollback::on_alarm(
             &self.service,
             self.follower.as_ref(),
-            &self.config.rollback_alarms,
+            &self.config.rollback,
             alarm,
             state,
         )

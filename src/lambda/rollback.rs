@@ -1,9 +1,17 @@
 //! Alarm-driven rollback: when an alarm named in `ROLLBACK_ALARMS` enters ALARM, the registry's
 //! `live` alias moves back to the version that served before, and this instance follows it.
+//!
+//! The accuracy alarm watches all versions together (its dimensions cannot follow the alias), so
+//! before acting the function checks that the version live *now* earned it: its own WAPE, from
+//! the evaluation that last scored it, is above the threshold on at least `min_pairs` scored
+//! pairs, and the alias has not moved within the cooldown. Without that, a bad version's forecasts
+//! still being scored for a day after a rollback would roll back its successor too.
 
 use aws_lambda_events::cloudwatch_alarms::CloudWatchAlarmStateValue;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
+
+use std::time::Duration;
 
 use super::events::InvocationError;
 use crate::metrics::Metric;
@@ -11,12 +19,25 @@ use crate::registry::{RegistryError, RollbackOutcome};
 use crate::service::follow::AliasFollower;
 use crate::service::Service;
 
+/// When a rollback alarm may act.
+#[derive(Debug, Clone)]
+pub struct RollbackPolicy {
+    /// Alarm names whose ALARM state asks for a rollback.
+    pub alarms: Vec<String>,
+    /// The live version's own WAPE must be above this (the accuracy alarm's threshold).
+    pub wape_threshold: f64,
+    /// ... on at least this many scored (forecast, actual) pairs.
+    pub min_pairs: usize,
+    /// No rollback within this long after the alias last moved (a promotion or a rollback).
+    pub cooldown: Duration,
+}
+
 /// Acts on one alarm state change. `follower` is `None` when the model is not an S3 alias, in which
 /// case a rollback is a configuration error.
 pub async fn on_alarm(
     service: &Service,
     follower: Option<&AliasFollower>,
-    rollback_alarms: &[String],
+    policy: &RollbackPolicy,
     alarm: &str,
     state: Option<(CloudWatchAlarmStateValue, DateTime<Utc>)>,
 ) -> Result<Value, InvocationError> {
@@ -31,9 +52,9 @@ pub async fn on_alarm(
             json!({"action": "none", "reason": format!("alarm {alarm} is {value:?}, not ALARM")}),
         );
     }
-    if !rollback_alarms.iter().any(|a| a == alarm) {
+    if !policy.alarms.iter().any(|a| a == alarm) {
         return Ok(
-            json!({"action": "none", "reason": format!("alarm {alarm} is not in ROLLBACK_ALARMS {rollback_alarms:?}")}),
+            json!({"action": "none", "reason": format!("alarm {alarm} is not in ROLLBACK_ALARMS {:?}", policy.alarms)}),
         );
     }
     let Some(follower) = follower else {
@@ -42,6 +63,10 @@ pub async fn on_alarm(
             format!("alarm {alarm} asks for a rollback, but MODEL_URI is not an S3 alias (s3://BUCKET/models/NAME)"),
         ));
     };
+    if let Some(reason) = refusal(service, follower, policy).await? {
+        tracing::info!(alarm, "rollback refused: {reason}");
+        return Ok(json!({"action": "none", "alarm": alarm, "reason": reason}));
+    }
     // The same alarm state change delivered twice (EventBridge retries, two targets) must roll
     // back once: the registry keys idempotency on this trigger.
     let trigger = format!("alarm:{alarm}@{}", changed_at.to_rfc3339());
@@ -68,4 +93,60 @@ pub async fn on_alarm(
     };
     let serving = follower.switch_to(&to).await;
     Ok(json!({"action": action, "alarm": alarm, "from": from, "to": to, "serving": serving}))
+}
+
+/// Why the live version may not be rolled back now, if it may not.
+async fn refusal(
+    service: &Service,
+    follower: &AliasFollower,
+    policy: &RollbackPolicy,
+) -> Result<Option<String>, InvocationError> {
+    let registry_error = |e: RegistryError| InvocationError::new("Registry", e.to_string());
+    let Some((alias, _)) = follower
+        .registry()
+        .read_alias()
+        .await
+        .map_err(registry_error)?
+    else {
+        return Err(InvocationError::new(
+            "Registry",
+            "no model is live: there is nothing to roll back",
+        ));
+    };
+    let live = &alias.version;
+    if let Some(moved) = crate::time::parse_rfc3339(&alias.updated_at) {
+        let since = (chrono::Utc::now() - moved).to_std().unwrap_or_default();
+        if since < policy.cooldown {
+            return Ok(Some(format!(
+                "the alias moved to {live} {}s ago, within the {}s cooldown",
+                since.as_secs(),
+                policy.cooldown.as_secs()
+            )));
+        }
+    }
+    let Some(log) = service.forecast_log() else {
+        return Err(InvocationError::new(
+            "NotConfigured",
+            "a rollback acts on the live version's own scores: set FORECAST_LOG_URI=s3://BUCKET/PREFIX (where evaluate writes them)",
+        ));
+    };
+    let scores = log
+        .store()
+        .latest_scores()
+        .await
+        .map_err(|e| InvocationError::new("Store", e.to_string()))?;
+    Ok(match scores.get(live) {
+        None => Some(format!(
+            "the live version {live} has no scored forecasts yet: the alarm reflects other versions"
+        )),
+        Some(score) if score.pairs < policy.min_pairs => Some(format!(
+            "the live version {live} has {} scored pairs, fewer than the {} a rollback needs",
+            score.pairs, policy.min_pairs
+        )),
+        Some(score) if score.wape <= policy.wape_threshold => Some(format!(
+            "the live version {live}'s own WAPE is {:.4}, not above {}: the alarm reflects other versions",
+            score.wape, policy.wape_threshold
+        )),
+        Some(_) => None,
+    })
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::accuracy::{bucket_of, horizon_buckets, Accumulator, Scores};
 use super::observations::Observation;
-use super::store::{AccuracyStore, ForecastRecord, Quarantined, StoreError};
+use super::store::{AccuracyStore, ForecastRecord, Quarantined, StoreError, VersionScore};
 use crate::metrics::{Metric, Telemetry};
 
 /// What one evaluation found.
@@ -416,6 +416,24 @@ pub async fn run_evaluation(
     .expect("serialises");
     let report = store
         .write_report(&report_json, evaluation.chart_svg().as_bytes(), now)
+        .await?;
+    store
+        .update_latest_scores(
+            evaluation
+                .by_version
+                .iter()
+                .map(|(version, scores)| {
+                    (
+                        version.clone(),
+                        VersionScore {
+                            wape: scores.overall.wape,
+                            pairs: scores.overall.count,
+                            evaluated_at: now,
+                        },
+                    )
+                })
+                .collect(),
+        )
         .await?;
     if after.is_none_or(|a| until > a) {
         store.set_evaluated_until(until).await?;

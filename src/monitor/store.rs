@@ -12,6 +12,7 @@
 //! Writes are batched ([`ForecastLog`]): many forecasts become one object, so S3 cost and latency do
 //! not scale with the request rate, and nothing is written on the request path itself.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -78,6 +79,15 @@ impl<T> Loaded<T> {
             cause,
         });
     }
+}
+
+/// A version's accuracy in the evaluation that last scored it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionScore {
+    pub wape: f64,
+    /// Scored (forecast, actual) pairs behind `wape`.
+    pub pairs: usize,
+    pub evaluated_at: DateTime<Utc>,
 }
 
 /// A line that could not be read: skipped, counted and reported, never fatal.
@@ -280,6 +290,36 @@ impl AccuracyStore {
             &serde_json::json!({"evaluated_until": until, "updated_at": Utc::now()}),
         )
         .expect("serialises");
+        self.put(&key, body, "application/json").await
+    }
+
+    /// The latest scores of each model version (`state/scores.json`): what a rollback checks
+    /// before it acts, so that it only ever rolls back a version for that version's own errors.
+    pub async fn latest_scores(&self) -> Result<BTreeMap<String, VersionScore>, StoreError> {
+        let key = format!("{}state/scores.json", self.prefix);
+        let Some(bytes) = self.get(&key).await? else {
+            return Ok(BTreeMap::new());
+        };
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Parse {
+            bucket: self.bucket.clone(),
+            key,
+            line: 1,
+            cause: e.to_string(),
+        })
+    }
+
+    /// Replaces the scores of the versions in `scored`, keeping the others' last ones.
+    pub async fn update_latest_scores(
+        &self,
+        scored: BTreeMap<String, VersionScore>,
+    ) -> Result<(), StoreError> {
+        if scored.is_empty() {
+            return Ok(());
+        }
+        let mut all = self.latest_scores().await?;
+        all.extend(scored);
+        let key = format!("{}state/scores.json", self.prefix);
+        let body = serde_json::to_vec_pretty(&all).expect("serialises");
         self.put(&key, body, "application/json").await
     }
 
