@@ -201,9 +201,18 @@ fn main() {
         "| warm invocation overhead over the in-process path, p50 | {} |",
         fmt(lambda.warm_p50.saturating_sub(path_single_p50))
     );
+    println!(
+        "| warm invocation p50, FORECAST_LOG_URI unset (bundled model) | {} |",
+        fmt(lambda.warm_unlogged_p50)
+    );
+    println!(
+        "| warm invocation p50, FORECAST_LOG_URI set (forecast logged as a log line) | {} ({:.2}x unset) |",
+        fmt(lambda.warm_logged_p50),
+        lambda.warm_logged_p50.as_secs_f64() / lambda.warm_unlogged_p50.as_secs_f64()
+    );
     println!();
     println!(
-        "Target (issue 3): cold start <= 0.35 s. The invocation goes through the emulator's HTTP"
+        "Targets: cold start <= 0.35 s (issue 3); forecast log on within 1.15x of off (issue 15). The invocation goes through the emulator's HTTP"
     );
     println!(
         "Invoke API and Runtime API (two loopback HTTP hops each way), as it would in Lambda."
@@ -400,6 +409,9 @@ fn repo_path(relative: &str) -> std::path::PathBuf {
 }
 
 struct LambdaNumbers {
+    /// Warm p50 with the model bundled, forecast log off and on (interleaved blocks).
+    warm_unlogged_p50: Duration,
+    warm_logged_p50: Duration,
     cold_median: Duration,
     cold_fastest: Duration,
     warm_p50: Duration,
@@ -458,12 +470,50 @@ fn lambda_bench() -> LambdaNumbers {
             }
             drop(function);
         }
+        // Warm invocations with the forecast log on (its default delivery in Lambda: log lines)
+        // and off, interleaved in blocks so both see the same machine.
+        let (mut logged, mut unlogged) = (Vec::new(), Vec::new());
+        let cache = tempfile::tempdir().unwrap();
+        let mut functions = Vec::new();
+        for forecast_log in [false, true] {
+            let emulator = emulators::LambdaEmulator::start();
+            let mut env = moto.env();
+            env.push(("MODEL_URI", "bundled".to_string()));
+            env.push((
+                "LSTM_FORECAST_MODEL_CACHE",
+                cache.path().display().to_string(),
+            ));
+            env.push(("RUST_LOG", "warn".to_string()));
+            if forecast_log {
+                env.push(("FORECAST_LOG_URI", "s3://bench/monitoring".to_string()));
+            }
+            let function = emulators::Function::start(&emulator, &env);
+            functions.push((emulator, function, forecast_log));
+        }
+        for round in 0..10 {
+            for (emulator, _, forecast_log) in &functions {
+                for _ in 0..30 {
+                    let t = Instant::now();
+                    let (_, response) = emulator.invoke(&event).await;
+                    assert_eq!(response["statusCode"], 200, "{response}");
+                    if round > 0 {
+                        if *forecast_log {
+                            logged.push(t.elapsed())
+                        } else {
+                            unlogged.push(t.elapsed())
+                        }
+                    }
+                }
+            }
+        }
         colds.sort();
         LambdaNumbers {
             cold_median: colds[colds.len() / 2],
             cold_fastest: colds[0],
             warm_p50: percentile(&warm, 0.5),
             warm_p99: percentile(&warm, 0.99),
+            warm_unlogged_p50: percentile(&unlogged, 0.5),
+            warm_logged_p50: percentile(&logged, 0.5),
         }
     })
 }

@@ -137,6 +137,7 @@ fn lambda_app(service: Service, s3: aws_sdk_s3::Client) -> LambdaApp {
             emf_to_stderr: false,
         },
         forecast_log_uri: None,
+        forecast_log_delivery: lstm_forecast::monitor::store::LogDelivery::LogLines,
         backtest_rate: 0.0,
         evaluation_grace: Duration::from_secs(3600),
     };

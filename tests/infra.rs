@@ -166,6 +166,33 @@ fn every_alarm_watches_a_metric_the_code_emits_and_every_metric_is_on_the_dashbo
 }
 
 #[test]
+fn the_forecast_log_lines_the_function_writes_are_what_the_template_delivers_to_the_store() {
+    let template = std::fs::read_to_string(repo_path(TEMPLATES[0])).unwrap();
+    // The function writes log lines, ...
+    assert!(template.contains("FORECAST_LOG_DELIVERY: log-lines"));
+    // ... the subscription picks exactly those (the key the code wraps each record in), ...
+    let key = lstm_forecast::monitor::store::LOG_LINE_KEY;
+    assert!(
+        template.contains(&format!("FilterPattern: '{{ $.{key}.series_id = \"*\" }}'")),
+        "the subscription filter must select {key} lines"
+    );
+    assert!(template.contains("LogGroupName: !Ref FunctionLogGroup"));
+    // ... and Firehose writes them, unpacked, where evaluate reads forecasts (PREFIX/forecasts/).
+    assert!(template.contains("FORECAST_LOG_URI: !Sub \"s3://${ArtifactsBucket}/monitoring\""));
+    assert!(template.contains("Prefix: \"monitoring/forecasts/"));
+    for processor in [
+        "Decompression",
+        "CloudWatchLogProcessing",
+        "AppendDelimiterToRecord",
+    ] {
+        assert!(
+            template.contains(&format!("- Type: {processor}")),
+            "{processor}"
+        );
+    }
+}
+
+#[test]
 fn every_topic_an_alarm_notifies_is_encrypted_with_a_key_cloudwatch_may_use() {
     // CloudWatch cannot publish to a topic under the AWS-managed alias/aws/sns (its policy cannot
     // be edited to grant it), and moto does not enforce KMS: only this check catches it.

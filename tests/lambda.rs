@@ -229,9 +229,23 @@ fn rollback_env(
 
 /// The accuracy loop, run for real: one forecast of the version serving now (24 steps, logged),
 /// actuals 100 degrees away from it, and the scheduled evaluation. Returns that version.
-async fn score_the_serving_version_badly(emulator: &LambdaEmulator) -> String {
+async fn score_the_serving_version_badly(
+    emulator: &LambdaEmulator,
+    function: &Function,
+    s3: &aws_sdk_s3::Client,
+) -> String {
     let forecast_event = event("apigw-v2-forecast.json");
+    let logged_before = function.log().len();
     let (_, response) = emulator.invoke(&forecast_event).await;
+    let delivered = common::emulators::deliver_forecast_log(
+        &function.log(),
+        logged_before,
+        s3,
+        BUCKET,
+        "monitoring",
+    )
+    .await;
+    assert_eq!(delivered, 1, "one logged forecast: {}", function.log());
     let forecast = http_body(&response);
     let version = forecast["model"]["version"].as_str().unwrap().to_string();
     let mut observe = forecast_event.clone();
@@ -291,7 +305,10 @@ async fn an_accuracy_alarm_rolls_the_alias_back_once_and_the_function_serves_the
     assert_eq!(read_alias(&s3).await["version"], "1.0.1");
 
     // WHEN 1.0.1's own forecasts score badly and the alarm's state change reaches the function
-    assert_eq!(score_the_serving_version_badly(&emulator).await, "1.0.1");
+    assert_eq!(
+        score_the_serving_version_badly(&emulator, &function, &s3).await,
+        "1.0.1"
+    );
     let (status, response) = emulator.invoke(&alarm).await;
     assert_eq!(status, 200, "{response}\n{}", function.log());
     // THEN the alias points at 1.0.0 and the running function reloaded it
@@ -355,7 +372,10 @@ async fn a_fresh_promotion_is_not_rolled_back_for_its_predecessors_errors() {
     let emulator = LambdaEmulator::start();
     let cache = tempfile::tempdir().unwrap();
     let function = Function::start(&emulator, &rollback_env(&moto, &cache, 24, 360));
-    assert_eq!(score_the_serving_version_badly(&emulator).await, "1.0.0");
+    assert_eq!(
+        score_the_serving_version_badly(&emulator, &function, &s3).await,
+        "1.0.0"
+    );
     // ... WHEN 1.0.1 is promoted to fix it, and the alarm (still fed by 1.0.0's forecasts) fires
     let v2 = bundled_as_version("1.0.1");
     let (ok, out) = cli(
@@ -520,10 +540,28 @@ async fn the_accuracy_loop_runs_through_lambda_forecast_observe_then_evaluate() 
     env.push(("FORECAST_LOG_URI", format!("s3://{BUCKET}/monitoring")));
     let function = Function::start(&emulator, &env);
 
-    // A forecast through API Gateway is logged (the fixture has an id and a last timestamp) ...
+    // A forecast through API Gateway is logged (the fixture has an id and a last timestamp), as a
+    // log line: the invocation itself writes nothing to S3 ...
     let forecast_event = event("apigw-v2-forecast.json");
     let (_, response) = emulator.invoke(&forecast_event).await;
     let forecast = http_body(&response);
+    let written = s3
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .prefix("monitoring/forecasts/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        written.key_count(),
+        Some(0),
+        "an S3 write on the response path"
+    );
+    // ... and the log subscription and Firehose deliver it
+    let delivered =
+        common::emulators::deliver_forecast_log(&function.log(), 0, &s3, BUCKET, "monitoring")
+            .await;
+    assert_eq!(delivered, 1, "{}", function.log());
     let values = forecast["forecasts"][0]["values"]
         .as_array()
         .unwrap()

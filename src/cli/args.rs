@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 
 use lstm_forecast::metrics::SinkKind;
+use lstm_forecast::monitor::store::LogDelivery;
 use lstm_forecast::service::Limits;
 
 /// Where metrics go.
@@ -43,6 +44,29 @@ pub struct AccuracyArgs {
     /// (forecast from the older part, scored against the newest values -> BacktestMAE).
     #[arg(long, env = "BACKTEST_SAMPLE_RATE", default_value_t = 0.1)]
     pub backtest_rate: f64,
+
+    /// How logged forecasts leave the process: `objects` (batched S3 objects, flushed on a
+    /// period) or `log-lines` (one JSON line per forecast on stdout, for a log subscription and
+    /// Firehose to deliver; nothing on the response path) [default: objects for serve, log-lines
+    /// for lambda].
+    #[arg(long, env = "FORECAST_LOG_DELIVERY", value_enum)]
+    pub forecast_log_delivery: Option<LogDeliveryArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogDeliveryArg {
+    Objects,
+    LogLines,
+}
+
+impl LogDeliveryArg {
+    pub fn or(choice: Option<Self>, default: LogDelivery) -> LogDelivery {
+        match choice {
+            Some(LogDeliveryArg::Objects) => LogDelivery::Objects,
+            Some(LogDeliveryArg::LogLines) => LogDelivery::LogLines,
+            None => default,
+        }
+    }
 }
 
 #[derive(Args)]

@@ -9,8 +9,9 @@ use lstm_forecast::service::build::MetricsConfig;
 use lstm_forecast::service::Limits;
 use lstm_forecast::source::ModelUri;
 
-use super::args::LambdaArgs;
+use super::args::{LambdaArgs, LogDeliveryArg};
 use super::runtime;
+use lstm_forecast::monitor::store::LogDelivery;
 
 pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
     // API Gateway REST puts the stage in the path (`/prod/v1/forecast`); the routes are stage-free,
@@ -46,6 +47,10 @@ pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
             emf_to_stderr: false,
         },
         forecast_log_uri: args.accuracy.forecast_log,
+        forecast_log_delivery: LogDeliveryArg::or(
+            args.accuracy.forecast_log_delivery,
+            LogDelivery::LogLines,
+        ),
         backtest_rate: args.accuracy.backtest_rate,
         evaluation_grace: Duration::from_secs(args.grace_minutes * 60),
     };

@@ -19,8 +19,9 @@ use lstm_forecast::service::Limits;
 use lstm_forecast::source::s3::S3ModelSource;
 use lstm_forecast::source::ModelUri;
 
-use super::args::ServeArgs;
+use super::args::{LogDeliveryArg, ServeArgs};
 use super::{runtime, sdk_config};
+use lstm_forecast::monitor::store::LogDelivery;
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     configure_libtorch(args.model.threads, Workload::Serving);
@@ -62,6 +63,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             emf_to_stderr: false,
         },
         forecast_log_uri: args.accuracy.forecast_log.clone(),
+        forecast_log_delivery: LogDeliveryArg::or(
+            args.accuracy.forecast_log_delivery,
+            LogDelivery::Objects,
+        ),
         backtest_rate: args.accuracy.backtest_rate,
     };
     let uses_aws = config.metrics.uses_aws()

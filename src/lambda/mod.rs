@@ -28,6 +28,7 @@ use tower::Service as _;
 use crate::infer::Batching;
 use crate::metrics::Metric;
 use crate::model::engine::{configure_libtorch, Workload};
+use crate::monitor::store::LogDelivery;
 use crate::registry::Registry;
 use crate::service::build::{
     compose, fetch_and_load, ComposeError, LoadError, LoadReport, MetricsConfig, ServiceConfig,
@@ -56,6 +57,8 @@ pub struct LambdaConfig {
     pub metrics: MetricsConfig,
     /// `s3://BUCKET/PREFIX` of the forecast log and actuals (the accuracy loop).
     pub forecast_log_uri: Option<String>,
+    /// How logged forecasts leave the function (log lines by default: no S3 call per invocation).
+    pub forecast_log_delivery: LogDelivery,
     pub backtest_rate: f64,
     /// How long after a forecast's last target time its actuals may still arrive.
     pub evaluation_grace: Duration,
@@ -119,6 +122,7 @@ pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, LoadReport), InitE
         engine_workers: 1,
         metrics: config.metrics.clone(),
         forecast_log_uri: config.forecast_log_uri.clone(),
+        forecast_log_delivery: config.forecast_log_delivery,
         backtest_rate: config.backtest_rate,
     };
     let service = compose(model, &service_config, &sdk_config)?.service;

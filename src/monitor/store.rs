@@ -98,6 +98,22 @@ pub struct Quarantined {
     pub cause: String,
 }
 
+/// A forecast-log line: a record as the store writes it, or wrapped as the log-line delivery
+/// writes it (`{"forecast_record": {...}}`, what Firehose delivers from the function's log).
+fn parse_record_line(line: &[u8]) -> Result<ForecastRecord, serde_json::Error> {
+    let mut value: serde_json::Value = serde_json::from_slice(line)?;
+    if let Some(inner) = value.get_mut(LOG_LINE_KEY) {
+        value = inner.take();
+    }
+    serde_json::from_value(value)
+}
+
+/// A forecast record as a log line.
+#[derive(Serialize)]
+struct LogLine<'a> {
+    forecast_record: &'a ForecastRecord,
+}
+
 /// One `id,timestamp,value` row of an actuals CSV file.
 fn csv_observation(row: Result<csv::StringRecord, csv::Error>) -> Result<Observation, String> {
     let row = row.map_err(|e| e.to_string())?;
@@ -223,7 +239,7 @@ impl AccuracyStore {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                match serde_json::from_slice(line) {
+                match parse_record_line(line) {
                     Ok(record) => loaded.items.push(record),
                     Err(e) => loaded.quarantine(&key, i + 1, e.to_string()),
                 }
@@ -347,9 +363,27 @@ impl AccuracyStore {
     }
 }
 
-/// Batches forecast records in memory and writes them as one object per flush.
+/// How forecast records leave the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogDelivery {
+    /// Batched in memory and written to the store as one object per flush (`serve`: a
+    /// long-running process flushes on a period).
+    Objects,
+    /// One JSON line per record on stdout, `{"forecast_record": {...}}` (Lambda). Nothing is
+    /// written to S3 on the response path; the template's log subscription and Firehose stream
+    /// deliver the lines under `PREFIX/forecasts/` in objects whose number follows Firehose's
+    /// buffer, not the request rate.
+    LogLines,
+}
+
+/// The key a forecast record is wrapped in on a log line.
+pub const LOG_LINE_KEY: &str = "forecast_record";
+
+/// Batches forecast records in memory and writes them as one object per flush, or writes them as
+/// log lines (see [`LogDelivery`]).
 pub struct ForecastLog {
     store: AccuracyStore,
+    delivery: LogDelivery,
     buffer: Mutex<Vec<ForecastRecord>>,
     /// Records written, and records lost to S3 errors (counted, logged).
     written: AtomicU64,
@@ -361,8 +395,13 @@ pub const MAX_BUFFERED_RECORDS: usize = 100_000;
 
 impl ForecastLog {
     pub fn new(store: AccuracyStore) -> Self {
+        Self::with_delivery(store, LogDelivery::Objects)
+    }
+
+    pub fn with_delivery(store: AccuracyStore, delivery: LogDelivery) -> Self {
         ForecastLog {
             store,
+            delivery,
             buffer: Mutex::new(Vec::new()),
             written: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -374,6 +413,36 @@ impl ForecastLog {
     }
 
     pub fn push(&self, records: impl IntoIterator<Item = ForecastRecord>) {
+        if self.delivery == LogDelivery::LogLines {
+            // One write of all lines, under stdout's lock, so lines never interleave with others.
+            let mut lines = Vec::new();
+            let mut count = 0;
+            for record in records {
+                serde_json::to_writer(
+                    &mut lines,
+                    &LogLine {
+                        forecast_record: &record,
+                    },
+                )
+                .expect("records serialise");
+                lines.push(b'\n');
+                count += 1;
+            }
+            if count > 0 {
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                if stdout
+                    .write_all(&lines)
+                    .and_then(|()| stdout.flush())
+                    .is_ok()
+                {
+                    self.written.fetch_add(count, Ordering::Relaxed);
+                } else {
+                    self.failed.fetch_add(count, Ordering::Relaxed);
+                }
+            }
+            return;
+        }
         let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
         buffer.extend(records);
         let overflow = buffer.len().saturating_sub(MAX_BUFFERED_RECORDS);

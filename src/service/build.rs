@@ -11,7 +11,7 @@ use crate::infer::{Batching, InferenceHandle};
 use crate::metrics::{cloudwatch::CloudWatchSink, SinkKind, Telemetry};
 use crate::metrics::{Metric, MetricSink, ServerMetrics};
 use crate::model::{Model, ModelError};
-use crate::monitor::store::{AccuracyStore, ForecastLog, StoreError};
+use crate::monitor::store::{AccuracyStore, ForecastLog, LogDelivery, StoreError};
 use crate::source::{ModelSource, ModelUri, SourceError};
 
 /// Why a model could not be put in service at start.
@@ -132,6 +132,8 @@ pub struct ServiceConfig {
     pub metrics: MetricsConfig,
     /// `s3://BUCKET/PREFIX` of the forecast log and actuals (the accuracy loop).
     pub forecast_log_uri: Option<String>,
+    /// How logged forecasts leave the process.
+    pub forecast_log_delivery: LogDelivery,
     pub backtest_rate: f64,
 }
 
@@ -160,9 +162,10 @@ pub fn compose(
     sdk_config: &aws_config::SdkConfig,
 ) -> Result<Composed, ComposeError> {
     let forecast_log = match &config.forecast_log_uri {
-        Some(uri) => Some(Arc::new(ForecastLog::new(
+        Some(uri) => Some(Arc::new(ForecastLog::with_delivery(
             AccuracyStore::new(crate::aws::s3_client(sdk_config), uri)
                 .map_err(ComposeError::ForecastLog)?,
+            config.forecast_log_delivery,
         ))),
         None => None,
     };

@@ -327,3 +327,35 @@ pub fn cli(moto: &Moto, args: &[&str]) -> (bool, String) {
     );
     (output.status.success(), text)
 }
+
+/// What the template's log subscription and Firehose stream do with the function's forecast log:
+/// every log line that carries a forecast record (`{"forecast_record": ...}`), from `since` on,
+/// delivered as one JSON Lines object under `PREFIX/forecasts/`, as Firehose's message extraction
+/// writes them. (Neither CloudWatch Logs subscriptions nor Firehose run offline; the lines are the
+/// function's real output, and the object is what `evaluate` reads in AWS.) Returns the count.
+pub async fn deliver_forecast_log(
+    log: &str,
+    since: usize,
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+) -> usize {
+    let lines: Vec<&str> = log[since..]
+        .lines()
+        .filter(|l| l.starts_with("{\"forecast_record\""))
+        .collect();
+    if !lines.is_empty() {
+        static DELIVERY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = DELIVERY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        s3.put_object()
+            .bucket(bucket)
+            .key(format!("{prefix}/forecasts/firehose/delivery-{n}"))
+            .body(aws_sdk_s3::primitives::ByteStream::from(
+                (lines.join("\n") + "\n").into_bytes(),
+            ))
+            .send()
+            .await
+            .unwrap();
+    }
+    lines.len()
+}
