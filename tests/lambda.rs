@@ -212,6 +212,26 @@ async fn evaluate_and_unknown_events_are_clear_errors() {
     assert_eq!(response["errorType"], "InvalidEvent", "{response}");
 }
 
+/// Records `scores` as the versions' latest, as `evaluate` writes them.
+async fn write_scores(s3: &aws_sdk_s3::Client, scores: Value) {
+    s3.put_object()
+        .bucket(BUCKET)
+        .key("monitoring/state/scores.json")
+        .body(ByteStream::from(scores.to_string().into_bytes()))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// The function answered an alarm with no action, for a reason that says `why`.
+fn assert_refused(response: &Value, why: &str, log: &str) {
+    assert_eq!(response["action"], "none", "{response}\n{log}");
+    assert!(
+        response["reason"].as_str().unwrap_or("").contains(why),
+        "{response}"
+    );
+}
+
 /// What the function needs to roll back: the store that holds the versions' scores, and (so the
 /// tests can alarm right after publishing) no cooldown.
 fn rollback_env(
@@ -294,14 +314,7 @@ async fn an_accuracy_alarm_rolls_the_alias_back_once_and_the_function_serves_the
 
     // WHEN the accuracy alarm arrives before 1.0.1 has a score of its own, THEN nothing moves
     let (_, response) = emulator.invoke(&alarm).await;
-    assert_eq!(response["action"], "none", "{response}");
-    assert!(
-        response["reason"]
-            .as_str()
-            .unwrap()
-            .contains("no scored forecasts"),
-        "{response}"
-    );
+    assert_refused(&response, "no scored forecasts", &function.log());
     assert_eq!(read_alias(&s3).await["version"], "1.0.1");
 
     // WHEN 1.0.1's own forecasts score badly and the alarm's state change reaches the function
@@ -334,15 +347,12 @@ async fn an_accuracy_alarm_rolls_the_alias_back_once_and_the_function_serves_the
 
     // AND once 1.0.0 scores badly too (as a later evaluation records it), a later alarm (the
     // direct alarm-action payload) has nowhere to roll back to: a clear error, alias unchanged
-    let scores = json!({"1.0.0": {"wape": 0.9, "pairs": 48, "evaluated_at": chrono::Utc::now()},
-                        "1.0.1": {"wape": 0.9, "pairs": 24, "evaluated_at": chrono::Utc::now()}});
-    s3.put_object()
-        .bucket(BUCKET)
-        .key("monitoring/state/scores.json")
-        .body(ByteStream::from(scores.to_string().into_bytes()))
-        .send()
-        .await
-        .unwrap();
+    write_scores(
+        &s3,
+        json!({"1.0.0": {"wape": 0.9, "pairs": 48, "evaluated_at": chrono::Utc::now()},
+               "1.0.1": {"wape": 0.9, "pairs": 24, "evaluated_at": chrono::Utc::now()}}),
+    )
+    .await;
     let (_, response) = emulator.invoke(&event("alarm-action.json")).await;
     assert_eq!(response["errorType"], "RollbackImpossible", "{response}");
     assert!(response["errorMessage"]
@@ -363,12 +373,7 @@ async fn a_fresh_promotion_is_not_rolled_back_for_its_predecessors_errors() {
     // GIVEN 1.0.0 live and scored badly ...
     let moto = Moto::start();
     let s3 = moto.create_bucket(BUCKET).await;
-    let v1 = bundled_as_version("1.0.0");
-    let (ok, out) = cli(
-        &moto,
-        &["model", "publish", v1.path().to_str().unwrap(), REGISTRY],
-    );
-    assert!(ok, "{out}");
+    common::publish_bundled_as(&moto, "1.0.0", REGISTRY);
     let emulator = LambdaEmulator::start();
     let cache = tempfile::tempdir().unwrap();
     let function = Function::start(&emulator, &rollback_env(&moto, &cache, 24, 360));
@@ -377,53 +382,27 @@ async fn a_fresh_promotion_is_not_rolled_back_for_its_predecessors_errors() {
         "1.0.0"
     );
     // ... WHEN 1.0.1 is promoted to fix it, and the alarm (still fed by 1.0.0's forecasts) fires
-    let v2 = bundled_as_version("1.0.1");
-    let (ok, out) = cli(
-        &moto,
-        &["model", "publish", v2.path().to_str().unwrap(), REGISTRY],
-    );
-    assert!(ok, "{out}");
+    common::publish_bundled_as(&moto, "1.0.1", REGISTRY);
     let (_, response) = emulator.invoke(&event("alarm-state-change.json")).await;
     // THEN the fix stays live: the alias moved within the cooldown
-    assert_eq!(response["action"], "none", "{response}\n{}", function.log());
-    assert!(
-        response["reason"].as_str().unwrap().contains("cooldown"),
-        "{response}"
-    );
+    assert_refused(&response, "cooldown", &function.log());
     drop(function);
     // AND with no cooldown at all, 1.0.1 still stays: it has no scores of its own
     let function = Function::start(&emulator, &rollback_env(&moto, &cache, 24, 0));
     let (_, response) = emulator.invoke(&event("alarm-state-change.json")).await;
-    assert_eq!(response["action"], "none", "{response}\n{}", function.log());
-    assert!(
-        response["reason"]
-            .as_str()
-            .unwrap()
-            .contains("1.0.1 has no scored forecasts"),
-        "{response}"
-    );
+    assert_refused(&response, "1.0.1 has no scored forecasts", &function.log());
     assert_eq!(read_alias(&s3).await["version"], "1.0.1");
     drop(function);
     // AND once 1.0.1 has a bad score of its own, on fewer pairs than the policy asks for (24 of
     // 240), it still stays ...
-    let scores = json!({"1.0.1": {"wape": 0.9, "pairs": 24, "evaluated_at": chrono::Utc::now()}});
-    s3.put_object()
-        .bucket(BUCKET)
-        .key("monitoring/state/scores.json")
-        .body(ByteStream::from(scores.to_string().into_bytes()))
-        .send()
-        .await
-        .unwrap();
+    write_scores(
+        &s3,
+        json!({"1.0.1": {"wape": 0.9, "pairs": 24, "evaluated_at": chrono::Utc::now()}}),
+    )
+    .await;
     let function = Function::start(&emulator, &rollback_env(&moto, &cache, 240, 0));
     let (_, response) = emulator.invoke(&event("alarm-state-change.json")).await;
-    assert_eq!(response["action"], "none", "{response}\n{}", function.log());
-    assert!(
-        response["reason"]
-            .as_str()
-            .unwrap()
-            .contains("fewer than the 240"),
-        "{response}"
-    );
+    assert_refused(&response, "fewer than the 240", &function.log());
     assert_eq!(read_alias(&s3).await["version"], "1.0.1");
 }
 

@@ -421,28 +421,50 @@ async fn observations_without_a_store_are_a_clear_501() {
     server.stop().await;
 }
 
+/// One evaluation run now, with an hour's grace, publishing nowhere.
+async fn evaluate_now(
+    store: &AccuracyStore,
+) -> Result<
+    lstm_forecast::monitor::evaluate::EvaluationRun,
+    lstm_forecast::monitor::store::StoreError,
+> {
+    lstm_forecast::monitor::evaluate::run_evaluation(
+        store,
+        &Telemetry::disabled(),
+        chrono::Utc::now(),
+        chrono::Duration::hours(1),
+    )
+    .await
+}
+
+/// A logged forecast of model `m` version `1` from 2018-01-01T00:00Z (last value 10), one value
+/// per following hour.
+fn hourly_record(series: &str, values: &[f64]) -> lstm_forecast::monitor::store::ForecastRecord {
+    let origin = chrono::DateTime::parse_from_rfc3339("2018-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    lstm_forecast::monitor::store::ForecastRecord {
+        series_id: series.into(),
+        origin,
+        last_value: 10.0,
+        timestamps: (1..=values.len() as i64)
+            .map(|h| origin + chrono::Duration::hours(h))
+            .collect(),
+        values: values.to_vec(),
+        model: "m".into(),
+        model_version: "1".into(),
+        request_id: None,
+        created_at: chrono::Utc::now(),
+    }
+}
+
 #[tokio::test]
 async fn actuals_dropped_as_csv_files_under_the_prefix_are_joined_too() {
     // GIVEN a logged forecast and its actuals delivered by another system as a CSV file
     let moto = Moto::shared();
     let s3 = moto.create_bucket("dropped").await;
     let store = AccuracyStore::new(s3.clone(), "s3://dropped/monitoring").unwrap();
-    let origin = chrono::DateTime::parse_from_rfc3339("2018-01-01T00:00:00Z")
-        .unwrap()
-        .with_timezone(&chrono::Utc);
-    let record = lstm_forecast::monitor::store::ForecastRecord {
-        series_id: "plant-7".into(),
-        origin,
-        last_value: 10.0,
-        timestamps: (1..=3)
-            .map(|h| origin + chrono::Duration::hours(h))
-            .collect(),
-        values: vec![11.0, 12.0, 13.0],
-        model: "m".into(),
-        model_version: "1".into(),
-        request_id: None,
-        created_at: chrono::Utc::now(),
-    };
+    let record = hourly_record("plant-7", &[11.0, 12.0, 13.0]);
     store.append_forecasts(&[record]).await.unwrap();
     let csv =
         "id,timestamp,value\nplant-7,2018-01-01 01:00:00,12\nplant-7,2018-01-01T02:00:00Z,12\n";
@@ -456,14 +478,7 @@ async fn actuals_dropped_as_csv_files_under_the_prefix_are_joined_too() {
         .await
         .unwrap();
     // WHEN evaluated
-    let run = lstm_forecast::monitor::evaluate::run_evaluation(
-        &store,
-        &Telemetry::disabled(),
-        chrono::Utc::now(),
-        chrono::Duration::hours(1),
-    )
-    .await
-    .unwrap();
+    let run = evaluate_now(&store).await.unwrap();
     // THEN both CSV rows matched (errors -1 and 0), and the third hour is counted as missing
     assert_eq!(run.evaluation.pairs, 2);
     assert_eq!(run.evaluation.missing_actuals, 1);
@@ -543,20 +558,7 @@ async fn unreadable_lines_are_quarantined_and_reported_and_the_first_actual_wins
     let moto = Moto::shared();
     let s3 = moto.create_bucket("quarantine").await;
     let store = AccuracyStore::new(s3.clone(), "s3://quarantine/monitoring").unwrap();
-    let origin = chrono::DateTime::parse_from_rfc3339("2018-01-01T00:00:00Z")
-        .unwrap()
-        .with_timezone(&chrono::Utc);
-    let record = lstm_forecast::monitor::store::ForecastRecord {
-        series_id: "plant-9".into(),
-        origin,
-        last_value: 10.0,
-        timestamps: vec![origin + chrono::Duration::hours(1)],
-        values: vec![11.0],
-        model: "m".into(),
-        model_version: "1".into(),
-        request_id: None,
-        created_at: chrono::Utc::now(),
-    };
+    let record = hourly_record("plant-9", &[11.0]);
     let good = serde_json::to_string(&record).unwrap();
     for (key, body) in [
         (
@@ -583,14 +585,9 @@ async fn unreadable_lines_are_quarantined_and_reported_and_the_first_actual_wins
             .unwrap();
     }
     // WHEN evaluated
-    let run = lstm_forecast::monitor::evaluate::run_evaluation(
-        &store,
-        &Telemetry::disabled(),
-        chrono::Utc::now(),
-        chrono::Duration::hours(1),
-    )
-    .await
-    .expect("bad lines never fail an evaluation");
+    let run = evaluate_now(&store)
+        .await
+        .expect("bad lines never fail an evaluation");
     let e = &run.evaluation;
     // THEN the good record is scored against the first actual (12, not the later 99) ...
     assert_eq!(e.pairs, 1);

@@ -136,12 +136,7 @@ async fn a_stale_alias_write_is_refused_instead_of_overwriting_a_concurrent_prom
 async fn serve_follows_the_alias_and_keeps_the_old_model_when_a_new_one_fails_to_load() {
     let moto = Moto::start();
     let s3 = moto.create_bucket(BUCKET).await;
-    let v1 = bundled_as_version("1.0.0");
-    let (ok, out) = cli(
-        &moto,
-        &["model", "publish", v1.path().to_str().unwrap(), REGISTRY],
-    );
-    assert!(ok, "{out}");
+    common::publish_bundled_as(&moto, "1.0.0", REGISTRY);
     let cache = tempfile::tempdir().unwrap();
     let mut env = moto.env();
     env.push((
@@ -176,19 +171,14 @@ async fn serve_follows_the_alias_and_keeps_the_old_model_when_a_new_one_fails_to
     wait_for("1.0.0").await;
 
     // A good new version is picked up without a restart.
-    let v2 = bundled_as_version("1.0.1");
-    let (ok, out) = cli(
-        &moto,
-        &["model", "publish", v2.path().to_str().unwrap(), REGISTRY],
-    );
-    assert!(ok, "{out}");
+    common::publish_bundled_as(&moto, "1.0.1", REGISTRY);
     wait_for("1.0.1").await;
 
     // A version that cannot load (uploaded around `publish`, which would have refused it) is
     // promoted: the server keeps serving 1.0.1 and counts the failure.
     let garbage = b"not TorchScript".to_vec();
     let mut metadata: Value =
-        serde_json::from_slice(&std::fs::read(v2.path().join("model.json")).unwrap()).unwrap();
+        serde_json::from_slice(lstm_forecast::source::BUNDLED_MODEL_JSON).unwrap();
     metadata["version"] = "1.0.2".into();
     metadata["model_sha256"] = lstm_forecast::model::contract::sha256_hex(&garbage).into();
     for (key, body) in [

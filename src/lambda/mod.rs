@@ -102,15 +102,11 @@ pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, LoadReport), InitE
     let (model, report) =
         fetch_and_load(&config.model_uri, &config.model_cache_dir, &sdk_config).await?;
     let metadata = model.metadata().clone();
+    // Where the load's time went is in fetch_and_load's own line; this one closes init.
     tracing::info!(
         model = %metadata.name,
         model_version = %metadata.version,
-        source = %report.source_uri,
         threads,
-        from_cache = report.from_cache,
-        fetch_ms = ms(report.fetch),
-        load_ms = ms(report.load),
-        warm_up_ms = ms(report.warm_up),
         init_ms = ms(report.total),
         "init complete"
     );

@@ -198,7 +198,7 @@ impl ModelMetadata {
             ));
         }
         parse_frequency(&self.input.frequency)
-            .map_err(|reason| field_error("input.frequency", reason))?;
+            .map_err(|reason| field_error("input.frequency", reason.to_string()))?;
         let features = self.input.features.len();
         for (i, step) in self.preprocessing.iter().enumerate() {
             if let Preprocessing::ZScore { mean, std } = step {
@@ -318,18 +318,33 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Why a `frequency` could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrequencyError {
+    #[error("`{0}` has no unit (expected e.g. 1h, 15min, 1d)")]
+    NoUnit(String),
+    #[error("`{0}` has an invalid count")]
+    InvalidCount(String),
+    #[error("`{text}` has unknown unit `{unit}` (use s, min, h or d)")]
+    UnknownUnit { text: String, unit: String },
+    #[error("`{0}` must be a positive period")]
+    NotPositive(String),
+    #[error("`{0}` is too long a period")]
+    TooLong(String),
+}
+
 /// Parses `<count><unit>` with unit one of `s`, `min`, `h`, `d` (pandas-like aliases `T`, `H`, `D`).
-pub fn parse_frequency(text: &str) -> Result<Duration, String> {
+pub fn parse_frequency(text: &str) -> Result<Duration, FrequencyError> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{text}` has no unit (expected e.g. 1h, 15min, 1d)"))?;
+        .ok_or_else(|| FrequencyError::NoUnit(text.to_string()))?;
     let (count, unit) = text.split_at(split);
     let count: u64 = if count.is_empty() {
         1
     } else {
         count
             .parse()
-            .map_err(|_| format!("`{text}` has an invalid count"))?
+            .map_err(|_| FrequencyError::InvalidCount(text.to_string()))?
     };
     let unit_secs = match unit {
         "s" => 1,
@@ -337,18 +352,19 @@ pub fn parse_frequency(text: &str) -> Result<Duration, String> {
         "h" | "H" => 3600,
         "d" | "D" => 86_400,
         _ => {
-            return Err(format!(
-                "`{text}` has unknown unit `{unit}` (use s, min, h or d)"
-            ))
+            return Err(FrequencyError::UnknownUnit {
+                text: text.to_string(),
+                unit: unit.to_string(),
+            })
         }
     };
     if count == 0 {
-        return Err(format!("`{text}` must be a positive period"));
+        return Err(FrequencyError::NotPositive(text.to_string()));
     }
     count
         .checked_mul(unit_secs)
         .map(Duration::from_secs)
-        .ok_or_else(|| format!("`{text}` is too long a period"))
+        .ok_or_else(|| FrequencyError::TooLong(text.to_string()))
 }
 
 #[cfg(test)]
@@ -494,7 +510,9 @@ mod tests {
 
     #[test]
     fn a_frequency_too_long_to_count_in_seconds_is_refused_not_wrapped() {
-        let err = parse_frequency("300000000000000000d").unwrap_err();
+        let err = parse_frequency("300000000000000000d")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("too long"), "{err}");
     }
 }

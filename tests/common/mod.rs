@@ -224,3 +224,13 @@ pub fn windows_csv(windows: &[(String, String, Vec<f64>)]) -> String {
     }
     csv
 }
+
+/// A copy of the bundled model as `version`, published (and made live) to `registry` with the CLI.
+pub fn publish_bundled_as(moto: &emulators::Moto, version: &str, registry: &str) {
+    let dir = bundled_as_version(version);
+    let (ok, out) = emulators::cli(
+        moto,
+        &["model", "publish", dir.path().to_str().unwrap(), registry],
+    );
+    assert!(ok, "publishing {version}: {out}");
+}
