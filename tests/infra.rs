@@ -335,9 +335,30 @@ fn the_kubernetes_manifests_validate_against_the_api_schema() {
         "runAsNonRoot: true",
         "readinessProbe",
         "path: /readyz",
+        "path: /healthz",
         "configMapRef",
+        "automountServiceAccountToken: false",
+        "preStop:",
     ] {
         assert!(deployment.contains(needle), "{needle}");
+    }
+    // The HPA owns the replica count, and an image is a release, never whatever :latest is today.
+    assert!(!deployment.contains("replicas:"), "replicas fights the HPA");
+    let image = deployment
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("image: "))
+        .expect("an image");
+    assert!(
+        !image.ends_with(":latest") && (image.contains('@') || image.contains(':')),
+        "{image}"
+    );
+    for (file, kind) in [
+        ("pdb.yaml", "PodDisruptionBudget"),
+        ("networkpolicy.yaml", "NetworkPolicy"),
+        ("hpa.yaml", "HorizontalPodAutoscaler"),
+    ] {
+        let text = std::fs::read_to_string(repo_path(&format!("infra/k8s/{file}"))).unwrap();
+        assert!(text.contains(&format!("kind: {kind}")), "{file}");
     }
 }
 
