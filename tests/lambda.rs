@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use aws_sdk_cloudwatch::types::StateValue;
 use aws_sdk_s3::primitives::ByteStream;
 use common::emulators::{cli, event, Function, LambdaEmulator, Moto};
 use common::{bundled_as_version, repo_path};
@@ -212,6 +213,59 @@ async fn evaluate_and_unknown_events_are_clear_errors() {
     assert_eq!(response["errorType"], "InvalidEvent", "{response}");
 }
 
+const ACCURACY_ALARM: &str = "lstm-forecast-accuracy";
+
+/// Puts the accuracy alarm in CloudWatch (moto) into `state` now; returns when it entered it, as
+/// CloudWatch reports it.
+async fn set_accuracy_alarm(moto: &Moto, state: StateValue) -> chrono::DateTime<chrono::Utc> {
+    let cloudwatch = moto.cloudwatch().await;
+    cloudwatch
+        .put_metric_alarm()
+        .alarm_name(ACCURACY_ALARM)
+        .namespace("LstmForecast")
+        .metric_name("WAPE")
+        .statistic(aws_sdk_cloudwatch::types::Statistic::Average)
+        .period(3600)
+        .evaluation_periods(3)
+        .threshold(0.1)
+        .comparison_operator(aws_sdk_cloudwatch::types::ComparisonOperator::GreaterThanThreshold)
+        .send()
+        .await
+        .unwrap();
+    cloudwatch
+        .set_alarm_state()
+        .alarm_name(ACCURACY_ALARM)
+        .state_value(state)
+        .state_reason("set by the test")
+        .send()
+        .await
+        .unwrap();
+    let described = cloudwatch
+        .describe_alarms()
+        .alarm_names(ACCURACY_ALARM)
+        .send()
+        .await
+        .unwrap();
+    let at = described.metric_alarms()[0]
+        .state_updated_timestamp()
+        .unwrap();
+    chrono::DateTime::from_timestamp(at.secs(), at.subsec_nanos()).unwrap()
+}
+
+/// An alarm fixture (`alarm-state-change.json` or `alarm-action.json`) claiming the accuracy
+/// alarm entered ALARM at `at`.
+fn alarm_event(fixture: &str, at: chrono::DateTime<chrono::Utc>) -> Value {
+    let mut event = event(fixture);
+    let stamp = at.format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string();
+    let state = if event.get("detail").is_some() {
+        &mut event["detail"]["state"]
+    } else {
+        &mut event["alarmData"]["state"]
+    };
+    state["timestamp"] = stamp.into();
+    event
+}
+
 /// Records `scores` as the versions' latest, as `evaluate` writes them.
 async fn write_scores(s3: &aws_sdk_s3::Client, scores: Value) {
     s3.put_object()
@@ -310,7 +364,10 @@ async fn an_accuracy_alarm_rolls_the_alias_back_once_and_the_function_serves_the
     let emulator = LambdaEmulator::start();
     let cache = tempfile::tempdir().unwrap();
     let function = Function::start(&emulator, &rollback_env(&moto, &cache, 24, 0));
-    let alarm = event("alarm-state-change.json");
+    let alarm = alarm_event(
+        "alarm-state-change.json",
+        set_accuracy_alarm(&moto, StateValue::Alarm).await,
+    );
 
     // WHEN the accuracy alarm arrives before 1.0.1 has a score of its own, THEN nothing moves
     let (_, response) = emulator.invoke(&alarm).await;
@@ -353,7 +410,12 @@ async fn an_accuracy_alarm_rolls_the_alias_back_once_and_the_function_serves_the
                "1.0.1": {"wape": 0.9, "pairs": 24, "evaluated_at": chrono::Utc::now()}}),
     )
     .await;
-    let (_, response) = emulator.invoke(&event("alarm-action.json")).await;
+    set_accuracy_alarm(&moto, StateValue::Ok).await;
+    let alarm_action = alarm_event(
+        "alarm-action.json",
+        set_accuracy_alarm(&moto, StateValue::Alarm).await,
+    );
+    let (_, response) = emulator.invoke(&alarm_action).await;
     assert_eq!(response["errorType"], "RollbackImpossible", "{response}");
     assert!(response["errorMessage"]
         .as_str()
@@ -366,6 +428,53 @@ async fn an_accuracy_alarm_rolls_the_alias_back_once_and_the_function_serves_the
     other["detail"]["alarmName"] = "some-other-alarm".into();
     let (_, response) = emulator.invoke(&other).await;
     assert_eq!(response["action"], "none");
+}
+
+#[tokio::test]
+async fn forged_or_stale_alarm_events_change_nothing_and_a_genuine_one_rolls_back() {
+    // GIVEN 1.0.0 then 1.0.1 live, and 1.0.1 scored badly: a genuine alarm would roll it back
+    let moto = Moto::start();
+    let s3 = moto.create_bucket(BUCKET).await;
+    common::publish_bundled_as(&moto, "1.0.0", REGISTRY);
+    common::publish_bundled_as(&moto, "1.0.1", REGISTRY);
+    write_scores(
+        &s3,
+        json!({"1.0.1": {"wape": 0.9, "pairs": 480, "evaluated_at": chrono::Utc::now()}}),
+    )
+    .await;
+    let emulator = LambdaEmulator::start();
+    let cache = tempfile::tempdir().unwrap();
+    let function = Function::start(&emulator, &rollback_env(&moto, &cache, 24, 0));
+    let forged = |at: chrono::DateTime<chrono::Utc>| alarm_event("alarm-state-change.json", at);
+    // WHEN someone who may invoke the function sends alarm events CloudWatch never raised:
+    // for an alarm that does not exist, ...
+    let (_, response) = emulator.invoke(&forged(chrono::Utc::now())).await;
+    assert_refused(&response, "no alarm", &function.log());
+    // ... for an alarm that is OK, ...
+    let ok_since = set_accuracy_alarm(&moto, StateValue::Ok).await;
+    let (_, response) = emulator.invoke(&forged(ok_since)).await;
+    assert_refused(&response, "another state than ALARM", &function.log());
+    // ... and, once it is in ALARM, a series of events with made-up times
+    let alarm_since = set_accuracy_alarm(&moto, StateValue::Alarm).await;
+    for hours in 1..=3 {
+        let (_, response) = emulator
+            .invoke(&forged(alarm_since - chrono::Duration::hours(hours)))
+            .await;
+        assert_refused(&response, "not at", &function.log());
+    }
+    // THEN the alias never moved
+    let alias = read_alias(&s3).await;
+    assert_eq!(alias["version"], "1.0.1");
+    assert_eq!(alias["history"], json!(["1.0.0", "1.0.1"]));
+    // AND the genuine event, carrying CloudWatch's own time, rolls back once
+    let (_, response) = emulator.invoke(&forged(alarm_since)).await;
+    assert_eq!(
+        response["action"],
+        "rollback",
+        "{response}\n{}",
+        function.log()
+    );
+    assert_eq!(read_alias(&s3).await["version"], "1.0.0");
 }
 
 #[tokio::test]
@@ -383,13 +492,17 @@ async fn a_fresh_promotion_is_not_rolled_back_for_its_predecessors_errors() {
     );
     // ... WHEN 1.0.1 is promoted to fix it, and the alarm (still fed by 1.0.0's forecasts) fires
     common::publish_bundled_as(&moto, "1.0.1", REGISTRY);
-    let (_, response) = emulator.invoke(&event("alarm-state-change.json")).await;
+    let alarm = alarm_event(
+        "alarm-state-change.json",
+        set_accuracy_alarm(&moto, StateValue::Alarm).await,
+    );
+    let (_, response) = emulator.invoke(&alarm).await;
     // THEN the fix stays live: the alias moved within the cooldown
     assert_refused(&response, "cooldown", &function.log());
     drop(function);
     // AND with no cooldown at all, 1.0.1 still stays: it has no scores of its own
     let function = Function::start(&emulator, &rollback_env(&moto, &cache, 24, 0));
-    let (_, response) = emulator.invoke(&event("alarm-state-change.json")).await;
+    let (_, response) = emulator.invoke(&alarm).await;
     assert_refused(&response, "1.0.1 has no scored forecasts", &function.log());
     assert_eq!(read_alias(&s3).await["version"], "1.0.1");
     drop(function);
@@ -401,7 +514,7 @@ async fn a_fresh_promotion_is_not_rolled_back_for_its_predecessors_errors() {
     )
     .await;
     let function = Function::start(&emulator, &rollback_env(&moto, &cache, 240, 0));
-    let (_, response) = emulator.invoke(&event("alarm-state-change.json")).await;
+    let (_, response) = emulator.invoke(&alarm).await;
     assert_refused(&response, "fewer than the 240", &function.log());
     assert_eq!(read_alias(&s3).await["version"], "1.0.1");
 }

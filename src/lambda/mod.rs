@@ -38,7 +38,7 @@ use crate::service::{Limits, Service};
 use crate::source::s3::S3ModelSource;
 use crate::source::ModelUri;
 use events::{describe_unknown, shape_of, typed, InvocationError, ScheduledAction, Shape};
-pub use rollback::RollbackPolicy;
+pub use rollback::{AlarmStates, RollbackPolicy};
 
 /// Configuration, from the command line and environment (see `lstm-forecast lambda --help`).
 #[derive(Debug, Clone)]
@@ -87,6 +87,8 @@ impl InitError {
 /// The function's state between invocations.
 pub struct LambdaApp {
     service: Service,
+    /// Where alarm events are checked before they may roll anything back.
+    alarms: Option<Arc<dyn AlarmStates>>,
     router: axum::Router,
     /// Set when the model is the registry's `live` alias.
     follower: Option<AliasFollower>,
@@ -139,7 +141,13 @@ pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, LoadReport), InitE
     // Memory once, after init: sampling it on every invocation would cost the answer time.
     telemetry.record_process_memory();
     crate::service::build::flush(&service).await;
-    Ok((LambdaApp::new(service, follower, s3, config), report))
+    let alarms = rollback::CloudWatchAlarms(
+        crate::metrics::cloudwatch::CloudWatchSink::client_from(&sdk_config),
+    );
+    Ok((
+        LambdaApp::new(service, follower, s3, config).with_alarm_states(Arc::new(alarms)),
+        report,
+    ))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -170,11 +178,18 @@ impl LambdaApp {
             .layer(axum::middleware::map_request(lambda_request_id));
         LambdaApp {
             service,
+            alarms: None,
             router,
             follower,
             s3,
             config,
         }
+    }
+
+    /// Verifies alarm events with `alarms` (CloudWatch in AWS); without, no alarm may act.
+    pub fn with_alarm_states(mut self, alarms: Arc<dyn AlarmStates>) -> Self {
+        self.alarms = Some(alarms);
+        self
     }
 
     pub fn service(&self) -> &Service {
@@ -287,6 +302,7 @@ impl LambdaApp {
         rollback::on_alarm(
             &self.service,
             self.follower.as_ref(),
+            self.alarms.as_ref(),
             &self.config.rollback,
             alarm,
             state,

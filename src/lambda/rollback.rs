@@ -6,11 +6,18 @@
 //! the evaluation that last scored it, is above the threshold on at least `min_pairs` scored
 //! pairs, and the alias has not moved within the cooldown. Without that, a bad version's forecasts
 //! still being scored for a day after a rollback would roll back its successor too.
+//!
+//! And it checks that the event is true. Anyone allowed to invoke the function could send an
+//! "alarm state change"; so CloudWatch itself is asked ([`AlarmStates`]): the alarm must be in
+//! ALARM now, since the very state change the event reports (same time, to the second). The
+//! idempotency key is CloudWatch's time, not the event's, so forged events cannot walk the history
+//! back one version each.
 
 use aws_lambda_events::cloudwatch_alarms::CloudWatchAlarmStateValue;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::events::InvocationError;
@@ -18,6 +25,70 @@ use crate::metrics::Metric;
 use crate::registry::{RegistryError, RollbackOutcome};
 use crate::service::follow::AliasFollower;
 use crate::service::Service;
+
+/// An alarm as CloudWatch holds it now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlarmState {
+    pub in_alarm: bool,
+    /// When it entered its current state.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// Why an alarm's state could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("DescribeAlarms for {alarm}: {cause}")]
+pub struct AlarmLookupError {
+    pub alarm: String,
+    pub cause: String,
+}
+
+/// The port to the alarms' real state (CloudWatch in AWS).
+pub trait AlarmStates: Send + Sync {
+    /// The alarm's current state; `None` when no such alarm exists.
+    fn current<'a>(
+        &'a self,
+        alarm: &'a str,
+    ) -> crate::source::BoxFuture<'a, Result<Option<AlarmState>, AlarmLookupError>>;
+}
+
+/// [`AlarmStates`] from CloudWatch's `DescribeAlarms`.
+pub struct CloudWatchAlarms(pub aws_sdk_cloudwatch::Client);
+
+impl AlarmStates for CloudWatchAlarms {
+    fn current<'a>(
+        &'a self,
+        alarm: &'a str,
+    ) -> crate::source::BoxFuture<'a, Result<Option<AlarmState>, AlarmLookupError>> {
+        Box::pin(async move {
+            let described = self
+                .0
+                .describe_alarms()
+                .alarm_names(alarm)
+                .send()
+                .await
+                .map_err(|e| AlarmLookupError {
+                    alarm: alarm.to_string(),
+                    cause: aws_sdk_cloudwatch::error::DisplayErrorContext(&e).to_string(),
+                })?;
+            Ok(described
+                .metric_alarms()
+                .iter()
+                .map(|a| (a.state_value(), a.state_updated_timestamp()))
+                .chain(
+                    described
+                        .composite_alarms()
+                        .iter()
+                        .map(|a| (a.state_value(), a.state_updated_timestamp())),
+                )
+                .next()
+                .map(|(value, updated)| AlarmState {
+                    in_alarm: value == Some(&aws_sdk_cloudwatch::types::StateValue::Alarm),
+                    updated_at: updated
+                        .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+                }))
+        })
+    }
+}
 
 /// When a rollback alarm may act.
 #[derive(Debug, Clone)]
@@ -33,10 +104,11 @@ pub struct RollbackPolicy {
 }
 
 /// Acts on one alarm state change. `follower` is `None` when the model is not an S3 alias, in which
-/// case a rollback is a configuration error.
+/// case a rollback is a configuration error; so is `alarms` being `None` (nothing to verify with).
 pub async fn on_alarm(
     service: &Service,
     follower: Option<&AliasFollower>,
+    alarms: Option<&Arc<dyn AlarmStates>>,
     policy: &RollbackPolicy,
     alarm: &str,
     state: Option<(CloudWatchAlarmStateValue, DateTime<Utc>)>,
@@ -63,13 +135,26 @@ pub async fn on_alarm(
             format!("alarm {alarm} asks for a rollback, but MODEL_URI is not an S3 alias (s3://BUCKET/models/NAME)"),
         ));
     };
+    let Some(alarms) = alarms else {
+        return Err(InvocationError::new(
+            "NotConfigured",
+            format!("alarm {alarm} asks for a rollback, but there is no CloudWatch client to verify it with"),
+        ));
+    };
+    let entered_alarm_at = match verify(alarms.as_ref(), alarm, changed_at).await? {
+        Ok(at) => at,
+        Err(reason) => {
+            tracing::warn!(alarm, "alarm event not acted on: {reason}");
+            return Ok(json!({"action": "none", "alarm": alarm, "reason": reason}));
+        }
+    };
     if let Some(reason) = refusal(service, follower, policy).await? {
         tracing::info!(alarm, "rollback refused: {reason}");
         return Ok(json!({"action": "none", "alarm": alarm, "reason": reason}));
     }
     // The same alarm state change delivered twice (EventBridge retries, two targets) must roll
-    // back once: the registry keys idempotency on this trigger.
-    let trigger = format!("alarm:{alarm}@{}", changed_at.to_rfc3339());
+    // back once: the registry keys idempotency on this trigger, CloudWatch's own time.
+    let trigger = format!("alarm:{alarm}@{}", entered_alarm_at.to_rfc3339());
     let outcome = follower
         .registry()
         .rollback(&trigger)
@@ -148,5 +233,37 @@ async fn refusal(
             score.wape, policy.wape_threshold
         )),
         Some(_) => None,
+    })
+}
+
+/// Checks the event against CloudWatch: the alarm exists, is in ALARM now, and entered it when the
+/// event says (to the second). Returns when it entered ALARM, or why the event is not acted on.
+async fn verify(
+    alarms: &dyn AlarmStates,
+    alarm: &str,
+    event_time: DateTime<Utc>,
+) -> Result<Result<DateTime<Utc>, String>, InvocationError> {
+    let state = alarms
+        .current(alarm)
+        .await
+        .map_err(|e| InvocationError::new("AlarmUnverifiable", e.to_string()))?;
+    Ok(match state {
+        None => Err(format!(
+            "CloudWatch has no alarm {alarm}: the event is not genuine"
+        )),
+        Some(AlarmState {
+            in_alarm: false, ..
+        }) => Err(format!(
+            "CloudWatch holds {alarm} in another state than ALARM: the event is stale or forged"
+        )),
+        Some(AlarmState {
+            updated_at: Some(at),
+            ..
+        }) if (at - event_time).num_milliseconds().abs() < 1000 => Ok(at),
+        Some(AlarmState { updated_at, .. }) => Err(format!(
+            "{alarm} entered its current state at {}, not at {} as the event says: stale or forged",
+            updated_at.map_or("an unknown time".to_string(), |t| t.to_rfc3339()),
+            event_time.to_rfc3339()
+        )),
     })
 }
