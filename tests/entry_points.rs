@@ -121,6 +121,8 @@ fn lambda_app(service: Service, s3: aws_sdk_s3::Client) -> LambdaApp {
         model_uri: ModelUri::Bundled,
         model_cache_dir: std::env::temp_dir(),
         aws_endpoint_url: None,
+        batch_input_prefix: Some(format!("s3://{BUCKET}/")),
+        batch_output_prefix: Some(format!("s3://{BUCKET}/")),
         rollback: lstm_forecast::lambda::RollbackPolicy {
             alarms: Vec::new(),
             wape_threshold: 0.1,

@@ -26,6 +26,8 @@ fn function_env(
         cache.path().display().to_string(),
     ));
     env.push(("ROLLBACK_ALARMS", "lstm-forecast-accuracy".into()));
+    env.push(("BATCH_INPUT_PREFIX", format!("s3://{BUCKET}/batch/")));
+    env.push(("BATCH_OUTPUT_PREFIX", format!("s3://{BUCKET}/batch/")));
     env
 }
 
@@ -475,6 +477,57 @@ async fn forged_or_stale_alarm_events_change_nothing_and_a_genuine_one_rolls_bac
         function.log()
     );
     assert_eq!(read_alias(&s3).await["version"], "1.0.0");
+}
+
+#[tokio::test]
+async fn a_batch_event_cannot_read_or_overwrite_anything_outside_the_batch_prefixes() {
+    // GIVEN a live model, and batch input where batch jobs may read
+    let moto = Moto::start();
+    let s3 = moto.create_bucket(BUCKET).await;
+    common::publish_bundled_as(&moto, "1.0.0", REGISTRY);
+    let alias_before = read_alias(&s3).await;
+    let emulator = LambdaEmulator::start();
+    let cache = tempfile::tempdir().unwrap();
+    let function = Function::start(&emulator, &function_env(&moto, &cache, REGISTRY));
+    // WHEN events ask to write the forecasts over the model alias, or to read the model itself
+    for (input, output) in [
+        (
+            format!("s3://{BUCKET}/batch/input.csv"),
+            format!("s3://{BUCKET}/models/etth1-ot-lstm/alias/live.json"),
+        ),
+        (
+            format!("s3://{BUCKET}/models/etth1-ot-lstm/1.0.0/model.json"),
+            format!("s3://{BUCKET}/batch/stolen.jsonl"),
+        ),
+    ] {
+        let (_, response) = emulator
+            .invoke(&json!({"action": "batch-forecast", "input": input, "output": output}))
+            .await;
+        // THEN each is refused by name, before any S3 call
+        assert_eq!(
+            response["errorType"],
+            "Forbidden",
+            "{response}\n{}",
+            function.log()
+        );
+        assert!(
+            response["errorMessage"]
+                .as_str()
+                .unwrap()
+                .contains("outside BATCH_"),
+            "{response}"
+        );
+    }
+    // AND the alias is exactly what it was, and nothing was written under batch/
+    assert_eq!(read_alias(&s3).await, alias_before);
+    let listed = s3
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .prefix("batch/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.key_count(), Some(0));
 }
 
 #[tokio::test]

@@ -123,6 +123,16 @@ pub struct LambdaArgs {
     #[arg(long, env = "ROLLBACK_COOLDOWN_MINUTES", default_value_t = 360)]
     pub rollback_cooldown_minutes: u64,
 
+    /// Batch jobs read only objects under this `s3://BUCKET/PREFIX/`; an event naming any other
+    /// input is refused. Unset: no batch job runs.
+    #[arg(long, env = "BATCH_INPUT_PREFIX", value_name = "S3_URI")]
+    pub batch_input_prefix: Option<String>,
+
+    /// Batch jobs write only under this `s3://BUCKET/PREFIX/` (never the model registry or the
+    /// monitoring store); an event naming any other output is refused. Unset: no batch job runs.
+    #[arg(long, env = "BATCH_OUTPUT_PREFIX", value_name = "S3_URI")]
+    pub batch_output_prefix: Option<String>,
+
     /// Seconds between checks of the registry alias by a warm instance (0: every invocation).
     #[arg(long, env = "ALIAS_CHECK_SECONDS", default_value_t = 60)]
     pub alias_check_seconds: u64,

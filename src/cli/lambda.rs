@@ -23,6 +23,8 @@ pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
         model_uri: ModelUri::parse(&args.model.model)?,
         model_cache_dir: args.model.model_cache_dir,
         aws_endpoint_url: args.model.aws.aws_endpoint_url,
+        batch_input_prefix: args.batch_input_prefix,
+        batch_output_prefix: args.batch_output_prefix,
         rollback: RollbackPolicy {
             alarms: args
                 .rollback_alarms

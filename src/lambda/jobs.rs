@@ -15,6 +15,42 @@ use crate::input::{parse_input, InputFormat};
 use crate::objects::{ObjectError, Precondition, S3Objects};
 use crate::service::Service;
 
+/// Refuses a batch `input` or `output` URI outside its configured prefix: a scheduled event must
+/// not be able to read the registry or overwrite the model alias.
+pub fn confine(uri: &str, prefix: Option<&str>, what: &str) -> Result<(), InvocationError> {
+    let variable = format!("BATCH_{}_PREFIX", what.to_ascii_uppercase());
+    let Some(prefix) = prefix else {
+        return Err(InvocationError::new(
+            "NotConfigured",
+            format!("batch jobs are off: set {variable}=s3://BUCKET/PREFIX/ to allow them"),
+        ));
+    };
+    // Compare bucket and key apart, and the key as a whole path segment prefix: s3://b/batch/out
+    // must not admit s3://b/batch/outside.
+    let (Some((bucket, key)), Some((allowed_bucket, allowed_key))) = (
+        crate::aws::parse_s3_url(uri),
+        crate::aws::parse_s3_url(prefix),
+    ) else {
+        return Err(InvocationError::new(
+            "InvalidInput",
+            format!("{what} `{uri}` is not an s3:// URL under {variable} ({prefix})"),
+        ));
+    };
+    let allowed_key = if allowed_key.is_empty() || allowed_key.ends_with('/') {
+        allowed_key
+    } else {
+        format!("{allowed_key}/")
+    };
+    if bucket != allowed_bucket || !key.starts_with(&allowed_key) || key.len() == allowed_key.len()
+    {
+        return Err(InvocationError::new(
+            "Forbidden",
+            format!("{what} `{uri}` is outside {variable} ({prefix}): refused"),
+        ));
+    }
+    Ok(())
+}
+
 fn s3_error(what: &str, uri: &str, e: ObjectError) -> InvocationError {
     InvocationError::new("S3", format!("{what} {uri}: {e}"))
 }
@@ -101,4 +137,37 @@ pub async fn evaluate(
               "pairs": run.evaluation.pairs, "missing_actuals": run.evaluation.missing_actuals,
               "scores": run.evaluation.by_version}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_uris_are_confined_to_their_prefix() {
+        let out = Some("s3://b/batch/output/");
+        assert!(confine("s3://b/batch/output/run-1/f.jsonl", out, "output").is_ok());
+        for outside in [
+            "s3://b/models/m/alias/live.json",
+            "s3://b/batch/outputs.jsonl",
+            "s3://b/batch/output/",
+            "s3://other/batch/output/f.jsonl",
+            "https://b/batch/output/f.jsonl",
+        ] {
+            assert!(confine(outside, out, "output").is_err(), "{outside}");
+        }
+        // A prefix given without its trailing slash still means a folder.
+        assert!(confine(
+            "s3://b/batch/outputx",
+            Some("s3://b/batch/output"),
+            "output"
+        )
+        .is_err());
+        let off = confine("s3://b/batch/output/f", None, "output").unwrap_err();
+        assert!(
+            off.message.contains("BATCH_OUTPUT_PREFIX"),
+            "{}",
+            off.message
+        );
+    }
 }

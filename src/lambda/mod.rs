@@ -48,6 +48,9 @@ pub struct LambdaConfig {
     pub model_cache_dir: PathBuf,
     /// An emulator's endpoint for every AWS client (tests, local runs); `None` in AWS.
     pub aws_endpoint_url: Option<String>,
+    /// Where batch jobs may read and write (`s3://BUCKET/PREFIX/`); `None` refuses batch jobs.
+    pub batch_input_prefix: Option<String>,
+    pub batch_output_prefix: Option<String>,
     /// Which alarms roll the model back, and when they may.
     pub rollback: RollbackPolicy,
     pub threads: Option<usize>,
@@ -283,6 +286,12 @@ impl LambdaApp {
     ) -> Result<Value, InvocationError> {
         match action {
             ScheduledAction::BatchForecast { input, output } => {
+                jobs::confine(&input, self.config.batch_input_prefix.as_deref(), "input")?;
+                jobs::confine(
+                    &output,
+                    self.config.batch_output_prefix.as_deref(),
+                    "output",
+                )?;
                 jobs::batch_forecast(&self.service, &self.s3, &input, &output, request_id).await
             }
             ScheduledAction::Evaluate {} => {
