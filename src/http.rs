@@ -151,8 +151,46 @@ async fn observations(
     ))
 }
 
-async fn model_metadata(State(service): State<Service>) -> Json<ModelMetadata> {
-    Json(service.model().metadata().clone())
+/// `GET /v1/model`: what a client needs to call the model, and its published scores. Not the
+/// whole `model.json`: the training statistics and drift calibration describe the training data,
+/// and the normalisation constants are internals.
+#[derive(serde::Serialize)]
+struct ModelInfo<'a> {
+    name: &'a str,
+    version: &'a str,
+    created_at: &'a str,
+    torch_version: &'a str,
+    model_sha256: &'a str,
+    input: &'a crate::model::contract::InputSpec,
+    output: &'a crate::model::contract::OutputSpec,
+    /// The kinds of preprocessing applied, in order (`z_score`, `subtract_last`).
+    preprocessing: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    evaluation: Option<&'a serde_json::Value>,
+}
+
+async fn model_metadata(State(service): State<Service>) -> Response {
+    let model = service.model();
+    let metadata: &ModelMetadata = model.metadata();
+    Json(ModelInfo {
+        name: &metadata.name,
+        version: &metadata.version,
+        created_at: &metadata.created_at,
+        torch_version: &metadata.torch_version,
+        model_sha256: &metadata.model_sha256,
+        input: &metadata.input,
+        output: &metadata.output,
+        preprocessing: metadata
+            .preprocessing
+            .iter()
+            .map(|step| match step {
+                crate::model::contract::Preprocessing::ZScore { .. } => "z_score",
+                crate::model::contract::Preprocessing::SubtractLast => "subtract_last",
+            })
+            .collect(),
+        evaluation: metadata.evaluation.as_ref(),
+    })
+    .into_response()
 }
 
 /// Alive while the engine threads are: a process whose engine died answers HTTP but can never
@@ -253,6 +291,16 @@ async fn observe(State(service): State<Service>, mut request: Request, next: Nex
         error_code: error.map(|e| e.code),
         elapsed,
     });
+    // A failure on our side can name buckets, keys and internals: the client gets a generic
+    // message and the request id; the details go to the log line below. (501 is not a failure but
+    // a documented answer, "not configured", and keeps its message.)
+    let public_error = match error {
+        Some(e) if status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED => {
+            Some(e.code)
+        }
+        _ => None,
+    };
+    let error = error.cloned();
     let _entered = span.enter();
     if let Some(error) = error {
         if status.is_server_error() {
@@ -266,6 +314,13 @@ async fn observe(State(service): State<Service>, mut request: Request, next: Nex
             latency_ms = elapsed.as_secs_f64() * 1e3,
             "request served"
         );
+    }
+    if let Some(code) = public_error {
+        let (mut parts, _) = response.into_parts();
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let body = json!({"error": {"code": code, "request_id": request_id,
+            "message": format!("the server could not answer this request; its log has the details under request id {request_id}")}});
+        response = Response::from_parts(parts, axum::body::Body::from(body.to_string()));
     }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);

@@ -85,7 +85,11 @@ async fn model_health_and_readiness_endpoints_describe_the_service() {
         .unwrap();
     assert_eq!(model["input"]["window"], 168);
     assert_eq!(model["output"]["horizon"], 24);
-    assert_eq!(model["preprocessing"][0]["kind"], "z_score");
+    assert_eq!(model["preprocessing"][0], "z_score");
+    // A documented projection, not the whole model.json: no training data statistics
+    assert!(model.get("training_stats").is_none(), "{model}");
+    assert!(model.get("training").is_none(), "{model}");
+    assert_eq!(model["name"], "etth1-ot-lstm");
     let health = client.get(server.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     let ready: Value = client

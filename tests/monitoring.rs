@@ -636,3 +636,43 @@ async fn forecast_log_writes_that_fail_are_counted_as_forecast_log_failures() {
     assert_eq!(sink.values(Metric::ForecastLogFailures), vec![2.0]);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_5xx_answer_names_no_bucket_or_key_only_the_request_id() {
+    // GIVEN observations whose store (bucket `secret-bucket`) does not answer
+    let dead = format!("http://127.0.0.1:{}", common::emulators::free_port());
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .endpoint_url(&dead)
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .force_path_style(true)
+            .build(),
+    );
+    let log = Arc::new(ForecastLog::new(
+        AccuracyStore::new(s3, "s3://secret-bucket/monitoring").unwrap(),
+    ));
+    let (server, _) = server_with(Vec::new(), Some(log), 0.0).await;
+    // WHEN actuals are posted
+    let response = reqwest::Client::new()
+        .post(server.url("/v1/observations"))
+        .header("x-request-id", "req-5xx-1")
+        .json(&json!({"series": [{"id": "a", "timestamps": ["2018-01-01T01:00:00Z"], "values": [1.0]}]}))
+        .send()
+        .await
+        .unwrap();
+    // THEN the answer is a 503 in the usual error format, with the request id and no internals
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+    assert_eq!(body["error"]["request_id"], "req-5xx-1", "{body}");
+    let text = body.to_string();
+    assert!(
+        !text.contains("secret-bucket") && !text.contains("127.0.0.1"),
+        "{text}"
+    );
+    server.stop().await;
+}
