@@ -313,15 +313,8 @@ async fn score_the_serving_version_badly(
     let forecast_event = event("apigw-v2-forecast.json");
     let logged_before = function.log().len();
     let (_, response) = emulator.invoke(&forecast_event).await;
-    let delivered = common::emulators::deliver_forecast_log(
-        &function.log(),
-        logged_before,
-        s3,
-        BUCKET,
-        "monitoring",
-    )
-    .await;
-    assert_eq!(delivered, 1, "one logged forecast: {}", function.log());
+    common::emulators::deliver_forecast_log(function, logged_before, 1, s3, BUCKET, "monitoring")
+        .await;
     let forecast = http_body(&response);
     let version = forecast["model"]["version"].as_str().unwrap().to_string();
     let mut observe = forecast_event.clone();
@@ -392,7 +385,9 @@ async fn an_accuracy_alarm_rolls_the_alias_back_once_and_the_function_serves_the
     let (_, forecast) = emulator.invoke(&event("apigw-v2-forecast.json")).await;
     assert_eq!(http_body(&forecast)["model"]["version"], "1.0.0");
     assert!(
-        function.log().contains("ModelRollbacks"),
+        function
+            .log_once_it_holds("ModelRollbacks")
+            .contains("ModelRollbacks"),
         "EMF rollback metric missing"
     );
 
@@ -703,10 +698,7 @@ async fn the_accuracy_loop_runs_through_lambda_forecast_observe_then_evaluate() 
         "an S3 write on the response path"
     );
     // ... and the log subscription and Firehose deliver it
-    let delivered =
-        common::emulators::deliver_forecast_log(&function.log(), 0, &s3, BUCKET, "monitoring")
-            .await;
-    assert_eq!(delivered, 1, "{}", function.log());
+    common::emulators::deliver_forecast_log(&function, 0, 1, &s3, BUCKET, "monitoring").await;
     let values = forecast["forecasts"][0]["values"]
         .as_array()
         .unwrap()
@@ -752,7 +744,7 @@ async fn the_accuracy_loop_runs_through_lambda_forecast_observe_then_evaluate() 
     assert!(svg.starts_with("<svg") && svg.contains("etth1-ot"));
 
     // Every EMF line the function wrote is a valid document within the limits.
-    let log = function.log();
+    let log = function.log_once_it_holds("\"MAE\"");
     let emf: Vec<Value> = log
         .lines()
         .filter(|l| l.contains("\"_aws\""))
@@ -817,7 +809,7 @@ async fn a_scheduled_batch_of_n_series_publishes_forecasts_latency_and_drift_in_
     assert_eq!(response["series"], 40, "{response}");
     // THEN its EMF output counts all 40 forecasts, times the forward passes, and scores the
     // drift of every one of the 40 windows, as an API request would
-    let emf = common::emf_values(&function.log());
+    let emf = common::emf_values(&function.log_once_it_holds("\"InputDrift\""));
     // Each EMF document carries the metric once, under two dimension sets, so one sum is the total.
     let forecasts: f64 = emf.get("Forecasts").map(|v| v.iter().sum()).unwrap_or(0.0);
     assert_eq!(forecasts, 40.0, "EMF: {emf:?}");

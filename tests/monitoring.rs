@@ -508,6 +508,12 @@ async fn serve_exposes_its_resident_set_and_live_heap_on_metrics() {
     // (so jemalloc sees libtorch's allocations), and the resident set holds the heap
     assert!(heap > 10e6, "live heap {heap} bytes");
     assert!(rss > heap, "RSS {rss} bytes below the live heap {heap}");
+    // AND the standard process CPU counter is there: loading libtorch alone takes CPU time
+    let text = common::get_text(&client, &server.url("/metrics")).await;
+    let cpu = common::metric_value(&text, "process_cpu_seconds_total").expect("process CPU");
+    assert!(cpu > 0.0, "{cpu}");
+    let share = common::metric_sum(&text, "lstm_forecast_cpu_utilization_percent").unwrap();
+    assert!((0.0..=100.0).contains(&share), "{share}");
 }
 
 #[tokio::test]

@@ -210,6 +210,7 @@ impl LambdaApp {
                 follower.check_if_due().await;
             }
             let result = self.dispatch(payload, context).await;
+            self.service.record_cpu_share();
             // Lambda may freeze the sandbox right after the answer: ship metrics and logs now.
             crate::service::build::flush(&self.service).await;
             result

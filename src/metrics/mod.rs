@@ -15,6 +15,7 @@
 pub mod aggregate;
 pub mod cloudwatch;
 pub mod emf;
+pub mod process;
 pub mod prometheus;
 pub mod telemetry;
 

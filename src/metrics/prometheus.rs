@@ -129,7 +129,9 @@ impl ServerMetrics {
         )
         .expect("valid metric");
         for collector in [
-            Box::new(request_duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(super::process::ProcessCpuCollector::new())
+                as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
             Box::new(inference_duration.clone()),
             Box::new(queue_duration.clone()),
             Box::new(forecasts.clone()),
@@ -232,6 +234,7 @@ pub fn prometheus_name(metric: Metric) -> Option<&'static str> {
         Metric::BacktestMae => "lstm_forecast_backtest_mae",
         Metric::MetricsDropped => "lstm_forecast_metrics_dropped_total",
         Metric::ForecastLogFailures => "lstm_forecast_forecast_log_failures_total",
+        Metric::CpuUtilization => "lstm_forecast_cpu_utilization_percent",
     })
 }
 

@@ -51,6 +51,8 @@ pub enum Metric {
     BacktestMae,
     /// Metric samples dropped because a sink's buffer was full (CloudWatch unreachable for long).
     MetricsDropped,
+    /// Share of the CPUs the process may use that it used over the last period, percent.
+    CpuUtilization,
     /// Forecast-log records a flush could not write to the store (retried on the next flush while
     /// the buffer has room): the accuracy loop is going blind.
     ForecastLogFailures,
@@ -74,7 +76,7 @@ pub enum Kind {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 23] = [
+    pub const ALL: [Metric; 24] = [
         Metric::ForecastLatency,
         Metric::InferenceLatency,
         Metric::Forecasts,
@@ -98,6 +100,7 @@ impl Metric {
         Metric::BacktestMae,
         Metric::MetricsDropped,
         Metric::ForecastLogFailures,
+        Metric::CpuUtilization,
     ];
 
     /// Process-local detail: exposed on `GET /metrics`, never pushed to CloudWatch (every
@@ -138,6 +141,7 @@ impl Metric {
             Metric::BacktestMae => "BacktestMAE",
             Metric::MetricsDropped => "MetricsDropped",
             Metric::ForecastLogFailures => "ForecastLogFailures",
+            Metric::CpuUtilization => "CPUUtilization",
             Metric::QueueLatency => "QueueLatency",
             Metric::BatchWindows => "BatchWindows",
             Metric::QueueDepth => "QueueDepth",
@@ -153,6 +157,7 @@ impl Metric {
             | Metric::ModelLoadDuration
             | Metric::QueueLatency => "Milliseconds",
             Metric::MemoryRss | Metric::HeapAllocated => "Bytes",
+            Metric::CpuUtilization => "Percent",
             Metric::BatchWindows | Metric::QueueDepth => "None",
             Metric::Forecasts
             | Metric::Requests
@@ -175,7 +180,7 @@ impl Metric {
     }
 
     pub fn kind(self) -> Kind {
-        if self == Metric::QueueDepth {
+        if matches!(self, Metric::QueueDepth | Metric::CpuUtilization) {
             return Kind::Gauge;
         }
         match self.unit() {

@@ -248,6 +248,7 @@ pub async fn flush_periodically(
             _ = ticker.tick() => false,
         };
         service.telemetry().record_process_memory();
+        service.record_cpu_share();
         flush(&service).await;
         if stop {
             return;

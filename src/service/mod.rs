@@ -95,6 +95,8 @@ pub struct Service {
 
 struct Inner {
     handle: InferenceHandle,
+    /// The process's CPU share since the last sample.
+    cpu: crate::metrics::process::CpuShare,
     /// The drift checks of the model in service, rebuilt when it changes.
     drift: std::sync::RwLock<Arc<InputDriftMonitor>>,
     prometheus: ServerMetrics,
@@ -121,6 +123,7 @@ impl Service {
         let service = Service {
             inner: Arc::new(Inner {
                 drift: std::sync::RwLock::new(Arc::new(drift)),
+                cpu: crate::metrics::process::CpuShare::new(crate::model::engine::available_cpus()),
                 handle,
                 prometheus,
                 limits,
@@ -179,6 +182,14 @@ impl Service {
             );
         }
         *self.inner.drift.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(drift);
+    }
+
+    /// Records `CPUUtilization`: the process's share of the CPUs it may use since the last call
+    /// (a flush period in `serve`, an invocation and the wait before it in Lambda).
+    pub fn record_cpu_share(&self) {
+        if let Some(percent) = self.inner.cpu.sample() {
+            self.telemetry().record(Metric::CpuUtilization, percent);
+        }
     }
 
     fn drift(&self) -> Arc<InputDriftMonitor> {

@@ -279,6 +279,19 @@ impl Function {
         self.log.lock().unwrap().clone()
     }
 
+    /// Its log once it holds `needle`: an invocation's answer can arrive before the reader
+    /// threads have copied its last lines out of the pipes.
+    pub fn log_once_it_holds(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(needle) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits for the process to exit (init failures), returning its success and its log.
     pub fn wait_exit(mut self, timeout: Duration) -> (bool, String) {
         let deadline = Instant::now() + timeout;
@@ -329,33 +342,47 @@ pub fn cli(moto: &Moto, args: &[&str]) -> (bool, String) {
 }
 
 /// What the template's log subscription and Firehose stream do with the function's forecast log:
-/// every log line that carries a forecast record (`{"forecast_record": ...}`), from `since` on,
-/// delivered as one JSON Lines object under `PREFIX/forecasts/`, as Firehose's message extraction
-/// writes them. (Neither CloudWatch Logs subscriptions nor Firehose run offline; the lines are the
-/// function's real output, and the object is what `evaluate` reads in AWS.) Returns the count.
+/// the `expected` log lines that carry a forecast record (`{"forecast_record": ...}`) written
+/// after byte `since` of its log, delivered as one JSON Lines object under `PREFIX/forecasts/`, as
+/// Firehose's message extraction writes them. (Neither CloudWatch Logs subscriptions nor Firehose
+/// run offline; the lines are the function's real output, and the object is what `evaluate` reads
+/// in AWS.) Waits for the lines: the log is read from the function's pipes as it comes.
 pub async fn deliver_forecast_log(
-    log: &str,
+    function: &Function,
     since: usize,
+    expected: usize,
     s3: &aws_sdk_s3::Client,
     bucket: &str,
     prefix: &str,
-) -> usize {
-    let lines: Vec<&str> = log[since..]
-        .lines()
-        .filter(|l| l.starts_with("{\"forecast_record\""))
-        .collect();
-    if !lines.is_empty() {
-        static DELIVERY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = DELIVERY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        s3.put_object()
-            .bucket(bucket)
-            .key(format!("{prefix}/forecasts/firehose/delivery-{n}"))
-            .body(aws_sdk_s3::primitives::ByteStream::from(
-                (lines.join("\n") + "\n").into_bytes(),
-            ))
-            .send()
-            .await
-            .unwrap();
+) {
+    let records = |log: &str| -> Vec<String> {
+        log[since..]
+            .lines()
+            .filter(|l| l.starts_with("{\"forecast_record\""))
+            .map(str::to_owned)
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut lines = records(&function.log());
+    while lines.len() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lines = records(&function.log());
     }
-    lines.len()
+    assert_eq!(
+        lines.len(),
+        expected,
+        "logged forecasts:\n{}",
+        function.log()
+    );
+    static DELIVERY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = DELIVERY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    s3.put_object()
+        .bucket(bucket)
+        .key(format!("{prefix}/forecasts/firehose/delivery-{n}"))
+        .body(aws_sdk_s3::primitives::ByteStream::from(
+            (lines.join("\n") + "\n").into_bytes(),
+        ))
+        .send()
+        .await
+        .unwrap();
 }
