@@ -225,6 +225,51 @@ fn every_topic_an_alarm_notifies_is_encrypted_with_a_key_cloudwatch_may_use() {
 }
 
 #[test]
+fn every_failure_that_would_page_nobody_has_an_alarm() {
+    let found = cfn_helper(&["metrics", TEMPLATES[0], TEMPLATES[1]]);
+    let alarms: Vec<(String, String, String)> = found["alarms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["template"].as_str().unwrap().to_string(),
+                a["namespace"].as_str().unwrap().to_string(),
+                a["metric"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let count = |template: &str, namespace: &str, metric: &str| {
+        alarms
+            .iter()
+            .filter(|(t, n, m)| t == template && n == namespace && m == metric)
+            .count()
+    };
+    let (main, ecs) = (TEMPLATES[0], TEMPLATES[1]);
+    // Every dead-letter queue: failed invocations, undelivered alerts, both schedules' DLQs.
+    assert_eq!(
+        count(main, "AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+        4,
+        "{alarms:?}"
+    );
+    for (template, namespace, metric) in [
+        (main, "AWS/ApiGateway", "5xx"),
+        (main, "LstmForecast", "BatchSeries"),
+        (main, "LstmForecast", "ForecastLogFailures"),
+        (main, "AWS/Lambda", "Errors"),
+        (ecs, "AWS/ApplicationELB", "HealthyHostCount"),
+        (ecs, "AWS/ApplicationELB", "HTTPCode_ELB_5XX_Count"),
+        (ecs, "AWS/ApplicationELB", "HTTPCode_Target_5XX_Count"),
+    ] {
+        assert_eq!(
+            count(template, namespace, metric),
+            1,
+            "{template}: an alarm on {namespace} {metric}"
+        );
+    }
+}
+
+#[test]
 fn the_prometheus_rules_pass_promtool_and_use_metrics_the_server_exposes() {
     let (ok, out) = run(
         std::path::Path::new("promtool"),

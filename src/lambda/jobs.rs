@@ -99,6 +99,9 @@ pub async fn batch_forecast(
         .put(&out_key, lines, "application/x-ndjson", Precondition::None)
         .await
         .map_err(|e| s3_error("writing", output, e))?;
+    service
+        .telemetry()
+        .record(crate::metrics::Metric::BatchSeries, series.len() as f64);
     tracing::info!(
         series = series.len(),
         input,

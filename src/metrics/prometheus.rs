@@ -235,6 +235,7 @@ pub fn prometheus_name(metric: Metric) -> Option<&'static str> {
         Metric::MetricsDropped => "lstm_forecast_metrics_dropped_total",
         Metric::ForecastLogFailures => "lstm_forecast_forecast_log_failures_total",
         Metric::CpuUtilization => "lstm_forecast_cpu_utilization_percent",
+        Metric::BatchSeries => "lstm_forecast_batch_series_total",
     })
 }
 

@@ -53,6 +53,8 @@ pub enum Metric {
     MetricsDropped,
     /// Share of the CPUs the process may use that it used over the last period, percent.
     CpuUtilization,
+    /// Series a batch job forecast and wrote (its absence for a day means the output is stale).
+    BatchSeries,
     /// Forecast-log records a flush could not write to the store (retried on the next flush while
     /// the buffer has room): the accuracy loop is going blind.
     ForecastLogFailures,
@@ -76,7 +78,7 @@ pub enum Kind {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 24] = [
+    pub const ALL: [Metric; 25] = [
         Metric::ForecastLatency,
         Metric::InferenceLatency,
         Metric::Forecasts,
@@ -101,6 +103,7 @@ impl Metric {
         Metric::MetricsDropped,
         Metric::ForecastLogFailures,
         Metric::CpuUtilization,
+        Metric::BatchSeries,
     ];
 
     /// Process-local detail: exposed on `GET /metrics`, never pushed to CloudWatch (every
@@ -142,6 +145,7 @@ impl Metric {
             Metric::MetricsDropped => "MetricsDropped",
             Metric::ForecastLogFailures => "ForecastLogFailures",
             Metric::CpuUtilization => "CPUUtilization",
+            Metric::BatchSeries => "BatchSeries",
             Metric::QueueLatency => "QueueLatency",
             Metric::BatchWindows => "BatchWindows",
             Metric::QueueDepth => "QueueDepth",
@@ -167,7 +171,8 @@ impl Metric {
             | Metric::ModelReloadFailures
             | Metric::ModelRollbacks
             | Metric::MetricsDropped
-            | Metric::ForecastLogFailures => "Count",
+            | Metric::ForecastLogFailures
+            | Metric::BatchSeries => "Count",
             Metric::InputDrift
             | Metric::OutOfRangeFraction
             | Metric::Mae

@@ -97,12 +97,16 @@ def deploy(path, endpoint):
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     translated = transform(template, {}, NoManagedPolicies())
     resources = translated["Resources"]
+    translated_types = sorted({r["Type"] for r in resources.values()})
     # Types moto's CloudFormation does not know fail the whole stack; they leave, with whatever
     # refers to them (cfn-lint checks them instead).
+    # Alarms it skips silently, but an attribute of one (an alarm widget's ARN) fails the stack too.
     removed = {n for n, r in resources.items() if r["Type"].startswith(UNKNOWN_TO_MOTO)}
+    removed |= {n for n, r in resources.items() if r["Type"].startswith(SKIPPED_BY_MOTO)
+                and any(f'{n}.Arn' in json.dumps(o) or f'"{n}", "Arn"' in json.dumps(o) for o in resources.values())}
     while True:
         dependents = {n for n, r in resources.items() if n not in removed
-                      and any(f'"{d}"' in json.dumps(r) for d in removed)}
+                      and any(f'"{d}"' in json.dumps(r) or "${" + d in json.dumps(r) for d in removed)}
         if not dependents:
             break
         removed |= dependents
@@ -144,7 +148,7 @@ def deploy(path, endpoint):
 
     print(json.dumps({
         "status": stack["StackStatus"],
-        "translated_types": sorted({r["Type"] for r in resources.values()}),
+        "translated_types": translated_types,
         "created": sorted(physical),
         "bucket_versioning": probe(lambda: s3.get_bucket_versioning(Bucket=bucket).get("Status")),
         "bucket_encryption": probe(lambda: s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"]),
