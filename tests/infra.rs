@@ -225,6 +225,42 @@ fn every_topic_an_alarm_notifies_is_encrypted_with_a_key_cloudwatch_may_use() {
 }
 
 #[test]
+fn every_prefix_has_a_lifecycle_and_access_logs_name_the_caller() {
+    let template = std::fs::read_to_string(repo_path(TEMPLATES[0])).unwrap();
+    // Every prefix the code writes: the registry, the accuracy store (forecasts, Firehose's
+    // errors, actuals, reports, state) and batch input and output.
+    for prefix in [
+        "models/",
+        "monitoring/forecasts/",
+        "monitoring/forecast-log-errors/",
+        "monitoring/actuals/",
+        "monitoring/reports/",
+        "monitoring/state/",
+        "batch/input/",
+        "batch/output/",
+    ] {
+        assert!(
+            template.contains(&format!("Prefix: {prefix}\n")),
+            "no lifecycle rule for {prefix}"
+        );
+    }
+    assert!(template.contains("AbortIncompleteMultipartUpload:"));
+    assert!(template.contains("ExpiredObjectDeleteMarker: true"));
+    assert_eq!(
+        template.matches("NoncurrentVersionExpiration:").count(),
+        8,
+        "a versioned bucket keeps every overwritten object until a rule expires it"
+    );
+    for field in [
+        "$context.identity.sourceIp",
+        "$context.identity.userArn",
+        "$context.authorizer.claims.sub",
+    ] {
+        assert!(template.contains(field), "the access log lacks {field}");
+    }
+}
+
+#[test]
 fn every_failure_that_would_page_nobody_has_an_alarm() {
     let found = cfn_helper(&["metrics", TEMPLATES[0], TEMPLATES[1]]);
     let alarms: Vec<(String, String, String)> = found["alarms"]
