@@ -31,9 +31,13 @@ use crate::service::{Service, ServiceError};
 /// All routes, with body limit, request ids, logging and metrics.
 pub fn router(service: Service) -> Router {
     let max_body_bytes = service.limits().max_body_bytes;
+    let max_observation_bytes = service.limits().max_observation_bytes;
     Router::new()
         .route("/v1/forecast", post(forecast))
-        .route("/v1/observations", post(observations))
+        .route(
+            "/v1/observations",
+            post(observations).layer(DefaultBodyLimit::max(max_observation_bytes)),
+        )
         .route("/v1/model", get(model_metadata))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -142,8 +146,8 @@ async fn observations(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     check_plain_json(&headers)?;
-    let body =
-        body.map_err(|rejection| ApiError::body(rejection, service.limits().max_body_bytes))?;
+    let body = body
+        .map_err(|rejection| ApiError::body(rejection, service.limits().max_observation_bytes))?;
     let (stored, key) = service.store_observations(&body).await?;
     Ok((
         StatusCode::ACCEPTED,

@@ -149,6 +149,47 @@ async fn metrics_count_forecasts_errors_and_latency_in_prometheus_text() {
 }
 
 #[tokio::test]
+async fn observations_get_less_room_than_forecasts() {
+    let server = TestServer::bundled().await;
+    let client = reqwest::Client::new();
+    // GIVEN ~300 KiB bodies: 200 series to forecast, and 12,000 actuals
+    let forecast = forecast_body(&(0..200).map(|i| window(i as f64)).collect::<Vec<_>>());
+    let stamps: Vec<String> = (0..12_000)
+        .map(|h| format!("2018-01-{:02}T{:02}:00:00Z", 1 + h / 24 % 28, h % 24))
+        .collect();
+    let observations = json!({"series": [{"id": "a", "timestamps": stamps,
+        "values": vec![1.5; 12_000]}]});
+    assert!(forecast.to_string().len() > 256 * 1024);
+    assert!(observations.to_string().len() > 256 * 1024);
+    // WHEN both are posted, THEN the forecast is answered ...
+    let r = client
+        .post(server.url("/v1/forecast"))
+        .json(&forecast)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // ... and the actuals are refused for their size, before anything reads them
+    let r = client
+        .post(server.url("/v1/observations"))
+        .json(&observations)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "body_too_large", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("262144"),
+        "{body}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_client_request_id_is_echoed_back() {
     let server = TestServer::bundled().await;
     let response = reqwest::Client::new()

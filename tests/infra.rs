@@ -225,6 +225,30 @@ fn every_topic_an_alarm_notifies_is_encrypted_with_a_key_cloudwatch_may_use() {
 }
 
 #[test]
+fn posting_actuals_is_a_permission_of_its_own_with_its_own_throttle() {
+    let template = std::fs::read_to_string(repo_path(TEMPLATES[0])).unwrap();
+    let route = &template[template.find("  ObservationsRoute:").unwrap()..];
+    let route = &route[..route.find("\n\n").unwrap()];
+    assert!(
+        route.contains("AuthorizationScopes: !If [UseJwt, [!Ref ObservationsScope]"),
+        "{route}"
+    );
+    assert!(template.contains(
+        "        POST /v1/observations:\n          ThrottlingRateLimit: !Ref ObservationsRateLimit"
+    ));
+    // The two IAM policies each grant one side only.
+    let policy = |name: &str| {
+        let start = template.find(&format!("  {name}:")).unwrap();
+        let rest = &template[start..];
+        rest[..rest.find("\n\n").unwrap_or(rest.len())].to_string()
+    };
+    let writer = policy("ObservationsWriterPolicy");
+    let caller = policy("ForecastCallerPolicy");
+    assert!(writer.contains("/POST/v1/observations") && !writer.contains("/v1/forecast"));
+    assert!(caller.contains("/POST/v1/forecast") && !caller.contains("observations"));
+}
+
+#[test]
 fn every_prefix_has_a_lifecycle_and_access_logs_name_the_caller() {
     let template = std::fs::read_to_string(repo_path(TEMPLATES[0])).unwrap();
     // Every prefix the code writes: the registry, the accuracy store (forecasts, Firehose's

@@ -188,6 +188,10 @@ pub struct ServeArgs {
     #[arg(long, env = "MAX_SERIES", default_value_t = Limits::default().max_series)]
     pub max_series: usize,
 
+    /// Largest accepted POST /v1/observations body, in bytes.
+    #[arg(long, env = "MAX_OBSERVATION_BYTES", default_value_t = Limits::default().max_observation_bytes)]
+    pub max_observation_bytes: usize,
+
     /// Requests that may wait for the engine; beyond this the server answers 429 with Retry-After.
     #[arg(long, env = "MAX_QUEUE", default_value_t = 64)]
     pub max_queue: usize,

@@ -45,6 +45,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         limits: Limits {
             max_body_bytes: args.max_body_bytes,
             max_series: args.max_series,
+            max_observation_bytes: args.max_observation_bytes,
         },
         max_queue: args.max_queue,
         batching: Batching {

@@ -35,6 +35,9 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most series per forecast request (they run as one batch).
     pub max_series: usize,
+    /// Largest accepted observations body: actuals feed the accuracy alarm and are kept for
+    /// months, so their writers get less room than forecast callers.
+    pub max_observation_bytes: usize,
 }
 
 impl Default for Limits {
@@ -42,6 +45,7 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 2 * 1024 * 1024,
             max_series: 256,
+            max_observation_bytes: 256 * 1024,
         }
     }
 }
