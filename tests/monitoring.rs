@@ -610,9 +610,8 @@ async fn unreadable_lines_are_quarantined_and_reported_and_the_first_actual_wins
     assert!(places.contains(&("monitoring/actuals/date=2018-01-01/b-later.csv", 3)));
 }
 
-#[tokio::test]
-async fn forecast_log_writes_that_fail_are_counted_as_forecast_log_failures() {
-    // GIVEN a service whose forecast log points at an S3 that does not answer
+/// A forecast log whose store, at `uri`, is on an endpoint where nothing listens.
+fn forecast_log_on_a_dead_s3(uri: &str) -> Arc<ForecastLog> {
     let dead = format!("http://127.0.0.1:{}", common::emulators::free_port());
     let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::Config::builder()
@@ -625,9 +624,13 @@ async fn forecast_log_writes_that_fail_are_counted_as_forecast_log_failures() {
             .force_path_style(true)
             .build(),
     );
-    let log = Arc::new(ForecastLog::new(
-        AccuracyStore::new(s3, "s3://nowhere/monitoring").unwrap(),
-    ));
+    Arc::new(ForecastLog::new(AccuracyStore::new(s3, uri).unwrap()))
+}
+
+#[tokio::test]
+async fn forecast_log_writes_that_fail_are_counted_as_forecast_log_failures() {
+    // GIVEN a service whose forecast log points at an S3 that does not answer
+    let log = forecast_log_on_a_dead_s3("s3://nowhere/monitoring");
     let sink = Arc::new(common::Collected::default());
     let (server, _) = server_with(vec![sink.clone()], Some(log), 0.0).await;
     // WHEN two logged forecasts are flushed
@@ -646,21 +649,7 @@ async fn forecast_log_writes_that_fail_are_counted_as_forecast_log_failures() {
 #[tokio::test]
 async fn a_5xx_answer_names_no_bucket_or_key_only_the_request_id() {
     // GIVEN observations whose store (bucket `secret-bucket`) does not answer
-    let dead = format!("http://127.0.0.1:{}", common::emulators::free_port());
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::Config::builder()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .endpoint_url(&dead)
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                "testing", "testing", None, None, "test",
-            ))
-            .force_path_style(true)
-            .build(),
-    );
-    let log = Arc::new(ForecastLog::new(
-        AccuracyStore::new(s3, "s3://secret-bucket/monitoring").unwrap(),
-    ));
+    let log = forecast_log_on_a_dead_s3("s3://secret-bucket/monitoring");
     let (server, _) = server_with(Vec::new(), Some(log), 0.0).await;
     // WHEN actuals are posted
     let response = reqwest::Client::new()
