@@ -30,13 +30,29 @@ use crate::service::{Service, ServiceError};
 
 /// All routes, with body limit, request ids, logging and metrics.
 pub fn router(service: Service) -> Router {
+    router_with_auth(service, ApiAuth::default())
+}
+
+/// Authentication the server does itself, where nothing in front of it does (ECS behind a load
+/// balancer, a laptop). API Gateway authenticates the Lambda function's callers.
+#[derive(Debug, Clone, Default)]
+pub struct ApiAuth {
+    /// When set, `POST /v1/observations` needs `Authorization: Bearer <token>`: actuals drive the
+    /// accuracy alarm and the rollback, so not every forecast caller may post them.
+    pub observations_token: Option<String>,
+}
+
+/// [`router`], with `auth` enforced.
+pub fn router_with_auth(service: Service, auth: ApiAuth) -> Router {
     let max_body_bytes = service.limits().max_body_bytes;
     let max_observation_bytes = service.limits().max_observation_bytes;
     Router::new()
         .route("/v1/forecast", post(forecast))
         .route(
             "/v1/observations",
-            post(observations).layer(DefaultBodyLimit::max(max_observation_bytes)),
+            post(observations)
+                .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(max_observation_bytes))
+                .layer::<_, std::convert::Infallible>(axum::Extension(std::sync::Arc::new(auth))),
         )
         .route("/v1/model", get(model_metadata))
         .route("/healthz", get(healthz))
@@ -55,13 +71,23 @@ pub async fn serve(
     service: Service,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_auth(listener, service, ApiAuth::default(), shutdown).await
+}
+
+/// [`serve`], with `auth` enforced.
+pub async fn serve_with_auth(
+    listener: TcpListener,
+    service: Service,
+    auth: ApiAuth,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     // Without TCP_NODELAY a response written in two segments waits for the client's delayed ACK
     // (~40 ms on Linux): Nagle's algorithm would dominate every small forecast.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router(service))
+    axum::serve(listener, router_with_auth(service, auth))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -142,9 +168,24 @@ async fn forecast(
 /// Stores actuals for the accuracy loop (the same store as the forecast log).
 async fn observations(
     State(service): State<Service>,
+    axum::Extension(auth): axum::Extension<std::sync::Arc<ApiAuth>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    if let Some(token) = &auth.observations_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "posting observations needs `Authorization: Bearer <token>` (the server's OBSERVATIONS_TOKEN)",
+            ));
+        }
+    }
     check_plain_json(&headers)?;
     let body = body
         .map_err(|rejection| ApiError::body(rejection, service.limits().max_observation_bytes))?;
@@ -330,6 +371,11 @@ async fn observe(State(service): State<Service>, mut request: Request, next: Nex
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// Equal without an early exit, so the time taken tells nothing about how much of a token matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Unique enough for correlating logs: wall-clock nanoseconds, pid and a counter.

@@ -267,3 +267,50 @@ async fn shutdown_waits_for_in_flight_requests() {
     server.stop().await;
     assert_eq!(in_flight.await.unwrap(), 200);
 }
+
+#[tokio::test]
+async fn with_an_observations_token_only_its_holders_may_post_actuals() {
+    // GIVEN the real server with a token for observations
+    let server =
+        common::ServeProcess::start(&[], &[("OBSERVATIONS_TOKEN", "s3cret-writer".to_string())])
+            .await;
+    let client = reqwest::Client::new();
+    let body =
+        json!({"series": [{"id": "a", "timestamps": ["2018-01-01T01:00:00Z"], "values": [1.0]}]});
+    // WHEN actuals come without the token, or with another one, THEN they are refused ...
+    for authorization in [None, Some("Bearer guess"), Some("s3cret-writer")] {
+        let mut request = client.post(server.url("/v1/observations")).json(&body);
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{authorization:?}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], "unauthorized", "{answer}");
+    }
+    // ... and with it they reach the service (which has no store here: 501, not 401)
+    let response = client
+        .post(server.url("/v1/observations"))
+        .header("authorization", "Bearer s3cret-writer")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 501);
+    // AND forecasts need no token
+    let response = client
+        .post(server.url("/v1/forecast"))
+        .json(&forecast_body(&[window(0.0)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // AND the token never shows in --help
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
+        .args(["serve", "--help"])
+        .env("OBSERVATIONS_TOKEN", "s3cret-writer")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("OBSERVATIONS_TOKEN") && !help.contains("s3cret-writer"));
+}

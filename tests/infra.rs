@@ -249,6 +249,28 @@ fn posting_actuals_is_a_permission_of_its_own_with_its_own_throttle() {
 }
 
 #[test]
+fn the_ecs_stack_serves_https_only_keeps_metrics_inside_and_guards_actuals() {
+    let ecs = std::fs::read_to_string(repo_path(TEMPLATES[1])).unwrap();
+    // HTTPS with the given certificate; plain HTTP only redirects.
+    assert!(ecs.contains("Protocol: HTTPS") && ecs.contains("CertificateArn: !Ref CertificateArn"));
+    let redirect = &ecs[ecs.find("  HttpRedirectListener:").unwrap()..];
+    let redirect = &redirect[..redirect.find("\n\n").unwrap()];
+    assert!(
+        redirect.contains("Type: redirect") && !redirect.contains("forward"),
+        "{redirect}"
+    );
+    // /metrics never leaves the VPC through the load balancer.
+    let metrics = &ecs[ecs.find("  MetricsNotRouted:").unwrap()..];
+    let metrics = &metrics[..metrics.find("\n\n").unwrap()];
+    assert!(metrics.contains("\"/metrics\"") && metrics.contains("Type: fixed-response"));
+    // Posting actuals needs the token the task gets from Secrets Manager (the variable serve reads).
+    assert!(ecs.contains(
+        "- Name: OBSERVATIONS_TOKEN\n              ValueFrom: !Ref ObservationsTokenSecretArn"
+    ));
+    assert!(ecs.contains("Action: secretsmanager:GetSecretValue"));
+}
+
+#[test]
 fn every_prefix_has_a_lifecycle_and_access_logs_name_the_caller() {
     let template = std::fs::read_to_string(repo_path(TEMPLATES[0])).unwrap();
     // Every prefix the code writes: the registry, the accuracy store (forecasts, Firehose's

@@ -188,6 +188,12 @@ pub struct ServeArgs {
     #[arg(long, env = "MAX_SERIES", default_value_t = Limits::default().max_series)]
     pub max_series: usize,
 
+    /// When set, POST /v1/observations needs `Authorization: Bearer <this token>`: actuals drive
+    /// the accuracy alarm and the rollback. Set it where nothing in front of the server
+    /// authenticates (ECS behind a load balancer); pass it from a secret, never on the command line.
+    #[arg(long, env = "OBSERVATIONS_TOKEN", hide_env_values = true)]
+    pub observations_token: Option<String>,
+
     /// Largest accepted POST /v1/observations body, in bytes.
     #[arg(long, env = "MAX_OBSERVATION_BYTES", default_value_t = Limits::default().max_observation_bytes)]
     pub max_observation_bytes: usize,

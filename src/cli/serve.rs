@@ -122,10 +122,16 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         drop(model);
         lstm_forecast::model::footprint::release_libtorch_startup_pages_in_background();
-        let served =
-            lstm_forecast::http::serve(listener, service, lstm_forecast::http::shutdown_signal())
-                .await
-                .context("serving HTTP");
+        let served = lstm_forecast::http::serve_with_auth(
+            listener,
+            service,
+            lstm_forecast::http::ApiAuth {
+                observations_token: args.observations_token.clone().filter(|t| !t.is_empty()),
+            },
+            lstm_forecast::http::shutdown_signal(),
+        )
+        .await
+        .context("serving HTTP");
         let _ = stop_background.send(true);
         let _ = background.await;
         if let Some(follower) = follower {
