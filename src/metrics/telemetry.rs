@@ -393,50 +393,37 @@ impl Telemetry {
         model_version: &str,
         horizon_bucket: Option<&str>,
     ) {
-        if self.sinks.is_empty() || !value.is_finite() {
-            return;
-        }
-        let sample = Sample {
-            metric,
-            value,
-            dimensions: Dimensions {
-                model: model.into(),
-                model_version: model_version.into(),
-                stage: self.stage.clone(),
-                horizon_bucket: horizon_bucket.map(Into::into),
-                feature: None,
-            },
-        };
-        for sink in self.sinks.iter() {
-            sink.record(&sample);
-        }
+        self.emit(metric, value, || Dimensions {
+            model: model.into(),
+            model_version: model_version.into(),
+            stage: self.stage.clone(),
+            horizon_bucket: horizon_bucket.map(Into::into),
+            feature: None,
+        });
     }
 
     /// Records for one input feature of a multi-feature model (`Feature` dimension).
     pub fn record_for_feature(&self, metric: Metric, value: f64, feature: &str) {
-        if self.sinks.is_empty() || !value.is_finite() {
-            return;
-        }
-        let mut dimensions = self.dimensions(None);
-        dimensions.feature = Some(feature.into());
-        let sample = Sample {
-            metric,
-            value,
-            dimensions,
-        };
-        for sink in self.sinks.iter() {
-            sink.record(&sample);
-        }
+        self.emit(metric, value, || Dimensions {
+            feature: Some(feature.into()),
+            ..self.dimensions(None)
+        });
     }
 
     pub fn record_in_bucket(&self, metric: Metric, value: f64, horizon_bucket: Option<&str>) {
+        self.emit(metric, value, || self.dimensions(horizon_bucket));
+    }
+
+    /// Hands one sample to every sink; nothing is built when there is no sink, and non-finite
+    /// values are never recorded.
+    fn emit(&self, metric: Metric, value: f64, dimensions: impl FnOnce() -> Dimensions) {
         if self.sinks.is_empty() || !value.is_finite() {
             return;
         }
         let sample = Sample {
             metric,
             value,
-            dimensions: self.dimensions(horizon_bucket),
+            dimensions: dimensions(),
         };
         for sink in self.sinks.iter() {
             sink.record(&sample);
