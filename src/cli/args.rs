@@ -9,6 +9,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use lstm_forecast::metrics::SinkKind;
 use lstm_forecast::monitor::store::LogDelivery;
+use lstm_forecast::service::build::MetricsConfig;
 use lstm_forecast::service::Limits;
 
 /// Where metrics go.
@@ -34,6 +35,23 @@ pub struct MetricsArgs {
 }
 
 /// The accuracy loop.
+impl MetricsArgs {
+    /// The library's configuration: the sinks given, else `default`; EMF on stderr for a command
+    /// whose stdout is its answer.
+    pub fn config(&self, default: &[SinkKind], emf_to_stderr: bool) -> MetricsConfig {
+        MetricsConfig {
+            sinks: if self.metrics_sinks.is_empty() {
+                default.to_vec()
+            } else {
+                self.metrics_sinks.clone()
+            },
+            namespace: self.metrics_namespace.clone(),
+            stage: self.stage.clone(),
+            emf_to_stderr,
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct AccuracyArgs {
     /// s3://BUCKET/PREFIX where forecasts are logged and actuals stored; enables POST /v1/observations.

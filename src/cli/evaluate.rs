@@ -2,7 +2,7 @@
 
 use lstm_forecast::metrics::{SinkKind, Telemetry};
 use lstm_forecast::monitor::store::AccuracyStore;
-use lstm_forecast::service::build::{build_sinks, MetricsConfig};
+use lstm_forecast::service::build::build_sinks;
 
 use super::args::EvaluateArgs;
 use super::runtime;
@@ -11,16 +11,7 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let sdk = lstm_forecast::aws::sdk_config(args.aws.aws_endpoint_url.as_deref()).await;
         let store = AccuracyStore::new(lstm_forecast::aws::s3_client(&sdk), &args.store)?;
-        let config = MetricsConfig {
-            sinks: if args.metrics.metrics_sinks.is_empty() {
-                vec![SinkKind::CloudWatch]
-            } else {
-                args.metrics.metrics_sinks.clone()
-            },
-            namespace: args.metrics.metrics_namespace.clone(),
-            stage: args.metrics.stage.clone(),
-            emf_to_stderr: false,
-        };
+        let config = args.metrics.config(&[SinkKind::CloudWatch], false);
         let (sinks, cloudwatch) = build_sinks(&config, &sdk);
         // Scores carry each forecast's own model and version, not a current one.
         let telemetry = Telemetry::new(sinks, "", "", config.stage.as_deref());

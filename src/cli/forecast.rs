@@ -9,7 +9,7 @@ use lstm_forecast::infer::InferenceHandle;
 use lstm_forecast::input::{parse_input, InputFormat};
 use lstm_forecast::metrics::{ServerMetrics, Telemetry};
 use lstm_forecast::model::engine::Workload;
-use lstm_forecast::service::build::{build_sinks, MetricsConfig};
+use lstm_forecast::service::build::build_sinks;
 use lstm_forecast::service::{Limits, Monitoring, Service};
 
 use super::args::{ForecastArgs, FormatArg};
@@ -36,12 +36,7 @@ pub fn forecast(args: ForecastArgs) -> anyhow::Result<()> {
     let model = load_model(&args.model, Workload::OneAtATime)?;
     let metadata = model.metadata().clone();
     let runtime = runtime()?;
-    let metrics = MetricsConfig {
-        sinks: args.metrics.metrics_sinks.clone(),
-        namespace: args.metrics.metrics_namespace.clone(),
-        stage: args.metrics.stage.clone(),
-        emf_to_stderr: true,
-    };
+    let metrics = args.metrics.config(&[], true);
     let sdk = runtime.block_on(sdk_config(&args.model.aws, metrics.uses_aws()));
     let (sinks, _) = build_sinks(&metrics, &sdk);
     let monitoring = Monitoring {

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use lstm_forecast::lambda::{self, LambdaConfig, RollbackPolicy};
 use lstm_forecast::metrics::SinkKind;
-use lstm_forecast::service::build::MetricsConfig;
 use lstm_forecast::service::Limits;
 use lstm_forecast::source::ModelUri;
 
@@ -38,16 +37,7 @@ pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
         threads: args.model.threads,
         limits: Limits::default(),
         alias_check_interval: Duration::from_secs(args.alias_check_seconds),
-        metrics: MetricsConfig {
-            sinks: if args.metrics.metrics_sinks.is_empty() {
-                vec![SinkKind::Emf]
-            } else {
-                args.metrics.metrics_sinks
-            },
-            namespace: args.metrics.metrics_namespace,
-            stage: args.metrics.stage,
-            emf_to_stderr: false,
-        },
+        metrics: args.metrics.config(&[SinkKind::Emf], false),
         forecast_log_uri: args.accuracy.forecast_log,
         forecast_log_delivery: LogDeliveryArg::or(
             args.accuracy.forecast_log_delivery,

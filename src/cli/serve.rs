@@ -11,9 +11,7 @@ use lstm_forecast::model::engine::{
     oversubscription_warning, Workload,
 };
 use lstm_forecast::registry::Registry;
-use lstm_forecast::service::build::{
-    compose, fetch_and_load, flush_periodically, MetricsConfig, ServiceConfig,
-};
+use lstm_forecast::service::build::{compose, fetch_and_load, flush_periodically, ServiceConfig};
 use lstm_forecast::service::follow::AliasFollower;
 use lstm_forecast::service::Limits;
 use lstm_forecast::source::s3::S3ModelSource;
@@ -53,16 +51,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_delay: Duration::from_millis(args.max_batch_delay_ms),
         },
         engine_workers,
-        metrics: MetricsConfig {
-            sinks: if args.metrics.metrics_sinks.is_empty() {
-                vec![SinkKind::Prometheus]
-            } else {
-                args.metrics.metrics_sinks.clone()
-            },
-            namespace: args.metrics.metrics_namespace.clone(),
-            stage: args.metrics.stage.clone(),
-            emf_to_stderr: false,
-        },
+        metrics: args.metrics.config(&[SinkKind::Prometheus], false),
         forecast_log_uri: args.accuracy.forecast_log.clone(),
         forecast_log_delivery: LogDeliveryArg::or(
             args.accuracy.forecast_log_delivery,
