@@ -132,6 +132,13 @@ pub struct Object {
     pub etag: Option<String>,
 }
 
+/// A listed object: its key and when it was last written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub last_modified: chrono::DateTime<chrono::Utc>,
+}
+
 /// One bucket's objects.
 #[derive(Clone)]
 pub struct S3Objects {
@@ -234,6 +241,45 @@ impl S3Objects {
     }
 
     /// Every key under `prefix`, in key order.
+    /// The objects under `prefix` whose keys sort after `start_after` and before `stop_at` (either
+    /// bound optional), with their last-modified times, in key order. ListObjectsV2 returns keys in
+    /// order, so a range costs what it holds, not what the whole prefix holds.
+    pub async fn list_range(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        stop_at: Option<&str>,
+    ) -> Result<Vec<Listed>, ObjectError> {
+        let mut listed = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_start_after(start_after.map(str::to_owned))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.map_err(|e| ObjectError::classify("ListObjectsV2", e, &self.bucket, prefix))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                if stop_at.is_some_and(|stop| key >= stop) {
+                    return Ok(listed);
+                }
+                let last_modified = object
+                    .last_modified()
+                    .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
+                    .unwrap_or_default();
+                listed.push(Listed {
+                    key: key.to_owned(),
+                    last_modified,
+                });
+            }
+        }
+        Ok(listed)
+    }
+
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, ObjectError> {
         let mut keys = Vec::new();
         let mut pages = self

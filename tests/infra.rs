@@ -177,12 +177,31 @@ fn the_forecast_log_lines_the_function_writes_are_what_the_template_delivers_to_
         "the subscription filter must select {key} lines"
     );
     assert!(template.contains("LogGroupName: !Ref FunctionLogGroup"));
-    // ... and Firehose writes them, unpacked, where evaluate reads forecasts (PREFIX/forecasts/).
+    // ... and Firehose writes them, unpacked, where evaluate reads forecasts: under
+    // PREFIX/forecasts/origin=HOUR/, HOUR taken from each line by the template's jq query.
     assert!(template.contains("FORECAST_LOG_URI: !Sub \"s3://${ArtifactsBucket}/monitoring\""));
-    assert!(template.contains("Prefix: \"monitoring/forecasts/"));
+    assert!(template.contains(
+        "Prefix: \"monitoring/forecasts/origin=!{partitionKeyFromQuery:origin_hour}/\""
+    ));
+    assert!(template.contains(&format!(
+        "ParameterValue: \"{{origin_hour: .{key}.origin[0:13]}}\""
+    )));
+    // What that query takes from a real log line is the store's own partition name.
+    let origin = chrono::DateTime::parse_from_rfc3339("2016-07-01T09:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let line = serde_json::json!({ key: lstm_forecast::monitor::store::ForecastRecord {
+        series_id: "s".into(), origin, last_value: 1.0, timestamps: vec![], values: vec![],
+        model: "m".into(), model_version: "1".into(), request_id: None, created_at: origin,
+    }});
+    assert_eq!(
+        &line[key]["origin"].as_str().unwrap()[0..13],
+        lstm_forecast::monitor::store::hour_partition(origin)
+    );
     for processor in [
         "Decompression",
         "CloudWatchLogProcessing",
+        "MetadataExtraction",
         "AppendDelimiterToRecord",
     ] {
         assert!(
@@ -274,12 +293,13 @@ fn the_ecs_stack_serves_https_only_keeps_metrics_inside_and_guards_actuals() {
 fn every_prefix_has_a_lifecycle_and_access_logs_name_the_caller() {
     let template = std::fs::read_to_string(repo_path(TEMPLATES[0])).unwrap();
     // Every prefix the code writes: the registry, the accuracy store (forecasts, Firehose's
-    // errors, actuals, reports, state) and batch input and output.
+    // errors, actuals, settled pairs, reports, state) and batch input and output.
     for prefix in [
         "models/",
         "monitoring/forecasts/",
         "monitoring/forecast-log-errors/",
         "monitoring/actuals/",
+        "monitoring/settled/",
         "monitoring/reports/",
         "monitoring/state/",
         "batch/input/",
@@ -294,7 +314,7 @@ fn every_prefix_has_a_lifecycle_and_access_logs_name_the_caller() {
     assert!(template.contains("ExpiredObjectDeleteMarker: true"));
     assert_eq!(
         template.matches("NoncurrentVersionExpiration:").count(),
-        8,
+        9,
         "a versioned bucket keeps every overwritten object until a rule expires it"
     );
     for field in [

@@ -340,16 +340,18 @@ async fn an_etth1_replay_evaluates_to_the_same_mae_as_an_offline_computation() {
         &store,
         &telemetry,
         chrono::Utc::now(),
-        chrono::Duration::hours(1),
+        hourly_window(),
     )
     .await
     .unwrap();
     telemetry.flush().await;
 
-    // THEN the MAE is the offline one, the missing hour is counted, and the metrics are in CloudWatch
+    // THEN the MAE is the offline one, the last forecast waits for its last hour (no actual is
+    // due there yet), and the metrics are in CloudWatch
     let evaluation = &run.evaluation;
     assert_eq!(evaluation.forecasts_scored, 12);
-    assert_eq!(evaluation.missing_actuals, 1);
+    assert_eq!(evaluation.missing_actuals, 0);
+    assert_eq!(evaluation.forecasts_pending, 1);
     assert_eq!(evaluation.pairs, offline_count);
     let version = server.service.model().metadata().version.clone();
     let scores = &evaluation.by_version[&version];
@@ -394,7 +396,7 @@ async fn an_etth1_replay_evaluates_to_the_same_mae_as_an_offline_computation() {
         &store,
         &telemetry,
         chrono::Utc::now(),
-        chrono::Duration::hours(1),
+        hourly_window(),
     )
     .await
     .unwrap();
@@ -421,6 +423,23 @@ async fn observations_without_a_store_are_a_clear_501() {
     server.stop().await;
 }
 
+/// The evaluation window of an hourly model with a 24-hour horizon, and an hour's grace.
+fn hourly_window() -> lstm_forecast::monitor::evaluate::EvaluationWindow {
+    lstm_forecast::monitor::evaluate::EvaluationWindow::for_horizon(
+        24,
+        Duration::from_secs(3600),
+        chrono::Duration::hours(1),
+    )
+}
+
+/// The key of an object that another system drops into the store's actuals this hour.
+fn dropped_actuals_key(name: &str) -> String {
+    format!(
+        "monitoring/actuals/arrival={}/{name}",
+        lstm_forecast::monitor::store::hour_partition(chrono::Utc::now())
+    )
+}
+
 /// One evaluation run now, with an hour's grace, publishing nowhere.
 async fn evaluate_now(
     store: &AccuracyStore,
@@ -432,7 +451,7 @@ async fn evaluate_now(
         store,
         &Telemetry::disabled(),
         chrono::Utc::now(),
-        chrono::Duration::hours(1),
+        hourly_window(),
     )
     .await
 }
@@ -459,18 +478,18 @@ fn hourly_record(series: &str, values: &[f64]) -> lstm_forecast::monitor::store:
 }
 
 #[tokio::test]
-async fn actuals_dropped_as_csv_files_under_the_prefix_are_joined_too() {
+async fn actuals_dropped_as_csv_files_in_the_arrival_partition_are_joined_too() {
     // GIVEN a logged forecast and its actuals delivered by another system as a CSV file
     let moto = Moto::shared();
     let s3 = moto.create_bucket("dropped").await;
     let store = AccuracyStore::new(s3.clone(), "s3://dropped/monitoring").unwrap();
     let record = hourly_record("plant-7", &[11.0, 12.0, 13.0]);
     store.append_forecasts(&[record]).await.unwrap();
-    let csv =
-        "id,timestamp,value\nplant-7,2018-01-01 01:00:00,12\nplant-7,2018-01-01T02:00:00Z,12\n";
+    // (hour 3 never comes; hour 5 does, so hour 3 is due, an hour's grace later)
+    let csv = "id,timestamp,value\nplant-7,2018-01-01 01:00:00,12\nplant-7,2018-01-01T02:00:00Z,12\nplant-7,2018-01-01T05:00:00Z,15\n";
     s3.put_object()
         .bucket("dropped")
-        .key("monitoring/actuals/from-scada/2018-01-01.csv")
+        .key(dropped_actuals_key("from-scada-2018-01-01.csv"))
         .body(aws_sdk_s3::primitives::ByteStream::from(
             csv.as_bytes().to_vec(),
         ))
@@ -566,18 +585,22 @@ async fn unreadable_lines_are_quarantined_and_reported_and_the_first_actual_wins
     let store = AccuracyStore::new(s3.clone(), "s3://quarantine/monitoring").unwrap();
     let record = hourly_record("plant-9", &[11.0]);
     let good = serde_json::to_string(&record).unwrap();
+    let (first, later) = (
+        dropped_actuals_key("a-first.jsonl"),
+        dropped_actuals_key("b-later.csv"),
+    );
     for (key, body) in [
         (
-            "monitoring/forecasts/date=2018-01-01/torn.jsonl",
+            "monitoring/forecasts/origin=2018-01-01T00/torn.jsonl",
             format!("{good}\n{{\"series_id\": \"plant-9\", \"orig\n"),
         ),
         (
-            "monitoring/actuals/date=2018-01-01/a-first.jsonl",
+            first.as_str(),
             r#"{"series_id":"plant-9","timestamp":"2018-01-01T01:00:00Z","value":12.0}"#
                 .to_string(),
         ),
         (
-            "monitoring/actuals/date=2018-01-01/b-later.csv",
+            later.as_str(),
             "id,timestamp,value\nplant-9,2018-01-01T01:00:00Z,99\nplant-9,2018-01-01T02:00:00Z,n/a\n"
                 .to_string(),
         ),
@@ -606,8 +629,8 @@ async fn unreadable_lines_are_quarantined_and_reported_and_the_first_actual_wins
         .iter()
         .map(|q| (q.key.as_str(), q.line))
         .collect();
-    assert!(places.contains(&("monitoring/forecasts/date=2018-01-01/torn.jsonl", 2)));
-    assert!(places.contains(&("monitoring/actuals/date=2018-01-01/b-later.csv", 3)));
+    assert!(places.contains(&("monitoring/forecasts/origin=2018-01-01T00/torn.jsonl", 2)));
+    assert!(places.contains(&(later.as_str(), 3)));
 }
 
 /// A forecast log whose store, at `uri`, is on an endpoint where nothing listens.

@@ -93,9 +93,16 @@ pub struct EvaluateArgs {
     #[arg(long, env = "FORECAST_LOG_URI")]
     pub store: String,
 
-    /// Minutes after a forecast's last target time that its actuals may still arrive.
+    /// Minutes of data time a series' actuals must run past a target before it counts as missing
+    /// (out-of-order actuals within it still score).
     #[arg(long, env = "EVALUATION_GRACE_MINUTES", default_value_t = 60)]
     pub grace_minutes: i64,
+
+    /// Hours from a forecast's origin to its last target, for the longest-reaching model in the
+    /// store (horizon × frequency). Each new actual reads the forecasts made up to this long before
+    /// it; a forecast reaching further is only partly scored.
+    #[arg(long, env = "EVALUATION_SPAN_HOURS", default_value_t = 168)]
+    pub span_hours: i64,
 
     #[command(flatten)]
     pub metrics: MetricsArgs,
@@ -115,7 +122,8 @@ pub struct LambdaArgs {
     #[command(flatten)]
     pub accuracy: AccuracyArgs,
 
-    /// Minutes after a forecast's last target time that its actuals may still arrive.
+    /// Minutes of data time a series' actuals must run past a target before it counts as missing
+    /// (out-of-order actuals within it still score).
     #[arg(long, env = "EVALUATION_GRACE_MINUTES", default_value_t = 60)]
     pub grace_minutes: u64,
 

@@ -1,6 +1,7 @@
 //! `lstm-forecast evaluate`: one accuracy evaluation, from a scheduler other than Lambda's.
 
 use lstm_forecast::metrics::{SinkKind, Telemetry};
+use lstm_forecast::monitor::evaluate::EvaluationWindow;
 use lstm_forecast::monitor::store::AccuracyStore;
 use lstm_forecast::service::build::build_sinks;
 
@@ -19,7 +20,11 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
             &store,
             &telemetry,
             chrono::Utc::now(),
-            chrono::Duration::minutes(args.grace_minutes),
+            EvaluationWindow {
+                span: chrono::Duration::hours(args.span_hours),
+                grace: chrono::Duration::minutes(args.grace_minutes),
+                settle: EvaluationWindow::SETTLE,
+            },
         )
         .await?;
         telemetry.flush().await;

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use super::events::InvocationError;
 use crate::forecast::ForecastResponse;
 use crate::input::{parse_input, InputFormat};
+use crate::monitor::evaluate::EvaluationWindow;
 use crate::objects::{ObjectError, Precondition, S3Objects};
 use crate::service::Service;
 
@@ -114,8 +115,8 @@ pub async fn batch_forecast(
     )
 }
 
-/// Scores the forecasts that became due against the actuals that arrived, publishes the scores
-/// and writes a report.
+/// Scores the forecasts that the newly arrived actuals complete, publishes the scores and writes a
+/// report.
 pub async fn evaluate(
     service: &Service,
     grace: std::time::Duration,
@@ -127,11 +128,16 @@ pub async fn evaluate(
         ));
     };
     let grace = chrono::Duration::from_std(grace).unwrap_or_else(|_| chrono::Duration::hours(1));
+    // The live model's reach: forecasts of older versions with a longer horizon are found up to it.
+    let model = service.model();
+    let metadata = model.metadata();
+    let window =
+        EvaluationWindow::for_horizon(metadata.output.horizon, metadata.frequency(), grace);
     let run = crate::monitor::evaluate::run_evaluation(
         log.store(),
         service.telemetry(),
         Utc::now(),
-        grace,
+        window,
     )
     .await
     .map_err(|e| InvocationError::new("EvaluationFailed", e.to_string()))?;

@@ -1,11 +1,13 @@
 //! Evaluation: join logged forecasts with actuals on (series id, target timestamp) and score them.
 //!
-//! A run scores the forecasts that became due (their last target time passed, plus a grace period
-//! for late actuals) since the previous run, so each forecast is scored once. Targets with no
-//! actual by then are counted as missing, never silently skipped; actuals that match no forecast
-//! and duplicate actuals are counted too.
+//! Each run is driven by the actuals that arrived since the last one (see `store` for the
+//! layout). A (forecast, target) pair is scored when its actual arrives, and counted missing once
+//! actuals of its series have arrived for timestamps more than the grace beyond it. Either way it
+//! is marked settled beside its forecast, so it is dealt with exactly once, whatever replays,
+//! duplicates or retried runs follow. Duplicate and conflicting actuals are counted: the first
+//! value wins.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Duration, Utc};
@@ -13,26 +15,37 @@ use serde::Serialize;
 
 use super::accuracy::{bucket_of, horizon_buckets, Accumulator, Scores};
 use super::observations::Observation;
-use super::store::{AccuracyStore, ForecastRecord, Quarantined, StoreError, VersionScore};
+use super::store::{
+    AccuracyStore, EvaluationState, ForecastRecord, Quarantined, SettledPair, StoreError,
+    VersionScore,
+};
 use crate::metrics::{Metric, Telemetry};
 
 /// What one evaluation found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Evaluation {
-    /// Forecasts due in `(after, until]` were scored.
-    pub after: Option<DateTime<Utc>>,
-    pub until: DateTime<Utc>,
+    /// Actual objects written in `(actuals_after, actuals_until]` were read as new.
+    pub actuals_after: Option<DateTime<Utc>>,
+    pub actuals_until: DateTime<Utc>,
+    /// New actual values read.
+    pub actuals_read: usize,
+    /// Objects read: new actuals, forecasts and settled marks. Bounded by what arrived and the
+    /// forecast span, not by the history.
+    pub objects_read: usize,
+    /// Forecasts with at least one pair scored in this run.
     pub forecasts_scored: usize,
-    /// Forecasts not due yet (left for a later run).
+    /// Forecasts read whose targets are not all settled yet (left for a later run).
     pub forecasts_pending: usize,
     pub pairs: usize,
     /// Due targets without an actual.
     pub missing_actuals: usize,
-    /// Actuals for the same (series, timestamp) beyond the first (the first one wins: a later
+    /// Actuals for a (series, timestamp) that already had one (the first one wins: a later
     /// upload cannot rewrite a value that forecasts were already scored against).
     pub duplicate_actuals: usize,
     /// Those duplicates whose value differs from the first one's.
     pub conflicting_actuals: usize,
+    /// Actuals that came after their targets were already counted missing.
+    pub late_actuals: usize,
     /// Unreadable lines skipped in the store (see `quarantined`).
     pub quarantined_lines: usize,
     /// The first of them, with their object key and line number.
@@ -58,61 +71,91 @@ pub struct ChartSeries {
     pub forecasts: Vec<Vec<(DateTime<Utc>, f64)>>,
 }
 
-/// Scores `forecasts` due in `(after, until]` against `actuals`. Pure: no I/O.
-pub fn evaluate(
-    forecasts: &[ForecastRecord],
-    actuals: &[Observation],
-    after: Option<DateTime<Utc>>,
-    until: DateTime<Utc>,
-) -> Evaluation {
-    let mut truth: HashMap<(&str, DateTime<Utc>), f64> = HashMap::with_capacity(actuals.len());
-    let (mut duplicate_actuals, mut conflicting_actuals) = (0, 0);
-    for o in actuals {
-        match truth.entry((o.series_id.as_str(), o.timestamp)) {
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(o.value);
+/// What one run works on.
+pub struct Increment<'a> {
+    /// The forecasts whose targets the new actuals may complete (any order, duplicates allowed:
+    /// a retried write logs the same forecast twice).
+    pub forecasts: &'a [ForecastRecord],
+    /// Actuals that arrived since the last run, in arrival order.
+    pub new_actuals: &'a [Observation],
+    /// Pairs earlier runs settled.
+    pub settled: &'a [SettledPair],
+    /// Per series, the latest target time that is due: a due target without an actual is
+    /// missing.
+    pub due_until: &'a HashMap<String, DateTime<Utc>>,
+}
+
+/// What a run scored, and the pairs it settled with their forecasts' origins. Pure: no I/O.
+pub fn evaluate(increment: &Increment) -> (Evaluation, Vec<(DateTime<Utc>, SettledPair)>) {
+    // The first value ever seen for (series, time) wins: a settled earlier one, then the first new.
+    let mut first_value: HashMap<(&str, DateTime<Utc>), f64> = HashMap::new();
+    let mut settled_pairs: HashSet<(&str, DateTime<Utc>)> = HashSet::new();
+    let mut counted_missing: HashSet<(&str, DateTime<Utc>)> = HashSet::new();
+    for pair in increment.settled {
+        settled_pairs.insert((pair.forecast.as_str(), pair.timestamp));
+        match pair.value {
+            Some(value) => {
+                first_value.insert((pair.series_id.as_str(), pair.timestamp), value);
             }
-            std::collections::hash_map::Entry::Occupied(first) => {
-                duplicate_actuals += 1;
-                if *first.get() != o.value {
-                    conflicting_actuals += 1;
-                }
+            None => {
+                counted_missing.insert((pair.series_id.as_str(), pair.timestamp));
             }
         }
     }
+    let (mut duplicate_actuals, mut conflicting_actuals, mut late_actuals) = (0, 0, 0);
+    let mut new_truth: HashMap<(&str, DateTime<Utc>), f64> = HashMap::new();
+    for o in increment.new_actuals {
+        let key = (o.series_id.as_str(), o.timestamp);
+        let earlier = first_value.get(&key).or_else(|| new_truth.get(&key));
+        match earlier {
+            Some(&first) => {
+                duplicate_actuals += 1;
+                if first != o.value {
+                    conflicting_actuals += 1;
+                }
+            }
+            None => {
+                if counted_missing.contains(&key) {
+                    late_actuals += 1;
+                }
+                new_truth.insert(key, o.value);
+            }
+        }
+    }
+
     let mut groups: BTreeMap<String, (String, Accumulator, BTreeMap<String, Accumulator>)> =
         BTreeMap::new();
+    let mut newly_settled = Vec::new();
     let (mut scored, mut pending, mut pairs, mut missing) = (0, 0, 0, 0);
     let mut per_series: HashMap<&str, Vec<&ForecastRecord>> = HashMap::new();
-    for record in forecasts {
-        let Some(due) = record.timestamps.last().copied() else {
-            continue;
-        };
-        if after.is_some_and(|a| due <= a) {
-            continue;
-        }
-        if due > until {
-            pending += 1;
+    let mut seen_forecasts = HashSet::new();
+    for record in increment.forecasts {
+        let id = record.id();
+        if !seen_forecasts.insert(id.clone()) {
             continue;
         }
-        scored += 1;
+        let series = record.series_id.as_str();
+        let due_until = increment.due_until.get(series).copied();
         let horizon = record.values.len();
-        let (_, overall, buckets) =
-            groups
-                .entry(record.model_version.clone())
-                .or_insert_with(|| {
-                    (
-                        record.model.clone(),
-                        Accumulator::default(),
-                        BTreeMap::new(),
-                    )
-                });
-        let mut matched = false;
+        let (mut matched, mut unsettled) = (false, false);
         for (step, (timestamp, forecast)) in
             record.timestamps.iter().zip(&record.values).enumerate()
         {
-            match truth.get(&(record.series_id.as_str(), *timestamp)) {
+            if settled_pairs.contains(&(id.as_str(), *timestamp)) {
+                continue;
+            }
+            // An actual counts once it is new or was seen before (this forecast was logged after
+            // its first actual arrived, e.g. a replay that sent the actuals first).
+            let actual = new_truth
+                .get(&(series, *timestamp))
+                .or_else(|| first_value.get(&(series, *timestamp)));
+            let value = match actual {
                 Some(&actual) => {
+                    let (_, overall, buckets) = groups
+                        .entry(record.model_version.clone())
+                        .or_insert_with(|| {
+                            (record.model.clone(), Accumulator::default(), BTreeMap::new())
+                        });
                     overall.add(*forecast, actual, record.last_value);
                     buckets
                         .entry(bucket_of(step + 1, horizon))
@@ -120,15 +163,33 @@ pub fn evaluate(
                         .add(*forecast, actual, record.last_value);
                     pairs += 1;
                     matched = true;
+                    Some(actual)
                 }
-                None => missing += 1,
-            }
+                None if due_until.is_some_and(|due| *timestamp <= due) => {
+                    missing += 1;
+                    None
+                }
+                None => {
+                    unsettled = true;
+                    continue;
+                }
+            };
+            newly_settled.push((
+                record.origin,
+                SettledPair {
+                    forecast: id.clone(),
+                    series_id: record.series_id.clone(),
+                    timestamp: *timestamp,
+                    value,
+                },
+            ));
         }
         if matched {
-            per_series
-                .entry(record.series_id.as_str())
-                .or_default()
-                .push(record);
+            scored += 1;
+            per_series.entry(series).or_default().push(record);
+        }
+        if unsettled {
+            pending += 1;
         }
     }
     let by_version = groups
@@ -152,7 +213,8 @@ pub fn evaluate(
         .iter()
         .max_by(|a, b| a.1.len().cmp(&b.1.len()).then(b.0.cmp(a.0)))
         .map(|(id, records)| {
-            let mut actuals: Vec<(DateTime<Utc>, f64)> = actuals
+            let mut actuals: Vec<(DateTime<Utc>, f64)> = increment
+                .new_actuals
                 .iter()
                 .filter(|o| o.series_id == *id)
                 .map(|o| (o.timestamp, o.value))
@@ -177,20 +239,24 @@ pub fn evaluate(
                 forecasts,
             }
         });
-    Evaluation {
-        after,
-        until,
+    let evaluation = Evaluation {
+        actuals_after: None,
+        actuals_until: DateTime::default(),
+        actuals_read: increment.new_actuals.len(),
+        objects_read: 0,
         forecasts_scored: scored,
         forecasts_pending: pending,
         pairs,
         missing_actuals: missing,
         duplicate_actuals,
         conflicting_actuals,
+        late_actuals,
         quarantined_lines: 0,
         quarantined: Vec::new(),
         by_version,
         chart_series,
-    }
+    };
+    (evaluation, newly_settled)
 }
 
 impl Evaluation {
@@ -245,7 +311,7 @@ impl Evaluation {
             .flatten()
             .map(|p| p.0)
             .min()
-            .unwrap_or(self.until)
+            .unwrap_or_default()
             - Duration::hours(24);
         let t1 = series
             .forecasts
@@ -253,7 +319,7 @@ impl Evaluation {
             .flatten()
             .map(|p| p.0)
             .max()
-            .unwrap_or(self.until);
+            .unwrap_or_default();
         let in_range: Vec<f64> = points
             .iter()
             .filter(|(t, _)| *t >= t0 && *t <= t1)
@@ -383,35 +449,168 @@ pub struct EvaluationRun {
     pub report: String,
 }
 
-/// Loads forecasts and actuals, scores what became due since the last run, records the accuracy
-/// metrics, writes the report and advances the watermark. `grace` leaves time for late actuals.
+/// How far a run looks around what arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EvaluationWindow {
+    /// The furthest a forecast reaches past its origin (horizon × frequency of the models
+    /// evaluated): an actual at `t` can complete forecasts whose origins lie in `[t - span, t)`.
+    pub span: Duration,
+    /// How far a series' actuals must run past a target, in data time, before the target counts
+    /// as missing: out-of-order actuals within it still score.
+    pub grace: Duration,
+    /// How long the watermark trails the clock: an object S3 stamped earlier but that was not
+    /// yet listable (a slow upload) is still read. Objects seen inside it are remembered by key.
+    pub settle: Duration,
+}
+
+impl EvaluationWindow {
+    /// Slow uploads (a 64 MB Firehose object) finish well within this.
+    pub const SETTLE: Duration = Duration::minutes(5);
+
+    /// The window for a model that forecasts `horizon` steps of `frequency`.
+    pub fn for_horizon(horizon: usize, frequency: std::time::Duration, grace: Duration) -> Self {
+        let step = Duration::from_std(frequency).unwrap_or(Duration::hours(1));
+        EvaluationWindow {
+            span: step * i32::try_from(horizon).unwrap_or(i32::MAX),
+            grace,
+            settle: Self::SETTLE,
+        }
+    }
+}
+
+/// Whole hours since the epoch, rounded down.
+fn hour_index(t: DateTime<Utc>) -> i64 {
+    t.timestamp().div_euclid(3600)
+}
+
+fn hour_start(index: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(index * 3600, 0).unwrap_or_default()
+}
+
+/// Merges closed hour intervals into disjoint ranges of whole hours, in order.
+fn merge_hours(mut intervals: Vec<(i64, i64)>) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    intervals.sort_unstable();
+    let mut merged: Vec<(i64, i64)> = Vec::new();
+    for (first, last) in intervals {
+        match merged.last_mut() {
+            Some(previous) if first <= previous.1 + 1 => previous.1 = previous.1.max(last),
+            _ => merged.push((first, last)),
+        }
+    }
+    merged
+        .into_iter()
+        .map(|(first, last)| (hour_start(first), hour_start(last)))
+        .collect()
+}
+
+/// The origin hours to read for `new_actuals`: one span before each (the forecasts it can
+/// complete), and per series the forecasts whose targets became due (missing, if no actual came).
+fn origin_hours(
+    new_actuals: &[Observation],
+    previously_due: &BTreeMap<String, DateTime<Utc>>,
+    due_until: &HashMap<String, DateTime<Utc>>,
+    span: Duration,
+) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    let mut intervals: Vec<(i64, i64)> = new_actuals
+        .iter()
+        .map(|o| (hour_index(o.timestamp - span), hour_index(o.timestamp)))
+        .collect();
+    let mut earliest_new: HashMap<&str, DateTime<Utc>> = HashMap::new();
+    for o in new_actuals {
+        let earliest = earliest_new.entry(&o.series_id).or_insert(o.timestamp);
+        *earliest = (*earliest).min(o.timestamp);
+    }
+    for (series, due) in due_until {
+        let from = previously_due
+            .get(series)
+            .copied()
+            .or_else(|| earliest_new.get(series.as_str()).copied())
+            .unwrap_or(*due);
+        if from < *due {
+            intervals.push((hour_index(from - span), hour_index(*due)));
+        }
+    }
+    merge_hours(intervals)
+}
+
+/// Reads the actuals that arrived since the last run and the forecasts they can complete, scores
+/// the pairs, marks them settled, records the accuracy metrics, writes the report and moves the
+/// watermark. The cost follows what arrived, not the history.
 pub async fn run_evaluation(
     store: &AccuracyStore,
     telemetry: &Telemetry,
     now: DateTime<Utc>,
-    grace: Duration,
+    window: EvaluationWindow,
 ) -> Result<EvaluationRun, StoreError> {
-    let after = store.evaluated_until().await?;
-    let until = now - grace;
-    let (forecasts, actuals) = tokio::try_join!(store.load_forecasts(), store.load_actuals())?;
-    let mut evaluation = evaluate(&forecasts.items, &actuals.items, after, until);
-    let quarantined: Vec<Quarantined> = forecasts
+    let state = store.evaluation_state().await?;
+    let after = state.actuals_read_until;
+    let until = after.map_or(now - window.settle, |a| a.max(now - window.settle));
+    let listed = store.list_actuals(after).await?;
+    let read_before: HashSet<&str> = state.read_since.iter().map(String::as_str).collect();
+    let mut arrived: Vec<&crate::objects::Listed> = listed
+        .iter()
+        .filter(|l| after.is_none_or(|a| l.last_modified > a))
+        .filter(|l| !read_before.contains(l.key.as_str()))
+        .collect();
+    arrived.sort_by(|a, b| (a.last_modified, &a.key).cmp(&(b.last_modified, &b.key)));
+    let arrived_keys: Vec<String> = arrived.iter().map(|l| l.key.clone()).collect();
+    let actuals = store.read_actuals(&arrived_keys).await?;
+
+    // What is due per series: everything its actuals have passed, less the grace.
+    let mut seen_until = state.actuals_seen_until.clone();
+    for o in &actuals.items {
+        let seen = seen_until.entry(o.series_id.clone()).or_insert(o.timestamp);
+        *seen = (*seen).max(o.timestamp);
+    }
+    let touched: BTreeSet<&str> = actuals.items.iter().map(|o| o.series_id.as_str()).collect();
+    let due_until: HashMap<String, DateTime<Utc>> = touched
+        .iter()
+        .map(|s| (s.to_string(), seen_until[*s] - window.grace))
+        .collect();
+    let previously_due: BTreeMap<String, DateTime<Utc>> = state
+        .actuals_seen_until
+        .iter()
+        .map(|(s, t)| (s.clone(), *t - window.grace))
+        .collect();
+    let hours = origin_hours(&actuals.items, &previously_due, &due_until, window.span);
+    let (forecast_keys, settled_keys) = tokio::try_join!(
+        store.list_origin_hours("forecasts", &hours),
+        store.list_origin_hours("settled", &hours),
+    )?;
+    let (forecasts, settled) = tokio::try_join!(
+        store.read_forecasts(&forecast_keys),
+        store.read_settled(&settled_keys),
+    )?;
+    let (mut evaluation, newly_settled) = evaluate(&Increment {
+        forecasts: &forecasts.items,
+        new_actuals: &actuals.items,
+        settled: &settled.items,
+        due_until: &due_until,
+    });
+    evaluation.actuals_after = after;
+    evaluation.actuals_until = until;
+    evaluation.objects_read = arrived_keys.len() + forecast_keys.len() + settled_keys.len();
+    let quarantined: Vec<Quarantined> = actuals
         .quarantined
         .into_iter()
-        .chain(actuals.quarantined)
+        .chain(forecasts.quarantined)
+        .chain(settled.quarantined)
         .collect();
     evaluation.quarantined_lines = quarantined.len();
     evaluation.quarantined = quarantined
         .into_iter()
         .take(MAX_QUARANTINED_LISTED)
         .collect();
-    let forecasts = forecasts.items;
+
+    // Settled marks first: if the run stops after them, a rerun reads the same actuals again and
+    // scores nothing twice.
+    store.append_settled(&newly_settled, now).await?;
     evaluation.record(telemetry);
     let report_json = serde_json::to_vec_pretty(&serde_json::json!({
         "generated_at": now,
         "store": store.uri(),
         "evaluation": &evaluation,
-        "horizon_buckets": horizon_buckets(forecasts.first().map(|f| f.values.len()).unwrap_or(0)).into_iter().map(|b| b.2).collect::<Vec<_>>(),
+        "horizon_buckets": horizon_buckets(forecasts.items.first().map(|f| f.values.len()).unwrap_or(0)).into_iter().map(|b| b.2).collect::<Vec<_>>(),
     }))
     .expect("serialises");
     let report = store
@@ -435,10 +634,20 @@ pub async fn run_evaluation(
                 .collect(),
         )
         .await?;
-    if after.is_none_or(|a| until > a) {
-        store.set_evaluated_until(until).await?;
-    }
+    store
+        .set_evaluation_state(&EvaluationState {
+            actuals_read_until: Some(until),
+            read_since: listed
+                .iter()
+                .filter(|l| l.last_modified > until)
+                .map(|l| l.key.clone())
+                .collect(),
+            actuals_seen_until: seen_until,
+        })
+        .await?;
     tracing::info!(
+        actuals = evaluation.actuals_read,
+        objects_read = evaluation.objects_read,
         forecasts = evaluation.forecasts_scored,
         pairs = evaluation.pairs,
         missing_actuals = evaluation.missing_actuals,
@@ -483,12 +692,36 @@ mod tests {
         }
     }
 
+    /// Runs [`evaluate`] with every series' targets up to `due` due.
+    fn run(
+        forecasts: &[ForecastRecord],
+        actuals: &[Observation],
+        settled: &[SettledPair],
+        due: Option<DateTime<Utc>>,
+    ) -> (Evaluation, Vec<SettledPair>) {
+        let due_until = due
+            .map(|due| {
+                forecasts
+                    .iter()
+                    .map(|f| (f.series_id.clone(), due))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (e, settled) = evaluate(&Increment {
+            forecasts,
+            new_actuals: actuals,
+            settled,
+            due_until: &due_until,
+        });
+        (e, settled.into_iter().map(|(_, pair)| pair).collect())
+    }
+
     #[test]
     fn the_first_actual_wins_and_a_conflicting_later_one_is_counted() {
         // GIVEN a forecast of 11 for hour 1, whose actual arrives as 12, then again as 99
         let forecasts = vec![record("a", 0, &[11.0], "1")];
         let actuals = vec![obs("a", 1, 12.0), obs("a", 1, 99.0)];
-        let e = evaluate(&forecasts, &actuals, None, t(10));
+        let (e, _) = run(&forecasts, &actuals, &[], None);
         // THEN it is scored against the first value, and the conflict is reported
         assert!((e.by_version["1"].overall.mae - 1.0).abs() < 1e-12);
         assert_eq!((e.duplicate_actuals, e.conflicting_actuals), (1, 1));
@@ -504,8 +737,8 @@ mod tests {
             obs("a", 2, 12.0),
             obs("b", 1, 99.0),
         ];
-        // WHEN evaluated after both targets passed
-        let e = evaluate(&forecasts, &actuals, None, t(10));
+        // WHEN evaluated
+        let (e, settled) = run(&forecasts, &actuals, &[], None);
         // THEN errors are -1 and 0: MAE 0.5, bias -0.5; naive (10) errs by 2 and 2: MASE 0.25
         let s = &e.by_version["1"].overall;
         assert_eq!((e.pairs, e.missing_actuals, e.duplicate_actuals), (2, 0, 1));
@@ -519,36 +752,72 @@ mod tests {
                 && (s.mase - 0.25).abs() < 1e-12
         );
         assert_eq!(e.by_version["1"].horizon_buckets["1-2"].count, 2);
+        assert_eq!(settled.len(), 2, "both pairs are marked settled");
     }
 
     #[test]
-    fn missing_actuals_are_counted_and_undue_forecasts_wait() {
+    fn a_pair_is_settled_once_whatever_arrives_again() {
+        // GIVEN a forecast scored in one run
+        let forecasts = vec![record("a", 0, &[11.0, 12.0], "1")];
+        let (_, settled) = run(&forecasts, &[obs("a", 1, 12.0)], &[], None);
+        // WHEN the same actual is replayed, and one with another value, in a later run
+        let replay = [obs("a", 1, 12.0), obs("a", 1, 50.0)];
+        let (e, more) = run(&forecasts, &replay, &settled, None);
+        // THEN nothing is scored twice; both are duplicates, one a conflict
+        assert_eq!((e.pairs, e.forecasts_scored), (0, 0));
+        assert_eq!((e.duplicate_actuals, e.conflicting_actuals), (2, 1));
+        assert!(more.is_empty());
+        // AND the second target still waits for its own actual
+        assert_eq!(e.forecasts_pending, 1);
+    }
+
+    #[test]
+    fn due_targets_without_an_actual_are_missing_once_and_a_late_one_is_counted() {
+        // GIVEN two 2-step forecasts, and actuals up to hour 6 except hours 1 and 2
         let forecasts = vec![
             record("a", 0, &[1.0, 2.0], "1"),
             record("a", 5, &[1.0, 2.0], "1"),
         ];
-        let e = evaluate(&forecasts, &[obs("a", 1, 1.0)], None, t(3));
-        assert_eq!(e.forecasts_scored, 1);
-        assert_eq!(e.forecasts_pending, 1);
-        assert_eq!(e.missing_actuals, 1);
-        // A later run after the watermark only scores the second forecast.
-        let e = evaluate(&forecasts, &[], Some(t(3)), t(10));
-        assert_eq!(e.forecasts_scored, 1);
-        assert_eq!(e.missing_actuals, 2);
-        assert!(
-            e.by_version.is_empty(),
-            "nothing matched, so no scores rather than zeros"
-        );
+        let actuals: Vec<Observation> = (3..=6).map(|h| obs("a", h, 1.0)).collect();
+        // WHEN evaluated with targets up to hour 5 due
+        let (e, settled) = run(&forecasts, &actuals, &[], Some(t(5)));
+        // THEN hours 1 and 2 are missing, hour 6 is scored, hour 7 waits
+        assert_eq!((e.missing_actuals, e.pairs, e.forecasts_pending), (2, 1, 1));
+        // AND a late actual for hour 1 neither scores nor counts missing again
+        let (e, _) = run(&forecasts, &[obs("a", 1, 1.0)], &settled, Some(t(5)));
+        assert_eq!((e.missing_actuals, e.pairs, e.late_actuals), (0, 0, 1));
+    }
+
+    #[test]
+    fn a_forecast_retried_into_the_log_twice_is_scored_once() {
+        let once = record("a", 0, &[11.0], "1");
+        let (e, settled) = run(&[once.clone(), once], &[obs("a", 1, 12.0)], &[], None);
+        assert_eq!((e.pairs, settled.len()), (1, 1));
+    }
+
+    #[test]
+    fn origin_hours_cover_one_span_before_each_new_actual_and_the_newly_due() {
+        // GIVEN actuals at hours 30 and 100 of one series, a 24-hour span, and hour 20 due before
+        let actuals = [obs("a", 30, 1.0), obs("a", 100, 1.0)];
+        let previously_due = BTreeMap::from([("a".to_string(), t(20))]);
+        let due_until = HashMap::from([("a".to_string(), t(99))]);
+        let hours = origin_hours(&actuals, &previously_due, &due_until, Duration::hours(24));
+        // THEN the forecasts of the newly due targets (20, 99] and of both actuals are read,
+        // as one range of whole hours
+        assert_eq!(hours, vec![(t(-4), t(100))]);
+        // AND without anything due, two far-apart actuals read two short ranges
+        let hours = origin_hours(&actuals, &BTreeMap::new(), &HashMap::new(), Duration::hours(24));
+        assert_eq!(hours, vec![(t(6), t(30)), (t(76), t(100))]);
     }
 
     #[test]
     fn the_chart_is_an_svg_with_both_lines() {
         let forecasts = vec![record("a", 0, &[11.0, 12.0], "1")];
-        let e = evaluate(
+        let (e, _) = run(
             &forecasts,
             &[obs("a", 1, 12.0), obs("a", 2, 13.0)],
+            &[],
             None,
-            t(10),
         );
         let svg = e.chart_svg();
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));

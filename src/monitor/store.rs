@@ -1,16 +1,29 @@
-//! Forecasts and actuals as JSON Lines objects on S3, partitioned by date.
+//! Forecasts and actuals as JSON Lines objects on S3, partitioned by time so that an evaluation
+//! reads what is new, not everything ever written.
 //!
 //! ```text
-//! PREFIX/forecasts/date=YYYY-MM-DD/HHMMSS-<unique>.jsonl   one ForecastRecord per line
-//! PREFIX/actuals/date=YYYY-MM-DD/HHMMSS-<unique>.jsonl     one Observation per line (also any
-//!                                                          .jsonl or .csv with id,timestamp,value
-//!                                                          dropped there by other systems)
-//! PREFIX/state/evaluation.json                             where the last evaluation stopped
-//! PREFIX/reports/<time>/report.json, chart.svg             evaluation reports
+//! PREFIX/forecasts/origin=YYYY-MM-DDTHH/<write time>-<unique>.jsonl  ForecastRecords, by the hour of
+//!                                                                  their origin (data time)
+//! PREFIX/actuals/arrival=YYYY-MM-DDTHH/<write time>-<unique>.jsonl   Observations, by the hour they
+//!                                                                  were written (also .csv files
+//!                                                                  with id,timestamp,value that
+//!                                                                  other systems drop there)
+//! PREFIX/settled/origin=YYYY-MM-DDTHH/<run time>-<unique>.jsonl      (forecast, target) pairs
+//!                                                                  already scored or counted missing
+//! PREFIX/state/evaluation.json                                      the evaluation's watermark
+//! PREFIX/state/scores.json                                          each version's latest score
+//! PREFIX/reports/<time>/report.json, chart.svg                      evaluation reports
 //! ```
 //!
-//! Writes are batched ([`ForecastLog`]): many forecasts become one object, so S3 cost and latency do
-//! not scale with the request rate, and nothing is written on the request path itself.
+//! Why this split (docs/design.md, "Incremental evaluation"): a pair can only be scored once its
+//! actual exists, so new actuals drive each run. They are found by arrival, since backfills and
+//! replays carry old timestamps; the forecasts they complete are found by data time, in the
+//! origin partitions within one forecast span before each actual. The `settled` marks live beside
+//! those forecasts, so a replayed or duplicated actual never scores a pair twice.
+//!
+//! Writes are batched ([`ForecastLog`]): many forecasts become one object per origin hour, so S3
+//! cost and latency do not scale with the request rate, and nothing is written on the request
+//! path itself.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +50,21 @@ pub struct ForecastRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
     pub created_at: DateTime<Utc>,
+}
+
+impl ForecastRecord {
+    /// What tells this forecast from every other: its series, origin, version and the instant it
+    /// was made. Settled pairs name their forecast by it.
+    pub fn id(&self) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            self.series_id,
+            self.origin.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            self.model_version,
+            self.created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +136,24 @@ fn parse_record_line(line: &[u8]) -> Result<ForecastRecord, serde_json::Error> {
     serde_json::from_value(value)
 }
 
+/// Parses each non-blank line of `bytes` into `loaded`, quarantining the lines that fail.
+fn json_lines_into<T, E: std::fmt::Display>(
+    loaded: &mut Loaded<T>,
+    key: &str,
+    bytes: &[u8],
+    parse: impl Fn(&[u8]) -> Result<T, E>,
+) {
+    for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match parse(line) {
+            Ok(item) => loaded.items.push(item),
+            Err(e) => loaded.quarantine(key, i + 1, e.to_string()),
+        }
+    }
+}
+
 /// A forecast record as a log line.
 #[derive(Serialize)]
 struct LogLine<'a> {
@@ -130,6 +176,42 @@ fn csv_observation(row: Result<csv::StringRecord, csv::Error>) -> Result<Observa
     })
 }
 
+/// A (forecast, target time) pair that an evaluation has dealt with: scored against `value`, or
+/// counted missing (`value` is `None`). Kept beside the forecast's own partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettledPair {
+    /// [`ForecastRecord::id`] of the forecast.
+    pub forecast: String,
+    pub series_id: String,
+    pub timestamp: DateTime<Utc>,
+    pub value: Option<f64>,
+}
+
+/// Where the evaluation stopped (`state/evaluation.json`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvaluationState {
+    /// Actual objects last modified at or before this were read by an earlier run.
+    #[serde(default)]
+    pub actuals_read_until: Option<DateTime<Utc>>,
+    /// Actual objects modified after `actuals_read_until` that were read already (the watermark
+    /// trails the clock by a settle time, so objects still being written are never skipped).
+    #[serde(default)]
+    pub read_since: Vec<String>,
+    /// Per series, the latest actual timestamp read: targets that far back (less the grace) are
+    /// due, and a due target without an actual is missing.
+    #[serde(default)]
+    pub actuals_seen_until: BTreeMap<String, DateTime<Utc>>,
+}
+
+/// The partition name of an hour: `YYYY-MM-DDTHH`. Sorts as time does.
+pub fn hour_partition(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H").to_string()
+}
+
+/// Parallel reads and writes per evaluation: enough to hide S3's latency, few enough to stay far
+/// from its per-prefix request limits and the process's sockets.
+pub const MAX_CONCURRENT_OBJECT_CALLS: usize = 16;
+
 /// The accuracy store on S3.
 #[derive(Clone)]
 pub struct AccuracyStore {
@@ -144,10 +226,34 @@ static UNIQUE: AtomicU64 = AtomicU64::new(0);
 fn unique_name(now: DateTime<Utc>) -> String {
     format!(
         "{}-{:x}-{:x}.jsonl",
-        now.format("%H%M%S%.3f"),
+        now.format("%Y%m%dT%H%M%S%.3f"),
         std::process::id(),
         UNIQUE.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+fn json_lines<T: Serialize>(items: &[T]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for item in items {
+        serde_json::to_writer(&mut body, item).expect("records serialise");
+        body.push(b'\n');
+    }
+    body
+}
+
+/// Runs `call` on every item, at most [`MAX_CONCURRENT_OBJECT_CALLS`] at once, keeping the order.
+async fn bounded<I, T, F, Fut>(items: I, call: F) -> Result<Vec<T>, StoreError>
+where
+    I: IntoIterator,
+    F: FnMut(I::Item) -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    use futures_util::{StreamExt, TryStreamExt};
+    futures_util::stream::iter(items)
+        .map(call)
+        .buffered(MAX_CONCURRENT_OBJECT_CALLS)
+        .try_collect()
+        .await
 }
 
 impl AccuracyStore {
@@ -181,81 +287,147 @@ impl AccuracyStore {
         Ok(self.objects.get_if_exists(key).await?.map(|o| o.bytes))
     }
 
-    async fn list(&self, folder: &str) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .objects
-            .list(&format!("{}{folder}/", self.prefix))
-            .await?)
+    /// `PREFIX/folder/partition=hour/`
+    fn partition(&self, folder: &str, name: &str, hour: DateTime<Utc>) -> String {
+        format!("{}{folder}/{name}={}/", self.prefix, hour_partition(hour))
     }
 
-    async fn append<T: Serialize>(
+    /// Writes `items` grouped by hour, one object per hour, in parallel; returns the keys.
+    async fn append_by_hour<T: Serialize>(
         &self,
         folder: &str,
-        items: &[T],
+        name: &str,
+        items: impl IntoIterator<Item = (DateTime<Utc>, T)>,
         now: DateTime<Utc>,
-    ) -> Result<Option<String>, StoreError> {
-        if items.is_empty() {
-            return Ok(None);
+    ) -> Result<Vec<String>, StoreError> {
+        let mut by_hour: BTreeMap<String, Vec<T>> = BTreeMap::new();
+        for (hour, item) in items {
+            by_hour
+                .entry(self.partition(folder, name, hour))
+                .or_default()
+                .push(item);
         }
-        let mut body = Vec::new();
-        for item in items {
-            serde_json::to_writer(&mut body, item).expect("records serialise");
-            body.push(b'\n');
-        }
-        let key = format!(
-            "{}{folder}/date={}/{}",
-            self.prefix,
-            now.format("%Y-%m-%d"),
-            unique_name(now)
-        );
-        self.put(&key, body, "application/x-ndjson").await?;
-        Ok(Some(key))
+        let objects: Vec<(String, Vec<u8>)> = by_hour
+            .into_iter()
+            .map(|(partition, group)| (format!("{partition}{}", unique_name(now)), json_lines(&group)))
+            .collect();
+        bounded(objects, |(key, body)| async move {
+            self.put(&key, body, "application/x-ndjson").await?;
+            Ok(key)
+        })
+        .await
     }
 
+    /// Writes forecast records under their origin hours: one object per hour in the batch (live
+    /// traffic has one or two).
     pub async fn append_forecasts(
         &self,
         records: &[ForecastRecord],
-    ) -> Result<Option<String>, StoreError> {
-        self.append("forecasts", records, Utc::now()).await
+    ) -> Result<Vec<String>, StoreError> {
+        let by_origin = records.iter().map(|r| (r.origin, r));
+        self.append_by_hour("forecasts", "origin", by_origin, Utc::now())
+            .await
     }
 
+    /// Writes observations as one object under the current hour.
     pub async fn append_actuals(
         &self,
         observations: &[Observation],
     ) -> Result<Option<String>, StoreError> {
-        self.append("actuals", observations, Utc::now()).await
+        let now = Utc::now();
+        Ok(self
+            .append_by_hour("actuals", "arrival", observations.iter().map(|o| (now, o)), now)
+            .await?
+            .pop())
     }
 
-    /// Every forecast record under `forecasts/`. A line that is not a record is quarantined
-    /// (skipped, and reported with its key and line), never fatal: one bad line must not stop
-    /// every later evaluation.
-    pub async fn load_forecasts(&self) -> Result<Loaded<ForecastRecord>, StoreError> {
+    /// Records which pairs a run scored or counted missing, beside their forecasts' partitions.
+    pub async fn append_settled(
+        &self,
+        settled: &[(DateTime<Utc>, SettledPair)],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.append_by_hour("settled", "origin", settled.iter().map(|(o, p)| (*o, p)), now)
+            .await?;
+        Ok(())
+    }
+
+    /// Actual objects under `actuals/` in the arrival partitions from the hour before `since`
+    /// on (all of them without `since`). The hour's slack covers writers whose clocks run behind
+    /// S3's.
+    pub async fn list_actuals(
+        &self,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<crate::objects::Listed>, StoreError> {
+        let folder = format!("{}actuals/", self.prefix);
+        let start_after = since.map(|t| {
+            let partition = self.partition("actuals", "arrival", t - chrono::Duration::hours(1));
+            partition.trim_end_matches('/').to_string()
+        });
+        Ok(self
+            .objects
+            .list_range(&folder, start_after.as_deref(), None)
+            .await?)
+    }
+
+    /// Keys in the `folder` partitions (`forecasts` or `settled`) of the origin hours in
+    /// `[first, last]`, each range given by its first and last hour.
+    pub async fn list_origin_hours(
+        &self,
+        folder: &str,
+        ranges: &[(DateTime<Utc>, DateTime<Utc>)],
+    ) -> Result<Vec<String>, StoreError> {
+        let listed = bounded(ranges.iter().copied(), |(first, last)| async move {
+            let start_after = self.partition(folder, "origin", first);
+            let stop_at = self.partition(folder, "origin", last + chrono::Duration::hours(1));
+            Ok(self
+                .objects
+                .list_range(
+                    &format!("{}{folder}/", self.prefix),
+                    Some(start_after.trim_end_matches('/')),
+                    Some(&stop_at),
+                )
+                .await?)
+        })
+        .await?;
+        Ok(listed.into_iter().flatten().map(|l| l.key).collect())
+    }
+
+    /// Reads `keys` in parallel (bounded), in key order; objects gone since the listing are
+    /// skipped.
+    async fn read_all(&self, keys: &[String]) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let read = bounded(keys.to_vec(), |key| async move {
+            Ok(self.get(&key).await?.map(|bytes| (key, bytes)))
+        })
+        .await?;
+        Ok(read.into_iter().flatten().collect())
+    }
+
+    /// The forecast records in `keys`. A line that is not a record is quarantined (skipped, and
+    /// reported with its key and line), never fatal: one bad line must not stop every later
+    /// evaluation.
+    pub async fn read_forecasts(&self, keys: &[String]) -> Result<Loaded<ForecastRecord>, StoreError> {
         let mut loaded = Loaded::default();
-        for key in self.list("forecasts").await? {
-            let Some(bytes) = self.get(&key).await? else {
-                continue;
-            };
-            for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                match parse_record_line(line) {
-                    Ok(record) => loaded.items.push(record),
-                    Err(e) => loaded.quarantine(&key, i + 1, e.to_string()),
-                }
-            }
+        for (key, bytes) in self.read_all(keys).await? {
+            json_lines_into(&mut loaded, &key, &bytes, parse_record_line);
         }
         Ok(loaded)
     }
 
-    /// Every observation under `actuals/`: our JSON Lines, and CSV files (`id,timestamp,value`),
-    /// in the order they arrived (keys sort by time). Unreadable lines are quarantined.
-    pub async fn load_actuals(&self) -> Result<Loaded<Observation>, StoreError> {
+    /// The settled pairs in `keys`.
+    pub async fn read_settled(&self, keys: &[String]) -> Result<Loaded<SettledPair>, StoreError> {
         let mut loaded = Loaded::default();
-        for key in self.list("actuals").await? {
-            let Some(bytes) = self.get(&key).await? else {
-                continue;
-            };
+        for (key, bytes) in self.read_all(keys).await? {
+            json_lines_into(&mut loaded, &key, &bytes, |line| serde_json::from_slice(line));
+        }
+        Ok(loaded)
+    }
+
+    /// The observations in `keys`, in the order given: our JSON Lines, and CSV files
+    /// (`id,timestamp,value`). Unreadable lines are quarantined.
+    pub async fn read_actuals(&self, keys: &[String]) -> Result<Loaded<Observation>, StoreError> {
+        let mut loaded = Loaded::default();
+        for (key, bytes) in self.read_all(keys).await? {
             if key.ends_with(".csv") {
                 let mut reader = csv::ReaderBuilder::new()
                     .trim(csv::Trim::All)
@@ -267,45 +439,29 @@ impl AccuracyStore {
                     }
                 }
             } else {
-                for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
-                    if line.iter().all(u8::is_ascii_whitespace) {
-                        continue;
-                    }
-                    match serde_json::from_slice(line) {
-                        Ok(observation) => loaded.items.push(observation),
-                        Err(e) => loaded.quarantine(&key, i + 1, e.to_string()),
-                    }
-                }
+                json_lines_into(&mut loaded, &key, &bytes, |line| serde_json::from_slice(line));
             }
         }
         Ok(loaded)
     }
 
-    /// Where the last evaluation stopped: forecasts due at or before it were scored.
-    pub async fn evaluated_until(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+    /// Where the last evaluation stopped; the default state before the first.
+    pub async fn evaluation_state(&self) -> Result<EvaluationState, StoreError> {
         let key = format!("{}state/evaluation.json", self.prefix);
         let Some(bytes) = self.get(&key).await? else {
-            return Ok(None);
+            return Ok(EvaluationState::default());
         };
-        #[derive(Deserialize)]
-        struct State {
-            evaluated_until: DateTime<Utc>,
-        }
-        let state: State = serde_json::from_slice(&bytes).map_err(|e| StoreError::Parse {
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Parse {
             bucket: self.bucket.clone(),
             key,
             line: 1,
             cause: e.to_string(),
-        })?;
-        Ok(Some(state.evaluated_until))
+        })
     }
 
-    pub async fn set_evaluated_until(&self, until: DateTime<Utc>) -> Result<(), StoreError> {
+    pub async fn set_evaluation_state(&self, state: &EvaluationState) -> Result<(), StoreError> {
         let key = format!("{}state/evaluation.json", self.prefix);
-        let body = serde_json::to_vec_pretty(
-            &serde_json::json!({"evaluated_until": until, "updated_at": Utc::now()}),
-        )
-        .expect("serialises");
+        let body = serde_json::to_vec_pretty(state).expect("serialises");
         self.put(&key, body, "application/json").await
     }
 
@@ -460,7 +616,7 @@ impl ForecastLog {
         self.failed.load(Ordering::Relaxed)
     }
 
-    /// Writes what is buffered as one object. On failure the records go back to the buffer (up
+    /// Writes what is buffered, one object per origin hour. On failure the records go back to the buffer (up
     /// to its bound). Returns the records this flush could not write.
     pub async fn flush(&self) -> u64 {
         let records = std::mem::take(&mut *self.buffer.lock().unwrap_or_else(|p| p.into_inner()));

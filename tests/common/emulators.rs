@@ -343,8 +343,9 @@ pub fn cli(moto: &Moto, args: &[&str]) -> (bool, String) {
 
 /// What the template's log subscription and Firehose stream do with the function's forecast log:
 /// the `expected` log lines that carry a forecast record (`{"forecast_record": ...}`) written
-/// after byte `since` of its log, delivered as one JSON Lines object under `PREFIX/forecasts/`, as
-/// Firehose's message extraction writes them. (Neither CloudWatch Logs subscriptions nor Firehose
+/// after byte `since` of its log, delivered as one JSON Lines object per origin hour under
+/// `PREFIX/forecasts/origin=HOUR/`, as Firehose's message extraction and dynamic partitioning
+/// (`.forecast_record.origin[0:13]`) write them. (Neither CloudWatch Logs subscriptions nor Firehose
 /// run offline; the lines are the function's real output, and the object is what `evaluate` reads
 /// in AWS.) Waits for the lines: the log is read from the function's pipes as it comes.
 pub async fn deliver_forecast_log(
@@ -374,15 +375,23 @@ pub async fn deliver_forecast_log(
         "logged forecasts:\n{}",
         function.log()
     );
+    let mut by_origin_hour: std::collections::BTreeMap<String, String> = Default::default();
+    for line in lines {
+        let parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let hour = parsed["forecast_record"]["origin"].as_str().unwrap()[0..13].to_string();
+        let delivery = by_origin_hour.entry(hour).or_default();
+        delivery.push_str(&line);
+        delivery.push('\n');
+    }
     static DELIVERY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = DELIVERY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    s3.put_object()
-        .bucket(bucket)
-        .key(format!("{prefix}/forecasts/firehose/delivery-{n}"))
-        .body(aws_sdk_s3::primitives::ByteStream::from(
-            (lines.join("\n") + "\n").into_bytes(),
-        ))
-        .send()
-        .await
-        .unwrap();
+    for (hour, body) in by_origin_hour {
+        let n = DELIVERY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        s3.put_object()
+            .bucket(bucket)
+            .key(format!("{prefix}/forecasts/origin={hour}/firehose-delivery-{n}"))
+            .body(aws_sdk_s3::primitives::ByteStream::from(body.into_bytes()))
+            .send()
+            .await
+            .unwrap();
+    }
 }
