@@ -20,7 +20,12 @@ use lstm_forecast::source::{BUNDLED_MODEL_JSON, BUNDLED_MODEL_PT};
 const THREADS: usize = 1;
 
 fn main() {
-    // `cargo bench` passes `--bench`; ignore arguments.
+    // `cargo bench` passes `--bench`; ignore arguments. BENCH_ONLY=evaluation runs that table
+    // alone (it needs no libtorch work and is quick to rerun).
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("evaluation") {
+        evaluation_table();
+        return;
+    }
     configure_libtorch(
         Some(THREADS),
         lstm_forecast::model::engine::Workload::OneAtATime,
@@ -219,7 +224,87 @@ fn main() {
     );
     println!();
     drift_table(&model);
+    evaluation_table();
 }
+
+/// Evaluation cost against the history before it: each store holds a history of hourly forecasts
+/// and actuals, already evaluated, whose actuals came in hour by hour (each in the arrival
+/// partition of its wall-clock hour, as in production); then 10 more hours arrive (10 forecasts of one series a run,
+/// origins an hour apart, and their actuals) and are evaluated. Median of 3 such increments.
+fn evaluation_table() {
+    use lstm_forecast::metrics::Telemetry;
+    use lstm_forecast::monitor::evaluate::{run_evaluation, EvaluationWindow};
+    use lstm_forecast::monitor::store::AccuracyStore;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let moto = emulators::Moto::start();
+    let window =
+        EvaluationWindow::for_horizon(24, Duration::from_secs(3600), chrono::Duration::hours(1));
+    // (label, hours of history, forecasts an hour)
+    let histories = [
+        ("300 forecasts (300 h, 1 an hour)", 300, 1),
+        ("3,000 forecasts (3,000 h, 1 an hour)", 3000, 1),
+        ("1 day at 10 forecasts an hour", 24, 10),
+        ("7 days at 10 forecasts an hour", 24 * 7, 10),
+        ("30 days at 10 forecasts an hour", 24 * 30, 10),
+    ];
+    println!();
+    println!("## Accuracy evaluation against history (moto S3, 10 new hours per run)");
+    println!();
+    println!("| history before the increment | objects in the store | objects read | pairs scored | evaluate time (median of 3) | vs first row |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mut first: Option<Duration> = None;
+    for (n, (label, hours, per_hour)) in histories.into_iter().enumerate() {
+        let (objects, read, pairs, time) = runtime.block_on(async {
+            let bucket = format!("evaluation-{n}");
+            let s3 = moto.create_bucket(&bucket).await;
+            let store = AccuracyStore::new(s3.clone(), &format!("s3://{bucket}/monitoring")).unwrap();
+            let telemetry = Telemetry::disabled();
+            let arrival = history::Arrival::Hourly;
+            history::write_hours(&store, history::history_start(), hours, per_hour, arrival)
+                .await
+                .unwrap();
+            run_evaluation(&store, &telemetry, chrono::Utc::now(), window)
+                .await
+                .unwrap();
+            let mut times = Vec::new();
+            let (mut read, mut pairs) = (0, 0);
+            for increment in 0..3 {
+                let start = history::history_start()
+                    + chrono::Duration::hours(hours + increment * 10);
+                history::write_hours(&store, start, 10, 1, history::Arrival::Now)
+                    .await
+                    .unwrap();
+                let t = Instant::now();
+                let run = run_evaluation(&store, &telemetry, chrono::Utc::now(), window)
+                    .await
+                    .unwrap();
+                times.push(t.elapsed());
+                (read, pairs) = (run.evaluation.objects_read, run.evaluation.pairs);
+            }
+            times.sort();
+            let mut objects = 0;
+            let mut pages = s3.list_objects_v2().bucket(&bucket).into_paginator().send();
+            while let Some(page) = pages.next().await {
+                objects += page.unwrap().contents().len();
+            }
+            (objects, read, pairs, times[1])
+        });
+        let base = *first.get_or_insert(time);
+        println!(
+            "| {label} | {objects} | {read} | {pairs} | {} | {:.2}x |",
+            fmt(time),
+            time.as_secs_f64() / base.as_secs_f64()
+        );
+    }
+    println!();
+    println!("Target (issue 15): the same increment costs at most 1.5x more after 3,000 logged forecasts than after 300, and stays flat over 1, 7 and 30 days.");
+}
+
+#[path = "../tests/common/history.rs"]
+mod history;
 
 /// `InputDrift` on every hourly ETTh1 window of each split, and on the training windows shifted:
 /// how often a window, and a 3-hour stretch of hourly windows (the alarm's 3 periods), exceed

@@ -694,3 +694,68 @@ async fn a_5xx_answer_names_no_bucket_or_key_only_the_request_id() {
     );
     server.stop().await;
 }
+
+/// A store at `s3://BUCKET/monitoring` in a bucket of its own on the shared moto.
+async fn fresh_store(bucket: &str) -> AccuracyStore {
+    let s3 = Moto::shared().create_bucket(bucket).await;
+    AccuracyStore::new(s3, &format!("s3://{bucket}/monitoring")).unwrap()
+}
+
+#[tokio::test]
+async fn an_evaluation_reads_what_arrived_since_the_last_one_not_the_history() {
+    use common::history::{history_start, write_hours, Arrival};
+    let mut reads = Vec::new();
+    for (bucket, history_hours) in [("history-short", 30), ("history-long", 300)] {
+        // GIVEN a history of hourly forecasts and actuals that came in hour by hour, evaluated
+        let store = fresh_store(bucket).await;
+        write_hours(&store, history_start(), history_hours, 1, Arrival::Hourly)
+            .await
+            .unwrap();
+        let history = evaluate_now(&store).await.unwrap().evaluation;
+        assert!(history.pairs > 0 && history.missing_actuals == 0);
+        // WHEN 10 more hours of forecasts and actuals arrive and are evaluated
+        let increment_start = history_start() + chrono::Duration::hours(history_hours);
+        write_hours(&store, increment_start, 10, 1, Arrival::Now)
+            .await
+            .unwrap();
+        let increment = evaluate_now(&store).await.unwrap().evaluation;
+        // THEN only the new actuals and the forecasts of the span before them were read
+        assert_eq!(increment.actuals_read, 10);
+        assert!(increment.pairs > 0);
+        reads.push((increment.objects_read, increment.pairs));
+    }
+    // AND ten times the history cost the same reads and scored the same pairs
+    assert_eq!(reads[0], reads[1], "(objects read, pairs) after 30 and 300 hours");
+}
+
+#[tokio::test]
+async fn a_replay_of_past_data_is_scored_once_however_often_its_actuals_are_sent() {
+    use common::history::{actuals, forecast, history_start};
+    // GIVEN forecasts replayed over 2016 data, logged long after their origins
+    let store = fresh_store("replay").await;
+    let origin = history_start();
+    store
+        .append_forecasts(&[forecast(0, origin), forecast(1, origin)])
+        .await
+        .unwrap();
+    // WHEN their first 12 hours of actuals are sent, and evaluated
+    for h in 1..=12 {
+        store
+            .append_actuals(&actuals(2, origin + chrono::Duration::hours(h)))
+            .await
+            .unwrap();
+    }
+    let first = evaluate_now(&store).await.unwrap().evaluation;
+    // THEN 12 pairs of each series are scored; the other targets wait
+    assert_eq!((first.pairs, first.forecasts_pending), (24, 2));
+    // AND sending the same actuals again scores nothing twice: they are duplicates
+    let resent: Vec<_> = (1..=12)
+        .flat_map(|h| actuals(2, origin + chrono::Duration::hours(h)))
+        .collect();
+    store.append_actuals(&resent).await.unwrap();
+    let again = evaluate_now(&store).await.unwrap().evaluation;
+    assert_eq!((again.pairs, again.duplicate_actuals), (0, 24));
+    // AND with no new actuals, a run reads no forecast at all
+    let idle = evaluate_now(&store).await.unwrap().evaluation;
+    assert_eq!((idle.objects_read, idle.pairs), (0, 0));
+}

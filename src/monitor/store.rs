@@ -334,9 +334,20 @@ impl AccuracyStore {
         &self,
         observations: &[Observation],
     ) -> Result<Option<String>, StoreError> {
-        let now = Utc::now();
+        self.append_actuals_arrived(observations, Utc::now()).await
+    }
+
+    /// Writes observations as one object under the hour they arrived: importing a history from
+    /// another store keeps its arrival hours, so the next evaluation does not list it as new
+    /// (it still reads it once, when no watermark exists yet).
+    pub async fn append_actuals_arrived(
+        &self,
+        observations: &[Observation],
+        arrived: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        let by_arrival = observations.iter().map(|o| (arrived, o));
         Ok(self
-            .append_by_hour("actuals", "arrival", observations.iter().map(|o| (now, o)), now)
+            .append_by_hour("actuals", "arrival", by_arrival, arrived)
             .await?
             .pop())
     }

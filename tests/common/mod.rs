@@ -102,6 +102,7 @@ pub fn forecast_body(windows: &[Vec<f64>]) -> serde_json::Value {
     })
 }
 pub mod emulators;
+pub mod history;
 pub mod observe;
 pub mod serve;
 
