@@ -231,6 +231,7 @@ pub fn prometheus_name(metric: Metric) -> Option<&'static str> {
         Metric::Wape => "lstm_forecast_accuracy_wape",
         Metric::Bias => "lstm_forecast_accuracy_bias",
         Metric::Mase => "lstm_forecast_accuracy_mase",
+        Metric::ScoredPairs => "lstm_forecast_accuracy_scored_pairs_total",
         Metric::BacktestMae => "lstm_forecast_backtest_mae",
         Metric::MetricsDropped => "lstm_forecast_metrics_dropped_total",
         Metric::ForecastLogFailures => "lstm_forecast_forecast_log_failures_total",

@@ -47,6 +47,9 @@ pub enum Metric {
     Bias,
     /// MAE relative to the repeat-last-value forecast on the same points.
     Mase,
+    /// (forecast, actual) pairs an evaluation scored: the accuracy alarm ignores a WAPE that
+    /// rests on fewer than its minimum.
+    ScoredPairs,
     /// In-request backtest: MAE of a forecast from the history's older part against its newest values.
     BacktestMae,
     /// Metric samples dropped because a sink's buffer was full (CloudWatch unreachable for long).
@@ -78,7 +81,7 @@ pub enum Kind {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 25] = [
+    pub const ALL: [Metric; 26] = [
         Metric::ForecastLatency,
         Metric::InferenceLatency,
         Metric::Forecasts,
@@ -99,6 +102,7 @@ impl Metric {
         Metric::Wape,
         Metric::Bias,
         Metric::Mase,
+        Metric::ScoredPairs,
         Metric::BacktestMae,
         Metric::MetricsDropped,
         Metric::ForecastLogFailures,
@@ -141,6 +145,7 @@ impl Metric {
             Metric::Wape => "WAPE",
             Metric::Bias => "Bias",
             Metric::Mase => "MASE",
+            Metric::ScoredPairs => "ScoredPairs",
             Metric::BacktestMae => "BacktestMAE",
             Metric::MetricsDropped => "MetricsDropped",
             Metric::ForecastLogFailures => "ForecastLogFailures",
@@ -172,6 +177,7 @@ impl Metric {
             | Metric::ModelRollbacks
             | Metric::MetricsDropped
             | Metric::ForecastLogFailures
+            | Metric::ScoredPairs
             | Metric::BatchSeries => "Count",
             Metric::InputDrift
             | Metric::OutOfRangeFraction

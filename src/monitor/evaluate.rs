@@ -275,6 +275,13 @@ impl Evaluation {
                 }
             };
             emit(&scores.overall, None);
+            telemetry.record_for(
+                Metric::ScoredPairs,
+                scores.overall.count as f64,
+                &scores.model,
+                version,
+                None,
+            );
             for (bucket, s) in &scores.horizon_buckets {
                 emit(s, Some(bucket));
             }
