@@ -104,6 +104,7 @@ pub fn forecast_body(windows: &[Vec<f64>]) -> serde_json::Value {
 pub mod emulators;
 pub mod observe;
 pub mod serve;
+pub mod template;
 
 // Each test binary uses some of these; the others are not dead code.
 #[allow(unused_imports)]
