@@ -36,7 +36,7 @@ libtorch: toolchain ## Fetch the CPU libtorch (cached, once per machine)
 	@dest="$$(scripts/fetch-libtorch.sh)" && ln -sfn "$$dest" $(LIBTORCH)
 	@test -f $(LIBTORCH)/build-version
 
-# Emulators and linters the tests start themselves (moto, cargo-lambda, cfn-lint, ...), in a cached
+# Emulators and linters the tests start themselves (moto, ministack, cargo-lambda, cfn-lint, ...), in a cached
 # venv, and promtool from Debian.
 # Installed from hash-checked locks (scripts/lock-python.sh regenerates them), then checked: a
 # missing tool is named in one line before cargo starts.

@@ -377,9 +377,10 @@ fn monitoring_bench(model: &Model, windows: &[Vec<f64>], _path_p50: Duration) ->
         .enable_all()
         .build()
         .unwrap();
-    let moto = emulators::Moto::start();
+    // CloudWatch on ministack (moto cannot answer the SDK's CBOR protocol).
+    let ministack = emulators::Ministack::start();
     let cloudwatch = runtime.block_on(async {
-        let client = moto.cloudwatch().await;
+        let client = ministack.cloudwatch().await;
         std::sync::Arc::new(CloudWatchSink::new(client, "Bench", 100_000))
     });
     let server_metrics = ServerMetrics::new();

@@ -10,7 +10,11 @@ check() { # check NAME HOW-TO-FIX COMMAND...
   if ! "$@" >/dev/null 2>&1; then missing+=("$name: $fix"); fi
 }
 reinstall="delete $VENV and run make test again (scripts/python-tools.sh reinstalls it from the lock)"
-check "moto (S3/CloudWatch/CloudFormation emulator)" "$reinstall" "$VENV/bin/moto_server" --help
+check "moto (S3/CloudFormation emulator)" "$reinstall" "$VENV/bin/moto_server" --help
+# ministack has no --help (it would start serving); its import and cbor2's (without which every
+# CloudWatch call answers 500) are what can break.
+check "ministack (CloudWatch/SNS/SQS emulator, with cbor2)" "$reinstall" \
+  "$VENV/bin/python" -c "import ministack.app, cbor2"
 check "cfn-lint" "$reinstall" "$VENV/bin/cfn-lint" --version
 check "aws-sam-translator (samtranslator, used by tests/infra/cfn.py)" "$reinstall" \
   "$VENV/bin/python" -c "from samtranslator.translator.transform import transform"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the Python-packaged tools the tests use (moto, cfn-lint with the SAM translator,
+# Installs the Python-packaged tools the tests use (moto, ministack, cfn-lint with the SAM translator,
 # cargo-lambda, kubernetes-validate) into a cached venv, from the locks beside this script, and
 # prints the venv's path. See locked-venv.sh; regenerate the locks with lock-python.sh.
 #

@@ -23,8 +23,13 @@ pub fn retries() -> RetryConfig {
 }
 
 /// Loads credentials and region the standard way (env, profile, web identity, ECS, IMDS).
-/// `endpoint_url` (`--aws-endpoint-url`, `AWS_ENDPOINT_URL`) points every client at an emulator
-/// such as moto or MinIO.
+///
+/// `endpoint_url` (`--aws-endpoint-url`) points every client at one emulator (moto, MinIO,
+/// ministack) and overrides any endpoint from the environment. Without it, the SDK resolves each
+/// service's endpoint itself, the standard way: `AWS_ENDPOINT_URL_<SERVICE>` (e.g.
+/// `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL_CLOUDWATCH`) or the profile's `services` section, then
+/// `AWS_ENDPOINT_URL`, then AWS; `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true` turns them all off. So S3
+/// and CloudWatch may be on different emulators (the tests run S3 on moto, CloudWatch on ministack).
 pub async fn sdk_config(endpoint_url: Option<&str>) -> aws_config::SdkConfig {
     let loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(retries())
@@ -50,9 +55,29 @@ pub fn offline_config() -> aws_config::SdkConfig {
 /// is used, because `bucket.127.0.0.1` does not resolve.
 pub fn s3_client(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
     let s3_config = aws_sdk_s3::config::Builder::from(config)
-        .force_path_style(config.endpoint_url().is_some())
+        .force_path_style(s3_endpoint_url(config).is_some())
         .build();
     aws_sdk_s3::Client::from_conf(s3_config)
+}
+
+/// The endpoint S3's client gets from `config`, resolved as `aws_sdk_s3::config::Builder::from`
+/// resolves it (the built config does not tell): an endpoint set in code wins; otherwise S3's own
+/// (`AWS_ENDPOINT_URL_S3`, the profile's `services` section) before the shared one.
+fn s3_endpoint_url(config: &aws_config::SdkConfig) -> Option<String> {
+    let shared = config.endpoint_url().map(str::to_owned);
+    if config.get_origin("endpoint_url").is_client_config() {
+        return shared;
+    }
+    let key = aws_types::service_config::ServiceConfigKey::builder()
+        .service_id("S3")
+        .env("AWS_ENDPOINT_URL")
+        .profile("endpoint_url")
+        .build()
+        .expect("every field is set");
+    config
+        .service_config()
+        .and_then(|service| service.load_config(key))
+        .or(shared)
 }
 
 /// `s3://bucket/key` split into its parts.

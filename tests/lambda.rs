@@ -1,13 +1,14 @@
 //! The Lambda function under cargo-lambda's real Lambda Runtime API emulator, with its model pulled
-//! from S3 (moto) at cold start. Events are the committed fixtures in tests/fixtures/events/.
+//! from S3 (moto) at cold start, and the alarms it checks before a rollback in CloudWatch
+//! (ministack). Events are the committed fixtures in tests/fixtures/events/.
 
 mod common;
 
 use std::time::Duration;
 
-use aws_sdk_cloudwatch::types::StateValue;
+use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StateValue, Statistic};
 use aws_sdk_s3::primitives::ByteStream;
-use common::emulators::{cli, event, Function, LambdaEmulator, Moto};
+use common::emulators::{cli, event, Function, LambdaEmulator, Ministack, Moto};
 use common::{bundled_as_version, repo_path};
 use serde_json::{json, Value};
 
@@ -217,40 +218,97 @@ async fn evaluate_and_unknown_events_are_clear_errors() {
 
 const ACCURACY_ALARM: &str = "lstm-forecast-accuracy";
 
-/// Puts the accuracy alarm in CloudWatch (moto) into `state` now; returns when it entered it, as
-/// CloudWatch reports it.
-async fn set_accuracy_alarm(moto: &Moto, state: StateValue) -> chrono::DateTime<chrono::Utc> {
-    let cloudwatch = moto.cloudwatch().await;
+/// Brings the accuracy alarm in CloudWatch (ministack) into `state` the way CloudWatch would: by
+/// publishing WAPE on its side of the threshold, which ministack evaluates on PutMetricData. Returns
+/// when the alarm entered that state, as CloudWatch reports it.
+///
+/// ministack folds every datum of the alarm's window (3 hourly periods, whatever the dimensions)
+/// into one Average, so the batch published here (0.9 or 0.0, each seen 10 times as often as every
+/// WAPE already in the window) outweighs what earlier calls published.
+async fn set_accuracy_alarm(
+    ministack: &Ministack,
+    state: StateValue,
+) -> chrono::DateTime<chrono::Utc> {
+    let cloudwatch = ministack.cloudwatch().await;
+    let dimensions = vec![
+        Dimension::builder()
+            .name("Model")
+            .value("etth1-ot-lstm")
+            .build(),
+        Dimension::builder().name("Stage").value("prod").build(),
+    ];
     cloudwatch
         .put_metric_alarm()
         .alarm_name(ACCURACY_ALARM)
         .namespace("LstmForecast")
         .metric_name("WAPE")
-        .statistic(aws_sdk_cloudwatch::types::Statistic::Average)
+        .set_dimensions(Some(dimensions.clone()))
+        .statistic(Statistic::Average)
         .period(3600)
         .evaluation_periods(3)
+        .datapoints_to_alarm(2)
         .threshold(0.1)
         .comparison_operator(aws_sdk_cloudwatch::types::ComparisonOperator::GreaterThanThreshold)
         .send()
         .await
         .unwrap();
+    let now = std::time::SystemTime::now();
+    let in_window = cloudwatch
+        .get_metric_statistics()
+        .namespace("LstmForecast")
+        .metric_name("WAPE")
+        .set_dimensions(Some(dimensions.clone()))
+        .start_time(aws_sdk_cloudwatch::primitives::DateTime::from(
+            now - Duration::from_secs(3 * 3600),
+        ))
+        .end_time(aws_sdk_cloudwatch::primitives::DateTime::from(
+            now + Duration::from_secs(60),
+        ))
+        .period(4 * 3600)
+        .statistics(Statistic::SampleCount)
+        .send()
+        .await
+        .unwrap()
+        .datapoints()
+        .iter()
+        .filter_map(|d| d.sample_count())
+        .sum::<f64>();
+    let wape = if state == StateValue::Alarm { 0.9 } else { 0.0 };
     cloudwatch
-        .set_alarm_state()
-        .alarm_name(ACCURACY_ALARM)
-        .state_value(state)
-        .state_reason("set by the test")
+        .put_metric_data()
+        .namespace("LstmForecast")
+        .metric_data(
+            MetricDatum::builder()
+                .metric_name("WAPE")
+                .set_dimensions(Some(dimensions))
+                .values(wape)
+                .counts(10.0 * (in_window + 1.0))
+                .build(),
+        )
         .send()
         .await
         .unwrap();
-    let described = cloudwatch
-        .describe_alarms()
-        .alarm_names(ACCURACY_ALARM)
-        .send()
-        .await
-        .unwrap();
-    let at = described.metric_alarms()[0]
-        .state_updated_timestamp()
-        .unwrap();
+    let at = common::eventually(
+        Duration::from_secs(10),
+        &format!("the accuracy alarm in {state:?}"),
+        || {
+            let cloudwatch = cloudwatch.clone();
+            let state = state.clone();
+            async move {
+                let described = cloudwatch
+                    .describe_alarms()
+                    .alarm_names(ACCURACY_ALARM)
+                    .send()
+                    .await
+                    .unwrap();
+                let alarm = described.metric_alarms().first()?;
+                (alarm.state_value() == Some(&state))
+                    .then(|| alarm.state_updated_timestamp().copied())
+                    .flatten()
+            }
+        },
+    )
+    .await;
     chrono::DateTime::from_timestamp(at.secs(), at.subsec_nanos()).unwrap()
 }
 
@@ -292,11 +350,14 @@ fn assert_refused(response: &Value, why: &str, log: &str) {
 /// tests can alarm right after publishing) no cooldown.
 fn rollback_env(
     moto: &Moto,
+    ministack: &Ministack,
     cache: &tempfile::TempDir,
     min_pairs: usize,
     cooldown_minutes: u64,
 ) -> Vec<(&'static str, String)> {
     let mut env = function_env(moto, cache, REGISTRY);
+    // S3 stays on moto (AWS_ENDPOINT_URL); the alarms it checks are on ministack.
+    env.push(ministack.env_for_cloudwatch());
     env.push(("FORECAST_LOG_URI", format!("s3://{BUCKET}/monitoring")));
     env.push(("ROLLBACK_MIN_PAIRS", min_pairs.to_string()));
     env.push(("ROLLBACK_COOLDOWN_MINUTES", cooldown_minutes.to_string()));
@@ -345,6 +406,8 @@ async fn an_accuracy_alarm_rolls_the_alias_back_once_and_the_function_serves_the
 {
     // GIVEN versions 1.0.0 then 1.0.1 published and promoted
     let moto = Moto::start();
+    // Its own ministack: every test here evaluates the same alarm on the same metric.
+    let ministack = Ministack::start();
     let s3 = moto.create_bucket(BUCKET).await;
     let v1 = bundled_as_version("1.0.0");
     let v2 = bundled_as_version("1.0.1");
@@ -358,10 +421,10 @@ async fn an_accuracy_alarm_rolls_the_alias_back_once_and_the_function_serves_the
     assert_eq!(read_alias(&s3).await["version"], "1.0.1");
     let emulator = LambdaEmulator::start();
     let cache = tempfile::tempdir().unwrap();
-    let function = Function::start(&emulator, &rollback_env(&moto, &cache, 24, 0));
+    let function = Function::start(&emulator, &rollback_env(&moto, &ministack, &cache, 24, 0));
     let alarm = alarm_event(
         "alarm-state-change.json",
-        set_accuracy_alarm(&moto, StateValue::Alarm).await,
+        set_accuracy_alarm(&ministack, StateValue::Alarm).await,
     );
 
     // WHEN the accuracy alarm arrives before 1.0.1 has a score of its own, THEN nothing moves
@@ -407,10 +470,10 @@ async fn an_accuracy_alarm_rolls_the_alias_back_once_and_the_function_serves_the
                "1.0.1": {"wape": 0.9, "pairs": 24, "evaluated_at": chrono::Utc::now()}}),
     )
     .await;
-    set_accuracy_alarm(&moto, StateValue::Ok).await;
+    set_accuracy_alarm(&ministack, StateValue::Ok).await;
     let alarm_action = alarm_event(
         "alarm-action.json",
-        set_accuracy_alarm(&moto, StateValue::Alarm).await,
+        set_accuracy_alarm(&ministack, StateValue::Alarm).await,
     );
     let (_, response) = emulator.invoke(&alarm_action).await;
     assert_eq!(response["errorType"], "RollbackImpossible", "{response}");
@@ -431,6 +494,8 @@ async fn an_accuracy_alarm_rolls_the_alias_back_once_and_the_function_serves_the
 async fn forged_or_stale_alarm_events_change_nothing_and_a_genuine_one_rolls_back() {
     // GIVEN 1.0.0 then 1.0.1 live, and 1.0.1 scored badly: a genuine alarm would roll it back
     let moto = Moto::start();
+    // Its own ministack: every test here evaluates the same alarm on the same metric.
+    let ministack = Ministack::start();
     let s3 = moto.create_bucket(BUCKET).await;
     common::publish_bundled_as(&moto, "1.0.0", REGISTRY);
     common::publish_bundled_as(&moto, "1.0.1", REGISTRY);
@@ -441,18 +506,18 @@ async fn forged_or_stale_alarm_events_change_nothing_and_a_genuine_one_rolls_bac
     .await;
     let emulator = LambdaEmulator::start();
     let cache = tempfile::tempdir().unwrap();
-    let function = Function::start(&emulator, &rollback_env(&moto, &cache, 24, 0));
+    let function = Function::start(&emulator, &rollback_env(&moto, &ministack, &cache, 24, 0));
     let forged = |at: chrono::DateTime<chrono::Utc>| alarm_event("alarm-state-change.json", at);
     // WHEN someone who may invoke the function sends alarm events CloudWatch never raised:
     // for an alarm that does not exist, ...
     let (_, response) = emulator.invoke(&forged(chrono::Utc::now())).await;
     assert_refused(&response, "no alarm", &function.log());
     // ... for an alarm that is OK, ...
-    let ok_since = set_accuracy_alarm(&moto, StateValue::Ok).await;
+    let ok_since = set_accuracy_alarm(&ministack, StateValue::Ok).await;
     let (_, response) = emulator.invoke(&forged(ok_since)).await;
     assert_refused(&response, "another state than ALARM", &function.log());
     // ... and, once it is in ALARM, a series of events with made-up times
-    let alarm_since = set_accuracy_alarm(&moto, StateValue::Alarm).await;
+    let alarm_since = set_accuracy_alarm(&ministack, StateValue::Alarm).await;
     for hours in 1..=3 {
         let (_, response) = emulator
             .invoke(&forged(alarm_since - chrono::Duration::hours(hours)))
@@ -529,11 +594,13 @@ async fn a_batch_event_cannot_read_or_overwrite_anything_outside_the_batch_prefi
 async fn a_fresh_promotion_is_not_rolled_back_for_its_predecessors_errors() {
     // GIVEN 1.0.0 live and scored badly ...
     let moto = Moto::start();
+    // Its own ministack: every test here evaluates the same alarm on the same metric.
+    let ministack = Ministack::start();
     let s3 = moto.create_bucket(BUCKET).await;
     common::publish_bundled_as(&moto, "1.0.0", REGISTRY);
     let emulator = LambdaEmulator::start();
     let cache = tempfile::tempdir().unwrap();
-    let function = Function::start(&emulator, &rollback_env(&moto, &cache, 24, 360));
+    let function = Function::start(&emulator, &rollback_env(&moto, &ministack, &cache, 24, 360));
     assert_eq!(
         score_the_serving_version_badly(&emulator, &function, &s3).await,
         "1.0.0"
@@ -542,14 +609,14 @@ async fn a_fresh_promotion_is_not_rolled_back_for_its_predecessors_errors() {
     common::publish_bundled_as(&moto, "1.0.1", REGISTRY);
     let alarm = alarm_event(
         "alarm-state-change.json",
-        set_accuracy_alarm(&moto, StateValue::Alarm).await,
+        set_accuracy_alarm(&ministack, StateValue::Alarm).await,
     );
     let (_, response) = emulator.invoke(&alarm).await;
     // THEN the fix stays live: the alias moved within the cooldown
     assert_refused(&response, "cooldown", &function.log());
     drop(function);
     // AND with no cooldown at all, 1.0.1 still stays: it has no scores of its own
-    let function = Function::start(&emulator, &rollback_env(&moto, &cache, 24, 0));
+    let function = Function::start(&emulator, &rollback_env(&moto, &ministack, &cache, 24, 0));
     let (_, response) = emulator.invoke(&alarm).await;
     assert_refused(&response, "1.0.1 has no scored forecasts", &function.log());
     assert_eq!(read_alias(&s3).await["version"], "1.0.1");
@@ -561,7 +628,7 @@ async fn a_fresh_promotion_is_not_rolled_back_for_its_predecessors_errors() {
         json!({"1.0.1": {"wape": 0.9, "pairs": 24, "evaluated_at": chrono::Utc::now()}}),
     )
     .await;
-    let function = Function::start(&emulator, &rollback_env(&moto, &cache, 240, 0));
+    let function = Function::start(&emulator, &rollback_env(&moto, &ministack, &cache, 240, 0));
     let (_, response) = emulator.invoke(&alarm).await;
     assert_refused(&response, "fewer than the 240", &function.log());
     assert_eq!(read_alias(&s3).await["version"], "1.0.1");

@@ -192,8 +192,10 @@ pub struct ModelArgs {
 #[derive(Args, Clone)]
 pub struct AwsArgs {
     /// Send every AWS call (S3, CloudWatch) to this endpoint instead of AWS: an emulator such as
-    /// moto or MinIO (S3 then uses path-style addressing).
-    #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "URL")]
+    /// moto or MinIO (S3 then uses path-style addressing). Overrides the endpoint variables, which
+    /// the AWS SDK reads itself when this is not given: AWS_ENDPOINT_URL for every service,
+    /// AWS_ENDPOINT_URL_S3 and AWS_ENDPOINT_URL_CLOUDWATCH for one (these win over the first).
+    #[arg(long, value_name = "URL")]
     pub aws_endpoint_url: Option<String>,
 }
 

@@ -46,7 +46,9 @@ pub struct LambdaConfig {
     pub model_uri: ModelUri,
     /// Where versions downloaded from the registry are cached (`/tmp` is Lambda's only disk).
     pub model_cache_dir: PathBuf,
-    /// An emulator's endpoint for every AWS client (tests, local runs); `None` in AWS.
+    /// An emulator's endpoint for every AWS client (`--aws-endpoint-url`); `None` in AWS, or to let
+    /// the SDK read `AWS_ENDPOINT_URL` and the per-service `AWS_ENDPOINT_URL_S3`,
+    /// `AWS_ENDPOINT_URL_CLOUDWATCH` (see [`crate::aws::sdk_config`]).
     pub aws_endpoint_url: Option<String>,
     /// Where batch jobs may read and write (`s3://BUCKET/PREFIX/`); `None` refuses batch jobs.
     pub batch_input_prefix: Option<String>,

@@ -1,6 +1,13 @@
-//! Real emulators on 127.0.0.1, started and stopped by the tests: moto (S3) and cargo-lambda's
-//! Lambda Runtime API. `make test` installs them (scripts/python-tools.sh); run alone, the tests
-//! look in $LSTM_FORECAST_TOOLS, else $LSTM_FORECAST_CACHE/tools-venv (default ~/.cache/lstm-forecast).
+//! Real emulators on 127.0.0.1, started and stopped by the tests: moto (S3, CloudFormation),
+//! ministack (CloudWatch, and SNS/SQS for alarm notifications) and cargo-lambda's Lambda Runtime
+//! API. `make test` installs them (scripts/python-tools.sh); run alone, the tests look in
+//! $LSTM_FORECAST_TOOLS, else $LSTM_FORECAST_CACHE/tools-venv (default ~/.cache/lstm-forecast).
+//!
+//! Why two AWS emulators: aws-sdk-cloudwatch >= 1.100 speaks only Smithy RPC v2 CBOR, which moto
+//! cannot answer (moto issue #9195); ministack can, and it evaluates alarms (with limits: see
+//! [`Ministack`]). A process under test that needs both gets S3 on moto through `AWS_ENDPOINT_URL`
+//! and CloudWatch on ministack through `AWS_ENDPOINT_URL_CLOUDWATCH`, which the SDK prefers
+//! ([`Ministack::env_for_cloudwatch`]).
 #![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
@@ -53,6 +60,51 @@ fn wait_for_port(port: u16, what: &str, child: &mut Child) {
     panic!("{what} did not listen on 127.0.0.1:{port} within 60 s");
 }
 
+/// Runs `start` on a thread that parks forever, and returns what it made: a process started there
+/// with `PR_SET_PDEATHSIG` dies with that thread, so with the test process (a static's emulator is
+/// never dropped).
+fn on_a_thread_that_lives_forever<T: Send + 'static>(start: fn() -> T) -> T {
+    let (started, made) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        started.send(start()).unwrap();
+        loop {
+            std::thread::park();
+        }
+    });
+    made.recv().unwrap()
+}
+
+/// Starts `command` in a process group of its own (see [`Group`]), output discarded, and waits
+/// until it listens on `port`. `dies_with_this_thread`: the kernel kills it when the calling thread
+/// exits (`PR_SET_PDEATHSIG`), for emulators shared by a whole test binary.
+fn spawn_listening(
+    mut command: Command,
+    port: u16,
+    what: &str,
+    dies_with_this_thread: bool,
+) -> Child {
+    command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    if dies_with_this_thread {
+        // SAFETY: prctl is async-signal-safe, and nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    wait_for_port(port, what, &mut child);
+    child
+}
+
 /// A process group killed on drop, so children it spawned die with it.
 struct Group(Child);
 
@@ -65,7 +117,7 @@ impl Drop for Group {
     }
 }
 
-/// moto_server: S3 (and CloudWatch) on a free loopback port.
+/// moto_server: S3 and CloudFormation on a free loopback port.
 pub struct Moto {
     pub endpoint: String,
     _process: Group,
@@ -84,39 +136,14 @@ impl Moto {
     /// (`PR_SET_PDEATHSIG`), and that thread lives as long as the process.
     pub fn shared() -> &'static Moto {
         static SHARED: std::sync::OnceLock<Moto> = std::sync::OnceLock::new();
-        SHARED.get_or_init(|| {
-            let (started, moto) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                started.send(Moto::spawn(true)).unwrap();
-                loop {
-                    std::thread::park();
-                }
-            });
-            moto.recv().unwrap()
-        })
+        SHARED.get_or_init(|| on_a_thread_that_lives_forever(|| Moto::spawn(true)))
     }
 
     fn spawn(dies_with_this_thread: bool) -> Self {
         let port = free_port();
         let mut command = Command::new(tools_bin("moto_server"));
-        command
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0);
-        if dies_with_this_thread {
-            // SAFETY: prctl is async-signal-safe, and nothing else runs between fork and exec.
-            unsafe {
-                command.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let mut child = command.spawn().expect("start moto_server");
-        wait_for_port(port, "moto_server", &mut child);
+        command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let child = spawn_listening(command, port, "moto_server", dies_with_this_thread);
         Moto {
             endpoint: format!("http://127.0.0.1:{port}"),
             _process: Group(child),
@@ -134,6 +161,21 @@ impl Moto {
         ]
     }
 
+    /// [`Moto::env`] with S3's own endpoint variable (`AWS_ENDPOINT_URL_S3`) in place of the
+    /// shared one, for a process whose other AWS calls go elsewhere. Its host is `localhost`, a
+    /// name: on an IP endpoint the SDK addresses buckets path-style by itself, so only a name shows
+    /// that the process asks for path-style addressing (`bucket.localhost` does not resolve).
+    pub fn env_for_s3_only(&self) -> Vec<(&'static str, String)> {
+        let mut env = self.env();
+        for (name, value) in env.iter_mut() {
+            if *name == "AWS_ENDPOINT_URL" {
+                *name = "AWS_ENDPOINT_URL_S3";
+                *value = value.replace("127.0.0.1", "localhost");
+            }
+        }
+        env
+    }
+
     pub async fn s3(&self) -> aws_sdk_s3::Client {
         let config = aws_sdk_s3::Config::builder()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
@@ -147,6 +189,90 @@ impl Moto {
         aws_sdk_s3::Client::from_conf(config)
     }
 
+    pub async fn create_bucket(&self, bucket: &str) -> aws_sdk_s3::Client {
+        let s3 = self.s3().await;
+        s3.create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .expect("create bucket");
+        s3
+    }
+}
+
+/// ministack: CloudWatch, SNS and SQS on a free loopback port (`SERVICES` keeps the rest of its
+/// services off; `DOCKER_HOST` points nowhere, so it never looks for a Docker daemon: nothing here
+/// runs containers).
+///
+/// Its CloudWatch evaluates metric alarms, with limits (ministack 1.5.33) that a test must respect:
+/// - an alarm is evaluated only when PutMetricData or PutMetricAlarm is called, never on a timer,
+///   so no alarm changes state on its own while a test waits;
+/// - the whole `Period x EvaluationPeriods` window before now is folded into one value of the
+///   alarm's statistic: `DatapointsToAlarm`, `TreatMissingData` and
+///   `EvaluateLowSampleCountPercentile` are stored, not used;
+/// - dimensions are ignored during evaluation: every datum of the alarm's namespace and metric
+///   counts, so a test that evaluates an alarm needs a ministack of its own ([`Ministack::start`]);
+/// - only SNS actions fire (a Lambda action is stored, never invoked); a subscribed SQS queue has
+///   the notification before PutMetricData answers;
+/// - metric-math alarms (`Metrics`) are stored, not evaluated.
+///
+/// Queries (GetMetricStatistics, GetMetricData) match the exact dimension set, as CloudWatch does.
+pub struct Ministack {
+    pub endpoint: String,
+    _process: Group,
+}
+
+impl Ministack {
+    /// A ministack of this test's own: needed by any test that evaluates alarms (see above).
+    pub fn start() -> Self {
+        Self::spawn(false)
+    }
+
+    /// One ministack for the whole test binary, for tests that only publish and query metrics,
+    /// each under its own namespace or dimensions. Tied to the test process like [`Moto::shared`].
+    pub fn shared() -> &'static Ministack {
+        static SHARED: std::sync::OnceLock<Ministack> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| on_a_thread_that_lives_forever(|| Ministack::spawn(true)))
+    }
+
+    fn spawn(dies_with_this_thread: bool) -> Self {
+        let port = free_port();
+        // Its pid file (`ministack-PORT.pid`, left behind when it is killed) goes to a directory
+        // of its own, not into /tmp itself.
+        let tmp = std::env::temp_dir().join("lstm-forecast-ministack");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let mut command = Command::new(tools_bin("ministack"));
+        command
+            .env("GATEWAY_PORT", port.to_string())
+            .env("BIND_HOST", "127.0.0.1")
+            .env("SERVICES", "cloudwatch,sns,sqs")
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+            .env("LOG_LEVEL", "WARNING")
+            .env("TMPDIR", &tmp);
+        let child = spawn_listening(command, port, "ministack", dies_with_this_thread);
+        Ministack {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            _process: Group(child),
+        }
+    }
+
+    /// What a process that talks to moto (`Moto::env`) also needs for its CloudWatch calls to reach
+    /// this ministack: the SDK's per-service endpoint, which wins over `AWS_ENDPOINT_URL`.
+    pub fn env_for_cloudwatch(&self) -> (&'static str, String) {
+        ("AWS_ENDPOINT_URL_CLOUDWATCH", self.endpoint.clone())
+    }
+
+    /// Environment for a process that talks to this ministack only.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_REGION", REGION.into()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ]
+    }
+
     pub async fn cloudwatch(&self) -> aws_sdk_cloudwatch::Client {
         let config = aws_sdk_cloudwatch::Config::builder()
             .behavior_version(aws_sdk_cloudwatch::config::BehaviorVersion::latest())
@@ -157,16 +283,6 @@ impl Moto {
             ))
             .build();
         aws_sdk_cloudwatch::Client::from_conf(config)
-    }
-
-    pub async fn create_bucket(&self, bucket: &str) -> aws_sdk_s3::Client {
-        let s3 = self.s3().await;
-        s3.create_bucket()
-            .bucket(bucket)
-            .send()
-            .await
-            .expect("create bucket");
-        s3
     }
 }
 

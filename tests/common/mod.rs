@@ -105,6 +105,7 @@ pub mod emulators;
 pub mod history;
 pub mod observe;
 pub mod serve;
+pub mod template;
 
 // Each test binary uses some of these; the others are not dead code.
 #[allow(unused_imports)]

@@ -3,6 +3,8 @@
   cfn.py metrics TEMPLATE...          JSON: alarms (namespace, metric, dimensions) and dashboard metric names
   cfn.py deploy TEMPLATE ENDPOINT     SAM-translate, deploy to moto's CloudFormation, print what was created
   cfn.py alarm-topics TEMPLATE...     JSON: each SNS topic an alarm notifies, its key, and what the key grants CloudWatch
+  cfn.py alarm TEMPLATE RESOURCE      JSON: that alarm's properties as deployed with the parameters' defaults under the
+                                      stack name lstm-forecast; an action on a resource of the stack is {"resource": NAME}
 """
 import json
 import os
@@ -198,6 +200,43 @@ def alarm_topics(paths):
     print(json.dumps(found))
 
 
+STACK_NAME = "lstm-forecast"
+
+
+def resolve(value, parameters):
+    """A property value with Ref/Sub on parameters and pseudo parameters resolved (defaults, the
+    stack name); a Ref or GetAtt on a resource becomes {"resource": NAME}, for the caller to map."""
+    if isinstance(value, list):
+        return [resolve(v, parameters) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "Ref" in value:
+        name = value["Ref"]
+        if name == "AWS::StackName":
+            return STACK_NAME
+        if name in parameters:
+            return parameters[name].get("Default")
+        return {"resource": name}
+    if "Fn::GetAtt" in value:
+        return {"resource": value["Fn::GetAtt"][0], "attribute": value["Fn::GetAtt"][1]}
+    if "Fn::Sub" in value and isinstance(value["Fn::Sub"], str):
+        text = value["Fn::Sub"].replace("${AWS::StackName}", STACK_NAME)
+        for name, parameter in parameters.items():
+            text = text.replace("${" + name + "}", str(parameter.get("Default")))
+        if "${" in text:
+            sys.exit(f"unresolved substitution in {text}")
+        return text
+    return {k: resolve(v, parameters) for k, v in value.items()}
+
+
+def alarm(path, name):
+    template = load(path)
+    resource = template["Resources"][name]
+    if resource["Type"] != "AWS::CloudWatch::Alarm":
+        sys.exit(f"{name} is a {resource['Type']}")
+    print(json.dumps(resolve(resource["Properties"], template.get("Parameters", {}))))
+
+
 if __name__ == "__main__":
     command = sys.argv[1]
     if command == "metrics":
@@ -206,5 +245,7 @@ if __name__ == "__main__":
         deploy(sys.argv[2], sys.argv[3])
     elif command == "alarm-topics":
         alarm_topics(sys.argv[2:])
+    elif command == "alarm":
+        alarm(sys.argv[2], sys.argv[3])
     else:
         sys.exit(f"unknown command {command}")
