@@ -260,7 +260,8 @@ fn evaluation_table() {
         let (objects, read, pairs, time) = runtime.block_on(async {
             let bucket = format!("evaluation-{n}");
             let s3 = moto.create_bucket(&bucket).await;
-            let store = AccuracyStore::new(s3.clone(), &format!("s3://{bucket}/monitoring")).unwrap();
+            let store =
+                AccuracyStore::new(s3.clone(), &format!("s3://{bucket}/monitoring")).unwrap();
             let telemetry = Telemetry::disabled();
             let arrival = history::Arrival::Hourly;
             history::write_hours(&store, history::history_start(), hours, per_hour, arrival)
@@ -272,8 +273,8 @@ fn evaluation_table() {
             let mut times = Vec::new();
             let (mut read, mut pairs) = (0, 0);
             for increment in 0..3 {
-                let start = history::history_start()
-                    + chrono::Duration::hours(hours + increment * 10);
+                let start =
+                    history::history_start() + chrono::Duration::hours(hours + increment * 10);
                 history::write_hours(&store, start, 10, 1, history::Arrival::Now)
                     .await
                     .unwrap();

@@ -181,9 +181,8 @@ fn the_forecast_log_lines_the_function_writes_are_what_the_template_delivers_to_
     // ... and Firehose writes them, unpacked, where evaluate reads forecasts: under
     // PREFIX/forecasts/origin=HOUR/, HOUR taken from each line by the template's jq query.
     assert!(template.contains("FORECAST_LOG_URI: !Sub \"s3://${ArtifactsBucket}/monitoring\""));
-    assert!(template.contains(
-        "Prefix: \"monitoring/forecasts/origin=!{partitionKeyFromQuery:origin_hour}/\""
-    ));
+    assert!(template
+        .contains("Prefix: \"monitoring/forecasts/origin=!{partitionKeyFromQuery:origin_hour}/\""));
     assert!(template.contains(&format!(
         "ParameterValue: \"{{origin_hour: .{key}.origin[0:13]}}\""
     )));

@@ -273,6 +273,32 @@ async fn set_accuracy_alarm(
         .iter()
         .filter_map(|d| d.sample_count())
         .sum::<f64>();
+    // ministack stamps state changes in whole seconds (CloudWatch in milliseconds, and its
+    // periods keep transitions far apart). Two transitions within one second would carry the same
+    // time, which is the rollback's idempotency key, so the next one waits for the next second.
+    let last_change = cloudwatch
+        .describe_alarms()
+        .alarm_names(ACCURACY_ALARM)
+        .send()
+        .await
+        .unwrap()
+        .metric_alarms()
+        .first()
+        .and_then(|a| a.state_updated_timestamp().map(|t| t.secs()));
+    if let Some(last_change) = last_change {
+        common::eventually(
+            Duration::from_secs(3),
+            "a new second for the next transition",
+            || async move {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64;
+                (now > last_change).then_some(())
+            },
+        )
+        .await;
+    }
     let wape = if state == StateValue::Alarm { 0.9 } else { 0.0 };
     cloudwatch
         .put_metric_data()

@@ -750,7 +750,10 @@ async fn an_evaluation_reads_what_arrived_since_the_last_one_not_the_history() {
         reads.push((increment.objects_read, increment.pairs));
     }
     // AND ten times the history cost the same reads and scored the same pairs
-    assert_eq!(reads[0], reads[1], "(objects read, pairs) after 30 and 300 hours");
+    assert_eq!(
+        reads[0], reads[1],
+        "(objects read, pairs) after 30 and 300 hours"
+    );
 }
 
 #[tokio::test]

@@ -154,7 +154,11 @@ pub fn evaluate(increment: &Increment) -> (Evaluation, Vec<(DateTime<Utc>, Settl
                     let (_, overall, buckets) = groups
                         .entry(record.model_version.clone())
                         .or_insert_with(|| {
-                            (record.model.clone(), Accumulator::default(), BTreeMap::new())
+                            (
+                                record.model.clone(),
+                                Accumulator::default(),
+                                BTreeMap::new(),
+                            )
                         });
                     overall.add(*forecast, actual, record.last_value);
                     buckets
@@ -813,7 +817,12 @@ mod tests {
         // as one range of whole hours
         assert_eq!(hours, vec![(t(-4), t(100))]);
         // AND without anything due, two far-apart actuals read two short ranges
-        let hours = origin_hours(&actuals, &BTreeMap::new(), &HashMap::new(), Duration::hours(24));
+        let hours = origin_hours(
+            &actuals,
+            &BTreeMap::new(),
+            &HashMap::new(),
+            Duration::hours(24),
+        );
         assert_eq!(hours, vec![(t(6), t(30)), (t(76), t(100))]);
     }
 

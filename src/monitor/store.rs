@@ -59,7 +59,8 @@ impl ForecastRecord {
         format!(
             "{}|{}|{}|{}",
             self.series_id,
-            self.origin.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            self.origin
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
             self.model_version,
             self.created_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
@@ -309,7 +310,12 @@ impl AccuracyStore {
         }
         let objects: Vec<(String, Vec<u8>)> = by_hour
             .into_iter()
-            .map(|(partition, group)| (format!("{partition}{}", unique_name(now)), json_lines(&group)))
+            .map(|(partition, group)| {
+                (
+                    format!("{partition}{}", unique_name(now)),
+                    json_lines(&group),
+                )
+            })
             .collect();
         bounded(objects, |(key, body)| async move {
             self.put(&key, body, "application/x-ndjson").await?;
@@ -358,8 +364,13 @@ impl AccuracyStore {
         settled: &[(DateTime<Utc>, SettledPair)],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.append_by_hour("settled", "origin", settled.iter().map(|(o, p)| (*o, p)), now)
-            .await?;
+        self.append_by_hour(
+            "settled",
+            "origin",
+            settled.iter().map(|(o, p)| (*o, p)),
+            now,
+        )
+        .await?;
         Ok(())
     }
 
@@ -417,7 +428,10 @@ impl AccuracyStore {
     /// The forecast records in `keys`. A line that is not a record is quarantined (skipped, and
     /// reported with its key and line), never fatal: one bad line must not stop every later
     /// evaluation.
-    pub async fn read_forecasts(&self, keys: &[String]) -> Result<Loaded<ForecastRecord>, StoreError> {
+    pub async fn read_forecasts(
+        &self,
+        keys: &[String],
+    ) -> Result<Loaded<ForecastRecord>, StoreError> {
         let mut loaded = Loaded::default();
         for (key, bytes) in self.read_all(keys).await? {
             json_lines_into(&mut loaded, &key, &bytes, parse_record_line);
@@ -429,7 +443,9 @@ impl AccuracyStore {
     pub async fn read_settled(&self, keys: &[String]) -> Result<Loaded<SettledPair>, StoreError> {
         let mut loaded = Loaded::default();
         for (key, bytes) in self.read_all(keys).await? {
-            json_lines_into(&mut loaded, &key, &bytes, |line| serde_json::from_slice(line));
+            json_lines_into(&mut loaded, &key, &bytes, |line| {
+                serde_json::from_slice(line)
+            });
         }
         Ok(loaded)
     }
@@ -450,7 +466,9 @@ impl AccuracyStore {
                     }
                 }
             } else {
-                json_lines_into(&mut loaded, &key, &bytes, |line| serde_json::from_slice(line));
+                json_lines_into(&mut loaded, &key, &bytes, |line| {
+                    serde_json::from_slice(line)
+                });
             }
         }
         Ok(loaded)

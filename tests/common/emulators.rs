@@ -504,7 +504,9 @@ pub async fn deliver_forecast_log(
         let n = DELIVERY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         s3.put_object()
             .bucket(bucket)
-            .key(format!("{prefix}/forecasts/origin={hour}/firehose-delivery-{n}"))
+            .key(format!(
+                "{prefix}/forecasts/origin={hour}/firehose-delivery-{n}"
+            ))
             .body(aws_sdk_s3::primitives::ByteStream::from(body.into_bytes()))
             .send()
             .await

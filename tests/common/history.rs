@@ -24,12 +24,16 @@ fn signal(series: usize, t: DateTime<Utc>) -> f64 {
 
 /// The forecast of series `series` made at `origin`: the signal plus one.
 pub fn forecast(series: usize, origin: DateTime<Utc>) -> ForecastRecord {
-    let timestamps: Vec<DateTime<Utc>> = (1..=HORIZON).map(|h| origin + Duration::hours(h)).collect();
+    let timestamps: Vec<DateTime<Utc>> =
+        (1..=HORIZON).map(|h| origin + Duration::hours(h)).collect();
     ForecastRecord {
         series_id: format!("s{series}"),
         origin,
         last_value: signal(series, origin),
-        values: timestamps.iter().map(|t| signal(series, *t) + 1.0).collect(),
+        values: timestamps
+            .iter()
+            .map(|t| signal(series, *t) + 1.0)
+            .collect(),
         timestamps,
         model: "m".into(),
         model_version: "1".into(),
