@@ -2,7 +2,9 @@
 //! tests use) and created in an emulator's CloudWatch with the properties CloudFormation would pass.
 #![allow(dead_code)]
 
-use aws_sdk_cloudwatch::types::{ComparisonOperator, Dimension, StandardUnit, Statistic};
+use aws_sdk_cloudwatch::types::{
+    ComparisonOperator, Dimension, Metric, MetricDataQuery, MetricStat, StandardUnit, Statistic,
+};
 use serde_json::Value;
 
 use super::emulators::tools_bin;
@@ -71,18 +73,51 @@ pub async fn put_alarm(
                 "AlarmActions",
                 "OKActions",
                 "InsufficientDataActions",
+                "Metrics",
             ]
             .contains(&key.as_str()),
-            "alarm property {key} is not passed on (metric-math alarms are not evaluated by the \
-             emulator either)"
+            "alarm property {key} is not passed on"
         );
     }
-    let dimensions = properties["Dimensions"].as_array().map(|list| {
-        list.iter()
-            .map(|d| {
-                Dimension::builder()
-                    .name(d["Name"].as_str().unwrap())
-                    .value(d["Value"].as_str().unwrap())
+    let dimensions_of = |value: &Value| -> Option<Vec<Dimension>> {
+        value.as_array().map(|list| {
+            list.iter()
+                .map(|d| {
+                    Dimension::builder()
+                        .name(d["Name"].as_str().unwrap())
+                        .value(d["Value"].as_str().unwrap())
+                        .build()
+                })
+                .collect()
+        })
+    };
+    let dimensions = dimensions_of(&properties["Dimensions"]);
+    // A metric-math alarm's queries, as CloudFormation passes them (ministack stores them; it
+    // does not evaluate expressions).
+    let metrics = properties["Metrics"].as_array().map(|queries| {
+        queries
+            .iter()
+            .map(|q| {
+                let stat = q.get("MetricStat").map(|stat| {
+                    let metric = &stat["Metric"];
+                    MetricStat::builder()
+                        .metric(
+                            Metric::builder()
+                                .set_namespace(metric["Namespace"].as_str().map(str::to_owned))
+                                .set_metric_name(metric["MetricName"].as_str().map(str::to_owned))
+                                .set_dimensions(dimensions_of(&metric["Dimensions"]))
+                                .build(),
+                        )
+                        .set_period(stat["Period"].as_i64().map(|p| p as i32))
+                        .set_stat(stat["Stat"].as_str().map(str::to_owned))
+                        .build()
+                });
+                MetricDataQuery::builder()
+                    .id(q["Id"].as_str().unwrap())
+                    .set_label(q["Label"].as_str().map(str::to_owned))
+                    .set_expression(q["Expression"].as_str().map(str::to_owned))
+                    .set_return_data(q["ReturnData"].as_bool())
+                    .set_metric_stat(stat)
                     .build()
             })
             .collect()
@@ -94,6 +129,7 @@ pub async fn put_alarm(
         .set_namespace(text("Namespace"))
         .set_metric_name(text("MetricName"))
         .set_dimensions(dimensions)
+        .set_metrics(metrics)
         .set_statistic(text("Statistic").map(|s| Statistic::from(s.as_str())))
         .set_extended_statistic(text("ExtendedStatistic"))
         .set_evaluate_low_sample_count_percentile(text("EvaluateLowSampleCountPercentile"))
