@@ -21,6 +21,7 @@ check "aws-sam-translator (samtranslator, used by tests/infra/cfn.py)" "$reinsta
 check "cfn-lint-serverless" "$reinstall" "$VENV/bin/python" -c "import cfn_lint_serverless"
 check "boto3" "$reinstall" "$VENV/bin/python" -c "import boto3"
 check "kubernetes-validate" "$reinstall" "$VENV/bin/kubernetes-validate" --version
+check "check-jsonschema (the Compose Specification schema, for infra/swarm)" "$reinstall" "$VENV/bin/check-jsonschema" --version
 check "cargo-lambda (Lambda Runtime API emulator)" "$reinstall" "$VENV/bin/cargo-lambda" lambda --version
 check "promtool (Debian package prometheus)" "run scripts/system-tools.sh as root, or apt-get install prometheus" promtool --version
 if [ ${#missing[@]} -gt 0 ]; then

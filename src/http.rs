@@ -8,10 +8,10 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
@@ -33,6 +33,33 @@ pub fn router(service: Service) -> Router {
     router_with_auth(service, ApiAuth::default())
 }
 
+/// What one client may hold of the server: time to send a request, and a share of the requests
+/// in flight. A slow client, by accident or on purpose, would otherwise hold a connection, a task
+/// and its buffers for as long as it likes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// To send a request's headers; a slower connection is closed. hyper runs this timer on an
+    /// idle keep-alive connection too, so it is also the keep-alive idle time: it must exceed the
+    /// idle timeout of a load balancer in front (the ALB's 60 s), or the balancer may send a
+    /// request down a connection the server is closing.
+    pub header_read_timeout: Duration,
+    /// To send a request's body once its headers are in; a slower one gets a 408.
+    pub body_read_timeout: Duration,
+    /// Requests in flight at most, health checks and `/metrics` aside (orchestrators must still
+    /// see a busy server as alive); beyond it a 503 with `Retry-After`.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs(65),
+            body_read_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 512,
+        }
+    }
+}
+
 /// Authentication the server does itself, where nothing in front of it does (ECS behind a load
 /// balancer, a laptop). API Gateway authenticates the Lambda function's callers.
 #[derive(Debug, Clone, Default)]
@@ -44,6 +71,11 @@ pub struct ApiAuth {
 
 /// [`router`], with `auth` enforced.
 pub fn router_with_auth(service: Service, auth: ApiAuth) -> Router {
+    router_with(service, auth, ConnectionLimits::default())
+}
+
+/// [`router`], with `auth` and `limits` enforced.
+pub fn router_with(service: Service, auth: ApiAuth, limits: ConnectionLimits) -> Router {
     let max_body_bytes = service.limits().max_body_bytes;
     let max_observation_bytes = service.limits().max_observation_bytes;
     Router::new()
@@ -61,8 +93,85 @@ pub fn router_with_auth(service: Service, auth: ApiAuth) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::Extension(limits))
+        // Inside `observe`, so that a shed request is logged and counted like any other answer.
+        .layer(middleware::from_fn_with_state(
+            InFlight {
+                slots: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_requests)),
+                max: limits.max_concurrent_requests,
+            },
+            admit,
+        ))
         .layer(middleware::from_fn_with_state(service.clone(), observe))
         .with_state(service)
+}
+
+/// The request slots of [`ConnectionLimits::max_concurrent_requests`].
+#[derive(Clone)]
+struct InFlight {
+    slots: Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+/// Lets a request in if a slot is free, else answers 503 at once: queueing it would only move the
+/// wait somewhere the client cannot see. Probes and scrapes always pass.
+async fn admit(State(in_flight): State<InFlight>, request: Request, next: Next) -> Response {
+    if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
+        return next.run(request).await;
+    }
+    match in_flight.slots.try_acquire_owned() {
+        Ok(_slot) => next.run(request).await,
+        Err(_) => ApiError {
+            retry_after_secs: Some(1),
+            close_connection: true,
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!(
+                    "the server is at its limit of {} requests in flight; retry shortly",
+                    in_flight.max
+                ),
+            )
+        }
+        .into_response(),
+    }
+}
+
+/// Reads a whole body, at most `limit` bytes, within the body timeout.
+async fn read_body(body: Body, limit: usize, limits: &ConnectionLimits) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(limits.body_read_timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|cause| cause.is::<http_body_util::LengthLimitError>());
+            Err(if too_large {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!(
+                        "request body exceeds the {limit}-byte limit; send fewer series per request"
+                    ),
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    format!("could not read the request body: {e}"),
+                )
+            })
+        }
+        Err(_) => Err(ApiError {
+            close_connection: true,
+            ..ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} s of its headers; send it in one go",
+                    limits.body_read_timeout.as_secs_f64()
+                ),
+            )
+        }),
+    }
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish.
@@ -71,25 +180,65 @@ pub async fn serve(
     service: Service,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_with_auth(listener, service, ApiAuth::default(), shutdown).await
+    serve_with(
+        listener,
+        service,
+        ApiAuth::default(),
+        ConnectionLimits::default(),
+        shutdown,
+    )
+    .await
 }
 
-/// [`serve`], with `auth` enforced.
-pub async fn serve_with_auth(
+/// [`serve`], with `auth` and `limits` enforced.
+///
+/// Its own accept loop over hyper rather than `axum::serve`, which has no header read timeout:
+/// without one, a client that sends its headers a byte at a time holds a connection for ever.
+pub async fn serve_with(
     listener: TcpListener,
     service: Service,
     auth: ApiAuth,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Without TCP_NODELAY a response written in two segments waits for the client's delayed ACK
-    // (~40 ms on Linux): Nagle's algorithm would dominate every small forecast.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router_with_auth(service, auth))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let router = router_with(service, auth, limits);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors, or a connection reset before it was accepted: the
+                // listener is fine. A moment's pause keeps EMFILE from spinning the loop.
+                Err(e) => {
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Without TCP_NODELAY a response written in two segments waits for the client's delayed
+        // ACK (~40 ms on Linux): Nagle's algorithm would dominate every small forecast.
+        let _ = stream.set_nodelay(true);
+        let connection = http.serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(router.clone()),
+        );
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    // Idle keep-alive connections close now; those with a request in flight close after it.
+    connections.shutdown().await;
+    Ok(())
 }
 
 /// Resolves on ctrl-c or SIGTERM (what ECS, Kubernetes and systemd send).
@@ -154,12 +303,12 @@ fn check_plain_json(headers: &HeaderMap) -> Result<(), ApiError> {
 
 async fn forecast(
     State(service): State<Service>,
+    axum::Extension(limits): axum::Extension<ConnectionLimits>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<crate::forecast::ForecastResponse>, ApiError> {
     check_plain_json(&headers)?;
-    let body =
-        body.map_err(|rejection| ApiError::body(rejection, service.limits().max_body_bytes))?;
+    let body = read_body(body, service.limits().max_body_bytes, &limits).await?;
     // `observe` put the request id there (the client's, Lambda's, or a new one).
     let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
     Ok(Json(service.forecast_json(&body, request_id).await?))
@@ -169,8 +318,9 @@ async fn forecast(
 async fn observations(
     State(service): State<Service>,
     axum::Extension(auth): axum::Extension<std::sync::Arc<ApiAuth>>,
+    axum::Extension(limits): axum::Extension<ConnectionLimits>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     if let Some(token) = &auth.observations_token {
         let presented = headers
@@ -187,8 +337,7 @@ async fn observations(
         }
     }
     check_plain_json(&headers)?;
-    let body = body
-        .map_err(|rejection| ApiError::body(rejection, service.limits().max_observation_bytes))?;
+    let body = read_body(body, service.limits().max_observation_bytes, &limits).await?;
     let (stored, key) = service.store_observations(&body).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -337,10 +486,14 @@ async fn observe(State(service): State<Service>, mut request: Request, next: Nex
         elapsed,
     });
     // A failure on our side can name buckets, keys and internals: the client gets a generic
-    // message and the request id; the details go to the log line below. (501 is not a failure but
-    // a documented answer, "not configured", and keeps its message.)
+    // message and the request id; the details go to the log line below. (501 "not configured" and
+    // 503 "overloaded" are not failures but documented answers, and keep their messages.)
     let public_error = match error {
-        Some(e) if status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED => {
+        Some(e)
+            if status.is_server_error()
+                && status != StatusCode::NOT_IMPLEMENTED
+                && e.code != "overloaded" =>
+        {
             Some(e.code)
         }
         _ => None,
@@ -399,6 +552,9 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     retry_after_secs: Option<u64>,
+    /// Ask the client to reconnect (`Connection: close`): the request's body was never read, so
+    /// the connection cannot carry another request.
+    close_connection: bool,
 }
 
 /// Left on error responses so the middleware can count and log them.
@@ -415,24 +571,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_secs: None,
-        }
-    }
-
-    fn body(rejection: BytesRejection, limit: usize) -> Self {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!(
-                    "request body exceeds the {limit}-byte limit; send fewer series per request"
-                ),
-            )
-        } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                format!("could not read the request body: {}", rejection.body_text()),
-            )
+            close_connection: false,
         }
     }
 
@@ -501,6 +640,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.close_connection {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response.extensions_mut().insert(ErrorLog {
             code: self.code,

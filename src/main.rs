@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use cli::args::{EvaluateArgs, ForecastArgs, LambdaArgs, ModelCommand, ServeArgs};
+use cli::args::{EvaluateArgs, ForecastArgs, LambdaArgs, ModelCommand, ProbeArgs, ServeArgs};
 
 /// LSTM time-series forecasts on libtorch.
 ///
@@ -48,9 +48,10 @@ enum Command {
     Model(ModelCommand),
     /// Score logged forecasts against actuals and publish the accuracy metrics and a report.
     ///
-    /// Joins the forecasts logged under FORECAST_LOG_URI with the actuals stored there
-    /// (POST /v1/observations, or JSON Lines / CSV files dropped under PREFIX/actuals/) on
-    /// (series id, target time); scores those that became due since the last evaluation; pushes
+    /// Reads the actuals that arrived under FORECAST_LOG_URI since the last evaluation
+    /// (POST /v1/observations, or JSON Lines / CSV files dropped under PREFIX/actuals/arrival=HOUR/),
+    /// joins them with the forecasts logged there on (series id, target time), each pair once;
+    /// pushes
     /// MAE, RMSE, WAPE, Bias, MASE (overall and per horizon bucket) to the metrics sinks; writes
     /// PREFIX/reports/<time>/report.json and chart.svg.
     Evaluate(EvaluateArgs),
@@ -61,6 +62,11 @@ enum Command {
     /// CloudWatch alarm events (rollback of the model alias for alarms in ROLLBACK_ALARMS). Needs the
     /// Lambda environment (AWS_LAMBDA_RUNTIME_API, ...). A failed init exits non-zero with the cause.
     Lambda(LambdaArgs),
+    /// GET a URL and exit 0 on a 2xx answer: a container health check for an image without curl.
+    ///
+    /// Default: http://127.0.0.1:8080/readyz, ready once the model is loaded and the engine runs
+    /// (Docker Swarm and Compose `healthcheck: test: ["CMD", "lstm-forecast", "probe"]`).
+    Probe(ProbeArgs),
 }
 
 fn main() -> ExitCode {
@@ -119,6 +125,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Model(command) => return cli::model::run(command),
         Command::Evaluate(args) => cli::evaluate::evaluate(args)?,
         Command::Lambda(args) => return cli::lambda::run(args),
+        Command::Probe(args) => cli::probe::probe(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -270,14 +270,36 @@ async fn shutdown_waits_for_in_flight_requests() {
 
 #[tokio::test]
 async fn with_an_observations_token_only_its_holders_may_post_actuals() {
-    // GIVEN the real server with a token for observations
-    let server =
-        common::ServeProcess::start(&[], &[("OBSERVATIONS_TOKEN", "s3cret-writer".to_string())])
-            .await;
+    // GIVEN the real server with a token for observations, from the environment or from a file
+    // (a Docker Swarm or Kubernetes secret)
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "s3cret-writer\n").unwrap();
+    for env in [
+        ("OBSERVATIONS_TOKEN", "s3cret-writer".to_string()),
+        (
+            "OBSERVATIONS_TOKEN_FILE",
+            secret.path().display().to_string(),
+        ),
+    ] {
+        let server = common::ServeProcess::start(&[], &[env]).await;
+        only_the_token_holder_may_post_actuals(&server).await;
+    }
+    // AND the token never shows in --help
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
+        .args(["serve", "--help"])
+        .env("OBSERVATIONS_TOKEN", "s3cret-writer")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("OBSERVATIONS_TOKEN") && !help.contains("s3cret-writer"));
+}
+
+/// Actuals without the token, or with another, are refused; with it they reach the service; and
+/// forecasts need none.
+async fn only_the_token_holder_may_post_actuals(server: &common::ServeProcess) {
     let client = reqwest::Client::new();
     let body =
         json!({"series": [{"id": "a", "timestamps": ["2018-01-01T01:00:00Z"], "values": [1.0]}]});
-    // WHEN actuals come without the token, or with another one, THEN they are refused ...
     for authorization in [None, Some("Bearer guess"), Some("s3cret-writer")] {
         let mut request = client.post(server.url("/v1/observations")).json(&body);
         if let Some(value) = authorization {
@@ -288,7 +310,7 @@ async fn with_an_observations_token_only_its_holders_may_post_actuals() {
         let answer: Value = response.json().await.unwrap();
         assert_eq!(answer["error"]["code"], "unauthorized", "{answer}");
     }
-    // ... and with it they reach the service (which has no store here: 501, not 401)
+    // (no store here: 501, not 401)
     let response = client
         .post(server.url("/v1/observations"))
         .header("authorization", "Bearer s3cret-writer")
@@ -297,7 +319,6 @@ async fn with_an_observations_token_only_its_holders_may_post_actuals() {
         .await
         .unwrap();
     assert_eq!(response.status(), 501);
-    // AND forecasts need no token
     let response = client
         .post(server.url("/v1/forecast"))
         .json(&forecast_body(&[window(0.0)]))
@@ -305,12 +326,29 @@ async fn with_an_observations_token_only_its_holders_may_post_actuals() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    // AND the token never shows in --help
-    let help = std::process::Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
-        .args(["serve", "--help"])
-        .env("OBSERVATIONS_TOKEN", "s3cret-writer")
-        .output()
-        .unwrap();
-    let help = String::from_utf8_lossy(&help.stdout);
-    assert!(help.contains("OBSERVATIONS_TOKEN") && !help.contains("s3cret-writer"));
+}
+
+#[tokio::test]
+async fn probe_passes_on_a_ready_server_and_names_what_failed_otherwise() {
+    let probe = |url: String| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
+            .args(["probe", &url, "--timeout-seconds", "2"])
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    // GIVEN the real server: its readiness passes, an unknown path does not
+    let server = common::ServeProcess::start(&[], &[]).await;
+    let (ok, out) = probe(server.url("/readyz"));
+    assert!(ok, "{out}");
+    let (ok, out) = probe(server.url("/nowhere"));
+    assert!(!ok && out.contains("answered 404"), "{out}");
+    // AND a port where nothing listens fails with the address it tried
+    let closed = format!("127.0.0.1:{}", common::emulators::free_port());
+    let (ok, out) = probe(format!("http://{closed}/readyz"));
+    assert!(!ok && out.contains(&closed), "{out}");
 }

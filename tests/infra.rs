@@ -746,3 +746,108 @@ fn the_accuracy_alarm_counts_only_hours_with_enough_scored_pairs() {
     assert!(template.contains("ROLLBACK_MIN_PAIRS: !Ref AccuracyMinPairs"));
     assert!(template.contains("Expression: !Sub \"IF(pairs >= ${AccuracyMinPairs}, wape, 0)\""));
 }
+
+/// A YAML file of the repository as JSON (the tools venv's PyYAML).
+fn yaml_file(path: &str) -> Value {
+    let (ok, out) = run(
+        &tools_bin("python"),
+        &[
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+            path,
+        ],
+    );
+    assert!(ok, "{out}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn the_swarm_stack_follows_the_compose_specification_and_rolls_back_a_failed_update() {
+    // The Compose Specification's JSON schema, vendored by check-jsonschema (offline) ...
+    let validate = |path: &str| {
+        run(
+            &tools_bin("check-jsonschema"),
+            &["--builtin-schema", "vendor.compose-spec", path],
+        )
+    };
+    let (ok, out) = validate("infra/swarm/stack.yml");
+    assert!(ok, "{out}");
+    // ... which a stack with a setting Swarm does not know fails
+    let broken = tempfile::Builder::new().suffix(".yml").tempfile().unwrap();
+    let text = std::fs::read_to_string(repo_path("infra/swarm/stack.yml")).unwrap();
+    std::fs::write(
+        broken.path(),
+        text.replace("failure_action: rollback", "failure_action: shrug"),
+    )
+    .unwrap();
+    let (ok, out) = validate(broken.path().to_str().unwrap());
+    assert!(!ok, "the schema accepted failure_action: shrug\n{out}");
+
+    let stack = yaml_file("infra/swarm/stack.yml");
+    let predictor = &stack["services"]["lstm-predictor"];
+    let deploy = &predictor["deploy"];
+    // Replicas, updated one at a time with the new task healthy first, rolled back on failure.
+    assert!(deploy["replicas"].as_u64().unwrap() >= 2);
+    let update = &deploy["update_config"];
+    assert_eq!(
+        (&update["parallelism"], &update["order"], &update["failure_action"]),
+        (&json!(1), &json!("start-first"), &json!("rollback"))
+    );
+    assert!(deploy["rollback_config"].is_object());
+    assert!(deploy["resources"]["limits"]["cpus"].is_string());
+    assert!(deploy["resources"]["limits"]["memory"].is_string());
+    // The health check is the binary's own probe of readiness (the image has no curl).
+    let health = predictor["healthcheck"]["test"].as_array().unwrap();
+    assert_eq!(health[0], "CMD");
+    assert!(health[1].as_str().unwrap().ends_with("/lstm-forecast"));
+    assert_eq!(health[2], "probe");
+    assert!(health[3].as_str().unwrap().ends_with("/readyz"));
+    // Credentials and the observations token come from Swarm secrets, as files; the environment
+    // holds no secret.
+    let env = &predictor["environment"];
+    assert_eq!(
+        env["AWS_SHARED_CREDENTIALS_FILE"],
+        "/run/secrets/aws_credentials"
+    );
+    assert_eq!(
+        env["OBSERVATIONS_TOKEN_FILE"],
+        "/run/secrets/observations_token"
+    );
+    for (name, _) in env.as_object().unwrap() {
+        assert!(
+            !["AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "OBSERVATIONS_TOKEN"]
+                .contains(&name.as_str()),
+            "{name} in the environment"
+        );
+    }
+    for secret in ["aws_credentials", "observations_token"] {
+        assert_eq!(stack["secrets"][secret]["external"], true, "{secret}");
+    }
+    // An image is a release, never whatever :latest is today.
+    let image = predictor["image"].as_str().unwrap();
+    assert!(!image.contains("latest"), "{image}");
+
+    // Prometheus scrapes every task, with the rules shared with Kubernetes: promtool checks the
+    // configuration as the stack mounts it (rules.yml beside prometheus.yml).
+    let prometheus = &stack["services"]["prometheus"];
+    assert_eq!(stack["configs"]["prometheus_rules"]["file"], "../prometheus/rules.yml");
+    assert!(prometheus["configs"].as_array().unwrap().len() == 2);
+    let scrape = yaml_file("infra/swarm/prometheus.yml");
+    assert_eq!(
+        scrape["scrape_configs"][0]["dns_sd_configs"][0]["names"][0],
+        "tasks.lstm-predictor"
+    );
+    let mounted = tempfile::tempdir().unwrap();
+    for (from, to) in [
+        ("infra/swarm/prometheus.yml", "prometheus.yml"),
+        ("infra/prometheus/rules.yml", "rules.yml"),
+    ] {
+        std::fs::copy(repo_path(from), mounted.path().join(to)).unwrap();
+    }
+    let config = mounted.path().join("prometheus.yml");
+    let (ok, out) = run(
+        std::path::Path::new("promtool"),
+        &["check", "config", config.to_str().unwrap()],
+    );
+    assert!(ok, "{out}");
+}

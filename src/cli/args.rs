@@ -222,9 +222,35 @@ pub struct ServeArgs {
     #[arg(long, env = "OBSERVATIONS_TOKEN", hide_env_values = true)]
     pub observations_token: Option<String>,
 
+    /// A file holding the observations token (a Docker Swarm or Kubernetes secret), instead of
+    /// --observations-token. Surrounding whitespace is ignored.
+    #[arg(
+        long,
+        env = "OBSERVATIONS_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "observations_token"
+    )]
+    pub observations_token_file: Option<PathBuf>,
+
     /// Largest accepted POST /v1/observations body, in bytes.
     #[arg(long, env = "MAX_OBSERVATION_BYTES", default_value_t = Limits::default().max_observation_bytes)]
     pub max_observation_bytes: usize,
+
+    /// Seconds a client has to send a request's headers, and so how long an idle keep-alive
+    /// connection stays open; a slower connection is closed. Keep it above the idle timeout of a
+    /// load balancer in front (the ALB's is 60 s), or it may reuse a connection just closed.
+    #[arg(long, env = "HEADER_TIMEOUT_SECONDS", default_value_t = 65.0, value_parser = positive_seconds)]
+    pub header_timeout_seconds: f64,
+
+    /// Seconds a client has to send a request's body once its headers are in; a slower one gets
+    /// a 408.
+    #[arg(long, env = "BODY_TIMEOUT_SECONDS", default_value_t = 30.0, value_parser = positive_seconds)]
+    pub body_timeout_seconds: f64,
+
+    /// Requests in flight at most (health checks and /metrics aside); beyond this the server
+    /// answers 503 with Retry-After at once.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
+    pub max_concurrent_requests: usize,
 
     /// Requests that may wait for the engine; beyond this the server answers 429 with Retry-After.
     #[arg(long, env = "MAX_QUEUE", default_value_t = 64)]
@@ -254,6 +280,17 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub accuracy: AccuracyArgs,
+}
+
+#[derive(Args)]
+pub struct ProbeArgs {
+    /// What to GET (plain HTTP).
+    #[arg(default_value = "http://127.0.0.1:8080/readyz")]
+    pub url: String,
+
+    /// Seconds to connect and to wait for the answer.
+    #[arg(long, default_value_t = 2.0, value_parser = positive_seconds)]
+    pub timeout_seconds: f64,
 }
 
 #[derive(Args)]
@@ -356,4 +393,12 @@ pub enum ModelCommand {
     /// Internal: the child process of `model validate`. Prints one JSON line per check.
     #[command(hide = true)]
     Probe { dir: PathBuf },
+}
+
+/// A duration in seconds: finite and above zero (a zero timeout would refuse every request).
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 && seconds < 1e9 => Ok(seconds),
+        _ => Err(format!("`{text}` is not a number of seconds above 0")),
+    }
 }

@@ -9,6 +9,7 @@ pub mod evaluate;
 pub mod forecast;
 pub mod lambda;
 pub mod model;
+pub mod probe;
 pub mod serve;
 
 use anyhow::Context;

@@ -59,6 +59,21 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
         backtest_rate: args.accuracy.backtest_rate,
     };
+    let observations_token = match &args.observations_token_file {
+        Some(path) => {
+            let token = std::fs::read_to_string(path).with_context(|| {
+                format!("reading the observations token from {}", path.display())
+            })?;
+            let token = token.trim().to_string();
+            anyhow::ensure!(
+                !token.is_empty(),
+                "the observations token file {} is empty",
+                path.display()
+            );
+            Some(token)
+        }
+        None => args.observations_token.clone().filter(|t| !t.is_empty()),
+    };
     let uses_aws = config.metrics.uses_aws()
         || config.forecast_log_uri.is_some()
         || matches!(uri, ModelUri::S3(_));
@@ -111,11 +126,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         drop(model);
         lstm_forecast::model::footprint::release_libtorch_startup_pages_in_background();
-        let served = lstm_forecast::http::serve_with_auth(
+        let served = lstm_forecast::http::serve_with(
             listener,
             service,
-            lstm_forecast::http::ApiAuth {
-                observations_token: args.observations_token.clone().filter(|t| !t.is_empty()),
+            lstm_forecast::http::ApiAuth { observations_token },
+            lstm_forecast::http::ConnectionLimits {
+                header_read_timeout: Duration::from_secs_f64(args.header_timeout_seconds),
+                body_read_timeout: Duration::from_secs_f64(args.body_timeout_seconds),
+                max_concurrent_requests: args.max_concurrent_requests.max(1),
             },
             lstm_forecast::http::shutdown_signal(),
         )
