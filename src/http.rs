@@ -126,7 +126,7 @@ async fn admit(State(in_flight): State<InFlight>, request: Request, next: Next) 
             close_connection: true,
             ..ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
+                "server_busy",
                 format!(
                     "the server is at its limit of {} requests in flight; retry shortly",
                     in_flight.max
@@ -487,12 +487,12 @@ async fn observe(State(service): State<Service>, mut request: Request, next: Nex
     });
     // A failure on our side can name buckets, keys and internals: the client gets a generic
     // message and the request id; the details go to the log line below. (501 "not configured" and
-    // 503 "overloaded" are not failures but documented answers, and keep their messages.)
+    // 503 "server_busy" are not failures but documented answers, and keep their messages.)
     let public_error = match error {
         Some(e)
             if status.is_server_error()
                 && status != StatusCode::NOT_IMPLEMENTED
-                && e.code != "overloaded" =>
+                && e.code != "server_busy" =>
         {
             Some(e.code)
         }

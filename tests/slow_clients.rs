@@ -82,7 +82,10 @@ async fn a_client_that_stalls_its_body_gets_a_408_in_the_error_format() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     let error = &json_body(&answer)["error"];
     assert_eq!(error["code"], "request_timeout", "{answer}");
-    assert!(error["message"].as_str().unwrap().contains("0.5 s"), "{answer}");
+    assert!(
+        error["message"].as_str().unwrap().contains("0.5 s"),
+        "{answer}"
+    );
 }
 
 #[tokio::test]
@@ -120,7 +123,7 @@ async fn requests_beyond_the_in_flight_limit_get_a_503_at_once_and_probes_still_
     // THEN it is refused with Retry-After and the error format, naming the limit
     assert_eq!(shed.headers()["retry-after"], "1");
     let body: Value = shed.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "overloaded");
+    assert_eq!(body["error"]["code"], "server_busy");
     assert!(body["error"]["message"]
         .as_str()
         .unwrap()
