@@ -749,16 +749,11 @@ fn the_accuracy_alarm_counts_only_hours_with_enough_scored_pairs() {
 
 /// A YAML file of the repository as JSON (the tools venv's PyYAML).
 fn yaml_file(path: &str) -> Value {
-    let (ok, out) = run(
-        &tools_bin("python"),
-        &[
-            "-c",
-            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
-            path,
-        ],
-    );
-    assert!(ok, "{out}");
-    serde_json::from_str(&out).unwrap()
+    common::python_json(&[
+        "-c",
+        "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        path,
+    ])
 }
 
 #[test]

@@ -26,26 +26,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_cloudwatch::types::StateValue;
-use common::emulators::{tools_bin, Ministack};
-use common::{eventually, repo_path};
+use common::emulators::Ministack;
+use common::eventually;
 use lstm_forecast::metrics::cloudwatch::{CloudWatchSink, DEFAULT_MAX_PENDING_DATUMS};
 use lstm_forecast::metrics::{RequestOutcome, Telemetry};
 use serde_json::Value;
 
 fn sns_sqs(args: &[&str]) -> Value {
-    let output = std::process::Command::new(tools_bin("python"))
-        .arg("tests/notifications/sns_sqs.py")
-        .args(args)
-        .current_dir(repo_path(""))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    common::python_json(&[&["tests/notifications/sns_sqs.py"], args].concat())
 }
 
 /// What the HTTP adapter records for `count` answered forecasts, `slow` of them taking 900 ms and

@@ -15,6 +15,23 @@ pub fn repo_path(relative: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
+/// Runs the tools venv's Python with `args` in the repository and parses what it prints as JSON:
+/// the helpers under tests/ that read templates and drive SNS and SQS.
+pub fn python_json(args: &[&str]) -> serde_json::Value {
+    let output = std::process::Command::new(emulators::tools_bin("python"))
+        .args(args)
+        .current_dir(repo_path(""))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
 pub fn bundled_artifacts() -> ModelArtifacts {
     ModelArtifacts {
         metadata_json: BUNDLED_MODEL_JSON.to_vec(),

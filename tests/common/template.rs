@@ -7,29 +7,15 @@ use aws_sdk_cloudwatch::types::{
 };
 use serde_json::Value;
 
-use super::emulators::tools_bin;
-use super::repo_path;
-
 /// Alarm `resource`'s properties, deployed with the parameters' defaults under the stack name
 /// `lstm-forecast`. An action on a resource of the stack is `{"resource": NAME}`.
 pub fn alarm_properties(resource: &str) -> Value {
-    let output = std::process::Command::new(tools_bin("python"))
-        .args([
-            "tests/infra/cfn.py",
-            "alarm",
-            "infra/template.yaml",
-            resource,
-        ])
-        .current_dir(repo_path(""))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    super::python_json(&[
+        "tests/infra/cfn.py",
+        "alarm",
+        "infra/template.yaml",
+        resource,
+    ])
 }
 
 /// Creates the alarm `properties` describes (see [`alarm_properties`]). `action` gives the ARN an
