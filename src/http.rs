@@ -121,20 +121,32 @@ async fn admit(State(in_flight): State<InFlight>, request: Request, next: Next) 
     }
     match in_flight.slots.try_acquire_owned() {
         Ok(_slot) => next.run(request).await,
-        Err(_) => ApiError {
-            retry_after_secs: Some(1),
-            close_connection: true,
-            ..ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_busy",
-                format!(
-                    "the server is at its limit of {} requests in flight; retry shortly",
-                    in_flight.max
-                ),
-            )
+        Err(_) => {
+            // Read a small body before answering: closing a socket with unread data makes the
+            // kernel send a reset, which can reach the client before the 503 does.
+            let drain = axum::body::to_bytes(request.into_body(), SHED_BODY_DRAINED_BYTES);
+            let _ = tokio::time::timeout(SHED_BODY_DRAIN_TIME, drain).await;
+            shed(in_flight.max)
         }
-        .into_response(),
     }
+}
+
+/// What a shed request's body may cost before the 503: a forecast of a few series.
+const SHED_BODY_DRAINED_BYTES: usize = 64 * 1024;
+const SHED_BODY_DRAIN_TIME: Duration = Duration::from_millis(100);
+
+/// The 503 for a request beyond the in-flight limit.
+fn shed(max: usize) -> Response {
+    ApiError {
+        retry_after_secs: Some(1),
+        close_connection: true,
+        ..ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_busy",
+            format!("the server is at its limit of {max} requests in flight; retry shortly"),
+        )
+    }
+    .into_response()
 }
 
 /// Reads a whole body, at most `limit` bytes, within the body timeout.
@@ -501,7 +513,10 @@ async fn observe(State(service): State<Service>, mut request: Request, next: Nex
     let error = error.cloned();
     let _entered = span.enter();
     if let Some(error) = error {
-        if status.is_server_error() {
+        // A shed request is the limit working, not a failure: one warning line, not an error.
+        if error.code == "server_busy" {
+            tracing::warn!(status = status.as_u16(), code = error.code, message = %error.message, latency_ms = elapsed.as_secs_f64() * 1e3, "request shed");
+        } else if status.is_server_error() {
             tracing::error!(status = status.as_u16(), code = error.code, message = %error.message, latency_ms = elapsed.as_secs_f64() * 1e3, "request failed");
         } else {
             tracing::info!(status = status.as_u16(), code = error.code, message = %error.message, latency_ms = elapsed.as_secs_f64() * 1e3, "request rejected");

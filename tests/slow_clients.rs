@@ -93,33 +93,47 @@ async fn requests_beyond_the_in_flight_limit_get_a_503_at_once_and_probes_still_
     // GIVEN a server with room for one request in flight, held for 3 s by a client stalling its
     // body
     let server = strict_server(3.0, 1).await;
-    let mut holder = connect(&server).await;
-    holder
-        .write_all(format!("{}{{", forecast_headers(100)).as_bytes())
-        .await
-        .unwrap();
     // (A fresh connection per request: the server closes idle ones after its 0.5 s header timeout,
     // and a pooled one could be closed under the client's feet.)
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();
-    // WHEN another forecast arrives while the slot is held
-    let shed = common::eventually(Duration::from_secs(5), "a shed request", || {
-        let client = client.clone();
-        let url = server.url("/v1/forecast");
-        async move {
-            let r = client
-                .post(url)
+    // WHEN another forecast arrives while the slot is held. (The holder and a forecast sent at
+    // the same moment race for the slot; if the holder loses, it is itself shed, and a new one
+    // takes its place.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (mut holder, shed) = 'hold: loop {
+        let mut holder = connect(&server).await;
+        holder
+            .write_all(format!("{}{{", forecast_headers(100)).as_bytes())
+            .await
+            .unwrap();
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no request was shed while a slot was held\n{}",
+                server.log()
+            );
+            let answer = client
+                .post(server.url("/v1/forecast"))
                 .json(&serde_json::json!({"series": [{"values": [1.0]}]}))
                 .send()
                 .await
-                .map_err(|e| eprintln!("probe failed: {e:?}"))
-                .ok()?;
-            (r.status() == 503).then_some(r)
+                .unwrap();
+            if answer.status() == 503 {
+                break 'hold (holder, answer);
+            }
+            let mut first_byte = [0u8; 1];
+            let holder_answered =
+                tokio::time::timeout(Duration::from_millis(20), holder.peek(&mut first_byte))
+                    .await
+                    .is_ok_and(|read| read.is_ok_and(|n| n > 0));
+            if holder_answered {
+                continue 'hold;
+            }
         }
-    })
-    .await;
+    };
     // THEN it is refused with Retry-After and the error format, naming the limit
     assert_eq!(shed.headers()["retry-after"], "1");
     let body: Value = shed.json().await.unwrap();
