@@ -95,13 +95,13 @@ pub struct EvaluateArgs {
 
     /// Minutes of data time a series' actuals must run past a target before it counts as missing
     /// (out-of-order actuals within it still score).
-    #[arg(long, env = "EVALUATION_GRACE_MINUTES", default_value_t = 60)]
+    #[arg(long, env = "EVALUATION_GRACE_MINUTES", default_value_t = 60, value_parser = clap::value_parser!(i64).range(0..=10_000_000))]
     pub grace_minutes: i64,
 
     /// Hours from a forecast's origin to its last target, for the longest-reaching model in the
     /// store (horizon × frequency). Each new actual reads the forecasts made up to this long before
     /// it; a forecast reaching further is only partly scored.
-    #[arg(long, env = "EVALUATION_SPAN_HOURS", default_value_t = 168)]
+    #[arg(long, env = "EVALUATION_SPAN_HOURS", default_value_t = 168, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
     pub span_hours: i64,
 
     #[command(flatten)]
