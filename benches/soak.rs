@@ -1,7 +1,9 @@
 //! `make soak`: the release server at ~80% of its measured capacity for SOAK_SECONDS (default 600).
-//! Reports errors (target 0) and RSS drift: RSS is sampled every second, and the median of the
-//! second minute is compared with the median of the last (target < 5%; a trend, not two readings
-//! that may straddle an allocator trim). Open loop: requests are sent at a fixed rate whatever the latency, as real
+//!
+//! Reports errors (target 0), RSS drift and the live heap's least-squares slope after the warm-up
+//! (a leak is a trend). RSS is sampled every second; the median of the second minute is compared
+//! with the median of the last (target < 5%: a trend, not two readings that may straddle an
+//! allocator trim). Open loop: requests are sent at a fixed rate whatever the latency, as real
 //! traffic does, so a slowdown shows up as queueing and errors rather than a lower send rate.
 
 use std::process::{Command, Stdio};
@@ -201,6 +203,18 @@ fn main() {
     let (file_early, file_late) = early_and_late(2);
     let (heap_early, heap_late) = early_and_late(3);
     let rss_peak = rss_samples.iter().map(|(_, s)| s[0]).fold(0.0, f64::max);
+    // A leak is a trend: the least-squares slope of every sample after the warm-up (the first
+    // 5 minutes, a quarter of shorter soaks), which one noisy minute at either end cannot fake.
+    let warm_up = 300.0f64.min(seconds as f64 / 4.0);
+    let slope_per_10_minutes = |kind: usize| {
+        let points: Vec<(f64, f64)> = rss_samples
+            .iter()
+            .filter(|(t, sample)| *t >= warm_up && sample[kind].is_finite())
+            .map(|(t, sample)| (*t, sample[kind]))
+            .collect();
+        least_squares_slope(&points) * 600.0
+    };
+    let (rss_slope, heap_slope) = (slope_per_10_minutes(0), slope_per_10_minutes(3));
     let _ = server.kill();
     let _ = server.wait();
     println!();
@@ -226,6 +240,29 @@ fn main() {
         percent((heap_early, heap_late))
     );
     println!("| RSS, peak of the 1 s samples | {rss_peak:.1} MB |");
+    println!(
+        "| live heap slope after the first {warm_up:.0} s (least squares) | {heap_slope:+.2} MB per 10 min (target < 1) |"
+    );
+    println!(
+        "| RSS slope after the first {warm_up:.0} s (least squares) | {rss_slope:+.2} MB per 10 min |"
+    );
+}
+
+/// The slope of the least-squares line through `points` (NaN for fewer than two distinct x).
+fn least_squares_slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let covariance: f64 = points
+        .iter()
+        .map(|(x, y)| (x - mean_x) * (y - mean_y))
+        .sum();
+    let variance: f64 = points.iter().map(|(x, _)| (x - mean_x).powi(2)).sum();
+    if variance > 0.0 {
+        covariance / variance
+    } else {
+        f64::NAN
+    }
 }
 
 /// `lstm_forecast_heap_allocated_bytes` from the server's /metrics in MB; NaN if absent.
