@@ -240,7 +240,6 @@ impl S3Objects {
         Ok(())
     }
 
-    /// Every key under `prefix`, in key order.
     /// The objects under `prefix` whose keys sort after `start_after` and before `stop_at` (either
     /// bound optional), with their last-modified times, in key order. ListObjectsV2 returns keys in
     /// order, so a range costs what it holds, not what the whole prefix holds.
@@ -280,25 +279,9 @@ impl S3Objects {
         Ok(listed)
     }
 
+    /// Every key under `prefix`, in key order.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, ObjectError> {
-        let mut keys = Vec::new();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page =
-                page.map_err(|e| ObjectError::classify("ListObjectsV2", e, &self.bucket, prefix))?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_owned)),
-            );
-        }
-        keys.sort();
-        Ok(keys)
+        let listed = self.list_range(prefix, None, None).await?;
+        Ok(listed.into_iter().map(|l| l.key).collect())
     }
 }

@@ -518,7 +518,7 @@ fn merge_hours(mut intervals: Vec<(i64, i64)>) -> Vec<(DateTime<Utc>, DateTime<U
 /// complete), and per series the forecasts whose targets became due (missing, if no actual came).
 fn origin_hours(
     new_actuals: &[Observation],
-    previously_due: &BTreeMap<String, DateTime<Utc>>,
+    previously_due: &HashMap<String, DateTime<Utc>>,
     due_until: &HashMap<String, DateTime<Utc>>,
     span: Duration,
 ) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
@@ -578,10 +578,13 @@ pub async fn run_evaluation(
         .iter()
         .map(|s| (s.to_string(), seen_until[*s] - window.grace))
         .collect();
-    let previously_due: BTreeMap<String, DateTime<Utc>> = state
-        .actuals_seen_until
+    // Only the series with new actuals: the state holds every series ever seen.
+    let previously_due: HashMap<String, DateTime<Utc>> = touched
         .iter()
-        .map(|(s, t)| (s.clone(), *t - window.grace))
+        .filter_map(|s| {
+            let seen = state.actuals_seen_until.get(*s)?;
+            Some((s.to_string(), *seen - window.grace))
+        })
         .collect();
     let hours = origin_hours(&actuals.items, &previously_due, &due_until, window.span);
     let (forecast_keys, settled_keys) = tokio::try_join!(
@@ -810,7 +813,7 @@ mod tests {
     fn origin_hours_cover_one_span_before_each_new_actual_and_the_newly_due() {
         // GIVEN actuals at hours 30 and 100 of one series, a 24-hour span, and hour 20 due before
         let actuals = [obs("a", 30, 1.0), obs("a", 100, 1.0)];
-        let previously_due = BTreeMap::from([("a".to_string(), t(20))]);
+        let previously_due = HashMap::from([("a".to_string(), t(20))]);
         let due_until = HashMap::from([("a".to_string(), t(99))]);
         let hours = origin_hours(&actuals, &previously_due, &due_until, Duration::hours(24));
         // THEN the forecasts of the newly due targets (20, 99] and of both actuals are read,
@@ -819,7 +822,7 @@ mod tests {
         // AND without anything due, two far-apart actuals read two short ranges
         let hours = origin_hours(
             &actuals,
-            &BTreeMap::new(),
+            &HashMap::new(),
             &HashMap::new(),
             Duration::hours(24),
         );

@@ -293,6 +293,12 @@ impl AccuracyStore {
         format!("{}{folder}/{name}={}/", self.prefix, hour_partition(hour))
     }
 
+    /// A `StartAfter` that lists from `hour`'s partition on: every key in it sorts after this.
+    fn from_partition(&self, folder: &str, name: &str, hour: DateTime<Utc>) -> String {
+        let partition = self.partition(folder, name, hour);
+        partition.trim_end_matches('/').to_string()
+    }
+
     /// Writes `items` grouped by hour, one object per hour, in parallel; returns the keys.
     async fn append_by_hour<T: Serialize>(
         &self,
@@ -382,10 +388,8 @@ impl AccuracyStore {
         since: Option<DateTime<Utc>>,
     ) -> Result<Vec<crate::objects::Listed>, StoreError> {
         let folder = format!("{}actuals/", self.prefix);
-        let start_after = since.map(|t| {
-            let partition = self.partition("actuals", "arrival", t - chrono::Duration::hours(1));
-            partition.trim_end_matches('/').to_string()
-        });
+        let start_after = since
+            .map(|t| self.from_partition("actuals", "arrival", t - chrono::Duration::hours(1)));
         Ok(self
             .objects
             .list_range(&folder, start_after.as_deref(), None)
@@ -400,13 +404,13 @@ impl AccuracyStore {
         ranges: &[(DateTime<Utc>, DateTime<Utc>)],
     ) -> Result<Vec<String>, StoreError> {
         let listed = bounded(ranges.iter().copied(), |(first, last)| async move {
-            let start_after = self.partition(folder, "origin", first);
+            let start_after = self.from_partition(folder, "origin", first);
             let stop_at = self.partition(folder, "origin", last + chrono::Duration::hours(1));
             Ok(self
                 .objects
                 .list_range(
                     &format!("{}{folder}/", self.prefix),
-                    Some(start_after.trim_end_matches('/')),
+                    Some(&start_after),
                     Some(&stop_at),
                 )
                 .await?)
@@ -474,11 +478,14 @@ impl AccuracyStore {
         Ok(loaded)
     }
 
-    /// Where the last evaluation stopped; the default state before the first.
-    pub async fn evaluation_state(&self) -> Result<EvaluationState, StoreError> {
-        let key = format!("{}state/evaluation.json", self.prefix);
+    /// A JSON object under `PREFIX/state/`; the default before the first write.
+    async fn read_state<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        name: &str,
+    ) -> Result<T, StoreError> {
+        let key = format!("{}state/{name}", self.prefix);
         let Some(bytes) = self.get(&key).await? else {
-            return Ok(EvaluationState::default());
+            return Ok(T::default());
         };
         serde_json::from_slice(&bytes).map_err(|e| StoreError::Parse {
             bucket: self.bucket.clone(),
@@ -488,25 +495,25 @@ impl AccuracyStore {
         })
     }
 
-    pub async fn set_evaluation_state(&self, state: &EvaluationState) -> Result<(), StoreError> {
-        let key = format!("{}state/evaluation.json", self.prefix);
-        let body = serde_json::to_vec_pretty(state).expect("serialises");
+    async fn write_state<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
+        let key = format!("{}state/{name}", self.prefix);
+        let body = serde_json::to_vec_pretty(value).expect("serialises");
         self.put(&key, body, "application/json").await
+    }
+
+    /// Where the last evaluation stopped; the default state before the first.
+    pub async fn evaluation_state(&self) -> Result<EvaluationState, StoreError> {
+        self.read_state("evaluation.json").await
+    }
+
+    pub async fn set_evaluation_state(&self, state: &EvaluationState) -> Result<(), StoreError> {
+        self.write_state("evaluation.json", state).await
     }
 
     /// The latest scores of each model version (`state/scores.json`): what a rollback checks
     /// before it acts, so that it only ever rolls back a version for that version's own errors.
     pub async fn latest_scores(&self) -> Result<BTreeMap<String, VersionScore>, StoreError> {
-        let key = format!("{}state/scores.json", self.prefix);
-        let Some(bytes) = self.get(&key).await? else {
-            return Ok(BTreeMap::new());
-        };
-        serde_json::from_slice(&bytes).map_err(|e| StoreError::Parse {
-            bucket: self.bucket.clone(),
-            key,
-            line: 1,
-            cause: e.to_string(),
-        })
+        self.read_state("scores.json").await
     }
 
     /// Replaces the scores of the versions in `scored`, keeping the others' last ones.
@@ -519,9 +526,7 @@ impl AccuracyStore {
         }
         let mut all = self.latest_scores().await?;
         all.extend(scored);
-        let key = format!("{}state/scores.json", self.prefix);
-        let body = serde_json::to_vec_pretty(&all).expect("serialises");
-        self.put(&key, body, "application/json").await
+        self.write_state("scores.json", &all).await
     }
 
     /// Writes a report folder; returns its URI.
@@ -600,19 +605,12 @@ impl ForecastLog {
     pub fn push(&self, records: impl IntoIterator<Item = ForecastRecord>) {
         if self.delivery == LogDelivery::LogLines {
             // One write of all lines, under stdout's lock, so lines never interleave with others.
-            let mut lines = Vec::new();
-            let mut count = 0;
-            for record in records {
-                serde_json::to_writer(
-                    &mut lines,
-                    &LogLine {
-                        forecast_record: &record,
-                    },
-                )
-                .expect("records serialise");
-                lines.push(b'\n');
-                count += 1;
-            }
+            let records: Vec<ForecastRecord> = records.into_iter().collect();
+            let wrapped: Vec<LogLine> = records
+                .iter()
+                .map(|forecast_record| LogLine { forecast_record })
+                .collect();
+            let (lines, count) = (json_lines(&wrapped), records.len() as u64);
             if count > 0 {
                 use std::io::Write;
                 let mut stdout = std::io::stdout().lock();
