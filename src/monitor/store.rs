@@ -294,7 +294,7 @@ impl AccuracyStore {
     }
 
     /// A `StartAfter` that lists from `hour`'s partition on: every key in it sorts after this.
-    fn from_partition(&self, folder: &str, name: &str, hour: DateTime<Utc>) -> String {
+    fn start_of_partition(&self, folder: &str, name: &str, hour: DateTime<Utc>) -> String {
         let partition = self.partition(folder, name, hour);
         partition.trim_end_matches('/').to_string()
     }
@@ -389,7 +389,7 @@ impl AccuracyStore {
     ) -> Result<Vec<crate::objects::Listed>, StoreError> {
         let folder = format!("{}actuals/", self.prefix);
         let start_after = since
-            .map(|t| self.from_partition("actuals", "arrival", t - chrono::Duration::hours(1)));
+            .map(|t| self.start_of_partition("actuals", "arrival", t - chrono::Duration::hours(1)));
         Ok(self
             .objects
             .list_range(&folder, start_after.as_deref(), None)
@@ -404,7 +404,7 @@ impl AccuracyStore {
         ranges: &[(DateTime<Utc>, DateTime<Utc>)],
     ) -> Result<Vec<String>, StoreError> {
         let listed = bounded(ranges.iter().copied(), |(first, last)| async move {
-            let start_after = self.from_partition(folder, "origin", first);
+            let start_after = self.start_of_partition(folder, "origin", first);
             let stop_at = self.partition(folder, "origin", last + chrono::Duration::hours(1));
             Ok(self
                 .objects
