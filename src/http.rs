@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -76,14 +76,13 @@ pub fn router_with_auth(service: Service, auth: ApiAuth) -> Router {
 
 /// [`router`], with `auth` and `limits` enforced.
 pub fn router_with(service: Service, auth: ApiAuth, limits: ConnectionLimits) -> Router {
-    let max_body_bytes = service.limits().max_body_bytes;
-    let max_observation_bytes = service.limits().max_observation_bytes;
+    // No DefaultBodyLimit: the handlers read their bodies themselves ([`read_body`]), each with
+    // its own limit and the body timeout.
     Router::new()
         .route("/v1/forecast", post(forecast))
         .route(
             "/v1/observations",
             post(observations)
-                .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(max_observation_bytes))
                 .layer::<_, std::convert::Infallible>(axum::Extension(std::sync::Arc::new(auth))),
         )
         .route("/v1/model", get(model_metadata))
@@ -92,7 +91,6 @@ pub fn router_with(service: Service, auth: ApiAuth, limits: ConnectionLimits) ->
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::Extension(limits))
         // Inside `observe`, so that a shed request is logged and counted like any other answer.
         .layer(middleware::from_fn_with_state(
@@ -135,6 +133,10 @@ async fn admit(State(in_flight): State<InFlight>, request: Request, next: Next) 
 const SHED_BODY_DRAINED_BYTES: usize = 64 * 1024;
 const SHED_BODY_DRAIN_TIME: Duration = Duration::from_millis(100);
 
+/// The code of the 503 for a request beyond the in-flight limit: the limit working, not a failure
+/// (its message is kept, and it logs as a warning).
+const SERVER_BUSY: &str = "server_busy";
+
 /// The 503 for a request beyond the in-flight limit.
 fn shed(max: usize) -> Response {
     ApiError {
@@ -142,7 +144,7 @@ fn shed(max: usize) -> Response {
         close_connection: true,
         ..ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "server_busy",
+            SERVER_BUSY,
             format!("the server is at its limit of {max} requests in flight; retry shortly"),
         )
     }
@@ -504,7 +506,7 @@ async fn observe(State(service): State<Service>, mut request: Request, next: Nex
         Some(e)
             if status.is_server_error()
                 && status != StatusCode::NOT_IMPLEMENTED
-                && e.code != "server_busy" =>
+                && e.code != SERVER_BUSY =>
         {
             Some(e.code)
         }
@@ -514,7 +516,7 @@ async fn observe(State(service): State<Service>, mut request: Request, next: Nex
     let _entered = span.enter();
     if let Some(error) = error {
         // A shed request is the limit working, not a failure: one warning line, not an error.
-        if error.code == "server_busy" {
+        if error.code == SERVER_BUSY {
             tracing::warn!(status = status.as_u16(), code = error.code, message = %error.message, latency_ms = elapsed.as_secs_f64() * 1e3, "request shed");
         } else if status.is_server_error() {
             tracing::error!(status = status.as_u16(), code = error.code, message = %error.message, latency_ms = elapsed.as_secs_f64() * 1e3, "request failed");
