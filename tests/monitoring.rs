@@ -505,9 +505,7 @@ fn hourly_record(series: &str, values: &[f64]) -> lstm_forecast::monitor::store:
 #[tokio::test]
 async fn actuals_dropped_as_csv_files_in_the_arrival_partition_are_joined_too() {
     // GIVEN a logged forecast and its actuals delivered by another system as a CSV file
-    let moto = Moto::shared();
-    let s3 = moto.create_bucket("dropped").await;
-    let store = AccuracyStore::new(s3.clone(), "s3://dropped/monitoring").unwrap();
+    let (store, s3) = fresh_store("dropped").await;
     let record = hourly_record("plant-7", &[11.0, 12.0, 13.0]);
     store.append_forecasts(&[record]).await.unwrap();
     // (hour 3 never comes; hour 5 does, so hour 3 is due, an hour's grace later)
@@ -605,9 +603,7 @@ async fn serve_gives_back_libtorchs_startup_pages_after_it_starts_listening_not_
 async fn unreadable_lines_are_quarantined_and_reported_and_the_first_actual_wins() {
     // GIVEN a forecast log with a good record and a torn line, and actuals that disagree with
     // each other, plus a CSV row that is not a number
-    let moto = Moto::shared();
-    let s3 = moto.create_bucket("quarantine").await;
-    let store = AccuracyStore::new(s3.clone(), "s3://quarantine/monitoring").unwrap();
+    let (store, s3) = fresh_store("quarantine").await;
     let record = hourly_record("plant-9", &[11.0]);
     let good = serde_json::to_string(&record).unwrap();
     let (first, later) = (
@@ -720,10 +716,12 @@ async fn a_5xx_answer_names_no_bucket_or_key_only_the_request_id() {
     server.stop().await;
 }
 
-/// A store at `s3://BUCKET/monitoring` in a bucket of its own on the shared moto.
-async fn fresh_store(bucket: &str) -> AccuracyStore {
+/// A store at `s3://BUCKET/monitoring` in a bucket of its own on the shared moto, and an S3
+/// client for writing there as other systems do.
+async fn fresh_store(bucket: &str) -> (AccuracyStore, aws_sdk_s3::Client) {
     let s3 = Moto::shared().create_bucket(bucket).await;
-    AccuracyStore::new(s3, &format!("s3://{bucket}/monitoring")).unwrap()
+    let store = AccuracyStore::new(s3.clone(), &format!("s3://{bucket}/monitoring")).unwrap();
+    (store, s3)
 }
 
 #[tokio::test]
@@ -732,7 +730,7 @@ async fn an_evaluation_reads_what_arrived_since_the_last_one_not_the_history() {
     let mut reads = Vec::new();
     for (bucket, history_hours) in [("history-short", 30), ("history-long", 300)] {
         // GIVEN a history of hourly forecasts and actuals that came in hour by hour, evaluated
-        let store = fresh_store(bucket).await;
+        let (store, _) = fresh_store(bucket).await;
         write_hours(&store, history_start(), history_hours, 1, Arrival::Hourly)
             .await
             .unwrap();
@@ -760,7 +758,7 @@ async fn an_evaluation_reads_what_arrived_since_the_last_one_not_the_history() {
 async fn a_replay_of_past_data_is_scored_once_however_often_its_actuals_are_sent() {
     use common::history::{actuals, forecast, history_start};
     // GIVEN forecasts replayed over 2016 data, logged long after their origins
-    let store = fresh_store("replay").await;
+    let (store, _) = fresh_store("replay").await;
     let origin = history_start();
     store
         .append_forecasts(&[forecast(0, origin), forecast(1, origin)])
