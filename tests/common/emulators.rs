@@ -38,12 +38,24 @@ pub fn tools_bin(name: &str) -> PathBuf {
     path
 }
 
+/// A loopback port free now and never handed out before in this test process. The port is
+/// released before the emulator binds it, so two tests starting emulators at once could be given
+/// the same one by the kernel: the second emulator would fail to bind, its wait would see the
+/// first one listening, and its test would lose its emulator when the other test ended.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 fn wait_for_port(port: u16, what: &str, child: &mut Child) {
