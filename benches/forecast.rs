@@ -440,6 +440,7 @@ fn monitoring_bench(model: &Model, windows: &[Vec<f64>], _path_p50: Duration) ->
                     ),
                     forecast_log: None,
                     backtest_rate: 0.0,
+                    sampling_seed: None,
                 }
             } else {
                 Default::default()

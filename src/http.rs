@@ -548,7 +548,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Unique enough for correlating logs: wall-clock nanoseconds, pid and a counter.
+/// Unique enough for correlating logs: wall-clock nanoseconds, the environment's id and a counter.
 fn new_request_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
@@ -557,7 +557,7 @@ fn new_request_id() -> String {
         .unwrap_or(0);
     format!(
         "{nanos:016x}-{:05x}-{:06x}",
-        std::process::id() & 0xfffff,
+        crate::environment::id() & 0xfffff,
         COUNTER.fetch_add(1, Ordering::Relaxed) & 0xffffff
     )
 }

@@ -21,7 +21,10 @@
 //!   [`source::s3`], the S3 registry as a source with its on-disk cache.
 //! - [`registry`]: the model registry on S3 (versions, the `live` alias with its history, rollback).
 //! - [`objects`]: S3 objects (get, put, head, list) with errors that name the object.
-//! - [`aws`]: SDK configuration (retries and timeouts sized for Lambda init, emulator endpoints).
+//! - [`aws`]: SDK configuration (retries and timeouts sized for Lambda init, emulator endpoints)
+//!   and the shared clients, rebuilt in place after a SnapStart restore.
+//! - [`environment`]: what must differ between execution environments (an id, sampling draws),
+//!   drawn from the OS and drawn again after a SnapStart restore (a leaf).
 //! - [`monitor`]: input drift, accuracy scores, actuals, the forecast log and actuals on S3,
 //!   evaluation reports.
 //! - [`metrics`]: one metrics facade ([`metrics::Telemetry`], the metric list in
@@ -41,6 +44,7 @@
 
 pub mod allocator;
 pub mod aws;
+pub mod environment;
 pub mod forecast;
 pub mod http;
 pub mod infer;

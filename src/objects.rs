@@ -142,14 +142,17 @@ pub struct Listed {
 /// One bucket's objects.
 #[derive(Clone)]
 pub struct S3Objects {
-    client: aws_sdk_s3::Client,
+    client: crate::aws::Shared<aws_sdk_s3::Client>,
     bucket: String,
 }
 
 impl S3Objects {
-    pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
+    pub fn new(
+        client: impl Into<crate::aws::Shared<aws_sdk_s3::Client>>,
+        bucket: impl Into<String>,
+    ) -> Self {
         S3Objects {
-            client,
+            client: client.into(),
             bucket: bucket.into(),
         }
     }
@@ -158,14 +161,15 @@ impl S3Objects {
         &self.bucket
     }
 
-    pub fn client(&self) -> &aws_sdk_s3::Client {
-        &self.client
+    /// The client to use now (see [`crate::aws::Shared`]).
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        self.client.current()
     }
 
     /// Reads a whole object.
     pub async fn get(&self, key: &str) -> Result<Object, ObjectError> {
         let output = self
-            .client
+            .client()
             .get_object()
             .bucket(&self.bucket)
             .key(key)
@@ -199,7 +203,7 @@ impl S3Objects {
 
     pub async fn exists(&self, key: &str) -> Result<bool, ObjectError> {
         match self
-            .client
+            .client()
             .head_object()
             .bucket(&self.bucket)
             .key(key)
@@ -222,7 +226,7 @@ impl S3Objects {
         precondition: Precondition<'_>,
     ) -> Result<(), ObjectError> {
         let request = self
-            .client
+            .client()
             .put_object()
             .bucket(&self.bucket)
             .key(key)
@@ -251,7 +255,7 @@ impl S3Objects {
     ) -> Result<Vec<Listed>, ObjectError> {
         let mut listed = Vec::new();
         let mut pages = self
-            .client
+            .client()
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(prefix)

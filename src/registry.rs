@@ -170,7 +170,10 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(client: aws_sdk_s3::Client, model: RegistryRef) -> Self {
+    pub fn new(
+        client: impl Into<crate::aws::Shared<aws_sdk_s3::Client>>,
+        model: RegistryRef,
+    ) -> Self {
         Registry {
             objects: S3Objects::new(client, model.bucket.clone()),
             model,

@@ -419,6 +419,7 @@ async fn a_live_metrics_scrape_passes_promtool_check_metrics() {
         telemetry: Telemetry::new(Vec::new(), "etth1-ot-lstm", "1.0.0", None),
         forecast_log: None,
         backtest_rate: 1.0,
+        sampling_seed: None,
     };
     let server = common::TestServer::start_with(
         common::bundled_model(),

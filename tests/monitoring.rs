@@ -89,6 +89,7 @@ async fn server_with(
         telemetry: telemetry.clone(),
         forecast_log,
         backtest_rate,
+        sampling_seed: None,
     };
     (
         TestServer::start_with(

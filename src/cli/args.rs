@@ -63,6 +63,12 @@ pub struct AccuracyArgs {
     #[arg(long, env = "BACKTEST_SAMPLE_RATE", default_value_t = 0.1)]
     pub backtest_rate: f64,
 
+    /// Seed of the backtest sampling, for runs that must sample alike [default: drawn from the
+    /// OS]. A SnapStart restore always draws a new one: every environment restored from one
+    /// snapshot would otherwise backtest the same series.
+    #[arg(long, env = "SAMPLING_SEED")]
+    pub sampling_seed: Option<u64>,
+
     /// How logged forecasts leave the process: `objects` (batched S3 objects, flushed on a
     /// period) or `log-lines` (one JSON line per forecast on stdout, for a log subscription and
     /// Firehose to deliver; nothing on the response path) [default: objects for serve, log-lines

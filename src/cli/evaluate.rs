@@ -1,5 +1,6 @@
 //! `lstm-forecast evaluate`: one accuracy evaluation, from a scheduler other than Lambda's.
 
+use lstm_forecast::aws::AwsClients;
 use lstm_forecast::metrics::{SinkKind, Telemetry};
 use lstm_forecast::monitor::evaluate::EvaluationWindow;
 use lstm_forecast::monitor::store::AccuracyStore;
@@ -10,10 +11,10 @@ use super::runtime;
 
 pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
-        let sdk = lstm_forecast::aws::sdk_config(args.aws.aws_endpoint_url.as_deref()).await;
-        let store = AccuracyStore::new(lstm_forecast::aws::s3_client(&sdk), &args.store)?;
+        let clients = AwsClients::load(args.aws.aws_endpoint_url.as_deref()).await;
+        let store = AccuracyStore::new(clients.s3().clone(), &args.store)?;
         let config = args.metrics.config(&[SinkKind::CloudWatch], false);
-        let (sinks, cloudwatch) = build_sinks(&config, &sdk);
+        let (sinks, cloudwatch) = build_sinks(&config, &clients);
         // Scores carry each forecast's own model and version, not a current one.
         let telemetry = Telemetry::new(sinks, "", "", config.stage.as_deref());
         let run = lstm_forecast::monitor::evaluate::run_evaluation(

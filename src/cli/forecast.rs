@@ -13,7 +13,7 @@ use lstm_forecast::service::build::build_sinks;
 use lstm_forecast::service::{Limits, Monitoring, Service};
 
 use super::args::{ForecastArgs, FormatArg};
-use super::{load_model, runtime, sdk_config};
+use super::{aws_clients, load_model, runtime};
 
 pub fn forecast(args: ForecastArgs) -> anyhow::Result<()> {
     if args.batch_size == 0 {
@@ -37,8 +37,8 @@ pub fn forecast(args: ForecastArgs) -> anyhow::Result<()> {
     let metadata = model.metadata().clone();
     let runtime = runtime()?;
     let metrics = args.metrics.config(&[], true);
-    let sdk = runtime.block_on(sdk_config(&args.model.aws, metrics.uses_aws()));
-    let (sinks, _) = build_sinks(&metrics, &sdk);
+    let clients = runtime.block_on(aws_clients(&args.model.aws, metrics.uses_aws()));
+    let (sinks, _) = build_sinks(&metrics, &clients);
     let monitoring = Monitoring {
         telemetry: Telemetry::new(
             sinks,

@@ -44,6 +44,7 @@ pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
             LogDelivery::LogLines,
         ),
         backtest_rate: args.accuracy.backtest_rate,
+        sampling_seed: args.accuracy.sampling_seed,
         evaluation_grace: Duration::from_secs(args.grace_minutes * 60),
     };
     let runtime = runtime()?;

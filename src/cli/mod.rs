@@ -14,6 +14,7 @@ pub mod serve;
 
 use anyhow::Context;
 
+use lstm_forecast::aws::AwsClients;
 use lstm_forecast::model::engine::{configure_libtorch, Workload};
 use lstm_forecast::model::Model;
 use lstm_forecast::source::ModelUri;
@@ -27,14 +28,14 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// The AWS configuration: the standard chain when `needed`; otherwise one that never looks for
+/// The AWS clients: configured the standard way when `needed`; otherwise ones that never look for
 /// credentials or a region (asking the instance metadata service costs ~15 ms of every local
 /// start, and seconds where a firewall drops the packets).
-pub async fn sdk_config(aws: &AwsArgs, needed: bool) -> aws_config::SdkConfig {
+pub async fn aws_clients(aws: &AwsArgs, needed: bool) -> AwsClients {
     if needed {
-        lstm_forecast::aws::sdk_config(aws.aws_endpoint_url.as_deref()).await
+        AwsClients::load(aws.aws_endpoint_url.as_deref()).await
     } else {
-        lstm_forecast::aws::offline_config()
+        AwsClients::offline()
     }
 }
 
@@ -43,9 +44,9 @@ pub fn load_model(args: &ModelArgs, workload: Workload) -> anyhow::Result<Model>
     configure_libtorch(args.threads, workload);
     let uri = ModelUri::parse(&args.model)?;
     runtime()?.block_on(async {
-        let sdk = sdk_config(&args.aws, matches!(uri, ModelUri::S3(_))).await;
+        let clients = aws_clients(&args.aws, matches!(uri, ModelUri::S3(_))).await;
         let (model, _) =
-            lstm_forecast::service::build::fetch_and_load(&uri, &args.model_cache_dir, &sdk)
+            lstm_forecast::service::build::fetch_and_load(&uri, &args.model_cache_dir, &clients)
                 .await?;
         anyhow::Ok(model)
     })

@@ -18,7 +18,7 @@ use lstm_forecast::source::s3::S3ModelSource;
 use lstm_forecast::source::ModelUri;
 
 use super::args::{LogDeliveryArg, ServeArgs};
-use super::{runtime, sdk_config};
+use super::{aws_clients, runtime};
 use lstm_forecast::monitor::store::LogDelivery;
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -58,6 +58,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             LogDelivery::Objects,
         ),
         backtest_rate: args.accuracy.backtest_rate,
+        sampling_seed: args.accuracy.sampling_seed,
     };
     let observations_token = match &args.observations_token_file {
         Some(path) => {
@@ -79,15 +80,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         || matches!(uri, ModelUri::S3(_));
     let runtime = runtime()?;
     let engine = runtime.block_on(async move {
-        let sdk = sdk_config(&args.model.aws, uses_aws).await;
-        let (model, _) = fetch_and_load(&uri, &args.model.model_cache_dir, &sdk).await?;
+        let clients = aws_clients(&args.model.aws, uses_aws).await;
+        let (model, _) = fetch_and_load(&uri, &args.model.model_cache_dir, &clients).await?;
         tracing::info!(
             engine_workers,
             intra_op_threads,
             max_batch_size = config.batching.max_batch_series,
             "starting the engine threads"
         );
-        let composed = compose(model, &config, &sdk)?;
+        let composed = compose(model, &config, &clients)?;
         let service = composed.service;
         let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
         let stopped = move || {
@@ -98,7 +99,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         let follower = follow_alias.map(|model| {
             let source = S3ModelSource::new(
-                Registry::new(lstm_forecast::aws::s3_client(&sdk), model),
+                Registry::new(clients.s3().clone(), model),
                 args.model.model_cache_dir.clone(),
             );
             let follower = AliasFollower::new(

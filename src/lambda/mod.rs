@@ -14,6 +14,7 @@
 pub mod events;
 pub mod jobs;
 pub mod rollback;
+pub mod snapstart;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use tower::Service as _;
 
+use crate::aws::AwsClients;
 use crate::infer::Batching;
 use crate::metrics::Metric;
 use crate::model::engine::{configure_libtorch, Workload};
@@ -67,6 +69,9 @@ pub struct LambdaConfig {
     pub backtest_rate: f64,
     /// How long after a forecast's last target time its actuals may still arrive.
     pub evaluation_grace: Duration,
+    /// Seed of the backtest sampling (`None`: drawn from the OS; a SnapStart restore always draws
+    /// a new one).
+    pub sampling_seed: Option<u64>,
 }
 
 /// Why the function could not start. Lambda reports it as an init error.
@@ -76,7 +81,12 @@ pub enum InitError {
     Model(#[from] LoadError),
     #[error(transparent)]
     Config(#[from] ComposeError),
+    #[error("the model cache {dir} holds {mib} MiB; SnapStart snapshots /tmp and allows at most {limit} MiB: set MODEL_CACHE_DIR to a smaller model's cache or turn SnapStart off", limit = SNAPSTART_TMP_LIMIT_BYTES >> 20)]
+    SnapStartStorage { dir: String, mib: u64 },
 }
+
+/// SnapStart's limit on `/tmp` (AWS: "SnapStart ... ephemeral storage up to 512 MB").
+pub const SNAPSTART_TMP_LIMIT_BYTES: u64 = 512 << 20;
 
 impl InitError {
     /// The `errorType` Lambda shows for this failure.
@@ -84,7 +94,7 @@ impl InitError {
         match self {
             InitError::Model(LoadError::Fetch { .. }) => "ModelFetchFailed",
             InitError::Model(_) => "ModelLoadFailed",
-            InitError::Config(_) => "InvalidConfiguration",
+            InitError::Config(_) | InitError::SnapStartStorage { .. } => "InvalidConfiguration",
         }
     }
 }
@@ -96,24 +106,29 @@ pub struct LambdaApp {
     alarms: Option<Arc<dyn AlarmStates>>,
     router: axum::Router,
     /// Set when the model is the registry's `live` alias.
-    follower: Option<AliasFollower>,
-    s3: aws_sdk_s3::Client,
+    follower: Option<Arc<AliasFollower>>,
+    /// Every AWS client of the function, rebuilt in place after a SnapStart restore.
+    clients: AwsClients,
     config: LambdaConfig,
 }
 
 /// Fetches, checks, loads and warms up the model, and builds the clients.
 pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, LoadReport), InitError> {
     let threads = configure_libtorch(config.threads, Workload::OneAtATime);
-    let sdk_config = crate::aws::sdk_config(config.aws_endpoint_url.as_deref()).await;
-    let s3 = crate::aws::s3_client(&sdk_config);
+    let snap_start = snapstart::is_snap_start();
+    let clients = AwsClients::load(config.aws_endpoint_url.as_deref()).await;
     let (model, report) =
-        fetch_and_load(&config.model_uri, &config.model_cache_dir, &sdk_config).await?;
+        fetch_and_load(&config.model_uri, &config.model_cache_dir, &clients).await?;
+    if snap_start {
+        check_snapstart_storage(&config.model_cache_dir)?;
+    }
     let metadata = model.metadata().clone();
     // Where the load's time went is in fetch_and_load's own line; this one closes init.
     tracing::info!(
         model = %metadata.name,
         model_version = %metadata.version,
         threads,
+        snap_start,
         init_ms = ms(report.total),
         "init complete"
     );
@@ -127,32 +142,61 @@ pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, LoadReport), InitE
         forecast_log_uri: config.forecast_log_uri.clone(),
         forecast_log_delivery: config.forecast_log_delivery,
         backtest_rate: config.backtest_rate,
+        sampling_seed: config.sampling_seed,
     };
-    let service = compose(model, &service_config, &sdk_config)?.service;
+    let service = compose(model, &service_config, &clients)?.service;
     let follower = match &config.model_uri {
-        ModelUri::S3(model) if model.version.is_none() => Some(AliasFollower::new(
+        ModelUri::S3(model) if model.version.is_none() => Some(Arc::new(AliasFollower::new(
             S3ModelSource::new(
-                Registry::new(s3.clone(), model.clone()),
+                Registry::new(clients.s3().clone(), model.clone()),
                 config.model_cache_dir.clone(),
             ),
             service.clone(),
             config.alias_check_interval,
-        )),
+        ))),
         _ => None,
     };
     let telemetry = service.telemetry();
-    telemetry.record(Metric::ColdStartDuration, ms(report.total));
+    // A SnapStart init runs when the version is published, not when a user waits: restored
+    // environments publish RestoreDuration instead (see [`snapstart`]).
+    if !snap_start {
+        telemetry.record(Metric::ColdStartDuration, ms(report.total));
+    }
     telemetry.record(Metric::ModelLoadDuration, ms(report.load + report.warm_up));
     // Memory once, after init: sampling it on every invocation would cost the answer time.
     telemetry.record_process_memory();
     crate::service::build::flush(&service).await;
-    let alarms = rollback::CloudWatchAlarms(
-        crate::metrics::cloudwatch::CloudWatchSink::client_from(&sdk_config),
-    );
+    let alarms = rollback::CloudWatchAlarms(clients.cloudwatch().clone());
     Ok((
-        LambdaApp::new(service, follower, s3, config).with_alarm_states(Arc::new(alarms)),
+        LambdaApp::new(service, follower, clients, config).with_alarm_states(Arc::new(alarms)),
         report,
     ))
+}
+
+/// Refuses a SnapStart init whose model cache would not fit SnapStart's `/tmp`.
+fn check_snapstart_storage(dir: &std::path::Path) -> Result<(), InitError> {
+    let bytes = directory_bytes(dir);
+    if bytes > SNAPSTART_TMP_LIMIT_BYTES {
+        return Err(InitError::SnapStartStorage {
+            dir: dir.display().to_string(),
+            mib: bytes >> 20,
+        });
+    }
+    Ok(())
+}
+
+fn directory_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.file_type() {
+            Ok(t) if t.is_dir() => directory_bytes(&entry.path()),
+            Ok(_) => entry.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -175,8 +219,8 @@ impl LambdaApp {
     /// The function around a composed service ([`init`] composes one from the configuration).
     pub fn new(
         service: Service,
-        follower: Option<AliasFollower>,
-        s3: aws_sdk_s3::Client,
+        follower: Option<Arc<AliasFollower>>,
+        clients: AwsClients,
         config: LambdaConfig,
     ) -> Self {
         let router = crate::http::router(service.clone())
@@ -186,7 +230,7 @@ impl LambdaApp {
             alarms: None,
             router,
             follower,
-            s3,
+            clients,
             config,
         }
     }
@@ -295,7 +339,8 @@ impl LambdaApp {
                     self.config.batch_output_prefix.as_deref(),
                     "output",
                 )?;
-                jobs::batch_forecast(&self.service, &self.s3, &input, &output, request_id).await
+                let s3 = self.clients.s3().current();
+                jobs::batch_forecast(&self.service, &s3, &input, &output, request_id).await
             }
             ScheduledAction::Evaluate {} => {
                 jobs::evaluate(&self.service, self.config.evaluation_grace).await
@@ -313,7 +358,7 @@ impl LambdaApp {
     ) -> Result<Value, InvocationError> {
         rollback::on_alarm(
             &self.service,
-            self.follower.as_ref(),
+            self.follower.as_deref(),
             self.alarms.as_ref(),
             &self.config.rollback,
             alarm,
@@ -323,16 +368,20 @@ impl LambdaApp {
     }
 }
 
-/// Runs the Lambda runtime loop until the process is stopped.
+/// Runs the Lambda runtime loop until the process is stopped. Under SnapStart the runtime first
+/// runs the snapshot hooks ([`snapstart`]) and waits for the restore.
 pub async fn run(app: LambdaApp) -> Result<(), lambda_runtime::Error> {
     let app = Arc::new(app);
-    lambda_runtime::run(lambda_runtime::service_fn(
-        move |event: LambdaEvent<Value>| {
-            let app = Arc::clone(&app);
-            async move { app.handle(event).await }
-        },
-    ))
-    .await
+    let hooks = snapstart::resources(&app.service, &app.clients, app.follower.clone());
+    let handler = lambda_runtime::service_fn(move |event: LambdaEvent<Value>| {
+        let app = Arc::clone(&app);
+        async move { app.handle(event).await }
+    });
+    let runtime = hooks.into_iter().fold(
+        lambda_runtime::Runtime::new(handler).layer(lambda_runtime::layers::TracingLayer::new()),
+        |runtime, hook| runtime.register_snapstart_resource(hook),
+    );
+    runtime.run().await
 }
 
 /// Why the init error could not be reported (the caller exits non-zero either way).

@@ -52,7 +52,7 @@ pub trait AlarmStates: Send + Sync {
 }
 
 /// [`AlarmStates`] from CloudWatch's `DescribeAlarms`.
-pub struct CloudWatchAlarms(pub aws_sdk_cloudwatch::Client);
+pub struct CloudWatchAlarms(pub crate::aws::Shared<aws_sdk_cloudwatch::Client>);
 
 impl AlarmStates for CloudWatchAlarms {
     fn current<'a>(
@@ -62,6 +62,7 @@ impl AlarmStates for CloudWatchAlarms {
         Box::pin(async move {
             let described = self
                 .0
+                .current()
                 .describe_alarms()
                 .alarm_names(alarm)
                 .send()

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 
@@ -26,7 +26,7 @@ pub const MAX_DATUMS_PER_CALL: usize = 1000;
 pub const DEFAULT_MAX_PENDING_DATUMS: usize = 10_000;
 
 pub struct CloudWatchSink {
-    client: aws_sdk_cloudwatch::Client,
+    client: crate::aws::Shared<aws_sdk_cloudwatch::Client>,
     namespace: String,
     current: Mutex<Aggregator>,
     /// Datums whose call failed, oldest first; bounded by `max_pending`.
@@ -48,12 +48,12 @@ pub struct CloudWatchSink {
 
 impl CloudWatchSink {
     pub fn new(
-        client: aws_sdk_cloudwatch::Client,
+        client: impl Into<crate::aws::Shared<aws_sdk_cloudwatch::Client>>,
         namespace: impl Into<String>,
         max_pending: usize,
     ) -> Self {
         CloudWatchSink {
-            client,
+            client: client.into(),
             namespace: namespace.into(),
             current: Mutex::new(Aggregator::default()),
             pending: Mutex::new(VecDeque::new()),
@@ -65,20 +65,6 @@ impl CloudWatchSink {
             last_dimensions: Mutex::new(None),
             flushing: tokio::sync::Mutex::new(()),
         }
-    }
-
-    /// A CloudWatch client with short timeouts: a flush must end promptly when CloudWatch is down.
-    pub fn client_from(config: &aws_config::SdkConfig) -> aws_sdk_cloudwatch::Client {
-        let timeouts = aws_config::timeout::TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(1))
-            .operation_attempt_timeout(Duration::from_secs(3))
-            .operation_timeout(Duration::from_secs(8))
-            .build();
-        let conf = aws_sdk_cloudwatch::config::Builder::from(config)
-            .timeout_config(timeouts)
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3))
-            .build();
-        aws_sdk_cloudwatch::Client::from_conf(conf)
     }
 
     pub fn calls(&self) -> u64 {
@@ -149,6 +135,7 @@ impl CloudWatchSink {
         for chunk in chunks.by_ref() {
             let result = self
                 .client
+                .current()
                 .put_metric_data()
                 .namespace(&self.namespace)
                 .set_metric_data(Some(chunk.to_vec()))

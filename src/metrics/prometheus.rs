@@ -220,6 +220,7 @@ pub fn prometheus_name(metric: Metric) -> Option<&'static str> {
         | Metric::BatchWindows
         | Metric::QueueDepth => return None,
         Metric::ColdStartDuration => "lstm_forecast_cold_start_duration_milliseconds",
+        Metric::RestoreDuration => "lstm_forecast_restore_duration_milliseconds",
         Metric::ModelLoadDuration => "lstm_forecast_model_load_duration_milliseconds",
         Metric::ModelRollbacks => "lstm_forecast_model_rollbacks_total",
         Metric::MemoryRss => "lstm_forecast_memory_rss_bytes",
@@ -308,7 +309,9 @@ impl MetricSink for PrometheusSink {
                 }
                 Kind::Distribution => {
                     let buckets = match sample.metric {
-                        Metric::ColdStartDuration | Metric::ModelLoadDuration => {
+                        Metric::ColdStartDuration
+                        | Metric::RestoreDuration
+                        | Metric::ModelLoadDuration => {
                             vec![
                                 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
                                 10000.0,

@@ -23,6 +23,10 @@ pub enum Metric {
     ServerErrors,
     /// Lambda init (or server start) until ready, milliseconds.
     ColdStartDuration,
+    /// SnapStart: from the restore signal until the restore hooks are done (clients rebuilt, the
+    /// alias re-checked), milliseconds. A restored environment publishes this, not
+    /// `ColdStartDuration`.
+    RestoreDuration,
     /// Loading and warming up a model, milliseconds.
     ModelLoadDuration,
     ModelReloads,
@@ -81,7 +85,7 @@ pub enum Kind {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 26] = [
+    pub const ALL: [Metric; 27] = [
         Metric::ForecastLatency,
         Metric::InferenceLatency,
         Metric::Forecasts,
@@ -89,6 +93,7 @@ impl Metric {
         Metric::ClientErrors,
         Metric::ServerErrors,
         Metric::ColdStartDuration,
+        Metric::RestoreDuration,
         Metric::ModelLoadDuration,
         Metric::ModelReloads,
         Metric::ModelReloadFailures,
@@ -132,6 +137,7 @@ impl Metric {
             Metric::ClientErrors => "ClientErrors",
             Metric::ServerErrors => "ServerErrors",
             Metric::ColdStartDuration => "ColdStartDuration",
+            Metric::RestoreDuration => "RestoreDuration",
             Metric::ModelLoadDuration => "ModelLoadDuration",
             Metric::ModelReloads => "ModelReloads",
             Metric::ModelReloadFailures => "ModelReloadFailures",
@@ -163,6 +169,7 @@ impl Metric {
             Metric::ForecastLatency
             | Metric::InferenceLatency
             | Metric::ColdStartDuration
+            | Metric::RestoreDuration
             | Metric::ModelLoadDuration
             | Metric::QueueLatency => "Milliseconds",
             Metric::MemoryRss | Metric::HeapAllocated => "Bytes",

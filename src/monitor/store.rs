@@ -228,7 +228,7 @@ fn unique_name(now: DateTime<Utc>) -> String {
     format!(
         "{}-{:x}-{:x}.jsonl",
         now.format("%Y%m%dT%H%M%S%.3f"),
-        std::process::id(),
+        crate::environment::id(),
         UNIQUE.fetch_add(1, Ordering::Relaxed)
     )
 }
@@ -258,7 +258,10 @@ where
 }
 
 impl AccuracyStore {
-    pub fn new(client: aws_sdk_s3::Client, uri: &str) -> Result<Self, StoreError> {
+    pub fn new(
+        client: impl Into<crate::aws::Shared<aws_sdk_s3::Client>>,
+        uri: &str,
+    ) -> Result<Self, StoreError> {
         let (bucket, prefix) =
             crate::aws::parse_s3_url(uri).ok_or_else(|| StoreError::Uri(uri.to_string()))?;
         let prefix = if prefix.is_empty() || prefix.ends_with('/') {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Limits, Monitoring, Service};
+use crate::aws::AwsClients;
 use crate::infer::{Batching, InferenceHandle};
 use crate::metrics::{cloudwatch::CloudWatchSink, SinkKind, Telemetry};
 use crate::metrics::{Metric, MetricSink, ServerMetrics};
@@ -48,10 +49,10 @@ pub struct LoadReport {
 pub async fn fetch_and_load(
     uri: &ModelUri,
     cache_dir: &Path,
-    sdk_config: &aws_config::SdkConfig,
+    clients: &AwsClients,
 ) -> Result<(Model, LoadReport), LoadError> {
     let started = Instant::now();
-    let source: Box<dyn ModelSource> = crate::source::open(uri, cache_dir, sdk_config);
+    let source: Box<dyn ModelSource> = crate::source::open(uri, cache_dir, clients);
     let source_uri = source.describe();
     let fetched = source.fetch().await.map_err(|cause| LoadError::Fetch {
         source_uri: source_uri.clone(),
@@ -135,6 +136,8 @@ pub struct ServiceConfig {
     /// How logged forecasts leave the process.
     pub forecast_log_delivery: LogDelivery,
     pub backtest_rate: f64,
+    /// Seed of the backtest sampling; `None` draws one from the OS.
+    pub sampling_seed: Option<u64>,
 }
 
 /// Why the service could not be composed.
@@ -159,11 +162,11 @@ pub struct Composed {
 pub fn compose(
     model: Model,
     config: &ServiceConfig,
-    sdk_config: &aws_config::SdkConfig,
+    clients: &AwsClients,
 ) -> Result<Composed, ComposeError> {
     let forecast_log = match &config.forecast_log_uri {
         Some(uri) => Some(Arc::new(ForecastLog::with_delivery(
-            AccuracyStore::new(crate::aws::s3_client(sdk_config), uri)
+            AccuracyStore::new(clients.s3().clone(), uri)
                 .map_err(ComposeError::ForecastLog)?,
             config.forecast_log_delivery,
         ))),
@@ -176,7 +179,7 @@ pub fn compose(
         config.batching,
         config.engine_workers.max(1),
     );
-    let (sinks, cloudwatch) = build_sinks(&config.metrics, sdk_config);
+    let (sinks, cloudwatch) = build_sinks(&config.metrics, clients);
     let telemetry = Telemetry::new(
         sinks,
         &metadata.name,
@@ -187,6 +190,7 @@ pub fn compose(
         telemetry,
         forecast_log,
         backtest_rate: config.backtest_rate,
+        sampling_seed: config.sampling_seed,
     };
     Ok(Composed {
         service: Service::new(handle, ServerMetrics::new(), config.limits, monitoring),
@@ -199,7 +203,7 @@ pub fn compose(
 /// registry, which `GET /metrics` renders, whatever is configured here.
 pub fn build_sinks(
     config: &MetricsConfig,
-    sdk_config: &aws_config::SdkConfig,
+    clients: &AwsClients,
 ) -> (Vec<Arc<dyn MetricSink>>, Option<Arc<CloudWatchSink>>) {
     let mut sinks: Vec<Arc<dyn MetricSink>> = Vec::new();
     let mut cloudwatch = None;
@@ -219,7 +223,7 @@ pub fn build_sinks(
             }
             SinkKind::CloudWatch => {
                 let sink = Arc::new(CloudWatchSink::new(
-                    CloudWatchSink::client_from(sdk_config),
+                    clients.cloudwatch().clone(),
                     &config.namespace,
                     crate::metrics::cloudwatch::DEFAULT_MAX_PENDING_DATUMS,
                 ));

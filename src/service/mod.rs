@@ -12,9 +12,9 @@
 pub mod build;
 pub mod follow;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::environment::Sampler;
 use crate::forecast::{
     parse_forecast_request, ForecastResponse, RequestError, RequestShape, SeriesForecast,
     SeriesInput,
@@ -59,6 +59,8 @@ pub struct Monitoring {
     pub forecast_log: Option<Arc<ForecastLog>>,
     /// Share of backtest-eligible series (history >= window + horizon) that are backtested.
     pub backtest_rate: f64,
+    /// Seed of the backtest sampling; `None` draws one from the OS (see [`crate::environment`]).
+    pub sampling_seed: Option<u64>,
 }
 
 impl Default for Monitoring {
@@ -67,6 +69,7 @@ impl Default for Monitoring {
             telemetry: Telemetry::disabled(),
             forecast_log: None,
             backtest_rate: 0.0,
+            sampling_seed: None,
         }
     }
 }
@@ -106,8 +109,8 @@ struct Inner {
     prometheus: ServerMetrics,
     limits: Limits,
     monitoring: Monitoring,
-    /// Counts backtest-eligible series, for deterministic sampling at `backtest_rate`.
-    backtest_counter: AtomicU64,
+    /// Draws which backtest-eligible series are backtested, at `backtest_rate`.
+    backtest_sampler: Sampler,
 }
 
 impl Service {
@@ -131,8 +134,12 @@ impl Service {
                 handle,
                 prometheus,
                 limits,
+                backtest_sampler: Sampler::new(
+                    monitoring
+                        .sampling_seed
+                        .unwrap_or_else(crate::environment::random_u64),
+                ),
                 monitoring,
-                backtest_counter: AtomicU64::new(0),
             }),
         };
         service.model_changed();
@@ -281,14 +288,17 @@ impl Service {
             .collect()
     }
 
-    /// Whether the next backtest-eligible series is sampled (deterministic: every 1/rate-th).
+    /// Whether the next backtest-eligible series is sampled.
     fn sample_backtest(&self) -> bool {
-        let rate = self.inner.monitoring.backtest_rate;
-        if rate <= 0.0 {
-            return false;
-        }
-        let n = self.inner.backtest_counter.fetch_add(1, Ordering::Relaxed) as f64;
-        ((n + 1.0) * rate).floor() > (n * rate).floor()
+        self.inner
+            .backtest_sampler
+            .sample(self.inner.monitoring.backtest_rate)
+    }
+
+    /// Starts the backtest sampling again from `seed` (after a SnapStart restore, whose memory
+    /// image every restored environment shares).
+    pub fn reseed_sampling(&self, seed: u64) {
+        self.inner.backtest_sampler.reseed(seed);
     }
 }
 

@@ -48,18 +48,17 @@ impl ModelUri {
     }
 }
 
-/// Picks a source for a model URI. S3 sources use `sdk_config` and cache under `cache_dir`.
+/// Picks a source for a model URI. S3 sources use `clients` and cache under `cache_dir`.
 pub fn open(
     uri: &ModelUri,
     cache_dir: &Path,
-    sdk_config: &aws_config::SdkConfig,
+    clients: &crate::aws::AwsClients,
 ) -> Box<dyn ModelSource> {
     match uri {
         ModelUri::Bundled => Box::new(BundledSource),
         ModelUri::Directory(dir) => Box::new(DirectorySource::new(dir)),
         ModelUri::S3(model) => {
-            let registry =
-                crate::registry::Registry::new(crate::aws::s3_client(sdk_config), model.clone());
+            let registry = crate::registry::Registry::new(clients.s3().clone(), model.clone());
             Box::new(s3::S3ModelSource::new(registry, cache_dir.to_path_buf()))
         }
     }
