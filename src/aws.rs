@@ -147,7 +147,11 @@ impl AwsClients {
         Self::from_config(offline_config(), None, false)
     }
 
-    fn from_config(config: aws_config::SdkConfig, endpoint_url: Option<String>, online: bool) -> Self {
+    fn from_config(
+        config: aws_config::SdkConfig,
+        endpoint_url: Option<String>,
+        online: bool,
+    ) -> Self {
         AwsClients {
             endpoint_url,
             online,

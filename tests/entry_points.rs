@@ -144,7 +144,12 @@ fn lambda_app(service: Service, s3: aws_sdk_s3::Client) -> LambdaApp {
         evaluation_grace: Duration::from_secs(3600),
         sampling_seed: None,
     };
-    LambdaApp::new(service, None, lstm_forecast::aws::AwsClients::offline().with_s3(s3), config)
+    LambdaApp::new(
+        service,
+        None,
+        lstm_forecast::aws::AwsClients::offline().with_s3(s3),
+        config,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -166,8 +166,7 @@ pub fn compose(
 ) -> Result<Composed, ComposeError> {
     let forecast_log = match &config.forecast_log_uri {
         Some(uri) => Some(Arc::new(ForecastLog::with_delivery(
-            AccuracyStore::new(clients.s3().clone(), uri)
-                .map_err(ComposeError::ForecastLog)?,
+            AccuracyStore::new(clients.s3().clone(), uri).map_err(ComposeError::ForecastLog)?,
             config.forecast_log_delivery,
         ))),
         None => None,

@@ -365,10 +365,17 @@ pub struct Function {
 
 impl Function {
     pub fn start(emulator: &LambdaEmulator, env: &[(&str, String)]) -> Self {
+        Self::start_at(&emulator.runtime_api(), env)
+    }
+
+    /// The function against any Runtime API (`AWS_LAMBDA_RUNTIME_API`), such as
+    /// [`super::runtime_api::RuntimeApiDouble`]. A variable whose value is empty is removed from
+    /// the environment instead of set.
+    pub fn start_at(runtime_api: &str, env: &[(&str, String)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_lstm-forecast"));
         command
             .arg("lambda")
-            .env("AWS_LAMBDA_RUNTIME_API", emulator.runtime_api())
+            .env("AWS_LAMBDA_RUNTIME_API", runtime_api)
             .env("AWS_LAMBDA_FUNCTION_NAME", "_")
             .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
@@ -376,7 +383,11 @@ impl Function {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
-            command.env(k, v);
+            if v.is_empty() {
+                command.env_remove(k);
+            } else {
+                command.env(k, v);
+            }
         }
         let mut child = command.spawn().expect("start the function");
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
