@@ -103,6 +103,29 @@ fn the_sam_template_translates_and_deploys_to_moto_cloudformation() {
         );
     }
     assert_eq!(report["bucket_encryption"], "AES256");
+    // SnapStart on, for published versions, with /tmp within its limit; and since only published
+    // versions are snapshotted, every invoker (API, schedules, the alarm action) calls the alias
+    assert_eq!(report["snap_start"], json!({"ApplyOn": "PublishedVersions"}));
+    assert!(report["ephemeral_storage"]["Size"].as_u64().unwrap() <= 512);
+    assert_eq!(report["aliases"], json!(["ForecastFunctionAliaslive"]));
+    let invokers = report["invokers"].as_object().unwrap();
+    for expected in [
+        "HttpApiIntegration",
+        "HttpApiInvokePermission",
+        "AlarmInvokePermission",
+        "AccuracyAlarm",
+        "ForecastFunctionBatchForecast",
+        "ForecastFunctionEvaluate",
+    ] {
+        assert!(invokers.contains_key(expected), "{expected}: {invokers:?}");
+    }
+    for (invoker, targets) in invokers {
+        assert_eq!(
+            targets,
+            &json!(["ForecastFunctionAliaslive"]),
+            "{invoker} must call the alias"
+        );
+    }
     let function = &report["function"];
     assert_eq!(function["memory"], 2048);
     assert_eq!(function["timeout"], 60);
@@ -618,8 +641,9 @@ async fn the_accuracy_alarm_rolls_the_model_back_end_to_end_on_the_emulators() {
     let cloudwatch = ministack.cloudwatch().await;
     let accuracy = common::template::alarm_properties("AccuracyAlarm");
     common::template::put_alarm(&cloudwatch, &accuracy, |resource| match resource {
-        "ForecastFunction" => {
-            Some("arn:aws:lambda:us-east-1:123456789012:function:lstm-forecast".into())
+        // The `live` alias: SnapStart serves published versions only.
+        "ForecastFunction.Alias" => {
+            Some("arn:aws:lambda:us-east-1:123456789012:function:lstm-forecast:live".into())
         }
         // Its e-mail and SMS subscribers are not part of this test.
         "AlertTopic" => None,

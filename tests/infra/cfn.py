@@ -7,6 +7,7 @@
                                       stack name lstm-forecast; an action on a resource of the stack is {"resource": NAME}
 """
 import json
+import re
 import os
 import sys
 
@@ -100,6 +101,27 @@ def deploy(path, endpoint):
     translated = transform(template, {}, NoManagedPolicies())
     resources = translated["Resources"]
     translated_types = sorted({r["Type"] for r in resources.values()})
+    # What invokes the function, and through what: under SnapStart only published versions are
+    # snapshotted, so every invoker must name the alias SAM publishes, never the bare function.
+    invoking = {"AWS::Events::Rule": ["Targets"], "AWS::Lambda::Permission": ["FunctionName"],
+                "AWS::ApiGatewayV2::Integration": ["IntegrationUri"],
+                "AWS::CloudWatch::Alarm": ["AlarmActions", "OKActions", "InsufficientDataActions"]}
+    invokers = {}
+    for name, resource in resources.items():
+        keys = invoking.get(resource["Type"], [])
+        text = json.dumps([resource["Properties"].get(k) for k in keys])
+        targets = sorted(set(re.findall(r'"(ForecastFunction(?:Alias\w*)?)"', text)))
+        if targets:
+            invokers[name] = targets
+    translated_function = dict(resources["ForecastFunction"]["Properties"])
+    aliases = sorted(n for n, r in resources.items() if r["Type"] == "AWS::Lambda::Alias")
+    # moto has no AWS::Lambda::Alias: a Ref to one resolves to nothing and fails the stack. For
+    # moto only, invokers call the function's ARN (the check above already ran on the alias).
+    for alias in aliases:
+        del resources[alias]
+        for name, resource in list(resources.items()):
+            resources[name] = json.loads(json.dumps(resource).replace(
+                json.dumps({"Ref": alias}), json.dumps({"Fn::GetAtt": ["ForecastFunction", "Arn"]})))
     # Types moto's CloudFormation does not know fail the whole stack; they leave, with whatever
     # refers to them (cfn-lint checks them instead).
     # Alarms it skips silently, but an attribute of one (an alarm widget's ARN) fails the stack too.
@@ -150,6 +172,10 @@ def deploy(path, endpoint):
 
     print(json.dumps({
         "status": stack["StackStatus"],
+        "snap_start": translated_function.get("SnapStart"),
+        "ephemeral_storage": translated_function.get("EphemeralStorage"),
+        "aliases": aliases,
+        "invokers": invokers,
         "translated_types": translated_types,
         "created": sorted(physical),
         "bucket_versioning": probe(lambda: s3.get_bucket_versioning(Bucket=bucket).get("Status")),
