@@ -191,6 +191,18 @@ fn main() {
     println!("| cold start: exec -> first API Gateway v2 forecast answered, model fetched from S3 (median of 5) | {} |", fmt(lambda.cold_median));
     println!("| fastest of 5 | {} |", fmt(lambda.cold_fastest));
     println!(
+        "| SnapStart, Runtime API double: exec -> init done, asking for /restore/next (what the snapshot captures; median of 5) | {} |",
+        fmt(lambda.snapshot_init_median)
+    );
+    println!(
+        "| SnapStart, Runtime API double: restore signal -> first API Gateway v2 forecast answered (hooks + first forecast; median of 5) | {} |",
+        fmt(lambda.restore_to_answer_median)
+    );
+    println!(
+        "| fastest of 5 | {} |",
+        fmt(lambda.restore_to_answer_fastest)
+    );
+    println!(
         "| warm invocation, 1 series, p50 | {} |",
         fmt(lambda.warm_p50)
     );
@@ -220,7 +232,10 @@ fn main() {
         "Targets: cold start <= 0.35 s (issue 3); forecast log on within 1.15x of off (issue 15). The invocation goes through the emulator's HTTP"
     );
     println!(
-        "Invoke API and Runtime API (two loopback HTTP hops each way), as it would in Lambda."
+        "Invoke API and Runtime API (two loopback HTTP hops each way), as it would in Lambda. The SnapStart rows cannot include"
+    );
+    println!(
+        "Lambda's own restore of the microVM (not measurable here); they are the function's part of it (issue 19)."
     );
     println!();
     drift_table(&model);
@@ -491,6 +506,8 @@ fn monitoring_bench(model: &Model, windows: &[Vec<f64>], _path_p50: Duration) ->
 
 #[path = "../tests/common/emulators.rs"]
 mod emulators;
+#[path = "../tests/common/runtime_api.rs"]
+mod runtime_api;
 
 fn repo_path(relative: &str) -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
@@ -504,6 +521,11 @@ struct LambdaNumbers {
     cold_fastest: Duration,
     warm_p50: Duration,
     warm_p99: Duration,
+    /// SnapStart under the Runtime API double: exec until the function asks for
+    /// `/restore/next` (the init a snapshot captures), and restore signal -> first answer.
+    snapshot_init_median: Duration,
+    restore_to_answer_median: Duration,
+    restore_to_answer_fastest: Duration,
 }
 
 fn lambda_bench() -> LambdaNumbers {
@@ -594,8 +616,44 @@ fn lambda_bench() -> LambdaNumbers {
                 }
             }
         }
+        // SnapStart: the same function and model under the Runtime API double, which answers
+        // `/restore/next` when told; credentials from its container endpoint, as Lambda gives
+        // them to a restored environment. No snapshot is really taken (no microVM here): what is
+        // measured is the function's own share of a restore, the hooks (clients rebuilt,
+        // credentials fetched, the alias re-read from S3) and the first forecast.
+        let (mut snapshot_inits, mut restores) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            let double = runtime_api::RuntimeApiDouble::start().await;
+            let cache = tempfile::tempdir().unwrap();
+            let mut env: Vec<(&str, String)> = moto
+                .env()
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with("AWS_ACCESS_KEY") && !k.starts_with("AWS_SECRET"))
+                .collect();
+            env.extend(double.snapstart_env());
+            env.push(("MODEL_URI", registry.to_string()));
+            env.push((
+                "LSTM_FORECAST_MODEL_CACHE",
+                cache.path().display().to_string(),
+            ));
+            env.push(("RUST_LOG", "warn".to_string()));
+            let started = Instant::now();
+            let function = emulators::Function::start_at(&double.runtime_api(), &env);
+            double.snapshot_taken(Duration::from_secs(60)).await;
+            snapshot_inits.push(started.elapsed());
+            let restored = double.restore();
+            let response = double.invoke(&event).await.expect("answered");
+            restores.push(restored.elapsed());
+            assert_eq!(response["statusCode"], 200, "{response}");
+            drop(function);
+        }
+        snapshot_inits.sort();
+        restores.sort();
         colds.sort();
         LambdaNumbers {
+            snapshot_init_median: snapshot_inits[snapshot_inits.len() / 2],
+            restore_to_answer_median: restores[restores.len() / 2],
+            restore_to_answer_fastest: restores[0],
             cold_median: colds[colds.len() / 2],
             cold_fastest: colds[0],
             warm_p50: percentile(&warm, 0.5),

@@ -105,7 +105,10 @@ fn the_sam_template_translates_and_deploys_to_moto_cloudformation() {
     assert_eq!(report["bucket_encryption"], "AES256");
     // SnapStart on, for published versions, with /tmp within its limit; and since only published
     // versions are snapshotted, every invoker (API, schedules, the alarm action) calls the alias
-    assert_eq!(report["snap_start"], json!({"ApplyOn": "PublishedVersions"}));
+    assert_eq!(
+        report["snap_start"],
+        json!({"ApplyOn": "PublishedVersions"})
+    );
     assert!(report["ephemeral_storage"]["Size"].as_u64().unwrap() <= 512);
     assert_eq!(report["aliases"], json!(["ForecastFunctionAliaslive"]));
     let invokers = report["invokers"].as_object().unwrap();
