@@ -536,7 +536,10 @@ fn the_image_filesystem_runs_with_an_empty_environment() {
     // (.debug_gdb_scripts, in debug builds, is loaded data, not debug info.)
     let sections = readelf(&["-S", "--wide"], &binary);
     for section in [".symtab", ".debug_info", ".debug_line"] {
-        assert!(!sections.contains(section), "{section} in the shipped binary");
+        assert!(
+            !sections.contains(section),
+            "{section} in the shipped binary"
+        );
     }
     // Only what the loader opens: every shipped library is in the binary's DT_NEEDED closure
     // (libtorch.so and libshm.so are not, so they stay out), and that closure is all shipped
@@ -604,7 +607,11 @@ fn the_image_filesystem_runs_with_an_empty_environment() {
 
 /// `readelf ARGS FILE`'s output (binutils, as in the Dockerfile's builder stage).
 fn readelf(args: &[&str], file: &std::path::Path) -> String {
-    let output = Command::new("readelf").args(args).arg(file).output().unwrap();
+    let output = Command::new("readelf")
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap();
     assert!(output.status.success(), "readelf {}", file.display());
     String::from_utf8(output.stdout).unwrap()
 }
