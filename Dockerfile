@@ -3,8 +3,18 @@
 #   docker build -t lstm-forecast .
 #   docker run -p 8080:8080 lstm-forecast serve --bind 0.0.0.0:8080
 #
-# Expected size: ~600 MB (Debian slim ~75 MB + CPU libtorch ~490 MB + the binary ~40 MB). libtorch
-# is why the Lambda is an image and not a zip (250 MB limit).
+# Size: ~455 MB (Debian slim ~75 MB + 379 MB of our own files: the libtorch libraries the binary
+# loads, stripped, 356 MB, of which libtorch_cpu.so is 349 MB; the stripped binary, 23 MB). Before
+# scripts/build-image-rootfs.sh followed DT_NEEDED and stripped, our files were 663 MB. A cold
+# start maps ~18 MB of them (BENCHMARKS.md "Image"). libtorch_cpu.so alone is why the Lambda is an
+# image and not a zip (250 MB limit).
+#
+# SnapStart: AWS requires a container image either to call the Runtime API's /restore/next or to
+# carry LABEL com.amazonaws.lambda.feature.snapstart="Allow" (publishing a version fails with
+# neither; AWS Lambda docs, "Implementing SnapStart hooks for container images"). The label is the
+# way for runtimes that do not implement the hooks. This image takes the other way, so it has no
+# label: lambda_runtime (1.5) calls /restore/next itself, running the registered
+# before_snapshot/after_restore hooks around it, whenever AWS_LAMBDA_INITIALIZATION_TYPE=snap-start.
 
 # --- builder: the same scripts as `make release` and `make image-rootfs` ---------------------------
 FROM rust:1.95-bookworm AS builder

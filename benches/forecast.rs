@@ -21,9 +21,13 @@ const THREADS: usize = 1;
 
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments. BENCH_ONLY=evaluation runs that table
-    // alone (it needs no libtorch work and is quick to rerun).
+    // alone (it needs no libtorch work and is quick to rerun); BENCH_ONLY=image the image table.
     if std::env::var("BENCH_ONLY").as_deref() == Ok("evaluation") {
         evaluation_table();
+        return;
+    }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("image") {
+        support::image::table();
         return;
     }
     configure_libtorch(
@@ -240,6 +244,7 @@ fn main() {
     println!();
     drift_table(&model);
     evaluation_table();
+    support::image::table();
 }
 
 /// Evaluation cost against the history before it: each store holds a history of hourly forecasts

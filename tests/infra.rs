@@ -559,6 +559,34 @@ fn the_image_filesystem_runs_with_an_empty_environment() {
         "$ORIGIN/../lib",
         "no build-machine path in the image"
     );
+    // Stripped: no symbol table and no debug info (line tables were most of its 218 MB).
+    // (.debug_gdb_scripts, in debug builds, is loaded data, not debug info.)
+    let sections = readelf(&["-S", "--wide"], &binary);
+    for section in [".symtab", ".debug_info", ".debug_line"] {
+        assert!(
+            !sections.contains(section),
+            "{section} in the shipped binary"
+        );
+    }
+    // Only what the loader opens: every shipped library is in the binary's DT_NEEDED closure
+    // (libtorch.so and libshm.so are not, so they stay out), and that closure is all shipped
+    // or left to the base image (glibc, libstdc++, libgcc_s).
+    let lib = rootfs.join("opt/lstm-forecast/lib");
+    let shipped: BTreeSet<String> = std::fs::read_dir(&lib)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let mut reached = BTreeSet::new();
+    let mut queue = vec![binary.clone()];
+    while let Some(elf) = queue.pop() {
+        for name in needed(&elf) {
+            if shipped.contains(&name) && reached.insert(name.clone()) {
+                queue.push(lib.join(&name));
+            }
+        }
+    }
+    assert_eq!(reached, shipped, "every shipped library is loaded");
+    assert!(shipped.contains("libtorch_cpu.so") && shipped.contains("libc10.so"));
     let dockerfile = std::fs::read_to_string(repo_path("Dockerfile")).unwrap();
     assert!(
         dockerfile.contains("scripts/build-image-rootfs.sh /rootfs")
@@ -602,6 +630,26 @@ fn the_image_filesystem_runs_with_an_empty_environment() {
             24
         );
     }
+}
+
+/// `readelf ARGS FILE`'s output (binutils, as in the Dockerfile's builder stage).
+fn readelf(args: &[&str], file: &std::path::Path) -> String {
+    let output = Command::new("readelf")
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "readelf {}", file.display());
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The DT_NEEDED names of an ELF file: the libraries the loader opens for it.
+fn needed(file: &std::path::Path) -> Vec<String> {
+    readelf(&["-d"], file)
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| Some(l.split_once('[')?.1.split_once(']')?.0.to_string()))
+        .collect()
 }
 
 #[test]

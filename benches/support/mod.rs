@@ -1,6 +1,8 @@
 //! Helpers shared by the benchmark binaries (each includes this file with `#[path]`).
 #![allow(dead_code)]
 
+pub mod image;
+
 /// Resident set size of process `pid` in MB, from /proc (0 when unreadable).
 pub fn rss_mb(pid: u32) -> f64 {
     status_kb(pid, "VmRSS:") / 1024.0
