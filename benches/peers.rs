@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CONCURRENCY: [usize; 3] = [1, 8, 64];
-const OURS_OFF: &str = "lstm-forecast, batching off";
-const OURS_ON: &str = "lstm-forecast, batching on";
+const OURS_DEFAULTS: &str =
+    "lstm-forecast, defaults (batching on, low-latency engine thread for lone requests)";
+const OURS_OFF: &str = "lstm-forecast, batching off, no low-latency engine";
+const OURS_ON: &str = "lstm-forecast, batching on, no low-latency engine";
 const OURS_ONE_ENGINE_OFF: &str = "lstm-forecast, 1 engine thread x all CPUs, batching off";
 const OURS_ONE_ENGINE_ON: &str = "lstm-forecast, 1 engine thread x all CPUs, batching on";
 const PYTHON_TORCHSCRIPT: &str = "Python FastAPI + TorchScript";
@@ -188,19 +190,43 @@ fn main() {
     let cpus = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .to_string();
-    for (name, batch, engine_workers, intra_op) in [
-        (OURS_OFF, "1", None, threads),
-        (OURS_ON, "64", None, threads),
-        (OURS_ONE_ENGINE_OFF, "1", Some("1"), cpus.as_str()),
-        (OURS_ONE_ENGINE_ON, "64", Some("1"), cpus.as_str()),
+    // (name, max batch size, engine threads, intra-op threads, low-latency engine); `None` keeps
+    // the server's default, so the first row is exactly what `serve` does unconfigured.
+    for (name, batch, engine_workers, intra_op, low_latency) in [
+        (OURS_DEFAULTS, None, None, None, None),
+        (OURS_OFF, Some("1"), None, Some(threads), Some("false")),
+        (OURS_ON, Some("64"), None, Some(threads), Some("false")),
+        (
+            OURS_ONE_ENGINE_OFF,
+            Some("1"),
+            Some("1"),
+            Some(cpus.as_str()),
+            None,
+        ),
+        (
+            OURS_ONE_ENGINE_ON,
+            Some("64"),
+            Some("1"),
+            Some(cpus.as_str()),
+            None,
+        ),
     ] {
         let mut command = Command::new(ours);
         command
-            .args(["serve", "--max-batch-size", batch, "--max-queue", "1024"])
-            .env("THREADS", intra_op)
+            .args(["serve", "--max-queue", "1024"])
+            .env_remove("THREADS")
             .env("RUST_LOG", "warn");
+        if let Some(batch) = batch {
+            command.args(["--max-batch-size", batch]);
+        }
+        if let Some(intra_op) = intra_op {
+            command.env("THREADS", intra_op);
+        }
         if let Some(workers) = engine_workers {
             command.args(["--engine-workers", workers]);
+        }
+        if let Some(low_latency) = low_latency {
+            command.args(["--low-latency-engine", low_latency]);
         }
         targets.push(Target { name, command });
     }
@@ -319,6 +345,9 @@ fn main() {
             r.rss_mb
         ));
     }
+    if only.is_none() {
+        out.push_str(&defaults_against_the_rest(&reports));
+    }
     let at64 = |name: &str| {
         reports
             .iter()
@@ -355,6 +384,51 @@ fn main() {
         let previous = std::fs::read_to_string(&path).unwrap_or_default();
         std::fs::write(&path, replace_peers_section(&previous, &out)).expect("write BENCHMARKS.md");
     }
+}
+
+/// Issue 20's targets, per concurrency: the defaults against the best of this server's other
+/// configurations (throughput and p50, target >= 95%), and against each Python peer's p50
+/// (target >= 1.5x faster).
+fn defaults_against_the_rest(reports: &[Report]) -> String {
+    let run = |name: &str, clients: usize| {
+        reports
+            .iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.runs.iter().find(|(c, _)| *c == clients))
+            .map(|(_, m)| (m.throughput, m.p50.as_secs_f64() * 1e3))
+    };
+    let mut out = String::from(
+        "\n| clients | defaults req/s / best req/s of ours | best p50 of ours / defaults p50 | Python TorchScript p50 / defaults p50 | Python ONNX Runtime p50 / defaults p50 |\n|---:|---:|---:|---:|---:|\n",
+    );
+    for clients in CONCURRENCY {
+        let Some((rps, p50)) = run(OURS_DEFAULTS, clients) else {
+            continue;
+        };
+        let ours: Vec<(f64, f64)> = [
+            OURS_DEFAULTS,
+            OURS_OFF,
+            OURS_ON,
+            OURS_ONE_ENGINE_OFF,
+            OURS_ONE_ENGINE_ON,
+        ]
+        .iter()
+        .filter_map(|name| run(name, clients))
+        .collect();
+        let best_rps = ours.iter().map(|(r, _)| *r).fold(0.0, f64::max);
+        let best_p50 = ours.iter().map(|(_, p)| *p).fold(f64::INFINITY, f64::min);
+        let python = |name| run(name, clients).map_or(f64::NAN, |(_, p)| p / p50);
+        out.push_str(&format!(
+            "| {clients} | {:.0}% | {:.0}% (defaults {:.2} ms, best {:.2} ms) | {:.2}x | {:.2}x |\n",
+            rps / best_rps * 100.0,
+            best_p50 / p50 * 100.0,
+            p50,
+            best_p50,
+            python(PYTHON_TORCHSCRIPT),
+            python(PYTHON_ONNX),
+        ));
+    }
+    out.push_str("\nTargets (issue 20): the defaults >= 95% of the best of this server's configurations in throughput and p50 at every concurrency; >= 1.5x ahead of both Python peers on p50.\n");
+    out
 }
 
 const PEERS_BEGIN: &str = "<!-- make bench-peers writes from here -->";

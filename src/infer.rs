@@ -14,9 +14,19 @@
 //! batch ran.
 //!
 //! Several engine threads (`workers`) each run their own forwards, with one intra-op thread each
-//! by default. That is how a server uses a second CPU: an OpenMP team inside one forward meets at
-//! a barrier on each of the LSTM's 336 steps and stalls whenever an HTTP worker preempts one of
-//! its members, while independent forwards have nothing to wait for.
+//! by default. That is how a server uses a second CPU under load: an OpenMP team inside one
+//! forward meets at a barrier on each of the LSTM's 336 steps and stalls whenever an HTTP worker
+//! preempts one of its members, while independent forwards have nothing to wait for.
+//!
+//! At low load that layout leaves CPUs idle: a lone request runs on one CPU while the others
+//! wait. So a server may also have a **low-latency engine thread** (the express lane) whose
+//! forwards use every CPU. A request goes to it only when nothing else is queued or running (and
+//! then skips the batching queue: there is nothing to batch with); the moment a second request
+//! arrives it takes the ordinary queue. The express forward and the ordinary ones exclude each
+//! other (a read-write gate), so no OpenMP team ever shares the CPUs with another forward, and
+//! it is the only thread that ever runs a team, so libgomp's threads never outnumber the CPUs
+//! (beyond that it stops spinning at barriers; see `model::engine::oversubscription_warning`).
+//! BENCHMARKS.md has the measurements behind this choice.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,6 +52,8 @@ pub struct ForecastOutcome {
     pub inference: Duration,
     /// Windows in that forward pass (this request's and the others').
     pub batch_windows: usize,
+    /// Whether the low-latency engine thread answered it: alone, on every CPU.
+    pub low_latency: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +116,15 @@ pub struct InferenceHandle {
     depth: Arc<AtomicUsize>,
     /// Cleared when the last engine thread exits.
     alive: Arc<std::sync::atomic::AtomicBool>,
+    /// The low-latency engine thread's own one-slot queue, when there is one.
+    express: Option<SyncSender<Job>>,
+    /// Forwards running, plus a request handed to the express lane and not yet answered: the
+    /// express lane takes a request only when this is 0.
+    busy: Arc<AtomicUsize>,
 }
+
+/// Keeps an express forward (write) and ordinary forwards (read) from running at once.
+type Gate = Arc<RwLock<()>>;
 
 impl InferenceHandle {
     /// Starts one engine thread with the default batching. `queue_capacity` bounds waiting
@@ -122,30 +142,72 @@ impl InferenceHandle {
         batching: Batching,
         workers: usize,
     ) -> (Self, std::thread::JoinHandle<()>) {
+        Self::spawn_adaptive(model, queue_capacity, batching, workers, None)
+    }
+
+    /// Like [`InferenceHandle::spawn_with`], plus, with `express_threads`, a low-latency engine
+    /// thread whose forwards use that many intra-op threads (every CPU): it answers a request
+    /// that arrives while nothing else is queued or running (see the module docs).
+    pub fn spawn_adaptive(
+        model: Model,
+        queue_capacity: usize,
+        batching: Batching,
+        workers: usize,
+        express_threads: Option<usize>,
+    ) -> (Self, std::thread::JoinHandle<()>) {
         let capacity = queue_capacity.max(1);
         let (jobs, rx) = mpsc::sync_channel(capacity);
         let model = Arc::new(RwLock::new(Arc::new(model)));
         let depth = Arc::new(AtomicUsize::new(0));
+        let busy = Arc::new(AtomicUsize::new(0));
+        let gate: Gate = Arc::new(RwLock::new(()));
         let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
         // One receiver, taken in turn: the worker holding it gathers a whole batch, so batches
         // are never split between workers that collect at the same moment.
         let rx = Arc::new(Mutex::new(rx));
+        let (express, express_rx) = match express_threads {
+            Some(threads) => {
+                let (tx, rx) = mpsc::sync_channel(1);
+                (Some(tx), Some((rx, threads)))
+            }
+            None => (None, None),
+        };
         let worker = {
-            let (model, depth, alive) =
-                (Arc::clone(&model), Arc::clone(&depth), Arc::clone(&alive));
+            let (model, depth, busy, alive) = (
+                Arc::clone(&model),
+                Arc::clone(&depth),
+                Arc::clone(&busy),
+                Arc::clone(&alive),
+            );
             std::thread::Builder::new()
                 .name("inference".into())
                 .spawn(move || {
-                    let threads: Vec<_> = (0..workers.max(1))
+                    let mut threads: Vec<_> = (0..workers.max(1))
                         .map(|i| {
-                            let (rx, model, depth) =
-                                (Arc::clone(&rx), Arc::clone(&model), Arc::clone(&depth));
+                            let engine = Engine {
+                                jobs: Arc::clone(&rx),
+                                model: Arc::clone(&model),
+                                batching,
+                                depth: Arc::clone(&depth),
+                                busy: Arc::clone(&busy),
+                                gate: Arc::clone(&gate),
+                            };
                             std::thread::Builder::new()
                                 .name(format!("inference-{i}"))
-                                .spawn(move || run_engine(rx, model, batching, depth))
+                                .spawn(move || run_engine(engine))
                                 .expect("spawning an inference thread")
                         })
                         .collect();
+                    if let Some((express, intra_op)) = express_rx {
+                        let (model, busy, gate) =
+                            (Arc::clone(&model), Arc::clone(&busy), Arc::clone(&gate));
+                        threads.push(
+                            std::thread::Builder::new()
+                                .name("inference-express".into())
+                                .spawn(move || run_express(express, intra_op, model, busy, gate))
+                                .expect("spawning the low-latency inference thread"),
+                        );
+                    }
                     for t in threads {
                         let _ = t.join();
                     }
@@ -160,6 +222,8 @@ impl InferenceHandle {
                 capacity,
                 depth,
                 alive,
+                express,
+                busy,
             },
             worker,
         )
@@ -178,12 +242,29 @@ impl InferenceHandle {
         backtest: Vec<usize>,
     ) -> Result<ForecastOutcome, InferError> {
         let (reply, answer) = oneshot::channel();
-        let job = Job {
+        let mut job = Job {
             series,
             backtest,
             enqueued_at: Instant::now(),
             reply,
         };
+        if let Some(express) = &self.express {
+            // Alone in the process: the express lane, on every CPU. `busy` 0 -> 1 claims it.
+            if self.depth.load(Ordering::Relaxed) == 0
+                && self
+                    .busy
+                    .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                match express.try_send(job) {
+                    Ok(()) => return answer.await.map_err(|_| InferError::Stopped)?,
+                    Err(TrySendError::Full(back) | TrySendError::Disconnected(back)) => {
+                        self.busy.fetch_sub(1, Ordering::AcqRel);
+                        job = back;
+                    }
+                }
+            }
+        }
         self.depth.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.jobs.try_send(job) {
             self.depth.fetch_sub(1, Ordering::Relaxed);
@@ -227,12 +308,25 @@ impl InferenceHandle {
     }
 }
 
-fn run_engine(
+/// What an ordinary engine thread works with.
+struct Engine {
     jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
     model: Arc<RwLock<Arc<Model>>>,
     batching: Batching,
     depth: Arc<AtomicUsize>,
-) {
+    busy: Arc<AtomicUsize>,
+    gate: Gate,
+}
+
+fn run_engine(engine: Engine) {
+    let Engine {
+        jobs,
+        model,
+        batching,
+        depth,
+        busy,
+        gate,
+    } = engine;
     let take = |job: Job| {
         depth.fetch_sub(1, Ordering::Relaxed);
         job
@@ -258,7 +352,51 @@ fn run_engine(
             }
         };
         carried = left_over;
-        run_batch(&model, batch);
+        busy.fetch_add(1, Ordering::AcqRel);
+        let answers = {
+            let _beside_other_single_threaded_forwards =
+                gate.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            forecast_batch(&model, batch)
+        };
+        // Settled before anyone is answered: a client's next request must see this thread idle.
+        busy.fetch_sub(1, Ordering::AcqRel);
+        send(answers);
+    }
+}
+
+/// The low-latency engine thread: one request at a time, every forward on `intra_op` threads,
+/// never beside another forward.
+fn run_express(
+    jobs: mpsc::Receiver<Job>,
+    intra_op: usize,
+    model: Arc<RwLock<Arc<Model>>>,
+    busy: Arc<AtomicUsize>,
+    gate: Gate,
+) {
+    crate::model::engine::pin_intra_op_threads_of_this_thread(intra_op);
+    while let Ok(job) = jobs.recv() {
+        let answers = {
+            // An ordinary forward that started just before this request was routed here ends
+            // first (a millisecond or so); the ordinary threads then wait for this one.
+            let _alone = gate
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            forecast_batch(&model, vec![job])
+        };
+        // Free before the answer leaves, so the client's next request finds the lane open.
+        busy.fetch_sub(1, Ordering::AcqRel);
+        send(
+            answers
+                .into_iter()
+                .map(|(reply, outcome)| {
+                    let outcome = outcome.map(|o| ForecastOutcome {
+                        low_latency: true,
+                        ..o
+                    });
+                    (reply, outcome)
+                })
+                .collect(),
+        );
     }
 }
 
@@ -298,16 +436,27 @@ fn gather(
     (batch, None)
 }
 
-/// Runs a batch of requests in one forward pass and answers each. If the merged pass fails (one
-/// request's values overflow, say), the requests run one by one so the error reaches only its owner.
-fn run_batch(model: &Arc<RwLock<Arc<Model>>>, batch: Vec<Job>) {
+type Reply = oneshot::Sender<Result<ForecastOutcome, InferError>>;
+type Answers = Vec<(Reply, Result<ForecastOutcome, InferError>)>;
+
+fn send(answers: Answers) {
+    for (reply, outcome) in answers {
+        let _ = reply.send(outcome);
+    }
+}
+
+/// Runs a batch of requests in one forward pass and returns each one's answer, unsent, so that
+/// the caller can settle its own bookkeeping before a client can send its next request. If the
+/// merged pass fails (one request's values overflow, say), the requests run one by one so the
+/// error reaches only its owner.
+fn forecast_batch(model: &Arc<RwLock<Arc<Model>>>, batch: Vec<Job>) -> Answers {
     // A client that hung up while queued does not need its forecast computed.
     let batch: Vec<Job> = batch
         .into_iter()
         .filter(|job| !job.reply.is_closed())
         .collect();
     if batch.is_empty() {
-        return;
+        return Vec::new();
     }
     let model = Arc::clone(
         &model
@@ -320,35 +469,38 @@ fn run_batch(model: &Arc<RwLock<Arc<Model>>>, batch: Vec<Job>) {
     match merged {
         Ok(Ok((results, windows))) => {
             let inference = started.elapsed();
-            for (job, (outputs, backtest_mae)) in batch.into_iter().zip(results) {
-                let outcome = ForecastOutcome {
-                    response: ForecastResponse::new(model.metadata(), &job.series, outputs),
-                    backtest_mae,
-                    queued: started.saturating_duration_since(job.enqueued_at),
-                    inference,
-                    batch_windows: windows,
-                };
-                let _ = job.reply.send(Ok(outcome));
-            }
+            batch
+                .into_iter()
+                .zip(results)
+                .map(|(job, (outputs, backtest_mae))| {
+                    let outcome = ForecastOutcome {
+                        response: ForecastResponse::new(model.metadata(), &job.series, outputs),
+                        backtest_mae,
+                        queued: started.saturating_duration_since(job.enqueued_at),
+                        inference,
+                        batch_windows: windows,
+                        low_latency: false,
+                    };
+                    (job.reply, Ok(outcome))
+                })
+                .collect()
         }
-        Ok(Err(_)) if batch.len() > 1 => {
-            for job in batch {
-                run_batch_of_one(&model, job);
-            }
-        }
+        Ok(Err(_)) if batch.len() > 1 => batch
+            .into_iter()
+            .map(|job| forecast_one(&model, job))
+            .collect(),
         Ok(Err(e)) => {
             let job = batch.into_iter().next().expect("non-empty");
-            let _ = job.reply.send(Err(InferError::Forecast(e)));
+            vec![(job.reply, Err(InferError::Forecast(e)))]
         }
-        Err(_) => {
-            for job in batch {
-                let _ = job.reply.send(Err(InferError::Panicked));
-            }
-        }
+        Err(_) => batch
+            .into_iter()
+            .map(|job| (job.reply, Err(InferError::Panicked)))
+            .collect(),
     }
 }
 
-fn run_batch_of_one(model: &Arc<Model>, job: Job) {
+fn forecast_one(model: &Arc<Model>, job: Job) -> (Reply, Result<ForecastOutcome, InferError>) {
     let started = Instant::now();
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
         forecast_jobs(model, std::slice::from_ref(&job))
@@ -362,12 +514,13 @@ fn run_batch_of_one(model: &Arc<Model>, job: Job) {
                 queued: started.saturating_duration_since(job.enqueued_at),
                 inference: started.elapsed(),
                 batch_windows: windows,
+                low_latency: false,
             })
         }
         Ok(Err(e)) => Err(InferError::Forecast(e)),
         Err(_) => Err(InferError::Panicked),
     };
-    let _ = job.reply.send(outcome);
+    (job.reply, outcome)
 }
 
 type JobResult = (Vec<Vec<f64>>, Vec<f64>);

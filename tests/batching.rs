@@ -310,3 +310,61 @@ async fn a_request_too_big_to_join_a_batch_is_answered_even_when_no_other_reques
         .expect("the request left over from a full batch was never answered");
     assert_eq!(counts, vec![60, 10]);
 }
+
+fn lone_series(phase: f64) -> Vec<lstm_forecast::forecast::SeriesInput> {
+    vec![lstm_forecast::forecast::SeriesInput {
+        id: None,
+        values: window(phase),
+        last_timestamp: None,
+    }]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lone_request_takes_the_low_latency_engine_and_a_crowd_batches_on_the_others() {
+    // GIVEN two engine threads and a low-latency engine thread of two intra-op threads
+    let (handle, _engine) =
+        InferenceHandle::spawn_adaptive(bundled_model(), 128, Batching::default(), 2, Some(2));
+    // WHEN requests come one at a time
+    let mut alone = Vec::new();
+    for i in 0..20 {
+        let outcome = handle.forecast(lone_series(i as f64 * 0.3)).await.unwrap();
+        // THEN each goes straight to the low-latency engine, in a forward of its own
+        assert!(outcome.low_latency, "request {i} took the batching queue");
+        assert_eq!(outcome.batch_windows, 1);
+        alone.push(outcome.response.forecasts[0].values.clone());
+    }
+    // WHEN the same 20 requests, three times over, arrive at once
+    let crowd = futures_util::future::join_all((0..60).map(|i| {
+        let handle = handle.clone();
+        async move {
+            handle
+                .forecast(lone_series((i % 20) as f64 * 0.3))
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    // THEN most ride the batching queue and share forwards, the low-latency engine takes at most
+    // the few that found the server idle, and every answer is the one it got alone
+    let low_latency = crowd.iter().filter(|o| o.low_latency).count();
+    assert!(
+        low_latency < 20,
+        "{low_latency} of 60 took the low-latency engine"
+    );
+    assert!(
+        crowd.iter().any(|o| o.batch_windows > 1),
+        "nothing was batched"
+    );
+    for (i, outcome) in crowd.iter().enumerate() {
+        for (got, want) in outcome.response.forecasts[0]
+            .values
+            .iter()
+            .zip(&alone[i % 20])
+        {
+            assert!(
+                (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "request {i}: {got} against {want} alone"
+            );
+        }
+    }
+}

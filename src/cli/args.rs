@@ -267,6 +267,12 @@ pub struct ServeArgs {
     #[arg(long, env = "ENGINE_WORKERS")]
     pub engine_workers: Option<usize>,
 
+    /// A low-latency engine thread: a request that arrives while nothing else is queued or
+    /// running is forecast on every CPU instead of one (lower latency at low load; under load the
+    /// engine threads above take over). Only with --threads 1, the server's default.
+    #[arg(long, env = "LOW_LATENCY_ENGINE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub low_latency_engine: bool,
+
     /// Dynamic batching: most series in one forward pass, across concurrent requests (1 disables).
     #[arg(long, env = "MAX_BATCH_SIZE", default_value_t = 64)]
     pub max_batch_size: usize,

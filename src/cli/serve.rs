@@ -39,6 +39,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(warning) = oversubscription_warning(engine_workers, intra_op_threads, cpus) {
         tracing::warn!("{warning}");
     }
+    // Its OpenMP team must be the only one, or libgomp's threads outnumber the CPUs.
+    let express_threads =
+        (args.low_latency_engine && intra_op_threads == 1 && cpus > 1).then_some(cpus);
     let config = ServiceConfig {
         limits: Limits {
             max_body_bytes: args.max_body_bytes,
@@ -51,6 +54,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_delay: Duration::from_millis(args.max_batch_delay_ms),
         },
         engine_workers,
+        express_threads,
         metrics: args.metrics.config(&[SinkKind::Prometheus], false),
         forecast_log_uri: args.accuracy.forecast_log.clone(),
         forecast_log_delivery: LogDeliveryArg::or(
@@ -85,6 +89,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(
             engine_workers,
             intra_op_threads,
+            low_latency_engine_threads = express_threads.unwrap_or(0),
             max_batch_size = config.batching.max_batch_series,
             "starting the engine threads"
         );

@@ -138,6 +138,8 @@ pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, LoadReport), InitE
         max_queue: 64,
         batching: Batching::default(),
         engine_workers: 1,
+        // The one engine thread already uses every CPU.
+        express_threads: None,
         metrics: config.metrics.clone(),
         forecast_log_uri: config.forecast_log_uri.clone(),
         forecast_log_delivery: config.forecast_log_delivery,

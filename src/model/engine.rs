@@ -211,14 +211,31 @@ static INTRA_OP_THREADS: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     static ADOPTED_INTRA_OP_THREADS: Cell<usize> = const { Cell::new(0) };
+    /// This thread's own count, set by [`pin_intra_op_threads_of_this_thread`]; 0: the configured one.
+    static PINNED_INTRA_OP_THREADS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Gives every forward this thread runs `threads` intra-op threads, whatever
+/// [`configure_libtorch`] chose for the others: the server's low-latency engine thread
+/// (`crate::infer`) runs lone requests on every CPU while the other engine threads stay at one.
+/// OpenMP keeps the count per thread, so set once it never changes: oneDNN keys its kernel cache
+/// by thread count, and a thread that switched back and forth would compile kernels for both.
+pub fn pin_intra_op_threads_of_this_thread(threads: usize) {
+    PINNED_INTRA_OP_THREADS.with(|pinned| pinned.set(threads.max(1)));
+    adopt_intra_op_threads();
 }
 
 /// libtorch's thread count is OpenMP's, and OpenMP keeps it per calling thread: a thread that
 /// never set it runs oneDNN with one OpenMP thread per CPU, whatever `configure_libtorch` said.
 /// Engine threads are not the thread that configured libtorch, so every forward adopts the
-/// configured count on its own thread first (once per thread).
+/// configured count (or its thread's pinned one) on its own thread first (once per thread).
 fn adopt_intra_op_threads() {
-    let wanted = INTRA_OP_THREADS.load(Ordering::Relaxed);
+    let pinned = PINNED_INTRA_OP_THREADS.with(Cell::get);
+    let wanted = if pinned > 0 {
+        pinned
+    } else {
+        INTRA_OP_THREADS.load(Ordering::Relaxed)
+    };
     if wanted == 0 {
         return;
     }
@@ -286,6 +303,29 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(threads_seen_by_the_forward, 1);
+        // A thread that pins its own count keeps it for its forwards; the others keep theirs.
+        let engine = std::sync::Arc::new(engine_for_threads_test());
+        let pinned = {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                pin_intra_op_threads_of_this_thread(2);
+                engine.forward(&vec![0.0; 168], 1, 168, 1).unwrap();
+                openmp_max_threads_of_this_thread()
+            })
+            .join()
+            .unwrap()
+        };
+        let other = std::thread::spawn(move || {
+            engine.forward(&vec![0.0; 168], 1, 168, 1).unwrap();
+            openmp_max_threads_of_this_thread()
+        })
+        .join()
+        .unwrap();
+        assert_eq!((pinned, other), (2, 1));
+    }
+
+    fn engine_for_threads_test() -> TorchEngine {
+        TorchEngine::load(crate::source::BUNDLED_MODEL_PT, 24).unwrap()
     }
 
     #[test]

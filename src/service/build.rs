@@ -130,6 +130,8 @@ pub struct ServiceConfig {
     pub max_queue: usize,
     pub batching: Batching,
     pub engine_workers: usize,
+    /// Intra-op threads of a low-latency engine thread for lone requests (`None`: none).
+    pub express_threads: Option<usize>,
     pub metrics: MetricsConfig,
     /// `s3://BUCKET/PREFIX` of the forecast log and actuals (the accuracy loop).
     pub forecast_log_uri: Option<String>,
@@ -172,11 +174,12 @@ pub fn compose(
         None => None,
     };
     let metadata = model.metadata().clone();
-    let (handle, engine) = InferenceHandle::spawn_with(
+    let (handle, engine) = InferenceHandle::spawn_adaptive(
         model,
         config.max_queue,
         config.batching,
         config.engine_workers.max(1),
+        config.express_threads,
     );
     let (sinks, cloudwatch) = build_sinks(&config.metrics, clients);
     let telemetry = Telemetry::new(
