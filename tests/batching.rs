@@ -328,8 +328,9 @@ async fn a_lone_request_takes_the_low_latency_engine_and_a_crowd_batches_on_the_
     let mut alone = Vec::new();
     for i in 0..20 {
         let outcome = handle.forecast(lone_series(i as f64 * 0.3)).await.unwrap();
-        // THEN each goes straight to the low-latency engine, in a forward of its own
-        assert!(outcome.low_latency, "request {i} took the batching queue");
+        // THEN after the first few (the lane opens once a few requests in a row found the engine
+        // idle) each goes straight to the low-latency engine, in a forward of its own
+        assert_eq!(outcome.low_latency, i >= 3, "request {i}");
         assert_eq!(outcome.batch_windows, 1);
         alone.push(outcome.response.forecasts[0].values.clone());
     }
