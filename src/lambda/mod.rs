@@ -120,7 +120,13 @@ pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, LoadReport), InitE
     let (model, report) =
         fetch_and_load(&config.model_uri, &config.model_cache_dir, &clients).await?;
     if snap_start {
-        check_snapstart_storage(&config.model_cache_dir)?;
+        let bytes = directory_bytes(&config.model_cache_dir);
+        if bytes > SNAPSTART_TMP_LIMIT_BYTES {
+            return Err(InitError::SnapStartStorage {
+                dir: config.model_cache_dir.display().to_string(),
+                mib: bytes >> 20,
+            });
+        }
     }
     let metadata = model.metadata().clone();
     // Where the load's time went is in fetch_and_load's own line; this one closes init.
@@ -175,18 +181,7 @@ pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, LoadReport), InitE
     ))
 }
 
-/// Refuses a SnapStart init whose model cache would not fit SnapStart's `/tmp`.
-fn check_snapstart_storage(dir: &std::path::Path) -> Result<(), InitError> {
-    let bytes = directory_bytes(dir);
-    if bytes > SNAPSTART_TMP_LIMIT_BYTES {
-        return Err(InitError::SnapStartStorage {
-            dir: dir.display().to_string(),
-            mib: bytes >> 20,
-        });
-    }
-    Ok(())
-}
-
+/// Bytes of the files under `dir` (SnapStart snapshots `/tmp`, where the model cache lives).
 fn directory_bytes(dir: &std::path::Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
