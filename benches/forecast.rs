@@ -5,7 +5,6 @@
 //! each for 1 and 64 series; then cold start (exec -> first HTTP forecast answered) and RSS of the
 //! `serve` process. Raw and path samples are taken in alternating blocks so machine noise hits both.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -559,8 +558,8 @@ fn lambda_bench() -> LambdaNumbers {
         let event = emulators::event("apigw-v2-forecast.json");
         let mut colds = Vec::new();
         let mut warm = Vec::new();
-        for run in 0..5 {
-            let cache = tempfile::tempdir().unwrap();
+        // A function on the registry's alias, with a cache of its own (so every start fetches).
+        let registry_env = |cache: &tempfile::TempDir| {
             let mut env = moto.env();
             env.push(("MODEL_URI", registry.to_string()));
             env.push((
@@ -568,6 +567,11 @@ fn lambda_bench() -> LambdaNumbers {
                 cache.path().display().to_string(),
             ));
             env.push(("RUST_LOG", "warn".to_string()));
+            env
+        };
+        for run in 0..5 {
+            let cache = tempfile::tempdir().unwrap();
+            let env = registry_env(&cache);
             let started = Instant::now();
             let function = emulators::Function::start(&emulator, &env);
             let (_, response) = emulator.invoke(&event).await;
@@ -630,18 +634,12 @@ fn lambda_bench() -> LambdaNumbers {
         for _ in 0..5 {
             let double = runtime_api::RuntimeApiDouble::start().await;
             let cache = tempfile::tempdir().unwrap();
-            let mut env: Vec<(&str, String)> = moto
-                .env()
+            // Credentials from the double's container endpoint only, as in a SnapStart sandbox.
+            let mut env: Vec<(&str, String)> = registry_env(&cache)
                 .into_iter()
                 .filter(|(k, _)| !k.starts_with("AWS_ACCESS_KEY") && !k.starts_with("AWS_SECRET"))
                 .collect();
             env.extend(double.snapstart_env());
-            env.push(("MODEL_URI", registry.to_string()));
-            env.push((
-                "LSTM_FORECAST_MODEL_CACHE",
-                cache.path().display().to_string(),
-            ));
-            env.push(("RUST_LOG", "warn".to_string()));
             let started = Instant::now();
             let function = emulators::Function::start_at(&double.runtime_api(), &env);
             double.snapshot_taken(Duration::from_secs(60)).await;
@@ -750,26 +748,12 @@ fn cold_start(runs: usize, single_body: &str) -> ColdStart {
     let (mut rss_mb, mut hwm_mb) = (0.0, 0.0);
     for run in 0..runs {
         let started = Instant::now();
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .args(["serve", "--bind", "127.0.0.1:0"])
             .env("THREADS", THREADS.to_string())
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn serve");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let address = loop {
-            let line = lines
-                .next()
-                .expect("serve exited before listening")
-                .unwrap();
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_string();
-            }
-        };
-        // Keep draining the log so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+            .env("RUST_LOG", "info");
+        let (mut child, address) = support::spawn_serve(command);
         let url = format!("http://{address}/v1/forecast");
         post_blocking(&url, single_body);
         times.push(started.elapsed());

@@ -21,12 +21,13 @@
 //! At low load that layout leaves CPUs idle: a lone request runs on one CPU while the others
 //! wait. So a server may also have a **low-latency engine thread** (the express lane) whose
 //! forwards use every CPU. A request goes to it only when nothing else is queued or running, and
-//! the last few requests found it so too (then it skips the batching queue: there is nothing to
-//! batch with); the moment a second request arrives it takes the ordinary queue. The express forward and the ordinary ones exclude each
-//! other (a read-write gate), so no OpenMP team ever shares the CPUs with another forward, and
-//! it is the only thread that ever runs a team, so libgomp's threads never outnumber the CPUs
-//! (beyond that it stops spinning at barriers; see `model::engine::oversubscription_warning`).
-//! BENCHMARKS.md has the measurements behind this choice.
+//! the last few requests found it so too; it then skips the batching queue, as there is nothing
+//! to batch with. Once requests overlap they take the ordinary queue. The express forward and the
+//! ordinary ones exclude each other (a read-write gate), so no OpenMP team ever shares the CPUs
+//! with another forward, and it is the only thread that ever runs a team, so libgomp's threads
+//! never outnumber the CPUs (beyond that it stops spinning at barriers; see
+//! `model::engine::oversubscription_warning`). docs/design.md and BENCHMARKS.md have the
+//! measurements behind this choice.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};

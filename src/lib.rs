@@ -13,7 +13,7 @@
 //!   ([`model::preprocess`]), the engine port with its TorchScript implementation
 //!   ([`model::engine`]), and [`model::Model`], which ties them into the batched forecast path.
 //! - [`infer`]: the inference handle: dedicated engine threads behind one bounded queue, so libtorch
-//!   never runs on async workers.
+//!   never runs on async workers, and a low-latency engine thread for lone requests.
 //! - [`forecast`]: forecast requests and answers, parsed and validated without trusting the client.
 //! - [`input`]: CSV and JSON files as forecast input (CLI, batch jobs).
 //! - [`time`]: timestamps as the API and the stores write them (a leaf).
@@ -38,7 +38,7 @@
 //! - [`http`]: the axum router and server (`lstm-forecast serve`).
 //! - [`lambda`]: the Lambda function: API Gateway events through the same router, scheduled jobs
 //!   ([`lambda::jobs`]), alarm-driven rollback ([`lambda::rollback`]), event shapes
-//!   ([`lambda::events`]).
+//!   ([`lambda::events`]), SnapStart's snapshot and restore hooks ([`lambda::snapstart`]).
 //! - `src/main.rs` and `src/cli/`: the command line (`serve`, `forecast`, `model ...`, `evaluate`,
 //!   `lambda`).
 

@@ -17,7 +17,7 @@
 //!   per process, but the rootfs is a private copy no other process opens, so here it is this
 //!   start's alone. It mostly shows the disk's readahead window (`lsblk -o NAME,RA`), not the code.
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -120,26 +120,13 @@ pub fn table() {
 /// Runs `serve` from the rootfs, answers one forecast, and returns the `Rss` of each mapped
 /// file under the rootfs, and of every other mapped file (the base image's libraries) in total.
 fn cold_start(rootfs: &Path) -> (BTreeMap<PathBuf, u64>, u64) {
-    let mut child = Command::new(rootfs.join("opt/lstm-forecast/bin/lstm-forecast"))
+    let mut command = Command::new(rootfs.join("opt/lstm-forecast/bin/lstm-forecast"));
+    command
         .args(["serve", "--bind", "127.0.0.1:0"])
         .env_clear()
         .env("THREADS", "1")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn serve from the image rootfs");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let address = loop {
-        let line = lines
-            .next()
-            .expect("serve exited before listening")
-            .unwrap();
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+        .env("RUST_LOG", "info");
+    let (mut child, address) = super::spawn_serve(command);
     let values: Vec<f64> = (0..168).map(|t| 15.0 + (t % 24) as f64).collect();
     let body = serde_json::json!({"series": [{"values": values}]}).to_string();
     let mut stream = std::net::TcpStream::connect(&address).unwrap();
