@@ -111,7 +111,7 @@ fn main() {
         let started = Instant::now();
         // RSS once a second: a drift is a trend across minutes, not the difference of two
         // readings that may straddle one allocator trim.
-        let rss_samples = Arc::new(std::sync::Mutex::new(Vec::<(f64, [f64; 4])>::new()));
+        let rss_samples = Arc::new(std::sync::Mutex::new(Vec::<(f64, [f64; 5])>::new()));
         let sampler = {
             let rss_samples = rss_samples.clone();
             let (client, metrics_url) =
@@ -128,6 +128,7 @@ fn main() {
                             status_mb(server_pid, "RssAnon:"),
                             status_mb(server_pid, "RssFile:"),
                             heap,
+                            open_descriptors(server_pid),
                         ],
                     );
                     rss_samples.lock().unwrap().push(sample);
@@ -202,6 +203,7 @@ fn main() {
     let (anon_early, anon_late) = early_and_late(1);
     let (file_early, file_late) = early_and_late(2);
     let (heap_early, heap_late) = early_and_late(3);
+    let (fds_early, fds_late) = early_and_late(4);
     let rss_peak = rss_samples.iter().map(|(_, s)| s[0]).fold(0.0, f64::max);
     // A leak is a trend: the least-squares slope of every sample after the warm-up (the first
     // 5 minutes, a quarter of shorter soaks), which one noisy minute at either end cannot fake.
@@ -214,7 +216,11 @@ fn main() {
             .collect();
         least_squares_slope(&points) * 600.0
     };
-    let (rss_slope, heap_slope) = (slope_per_10_minutes(0), slope_per_10_minutes(3));
+    let (rss_slope, heap_slope, fds_slope) = (
+        slope_per_10_minutes(0),
+        slope_per_10_minutes(3),
+        slope_per_10_minutes(4),
+    );
     let _ = server.kill();
     let _ = server.wait();
     println!();
@@ -246,6 +252,16 @@ fn main() {
     println!(
         "| RSS slope after the first {warm_up:.0} s (least squares) | {rss_slope:+.2} MB per 10 min |"
     );
+    // Each open connection holds its buffers on the server: a client whose pool keeps growing
+    // shows up as heap growth without any leak, so the two are reported side by side.
+    println!(
+        "| open file descriptors (mostly client connections) | {fds_early:.0} -> {fds_late:.0} ({fds_slope:+.1} per 10 min) |"
+    );
+}
+
+/// Open file descriptors of process `pid` (NaN when unreadable).
+fn open_descriptors(pid: u32) -> f64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(f64::NAN, |dir| dir.count() as f64)
 }
 
 /// The slope of the least-squares line through `points` (NaN for fewer than two distinct x).
