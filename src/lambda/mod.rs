@@ -81,7 +81,7 @@ pub enum InitError {
     Model(#[from] LoadError),
     #[error(transparent)]
     Config(#[from] ComposeError),
-    #[error("the model cache {dir} holds {mib} MiB; SnapStart snapshots /tmp and allows at most {limit} MiB: set MODEL_CACHE_DIR to a smaller model's cache or turn SnapStart off", limit = SNAPSTART_TMP_LIMIT_BYTES >> 20)]
+    #[error("the model cache {dir} holds {mib} MiB; SnapStart snapshots /tmp and allows at most {limit} MiB: point LSTM_FORECAST_MODEL_CACHE at an emptier directory, use a smaller model, or turn SnapStart off", limit = SNAPSTART_TMP_LIMIT_BYTES >> 20)]
     SnapStartStorage { dir: String, mib: u64 },
 }
 
