@@ -112,67 +112,20 @@ pub fn parse_csv(content: &[u8], shape: &RequestShape) -> Result<Vec<SeriesInput
         .headers()
         .map_err(|e| invalid(format!("CSV header: {e}")))?
         .clone();
-    if headers.is_empty() {
-        return Err(RequestError {
-            code: ErrorCode::EmptyRequest,
-            message: format!(
-                "the CSV file is empty; it needs a header naming {} and at least {} rows",
-                shape.features.join(", "),
-                shape.window
-            ),
-        });
-    }
-    let column = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
-    let feature_columns: Vec<usize> = shape
-        .features
-        .iter()
-        .map(|f| {
-            column(f).ok_or_else(|| RequestError {
-                code: ErrorCode::WrongFeatureCount,
-                message: format!(
-                    "CSV has no column `{f}`; the model needs {} (header: {})",
-                    shape.features.join(", "),
-                    headers.iter().collect::<Vec<_>>().join(",")
-                ),
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    let id_column = column("id").or_else(|| column("series_id"));
-    let time_column = column("timestamp").or_else(|| column("date"));
+    let layout = CsvLayout::from_header(&headers, shape)?;
 
-    struct Rows {
-        values: Vec<f64>,
-        last_timestamp: Option<String>,
-    }
     let mut order: Vec<Option<String>> = Vec::new();
-    let mut series: HashMap<Option<String>, Rows> = HashMap::new();
+    let mut series: HashMap<Option<String>, SeriesRows> = HashMap::new();
     for (line, record) in reader.records().enumerate() {
         let line = line + 2; // 1-based, after the header
         let record = record.map_err(|e| invalid(format!("CSV line {line}: {e}")))?;
-        let id = id_column.and_then(|c| record.get(c)).map(str::to_owned);
+        let id = layout.id(&record).map(str::to_owned);
         let rows = series.entry(id.clone()).or_insert_with(|| {
             order.push(id.clone());
-            Rows {
-                values: Vec::new(),
-                last_timestamp: None,
-            }
+            SeriesRows::default()
         });
-        for (&c, feature) in feature_columns.iter().zip(&shape.features) {
-            let cell = record.get(c).unwrap_or("");
-            let value: f64 = cell.parse().map_err(|_| {
-                invalid(format!(
-                    "CSV line {line}, column `{feature}`: `{cell}` is not a number"
-                ))
-            })?;
-            if !value.is_finite() {
-                return Err(RequestError {
-                    code: ErrorCode::NonFiniteValue,
-                    message: format!("CSV line {line}, column `{feature}`: `{cell}` is not finite"),
-                });
-            }
-            rows.values.push(value);
-        }
-        rows.last_timestamp = time_column.and_then(|c| record.get(c)).map(str::to_owned);
+        layout.push_row(&record, line, shape, rows)?;
+        rows.keep_last(shape.window, shape.features.len());
     }
     if order.is_empty() {
         return Err(RequestError {
@@ -190,40 +143,362 @@ pub fn parse_csv(content: &[u8], shape: &RequestShape) -> Result<Vec<SeriesInput
             ),
         });
     }
-    let width = shape.features.len();
     order
         .into_iter()
         .map(|id| {
             let rows = series.remove(&id).expect("every id in order has rows");
-            let count = rows.values.len() / width;
-            let name = id.clone().map(|i| format!("series `{i}`")).unwrap_or_else(|| "the series".into());
-            if count < shape.window {
+            rows.into_series(id, shape)
+        })
+        .collect()
+}
+
+/// Where a CSV file keeps the model's features, the series id and the timestamp.
+struct CsvLayout {
+    feature_columns: Vec<usize>,
+    id_column: Option<usize>,
+    time_column: Option<usize>,
+}
+
+impl CsvLayout {
+    fn from_header(
+        headers: &csv::StringRecord,
+        shape: &RequestShape,
+    ) -> Result<Self, RequestError> {
+        if headers.is_empty() {
+            return Err(RequestError {
+                code: ErrorCode::EmptyRequest,
+                message: format!(
+                    "the CSV file is empty; it needs a header naming {} and at least {} rows",
+                    shape.features.join(", "),
+                    shape.window
+                ),
+            });
+        }
+        let column = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
+        let feature_columns: Vec<usize> = shape
+            .features
+            .iter()
+            .map(|f| {
+                column(f).ok_or_else(|| RequestError {
+                    code: ErrorCode::WrongFeatureCount,
+                    message: format!(
+                        "CSV has no column `{f}`; the model needs {} (header: {})",
+                        shape.features.join(", "),
+                        headers.iter().collect::<Vec<_>>().join(",")
+                    ),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(CsvLayout {
+            feature_columns,
+            id_column: column("id").or_else(|| column("series_id")),
+            time_column: column("timestamp").or_else(|| column("date")),
+        })
+    }
+
+    fn id<'r>(&self, record: &'r csv::StringRecord) -> Option<&'r str> {
+        self.id_column.and_then(|c| record.get(c))
+    }
+
+    /// Appends one row's feature values (checked finite) and timestamp to `rows`.
+    fn push_row(
+        &self,
+        record: &csv::StringRecord,
+        line: usize,
+        shape: &RequestShape,
+        rows: &mut SeriesRows,
+    ) -> Result<(), RequestError> {
+        for (&c, feature) in self.feature_columns.iter().zip(&shape.features) {
+            let cell = record.get(c).unwrap_or("");
+            let value: f64 = cell.parse().map_err(|_| {
+                invalid(format!(
+                    "CSV line {line}, column `{feature}`: `{cell}` is not a number"
+                ))
+            })?;
+            if !value.is_finite() {
                 return Err(RequestError {
-                    code: ErrorCode::WrongWindowLength,
-                    message: format!("{name} has {count} rows; the model needs at least {}", shape.window),
+                    code: ErrorCode::NonFiniteValue,
+                    message: format!("CSV line {line}, column `{feature}`: `{cell}` is not finite"),
                 });
             }
-            let last_timestamp = match rows.last_timestamp {
-                Some(text) => {
-                    let last = parse_timestamp_lenient(&text).ok_or_else(|| RequestError {
-                        code: ErrorCode::InvalidTimestamp,
-                        message: format!("{name}: last timestamp `{text}` is neither RFC 3339 nor `YYYY-MM-DD HH:MM:SS`"),
-                    })?;
-                    shape.check_forecast_fits_after(last).map_err(|why| RequestError {
+            rows.values.push(value);
+        }
+        rows.rows += 1;
+        rows.last_timestamp = self
+            .time_column
+            .and_then(|c| record.get(c))
+            .map(str::to_owned);
+        Ok(())
+    }
+}
+
+/// One series' rows as read so far.
+#[derive(Default)]
+struct SeriesRows {
+    values: Vec<f64>,
+    rows: usize,
+    last_timestamp: Option<String>,
+}
+
+impl SeriesRows {
+    /// Drops all but the last `keep` rows once twice that many are held, so a long history costs
+    /// at most two windows of memory (amortised: one copy per `keep` rows).
+    fn keep_last(&mut self, keep: usize, width: usize) {
+        if self.values.len() >= 2 * keep * width {
+            self.values.drain(..self.values.len() - keep * width);
+        }
+    }
+
+    /// The series' last window, checked for length and its last timestamp.
+    fn into_series(
+        self,
+        id: Option<String>,
+        shape: &RequestShape,
+    ) -> Result<SeriesInput, RequestError> {
+        let width = shape.features.len();
+        let held = self.values.len() / width;
+        let name = id
+            .clone()
+            .map(|i| format!("series `{i}`"))
+            .unwrap_or_else(|| "the series".into());
+        if self.rows < shape.window {
+            return Err(RequestError {
+                code: ErrorCode::WrongWindowLength,
+                message: format!(
+                    "{name} has {} rows; the model needs at least {}",
+                    self.rows, shape.window
+                ),
+            });
+        }
+        let last_timestamp = match self.last_timestamp {
+            Some(text) => {
+                let last = parse_timestamp_lenient(&text).ok_or_else(|| RequestError {
+                    code: ErrorCode::InvalidTimestamp,
+                    message: format!("{name}: last timestamp `{text}` is neither RFC 3339 nor `YYYY-MM-DD HH:MM:SS`"),
+                })?;
+                shape
+                    .check_forecast_fits_after(last)
+                    .map_err(|why| RequestError {
                         code: ErrorCode::InvalidTimestamp,
                         message: format!("{name}: last timestamp `{text}`: {why}"),
                     })?;
-                    Some(last)
-                }
-                None => None,
-            };
-            Ok(SeriesInput {
-                id,
-                values: rows.values[(count - shape.window) * width..].to_vec(),
-                last_timestamp,
-            })
+                Some(last)
+            }
+            None => None,
+        };
+        Ok(SeriesInput {
+            id,
+            values: self.values[(held - shape.window) * width..].to_vec(),
+            last_timestamp,
         })
-        .collect()
+    }
+}
+
+/// Formats a shard can be streamed in: one record per line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFormat {
+    Csv,
+    JsonLines,
+}
+
+impl StreamFormat {
+    /// From the object's name: `.jsonl`/`.ndjson` are JSON Lines, `.csv` is CSV; anything else is
+    /// refused, because a shard cannot be sniffed without buffering it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        let lower = name.to_ascii_lowercase();
+        if lower.ends_with(".csv") {
+            Some(StreamFormat::Csv)
+        } else if lower.ends_with(".jsonl") || lower.ends_with(".ndjson") {
+            Some(StreamFormat::JsonLines)
+        } else {
+            None
+        }
+    }
+}
+
+/// Parses a shard line by line into series, holding one series at a time.
+///
+/// The input contract that makes this possible: **each series' rows are contiguous** (CSV rows
+/// grouped by `id`, JSON Lines one series per line), and a record never spans lines. A series id
+/// that comes back after another one is refused, because its first rows are already forecast.
+/// Memory is the current series' last two windows plus 8 bytes per id seen (the contiguity check).
+pub struct SeriesStream {
+    format: StreamFormat,
+    shape: RequestShape,
+    layout: Option<CsvLayout>,
+    current: Option<(Option<String>, SeriesRows)>,
+    finished_ids: std::collections::HashSet<u64>,
+    line: usize,
+    series: usize,
+    record: csv::StringRecord,
+}
+
+impl SeriesStream {
+    /// `shape.max_series` is ignored: a stream has no series cap, only its memory bound.
+    pub fn new(format: StreamFormat, shape: RequestShape) -> Self {
+        SeriesStream {
+            format,
+            shape: RequestShape {
+                max_series: 1,
+                ..shape
+            },
+            layout: None,
+            current: None,
+            finished_ids: Default::default(),
+            line: 0,
+            series: 0,
+            record: csv::StringRecord::new(),
+        }
+    }
+
+    /// Series completed so far.
+    pub fn series(&self) -> usize {
+        self.series
+    }
+
+    /// Feeds the next line (without or with its `\n`); returns a series when this line completed one.
+    pub fn push_line(&mut self, line: &[u8]) -> Result<Option<SeriesInput>, RequestError> {
+        self.line += 1;
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        match self.format {
+            StreamFormat::JsonLines => self.push_json_line(line).map(Some),
+            StreamFormat::Csv => self.push_csv_line(line),
+        }
+    }
+
+    /// Ends the input: the last series, if any; an input without any series is an error.
+    pub fn finish(&mut self) -> Result<Option<SeriesInput>, RequestError> {
+        let last = match self.current.take() {
+            Some((id, rows)) => Some(self.complete(id, rows)?),
+            None => None,
+        };
+        if self.series == 0 {
+            return Err(RequestError {
+                code: ErrorCode::EmptyRequest,
+                message: match (self.format, &self.layout) {
+                    (StreamFormat::Csv, Some(_)) => "CSV has a header but no rows".into(),
+                    (StreamFormat::Csv, None) => format!(
+                        "the CSV file is empty; it needs a header naming {} and at least {} rows",
+                        self.shape.features.join(", "),
+                        self.shape.window
+                    ),
+                    (StreamFormat::JsonLines, _) => {
+                        "no series: the input has no non-blank lines".into()
+                    }
+                },
+            });
+        }
+        Ok(last)
+    }
+
+    fn push_json_line(&mut self, line: &[u8]) -> Result<SeriesInput, RequestError> {
+        let mut parsed = parse_json_lines(line, &self.shape).map_err(|e| RequestError {
+            code: e.code,
+            message: e
+                .message
+                .replacen("line 1:", &format!("line {}:", self.line), 1),
+        })?;
+        let series = parsed.pop().expect("one non-blank line is one series");
+        self.check_new_id(series.id.as_deref())?;
+        self.series += 1;
+        Ok(series)
+    }
+
+    fn push_csv_line(&mut self, line: &[u8]) -> Result<Option<SeriesInput>, RequestError> {
+        let mut record = std::mem::take(&mut self.record);
+        let parsed = self.split_csv_line(line, &mut record);
+        let result = parsed.and_then(|()| self.push_csv_record(&record));
+        self.record = record;
+        result
+    }
+
+    /// Splits one CSV line into `record` (reused: no allocation per line once warm). Lines without
+    /// quotes, nearly all of them, are split on commas directly, which is what a CSV reader
+    /// yields for them; a line with quotes goes through the `csv` crate.
+    fn split_csv_line(
+        &self,
+        line: &[u8],
+        record: &mut csv::StringRecord,
+    ) -> Result<(), RequestError> {
+        let text = std::str::from_utf8(line)
+            .map_err(|e| invalid(format!("CSV line {}: not UTF-8: {e}", self.line)))?;
+        record.clear();
+        if !text.contains('"') {
+            for field in text.split(',') {
+                record.push_field(field.trim());
+            }
+            return Ok(());
+        }
+        *record = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .trim(csv::Trim::All)
+            .from_reader(line)
+            .records()
+            .next()
+            .transpose()
+            .map_err(|e| invalid(format!("CSV line {}: {e}", self.line)))?
+            .unwrap_or_default();
+        Ok(())
+    }
+
+    fn push_csv_record(
+        &mut self,
+        record: &csv::StringRecord,
+    ) -> Result<Option<SeriesInput>, RequestError> {
+        let Some(layout) = &self.layout else {
+            self.layout = Some(CsvLayout::from_header(record, &self.shape)?);
+            return Ok(None);
+        };
+        let id = layout.id(record);
+        let continues = matches!(&self.current, Some((current, _)) if current.as_deref() == id);
+        let mut completed = None;
+        if !continues {
+            let id = id.map(str::to_owned);
+            if let Some((previous, rows)) = self.current.take() {
+                completed = Some(self.complete(previous, rows)?);
+            }
+            self.check_new_id(id.as_deref())?;
+            self.current = Some((id, SeriesRows::default()));
+        }
+        let layout = self.layout.as_ref().expect("set above");
+        let (_, rows) = self.current.as_mut().expect("set above");
+        layout.push_row(record, self.line, &self.shape, rows)?;
+        rows.keep_last(self.shape.window, self.shape.features.len());
+        Ok(completed)
+    }
+
+    fn complete(
+        &mut self,
+        id: Option<String>,
+        rows: SeriesRows,
+    ) -> Result<SeriesInput, RequestError> {
+        let series = rows.into_series(id, &self.shape)?;
+        self.series += 1;
+        Ok(series)
+    }
+
+    /// Refuses an id that already had its rows earlier in the input.
+    fn check_new_id(&mut self, id: Option<&str>) -> Result<(), RequestError> {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        // A fixed hasher: ids are compared by their 64-bit hashes (8 bytes each, not the ids'
+        // text); a collision would refuse an input, never merge two series.
+        let hash =
+            BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(id);
+        if !self.finished_ids.insert(hash) {
+            let name = id
+                .map(|i| format!("series `{i}`"))
+                .unwrap_or_else(|| "a series without an id".into());
+            return Err(invalid(format!(
+                "line {}: {name} appears again after other series; a shard must keep each series' rows together (sort it by id)",
+                self.line
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

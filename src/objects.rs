@@ -244,6 +244,59 @@ impl S3Objects {
         Ok(())
     }
 
+    /// Opens an object for reading as a stream, so a large object never has to fit in memory.
+    /// A failure while reading the body surfaces as an `io::Error` from the reader.
+    pub async fn open(
+        &self,
+        key: &str,
+    ) -> Result<impl tokio::io::AsyncBufRead + Send + Unpin + 'static, ObjectError> {
+        let output = self
+            .client()
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| ObjectError::classify("GetObject", e, &self.bucket, key))?;
+        Ok(tokio::io::BufReader::with_capacity(
+            256 * 1024,
+            output.body.into_async_read(),
+        ))
+    }
+
+    /// Starts a multipart upload to `key`: nothing is visible at `key` until
+    /// [`MultipartUpload::complete`], and [`MultipartUpload::abort`] leaves nothing behind.
+    pub async fn start_upload(
+        &self,
+        key: &str,
+        content_type: &str,
+    ) -> Result<MultipartUpload, ObjectError> {
+        let created = self
+            .client()
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .send()
+            .await
+            .map_err(|e| ObjectError::classify("CreateMultipartUpload", e, &self.bucket, key))?;
+        let upload_id = created.upload_id().ok_or_else(|| {
+            ObjectError::new(
+                ObjectErrorKind::Other,
+                "CreateMultipartUpload",
+                &self.bucket,
+                key,
+                "the answer has no UploadId".into(),
+            )
+        })?;
+        Ok(MultipartUpload {
+            objects: self.clone(),
+            key: key.to_owned(),
+            upload_id: upload_id.to_owned(),
+            parts: Vec::new(),
+        })
+    }
+
     /// The objects under `prefix` whose keys sort after `start_after` and before `stop_at` (either
     /// bound optional), with their last-modified times, in key order. ListObjectsV2 returns keys in
     /// order, so a range costs what it holds, not what the whole prefix holds.
@@ -287,5 +340,81 @@ impl S3Objects {
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, ObjectError> {
         let listed = self.list_range(prefix, None, None).await?;
         Ok(listed.into_iter().map(|l| l.key).collect())
+    }
+}
+
+/// An S3 multipart upload in progress ([`S3Objects::start_upload`]).
+///
+/// S3 requires every part but the last to be at least 5 MiB; the caller sizes its parts.
+pub struct MultipartUpload {
+    objects: S3Objects,
+    key: String,
+    upload_id: String,
+    parts: Vec<aws_sdk_s3::types::CompletedPart>,
+}
+
+impl MultipartUpload {
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Uploads the next part (numbered from 1, in call order).
+    pub async fn upload_part(&mut self, bytes: Vec<u8>) -> Result<(), ObjectError> {
+        let number = self.parts.len() as i32 + 1;
+        let (bucket, key) = (self.objects.bucket(), self.key.as_str());
+        let uploaded = self
+            .objects
+            .client()
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&self.upload_id)
+            .part_number(number)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| ObjectError::classify("UploadPart", e, bucket, key))?;
+        self.parts.push(
+            aws_sdk_s3::types::CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(uploaded.e_tag().map(str::to_owned))
+                .build(),
+        );
+        Ok(())
+    }
+
+    /// Makes the object visible at its key, whole (it replaces any earlier object there).
+    pub async fn complete(&self) -> Result<(), ObjectError> {
+        let (bucket, key) = (self.objects.bucket(), self.key.as_str());
+        self.objects
+            .client()
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&self.upload_id)
+            .multipart_upload(
+                aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                    .set_parts(Some(self.parts.clone()))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| ObjectError::classify("CompleteMultipartUpload", e, bucket, key))?;
+        Ok(())
+    }
+
+    /// Discards the parts uploaded so far; the key keeps whatever it held before.
+    pub async fn abort(self) -> Result<(), ObjectError> {
+        let (bucket, key) = (self.objects.bucket(), self.key.as_str());
+        self.objects
+            .client()
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&self.upload_id)
+            .send()
+            .await
+            .map_err(|e| ObjectError::classify("AbortMultipartUpload", e, bucket, key))?;
+        Ok(())
     }
 }

@@ -123,6 +123,7 @@ fn lambda_app(service: Service, s3: aws_sdk_s3::Client) -> LambdaApp {
         aws_endpoint_url: None,
         batch_input_prefix: Some(format!("s3://{BUCKET}/")),
         batch_output_prefix: Some(format!("s3://{BUCKET}/")),
+        batch_part_bytes: 8 << 20,
         rollback: lstm_forecast::lambda::RollbackPolicy {
             alarms: Vec::new(),
             wape_threshold: 0.1,

@@ -374,15 +374,19 @@ fn every_failure_that_would_page_nobody_has_an_alarm() {
             .count()
     };
     let (main, ecs) = (TEMPLATES[0], TEMPLATES[1]);
-    // Every dead-letter queue: failed invocations, undelivered alerts, both schedules' DLQs.
+    // Every dead-letter queue: failed invocations, undelivered alerts, the three schedules' DLQs.
     assert_eq!(
         count(main, "AWS/SQS", "ApproximateNumberOfMessagesVisible"),
-        4,
+        5,
         "{alarms:?}"
     );
     for (template, namespace, metric) in [
         (main, "AWS/ApiGateway", "5xx"),
         (main, "LstmForecast", "BatchSeries"),
+        (main, "LstmForecast", "BatchShardFailures"),
+        (main, "LstmForecast", "BatchManifests"),
+        (main, "AWS/States", "ExecutionsFailed"),
+        (main, "AWS/States", "ExecutionsTimedOut"),
         (main, "LstmForecast", "ForecastLogFailures"),
         (main, "AWS/Lambda", "Errors"),
         (ecs, "AWS/ApplicationELB", "HealthyHostCount"),

@@ -24,6 +24,7 @@ pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
         aws_endpoint_url: args.model.aws.aws_endpoint_url,
         batch_input_prefix: args.batch_input_prefix,
         batch_output_prefix: args.batch_output_prefix,
+        batch_part_bytes: args.batch_part_bytes as usize,
         rollback: RollbackPolicy {
             alarms: args
                 .rollback_alarms

@@ -37,14 +37,65 @@ impl From<InvocationError> for Diagnostic {
 pub enum ScheduledAction {
     /// Reads series from `input` (CSV or JSON Lines on S3) and writes forecasts to `output`.
     BatchForecast { input: String, output: String },
+    /// One shard from a Distributed Map without an ItemBatcher: the `listObjectsV2` item's fields
+    /// next to the `bucket` and the run's `output` prefix (added by the map's ItemSelector).
+    BatchForecastShard {
+        bucket: String,
+        output: String,
+        #[serde(rename = "Key")]
+        key: String,
+        #[serde(rename = "Size", default)]
+        _size: Option<Value>,
+        #[serde(rename = "Etag", default)]
+        _etag: Option<Value>,
+        #[serde(rename = "LastModified", default)]
+        _last_modified: Option<Value>,
+        #[serde(rename = "StorageClass", default)]
+        _storage_class: Option<Value>,
+    },
+    /// Writes a run's manifest, once its shards are done: which shards under `input` have an
+    /// output under `output`, which failed and which are missing.
+    BatchManifest { input: String, output: String },
     /// Scores the logged forecasts against the actuals that arrived (the accuracy loop).
     Evaluate {},
+}
+
+/// A batch of shards from a Distributed Map's ItemBatcher:
+/// `{"Items": [{"Key": ...}, ...], "BatchInput": {"action": "batch-forecast-shard", "bucket", "output"}}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct ShardBatch {
+    pub items: Vec<ListedItem>,
+    pub batch_input: ShardBatchInput,
+}
+
+/// One object as `s3:listObjectsV2` lists it; only the key matters here.
+#[derive(Debug, Deserialize)]
+pub struct ListedItem {
+    #[serde(rename = "Key")]
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardBatchInput {
+    pub action: ShardAction,
+    pub bucket: String,
+    pub output: String,
+}
+
+/// The one action a shard batch may carry.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ShardAction {
+    BatchForecastShard,
 }
 
 /// What kind of event arrived, decided from its shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
     Http,
+    ShardBatch,
     ScheduledAction,
     ScheduledEvent,
     AlarmStateChange,
@@ -66,6 +117,8 @@ pub fn shape_of(event: &Value) -> Shape {
     } else if text("source") == Some("aws.events") && text("detail-type") == Some("Scheduled Event")
     {
         Shape::ScheduledEvent
+    } else if has("Items") && has("BatchInput") {
+        Shape::ShardBatch
     } else if has("action") {
         // An EventBridge rule with a constant input replaces the event with that input entirely.
         Shape::ScheduledAction
@@ -119,6 +172,8 @@ mod tests {
         assert_eq!(shape_of(&custom), Shape::ScheduledAction);
         assert_eq!(shape_of(&change), Shape::AlarmStateChange);
         assert_eq!(shape_of(&direct), Shape::AlarmAction);
+        let shards = json!({"Items": [{"Key": "batch/input/a.csv"}], "BatchInput": {}});
+        assert_eq!(shape_of(&shards), Shape::ShardBatch);
         assert_eq!(shape_of(&json!({"hello": 1})), Shape::Unknown);
     }
 

@@ -55,6 +55,8 @@ pub struct LambdaConfig {
     /// Where batch jobs may read and write (`s3://BUCKET/PREFIX/`); `None` refuses batch jobs.
     pub batch_input_prefix: Option<String>,
     pub batch_output_prefix: Option<String>,
+    /// Bytes per uploaded part of a batch shard's output (S3's minimum is 5 MiB).
+    pub batch_part_bytes: usize,
     /// Which alarms roll the model back, and when they may.
     pub rollback: RollbackPolicy,
     pub threads: Option<usize>,
@@ -279,6 +281,28 @@ impl LambdaApp {
                 serde_json::to_value(response)
                     .map_err(|e| InvocationError::new("Internal", e.to_string()))
             }
+            Shape::ShardBatch => {
+                let batch: events::ShardBatch = typed(payload, "Distributed Map item batch")?;
+                let events::ShardBatchInput {
+                    action: events::ShardAction::BatchForecastShard,
+                    bucket,
+                    output,
+                } = batch.batch_input;
+                let keys = batch.items.into_iter().map(|item| item.key).collect();
+                let job = jobs::ShardJob {
+                    bucket,
+                    keys,
+                    output,
+                };
+                jobs::forecast_shards(
+                    &self.service,
+                    self.clients.s3(),
+                    job,
+                    self.shard_limits(),
+                    &context.request_id,
+                )
+                .await
+            }
             Shape::ScheduledAction => {
                 self.run_action(typed(payload, "scheduled action")?, &context.request_id)
                     .await
@@ -339,9 +363,50 @@ impl LambdaApp {
                 let s3 = self.clients.s3().current();
                 jobs::batch_forecast(&self.service, &s3, &input, &output, request_id).await
             }
+            ScheduledAction::BatchForecastShard {
+                bucket,
+                output,
+                key,
+                ..
+            } => {
+                let job = jobs::ShardJob {
+                    bucket,
+                    keys: vec![key],
+                    output,
+                };
+                jobs::forecast_shards(
+                    &self.service,
+                    self.clients.s3(),
+                    job,
+                    self.shard_limits(),
+                    request_id,
+                )
+                .await
+            }
+            ScheduledAction::BatchManifest { input, output } => {
+                jobs::write_manifest(
+                    &self.service,
+                    self.clients.s3(),
+                    &input,
+                    &output,
+                    self.shard_limits(),
+                )
+                .await
+            }
             ScheduledAction::Evaluate {} => {
                 jobs::evaluate(&self.service, self.config.evaluation_grace).await
             }
+        }
+    }
+
+    fn shard_limits(&self) -> jobs::ShardLimits<'_> {
+        jobs::ShardLimits {
+            input_prefix: self.config.batch_input_prefix.as_deref(),
+            output_prefix: self.config.batch_output_prefix.as_deref(),
+            stream: crate::service::batch::StreamOptions {
+                chunk_series: self.service.limits().max_series,
+                part_bytes: self.config.batch_part_bytes,
+            },
         }
     }
 

@@ -238,6 +238,8 @@ pub fn prometheus_name(metric: Metric) -> Option<&'static str> {
         Metric::ForecastLogFailures => "lstm_forecast_forecast_log_failures_total",
         Metric::CpuUtilization => "lstm_forecast_cpu_utilization_percent",
         Metric::BatchSeries => "lstm_forecast_batch_series_total",
+        Metric::BatchShardFailures => "lstm_forecast_batch_shard_failures_total",
+        Metric::BatchManifests => "lstm_forecast_batch_manifests_total",
     })
 }
 

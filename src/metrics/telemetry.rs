@@ -62,6 +62,10 @@ pub enum Metric {
     CpuUtilization,
     /// Series a batch job forecast and wrote (its absence for a day means the output is stale).
     BatchSeries,
+    /// Batch shards that failed (bad input, S3, the engine), counted per shard invocation.
+    BatchShardFailures,
+    /// Batch runs whose manifest was written (none within the run's deadline: the run is stuck).
+    BatchManifests,
     /// Forecast-log records a flush could not write to the store (retried on the next flush while
     /// the buffer has room): the accuracy loop is going blind.
     ForecastLogFailures,
@@ -85,7 +89,7 @@ pub enum Kind {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 27] = [
+    pub const ALL: [Metric; 29] = [
         Metric::ForecastLatency,
         Metric::InferenceLatency,
         Metric::Forecasts,
@@ -113,6 +117,8 @@ impl Metric {
         Metric::ForecastLogFailures,
         Metric::CpuUtilization,
         Metric::BatchSeries,
+        Metric::BatchShardFailures,
+        Metric::BatchManifests,
     ];
 
     /// Process-local detail: exposed on `GET /metrics`, never pushed to CloudWatch (every
@@ -157,6 +163,8 @@ impl Metric {
             Metric::ForecastLogFailures => "ForecastLogFailures",
             Metric::CpuUtilization => "CPUUtilization",
             Metric::BatchSeries => "BatchSeries",
+            Metric::BatchShardFailures => "BatchShardFailures",
+            Metric::BatchManifests => "BatchManifests",
             Metric::QueueLatency => "QueueLatency",
             Metric::BatchWindows => "BatchWindows",
             Metric::QueueDepth => "QueueDepth",
@@ -185,7 +193,9 @@ impl Metric {
             | Metric::MetricsDropped
             | Metric::ForecastLogFailures
             | Metric::ScoredPairs
-            | Metric::BatchSeries => "Count",
+            | Metric::BatchSeries
+            | Metric::BatchShardFailures
+            | Metric::BatchManifests => "Count",
             Metric::InputDrift
             | Metric::OutOfRangeFraction
             | Metric::Mae

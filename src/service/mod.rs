@@ -9,6 +9,7 @@
 //! - [`build`]: the one composition root for long-running processes (`serve`, `lambda`).
 //! - [`follow`]: following the registry's `live` alias (hot reload, rollback pick-up).
 
+pub mod batch;
 pub mod build;
 pub mod follow;
 
