@@ -149,14 +149,14 @@ pub struct ShardLimits<'a> {
 }
 
 /// Where a shard's forecasts and its status go: `OUTPUT/NAME.jsonl` and `OUTPUT/_status/NAME.json`,
-/// NAME being the input's file name without its extension (`part-00000.csv` -> `part-00000`).
-/// Keyed by the input's name, a re-run of one shard overwrites its own objects and nothing else.
+/// NAME being the input's file name (`part-00000.csv` -> `part-00000.csv.jsonl`): two shards of one
+/// run differ in their file names (`a.csv` and `a.jsonl` too), and a re-run of one shard overwrites
+/// its own objects and nothing else.
 fn shard_outputs(output_key: &str, input_key: &str) -> (String, String) {
-    let file = input_key.rsplit('/').next().unwrap_or(input_key);
-    let stem = file.split_once('.').map_or(file, |(stem, _)| stem);
+    let name = input_key.rsplit('/').next().unwrap_or(input_key);
     (
-        format!("{output_key}{stem}.jsonl"),
-        format!("{output_key}{STATUS_FOLDER}{stem}.json"),
+        format!("{output_key}{name}.jsonl"),
+        format!("{output_key}{STATUS_FOLDER}{name}.json"),
     )
 }
 

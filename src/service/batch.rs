@@ -180,11 +180,10 @@ struct Output<'a> {
 impl Output<'_> {
     async fn write(&mut self, response: ForecastResponse) -> Result<(), BatchError> {
         forecast_lines(&response, &mut self.part);
-        if self.part.len() >= self.part_bytes {
-            let full = std::mem::replace(
-                &mut self.part,
-                Vec::with_capacity(self.part_bytes + 64 * 1024),
-            );
+        // Parts are cut at exactly `part_bytes`, mid-line if need be: S3 joins them byte for byte.
+        while self.part.len() >= self.part_bytes {
+            let rest = self.part.split_off(self.part_bytes);
+            let full = std::mem::replace(&mut self.part, rest);
             self.send(full).await?;
         }
         Ok(())

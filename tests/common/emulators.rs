@@ -139,7 +139,12 @@ impl Moto {
     /// A moto of this test's own, for tests that need isolation (the same bucket or registry as
     /// another test).
     pub fn start() -> Self {
-        Self::spawn(false)
+        Self::spawn(false, &[])
+    }
+
+    /// A moto of this test's own with moto settings from `env` (e.g. `S3_UPLOAD_PART_MIN_SIZE`).
+    pub fn start_with(env: &[(&str, &str)]) -> Self {
+        Self::spawn(false, env)
     }
 
     /// One moto for the whole test binary, for tests that need no isolation: each uses its own
@@ -148,13 +153,15 @@ impl Moto {
     /// (`PR_SET_PDEATHSIG`), and that thread lives as long as the process.
     pub fn shared() -> &'static Moto {
         static SHARED: std::sync::OnceLock<Moto> = std::sync::OnceLock::new();
-        SHARED.get_or_init(|| on_a_thread_that_lives_forever(|| Moto::spawn(true)))
+        SHARED.get_or_init(|| on_a_thread_that_lives_forever(|| Moto::spawn(true, &[])))
     }
 
-    fn spawn(dies_with_this_thread: bool) -> Self {
+    fn spawn(dies_with_this_thread: bool, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let mut command = Command::new(tools_bin("moto_server"));
-        command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        command
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied());
         let child = spawn_listening(command, port, "moto_server", dies_with_this_thread);
         Moto {
             endpoint: format!("http://127.0.0.1:{port}"),
@@ -164,8 +171,13 @@ impl Moto {
 
     /// Environment for a process (or SDK) that should talk to this moto.
     pub fn env(&self) -> Vec<(&'static str, String)> {
+        Self::env_at(&self.endpoint)
+    }
+
+    /// [`Moto::env`] for an endpoint in front of a moto (a proxy that injects faults).
+    pub fn env_at(endpoint: &str) -> Vec<(&'static str, String)> {
         vec![
-            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ENDPOINT_URL", endpoint.to_owned()),
             ("AWS_REGION", REGION.into()),
             ("AWS_ACCESS_KEY_ID", "testing".into()),
             ("AWS_SECRET_ACCESS_KEY", "testing".into()),
@@ -189,16 +201,7 @@ impl Moto {
     }
 
     pub async fn s3(&self) -> aws_sdk_s3::Client {
-        let config = aws_sdk_s3::Config::builder()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .endpoint_url(&self.endpoint)
-            .region(aws_sdk_s3::config::Region::new(REGION))
-            .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                "testing", "testing", None, None, "test",
-            ))
-            .force_path_style(true)
-            .build();
-        aws_sdk_s3::Client::from_conf(config)
+        s3_at(&self.endpoint)
     }
 
     pub async fn create_bucket(&self, bucket: &str) -> aws_sdk_s3::Client {
@@ -210,6 +213,20 @@ impl Moto {
             .expect("create bucket");
         s3
     }
+}
+
+/// An S3 client for an emulator at `endpoint` (path-style: `bucket.127.0.0.1` does not resolve).
+pub fn s3_at(endpoint: &str) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_sdk_s3::config::Region::new(REGION))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
 }
 
 /// ministack: CloudWatch, SNS and SQS on a free loopback port (`SERVICES` keeps the rest of its
@@ -237,17 +254,26 @@ pub struct Ministack {
 impl Ministack {
     /// A ministack of this test's own: needed by any test that evaluates alarms (see above).
     pub fn start() -> Self {
-        Self::spawn(false)
+        Self::spawn(false, "cloudwatch,sns,sqs")
+    }
+
+    /// A ministack of this test's own running S3, Lambda (functions as local processes, no
+    /// Docker) and Step Functions, with Step Functions' waits and retry back-offs made instant
+    /// (`SFN_WAIT_SCALE=0`): the state machine end to end.
+    pub fn start_step_functions() -> Self {
+        Self::spawn(false, "s3,lambda,stepfunctions")
     }
 
     /// One ministack for the whole test binary, for tests that only publish and query metrics,
     /// each under its own namespace or dimensions. Tied to the test process like [`Moto::shared`].
     pub fn shared() -> &'static Ministack {
         static SHARED: std::sync::OnceLock<Ministack> = std::sync::OnceLock::new();
-        SHARED.get_or_init(|| on_a_thread_that_lives_forever(|| Ministack::spawn(true)))
+        SHARED.get_or_init(|| {
+            on_a_thread_that_lives_forever(|| Ministack::spawn(true, "cloudwatch,sns,sqs"))
+        })
     }
 
-    fn spawn(dies_with_this_thread: bool) -> Self {
+    fn spawn(dies_with_this_thread: bool, services: &str) -> Self {
         let port = free_port();
         // Its pid file (`ministack-PORT.pid`, left behind when it is killed) goes to a directory
         // of its own, not into /tmp itself.
@@ -257,7 +283,9 @@ impl Ministack {
         command
             .env("GATEWAY_PORT", port.to_string())
             .env("BIND_HOST", "127.0.0.1")
-            .env("SERVICES", "cloudwatch,sns,sqs")
+            .env("SERVICES", services)
+            .env("LAMBDA_EXECUTOR", "local")
+            .env("SFN_WAIT_SCALE", "0")
             .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
             .env("LOG_LEVEL", "WARNING")
             .env("TMPDIR", &tmp);

@@ -123,6 +123,7 @@ pub mod history;
 pub mod observe;
 pub mod runtime_api;
 pub mod serve;
+pub mod shards;
 pub mod template;
 
 // Each test binary uses some of these; the others are not dead code.

@@ -3,6 +3,10 @@
   cfn.py metrics TEMPLATE...          JSON: alarms (namespace, metric, dimensions) and dashboard metric names
   cfn.py deploy TEMPLATE ENDPOINT     SAM-translate, deploy to moto's CloudFormation, print what was created
   cfn.py alarm-topics TEMPLATE...     JSON: each SNS topic an alarm notifies, its key, and what the key grants CloudWatch
+  cfn.py state-machine TEMPLATE RESOURCE
+                                      JSON: the state machine's definition (substitutions left as ${NAME}), its
+                                      DefinitionSubstitutions, and each schedule's input, as deployed with the
+                                      parameters' defaults
   cfn.py alarm TEMPLATE RESOURCE      JSON: that alarm's properties as deployed with the parameters' defaults under the
                                       stack name lstm-forecast; an action on a resource of the stack is {"resource": NAME}
 """
@@ -263,6 +267,20 @@ def alarm(path, name):
     print(json.dumps(resolve(resource["Properties"], template.get("Parameters", {}))))
 
 
+def state_machine(path, name):
+    template = load(path)
+    resource = template["Resources"][name]
+    if resource["Type"] != "AWS::Serverless::StateMachine":
+        sys.exit(f"{name} is a {resource['Type']}")
+    parameters = template.get("Parameters", {})
+    props = resource["Properties"]
+    schedules = {event: json.loads(resolve(spec["Properties"]["Input"], parameters))
+                 for event, spec in props.get("Events", {}).items() if spec["Type"] == "Schedule"}
+    print(json.dumps({"definition": props["Definition"],
+                      "substitutions": resolve(props.get("DefinitionSubstitutions", {}), parameters),
+                      "schedules": schedules}))
+
+
 if __name__ == "__main__":
     command = sys.argv[1]
     if command == "metrics":
@@ -271,6 +289,8 @@ if __name__ == "__main__":
         deploy(sys.argv[2], sys.argv[3])
     elif command == "alarm-topics":
         alarm_topics(sys.argv[2:])
+    elif command == "state-machine":
+        state_machine(sys.argv[2], sys.argv[3])
     elif command == "alarm":
         alarm(sys.argv[2], sys.argv[3])
     else:
