@@ -594,4 +594,98 @@ mod tests {
         );
         assert_eq!(InputFormat::detect("-", b"OT\n1"), InputFormat::Csv);
     }
+
+    fn stream_all(format: StreamFormat, text: &str) -> Result<Vec<SeriesInput>, RequestError> {
+        let mut stream = SeriesStream::new(format, shape());
+        let mut series = Vec::new();
+        for line in text.split_inclusive('\n') {
+            series.extend(stream.push_line(line.as_bytes())?);
+        }
+        series.extend(stream.finish()?);
+        Ok(series)
+    }
+
+    #[test]
+    fn a_stream_yields_what_the_whole_file_parser_yields() {
+        let csv = "id,date,OT\na,2018-01-01 00:00:00,1\na,2018-01-01 01:00:00,2\na,2018-01-01 02:00:00,3\n\
+                   b,2018-01-01 00:00:00,7\nb,2018-01-01 01:00:00,8\n";
+        let streamed = stream_all(StreamFormat::Csv, csv).unwrap();
+        assert_eq!(streamed, parse_csv(csv.as_bytes(), &shape()).unwrap());
+        assert_eq!(streamed[0].values, vec![2.0, 3.0]);
+        assert_eq!(
+            streamed[0].last_timestamp,
+            parse_rfc3339("2018-01-01T02:00:00Z")
+        );
+    }
+
+    #[test]
+    fn a_long_history_costs_a_stream_at_most_two_windows() {
+        let mut stream = SeriesStream::new(StreamFormat::Csv, shape());
+        stream.push_line(b"id,OT\n").unwrap();
+        for value in 0..10_000 {
+            assert!(stream
+                .push_line(format!("a,{value}\n").as_bytes())
+                .unwrap()
+                .is_none());
+            let (_, rows) = stream.current.as_ref().unwrap();
+            assert!(
+                rows.values.len() < 2 * 2,
+                "{} values held",
+                rows.values.len()
+            );
+        }
+        let last = stream.finish().unwrap().unwrap();
+        assert_eq!(last.values, vec![9998.0, 9999.0]);
+    }
+
+    #[test]
+    fn a_series_that_comes_back_after_another_is_refused_with_its_line() {
+        let csv = "id,OT\na,1\na,2\nb,1\nb,2\na,3\n";
+        let err = stream_all(StreamFormat::Csv, csv).unwrap_err();
+        assert!(
+            err.message.starts_with("line 6: series `a` appears again"),
+            "{}",
+            err.message
+        );
+        let lines = "{\"id\":\"a\",\"values\":[1,2]}\n{\"id\":\"a\",\"values\":[3,4]}\n";
+        let err = stream_all(StreamFormat::JsonLines, lines).unwrap_err();
+        assert!(
+            err.message.contains("line 2: series `a`"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn stream_errors_name_their_line_and_empty_streams_are_errors() {
+        let err = stream_all(StreamFormat::JsonLines, "\n{\"values\":[1]}\n").unwrap_err();
+        assert!(err.message.starts_with("line 2: "), "{}", err.message);
+        let err = stream_all(StreamFormat::Csv, "id,OT\n").unwrap_err();
+        assert_eq!(err.code, ErrorCode::EmptyRequest);
+        let err = stream_all(StreamFormat::Csv, "").unwrap_err();
+        assert!(err.message.contains("empty"), "{}", err.message);
+        let err = stream_all(StreamFormat::Csv, "id,OT\na,1\na,x\n").unwrap_err();
+        assert!(err.message.contains("CSV line 3"), "{}", err.message);
+    }
+
+    #[test]
+    fn quoted_csv_fields_are_read_as_a_csv_reader_reads_them() {
+        let csv = "id,OT\n\"shop 1, aisle 2\",1\n\"shop 1, aisle 2\",2\r\n";
+        let series = stream_all(StreamFormat::Csv, csv).unwrap();
+        assert_eq!(series[0].id.as_deref(), Some("shop 1, aisle 2"));
+        assert_eq!(series[0].values, vec![1.0, 2.0]);
+    }
+
+    #[test]
+    fn a_shard_format_comes_from_its_name_only() {
+        assert_eq!(
+            StreamFormat::from_name("a/part-0.CSV"),
+            Some(StreamFormat::Csv)
+        );
+        assert_eq!(
+            StreamFormat::from_name("p.ndjson"),
+            Some(StreamFormat::JsonLines)
+        );
+        assert_eq!(StreamFormat::from_name("p.json"), None);
+    }
 }

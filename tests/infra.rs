@@ -96,6 +96,8 @@ fn the_sam_template_translates_and_deploys_to_moto_cloudformation() {
         "ForecastFunctionBatchForecast",
         "ForecastFunctionEvaluate",
         "FunctionLogGroup",
+        "BatchStateMachine",
+        "BatchStateMachineNightly",
     ] {
         assert!(
             created.contains(expected),
@@ -131,7 +133,7 @@ fn the_sam_template_translates_and_deploys_to_moto_cloudformation() {
     }
     let function = &report["function"];
     assert_eq!(function["memory"], 2048);
-    assert_eq!(function["timeout"], 60);
+    assert_eq!(function["timeout"], 300, "a batch shard has minutes");
     let env = &function["environment"];
     assert!(env["MODEL_URI"]
         .as_str()
@@ -330,6 +332,7 @@ fn every_prefix_has_a_lifecycle_and_access_logs_name_the_caller() {
         "monitoring/state/",
         "batch/input/",
         "batch/output/",
+        "batch/map-results/",
     ] {
         assert!(
             template.contains(&format!("Prefix: {prefix}\n")),
@@ -340,7 +343,7 @@ fn every_prefix_has_a_lifecycle_and_access_logs_name_the_caller() {
     assert!(template.contains("ExpiredObjectDeleteMarker: true"));
     assert_eq!(
         template.matches("NoncurrentVersionExpiration:").count(),
-        9,
+        10,
         "a versioned bucket keeps every overwritten object until a rule expires it"
     );
     for field in [
@@ -936,4 +939,79 @@ fn the_swarm_stack_follows_the_compose_specification_and_rolls_back_a_failed_upd
         &["check", "config", config.to_str().unwrap()],
     );
     assert!(ok, "{out}");
+}
+
+#[test]
+fn the_batch_state_machine_is_a_distributed_map_over_s3_shards_that_ends_with_the_manifest() {
+    let (definition, schedule) = common::shards::template_state_machine();
+    let map = &definition["States"]["ForecastShards"];
+    assert_eq!(map["Type"], "Map");
+    assert_eq!(
+        map["ItemProcessor"]["ProcessorConfig"]["Mode"],
+        "DISTRIBUTED"
+    );
+    assert_eq!(
+        map["ItemReader"]["Resource"],
+        "arn:aws:states:::s3:listObjectsV2"
+    );
+    assert_eq!(map["ItemReader"]["Parameters"]["Bucket"], "${Bucket}");
+    assert_eq!(
+        map["ResultWriter"]["Resource"],
+        "arn:aws:states:::s3:putObject"
+    );
+    // The batch the function receives: BatchInput as the shard event documents it (the tests'
+    // ItemBatcher stand-in builds the same fields).
+    let batch_input = &map["ItemBatcher"]["BatchInput"];
+    assert_eq!(batch_input["action"], "batch-forecast-shard");
+    assert_eq!(batch_input["bucket"], "${Bucket}");
+    let stand_in = &common::shards::item_batches(&[json!({"Key": "k"})], 1, "s3://b/o/")[0];
+    let fields = |v: &Value| -> BTreeSet<String> {
+        v.as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.trim_end_matches(".$").to_owned())
+            .collect()
+    };
+    assert_eq!(fields(batch_input), fields(&stand_in["BatchInput"]));
+    // Every setting a `*Path` field reads comes with each scheduled run.
+    for path in [
+        &map["MaxConcurrencyPath"],
+        &map["ToleratedFailurePercentagePath"],
+        &map["ItemBatcher"]["MaxItemsPerBatchPath"],
+        &map["ItemReader"]["Parameters"]["Prefix.$"],
+    ] {
+        let key = path.as_str().unwrap().strip_prefix("$.").unwrap();
+        assert!(!schedule[key].is_null(), "the schedule's input lacks {key}");
+    }
+    assert!(schedule["input_prefix"]
+        .as_str()
+        .unwrap()
+        .starts_with("batch/input/"));
+    // Each batch goes whole to the function's `live` alias; a failure a retry may cure is retried.
+    let task = &map["ItemProcessor"]["States"]["ForecastShard"];
+    assert_eq!(task["Resource"], "arn:aws:states:::lambda:invoke");
+    assert_eq!(task["Parameters"]["FunctionName"], "${FunctionArn}");
+    assert_eq!(task["Parameters"]["Payload.$"], "$");
+    assert!(task["Retry"][0]["ErrorEquals"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("ShardFailed")));
+    // The manifest comes last, after a failed map too, for the same run's output folder.
+    assert_eq!(map["Next"], "WriteManifest");
+    assert_eq!(map["Catch"][0]["ErrorEquals"], json!(["States.ALL"]));
+    assert_eq!(map["Catch"][0]["Next"], "WriteManifest");
+    let manifest = &definition["States"]["WriteManifest"];
+    assert_eq!(manifest["End"], true);
+    assert_eq!(
+        manifest["Parameters"]["Payload"]["action"],
+        "batch-manifest"
+    );
+    assert_eq!(
+        manifest["Parameters"]["Payload"]["output.$"],
+        batch_input["output.$"]
+    );
+    assert!(batch_input["output.$"]
+        .as_str()
+        .unwrap()
+        .contains("$$.Execution.Name"));
 }
