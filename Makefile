@@ -82,6 +82,7 @@ test-fresh: ## make test on a fresh clone of HEAD with empty caches (~25 min on 
 
 bench: libtorch tools ## Benchmarks (release build), printed as tables
 	LSTM_FORECAST_TOOLS="$$(scripts/python-tools.sh)" $(CARGO) bench --locked --bench forecast
+	LSTM_FORECAST_TOOLS="$$(scripts/python-tools.sh)" $(CARGO) bench --locked --bench shards
 
 soak: libtorch ## 10 minutes at ~80% of measured capacity (SOAK_SECONDS to change); errors and RSS drift
 	$(CARGO) bench --locked --bench soak

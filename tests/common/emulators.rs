@@ -446,6 +446,10 @@ impl Function {
         self.log.lock().unwrap().clone()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Its log once it holds `needle`: an invocation's answer can arrive before the reader
     /// threads have copied its last lines out of the pipes.
     pub fn log_once_it_holds(&self, needle: &str) -> String {
