@@ -7,7 +7,8 @@
 //!
 //! - [`service`]: **the forecast service**, the one path every entry point takes
 //!   ([`service::Service::forecast`]: validate, run the engine, record drift, backtests, the
-//!   forecast log and metrics); [`service::build`], the composition root of `serve` and `lambda`;
+//!   forecast log and metrics); [`service::batch`], the same path over a stream of any size (batch
+//!   shards, in bounded memory); [`service::build`], the composition root of `serve` and `lambda`;
 //!   [`service::follow`], following the registry's `live` alias.
 //! - [`model`]: the model contract (`model.json`, [`model::contract`]), the preprocessing it declares
 //!   ([`model::preprocess`]), the engine port with its TorchScript implementation
@@ -37,7 +38,8 @@
 //!
 //! - [`http`]: the axum router and server (`lstm-forecast serve`).
 //! - [`lambda`]: the Lambda function: API Gateway events through the same router, scheduled jobs
-//!   ([`lambda::jobs`]), alarm-driven rollback ([`lambda::rollback`]), event shapes
+//!   ([`lambda::jobs`]: batch forecasts, Step Functions batch shards and their manifest,
+//!   evaluation), alarm-driven rollback ([`lambda::rollback`]), event shapes
 //!   ([`lambda::events`]), SnapStart's snapshot and restore hooks ([`lambda::snapstart`]).
 //! - `src/main.rs` and `src/cli/`: the command line (`serve`, `forecast`, `model ...`, `evaluate`,
 //!   `lambda`).
