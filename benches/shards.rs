@@ -13,10 +13,8 @@ use lstm_forecast::source::{BUNDLED_MODEL_JSON, BUNDLED_MODEL_PT};
 use serde_json::json;
 
 #[path = "../tests/common/emulators.rs"]
-#[allow(dead_code)]
 mod emulators;
 #[path = "support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 const WINDOW: usize = 168;

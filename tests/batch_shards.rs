@@ -126,14 +126,24 @@ async fn shards_batched_as_the_item_batcher_would_land_complete_across_two_insta
     let series_written: u64 = results.iter().map(|r| r["series"].as_u64().unwrap()).sum();
     assert_eq!(series_written, 150);
     assert!(results.iter().all(|r| r["failed"] == 0), "{results:?}");
+    // Both instances worked, and each published the service core's metrics for its shards.
     for instance in &instances {
+        let log = instance.function.log_once_it_holds("BatchSeries");
         assert!(
-            instance
-                .function
-                .log_once_it_holds("batch shard written")
-                .contains("batch shard written"),
+            log.contains("batch shard written"),
             "both instances forecast shards"
         );
+        for metric in [
+            "\"BatchSeries\"",
+            "\"Forecasts\"",
+            "\"InputDrift\"",
+            "\"InferenceLatency\"",
+        ] {
+            assert!(
+                log.contains(metric),
+                "{metric} missing from the EMF lines:\n{log}"
+            );
+        }
     }
 
     // Each shard's output holds its series in input order, forecast by the served model.

@@ -197,4 +197,21 @@ mod tests {
         )
         .is_err());
     }
+
+    #[test]
+    fn a_shard_comes_batched_or_as_one_listed_item_with_the_run_beside_it() {
+        let batch: ShardBatch = serde_json::from_value(json!({
+            "Items": [{"Key": "batch/input/r/a.csv", "Size": 1, "Etag": "\"e\"", "LastModified": "2026-12-01T00:00:00Z"}],
+            "BatchInput": {"action": "batch-forecast-shard", "bucket": "b", "output": "s3://b/batch/output/r/"}}))
+        .unwrap();
+        assert_eq!(batch.items[0].key, "batch/input/r/a.csv");
+        let flat = json!({"action": "batch-forecast-shard", "bucket": "b", "output": "s3://b/batch/output/r/",
+                          "Key": "batch/input/r/a.csv", "Size": 1, "Etag": "e", "LastModified": 1764547200, "StorageClass": "STANDARD"});
+        assert!(matches!(
+            serde_json::from_value::<ScheduledAction>(flat).unwrap(),
+            ScheduledAction::BatchForecastShard { key, .. } if key == "batch/input/r/a.csv"
+        ));
+        let forged = json!({"Items": [], "BatchInput": {"action": "batch-forecast-shard", "bucket": "b", "output": "o", "input": "x"}});
+        assert!(serde_json::from_value::<ShardBatch>(forged).is_err());
+    }
 }
