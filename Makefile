@@ -102,10 +102,13 @@ bench-peers: libtorch ## This server vs Python FastAPI (TorchScript, ONNX Runtim
 
 # Training needs the full PyTorch (CUDA wheels included, ~4.7 GB): kept out of run/test. Installed
 # from the hash-checked lock; a changed lock rebuilds the venv.
-model: ## Re-train the bundled model and regenerate the test fixtures
+model: libtorch ## Re-train the bundled model, calibrate its intervals, regenerate the test fixtures
 	scripts/locked-venv.sh $(TRAIN_VENV) model_artifacts/train/requirements.txt >/dev/null
 	cd model_artifacts/train && $(TRAIN_VENV)/bin/python train.py --data ../data/ETTh1.csv \
 	    --out ../etth1-ot-lstm --parity ../../tests/fixtures/parity-etth1-ot-lstm.json
+	# Intervals: split conformal on the validation targets, measured with the engine that serves it.
+	$(CARGO) run --locked --release -- model calibrate model_artifacts/etth1-ot-lstm \
+	    --data model_artifacts/data/ETTh1.csv --targets 8640..11520 --levels 0.8,0.95 --check 11520..14400
 	cd model_artifacts/train && $(TRAIN_VENV)/bin/python make_fixtures.py --out ../../tests/fixtures
 	@echo "model_artifacts/etth1-ot-lstm updated; run 'make test' (the binary embeds the model)"
 

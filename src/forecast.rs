@@ -9,7 +9,7 @@ use chrono::{DateTime, NaiveDate, SecondsFormat, TimeDelta, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::model::contract::ModelMetadata;
+use crate::model::contract::{Calibration, ModelMetadata};
 use crate::time::{parse_rfc3339, span_of_steps, steps_after};
 
 /// One series to forecast, validated against the model's input shape.
@@ -87,6 +87,10 @@ pub enum ErrorCode {
     WrongFeatureCount,
     NonFiniteValue,
     InvalidTimestamp,
+    /// `intervals` is malformed (not levels in (0, 1)).
+    InvalidInterval,
+    /// A well-formed level the model has no calibration for.
+    UnsupportedInterval,
 }
 
 impl ErrorCode {
@@ -100,6 +104,8 @@ impl ErrorCode {
             ErrorCode::WrongFeatureCount => "wrong_feature_count",
             ErrorCode::NonFiniteValue => "non_finite_value",
             ErrorCode::InvalidTimestamp => "invalid_timestamp",
+            ErrorCode::InvalidInterval => "invalid_interval",
+            ErrorCode::UnsupportedInterval => "unsupported_interval",
         }
     }
 }
@@ -124,6 +130,123 @@ pub fn parse_forecast_request(
     body: &[u8],
     shape: &RequestShape,
 ) -> Result<Vec<SeriesInput>, RequestError> {
+    let top = parse_document(body)?;
+    reject_unknown_fields(&top, &["series"], "request body")?;
+    parse_series_array(&top, shape)
+}
+
+/// A forecast request: its series, and the interval levels it asks for (none when empty).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForecastRequest {
+    pub series: Vec<SeriesInput>,
+    pub intervals: Vec<f64>,
+}
+
+/// Most interval levels one request may ask for.
+pub const MAX_INTERVAL_LEVELS: usize = 8;
+
+/// Parses a `POST /v1/forecast` body: [`parse_forecast_request`] plus `"intervals": [0.8, 0.95]`.
+pub fn parse_forecast_body(
+    body: &[u8],
+    shape: &RequestShape,
+) -> Result<ForecastRequest, RequestError> {
+    let top = parse_document(body)?;
+    reject_unknown_fields(&top, &["series", "intervals"], "request body")?;
+    let intervals = match top.get("intervals") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(levels)) => {
+            let mut parsed = Vec::with_capacity(levels.len());
+            for (i, level) in levels.iter().enumerate() {
+                parsed.push(level.as_f64().ok_or_else(|| {
+                    reject(
+                        ErrorCode::InvalidInterval,
+                        format!(
+                            "`intervals[{i}]` must be a number in (0, 1), got {}",
+                            kind_of(level)
+                        ),
+                    )
+                })?);
+            }
+            check_interval_levels(&parsed)?;
+            parsed
+        }
+        Some(other) => {
+            return Err(reject(
+                ErrorCode::InvalidInterval,
+                format!(
+                    "`intervals` must be an array of levels in (0, 1) such as [0.8, 0.95], got {}",
+                    kind_of(other)
+                ),
+            ))
+        }
+    };
+    Ok(ForecastRequest {
+        series: parse_series_array(&top, shape)?,
+        intervals,
+    })
+}
+
+/// Checks interval levels however they arrived (request body, CLI flag, batch event): each in
+/// (0, 1), no repeats, at most [`MAX_INTERVAL_LEVELS`]. Errors name `intervals[i]`.
+pub fn check_interval_levels(levels: &[f64]) -> Result<(), RequestError> {
+    if levels.len() > MAX_INTERVAL_LEVELS {
+        return Err(reject(
+            ErrorCode::InvalidInterval,
+            format!(
+                "`intervals` has {} levels; at most {MAX_INTERVAL_LEVELS} are accepted",
+                levels.len()
+            ),
+        ));
+    }
+    for (i, &level) in levels.iter().enumerate() {
+        if !(level > 0.0 && level < 1.0) {
+            return Err(reject(
+                ErrorCode::InvalidInterval,
+                format!("`intervals[{i}]` is {level}; a level is a share in (0, 1), such as 0.8 or 0.95"),
+            ));
+        }
+        if levels[..i].contains(&level) {
+            return Err(reject(
+                ErrorCode::InvalidInterval,
+                format!("`intervals[{i}]` repeats {level}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `calibration` serves every level asked for, before any work is done.
+pub fn check_levels_calibrated(
+    calibration: Option<&Calibration>,
+    levels: &[f64],
+) -> Result<(), RequestError> {
+    if levels.is_empty() {
+        return Ok(());
+    }
+    let Some(calibration) = calibration else {
+        return Err(reject(
+            ErrorCode::UnsupportedInterval,
+            "this model has no calibrated intervals (its model.json has no `calibration`; see `lstm-forecast model calibrate`)",
+        ));
+    };
+    match levels
+        .iter()
+        .enumerate()
+        .find(|(_, level)| calibration.radius(**level).is_none())
+    {
+        Some((i, level)) => Err(reject(
+            ErrorCode::UnsupportedInterval,
+            format!(
+                "`intervals[{i}]` ({level}) is not a calibrated level; this model serves {:?}",
+                calibration.level_values()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The JSON object a body must be.
+fn parse_document(body: &[u8]) -> Result<Map<String, Value>, RequestError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(reject(
             ErrorCode::EmptyRequest,
@@ -141,16 +264,22 @@ pub fn parse_forecast_request(
             format!("request body is not valid JSON: {e}{hint}"),
         )
     })?;
-    let Value::Object(top) = document else {
-        return Err(reject(
+    match document {
+        Value::Object(top) => Ok(top),
+        other => Err(reject(
             ErrorCode::InvalidRequest,
             format!(
                 "request body must be a JSON object with a `series` array, got {}",
-                kind_of(&document)
+                kind_of(&other)
             ),
-        ));
-    };
-    reject_unknown_fields(&top, &["series"], "request body")?;
+        )),
+    }
+}
+
+fn parse_series_array(
+    top: &Map<String, Value>,
+    shape: &RequestShape,
+) -> Result<Vec<SeriesInput>, RequestError> {
     let series = match top.get("series") {
         None => return Err(reject(ErrorCode::InvalidRequest, "missing field `series`")),
         Some(Value::Array(series)) => series,
@@ -399,6 +528,26 @@ fn contains_non_json_number(body: &[u8]) -> bool {
 pub struct ForecastResponse {
     pub model: ModelRef,
     pub forecasts: Vec<SeriesForecast>,
+    /// Which calibration the intervals came from, when intervals were asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationRef>,
+}
+
+/// Where a response's intervals came from.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CalibrationRef {
+    /// `model.json`: the calibration the model shipped with.
+    pub source: String,
+    /// Scored forecasts the calibration rests on.
+    pub forecasts: usize,
+}
+
+/// A prediction interval around one forecast: `lower[k] <= values[k] <= upper[k]`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Interval {
+    pub level: f64,
+    pub lower: Vec<f64>,
+    pub upper: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -415,6 +564,9 @@ pub struct SeriesForecast {
     /// One per value, when the series gave `last_timestamp`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timestamps: Option<Vec<String>>,
+    /// One per level asked for, in the order asked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub intervals: Vec<Interval>,
 }
 
 impl ForecastResponse {
@@ -431,6 +583,7 @@ impl ForecastResponse {
                     .last_timestamp
                     .map(|last| steps_after(last, metadata.frequency(), values.len())),
                 values,
+                intervals: Vec::new(),
             })
             .collect();
         ForecastResponse {
@@ -439,7 +592,34 @@ impl ForecastResponse {
                 version: metadata.version.clone(),
             },
             forecasts,
+            calibration: None,
         }
+    }
+
+    /// Puts around every forecast its intervals at `levels` (checked with
+    /// [`check_levels_calibrated`]), and names the calibration they came from.
+    pub fn attach_intervals(&mut self, calibration: &Calibration, source: &str, levels: &[f64]) {
+        if levels.is_empty() {
+            return;
+        }
+        let radii: Vec<(f64, &[f64])> = levels
+            .iter()
+            .filter_map(|&level| Some((level, calibration.radius(level)?)))
+            .collect();
+        for forecast in &mut self.forecasts {
+            forecast.intervals = radii
+                .iter()
+                .map(|&(level, radius)| Interval {
+                    level,
+                    lower: forecast.values.iter().zip(radius).map(|(v, r)| v - r).collect(),
+                    upper: forecast.values.iter().zip(radius).map(|(v, r)| v + r).collect(),
+                })
+                .collect();
+        }
+        self.calibration = Some(CalibrationRef {
+            source: source.to_owned(),
+            forecasts: calibration.forecasts,
+        });
     }
 }
 

@@ -22,7 +22,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
-use crate::forecast::RequestError;
+use crate::forecast::{ErrorCode, RequestError};
 use crate::infer::InferError;
 use crate::metrics::RequestOutcome;
 use crate::model::contract::ModelMetadata;
@@ -599,7 +599,12 @@ impl ApiError {
 
 impl From<RequestError> for ApiError {
     fn from(e: RequestError) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, e.code.as_str(), e.message)
+        // A well-formed request for intervals this model cannot give is not malformed.
+        let status = match e.code {
+            ErrorCode::UnsupportedInterval => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.code.as_str(), e.message)
     }
 }
 

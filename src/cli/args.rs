@@ -331,6 +331,11 @@ pub struct ForecastArgs {
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
 
+    /// Prediction intervals around every forecast, at these levels (comma-separated, each in
+    /// (0, 1), and calibrated in the model's model.json), e.g. `--intervals 0.8,0.95`.
+    #[arg(long, value_delimiter = ',', value_name = "LEVELS")]
+    pub intervals: Vec<f64>,
+
     /// Push sinks for the forecast metrics (Forecasts, InferenceLatency, InputDrift, ...), as in
     /// `serve`; EMF lines go to stderr here, since stdout is the answer.
     #[command(flatten)]
@@ -362,6 +367,30 @@ pub enum ModelCommand {
         /// Give up on the probe after this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
+    },
+    /// Calibrate a model's prediction intervals and write them into its model.json.
+    ///
+    /// Split conformal: the model (through the engine that serves it) forecasts from every origin
+    /// whose targets lie in --targets, rows it did not train on; at each level and horizon step the
+    /// interval's half-width is the conformal quantile of the absolute errors. Requests then ask
+    /// for `"intervals": [0.8, 0.95]`. --check measures the result on other rows (e.g. the test
+    /// split) and prints coverage and width per level.
+    Calibrate {
+        /// Model directory holding model.json and model.pt; model.json is rewritten.
+        dir: PathBuf,
+        /// CSV with a header naming the model's features (e.g. ETTh1.csv).
+        #[arg(long)]
+        data: PathBuf,
+        /// Rows whose values are the calibration targets, START..END (0-based data rows, END
+        /// excluded). For the bundled model: ETTh1's validation split.
+        #[arg(long, default_value = "8640..11520", value_parser = parse_row_range)]
+        targets: std::ops::Range<usize>,
+        /// Levels to calibrate, comma-separated, each in (0, 1).
+        #[arg(long, value_delimiter = ',', default_values_t = [0.8, 0.95])]
+        levels: Vec<f64>,
+        /// Rows to measure the calibration on afterwards, START..END (e.g. 11520..14400).
+        #[arg(long, value_parser = parse_row_range)]
+        check: Option<std::ops::Range<usize>>,
     },
     /// Print a model's metadata (model.json) after loading and checking it.
     Show {
@@ -410,6 +439,21 @@ pub enum ModelCommand {
     /// Internal: the child process of `model validate`. Prints one JSON line per check.
     #[command(hide = true)]
     Probe { dir: PathBuf },
+}
+
+/// `START..END` rows, END excluded and after START.
+fn parse_row_range(text: &str) -> Result<std::ops::Range<usize>, String> {
+    let (start, end) = text
+        .split_once("..")
+        .ok_or_else(|| format!("`{text}` is not START..END (e.g. 8640..11520)"))?;
+    let (start, end): (usize, usize) = (
+        start.parse().map_err(|_| format!("`{start}` is not a row number"))?,
+        end.parse().map_err(|_| format!("`{end}` is not a row number"))?,
+    );
+    if end <= start {
+        return Err(format!("`{text}`: END must be after START"));
+    }
+    Ok(start..end)
 }
 
 /// A duration in seconds: finite and above zero (a zero timeout would refuse every request).

@@ -58,6 +58,9 @@ pub fn forecast(args: ForecastArgs) -> anyhow::Result<()> {
         },
         monitoring,
     );
+    service
+        .check_intervals(&args.intervals)
+        .map_err(|e| anyhow::anyhow!(e.message.replace("`intervals", "`--intervals")))?;
     let series = parse_input(format, &content, &service.request_shape(args.max_series))
         .with_context(|| format!("reading {}", args.input.display()))?;
     // A file of many series takes minutes; one forward pass does not need a bar. indicatif draws
@@ -74,7 +77,11 @@ pub fn forecast(args: ForecastArgs) -> anyhow::Result<()> {
     };
     let mut response: Option<ForecastResponse> = None;
     for chunk in series.chunks(args.batch_size) {
-        let answer = runtime.block_on(service.forecast(chunk.to_vec(), None))?;
+        let answer = runtime.block_on(service.forecast_with_intervals(
+            chunk.to_vec(),
+            &args.intervals,
+            None,
+        ))?;
         match &mut response {
             Some(all) => all.forecasts.extend(answer.forecasts),
             None => response = Some(answer),

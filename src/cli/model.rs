@@ -21,6 +21,13 @@ pub fn run(command: ModelCommand) -> anyhow::Result<ExitCode> {
             json,
             timeout_secs,
         } => return validate(dir, json, timeout_secs),
+        ModelCommand::Calibrate {
+            dir,
+            data,
+            targets,
+            levels,
+            check,
+        } => calibrate(&dir, &data, targets, &levels, check)?,
         ModelCommand::Show { model } => {
             let model = load_model(&model, Workload::OneAtATime)?;
             println!("{}", serde_json::to_string_pretty(model.metadata())?);
@@ -66,6 +73,117 @@ pub fn run(command: ModelCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn calibrate(
+    dir: &std::path::Path,
+    data: &std::path::Path,
+    targets: std::ops::Range<usize>,
+    levels: &[f64],
+    check: Option<std::ops::Range<usize>>,
+) -> anyhow::Result<()> {
+    use lstm_forecast::model::calibrate::{backtest, coverage, split_conformal, Rows};
+    lstm_forecast::forecast::check_interval_levels(levels).map_err(|e| {
+        anyhow::anyhow!(e.message.replace("`intervals", "`--levels"))
+    })?;
+    configure_libtorch(None, Workload::OneAtATime);
+    let artifacts = DirectorySource::new(dir).read()?;
+    let model = lstm_forecast::model::Model::load(&artifacts)
+        .with_context(|| format!("loading the model in {}", dir.display()))?;
+    let features = model.metadata().input.features.clone();
+    let values = read_columns(data, &features)?;
+    let rows = Rows {
+        values: &values,
+        features: features.len(),
+    };
+    let scored = backtest(&model, &rows, targets.clone())?;
+    let name = data.file_name().map_or_else(|| data.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let label = format!(
+        "{name} rows [{}, {}) as targets, every origin: {} forecasts",
+        targets.start,
+        targets.end,
+        scored.len()
+    );
+    let calibration = split_conformal(&scored, levels, label);
+    let path = dir.join("model.json");
+    let original = std::fs::read_to_string(&path)?;
+    let rewritten = with_calibration(&original, &calibration)?;
+    // What is written must load as the same model, with the new calibration.
+    let reread = lstm_forecast::model::contract::ModelMetadata::from_json(rewritten.as_bytes())?;
+    anyhow::ensure!(
+        reread.calibration.as_ref().map(|c| c.forecasts) == Some(calibration.forecasts)
+            && reread.version == model.metadata().version,
+        "the rewritten model.json does not read back as this model with its calibration"
+    );
+    std::fs::write(&path, rewritten).with_context(|| format!("writing {}", path.display()))?;
+    println!("{}: calibrated on {} forecasts", path.display(), scored.len());
+    println!("| level | mean width | coverage on the calibration rows |");
+    println!("|---:|---:|---:|");
+    for (level, covered, width) in coverage(&calibration, &scored) {
+        println!("| {level} | {width:.3} | {covered:.3} |");
+    }
+    if let Some(check) = check {
+        let held_out = backtest(&model, &rows, check.clone())?;
+        println!(
+            "rows [{}, {}), {} forecasts:",
+            check.start,
+            check.end,
+            held_out.len()
+        );
+        println!("| level | coverage |");
+        println!("|---:|---:|");
+        for (level, covered, _) in coverage(&calibration, &held_out) {
+            println!("| {level} | {covered:.3} |");
+        }
+    }
+    Ok(())
+}
+
+/// `model_json` with `calibration` as its last field, the rest of the text untouched: parsing
+/// and printing the whole document would rewrite the other numbers' last digits.
+fn with_calibration(
+    model_json: &str,
+    calibration: &lstm_forecast::model::contract::Calibration,
+) -> anyhow::Result<String> {
+    const KEY: &str = ",\n  \"calibration\": ";
+    let document: serde_json::Value = serde_json::from_str(model_json)?;
+    let body = match model_json.find(KEY) {
+        Some(at) => &model_json[..at],
+        None if document.get("calibration").is_none() => model_json
+            .trim_end()
+            .strip_suffix('}')
+            .context("model.json does not end with `}`")?
+            .trim_end(),
+        None => bail!("model.json has a `calibration` that is not its last field; remove it and run again"),
+    };
+    let pretty = serde_json::to_string_pretty(calibration)?.replace('\n', "\n  ");
+    Ok(format!("{body}{KEY}{pretty}\n}}\n"))
+}
+
+/// The named columns of a CSV file, row-major, in the order given.
+fn read_columns(path: &std::path::Path, columns: &[String]) -> anyhow::Result<Vec<f64>> {
+    let mut reader = csv::Reader::from_path(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let headers = reader.headers()?.clone();
+    let indices: Vec<usize> = columns
+        .iter()
+        .map(|c| {
+            headers.iter().position(|h| h == c).with_context(|| {
+                format!("{} has no column `{c}` (header: {})", path.display(), headers.iter().collect::<Vec<_>>().join(","))
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut values = Vec::new();
+    for (line, record) in reader.records().enumerate() {
+        let record = record.with_context(|| format!("{} line {}", path.display(), line + 2))?;
+        for &i in &indices {
+            let cell = record.get(i).unwrap_or("");
+            values.push(cell.parse::<f64>().with_context(|| {
+                format!("{} line {}: `{cell}` is not a number", path.display(), line + 2)
+            })?);
+        }
+    }
+    Ok(values)
 }
 
 fn validate(dir: PathBuf, json: bool, timeout_secs: u64) -> anyhow::Result<ExitCode> {

@@ -10,7 +10,6 @@ use chrono::Utc;
 use serde_json::{json, Value};
 
 use super::events::InvocationError;
-use crate::forecast::ForecastResponse;
 use crate::input::{parse_input, InputFormat, StreamFormat};
 use crate::monitor::evaluate::EvaluationWindow;
 use crate::objects::{ObjectError, Precondition, S3Objects};
@@ -102,16 +101,12 @@ pub async fn batch_forecast(
     let mut lines = Vec::new();
     let mut version = service.model().metadata().version.clone();
     for chunk in series.chunks(service.limits().max_series.max(1)) {
-        let ForecastResponse { model, forecasts } = service
+        let response = service
             .forecast(chunk.to_vec(), Some(request_id))
             .await
             .map_err(|e| InvocationError::new("ForecastFailed", e.to_string()))?;
-        version = model.version.clone();
-        for forecast in forecasts {
-            let line = json!({"id": forecast.id, "values": forecast.values, "timestamps": forecast.timestamps, "model": {"name": model.name, "version": model.version}});
-            serde_json::to_writer(&mut lines, &line).expect("serialisable");
-            lines.push(b'\n');
-        }
+        version.clone_from(&response.model.version);
+        crate::service::batch::forecast_lines(&response, &mut lines);
     }
     S3Objects::new(s3.clone(), out_bucket)
         .put(&out_key, lines, "application/x-ndjson", Precondition::None)

@@ -38,6 +38,119 @@ pub struct ModelMetadata {
     /// Free-form training details (architecture, seed, ...); shown, not interpreted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training: Option<serde_json::Value>,
+    /// Prediction intervals: how far around each forecast step the truth fell, at each level, on
+    /// data the model did not train on (`lstm-forecast model calibrate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+}
+
+/// Split-conformal calibration: at each level, the interval around horizon step `k` is the
+/// forecast +- `radius[k]`, the smallest absolute error that at least that share of the
+/// calibration forecasts' errors at step `k` did not exceed (with the conformal `(n + 1)` rank).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    /// `split_conformal`, the only method this build serves.
+    pub method: String,
+    /// What the errors were measured on (data and rows), for people.
+    pub data: String,
+    /// How many forecasts (each with every horizon step) the radii rest on.
+    pub forecasts: usize,
+    /// Ascending levels.
+    pub levels: Vec<CalibratedLevel>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibratedLevel {
+    /// Share of the truth the interval should cover, in (0, 1).
+    pub level: f64,
+    /// Half-width per horizon step, in the target's units.
+    pub radius: Vec<f64>,
+}
+
+/// How close a requested level must be to a calibrated one to be served by it.
+pub const LEVEL_TOLERANCE: f64 = 1e-9;
+
+impl Calibration {
+    /// The radii calibrated for `level`, if it is one of the calibrated levels.
+    pub fn radius(&self, level: f64) -> Option<&[f64]> {
+        self.levels
+            .iter()
+            .find(|l| (l.level - level).abs() <= LEVEL_TOLERANCE)
+            .map(|l| l.radius.as_slice())
+    }
+
+    /// The calibrated levels, ascending.
+    pub fn level_values(&self) -> Vec<f64> {
+        self.levels.iter().map(|l| l.level).collect()
+    }
+
+    /// Checks a calibration for a model with `horizon` steps; `field` prefixes the error's field.
+    pub fn check(&self, horizon: usize, field: &str) -> Result<(), ContractError> {
+        if self.method != "split_conformal" {
+            return Err(field_error(
+                format!("{field}.method"),
+                format!("`{}` is not served (only `split_conformal`)", self.method),
+            ));
+        }
+        if self.forecasts == 0 {
+            return Err(field_error(
+                format!("{field}.forecasts"),
+                "must be at least 1: a calibration rests on scored forecasts",
+            ));
+        }
+        if self.levels.is_empty() {
+            return Err(field_error(format!("{field}.levels"), "must not be empty"));
+        }
+        for (i, level) in self.levels.iter().enumerate() {
+            let at = format!("{field}.levels[{i}]");
+            if !(level.level > 0.0 && level.level < 1.0) {
+                return Err(field_error(
+                    format!("{at}.level"),
+                    format!("{} is not in (0, 1)", level.level),
+                ));
+            }
+            if level.radius.len() != horizon {
+                return Err(field_error(
+                    format!("{at}.radius"),
+                    format!(
+                        "has {} values for output.horizon {horizon}",
+                        level.radius.len()
+                    ),
+                ));
+            }
+            if let Some(k) = level
+                .radius
+                .iter()
+                .position(|r| !r.is_finite() || *r < 0.0)
+            {
+                return Err(field_error(
+                    format!("{at}.radius[{k}]"),
+                    format!("{} must be finite and >= 0", level.radius[k]),
+                ));
+            }
+            if let Some(previous) = i.checked_sub(1).map(|p| &self.levels[p]) {
+                if level.level <= previous.level {
+                    return Err(field_error(
+                        format!("{at}.level"),
+                        "levels must be strictly ascending",
+                    ));
+                }
+                // A higher level whose interval is narrower would make the bands cross.
+                if let Some(k) = (0..horizon).find(|&k| level.radius[k] < previous.radius[k]) {
+                    return Err(field_error(
+                        format!("{at}.radius[{k}]"),
+                        format!(
+                            "{} is narrower than level {}'s {}: the bands would cross",
+                            level.radius[k], previous.level, previous.radius[k]
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -274,6 +387,9 @@ impl ModelMetadata {
                 "training_stats",
                 format!("statistics for `{extra}`, which is not an input feature"),
             ));
+        }
+        if let Some(calibration) = &self.calibration {
+            calibration.check(self.output.horizon, "calibration")?;
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! A loaded model: contract + preprocessing + engine, and the batched forecast path.
 
+pub mod calibrate;
 pub mod contract;
 pub mod engine;
 pub mod footprint;

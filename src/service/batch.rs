@@ -69,10 +69,13 @@ impl BatchError {
 
 /// One forecast as a JSON Lines record: what every batch output holds.
 pub fn forecast_lines(response: &ForecastResponse, out: &mut Vec<u8>) {
-    let ForecastResponse { model, forecasts } = response;
-    for forecast in forecasts {
-        let line = json!({"id": forecast.id, "values": forecast.values, "timestamps": forecast.timestamps,
-                          "model": {"name": model.name, "version": model.version}});
+    let model = &response.model;
+    for forecast in &response.forecasts {
+        let mut line = json!({"id": forecast.id, "values": forecast.values, "timestamps": forecast.timestamps,
+                              "model": {"name": model.name, "version": model.version}});
+        if !forecast.intervals.is_empty() {
+            line["intervals"] = json!(forecast.intervals);
+        }
         serde_json::to_writer(&mut *out, &line).expect("JSON values serialise");
         out.push(b'\n');
     }

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use crate::environment::Sampler;
 use crate::forecast::{
-    parse_forecast_request, ForecastResponse, RequestError, RequestShape, SeriesForecast,
-    SeriesInput,
+    check_interval_levels, check_levels_calibrated, parse_forecast_body, ErrorCode,
+    ForecastResponse, RequestError, RequestShape, SeriesForecast, SeriesInput,
 };
 use crate::infer::{InferError, InferenceHandle};
 use crate::metrics::prometheus::PrometheusSink;
@@ -220,8 +220,50 @@ impl Service {
         request_id: Option<&str>,
     ) -> Result<ForecastResponse, ServiceError> {
         let shape = self.request_shape(self.inner.limits.max_series);
-        let series = parse_forecast_request(body, &shape)?;
-        self.forecast(series, request_id).await
+        let request = parse_forecast_body(body, &shape)?;
+        self.forecast_with_intervals(request.series, &request.intervals, request_id)
+            .await
+    }
+
+    /// The interval levels `levels` checked against what the model in service is calibrated for.
+    pub fn check_intervals(&self, levels: &[f64]) -> Result<(), RequestError> {
+        check_interval_levels(levels)?;
+        check_levels_calibrated(self.model().metadata().calibration.as_ref(), levels)
+    }
+
+    /// [`Service::forecast`] with prediction intervals at `levels` around every forecast (none
+    /// when empty). A level the model is not calibrated for is refused before any work.
+    pub async fn forecast_with_intervals(
+        &self,
+        series: Vec<SeriesInput>,
+        levels: &[f64],
+        request_id: Option<&str>,
+    ) -> Result<ForecastResponse, ServiceError> {
+        if levels.is_empty() {
+            return self.forecast(series, request_id).await;
+        }
+        self.check_intervals(levels)?;
+        let model = self.model();
+        let mut response = self.forecast(series, request_id).await?;
+        // The calibration of the version that answered: a reload between the check and the
+        // answer must not put one version's intervals around another's forecasts.
+        let answered = self.model();
+        let calibration = [&answered, &model]
+            .into_iter()
+            .find(|m| m.metadata().version == response.model.version)
+            .and_then(|m| m.metadata().calibration.clone());
+        let Some(calibration) = calibration else {
+            return Err(ServiceError::Request(RequestError {
+                code: ErrorCode::UnsupportedInterval,
+                message: format!(
+                    "model version {} has no calibrated intervals; retry",
+                    response.model.version
+                ),
+            }));
+        };
+        check_levels_calibrated(Some(&calibration), levels)?;
+        response.attach_intervals(&calibration, "model.json", levels);
+        Ok(response)
     }
 
     /// Forecasts series already parsed against [`Service::request_shape`] (files, batch shards),
