@@ -611,8 +611,18 @@ impl ForecastResponse {
                 .iter()
                 .map(|&(level, radius)| Interval {
                     level,
-                    lower: forecast.values.iter().zip(radius).map(|(v, r)| v - r).collect(),
-                    upper: forecast.values.iter().zip(radius).map(|(v, r)| v + r).collect(),
+                    lower: forecast
+                        .values
+                        .iter()
+                        .zip(radius)
+                        .map(|(v, r)| v - r)
+                        .collect(),
+                    upper: forecast
+                        .values
+                        .iter()
+                        .zip(radius)
+                        .map(|(v, r)| v + r)
+                        .collect(),
                 })
                 .collect();
         }

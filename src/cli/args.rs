@@ -447,8 +447,11 @@ fn parse_row_range(text: &str) -> Result<std::ops::Range<usize>, String> {
         .split_once("..")
         .ok_or_else(|| format!("`{text}` is not START..END (e.g. 8640..11520)"))?;
     let (start, end): (usize, usize) = (
-        start.parse().map_err(|_| format!("`{start}` is not a row number"))?,
-        end.parse().map_err(|_| format!("`{end}` is not a row number"))?,
+        start
+            .parse()
+            .map_err(|_| format!("`{start}` is not a row number"))?,
+        end.parse()
+            .map_err(|_| format!("`{end}` is not a row number"))?,
     );
     if end <= start {
         return Err(format!("`{text}`: END must be after START"));

@@ -83,9 +83,8 @@ fn calibrate(
     check: Option<std::ops::Range<usize>>,
 ) -> anyhow::Result<()> {
     use lstm_forecast::model::calibrate::{backtest, coverage, split_conformal, Rows};
-    lstm_forecast::forecast::check_interval_levels(levels).map_err(|e| {
-        anyhow::anyhow!(e.message.replace("`intervals", "`--levels"))
-    })?;
+    lstm_forecast::forecast::check_interval_levels(levels)
+        .map_err(|e| anyhow::anyhow!(e.message.replace("`intervals", "`--levels")))?;
     configure_libtorch(None, Workload::OneAtATime);
     let artifacts = DirectorySource::new(dir).read()?;
     let model = lstm_forecast::model::Model::load(&artifacts)
@@ -97,7 +96,10 @@ fn calibrate(
         features: features.len(),
     };
     let scored = backtest(&model, &rows, targets.clone())?;
-    let name = data.file_name().map_or_else(|| data.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let name = data.file_name().map_or_else(
+        || data.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     let label = format!(
         "{name} rows [{}, {}) as targets, every origin: {} forecasts",
         targets.start,
@@ -116,7 +118,11 @@ fn calibrate(
         "the rewritten model.json does not read back as this model with its calibration"
     );
     std::fs::write(&path, rewritten).with_context(|| format!("writing {}", path.display()))?;
-    println!("{}: calibrated on {} forecasts", path.display(), scored.len());
+    println!(
+        "{}: calibrated on {} forecasts",
+        path.display(),
+        scored.len()
+    );
     println!("| level | mean width | coverage on the calibration rows |");
     println!("|---:|---:|---:|");
     for (level, covered, width) in coverage(&calibration, &scored) {
@@ -154,7 +160,9 @@ fn with_calibration(
             .strip_suffix('}')
             .context("model.json does not end with `}`")?
             .trim_end(),
-        None => bail!("model.json has a `calibration` that is not its last field; remove it and run again"),
+        None => bail!(
+            "model.json has a `calibration` that is not its last field; remove it and run again"
+        ),
     };
     let pretty = serde_json::to_string_pretty(calibration)?.replace('\n', "\n  ");
     Ok(format!("{body}{KEY}{pretty}\n}}\n"))
@@ -162,14 +170,18 @@ fn with_calibration(
 
 /// The named columns of a CSV file, row-major, in the order given.
 fn read_columns(path: &std::path::Path, columns: &[String]) -> anyhow::Result<Vec<f64>> {
-    let mut reader = csv::Reader::from_path(path)
-        .with_context(|| format!("reading {}", path.display()))?;
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
     let headers = reader.headers()?.clone();
     let indices: Vec<usize> = columns
         .iter()
         .map(|c| {
             headers.iter().position(|h| h == c).with_context(|| {
-                format!("{} has no column `{c}` (header: {})", path.display(), headers.iter().collect::<Vec<_>>().join(","))
+                format!(
+                    "{} has no column `{c}` (header: {})",
+                    path.display(),
+                    headers.iter().collect::<Vec<_>>().join(",")
+                )
             })
         })
         .collect::<anyhow::Result<_>>()?;
@@ -179,7 +191,11 @@ fn read_columns(path: &std::path::Path, columns: &[String]) -> anyhow::Result<Ve
         for &i in &indices {
             let cell = record.get(i).unwrap_or("");
             values.push(cell.parse::<f64>().with_context(|| {
-                format!("{} line {}: `{cell}` is not a number", path.display(), line + 2)
+                format!(
+                    "{} line {}: `{cell}` is not a number",
+                    path.display(),
+                    line + 2
+                )
             })?);
         }
     }

@@ -19,6 +19,13 @@ pub struct Rows<'a> {
     pub features: usize,
 }
 
+/// One forecast with the actuals it was for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    pub forecast: Vec<f64>,
+    pub actual: Vec<f64>,
+}
+
 /// Why a calibration could not be measured.
 #[derive(Debug, thiserror::Error)]
 pub enum CalibrateError {
@@ -34,13 +41,12 @@ pub enum CalibrateError {
     Forecast(#[from] ForecastError),
 }
 
-/// Every forecast whose targets lie in `targets` (rows), with its actuals: `(forecast, actual)`
-/// per origin, in time order.
+/// Every forecast whose targets lie in `targets` (rows), with its actuals, in time order.
 pub fn backtest(
     model: &Model,
     rows: &Rows<'_>,
     targets: Range<usize>,
-) -> Result<Vec<(Vec<f64>, Vec<f64>)>, CalibrateError> {
+) -> Result<Vec<Scored>, CalibrateError> {
     let metadata = model.metadata();
     let (window, horizon) = (metadata.input.window, metadata.output.horizon);
     let total = rows.values.len() / rows.features;
@@ -68,18 +74,21 @@ pub fn backtest(
             let actual = (t..t + horizon)
                 .map(|row| rows.values[row * rows.features + target])
                 .collect();
-            scored.push((forecast, actual));
+            scored.push(Scored { forecast, actual });
         }
     }
     Ok(scored)
 }
 
 /// The split-conformal calibration of `scored` forecasts at `levels` (ascending after sorting).
-pub fn split_conformal(scored: &[(Vec<f64>, Vec<f64>)], levels: &[f64], data: String) -> Calibration {
-    let horizon = scored.first().map_or(0, |(f, _)| f.len());
+pub fn split_conformal(scored: &[Scored], levels: &[f64], data: String) -> Calibration {
+    let horizon = scored.first().map_or(0, |s| s.forecast.len());
     let errors_by_step: Vec<Vec<f64>> = (0..horizon)
         .map(|k| {
-            let mut errors: Vec<f64> = scored.iter().map(|(f, a)| (f[k] - a[k]).abs()).collect();
+            let mut errors: Vec<f64> = scored
+                .iter()
+                .map(|s| (s.forecast[k] - s.actual[k]).abs())
+                .collect();
             errors.sort_by(f64::total_cmp);
             errors
         })
@@ -114,13 +123,13 @@ pub fn conformal_quantile(sorted: &[f64], level: f64) -> f64 {
 
 /// How `calibration`'s intervals did on `scored` forecasts: per level, the share of actuals inside
 /// and the mean width.
-pub fn coverage(calibration: &Calibration, scored: &[(Vec<f64>, Vec<f64>)]) -> Vec<(f64, f64, f64)> {
+pub fn coverage(calibration: &Calibration, scored: &[Scored]) -> Vec<(f64, f64, f64)> {
     calibration
         .levels
         .iter()
         .map(|level| {
             let (mut inside, mut points) = (0usize, 0usize);
-            for (forecast, actual) in scored {
+            for Scored { forecast, actual } in scored {
                 for ((f, a), r) in forecast.iter().zip(actual).zip(&level.radius) {
                     inside += usize::from((f - a).abs() <= *r);
                     points += 1;
@@ -148,14 +157,20 @@ mod tests {
 
     #[test]
     fn radii_are_per_step_and_widen_with_the_level() {
-        let scored: Vec<(Vec<f64>, Vec<f64>)> = (0..100)
-            .map(|i| (vec![0.0, 0.0], vec![f64::from(i) / 100.0, f64::from(i) / 10.0]))
+        let scored: Vec<Scored> = (0..100)
+            .map(|i| Scored {
+                forecast: vec![0.0, 0.0],
+                actual: vec![f64::from(i) / 100.0, f64::from(i) / 10.0],
+            })
             .collect();
         let calibration = split_conformal(&scored, &[0.95, 0.8], "test".into());
         assert_eq!(calibration.level_values(), vec![0.8, 0.95]);
         assert_eq!(calibration.forecasts, 100);
         let (r80, r95) = (&calibration.levels[0].radius, &calibration.levels[1].radius);
-        assert!((r80[0] - 0.8).abs() < 1e-12 && (r80[1] - 8.0).abs() < 1e-12, "{r80:?}");
+        assert!(
+            (r80[0] - 0.8).abs() < 1e-12 && (r80[1] - 8.0).abs() < 1e-12,
+            "{r80:?}"
+        );
         assert!(r95[0] > r80[0] && r95[1] > r80[1]);
         calibration.check(2, "calibration").unwrap();
         let covered = coverage(&calibration, &scored);

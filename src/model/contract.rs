@@ -120,11 +120,7 @@ impl Calibration {
                     ),
                 ));
             }
-            if let Some(k) = level
-                .radius
-                .iter()
-                .position(|r| !r.is_finite() || *r < 0.0)
-            {
+            if let Some(k) = level.radius.iter().position(|r| !r.is_finite() || *r < 0.0) {
                 return Err(field_error(
                     format!("{at}.radius[{k}]"),
                     format!("{} must be finite and >= 0", level.radius[k]),
