@@ -36,7 +36,13 @@ impl From<InvocationError> for Diagnostic {
 #[serde(tag = "action", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ScheduledAction {
     /// Reads series from `input` (CSV or JSON Lines on S3) and writes forecasts to `output`.
-    BatchForecast { input: String, output: String },
+    BatchForecast {
+        input: String,
+        output: String,
+        /// Interval levels around every forecast, as in a request's `intervals`.
+        #[serde(default)]
+        intervals: Vec<f64>,
+    },
     /// One shard from a Distributed Map without an ItemBatcher: the `listObjectsV2` item's fields
     /// next to the `bucket` and the run's `output` prefix (added by the map's ItemSelector).
     BatchForecastShard {
@@ -52,6 +58,8 @@ pub enum ScheduledAction {
         _last_modified: Option<Value>,
         #[serde(rename = "StorageClass", default)]
         _storage_class: Option<Value>,
+        #[serde(default)]
+        intervals: Vec<f64>,
     },
     /// Writes a run's manifest, once its shards are done: which shards under `input` have an
     /// output under `output`, which failed and which are missing.
@@ -82,6 +90,9 @@ pub struct ShardBatchInput {
     pub action: ShardAction,
     pub bucket: String,
     pub output: String,
+    /// Interval levels around every forecast, as in a request's `intervals`.
+    #[serde(default)]
+    pub intervals: Vec<f64>,
 }
 
 /// The one action a shard batch may carry.

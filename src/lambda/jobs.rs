@@ -79,10 +79,14 @@ pub async fn batch_forecast(
     s3: &aws_sdk_s3::Client,
     input: &str,
     output: &str,
+    intervals: &[f64],
     request_id: &str,
 ) -> Result<Value, InvocationError> {
     let started = Instant::now();
     let bad = |m: String| InvocationError::new("InvalidInput", m);
+    service
+        .check_intervals(intervals)
+        .map_err(|e| bad(e.message))?;
     let (in_bucket, in_key) = crate::aws::parse_s3_url(input)
         .ok_or_else(|| bad(format!("input `{input}` is not an s3:// URL")))?;
     let (out_bucket, out_key) = crate::aws::parse_s3_url(output)
@@ -102,7 +106,7 @@ pub async fn batch_forecast(
     let mut version = service.model().metadata().version.clone();
     for chunk in series.chunks(service.limits().max_series.max(1)) {
         let response = service
-            .forecast(chunk.to_vec(), Some(request_id))
+            .forecast_with_intervals(chunk.to_vec(), intervals, Some(request_id))
             .await
             .map_err(|e| InvocationError::new("ForecastFailed", e.to_string()))?;
         version.clone_from(&response.model.version);
@@ -133,6 +137,8 @@ pub struct ShardJob {
     pub bucket: String,
     pub keys: Vec<String>,
     pub output: String,
+    /// Interval levels around every forecast (none when empty).
+    pub intervals: Vec<f64>,
 }
 
 /// Where a job may read and write, and how it cuts its output.
@@ -307,6 +313,9 @@ pub async fn forecast_shards(
     request_id: &str,
 ) -> Result<Value, InvocationError> {
     let (out_bucket, out_key) = output_folder(&job.output, limits.output_prefix)?;
+    service
+        .check_intervals(&job.intervals)
+        .map_err(|e| InvocationError::new("InvalidInput", e.message))?;
     let outputs = S3Objects::new(s3.clone(), out_bucket);
     let mut results = Vec::with_capacity(job.keys.len());
     let (mut series, mut failed, mut transient) = (0, 0, Vec::new());
@@ -323,6 +332,7 @@ pub async fn forecast_shards(
                     &outputs,
                     &output_key,
                     limits.stream,
+                    &job.intervals,
                     request_id,
                 )
                 .await
@@ -405,6 +415,7 @@ async fn forecast_shard(
     outputs: &S3Objects,
     output_key: &str,
     options: StreamOptions,
+    intervals: &[f64],
     request_id: &str,
 ) -> Result<StreamSummary, ShardFailure> {
     let started = Instant::now();
@@ -434,9 +445,10 @@ async fn forecast_shard(
         }
         (upload, Ok(()))
     });
-    let streamed =
-        crate::service::batch::forecast_stream(service, reader, format, options, parts, request_id)
-            .await;
+    let streamed = crate::service::batch::forecast_stream(
+        service, reader, format, options, intervals, parts, request_id,
+    )
+    .await;
     let (upload, uploaded) = uploader
         .await
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()));

@@ -287,12 +287,14 @@ impl LambdaApp {
                     action: events::ShardAction::BatchForecastShard,
                     bucket,
                     output,
+                    intervals,
                 } = batch.batch_input;
                 let keys = batch.items.into_iter().map(|item| item.key).collect();
                 let job = jobs::ShardJob {
                     bucket,
                     keys,
                     output,
+                    intervals,
                 };
                 jobs::forecast_shards(
                     &self.service,
@@ -353,7 +355,11 @@ impl LambdaApp {
         request_id: &str,
     ) -> Result<Value, InvocationError> {
         match action {
-            ScheduledAction::BatchForecast { input, output } => {
+            ScheduledAction::BatchForecast {
+                input,
+                output,
+                intervals,
+            } => {
                 jobs::confine(&input, self.config.batch_input_prefix.as_deref(), "input")?;
                 jobs::confine(
                     &output,
@@ -361,18 +367,21 @@ impl LambdaApp {
                     "output",
                 )?;
                 let s3 = self.clients.s3().current();
-                jobs::batch_forecast(&self.service, &s3, &input, &output, request_id).await
+                jobs::batch_forecast(&self.service, &s3, &input, &output, &intervals, request_id)
+                    .await
             }
             ScheduledAction::BatchForecastShard {
                 bucket,
                 output,
                 key,
+                intervals,
                 ..
             } => {
                 let job = jobs::ShardJob {
                     bucket,
                     keys: vec![key],
                     output,
+                    intervals,
                 };
                 jobs::forecast_shards(
                     &self.service,

@@ -83,7 +83,7 @@ pub fn forecast_lines(response: &ForecastResponse, out: &mut Vec<u8>) {
 
 type InFlight = JoinHandle<Result<ForecastResponse, ServiceError>>;
 
-/// Forecasts every series of `input` and sends the JSON Lines output to `parts` in parts of
+/// Forecasts every series of `input` (with intervals at `intervals`, none when empty) and sends the JSON Lines output to `parts` in parts of
 /// `options.part_bytes` (at least one part, even for a shard whose every line is blank, so the
 /// caller always has an object to complete or abort).
 ///
@@ -93,6 +93,7 @@ pub async fn forecast_stream<R: AsyncBufRead + Unpin>(
     mut input: R,
     format: StreamFormat,
     options: StreamOptions,
+    intervals: &[f64],
     parts: mpsc::Sender<Vec<u8>>,
     request_id: &str,
 ) -> Result<StreamSummary, BatchError> {
@@ -131,7 +132,7 @@ pub async fn forecast_stream<R: AsyncBufRead + Unpin>(
         };
         chunk.extend(completed);
         if chunk.len() == chunk_series || (ended && !chunk.is_empty()) {
-            let next = spawn_forecast(service, std::mem::take(&mut chunk), request_id);
+            let next = spawn_forecast(service, std::mem::take(&mut chunk), intervals, request_id);
             chunk.reserve(chunk_series);
             if let Some(previous) = in_flight.replace(next) {
                 output.write(collect(previous, &mut summary).await?).await?;
@@ -151,10 +152,16 @@ pub async fn forecast_stream<R: AsyncBufRead + Unpin>(
 fn spawn_forecast(
     service: &Service,
     chunk: Vec<crate::forecast::SeriesInput>,
+    intervals: &[f64],
     request_id: &str,
 ) -> InFlight {
-    let (service, request_id) = (service.clone(), request_id.to_owned());
-    tokio::spawn(async move { service.forecast(chunk, Some(&request_id)).await })
+    let (service, intervals, request_id) =
+        (service.clone(), intervals.to_vec(), request_id.to_owned());
+    tokio::spawn(async move {
+        service
+            .forecast_with_intervals(chunk, &intervals, Some(&request_id))
+            .await
+    })
 }
 
 async fn collect(

@@ -1,0 +1,285 @@
+//! Prediction intervals: the calibration in model.json, asked for by level over HTTP, Lambda, the
+//! CLI and batch shards; bad levels refused with the field named.
+
+mod common;
+
+use common::emulators::{event, Function, LambdaEmulator, Moto};
+use common::shards::{
+    batch_env, csv_shard, item_batches, put, text, BUCKET, INPUT_PREFIX, OUTPUT_PREFIX,
+};
+use common::{repo_path, window, TestServer};
+use serde_json::{json, Value};
+
+/// The radii the bundled model.json calibrates, by level.
+fn bundled_radii() -> Vec<(f64, Vec<f64>)> {
+    let metadata: Value = serde_json::from_slice(
+        &std::fs::read(repo_path("model_artifacts/etth1-ot-lstm/model.json")).unwrap(),
+    )
+    .unwrap();
+    metadata["calibration"]["levels"]
+        .as_array()
+        .expect("the bundled model is calibrated")
+        .iter()
+        .map(|l| (l["level"].as_f64().unwrap(), common::f64s(&l["radius"])))
+        .collect()
+}
+
+/// Checks a forecast's intervals: the levels asked for, in order, each `value -+ radius`.
+fn assert_calibrated_intervals(forecast: &Value, levels: &[f64]) {
+    let values = common::f64s(&forecast["values"]);
+    let intervals = forecast["intervals"].as_array().expect("intervals");
+    assert_eq!(intervals.len(), levels.len(), "{forecast}");
+    let radii = bundled_radii();
+    for (interval, level) in intervals.iter().zip(levels) {
+        assert_eq!(interval["level"].as_f64(), Some(*level));
+        let radius = &radii.iter().find(|(l, _)| l == level).unwrap().1;
+        let (lower, upper) = (
+            common::f64s(&interval["lower"]),
+            common::f64s(&interval["upper"]),
+        );
+        for k in 0..values.len() {
+            assert!(
+                lower[k] <= values[k] && values[k] <= upper[k],
+                "step {k}: {interval}"
+            );
+            assert!((upper[k] - values[k] - radius[k]).abs() < 1e-9);
+            assert!((values[k] - lower[k] - radius[k]).abs() < 1e-9);
+        }
+    }
+}
+
+async fn post(server: &TestServer, body: &Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(server.url("/v1/forecast"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_request_gets_calibrated_intervals_at_the_levels_it_asks_for() {
+    let server = TestServer::bundled().await;
+    let series = json!([{"id": "a", "values": window(0.0)}, {"id": "b", "values": window(1.5)}]);
+    let (status, answer) = post(
+        &server,
+        &json!({"series": series, "intervals": [0.95, 0.8]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    for forecast in answer["forecasts"].as_array().unwrap() {
+        assert_calibrated_intervals(forecast, &[0.95, 0.8]);
+    }
+    assert_eq!(answer["calibration"]["source"], "model.json");
+    assert_eq!(answer["calibration"]["forecasts"], 2857);
+    // Without `intervals`, the answer is exactly as before.
+    let (_, plain) = post(&server, &json!({"series": series})).await;
+    assert!(plain.get("calibration").is_none());
+    assert!(plain["forecasts"][0].get("intervals").is_none());
+    assert_eq!(
+        plain["forecasts"][0]["values"],
+        answer["forecasts"][0]["values"]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_levels_are_400s_that_name_the_field_and_uncalibrated_ones_422s() {
+    let server = TestServer::bundled().await;
+    let series = json!([{"values": window(0.0)}]);
+    for (intervals, needle) in [
+        (json!([0.8, 95]), "`intervals[1]` is 95"),
+        (json!([0.8, "0.95"]), "`intervals[1]` must be a number"),
+        (json!([0.8, 0.8]), "`intervals[1]` repeats 0.8"),
+        (json!([0.0]), "`intervals[0]` is 0"),
+        (json!(0.8), "`intervals` must be an array"),
+        (
+            json!([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]),
+            "at most 8",
+        ),
+    ] {
+        let (status, answer) =
+            post(&server, &json!({"series": series, "intervals": intervals})).await;
+        assert_eq!(status, 400, "{intervals}: {answer}");
+        assert_eq!(answer["error"]["code"], "invalid_interval");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{intervals}: {message}");
+    }
+    let (status, answer) = post(&server, &json!({"series": series, "intervals": [0.8, 0.5]})).await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["error"]["code"], "unsupported_interval");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`intervals[1]` (0.5)") && message.contains("[0.8, 0.95]"),
+        "{message}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_lambda_api_event_gets_the_same_intervals() {
+    let emulator = LambdaEmulator::start();
+    let _function = Function::start(&emulator, &[]);
+    let mut request = event("apigw-v2-forecast.json");
+    let mut body: Value = serde_json::from_str(request["body"].as_str().unwrap()).unwrap();
+    body["intervals"] = json!([0.8]);
+    request["body"] = json!(body.to_string());
+    let (_, response) = emulator.invoke(&request).await;
+    assert_eq!(response["statusCode"], 200, "{response}");
+    let answer: Value = serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
+    assert_calibrated_intervals(&answer["forecasts"][0], &[0.8]);
+    body["intervals"] = json!([0.5]);
+    request["body"] = json!(body.to_string());
+    let (_, response) = emulator.invoke(&request).await;
+    assert_eq!(response["statusCode"], 422, "{response}");
+}
+
+#[test]
+fn the_cli_forecasts_with_intervals_and_names_a_bad_level() {
+    let csv = repo_path("model_artifacts/data/ETTh1.csv");
+    let run = |levels: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
+            .args([
+                "forecast",
+                "--input",
+                csv.to_str().unwrap(),
+                "--intervals",
+                levels,
+            ])
+            .env("THREADS", "1")
+            .output()
+            .unwrap()
+    };
+    let output = run("0.8,0.95");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_calibrated_intervals(&answer["forecasts"][0], &[0.8, 0.95]);
+    let refused = run("0.8,1.5");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("`--intervals[1]` is 1.5"), "{stderr}");
+}
+
+#[test]
+fn the_bundled_calibration_is_what_model_calibrate_measures_on_the_validation_split() {
+    // Recalibrating a copy of the bundled model reproduces its model.json exactly: the committed
+    // radii are measured, not typed in.
+    let dir = tempfile::tempdir().unwrap();
+    let source = repo_path("model_artifacts/etth1-ot-lstm");
+    for file in ["model.pt", "model.json"] {
+        std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
+    }
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
+        .args(["model", "calibrate", dir.path().to_str().unwrap(), "--data"])
+        .arg(repo_path("model_artifacts/data/ETTh1.csv"))
+        .args(["--targets", "8640..11520", "--check", "11520..14400"])
+        .env("THREADS", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("model.json")).unwrap(),
+        std::fs::read_to_string(source.join("model.json")).unwrap()
+    );
+    // Static calibration over-covers the test split (its errors are smaller than validation's):
+    // the reason for online recalibration.
+    let test_80: f64 = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("rows [11520, 14400)"))
+        .find(|l| l.starts_with("| 0.8 |"))
+        .and_then(|l| l.split('|').nth(2))
+        .map(|c| c.trim().parse().unwrap())
+        .expect("coverage on the test split");
+    assert!((0.85..0.95).contains(&test_80), "{stdout}");
+}
+
+#[test]
+fn malformed_calibrations_are_refused_by_model_validate_with_the_field_named() {
+    let source = repo_path("model_artifacts/etth1-ot-lstm");
+    let good: Value =
+        serde_json::from_slice(&std::fs::read(source.join("model.json")).unwrap()).unwrap();
+    let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+        (
+            Box::new(|m| {
+                m["calibration"]["levels"][0]["radius"]
+                    .as_array_mut()
+                    .unwrap()
+                    .truncate(23)
+            }),
+            "calibration.levels[0].radius",
+        ),
+        (
+            Box::new(|m| m["calibration"]["levels"][1]["radius"][3] = json!(-1.0)),
+            "calibration.levels[1].radius[3]",
+        ),
+        (
+            Box::new(|m| m["calibration"]["levels"][1]["level"] = json!(1.0)),
+            "calibration.levels[1].level",
+        ),
+        (
+            Box::new(|m| m["calibration"]["levels"][1]["radius"][0] = json!(0.1)),
+            "the bands would cross",
+        ),
+        (
+            Box::new(|m| m["calibration"]["method"] = json!("bootstrap")),
+            "calibration.method",
+        ),
+    ];
+    for (break_it, needle) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(source.join("model.pt"), dir.path().join("model.pt")).unwrap();
+        let mut metadata = good.clone();
+        break_it(&mut metadata);
+        std::fs::write(dir.path().join("model.json"), metadata.to_string()).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
+            .args(["model", "validate", dir.path().to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(!output.status.success(), "{needle}: accepted\n{stdout}");
+        assert!(stdout.contains(needle), "{needle}: {stdout}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batch_shards_carry_the_intervals_their_batch_asks_for() {
+    let moto = Moto::start();
+    let s3 = moto.create_bucket(BUCKET).await;
+    let key = format!("{INPUT_PREFIX}run-i/a.csv");
+    put(&s3, &key, csv_shard("i", 5)).await;
+    let emulator = LambdaEmulator::start();
+    let mut env = moto.env();
+    env.extend(batch_env());
+    let _function = Function::start(&emulator, &env);
+    let output = format!("s3://{BUCKET}/{OUTPUT_PREFIX}run-i/");
+    let mut batch = item_batches(&[json!({"Key": key})], 1, &output).remove(0);
+    batch["BatchInput"]["intervals"] = json!([0.8, 0.95]);
+    let (status, result) = emulator.invoke(&batch).await;
+    assert_eq!((status, &result["series"]), (200, &json!(5)), "{result}");
+    let body = text(&s3, &format!("{OUTPUT_PREFIX}run-i/a.csv.jsonl"))
+        .await
+        .unwrap();
+    for line in body.lines() {
+        assert_calibrated_intervals(&serde_json::from_str(line).unwrap(), &[0.8, 0.95]);
+    }
+    batch["BatchInput"]["intervals"] = json!([0.5]);
+    let (_, refused) = emulator.invoke(&batch).await;
+    assert_eq!(refused["errorType"], "InvalidInput", "{refused}");
+    assert!(
+        refused["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("[0.8, 0.95]"),
+        "{refused}"
+    );
+}
