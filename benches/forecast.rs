@@ -29,6 +29,7 @@ fn main() {
         support::image::table();
         return;
     }
+    let only_intervals = std::env::var("BENCH_ONLY").as_deref() == Ok("intervals");
     configure_libtorch(
         Some(THREADS),
         lstm_forecast::model::engine::Workload::OneAtATime,
@@ -44,6 +45,10 @@ fn main() {
         m
     };
     let windows: Vec<Vec<f64>> = (0..64).map(window).collect();
+    if only_intervals {
+        intervals_table(&model, &windows);
+        return;
+    }
     let mut rows = Vec::new();
 
     for (batch, rounds, per_round) in [(1usize, 20, 100), (64, 10, 20)] {
@@ -141,6 +146,7 @@ fn main() {
 
     let path_single_p50 = rows[1].p50;
     let monitoring = monitoring_bench(&model, &windows, path_single_p50);
+    intervals_table(&model, &windows);
     let lambda = lambda_bench();
     // 11 starts: on this shared VM a median of 5 moved by 50 ms from one run to the next.
     const COLD_STARTS: usize = 11;
@@ -250,6 +256,76 @@ fn main() {
 /// and actuals, already evaluated, whose actuals came in hour by hour (each in the arrival
 /// partition of its wall-clock hour, as in production); then 10 more hours arrive (10 forecasts of one series a run,
 /// origins an hour apart, and their actuals) and are evaluated. Median of 3 such increments.
+/// What intervals add to the forecast path: the path and its answer, with and without intervals
+/// at 0.8 and 0.95 from the bundled calibration, in alternating blocks.
+fn intervals_table(model: &Model, windows: &[Vec<f64>]) {
+    use lstm_forecast::forecast::{ForecastResponse, SeriesInput};
+    let metadata = model.metadata();
+    let calibration = metadata
+        .calibration
+        .as_ref()
+        .expect("the bundled model is calibrated");
+    println!();
+    println!("## Prediction intervals on the forecast path (issue 18)");
+    println!();
+    println!("| series | path + answer, p50 | with intervals 0.8, 0.95, p50 | ratio | the intervals alone, p50 | share of the path |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (batch, rounds, per_round) in [(1usize, 20, 100), (64, 10, 20)] {
+        let inputs: Vec<SeriesInput> = windows[..batch]
+            .iter()
+            .map(|w| SeriesInput {
+                id: None,
+                values: w.clone(),
+                last_timestamp: None,
+            })
+            .collect();
+        let answer = |intervals: bool| {
+            let outputs = model.forecast(&windows[..batch]).unwrap();
+            let mut response = ForecastResponse::new(metadata, &inputs, outputs);
+            if intervals {
+                response.attach_intervals(calibration, "model.json", &[0.8, 0.95]);
+            }
+            std::hint::black_box(response);
+        };
+        let (mut plain, mut with, mut alone) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..3 {
+            answer(true);
+        }
+        // Sample by sample, alternating, so the machine's drift hits both alike.
+        for _ in 0..rounds * per_round {
+            for (samples, intervals) in [(&mut plain, false), (&mut with, true)] {
+                let t = Instant::now();
+                answer(intervals);
+                samples.push(t.elapsed());
+            }
+        }
+        let outputs = model.forecast(&windows[..batch]).unwrap();
+        let response = ForecastResponse::new(metadata, &inputs, outputs);
+        for _ in 0..1000 {
+            let mut copy = response.clone();
+            let t = Instant::now();
+            copy.attach_intervals(calibration, "model.json", &[0.8, 0.95]);
+            alone.push(t.elapsed());
+            std::hint::black_box(copy);
+        }
+        let (p, w, a) = (
+            percentile(&plain, 0.5),
+            percentile(&with, 0.5),
+            percentile(&alone, 0.5),
+        );
+        println!(
+            "| {batch} | {} | {} | {:.3}x | {} | {:.2}% |",
+            fmt(p),
+            fmt(w),
+            w.as_secs_f64() / p.as_secs_f64(),
+            fmt(a),
+            100.0 * a.as_secs_f64() / p.as_secs_f64()
+        );
+    }
+    println!();
+    println!("Target (issue 18): intervals add <= 5% to the forecast path p50.");
+}
+
 fn evaluation_table() {
     use lstm_forecast::metrics::Telemetry;
     use lstm_forecast::monitor::evaluate::{run_evaluation, EvaluationWindow};
