@@ -208,38 +208,41 @@ fn malformed_calibrations_are_refused_by_model_validate_with_the_field_named() {
     let source = repo_path("model_artifacts/etth1-ot-lstm");
     let good: Value =
         serde_json::from_slice(&std::fs::read(source.join("model.json")).unwrap()).unwrap();
-    let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+    let mut short = good["calibration"]["levels"][0]["radius"].clone();
+    short.as_array_mut().unwrap().truncate(23);
+    // (where, what it becomes, what the refusal names)
+    let cases = [
         (
-            Box::new(|m| {
-                m["calibration"]["levels"][0]["radius"]
-                    .as_array_mut()
-                    .unwrap()
-                    .truncate(23)
-            }),
+            "/calibration/levels/0/radius",
+            short,
             "calibration.levels[0].radius",
         ),
         (
-            Box::new(|m| m["calibration"]["levels"][1]["radius"][3] = json!(-1.0)),
+            "/calibration/levels/1/radius/3",
+            json!(-1.0),
             "calibration.levels[1].radius[3]",
         ),
         (
-            Box::new(|m| m["calibration"]["levels"][1]["level"] = json!(1.0)),
+            "/calibration/levels/1/level",
+            json!(1.0),
             "calibration.levels[1].level",
         ),
         (
-            Box::new(|m| m["calibration"]["levels"][1]["radius"][0] = json!(0.1)),
+            "/calibration/levels/1/radius/0",
+            json!(0.1),
             "the bands would cross",
         ),
         (
-            Box::new(|m| m["calibration"]["method"] = json!("bootstrap")),
+            "/calibration/method",
+            json!("bootstrap"),
             "calibration.method",
         ),
     ];
-    for (break_it, needle) in cases {
+    for (pointer, broken, needle) in cases {
         let dir = tempfile::tempdir().unwrap();
         std::fs::copy(source.join("model.pt"), dir.path().join("model.pt")).unwrap();
         let mut metadata = good.clone();
-        break_it(&mut metadata);
+        *metadata.pointer_mut(pointer).unwrap() = broken;
         std::fs::write(dir.path().join("model.json"), metadata.to_string()).unwrap();
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
             .args(["model", "validate", dir.path().to_str().unwrap()])

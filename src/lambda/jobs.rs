@@ -325,17 +325,12 @@ pub async fn forecast_shards(
         let outcome = match confine(&input, limits.input_prefix, "input") {
             Ok(()) => {
                 let inputs = S3Objects::new(s3.clone(), job.bucket.clone());
-                forecast_shard(
-                    service,
-                    &inputs,
-                    key,
-                    &outputs,
-                    &output_key,
-                    limits.stream,
-                    &job.intervals,
+                let how = ShardRun {
+                    stream: limits.stream,
+                    intervals: &job.intervals,
                     request_id,
-                )
-                .await
+                };
+                forecast_shard(service, (&inputs, key), (&outputs, &output_key), &how).await
             }
             Err(refused) => Err(ShardFailure {
                 kind: refused.kind,
@@ -408,16 +403,25 @@ impl ShardFailure {
     }
 }
 
+/// How every shard of one invocation is run.
+struct ShardRun<'a> {
+    stream: StreamOptions,
+    intervals: &'a [f64],
+    request_id: &'a str,
+}
+
+/// Streams the shard at `(inputs, key)` into a multipart upload at `(outputs, output_key)`.
 async fn forecast_shard(
     service: &Service,
-    inputs: &S3Objects,
-    key: &str,
-    outputs: &S3Objects,
-    output_key: &str,
-    options: StreamOptions,
-    intervals: &[f64],
-    request_id: &str,
+    (inputs, key): (&S3Objects, &str),
+    (outputs, output_key): (&S3Objects, &str),
+    how: &ShardRun<'_>,
 ) -> Result<StreamSummary, ShardFailure> {
+    let ShardRun {
+        stream: options,
+        intervals,
+        request_id,
+    } = *how;
     let started = Instant::now();
     let input = format!("s3://{}/{key}", inputs.bucket());
     let output = format!("s3://{}/{output_key}", outputs.bucket());
