@@ -220,7 +220,7 @@ fn the_forecast_log_lines_the_function_writes_are_what_the_template_delivers_to_
         .with_timezone(&chrono::Utc);
     let line = serde_json::json!({ key: lstm_forecast::monitor::store::ForecastRecord {
         series_id: "s".into(), origin, last_value: 1.0, timestamps: vec![], values: vec![],
-        model: "m".into(), model_version: "1".into(), request_id: None, created_at: origin,
+        model: "m".into(), model_version: "1".into(), request_id: None, created_at: origin, intervals_calibration: None,
     }});
     assert_eq!(
         &line[key]["origin"].as_str().unwrap()[0..13],

@@ -500,6 +500,7 @@ fn hourly_record(series: &str, values: &[f64]) -> lstm_forecast::monitor::store:
         model_version: "1".into(),
         request_id: None,
         created_at: chrono::Utc::now(),
+        intervals_calibration: None,
     }
 }
 

@@ -110,6 +110,15 @@ pub struct EvaluateArgs {
     #[arg(long, env = "EVALUATION_SPAN_HOURS", default_value_t = 168, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
     pub span_hours: i64,
 
+    /// Most recent scored errors kept per model version and horizon step, from which the
+    /// intervals are recalibrated (`state/calibration.json`; served once each step has 30).
+    #[arg(long, env = "RECALIBRATION_WINDOW", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub recalibration_window: u64,
+
+    /// Interval levels the online calibration serves, comma-separated, each in (0, 1).
+    #[arg(long, env = "INTERVAL_LEVELS", value_delimiter = ',', default_values_t = [0.8, 0.95])]
+    pub interval_levels: Vec<f64>,
+
     #[command(flatten)]
     pub metrics: MetricsArgs,
 

@@ -114,6 +114,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             );
             tokio::spawn(follower.run(stopped()))
         });
+        // Intervals follow the calibration `evaluate` publishes, on the same poll as the model.
+        let calibration = (args.reload_interval_seconds > 0 && service.forecast_log().is_some())
+            .then(|| {
+                tokio::spawn(lstm_forecast::service::follow::follow_calibration(
+                    service.clone(),
+                    Duration::from_secs(args.reload_interval_seconds),
+                    stopped(),
+                ))
+            });
         // Push sinks and the forecast log ship on a period and once more at shutdown.
         let background = tokio::spawn(flush_periodically(
             service.clone(),
@@ -147,8 +156,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("serving HTTP");
         let _ = stop_background.send(true);
         let _ = background.await;
-        if let Some(follower) = follower {
-            let _ = follower.await;
+        for task in [follower, calibration].into_iter().flatten() {
+            let _ = task.await;
         }
         if let Some(sink) = composed.cloudwatch {
             if sink.pending() > 0 {

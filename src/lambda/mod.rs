@@ -254,6 +254,9 @@ impl LambdaApp {
             if let Some(follower) = &self.follower {
                 follower.check_if_due().await;
             }
+            self.service
+                .refresh_calibration_if_due(self.config.alias_check_interval)
+                .await;
             let result = self.dispatch(payload, context).await;
             self.service.record_cpu_share();
             // Lambda may freeze the sandbox right after the answer: ship metrics and logs now.

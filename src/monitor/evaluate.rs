@@ -14,6 +14,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 use super::accuracy::{bucket_of, horizon_buckets, Accumulator, Scores};
+use super::calibration::{OnlineCalibrations, ScoredError};
 use super::observations::Observation;
 use super::store::{
     AccuracyStore, EvaluationState, ForecastRecord, Quarantined, SettledPair, StoreError,
@@ -54,6 +55,11 @@ pub struct Evaluation {
     pub by_version: BTreeMap<String, VersionScores>,
     #[serde(skip)]
     pub chart_series: Option<ChartSeries>,
+    /// Every scored pair's absolute error, for the online calibration of intervals.
+    #[serde(skip)]
+    pub scored_errors: Vec<ScoredError>,
+    /// Versions whose intervals the online calibration now serves (see [`Recalibration`]).
+    pub recalibrated: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -126,6 +132,7 @@ pub fn evaluate(increment: &Increment) -> (Evaluation, Vec<(DateTime<Utc>, Settl
     let mut groups: BTreeMap<String, (String, Accumulator, BTreeMap<String, Accumulator>)> =
         BTreeMap::new();
     let mut newly_settled = Vec::new();
+    let mut scored_errors = Vec::new();
     let (mut scored, mut pending, mut pairs, mut missing) = (0, 0, 0, 0);
     let mut per_series: HashMap<&str, Vec<&ForecastRecord>> = HashMap::new();
     let mut seen_forecasts = HashSet::new();
@@ -167,6 +174,12 @@ pub fn evaluate(increment: &Increment) -> (Evaluation, Vec<(DateTime<Utc>, Settl
                         .add(*forecast, actual, record.last_value);
                     pairs += 1;
                     matched = true;
+                    scored_errors.push(ScoredError {
+                        model_version: record.model_version.clone(),
+                        step,
+                        at: *timestamp,
+                        error: (forecast - actual).abs(),
+                    });
                     Some(actual)
                 }
                 None if due_until.is_some_and(|due| *timestamp <= due) => {
@@ -259,6 +272,8 @@ pub fn evaluate(increment: &Increment) -> (Evaluation, Vec<(DateTime<Utc>, Settl
         quarantined: Vec::new(),
         by_version,
         chart_series,
+        scored_errors,
+        recalibrated: Vec::new(),
     };
     (evaluation, newly_settled)
 }
@@ -544,14 +559,45 @@ fn origin_hours(
     merge_hours(intervals)
 }
 
-/// Reads the actuals that arrived since the last run and the forecasts they can complete, scores
-/// the pairs, marks them settled, records the accuracy metrics, writes the report and moves the
-/// watermark. The cost follows what arrived, not the history.
+/// How the online calibration of intervals follows the scored errors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recalibration {
+    /// Most recent errors kept per model version and horizon step.
+    pub window: usize,
+    /// Levels the published calibration serves.
+    pub levels: Vec<f64>,
+}
+
+impl Default for Recalibration {
+    /// 120 errors per step: five days of hourly targets, short enough to follow a season's
+    /// change within a week (see README, "Prediction intervals").
+    fn default() -> Self {
+        Recalibration {
+            window: 120,
+            levels: vec![0.8, 0.95],
+        }
+    }
+}
+
+/// [`run_evaluation_with`] with the default [`Recalibration`].
 pub async fn run_evaluation(
     store: &AccuracyStore,
     telemetry: &Telemetry,
     now: DateTime<Utc>,
     window: EvaluationWindow,
+) -> Result<EvaluationRun, StoreError> {
+    run_evaluation_with(store, telemetry, now, window, &Recalibration::default()).await
+}
+
+/// Reads the actuals that arrived since the last run and the forecasts they can complete, scores
+/// the pairs, marks them settled, records the accuracy metrics, recalibrates the intervals,
+/// writes the report and moves the watermark. The cost follows what arrived, not the history.
+pub async fn run_evaluation_with(
+    store: &AccuracyStore,
+    telemetry: &Telemetry,
+    now: DateTime<Utc>,
+    window: EvaluationWindow,
+    recalibration: &Recalibration,
 ) -> Result<EvaluationRun, StoreError> {
     let state = store.evaluation_state().await?;
     let after = state.actuals_read_until;
@@ -620,6 +666,22 @@ pub async fn run_evaluation(
     // scores nothing twice.
     store.append_settled(&newly_settled, now).await?;
     evaluation.record(telemetry);
+    if !evaluation.scored_errors.is_empty() {
+        let mut online: OnlineCalibrations = store.online_calibrations().await?;
+        online.update(
+            &evaluation.scored_errors,
+            recalibration.window,
+            &recalibration.levels,
+            now,
+        );
+        store.set_online_calibrations(&online).await?;
+        evaluation.recalibrated = online
+            .versions
+            .iter()
+            .filter(|(_, v)| v.calibration.is_some())
+            .map(|(name, _)| name.clone())
+            .collect();
+    }
     let report_json = serde_json::to_vec_pretty(&serde_json::json!({
         "generated_at": now,
         "store": store.uri(),
@@ -695,6 +757,7 @@ mod tests {
             model_version: version.into(),
             request_id: None,
             created_at: t(origin),
+            intervals_calibration: None,
         }
     }
 

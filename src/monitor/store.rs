@@ -12,6 +12,7 @@
 //!                                                                  already scored or counted missing
 //! PREFIX/state/evaluation.json                                      the evaluation's watermark
 //! PREFIX/state/scores.json                                          each version's latest score
+//! PREFIX/state/calibration.json                                     recent errors, online interval calibration
 //! PREFIX/reports/<time>/report.json, chart.svg                      evaluation reports
 //! ```
 //!
@@ -50,6 +51,10 @@ pub struct ForecastRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// Which calibration the forecast's intervals came from (`online` or `model.json`), when it
+    /// was asked for intervals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intervals_calibration: Option<String>,
 }
 
 impl ForecastRecord {
@@ -511,6 +516,21 @@ impl AccuracyStore {
 
     pub async fn set_evaluation_state(&self, state: &EvaluationState) -> Result<(), StoreError> {
         self.write_state("evaluation.json", state).await
+    }
+
+    /// The rolling windows of scored errors and the interval calibrations they give
+    /// (`state/calibration.json`, see [`super::calibration`]).
+    pub async fn online_calibrations(
+        &self,
+    ) -> Result<super::calibration::OnlineCalibrations, StoreError> {
+        self.read_state("calibration.json").await
+    }
+
+    pub async fn set_online_calibrations(
+        &self,
+        online: &super::calibration::OnlineCalibrations,
+    ) -> Result<(), StoreError> {
+        self.write_state("calibration.json", online).await
     }
 
     /// The latest scores of each model version (`state/scores.json`): what a rollback checks

@@ -147,3 +147,20 @@ impl AliasFollower {
             })
     }
 }
+
+/// Re-reads the online interval calibration `evaluate` publishes, every `interval`, until
+/// `shutdown` (see [`Service::refresh_calibration`]).
+pub async fn follow_calibration(
+    service: Service,
+    interval: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        service.refresh_calibration().await;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = &mut shutdown => return,
+        }
+    }
+}

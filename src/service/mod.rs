@@ -23,7 +23,7 @@ use crate::forecast::{
 use crate::infer::{InferError, InferenceHandle};
 use crate::metrics::prometheus::PrometheusSink;
 use crate::metrics::{Metric, ServerMetrics, Telemetry};
-use crate::model::contract::ModelMetadata;
+use crate::model::contract::{Calibration, ModelMetadata};
 use crate::model::Model;
 use crate::monitor::drift::InputDriftMonitor;
 use crate::monitor::observations::{parse_observations, Observation};
@@ -112,6 +112,10 @@ struct Inner {
     monitoring: Monitoring,
     /// Draws which backtest-eligible series are backtested, at `backtest_rate`.
     backtest_sampler: Sampler,
+    /// The interval calibration `evaluate` published for a model version from its recent errors
+    /// (see [`crate::monitor::calibration`]), and when it was last looked for.
+    online_calibration: std::sync::RwLock<Option<(String, Arc<Calibration>)>>,
+    calibration_checked: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Service {
@@ -141,6 +145,8 @@ impl Service {
                         .unwrap_or_else(crate::environment::random_u64),
                 ),
                 monitoring,
+                online_calibration: std::sync::RwLock::new(None),
+                calibration_checked: std::sync::Mutex::new(None),
             }),
         };
         service.model_changed();
@@ -239,31 +245,94 @@ impl Service {
         levels: &[f64],
         request_id: Option<&str>,
     ) -> Result<ForecastResponse, ServiceError> {
-        if levels.is_empty() {
-            return self.forecast(series, request_id).await;
-        }
         self.check_intervals(levels)?;
+        self.forecast_inner(series, levels, request_id).await
+    }
+
+    /// The calibration to serve `levels` for `version` with, and its source (`online` or
+    /// `model.json`).
+    fn calibration_for(
+        &self,
+        version: &str,
+        levels: &[f64],
+    ) -> Result<(Arc<Calibration>, &'static str), RequestError> {
+        let online = self
+            .inner
+            .online_calibration
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some((online_version, calibration)) = online {
+            if online_version == version && levels.iter().all(|l| calibration.radius(*l).is_some())
+            {
+                return Ok((calibration, "online"));
+            }
+        }
         let model = self.model();
-        let mut response = self.forecast(series, request_id).await?;
-        // The calibration of the version that answered: a reload between the check and the
-        // answer must not put one version's intervals around another's forecasts.
-        let answered = self.model();
-        let calibration = [&answered, &model]
-            .into_iter()
-            .find(|m| m.metadata().version == response.model.version)
-            .and_then(|m| m.metadata().calibration.clone());
-        let Some(calibration) = calibration else {
-            return Err(ServiceError::Request(RequestError {
+        match &model.metadata().calibration {
+            Some(calibration) if model.metadata().version == version => {
+                Ok((Arc::new(calibration.clone()), "model.json"))
+            }
+            _ => Err(RequestError {
                 code: ErrorCode::UnsupportedInterval,
-                message: format!(
-                    "model version {} has no calibrated intervals; retry",
-                    response.model.version
-                ),
-            }));
+                message: format!("model version {version} has no calibrated intervals now; retry"),
+            }),
+        }
+    }
+
+    /// Reads the online calibration `evaluate` published for the model in service, if
+    /// `interval` has passed since the last look (always when never looked). Without a store,
+    /// or without one for this version, intervals come from model.json. A failed read keeps the
+    /// calibration in use and is logged.
+    pub async fn refresh_calibration_if_due(&self, interval: std::time::Duration) {
+        {
+            let mut checked = self
+                .inner
+                .calibration_checked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if checked.is_some_and(|at| at.elapsed() < interval) {
+                return;
+            }
+            *checked = Some(std::time::Instant::now());
+        }
+        self.refresh_calibration().await;
+    }
+
+    /// Reads the online calibration now (see [`Service::refresh_calibration_if_due`]).
+    pub async fn refresh_calibration(&self) {
+        let Some(log) = self.forecast_log() else {
+            return;
         };
-        check_levels_calibrated(Some(&calibration), levels)?;
-        response.attach_intervals(&calibration, "model.json", levels);
-        Ok(response)
+        let version = self.model().metadata().version.clone();
+        match log.store().online_calibrations().await {
+            Ok(online) => {
+                let found = online
+                    .for_version(&version)
+                    .filter(|c| {
+                        c.check(self.model().metadata().output.horizon, "online")
+                            .is_ok()
+                    })
+                    .cloned()
+                    .map(|c| (version.clone(), Arc::new(c)));
+                let mut current = self
+                    .inner
+                    .online_calibration
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner());
+                if found.as_ref().map(|(_, c)| &c.data) != current.as_ref().map(|(_, c)| &c.data) {
+                    tracing::info!(
+                        model_version = %version,
+                        calibration = found.as_ref().map_or("model.json", |(_, c)| c.data.as_str()),
+                        "interval calibration changed"
+                    );
+                }
+                *current = found;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the online interval calibration; keeping the one in use")
+            }
+        }
     }
 
     /// Forecasts series already parsed against [`Service::request_shape`] (files, batch shards),
@@ -271,6 +340,15 @@ impl Service {
     pub async fn forecast(
         &self,
         series: Vec<SeriesInput>,
+        request_id: Option<&str>,
+    ) -> Result<ForecastResponse, ServiceError> {
+        self.forecast_inner(series, &[], request_id).await
+    }
+
+    async fn forecast_inner(
+        &self,
+        series: Vec<SeriesInput>,
+        levels: &[f64],
         request_id: Option<&str>,
     ) -> Result<ForecastResponse, ServiceError> {
         let model = self.model();
@@ -300,10 +378,19 @@ impl Service {
         for mae in &outcome.backtest_mae {
             telemetry.record(Metric::BacktestMae, *mae);
         }
-        if let Some(log) = self.forecast_log() {
-            log.push(LogInput::records(log_inputs, &outcome.response, request_id));
+        let mut response = outcome.response;
+        if !levels.is_empty() {
+            // The calibration of the version that answered (a reload may have happened since
+            // the levels were checked): its online one while that serves every level asked for,
+            // else its model.json one.
+            let (calibration, source) = self.calibration_for(&response.model.version, levels)?;
+            check_levels_calibrated(Some(&calibration), levels)?;
+            response.attach_intervals(&calibration, source, levels);
         }
-        Ok(outcome.response)
+        if let Some(log) = self.forecast_log() {
+            log.push(LogInput::records(log_inputs, &response, request_id));
+        }
+        Ok(response)
     }
 
     /// Parses a `POST /v1/observations` body and appends the actuals to the store.
@@ -401,6 +488,7 @@ impl LogInput {
                     model_version: response.model.version.clone(),
                     request_id: request_id.map(str::to_owned),
                     created_at: now,
+                    intervals_calibration: response.calibration.as_ref().map(|c| c.source.clone()),
                 })
             })
             .collect()

@@ -39,6 +39,7 @@ pub fn forecast(series: usize, origin: DateTime<Utc>) -> ForecastRecord {
         model_version: "1".into(),
         request_id: None,
         created_at: Utc::now(),
+        intervals_calibration: None,
     }
 }
 

@@ -1,0 +1,182 @@
+//! Online recalibration of prediction intervals from the forecasts the accuracy loop scores.
+//!
+//! The calibration in `model.json` was measured once, on the validation split; when the data moves,
+//! its intervals cover too much or too little. Each evaluation adds the absolute errors it scored,
+//! per model version and horizon step, to a rolling window of the most recent ones, and publishes
+//! the split-conformal radii of that window (`state/calibration.json`). `serve` and the Lambda
+//! function read it on their reload poll and serve it in place of `model.json`'s while it holds
+//! enough errors for their version.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::calibrate::conformal_quantile;
+use crate::model::contract::{CalibratedLevel, Calibration};
+
+/// Errors per step a version needs before its online calibration is published.
+pub const MIN_ONLINE_ERRORS: usize = 30;
+
+/// One scored (forecast, actual) pair's absolute error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredError {
+    pub model_version: String,
+    /// 0-based horizon step.
+    pub step: usize,
+    /// The target's timestamp: the window keeps the most recent targets.
+    pub at: DateTime<Utc>,
+    pub error: f64,
+}
+
+/// The rolling windows and the calibrations they give (`state/calibration.json`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OnlineCalibrations {
+    pub updated_at: Option<DateTime<Utc>>,
+    /// Errors kept per version and step.
+    pub window: usize,
+    pub versions: BTreeMap<String, VersionErrors>,
+}
+
+/// One version's recent errors, per horizon step, oldest first, and their calibration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VersionErrors {
+    pub steps: Vec<Vec<(DateTime<Utc>, f64)>>,
+    /// Absent until every step holds [`MIN_ONLINE_ERRORS`] errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+}
+
+impl OnlineCalibrations {
+    /// Adds `errors`, keeps the latest `window` per version and step, and recomputes the radii of
+    /// every version that got new errors at `levels`.
+    pub fn update(
+        &mut self,
+        errors: &[ScoredError],
+        window: usize,
+        levels: &[f64],
+        now: DateTime<Utc>,
+    ) {
+        let window = window.max(1);
+        self.window = window;
+        let mut touched = std::collections::BTreeSet::new();
+        for e in errors.iter().filter(|e| e.error.is_finite()) {
+            let version = self.versions.entry(e.model_version.clone()).or_default();
+            if version.steps.len() <= e.step {
+                version.steps.resize(e.step + 1, Vec::new());
+            }
+            version.steps[e.step].push((e.at, e.error));
+            touched.insert(e.model_version.clone());
+        }
+        for name in touched {
+            let version = self.versions.get_mut(&name).expect("touched above");
+            for step in &mut version.steps {
+                step.sort_by_key(|(at, _)| *at);
+                let excess = step.len().saturating_sub(window);
+                step.drain(..excess);
+            }
+            version.calibration = version.calibrate(levels, window, now);
+        }
+        self.updated_at = Some(now);
+    }
+
+    /// The calibration published for `version`, if any.
+    pub fn for_version(&self, version: &str) -> Option<&Calibration> {
+        self.versions.get(version)?.calibration.as_ref()
+    }
+}
+
+impl VersionErrors {
+    fn calibrate(&self, levels: &[f64], window: usize, now: DateTime<Utc>) -> Option<Calibration> {
+        let fewest = self.steps.iter().map(Vec::len).min()?;
+        if self.steps.is_empty() || fewest < MIN_ONLINE_ERRORS.min(window) || levels.is_empty() {
+            return None;
+        }
+        let sorted: Vec<Vec<f64>> = self
+            .steps
+            .iter()
+            .map(|step| {
+                let mut errors: Vec<f64> = step.iter().map(|(_, e)| *e).collect();
+                errors.sort_by(f64::total_cmp);
+                errors
+            })
+            .collect();
+        let mut levels = levels.to_vec();
+        levels.sort_by(f64::total_cmp);
+        levels.dedup();
+        Some(Calibration {
+            method: "split_conformal".into(),
+            data: format!(
+                "online: the latest {fewest} scored errors per horizon step (window {window}), as of {}",
+                crate::time::format_rfc3339(now)
+            ),
+            forecasts: fewest,
+            levels: levels
+                .into_iter()
+                .map(|level| CalibratedLevel {
+                    level,
+                    radius: sorted.iter().map(|e| conformal_quantile(e, level)).collect(),
+                })
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(version: &str, steps: usize, count: usize, scale: f64) -> Vec<ScoredError> {
+        let start = DateTime::parse_from_rfc3339("2018-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        (0..count)
+            .flat_map(|i| {
+                (0..steps).map(move |step| ScoredError {
+                    model_version: version.into(),
+                    step,
+                    at: start + chrono::Duration::hours(i as i64),
+                    error: scale * (i % 10) as f64,
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nothing_is_published_before_every_step_has_enough_errors() {
+        let mut online = OnlineCalibrations::default();
+        online.update(
+            &errors("1", 2, MIN_ONLINE_ERRORS - 1, 1.0),
+            120,
+            &[0.8],
+            Utc::now(),
+        );
+        assert!(online.for_version("1").is_none());
+        online.update(&errors("1", 2, 1, 1.0), 120, &[0.8], Utc::now());
+        let calibration = online.for_version("1").expect("published");
+        assert_eq!(calibration.forecasts, MIN_ONLINE_ERRORS);
+        calibration.check(2, "online").unwrap();
+    }
+
+    #[test]
+    fn the_window_keeps_the_latest_errors_and_follows_their_size() {
+        let mut online = OnlineCalibrations::default();
+        online.update(&errors("1", 1, 100, 1.0), 40, &[0.8, 0.95], Utc::now());
+        let small = online.for_version("1").unwrap().levels[0].radius[0];
+        // Errors ten times larger arrive later: the window forgets the small ones.
+        let later: Vec<ScoredError> = errors("1", 1, 100, 10.0)
+            .into_iter()
+            .map(|e| ScoredError {
+                at: e.at + chrono::Duration::days(30),
+                ..e
+            })
+            .collect();
+        online.update(&later, 40, &[0.8, 0.95], Utc::now());
+        let version = &online.versions["1"];
+        assert_eq!(version.steps[0].len(), 40);
+        let large = online.for_version("1").unwrap().levels[0].radius[0];
+        assert!((large - 10.0 * small).abs() < 1e-9, "{small} -> {large}");
+        // Another version's errors never mix in.
+        assert!(online.for_version("2").is_none());
+    }
+}
