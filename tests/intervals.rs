@@ -4,10 +4,12 @@
 mod common;
 
 use common::emulators::{event, Function, LambdaEmulator, Moto};
+use common::serve::ServeProcess;
 use common::shards::{
     batch_env, csv_shard, item_batches, put, text, BUCKET, INPUT_PREFIX, OUTPUT_PREFIX,
 };
 use common::{repo_path, window, TestServer};
+use lstm_forecast::monitor::store::AccuracyStore;
 use serde_json::{json, Value};
 
 /// The radii the bundled model.json calibrates, by level.
@@ -285,4 +287,127 @@ async fn batch_shards_carry_the_intervals_their_batch_asks_for() {
             .contains("[0.8, 0.95]"),
         "{refused}"
     );
+}
+
+/// A replay of ETTh1's whole test period (119 days, 476 forecasts, ~45 s): four forecasts a day
+/// with intervals, the actuals posted daily, an evaluation a day, the calibration re-read after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_of_the_test_period_keeps_interval_coverage_within_3_points_of_nominal() {
+    use common::replay::{replay_etth1, LEVELS};
+    let moto = Moto::start();
+    let s3 = moto.create_bucket("replay").await;
+    let report = replay_etth1(s3, "replay", 119, 120).await;
+    let from = report
+        .online_from_day
+        .expect("the online calibration took over");
+    assert!(from <= 10, "online only from day {from}");
+    for (level, nominal) in LEVELS.iter().enumerate() {
+        let (served, without) = (
+            report.served.coverage(level),
+            report.static_all.coverage(level),
+        );
+        let summary = format!(
+            "level {nominal}: served {served:.3} (width {:.2}), model.json alone {without:.3} (width {:.2})",
+            report.served.mean_width(level),
+            report.static_all.mean_width(level)
+        );
+        assert!((served - nominal).abs() <= 0.03, "{summary}");
+        // Without recalibration the bands are too wide: the test period's errors are smaller
+        // than validation's. The replay would pass without the loop otherwise.
+        assert!((without - nominal).abs() > 0.03, "{summary}");
+        assert!(
+            report.served.mean_width(level) < report.static_all.mean_width(level),
+            "{summary}"
+        );
+    }
+}
+
+/// `serve` re-reads the calibration `evaluate` publishes on its reload poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_switches_to_the_published_online_calibration_on_its_reload_poll() {
+    let moto = Moto::start();
+    let s3 = moto.create_bucket("online").await;
+    let store = AccuracyStore::new(s3, "s3://online/monitoring").unwrap();
+    let mut env = moto.env();
+    env.push(("FORECAST_LOG_URI", "s3://online/monitoring".into()));
+    let server = ServeProcess::start(&["--reload-interval-seconds", "1"], &env).await;
+    let client = reqwest::Client::new();
+    let body = json!({"series": [{"values": window(0.0)}], "intervals": [0.8]});
+    let first: Value =
+        common::post_json(&client, &format!("{}/v1/forecast", server.base), &body).await;
+    assert_eq!(first["calibration"]["source"], "model.json");
+
+    let published = publish_online_calibration(&store, "1.0.0").await;
+    let answer = common::eventually(
+        std::time::Duration::from_secs(20),
+        "the online calibration is served",
+        || {
+            let (client, body, url) = (
+                client.clone(),
+                body.clone(),
+                format!("{}/v1/forecast", server.base),
+            );
+            async move {
+                let answer: Value = common::post_json(&client, &url, &body).await;
+                (answer["calibration"]["source"] == "online").then_some(answer)
+            }
+        },
+    )
+    .await;
+    let forecast = &answer["forecasts"][0];
+    let (values, upper) = (
+        common::f64s(&forecast["values"]),
+        common::f64s(&forecast["intervals"][0]["upper"]),
+    );
+    for k in 0..24 {
+        assert!((upper[k] - values[k] - published[k]).abs() < 1e-9);
+    }
+    assert_eq!(answer["calibration"]["forecasts"], 40);
+}
+
+/// The Lambda function reads it on its alias check (every ALIAS_CHECK_SECONDS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_lambda_function_serves_the_online_calibration_after_its_check() {
+    let moto = Moto::start();
+    let s3 = moto.create_bucket("online").await;
+    let store = AccuracyStore::new(s3, "s3://online/monitoring").unwrap();
+    publish_online_calibration(&store, "1.0.0").await;
+    let emulator = LambdaEmulator::start();
+    let mut env = moto.env();
+    env.push(("FORECAST_LOG_URI", "s3://online/monitoring".into()));
+    env.push(("ALIAS_CHECK_SECONDS", "0".into()));
+    let _function = Function::start(&emulator, &env);
+    let mut request = event("apigw-v2-forecast.json");
+    let mut body: Value = serde_json::from_str(request["body"].as_str().unwrap()).unwrap();
+    body["intervals"] = json!([0.95]);
+    request["body"] = json!(body.to_string());
+    let (_, response) = emulator.invoke(&request).await;
+    let answer: Value = serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
+    assert_eq!(answer["calibration"]["source"], "online", "{answer}");
+}
+
+/// Publishes, as `evaluate` would, an online calibration for `version` from 40 errors per step
+/// (step k's errors: 0.1 * k * 1..=40); returns the 0.8 radii.
+async fn publish_online_calibration(store: &AccuracyStore, version: &str) -> Vec<f64> {
+    use lstm_forecast::monitor::calibration::{OnlineCalibrations, ScoredError};
+    let start = chrono::Utc::now() - chrono::Duration::days(10);
+    let errors: Vec<ScoredError> = (1..=40)
+        .flat_map(|i| {
+            (0..24).map(move |step| ScoredError {
+                model_version: version.into(),
+                step,
+                at: start + chrono::Duration::hours(i),
+                error: 0.1 * (step + 1) as f64 * i as f64,
+            })
+        })
+        .collect();
+    let mut online = OnlineCalibrations::default();
+    online.update(&errors, 120, &[0.8, 0.95], chrono::Utc::now());
+    store.set_online_calibrations(&online).await.unwrap();
+    online
+        .for_version(version)
+        .unwrap()
+        .radius(0.8)
+        .unwrap()
+        .to_vec()
 }

@@ -121,6 +121,7 @@ pub fn forecast_body(windows: &[Vec<f64>]) -> serde_json::Value {
 pub mod emulators;
 pub mod history;
 pub mod observe;
+pub mod replay;
 pub mod runtime_api;
 pub mod serve;
 pub mod shards;
