@@ -543,7 +543,7 @@ pub struct CalibrationRef {
 }
 
 /// A prediction interval around one forecast: `lower[k] <= values[k] <= upper[k]`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Interval {
     pub level: f64,
     pub lower: Vec<f64>,

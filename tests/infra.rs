@@ -12,7 +12,7 @@ use aws_sdk_cloudwatch::types::StateValue;
 use common::emulators::{tools_bin, Function, LambdaEmulator, Ministack, Moto};
 use common::repo_path;
 use lstm_forecast::metrics::{
-    prometheus::prometheus_name, Metric, DIM_HORIZON_BUCKET, DIM_MODEL, DIM_STAGE,
+    prometheus::prometheus_name, Metric, DIM_HORIZON_BUCKET, DIM_LEVEL, DIM_MODEL, DIM_STAGE,
 };
 use serde_json::{json, Value};
 
@@ -158,7 +158,8 @@ fn the_sam_template_translates_and_deploys_to_moto_cloudformation() {
 fn every_alarm_watches_a_metric_the_code_emits_and_every_metric_is_on_the_dashboard() {
     let found = cfn_helper(&["metrics", TEMPLATES[0], TEMPLATES[1]]);
     let code_names: BTreeSet<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
-    let code_dimensions: BTreeSet<&str> = [DIM_MODEL, DIM_STAGE, DIM_HORIZON_BUCKET].into();
+    let code_dimensions: BTreeSet<&str> =
+        [DIM_MODEL, DIM_STAGE, DIM_HORIZON_BUCKET, DIM_LEVEL].into();
     let mut checked = 0;
     for alarm in found["alarms"].as_array().unwrap() {
         if alarm["namespace"] != "LstmForecast" {
@@ -221,6 +222,7 @@ fn the_forecast_log_lines_the_function_writes_are_what_the_template_delivers_to_
     let line = serde_json::json!({ key: lstm_forecast::monitor::store::ForecastRecord {
         series_id: "s".into(), origin, last_value: 1.0, timestamps: vec![], values: vec![],
         model: "m".into(), model_version: "1".into(), request_id: None, created_at: origin, intervals_calibration: None,
+            intervals: Vec::new(),
     }});
     assert_eq!(
         &line[key]["origin"].as_str().unwrap()[0..13],
@@ -390,6 +392,7 @@ fn every_failure_that_would_page_nobody_has_an_alarm() {
         (main, "LstmForecast", "BatchManifests"),
         (main, "AWS/States", "ExecutionsFailed"),
         (main, "AWS/States", "ExecutionsTimedOut"),
+        (main, "LstmForecast", "IntervalCoverage"),
         (main, "LstmForecast", "ForecastLogFailures"),
         (main, "AWS/Lambda", "Errors"),
         (ecs, "AWS/ApplicationELB", "HealthyHostCount"),

@@ -293,10 +293,11 @@ async fn batch_shards_carry_the_intervals_their_batch_asks_for() {
 /// with intervals, the actuals posted daily, an evaluation a day, the calibration re-read after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replay_of_the_test_period_keeps_interval_coverage_within_3_points_of_nominal() {
-    use common::replay::{replay_etth1, LEVELS};
+    use common::replay::{replay_etth1, Replay, LEVELS};
     let moto = Moto::start();
     let s3 = moto.create_bucket("replay").await;
-    let report = replay_etth1(s3, "replay", 119, 120).await;
+    let report = replay_etth1(s3, "replay", Replay::bundled(119, 120)).await;
+    assert!(report.evaluations_with_interval_scores >= 118, "{report:?}");
     let from = report
         .online_from_day
         .expect("the online calibration took over");
@@ -410,4 +411,86 @@ async fn publish_online_calibration(store: &AccuracyStore, version: &str) -> Vec
         .radius(0.8)
         .unwrap()
         .to_vec()
+}
+
+/// The coverage alarm, as the template defines it, on ministack's CloudWatch: quiet while the
+/// intervals cover what they claim, firing when they are overconfident.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_coverage_alarm_stays_ok_for_calibrated_intervals_and_fires_for_overconfident_ones() {
+    use aws_sdk_cloudwatch::types::StateValue;
+    use common::replay::{replay_etth1, Replay};
+    use lstm_forecast::metrics::cloudwatch::{CloudWatchSink, DEFAULT_MAX_PENDING_DATUMS};
+    let alarm = common::template::alarm_properties("IntervalCoverageAlarm");
+    assert_eq!(alarm["MetricName"], "IntervalCoverage");
+    assert!(alarm["Dimensions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!({"Name": "Level", "Value": "0.8"})));
+    let stage = alarm["Dimensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["Name"] == "Stage")
+        .map(|d| d["Value"].as_str().unwrap().to_owned());
+    // Radii as calibrated, then a quarter of them: intervals that claim 80% and cover far less.
+    for (shrink, expected) in [(1.0, StateValue::Ok), (0.25, StateValue::Alarm)] {
+        let ministack = common::emulators::Ministack::start();
+        let cloudwatch = ministack.cloudwatch().await;
+        common::template::put_alarm(&cloudwatch, &alarm, |_| None).await;
+        let sink = std::sync::Arc::new(CloudWatchSink::new(
+            cloudwatch.clone(),
+            alarm["Namespace"].as_str().unwrap(),
+            DEFAULT_MAX_PENDING_DATUMS,
+        ));
+        let telemetry =
+            lstm_forecast::metrics::Telemetry::new(vec![sink], "", "", stage.as_deref());
+        let moto = Moto::start();
+        let s3 = moto.create_bucket("coverage").await;
+        let replay = Replay {
+            telemetry: telemetry.clone(),
+            model: bundled_with_radii_times(shrink),
+            ..Replay::bundled(3, 120)
+        };
+        let report = replay_etth1(s3, "coverage", replay).await;
+        assert!(report.evaluations_with_interval_scores >= 2, "{report:?}");
+        telemetry.flush().await;
+        let name = alarm["AlarmName"].as_str().unwrap();
+        let client = &cloudwatch;
+        common::eventually(
+            std::time::Duration::from_secs(10),
+            "the coverage alarm's state",
+            || {
+                let expected = expected.clone();
+                async move {
+                    let state = client
+                        .describe_alarms()
+                        .alarm_names(name)
+                        .send()
+                        .await
+                        .unwrap();
+                    (state.metric_alarms()[0].state_value() == Some(&expected)).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+}
+
+/// The bundled model with its calibrated radii multiplied by `factor`.
+fn bundled_with_radii_times(factor: f64) -> lstm_forecast::model::Model {
+    let source = repo_path("model_artifacts/etth1-ot-lstm");
+    let mut metadata: Value =
+        serde_json::from_slice(&std::fs::read(source.join("model.json")).unwrap()).unwrap();
+    for level in metadata["calibration"]["levels"].as_array_mut().unwrap() {
+        let radius: Vec<Value> = common::f64s(&level["radius"])
+            .into_iter()
+            .map(|r| json!(r * factor))
+            .collect();
+        level["radius"] = Value::Array(radius);
+    }
+    lstm_forecast::model::Model::load(&lstm_forecast::model::ModelArtifacts {
+        metadata_json: serde_json::to_vec(&metadata).unwrap(),
+        model_pt: std::fs::read(source.join("model.pt")).unwrap(),
+    })
+    .unwrap()
 }

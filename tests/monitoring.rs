@@ -501,6 +501,7 @@ fn hourly_record(series: &str, values: &[f64]) -> lstm_forecast::monitor::store:
         request_id: None,
         created_at: chrono::Utc::now(),
         intervals_calibration: None,
+        intervals: Vec::new(),
     }
 }
 

@@ -238,6 +238,7 @@ mod tests {
                 stage: None,
                 horizon_bucket: None,
                 feature: None,
+                level: None,
             },
             values: (0..400).map(|i| (i as f64, 2.0)).collect(),
         };

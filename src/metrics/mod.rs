@@ -22,5 +22,5 @@ pub mod telemetry;
 pub use prometheus::ServerMetrics;
 pub use telemetry::{
     resident_set_bytes, Dimensions, Kind, Metric, MetricSink, RequestOutcome, Sample, SinkKind,
-    Telemetry, DIM_FEATURE, DIM_HORIZON_BUCKET, DIM_MODEL, DIM_MODEL_VERSION, DIM_STAGE,
+    Telemetry, DIM_FEATURE, DIM_HORIZON_BUCKET, DIM_LEVEL, DIM_MODEL, DIM_MODEL_VERSION, DIM_STAGE,
 };

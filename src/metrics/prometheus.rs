@@ -189,7 +189,7 @@ impl ServerMetrics {
 
 /// The facade's metrics in Prometheus form: those with a native family (forecasts, inference and
 /// queue time, batch sizes, reloads, requests) go there; the rest become families
-/// `lstm_forecast_<name>` with labels `model`, `model_version`, `horizon_bucket`.
+/// `lstm_forecast_<name>` with labels `model`, `model_version`, `horizon_bucket`, `feature`, `level`.
 pub struct PrometheusSink {
     native: ServerMetrics,
     families: Mutex<HashMap<Metric, Family>>,
@@ -201,7 +201,13 @@ enum Family {
     Gauge(GaugeVec),
 }
 
-const LABELS: [&str; 4] = ["model", "model_version", "horizon_bucket", "feature"];
+const LABELS: [&str; 5] = [
+    "model",
+    "model_version",
+    "horizon_bucket",
+    "feature",
+    "level",
+];
 
 /// Prometheus name for a facade metric, or `None` when a native family covers it (see
 /// [`PrometheusSink::record_native`]) or the request families do (see
@@ -240,6 +246,8 @@ pub fn prometheus_name(metric: Metric) -> Option<&'static str> {
         Metric::BatchSeries => "lstm_forecast_batch_series_total",
         Metric::BatchShardFailures => "lstm_forecast_batch_shard_failures_total",
         Metric::BatchManifests => "lstm_forecast_batch_manifests_total",
+        Metric::IntervalCoverage => "lstm_forecast_interval_coverage",
+        Metric::IntervalWidth => "lstm_forecast_interval_width",
     })
 }
 
@@ -344,6 +352,7 @@ impl MetricSink for PrometheusSink {
             &*d.model_version,
             d.horizon_bucket.as_deref().unwrap_or(""),
             d.feature.as_deref().unwrap_or(""),
+            d.level.as_deref().unwrap_or(""),
         ];
         match family {
             Family::Counter(c) => c.with_label_values(&labels).inc_by(sample.value.max(0.0)),

@@ -69,6 +69,11 @@ pub enum Metric {
     /// Forecast-log records a flush could not write to the store (retried on the next flush while
     /// the buffer has room): the accuracy loop is going blind.
     ForecastLogFailures,
+    /// Share of actuals inside the prediction intervals served with their forecasts (`evaluate`),
+    /// per `Level` and `HorizonBucket`: below the level means overconfident intervals.
+    IntervalCoverage,
+    /// Mean width (upper - lower) of those intervals, in the target's units, per `Level`.
+    IntervalWidth,
     /// Local: time a forecast waited for an engine thread, milliseconds.
     QueueLatency,
     /// Local: windows in the forward pass a forecast rode in (dynamic batching).
@@ -89,7 +94,7 @@ pub enum Kind {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 29] = [
+    pub const ALL: [Metric; 31] = [
         Metric::ForecastLatency,
         Metric::InferenceLatency,
         Metric::Forecasts,
@@ -119,6 +124,8 @@ impl Metric {
         Metric::BatchSeries,
         Metric::BatchShardFailures,
         Metric::BatchManifests,
+        Metric::IntervalCoverage,
+        Metric::IntervalWidth,
     ];
 
     /// Process-local detail: exposed on `GET /metrics`, never pushed to CloudWatch (every
@@ -165,6 +172,8 @@ impl Metric {
             Metric::BatchSeries => "BatchSeries",
             Metric::BatchShardFailures => "BatchShardFailures",
             Metric::BatchManifests => "BatchManifests",
+            Metric::IntervalCoverage => "IntervalCoverage",
+            Metric::IntervalWidth => "IntervalWidth",
             Metric::QueueLatency => "QueueLatency",
             Metric::BatchWindows => "BatchWindows",
             Metric::QueueDepth => "QueueDepth",
@@ -203,12 +212,20 @@ impl Metric {
             | Metric::Wape
             | Metric::Bias
             | Metric::Mase
-            | Metric::BacktestMae => "None",
+            | Metric::BacktestMae
+            | Metric::IntervalCoverage
+            | Metric::IntervalWidth => "None",
         }
     }
 
     pub fn kind(self) -> Kind {
-        if matches!(self, Metric::QueueDepth | Metric::CpuUtilization) {
+        if matches!(
+            self,
+            Metric::QueueDepth
+                | Metric::CpuUtilization
+                | Metric::IntervalCoverage
+                | Metric::IntervalWidth
+        ) {
             return Kind::Gauge;
         }
         match self.unit() {
@@ -233,6 +250,7 @@ pub const DIM_MODEL_VERSION: &str = "ModelVersion";
 pub const DIM_STAGE: &str = "Stage";
 pub const DIM_HORIZON_BUCKET: &str = "HorizonBucket";
 pub const DIM_FEATURE: &str = "Feature";
+pub const DIM_LEVEL: &str = "Level";
 
 /// One recorded value with its dimensions.
 #[derive(Debug, Clone, PartialEq)]
@@ -251,6 +269,8 @@ pub struct Dimensions {
     pub stage: Option<Arc<str>>,
     pub horizon_bucket: Option<Arc<str>>,
     pub feature: Option<Arc<str>>,
+    /// The interval level, for interval coverage and width.
+    pub level: Option<Arc<str>>,
 }
 
 impl Dimensions {
@@ -280,6 +300,9 @@ impl Dimensions {
         }
         if let Some(feature) = &self.feature {
             pairs.push((DIM_FEATURE, feature));
+        }
+        if let Some(level) = &self.level {
+            pairs.push((DIM_LEVEL, level));
         }
         pairs
     }
@@ -390,6 +413,7 @@ impl Telemetry {
             stage: self.stage.clone(),
             horizon_bucket: horizon_bucket.map(Into::into),
             feature: None,
+            level: None,
         }
     }
 
@@ -422,6 +446,27 @@ impl Telemetry {
             stage: self.stage.clone(),
             horizon_bucket: horizon_bucket.map(Into::into),
             feature: None,
+            level: None,
+        });
+    }
+
+    /// Records an interval metric for one level (`Level` dimension, e.g. `0.8`) of a scored model
+    /// version, overall or per horizon bucket.
+    pub fn record_for_level(
+        &self,
+        metric: Metric,
+        value: f64,
+        (model, model_version): (&str, &str),
+        horizon_bucket: Option<&str>,
+        level: f64,
+    ) {
+        self.emit(metric, value, || Dimensions {
+            model: model.into(),
+            model_version: model_version.into(),
+            stage: self.stage.clone(),
+            horizon_bucket: horizon_bucket.map(Into::into),
+            feature: None,
+            level: Some(level.to_string().into()),
         });
     }
 
@@ -519,6 +564,7 @@ pub(crate) fn test_sample(metric: Metric, value: f64) -> Sample {
             stage: None,
             horizon_bucket: None,
             feature: None,
+            level: None,
         },
     }
 }

@@ -60,6 +60,38 @@ pub struct Evaluation {
     pub scored_errors: Vec<ScoredError>,
     /// Versions whose intervals the online calibration now serves (see [`Recalibration`]).
     pub recalibrated: Vec<String>,
+    /// Coverage of the intervals served with the scored forecasts, per model version.
+    pub intervals: BTreeMap<String, Vec<IntervalScores>>,
+}
+
+/// How the intervals of one level did on the pairs a run scored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IntervalScores {
+    pub model: String,
+    pub level: f64,
+    /// `None`: all horizon steps.
+    pub horizon_bucket: Option<String>,
+    /// Share of actuals inside.
+    pub coverage: f64,
+    /// Mean upper - lower.
+    pub width: f64,
+    pub pairs: usize,
+}
+
+/// Sums behind [`IntervalScores`].
+#[derive(Debug, Default, Clone, Copy)]
+struct CoverageSum {
+    inside: usize,
+    pairs: usize,
+    width: f64,
+}
+
+impl CoverageSum {
+    fn add(&mut self, lower: f64, upper: f64, actual: f64) {
+        self.inside += usize::from(lower <= actual && actual <= upper);
+        self.pairs += 1;
+        self.width += upper - lower;
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +107,8 @@ pub struct ChartSeries {
     pub series_id: String,
     pub actuals: Vec<(DateTime<Utc>, f64)>,
     pub forecasts: Vec<Vec<(DateTime<Utc>, f64)>>,
+    /// The narrowest interval served with each charted forecast: `(level, [(t, lower, upper)])`.
+    pub bands: Vec<(f64, Vec<(DateTime<Utc>, f64, f64)>)>,
 }
 
 /// What one run works on.
@@ -133,6 +167,9 @@ pub fn evaluate(increment: &Increment) -> (Evaluation, Vec<(DateTime<Utc>, Settl
         BTreeMap::new();
     let mut newly_settled = Vec::new();
     let mut scored_errors = Vec::new();
+    // (version, model, level as text, bucket) -> sums; bucket "" is all steps.
+    let mut coverage: BTreeMap<(String, String, String, String), (f64, CoverageSum)> =
+        BTreeMap::new();
     let (mut scored, mut pending, mut pairs, mut missing) = (0, 0, 0, 0);
     let mut per_series: HashMap<&str, Vec<&ForecastRecord>> = HashMap::new();
     let mut seen_forecasts = HashSet::new();
@@ -180,6 +217,26 @@ pub fn evaluate(increment: &Increment) -> (Evaluation, Vec<(DateTime<Utc>, Settl
                         at: *timestamp,
                         error: (forecast - actual).abs(),
                     });
+                    for interval in &record.intervals {
+                        let (Some(lower), Some(upper)) =
+                            (interval.lower.get(step), interval.upper.get(step))
+                        else {
+                            continue;
+                        };
+                        for bucket in [String::new(), bucket_of(step + 1, horizon)] {
+                            let key = (
+                                record.model_version.clone(),
+                                record.model.clone(),
+                                interval.level.to_string(),
+                                bucket,
+                            );
+                            coverage
+                                .entry(key)
+                                .or_insert((interval.level, CoverageSum::default()))
+                                .1
+                                .add(*lower, *upper, actual);
+                        }
+                    }
                     Some(actual)
                 }
                 None if due_until.is_some_and(|due| *timestamp <= due) => {
@@ -250,10 +307,29 @@ pub fn evaluate(increment: &Increment) -> (Evaluation, Vec<(DateTime<Utc>, Settl
                         .collect()
                 })
                 .collect();
+            let bands = records
+                .iter()
+                .rev()
+                .take(12)
+                .filter_map(|r| {
+                    let narrowest = r
+                        .intervals
+                        .iter()
+                        .min_by(|a, b| a.level.total_cmp(&b.level))?;
+                    let points = r
+                        .timestamps
+                        .iter()
+                        .zip(narrowest.lower.iter().zip(&narrowest.upper))
+                        .map(|(t, (lo, hi))| (*t, *lo, *hi))
+                        .collect();
+                    Some((narrowest.level, points))
+                })
+                .collect();
             ChartSeries {
                 series_id: id.to_string(),
                 actuals,
                 forecasts,
+                bands,
             }
         });
     let evaluation = Evaluation {
@@ -274,13 +350,46 @@ pub fn evaluate(increment: &Increment) -> (Evaluation, Vec<(DateTime<Utc>, Settl
         chart_series,
         scored_errors,
         recalibrated: Vec::new(),
+        intervals: interval_scores(coverage),
     };
     (evaluation, newly_settled)
 }
 
+fn interval_scores(
+    sums: BTreeMap<(String, String, String, String), (f64, CoverageSum)>,
+) -> BTreeMap<String, Vec<IntervalScores>> {
+    let mut by_version: BTreeMap<String, Vec<IntervalScores>> = BTreeMap::new();
+    for ((version, model, _, bucket), (level, sum)) in sums {
+        by_version.entry(version).or_default().push(IntervalScores {
+            model,
+            level,
+            horizon_bucket: (!bucket.is_empty()).then_some(bucket),
+            coverage: sum.inside as f64 / sum.pairs.max(1) as f64,
+            width: sum.width / sum.pairs.max(1) as f64,
+            pairs: sum.pairs,
+        });
+    }
+    by_version
+}
+
 impl Evaluation {
-    /// Records the accuracy set (overall and per horizon bucket) for every scored version.
+    /// Records the accuracy set (overall and per horizon bucket) for every scored version, and
+    /// the coverage and width of the intervals served with the scored forecasts.
     pub fn record(&self, telemetry: &Telemetry) {
+        for (version, scores) in &self.intervals {
+            for s in scores {
+                let at = (s.model.as_str(), version.as_str());
+                let bucket = s.horizon_bucket.as_deref();
+                telemetry.record_for_level(
+                    Metric::IntervalCoverage,
+                    s.coverage,
+                    at,
+                    bucket,
+                    s.level,
+                );
+                telemetry.record_for_level(Metric::IntervalWidth, s.width, at, bucket, s.level);
+            }
+        }
         for (version, scores) in &self.by_version {
             let emit = |s: &Scores, bucket: Option<&str>| {
                 for (metric, value) in [
@@ -361,6 +470,7 @@ impl Evaluation {
         } else {
             (lo - 1.0, hi + 1.0)
         };
+        let hi_axis = hi;
         let span = (t1 - t0).num_seconds().max(1) as f64;
         let x = |t: DateTime<Utc>| pad + (t - t0).num_seconds() as f64 / span * (w - 2.0 * pad);
         let y = |v: f64| h - pad - (v - lo) / (hi - lo) * (h - 2.0 * pad);
@@ -391,6 +501,21 @@ impl Evaluation {
             y(lo),
             lo
         );
+        // Intervals first, under the lines: each band is its upper edge forward, lower edge back.
+        for (_, band) in &series.bands {
+            let edge: Vec<String> = band
+                .iter()
+                .map(|(t, _, hi)| format!("{:.1},{:.1}", x(*t), y(hi.clamp(lo, hi_axis))))
+                .chain(band.iter().rev().map(|(t, lo_edge, _)| {
+                    format!("{:.1},{:.1}", x(*t), y(lo_edge.clamp(lo, hi_axis)))
+                }))
+                .collect();
+            let _ = write!(
+                svg,
+                r##"<polygon fill="#1f77b4" fill-opacity="0.08" stroke="none" points="{}"/>"##,
+                edge.join(" ")
+            );
+        }
         for trajectory in &series.forecasts {
             let path: Vec<String> = trajectory
                 .iter()
@@ -422,6 +547,15 @@ impl Evaluation {
             pad - 8.0,
             series.forecasts.len()
         );
+        if let Some((level, _)) = series.bands.first() {
+            let _ = write!(
+                svg,
+                r##"<text x="{}" y="{}" fill="#1f77b4" fill-opacity="0.6">shaded: their {}% intervals</text>"##,
+                w - 300.0,
+                pad + 8.0,
+                level * 100.0
+            );
+        }
         // MAE per horizon bucket, first version.
         if let Some((version, scores)) = self.by_version.iter().next() {
             let top = h + 30.0;
@@ -758,6 +892,7 @@ mod tests {
             request_id: None,
             created_at: t(origin),
             intervals_calibration: None,
+            intervals: Vec::new(),
         }
     }
 
@@ -904,5 +1039,46 @@ mod tests {
         let svg = e.chart_svg();
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
         assert!(svg.contains("polyline") && svg.contains("MAE by horizon bucket"));
+    }
+
+    #[test]
+    fn the_intervals_served_with_forecasts_are_scored_for_coverage_and_drawn_as_bands() {
+        // GIVEN a 2-step forecast 10, 10 served with an 80% interval of +-1
+        let mut forecast = record("a", 0, &[10.0, 10.0], "1");
+        forecast.intervals = vec![crate::forecast::Interval {
+            level: 0.8,
+            lower: vec![9.0, 9.0],
+            upper: vec![11.0, 11.0],
+        }];
+        // WHEN its actuals are 10.5 (inside) and 12 (outside)
+        let (e, _) = run(
+            &[forecast],
+            &[obs("a", 1, 10.5), obs("a", 2, 12.0)],
+            &[],
+            None,
+        );
+        // THEN half of them were covered, by intervals 2 wide, overall and per horizon bucket
+        let scores = &e.intervals["1"];
+        let overall = scores.iter().find(|s| s.horizon_bucket.is_none()).unwrap();
+        assert_eq!((overall.level, overall.pairs), (0.8, 2));
+        assert!((overall.coverage - 0.5).abs() < 1e-12 && (overall.width - 2.0).abs() < 1e-12);
+        assert!(scores
+            .iter()
+            .any(|s| s.horizon_bucket.as_deref() == Some("1-2")));
+        // AND the report's chart shades the band
+        let svg = e.chart_svg();
+        assert!(
+            svg.contains("<polygon") && svg.contains("80% intervals"),
+            "{svg}"
+        );
+        // AND a forecast served without intervals adds no coverage
+        let (plain, _) = run(
+            &[record("b", 0, &[1.0], "1")],
+            &[obs("b", 1, 1.0)],
+            &[],
+            None,
+        );
+        assert!(plain.intervals.is_empty());
+        assert!(!plain.chart_svg().contains("<polygon"));
     }
 }

@@ -55,6 +55,9 @@ pub struct ForecastRecord {
     /// was asked for intervals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intervals_calibration: Option<String>,
+    /// The intervals served with the forecast: `evaluate` measures their coverage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intervals: Vec<crate::forecast::Interval>,
 }
 
 impl ForecastRecord {

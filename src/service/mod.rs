@@ -489,6 +489,7 @@ impl LogInput {
                     request_id: request_id.map(str::to_owned),
                     created_at: now,
                     intervals_calibration: response.calibration.as_ref().map(|c| c.source.clone()),
+                    intervals: forecast.intervals.clone(),
                 })
             })
             .collect()

@@ -55,20 +55,44 @@ pub struct ReplayReport {
     pub static_all: Tally,
     /// The first day served with the online calibration.
     pub online_from_day: Option<usize>,
+    /// Daily evaluations that scored the intervals.
+    pub evaluations_with_interval_scores: usize,
 }
 
-/// Replays `days` days from the start of ETTh1's test period into the store at
-/// `s3://BUCKET/monitoring` (an empty bucket), with the recalibration `window`.
-pub async fn replay_etth1(
-    s3: aws_sdk_s3::Client,
-    bucket: &str,
-    days: usize,
-    window: usize,
-) -> ReplayReport {
+/// What to replay.
+pub struct Replay {
+    pub days: usize,
+    /// Recalibration window (errors per version and step).
+    pub window: usize,
+    pub model: lstm_forecast::model::Model,
+    /// Where `evaluate`'s metrics go.
+    pub telemetry: Telemetry,
+}
+
+impl Replay {
+    /// The bundled model, no metrics.
+    pub fn bundled(days: usize, window: usize) -> Self {
+        Replay {
+            days,
+            window,
+            model: bundled_model(),
+            telemetry: Telemetry::new(Vec::new(), "", "", None),
+        }
+    }
+}
+
+/// Replays the first days of ETTh1's test period into the store at `s3://BUCKET/monitoring` (an
+/// empty bucket).
+pub async fn replay_etth1(s3: aws_sdk_s3::Client, bucket: &str, replay: Replay) -> ReplayReport {
+    let Replay {
+        days,
+        window,
+        model,
+        telemetry,
+    } = replay;
     let rows = etth1_ot();
     let store = AccuracyStore::new(s3, &format!("s3://{bucket}/monitoring")).unwrap();
     let log = Arc::new(ForecastLog::new(store.clone()));
-    let model = bundled_model();
     let static_radii: Vec<Vec<f64>> = LEVELS
         .iter()
         .map(|l| {
@@ -104,7 +128,6 @@ pub async fn replay_etth1(
         window,
         levels: LEVELS.to_vec(),
     };
-    let telemetry = Telemetry::new(Vec::new(), "", "", None);
     let mut report = ReplayReport::default();
     for day in 0..days {
         let day_start = TEST_START + 24 * day;
@@ -156,7 +179,7 @@ pub async fn replay_etth1(
             .await
             .unwrap();
         assert_eq!(stored.status(), 202);
-        run_evaluation_with(
+        let run = run_evaluation_with(
             &store,
             &telemetry,
             chrono::Utc::now(),
@@ -165,6 +188,8 @@ pub async fn replay_etth1(
         )
         .await
         .unwrap();
+        report.evaluations_with_interval_scores +=
+            usize::from(!run.evaluation.intervals.is_empty());
         // What `serve --reload-interval-seconds` does on its poll.
         server.service.refresh_calibration().await;
     }
