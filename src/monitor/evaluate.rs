@@ -107,8 +107,16 @@ pub struct ChartSeries {
     pub series_id: String,
     pub actuals: Vec<(DateTime<Utc>, f64)>,
     pub forecasts: Vec<Vec<(DateTime<Utc>, f64)>>,
-    /// The narrowest interval served with each charted forecast: `(level, [(t, lower, upper)])`.
-    pub bands: Vec<(f64, Vec<(DateTime<Utc>, f64, f64)>)>,
+    /// The narrowest interval served with each charted forecast.
+    pub bands: Vec<Band>,
+}
+
+/// One forecast's interval in the chart.
+#[derive(Debug, Clone)]
+pub struct Band {
+    pub level: f64,
+    /// `(t, lower, upper)` per step.
+    pub points: Vec<(DateTime<Utc>, f64, f64)>,
 }
 
 /// What one run works on.
@@ -322,7 +330,10 @@ pub fn evaluate(increment: &Increment) -> (Evaluation, Vec<(DateTime<Utc>, Settl
                         .zip(narrowest.lower.iter().zip(&narrowest.upper))
                         .map(|(t, (lo, hi))| (*t, *lo, *hi))
                         .collect();
-                    Some((narrowest.level, points))
+                    Some(Band {
+                        level: narrowest.level,
+                        points,
+                    })
                 })
                 .collect();
             ChartSeries {
@@ -502,11 +513,12 @@ impl Evaluation {
             lo
         );
         // Intervals first, under the lines: each band is its upper edge forward, lower edge back.
-        for (_, band) in &series.bands {
+        for band in &series.bands {
             let edge: Vec<String> = band
+                .points
                 .iter()
                 .map(|(t, _, hi)| format!("{:.1},{:.1}", x(*t), y(hi.clamp(lo, hi_axis))))
-                .chain(band.iter().rev().map(|(t, lo_edge, _)| {
+                .chain(band.points.iter().rev().map(|(t, lo_edge, _)| {
                     format!("{:.1},{:.1}", x(*t), y(lo_edge.clamp(lo, hi_axis)))
                 }))
                 .collect();
@@ -547,7 +559,7 @@ impl Evaluation {
             pad - 8.0,
             series.forecasts.len()
         );
-        if let Some((level, _)) = series.bands.first() {
+        if let Some(Band { level, .. }) = series.bands.first() {
             let _ = write!(
                 svg,
                 r##"<text x="{}" y="{}" fill="#1f77b4" fill-opacity="0.6">shaded: their {}% intervals</text>"##,
