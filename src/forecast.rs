@@ -9,7 +9,8 @@ use chrono::{DateTime, NaiveDate, SecondsFormat, TimeDelta, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::model::contract::{Calibration, ModelMetadata};
+use crate::model::contract::{Calibration, ModelMetadata, OutputSpec};
+use crate::model::SeriesOutput;
 use crate::time::{parse_rfc3339, span_of_steps, steps_after};
 
 /// One series to forecast, validated against the model's input shape.
@@ -239,6 +240,36 @@ pub fn check_levels_calibrated(
             format!(
                 "`intervals[{i}]` ({level}) is not a calibrated level; this model serves {:?}",
                 calibration.level_values()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The indices of the quantiles that bound the interval at `level`.
+fn quantile_pair(output: &OutputSpec, level: f64) -> Option<(usize, usize)> {
+    Some((
+        output.quantile_index((1.0 - level) / 2.0)?,
+        output.quantile_index((1.0 + level) / 2.0)?,
+    ))
+}
+
+/// Checks that a quantile network returns the two quantiles every level asked for needs.
+pub fn check_levels_in_quantiles(output: &OutputSpec, levels: &[f64]) -> Result<(), RequestError> {
+    let Some(quantiles) = &output.quantiles else {
+        return Ok(());
+    };
+    match levels
+        .iter()
+        .enumerate()
+        .find(|(_, level)| quantile_pair(output, **level).is_none())
+    {
+        Some((i, level)) => Err(reject(
+            ErrorCode::UnsupportedInterval,
+            format!(
+                "`intervals[{i}]` ({level}) needs the quantiles {} and {}; this model returns {quantiles:?}",
+                (1.0 - level) / 2.0,
+                (1.0 + level) / 2.0
             ),
         )),
         None => Ok(()),
@@ -567,24 +598,53 @@ pub struct SeriesForecast {
     /// One per level asked for, in the order asked.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub intervals: Vec<Interval>,
+    /// A quantile network's quantiles (one row per `output.quantiles` level): where its
+    /// intervals come from. Not part of the answer.
+    #[serde(skip)]
+    pub quantiles: Vec<Vec<f64>>,
 }
 
 impl ForecastResponse {
     /// Pairs each input with its forecast and stamps the steps at the model's frequency.
     pub fn new(metadata: &ModelMetadata, inputs: &[SeriesInput], outputs: Vec<Vec<f64>>) -> Self {
+        let outputs = outputs
+            .into_iter()
+            .map(|values| SeriesOutput {
+                values,
+                quantiles: Vec::new(),
+                crossed_at: None,
+            })
+            .collect();
+        Self::from_outputs(metadata, inputs, outputs)
+    }
+
+    /// [`ForecastResponse::new`] from the model's outputs, a quantile network's quantiles kept.
+    pub fn from_outputs(
+        metadata: &ModelMetadata,
+        inputs: &[SeriesInput],
+        outputs: Vec<SeriesOutput>,
+    ) -> Self {
         let forecasts = inputs
             .iter()
             .zip(outputs)
-            .map(|(input, values)| SeriesForecast {
-                id: input.id.clone(),
-                // `RequestShape::check_forecast_fits_after` accepted `last` only if every step
-                // fits; the checked sums keep a caller that skipped it from panicking.
-                timestamps: input
-                    .last_timestamp
-                    .map(|last| steps_after(last, metadata.frequency(), values.len())),
-                values,
-                intervals: Vec::new(),
-            })
+            .map(
+                |(
+                    input,
+                    SeriesOutput {
+                        values, quantiles, ..
+                    },
+                )| SeriesForecast {
+                    id: input.id.clone(),
+                    // `RequestShape::check_forecast_fits_after` accepted `last` only if every step
+                    // fits; the checked sums keep a caller that skipped it from panicking.
+                    timestamps: input
+                        .last_timestamp
+                        .map(|last| steps_after(last, metadata.frequency(), values.len())),
+                    values,
+                    intervals: Vec::new(),
+                    quantiles,
+                },
+            )
             .collect();
         ForecastResponse {
             model: ModelRef {
@@ -594,6 +654,41 @@ impl ForecastResponse {
             forecasts,
             calibration: None,
         }
+    }
+
+    /// Puts around every forecast of a quantile network its intervals at `levels` (checked with
+    /// [`check_levels_in_quantiles`]): level L spans the quantiles (1 - L) / 2 and (1 + L) / 2.
+    pub fn attach_quantile_intervals(&mut self, output: &OutputSpec, levels: &[f64]) {
+        if levels.is_empty() {
+            return;
+        }
+        let pairs: Vec<(f64, usize, usize)> = levels
+            .iter()
+            .filter_map(|&level| {
+                Some((
+                    level,
+                    quantile_pair(output, level)?.0,
+                    quantile_pair(output, level)?.1,
+                ))
+            })
+            .collect();
+        for forecast in &mut self.forecasts {
+            forecast.intervals = pairs
+                .iter()
+                .filter(|(_, lo, hi)| {
+                    *lo < forecast.quantiles.len() && *hi < forecast.quantiles.len()
+                })
+                .map(|&(level, lo, hi)| Interval {
+                    level,
+                    lower: forecast.quantiles[lo].clone(),
+                    upper: forecast.quantiles[hi].clone(),
+                })
+                .collect();
+        }
+        self.calibration = Some(CalibrationRef {
+            source: "quantiles".into(),
+            forecasts: 0,
+        });
     }
 
     /// Puts around every forecast its intervals at `levels` (checked with

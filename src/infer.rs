@@ -494,7 +494,11 @@ fn forecast_batch(model: &Arc<RwLock<Arc<Model>>>, batch: Vec<Job>) -> Answers {
                 .zip(results)
                 .map(|(job, (outputs, backtest_mae))| {
                     let outcome = ForecastOutcome {
-                        response: ForecastResponse::new(model.metadata(), &job.series, outputs),
+                        response: ForecastResponse::from_outputs(
+                            model.metadata(),
+                            &job.series,
+                            outputs,
+                        ),
                         backtest_mae,
                         queued: started.saturating_duration_since(job.enqueued_at),
                         inference,
@@ -529,7 +533,7 @@ fn forecast_one(model: &Arc<Model>, job: Job) -> (Reply, Result<ForecastOutcome,
         Ok(Ok((mut results, windows))) => {
             let (outputs, backtest_mae) = results.remove(0);
             Ok(ForecastOutcome {
-                response: ForecastResponse::new(model.metadata(), &job.series, outputs),
+                response: ForecastResponse::from_outputs(model.metadata(), &job.series, outputs),
                 backtest_mae,
                 queued: started.saturating_duration_since(job.enqueued_at),
                 inference: started.elapsed(),
@@ -543,7 +547,7 @@ fn forecast_one(model: &Arc<Model>, job: Job) -> (Reply, Result<ForecastOutcome,
     (job.reply, outcome)
 }
 
-type JobResult = (Vec<Vec<f64>>, Vec<f64>);
+type JobResult = (Vec<crate::model::SeriesOutput>, Vec<f64>);
 
 /// One forward pass for several jobs' forecasts and backtests. Returns per job its forecasts and
 /// backtest MAEs, and the number of windows in the pass.
@@ -583,7 +587,7 @@ fn forecast_jobs(model: &Model, jobs: &[Job]) -> Result<(Vec<JobResult>, usize),
         }
     }
     let total = windows.len();
-    let outputs = model.forecast(&windows)?;
+    let outputs = model.forecast_outputs(&windows)?;
     let results = layout
         .into_iter()
         .map(|(start, count, backtests)| {
@@ -591,7 +595,7 @@ fn forecast_jobs(model: &Model, jobs: &[Job]) -> Result<(Vec<JobResult>, usize),
             let maes = backtests
                 .iter()
                 .map(|(index, actual)| {
-                    let forecast = &outputs[*index];
+                    let forecast = &outputs[*index].values;
                     forecast
                         .iter()
                         .zip(actual)

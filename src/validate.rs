@@ -150,10 +150,15 @@ pub fn validate_dir(exe: &Path, dir: &Path, timeout: Duration) -> ValidationRepo
     let (running, done) = reader.join().unwrap_or_default();
     let stderr_text = stderr_reader.join().unwrap_or_default();
     checks.extend(done);
+    // Exit status 1 with no check left running is the probe reporting failed checks, not a crash.
+    let reported_failures = running.is_none()
+        && checks.iter().any(|c| !c.ok)
+        && status.and_then(|s| s.code()) == Some(1);
     let during = running
         .map(|name| format!(" during `{name}`"))
         .unwrap_or_default();
     match status {
+        Some(_) if reported_failures => {}
         None => {
             return fail(
                 checks,
@@ -311,6 +316,31 @@ pub fn run_probe(artifacts: &ModelArtifacts, out: &mut dyn std::io::Write) -> bo
                     }
                 }
             }
+        };
+        all_ok &= check.ok;
+        emit(&ProbeLine::Done(check));
+    }
+    if let Some(quantiles) = &model.metadata().output.quantiles {
+        let name = "quantiles".to_string();
+        emit(&ProbeLine::Running {
+            running: name.clone(),
+        });
+        let check = match model.forecast_outputs(&windows) {
+            Err(e) => Check { name, ok: false, detail: e.to_string() },
+            Ok(outputs) => match outputs.iter().enumerate().find_map(|(i, o)| Some((i, o.crossed_at?))) {
+                Some((series, step)) => Check {
+                    name,
+                    ok: false,
+                    detail: format!(
+                        "the network's quantiles {quantiles:?} cross (a lower level above a higher one) at step {step} of probe series {series}: train with a loss or head that keeps them ordered"
+                    ),
+                },
+                None => Check {
+                    name,
+                    ok: true,
+                    detail: format!("quantiles {quantiles:?} ordered at every step of {} probe series", outputs.len()),
+                },
+            },
         };
         all_ok &= check.ok;
         emit(&ProbeLine::Done(check));

@@ -494,3 +494,113 @@ fn bundled_with_radii_times(factor: f64) -> lstm_forecast::model::Model {
     })
     .unwrap()
 }
+
+fn fixture_model(name: &str) -> lstm_forecast::model::Model {
+    let artifacts =
+        lstm_forecast::source::DirectorySource::new(repo_path(&format!("tests/fixtures/{name}")))
+            .read()
+            .unwrap();
+    lstm_forecast::model::Model::load(&artifacts).unwrap()
+}
+
+/// A network that returns quantiles takes its intervals from them (0.8 from 0.1 and 0.9), sorted
+/// at each step, so that even a network whose quantile heads cross gives bands that do not.
+#[tokio::test]
+async fn a_quantile_network_serves_intervals_from_its_quantiles_and_they_never_cross() {
+    for fixture in ["quantile-lstm", "quantile-lstm-crossing"] {
+        let server = TestServer::start(
+            fixture_model(fixture),
+            lstm_forecast::service::Limits::default(),
+            64,
+        )
+        .await;
+        let series = json!([{"values": window(0.0)}, {"values": window(2.0)}]);
+        let (status, answer) = post(&server, &json!({"series": series, "intervals": [0.8]})).await;
+        assert_eq!(status, 200, "{fixture}: {answer}");
+        assert_eq!(answer["calibration"]["source"], "quantiles");
+        for forecast in answer["forecasts"].as_array().unwrap() {
+            let values = common::f64s(&forecast["values"]);
+            let interval = &forecast["intervals"][0];
+            let (lower, upper) = (
+                common::f64s(&interval["lower"]),
+                common::f64s(&interval["upper"]),
+            );
+            for k in 0..24 {
+                assert!(
+                    lower[k] <= values[k] && values[k] <= upper[k],
+                    "{fixture} step {k}: {forecast}"
+                );
+            }
+        }
+        let (status, answer) = post(&server, &json!({"series": series, "intervals": [0.5]})).await;
+        assert_eq!(status, 422, "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("0.25 and 0.75") && message.contains("[0.1, 0.5, 0.9]"),
+            "{message}"
+        );
+        server.stop().await;
+    }
+}
+
+#[test]
+fn model_validate_refuses_crossing_quantiles_and_malformed_quantile_contracts() {
+    let validate = |dir: &std::path::Path| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
+            .args(["model", "validate", dir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (ok, report) = validate(&repo_path("tests/fixtures/quantile-lstm"));
+    assert!(ok, "{report}");
+    let (ok, report) = validate(&repo_path("tests/fixtures/quantile-lstm-crossing"));
+    assert!(
+        !ok && report.contains("quantiles [0.1, 0.5, 0.9] cross"),
+        "{report}"
+    );
+    assert!(
+        !report.contains("libtorch cannot run"),
+        "failed checks are not a crash: {report}"
+    );
+
+    let source = repo_path("tests/fixtures/quantile-lstm");
+    let good: Value =
+        serde_json::from_slice(&std::fs::read(source.join("model.json")).unwrap()).unwrap();
+    let bundled: Value = serde_json::from_slice(
+        &std::fs::read(repo_path("model_artifacts/etth1-ot-lstm/model.json")).unwrap(),
+    )
+    .unwrap();
+    for (pointer, broken, needle) in [
+        (
+            "/output/quantiles",
+            json!([0.9, 0.5, 0.1]),
+            "output.quantiles[1]",
+        ),
+        ("/output/quantiles", json!([0.1, 0.9]), "must include 0.5"),
+        (
+            "/output/quantiles",
+            json!([0.5, 1.2]),
+            "output.quantiles[1]",
+        ),
+        (
+            "/calibration",
+            bundled["calibration"].clone(),
+            "remove one of the two",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(source.join("model.pt"), dir.path().join("model.pt")).unwrap();
+        let mut metadata = good.clone();
+        match metadata.pointer_mut(pointer) {
+            Some(slot) => *slot = broken,
+            None => metadata["calibration"] = broken,
+        }
+        std::fs::write(dir.path().join("model.json"), metadata.to_string()).unwrap();
+        let (ok, report) = validate(dir.path());
+        assert!(!ok && report.contains(needle), "{needle}: {report}");
+    }
+}

@@ -167,6 +167,62 @@ pub struct InputSpec {
 pub struct OutputSpec {
     /// Number of future steps of the target the network returns.
     pub horizon: usize,
+    /// For networks that forecast quantiles: the quantile levels, ascending, 0.5 among them (the
+    /// point forecast). The network then returns `[batch, horizon, quantiles.len()]`, and
+    /// intervals come from pairs of quantiles (0.8 from 0.1 and 0.9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantiles: Option<Vec<f64>>,
+}
+
+/// Most quantiles a network may return.
+pub const MAX_QUANTILES: usize = 99;
+
+impl OutputSpec {
+    /// Outputs per series: `horizon`, or `horizon x quantiles`.
+    pub fn values_per_series(&self) -> usize {
+        self.horizon * self.quantiles.as_ref().map_or(1, Vec::len)
+    }
+
+    /// Index of the quantile at `level`, if the network returns it.
+    pub fn quantile_index(&self, level: f64) -> Option<usize> {
+        self.quantiles
+            .as_ref()?
+            .iter()
+            .position(|q| (q - level).abs() <= LEVEL_TOLERANCE)
+    }
+
+    fn check_quantiles(&self) -> Result<(), ContractError> {
+        let Some(quantiles) = &self.quantiles else {
+            return Ok(());
+        };
+        if quantiles.is_empty() || quantiles.len() > MAX_QUANTILES {
+            return Err(field_error(
+                "output.quantiles",
+                format!("needs 1 to {MAX_QUANTILES} levels, has {}", quantiles.len()),
+            ));
+        }
+        for (i, q) in quantiles.iter().enumerate() {
+            if !(*q > 0.0 && *q < 1.0) {
+                return Err(field_error(
+                    format!("output.quantiles[{i}]"),
+                    format!("{q} is not in (0, 1)"),
+                ));
+            }
+            if i > 0 && *q <= quantiles[i - 1] {
+                return Err(field_error(
+                    format!("output.quantiles[{i}]"),
+                    "quantiles must be strictly ascending",
+                ));
+            }
+        }
+        if self.quantile_index(0.5).is_none() {
+            return Err(field_error(
+                "output.quantiles",
+                "must include 0.5: the median is the point forecast",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One preprocessing step. The service implements exactly these; an unknown `kind` fails the load.
@@ -384,7 +440,14 @@ impl ModelMetadata {
                 format!("statistics for `{extra}`, which is not an input feature"),
             ));
         }
+        self.output.check_quantiles()?;
         if let Some(calibration) = &self.calibration {
+            if self.output.quantiles.is_some() {
+                return Err(field_error(
+                    "calibration",
+                    "a network that returns output.quantiles takes its intervals from them; remove one of the two",
+                ));
+            }
             calibration.check(self.output.horizon, "calibration")?;
         }
         Ok(())

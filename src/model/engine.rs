@@ -10,7 +10,8 @@ use std::sync::Once;
 
 /// Runs the network on one batch.
 pub trait Engine: Send + Sync {
-    /// `input` is row-major `[batch, window, features]`; returns row-major `[batch, horizon]`.
+    /// `input` is row-major `[batch, window, features]`; returns row-major `[batch, horizon]`
+    /// (`[batch, horizon, quantiles]` for a quantile network).
     fn forward(
         &self,
         input: &[f32],
@@ -26,28 +27,37 @@ pub enum EngineError {
     Load(String),
     #[error("libtorch forward failed: {0}")]
     Forward(String),
-    #[error("model.pt returned shape {actual:?}, expected [{batch}, {horizon}] (output.horizon in model.json)")]
+    #[error("model.pt returned shape {actual:?}, expected {expected:?} (output.horizon, and output.quantiles if any, in model.json)")]
     OutputShape {
         actual: Vec<i64>,
-        batch: usize,
-        horizon: usize,
+        expected: Vec<i64>,
     },
 }
 
 /// TorchScript on CPU via tch.
 pub struct TorchEngine {
     module: tch::CModule,
-    horizon: usize,
+    /// The output's shape after the batch: `[horizon]` or `[horizon, quantiles]`.
+    per_series: Vec<i64>,
 }
 
 impl TorchEngine {
     /// Loads TorchScript from memory (an S3 body or an embedded file need no temporary file).
     pub fn load(model_pt: &[u8], horizon: usize) -> Result<Self, EngineError> {
+        Self::load_with_output(model_pt, &[horizon])
+    }
+
+    /// [`TorchEngine::load`] for a network whose output per series has the shape `per_series`
+    /// (`[horizon, quantiles]` for a quantile network).
+    pub fn load_with_output(model_pt: &[u8], per_series: &[usize]) -> Result<Self, EngineError> {
         let mut module =
             tch::CModule::load_data_on_device(&mut Cursor::new(model_pt), tch::Device::Cpu)
                 .map_err(|e| EngineError::Load(first_line(&e.to_string())))?;
         module.set_eval();
-        Ok(TorchEngine { module, horizon })
+        Ok(TorchEngine {
+            module,
+            per_series: per_series.iter().map(|&d| d as i64).collect(),
+        })
     }
 }
 
@@ -76,11 +86,13 @@ impl Engine for TorchEngine {
             .map_err(forward_error)?;
         let y = self.module.forward_ts(&[x]).map_err(forward_error)?;
         let size = y.size();
-        if size != [padded as i64, self.horizon as i64] {
+        let expected: Vec<i64> = std::iter::once(padded as i64)
+            .chain(self.per_series.iter().copied())
+            .collect();
+        if size != expected {
             return Err(EngineError::OutputShape {
                 actual: size,
-                batch: padded,
-                horizon: self.horizon,
+                expected,
             });
         }
         let y = y.f_narrow(0, 0, batch as i64).map_err(forward_error)?;

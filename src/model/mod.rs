@@ -74,6 +74,18 @@ impl ForecastError {
     }
 }
 
+/// One series' forecast as the model made it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesOutput {
+    /// The point forecast, original scale.
+    pub values: Vec<f64>,
+    /// For a quantile network: one row per `output.quantiles` level, ascending, never crossing.
+    pub quantiles: Vec<Vec<f64>>,
+    /// The first step at which the network's own quantiles were out of order (sorted since):
+    /// `model validate` refuses such a network.
+    pub crossed_at: Option<usize>,
+}
+
 pub struct Model {
     metadata: ModelMetadata,
     pipeline: Pipeline,
@@ -98,7 +110,13 @@ impl Model {
                 declared: metadata.torch_version.clone(),
             });
         }
-        let engine = TorchEngine::load(&artifacts.model_pt, metadata.output.horizon)?;
+        let engine = match &metadata.output.quantiles {
+            None => TorchEngine::load(&artifacts.model_pt, metadata.output.horizon)?,
+            Some(q) => TorchEngine::load_with_output(
+                &artifacts.model_pt,
+                &[metadata.output.horizon, q.len()],
+            )?,
+        };
         Ok(Model::with_engine(metadata, Box::new(engine)))
     }
 
@@ -158,8 +176,21 @@ impl Model {
     }
 
     /// Forecasts a batch of windows (original scale, row-major `[window][features]`) in one
-    /// forward pass. Returns `horizon` target values per window, original scale.
+    /// forward pass. Returns `horizon` target values per window, original scale (the median, for
+    /// a quantile network).
     pub fn forecast<W: AsRef<[f64]>>(&self, windows: &[W]) -> Result<Vec<Vec<f64>>, ForecastError> {
+        Ok(self
+            .forecast_outputs(windows)?
+            .into_iter()
+            .map(|o| o.values)
+            .collect())
+    }
+
+    /// [`Model::forecast`] with a quantile network's quantiles too.
+    pub fn forecast_outputs<W: AsRef<[f64]>>(
+        &self,
+        windows: &[W],
+    ) -> Result<Vec<SeriesOutput>, ForecastError> {
         let n = self.window_len();
         let mut input = vec![0f32; windows.len() * n];
         let mut scratch = Vec::with_capacity(n);
@@ -182,31 +213,65 @@ impl Model {
             return Ok(Vec::new());
         }
         let horizon = self.metadata.output.horizon;
+        let per_series = self.metadata.output.values_per_series();
         let output = self.engine.forward(
             &input,
             windows.len(),
             self.metadata.input.window,
             self.metadata.input.features.len(),
         )?;
-        if output.len() != windows.len() * horizon {
+        if output.len() != windows.len() * per_series {
             return Err(EngineError::OutputShape {
                 actual: vec![output.len() as i64],
-                batch: windows.len(),
-                horizon,
+                expected: vec![(windows.len() * per_series) as i64],
             }
             .into());
         }
+        let median = self.metadata.output.quantile_index(0.5);
         output
-            .chunks_exact(horizon)
+            .chunks_exact(per_series)
             .zip(&restores)
             .enumerate()
             .map(|(series, (y, restore))| {
-                let values = restore.apply(y);
-                if values.iter().all(|v| v.is_finite()) {
-                    Ok(values)
-                } else {
-                    Err(ForecastError::NonFiniteOutput { series })
+                let Some(median) = median else {
+                    let values = restore.apply(y);
+                    return match values.iter().all(|v| v.is_finite()) {
+                        true => Ok(SeriesOutput {
+                            values,
+                            quantiles: Vec::new(),
+                            crossed_at: None,
+                        }),
+                        false => Err(ForecastError::NonFiniteOutput { series }),
+                    };
+                };
+                // `[horizon, quantiles]`: one row per quantile, each restored like a forecast,
+                // then sorted step by step so that no band ever crosses another.
+                let count = per_series / horizon;
+                let mut quantiles: Vec<Vec<f64>> = (0..count)
+                    .map(|q| {
+                        let row: Vec<f32> = (0..horizon).map(|k| y[k * count + q]).collect();
+                        restore.apply(&row)
+                    })
+                    .collect();
+                if quantiles.iter().flatten().any(|v| !v.is_finite()) {
+                    return Err(ForecastError::NonFiniteOutput { series });
                 }
+                let mut crossed_at = None;
+                for k in 0..horizon {
+                    let mut step: Vec<f64> = quantiles.iter().map(|row| row[k]).collect();
+                    if crossed_at.is_none() && step.windows(2).any(|w| w[0] > w[1]) {
+                        crossed_at = Some(k);
+                    }
+                    step.sort_by(f64::total_cmp);
+                    for (row, value) in quantiles.iter_mut().zip(step) {
+                        row[k] = value;
+                    }
+                }
+                Ok(SeriesOutput {
+                    values: quantiles[median].clone(),
+                    quantiles,
+                    crossed_at,
+                })
             })
             .collect()
     }

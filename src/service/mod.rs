@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use crate::environment::Sampler;
 use crate::forecast::{
-    check_interval_levels, check_levels_calibrated, parse_forecast_body, ErrorCode,
-    ForecastResponse, RequestError, RequestShape, SeriesForecast, SeriesInput,
+    check_interval_levels, check_levels_calibrated, check_levels_in_quantiles, parse_forecast_body,
+    ErrorCode, ForecastResponse, RequestError, RequestShape, SeriesForecast, SeriesInput,
 };
 use crate::infer::{InferError, InferenceHandle};
 use crate::metrics::prometheus::PrometheusSink;
@@ -234,7 +234,12 @@ impl Service {
     /// The interval levels `levels` checked against what the model in service is calibrated for.
     pub fn check_intervals(&self, levels: &[f64]) -> Result<(), RequestError> {
         check_interval_levels(levels)?;
-        check_levels_calibrated(self.model().metadata().calibration.as_ref(), levels)
+        let model = self.model();
+        let metadata = model.metadata();
+        match metadata.output.quantiles {
+            Some(_) => check_levels_in_quantiles(&metadata.output, levels),
+            None => check_levels_calibrated(metadata.calibration.as_ref(), levels),
+        }
     }
 
     /// [`Service::forecast`] with prediction intervals at `levels` around every forecast (none
@@ -380,12 +385,21 @@ impl Service {
         }
         let mut response = outcome.response;
         if !levels.is_empty() {
-            // The calibration of the version that answered (a reload may have happened since
-            // the levels were checked): its online one while that serves every level asked for,
-            // else its model.json one.
-            let (calibration, source) = self.calibration_for(&response.model.version, levels)?;
-            check_levels_calibrated(Some(&calibration), levels)?;
-            response.attach_intervals(&calibration, source, levels);
+            let model = self.model();
+            let quantile_network = model.metadata().version == response.model.version
+                && model.metadata().output.quantiles.is_some();
+            if quantile_network {
+                check_levels_in_quantiles(&model.metadata().output, levels)?;
+                response.attach_quantile_intervals(&model.metadata().output, levels);
+            } else {
+                // The calibration of the version that answered (a reload may have happened
+                // since the levels were checked): its online one while that serves every level
+                // asked for, else its model.json one.
+                let (calibration, source) =
+                    self.calibration_for(&response.model.version, levels)?;
+                check_levels_calibrated(Some(&calibration), levels)?;
+                response.attach_intervals(&calibration, source, levels);
+            }
         }
         if let Some(log) = self.forecast_log() {
             log.push(LogInput::records(log_inputs, &response, request_id));
