@@ -12,7 +12,8 @@
 //!   [`service::follow`], following the registry's `live` alias.
 //! - [`model`]: the model contract (`model.json`, [`model::contract`]), the preprocessing it declares
 //!   ([`model::preprocess`]), the engine port with its TorchScript implementation
-//!   ([`model::engine`]), and [`model::Model`], which ties them into the batched forecast path.
+//!   ([`model::engine`]), [`model::Model`], which ties them into the batched forecast path, and
+//!   split-conformal calibration of its intervals ([`model::calibrate`]).
 //! - [`infer`]: the inference handle: dedicated engine threads behind one bounded queue, so libtorch
 //!   never runs on async workers, and a low-latency engine thread for lone requests.
 //! - [`forecast`]: forecast requests and answers, parsed and validated without trusting the client.
@@ -27,7 +28,7 @@
 //! - [`environment`]: what must differ between execution environments (an id, sampling draws),
 //!   drawn from the OS and drawn again after a SnapStart restore (a leaf).
 //! - [`monitor`]: input drift, accuracy scores, actuals, the forecast log and actuals on S3,
-//!   evaluation reports.
+//!   evaluation reports, and the online recalibration of intervals ([`monitor::calibration`]).
 //! - [`metrics`]: one metrics facade ([`metrics::Telemetry`], the metric list in
 //!   [`metrics::Metric`]) with three sinks: Prometheus, the CloudWatch API, EMF log lines.
 //! - [`validate`]: `model validate`, which probes a model in a child process so a model that

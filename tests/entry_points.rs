@@ -143,6 +143,7 @@ fn lambda_app(service: Service, s3: aws_sdk_s3::Client) -> LambdaApp {
         forecast_log_delivery: lstm_forecast::monitor::store::LogDelivery::LogLines,
         backtest_rate: 0.0,
         evaluation_grace: Duration::from_secs(3600),
+        recalibration: Default::default(),
         sampling_seed: None,
     };
     LambdaApp::new(

@@ -142,6 +142,15 @@ pub struct LambdaArgs {
     #[arg(long, env = "EVALUATION_GRACE_MINUTES", default_value_t = 60)]
     pub grace_minutes: u64,
 
+    /// Most recent scored errors kept per model version and horizon step by the `evaluate`
+    /// action, from which intervals are recalibrated (served once each step has 30).
+    #[arg(long, env = "RECALIBRATION_WINDOW", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub recalibration_window: u64,
+
+    /// Interval levels the online calibration serves, comma-separated, each in (0, 1).
+    #[arg(long, env = "INTERVAL_LEVELS", value_delimiter = ',', default_values_t = [0.8, 0.95])]
+    pub interval_levels: Vec<f64>,
+
     /// Comma-separated alarm names whose ALARM state rolls the model alias back.
     #[arg(
         long,

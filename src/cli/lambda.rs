@@ -18,6 +18,8 @@ pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
     if std::env::var_os("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH").is_none() {
         std::env::set_var("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true");
     }
+    lstm_forecast::forecast::check_interval_levels(&args.interval_levels)
+        .map_err(|e| anyhow::anyhow!(e.message.replace("`intervals", "`--interval-levels")))?;
     let config = LambdaConfig {
         model_uri: ModelUri::parse(&args.model.model)?,
         model_cache_dir: args.model.model_cache_dir,
@@ -47,6 +49,10 @@ pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
         backtest_rate: args.accuracy.backtest_rate,
         sampling_seed: args.accuracy.sampling_seed,
         evaluation_grace: Duration::from_secs(args.grace_minutes * 60),
+        recalibration: lstm_forecast::monitor::evaluate::Recalibration {
+            window: args.recalibration_window as usize,
+            levels: args.interval_levels,
+        },
     };
     let runtime = runtime()?;
     let app = match runtime.block_on(lambda::init(config)) {

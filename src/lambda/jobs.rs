@@ -495,6 +495,7 @@ async fn forecast_shard(
 pub async fn evaluate(
     service: &Service,
     grace: std::time::Duration,
+    recalibration: &crate::monitor::evaluate::Recalibration,
 ) -> Result<Value, InvocationError> {
     let Some(log) = service.forecast_log() else {
         return Err(InvocationError::new(
@@ -508,18 +509,20 @@ pub async fn evaluate(
     let metadata = model.metadata();
     let window =
         EvaluationWindow::for_horizon(metadata.output.horizon, metadata.frequency(), grace);
-    let run = crate::monitor::evaluate::run_evaluation(
+    let run = crate::monitor::evaluate::run_evaluation_with(
         log.store(),
         service.telemetry(),
         Utc::now(),
         window,
+        recalibration,
     )
     .await
     .map_err(|e| InvocationError::new("EvaluationFailed", e.to_string()))?;
     Ok(
         json!({"action": "evaluate", "report": run.report, "forecasts_scored": run.evaluation.forecasts_scored,
               "pairs": run.evaluation.pairs, "missing_actuals": run.evaluation.missing_actuals,
-              "scores": run.evaluation.by_version}),
+              "scores": run.evaluation.by_version, "intervals": run.evaluation.intervals,
+              "recalibrated": run.evaluation.recalibrated}),
     )
 }
 

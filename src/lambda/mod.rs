@@ -71,6 +71,8 @@ pub struct LambdaConfig {
     pub backtest_rate: f64,
     /// How long after a forecast's last target time its actuals may still arrive.
     pub evaluation_grace: Duration,
+    /// How `evaluate` recalibrates the intervals from the latest scored errors.
+    pub recalibration: crate::monitor::evaluate::Recalibration,
     /// Seed of the backtest sampling (`None`: drawn from the OS; a SnapStart restore always draws
     /// a new one).
     pub sampling_seed: Option<u64>,
@@ -406,7 +408,12 @@ impl LambdaApp {
                 .await
             }
             ScheduledAction::Evaluate {} => {
-                jobs::evaluate(&self.service, self.config.evaluation_grace).await
+                jobs::evaluate(
+                    &self.service,
+                    self.config.evaluation_grace,
+                    &self.config.recalibration,
+                )
+                .await
             }
         }
     }
