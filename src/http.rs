@@ -375,6 +375,9 @@ struct ModelInfo<'a> {
     preprocessing: Vec<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     evaluation: Option<&'a serde_json::Value>,
+    /// The interval levels a request may ask for (from the calibration or the quantiles).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    interval_levels: Vec<f64>,
 }
 
 async fn model_metadata(State(service): State<Service>) -> Response {
@@ -397,6 +400,21 @@ async fn model_metadata(State(service): State<Service>) -> Response {
             })
             .collect(),
         evaluation: metadata.evaluation.as_ref(),
+        interval_levels: match (&metadata.output.quantiles, &metadata.calibration) {
+            (Some(quantiles), _) => quantiles
+                .iter()
+                .filter(|&&q| q < 0.5)
+                .map(|q| 1.0 - 2.0 * q)
+                .filter(|level| {
+                    metadata
+                        .output
+                        .quantile_index((1.0 + level) / 2.0)
+                        .is_some()
+                })
+                .collect(),
+            (None, Some(calibration)) => calibration.level_values(),
+            (None, None) => Vec::new(),
+        },
     })
     .into_response()
 }

@@ -75,6 +75,14 @@ async fn a_request_gets_calibrated_intervals_at_the_levels_it_asks_for() {
     }
     assert_eq!(answer["calibration"]["source"], "model.json");
     assert_eq!(answer["calibration"]["forecasts"], 2857);
+    // A client can see which levels it may ask for.
+    let model: Value = reqwest::get(server.url("/v1/model"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(model["interval_levels"], json!([0.8, 0.95]));
     // Without `intervals`, the answer is exactly as before.
     let (_, plain) = post(&server, &json!({"series": series})).await;
     assert!(plain.get("calibration").is_none());
