@@ -166,16 +166,22 @@ impl S3Objects {
         self.client.current()
     }
 
-    /// Reads a whole object.
-    pub async fn get(&self, key: &str) -> Result<Object, ObjectError> {
-        let output = self
-            .client()
+    async fn get_object(
+        &self,
+        key: &str,
+    ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, ObjectError> {
+        self.client()
             .get_object()
             .bucket(&self.bucket)
             .key(key)
             .send()
             .await
-            .map_err(|e| ObjectError::classify("GetObject", e, &self.bucket, key))?;
+            .map_err(|e| ObjectError::classify("GetObject", e, &self.bucket, key))
+    }
+
+    /// Reads a whole object.
+    pub async fn get(&self, key: &str) -> Result<Object, ObjectError> {
+        let output = self.get_object(key).await?;
         let etag = output.e_tag().map(str::to_owned);
         let bytes = output.body.collect().await.map_err(|e| {
             ObjectError::new(
@@ -250,14 +256,7 @@ impl S3Objects {
         &self,
         key: &str,
     ) -> Result<impl tokio::io::AsyncBufRead + Send + Unpin + 'static, ObjectError> {
-        let output = self
-            .client()
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| ObjectError::classify("GetObject", e, &self.bucket, key))?;
+        let output = self.get_object(key).await?;
         Ok(tokio::io::BufReader::with_capacity(
             256 * 1024,
             output.body.into_async_read(),

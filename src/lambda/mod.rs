@@ -301,14 +301,7 @@ impl LambdaApp {
                     output,
                     intervals,
                 };
-                jobs::forecast_shards(
-                    &self.service,
-                    self.clients.s3(),
-                    job,
-                    self.shard_limits(),
-                    &context.request_id,
-                )
-                .await
+                self.forecast_shards(job, &context.request_id).await
             }
             Shape::ScheduledAction => {
                 self.run_action(typed(payload, "scheduled action")?, &context.request_id)
@@ -388,14 +381,7 @@ impl LambdaApp {
                     output,
                     intervals,
                 };
-                jobs::forecast_shards(
-                    &self.service,
-                    self.clients.s3(),
-                    job,
-                    self.shard_limits(),
-                    request_id,
-                )
-                .await
+                self.forecast_shards(job, request_id).await
             }
             ScheduledAction::BatchManifest { input, output } => {
                 jobs::write_manifest(
@@ -416,6 +402,21 @@ impl LambdaApp {
                 .await
             }
         }
+    }
+
+    async fn forecast_shards(
+        &self,
+        job: jobs::ShardJob,
+        request_id: &str,
+    ) -> Result<Value, InvocationError> {
+        jobs::forecast_shards(
+            &self.service,
+            self.clients.s3(),
+            job,
+            self.shard_limits(),
+            request_id,
+        )
+        .await
     }
 
     fn shard_limits(&self) -> jobs::ShardLimits<'_> {

@@ -440,13 +440,8 @@ impl Telemetry {
         model_version: &str,
         horizon_bucket: Option<&str>,
     ) {
-        self.emit(metric, value, || Dimensions {
-            model: model.into(),
-            model_version: model_version.into(),
-            stage: self.stage.clone(),
-            horizon_bucket: horizon_bucket.map(Into::into),
-            feature: None,
-            level: None,
+        self.emit(metric, value, || {
+            self.scored_dimensions((model, model_version), horizon_bucket, None)
         });
     }
 
@@ -460,14 +455,26 @@ impl Telemetry {
         horizon_bucket: Option<&str>,
         level: f64,
     ) {
-        self.emit(metric, value, || Dimensions {
+        self.emit(metric, value, || {
+            self.scored_dimensions((model, model_version), horizon_bucket, Some(level))
+        });
+    }
+
+    /// The dimensions of a score of an explicit model version.
+    fn scored_dimensions(
+        &self,
+        (model, model_version): (&str, &str),
+        horizon_bucket: Option<&str>,
+        level: Option<f64>,
+    ) -> Dimensions {
+        Dimensions {
             model: model.into(),
             model_version: model_version.into(),
             stage: self.stage.clone(),
             horizon_bucket: horizon_bucket.map(Into::into),
             feature: None,
-            level: Some(level.to_string().into()),
-        });
+            level: level.map(|l| l.to_string().into()),
+        }
     }
 
     /// Records for one input feature of a multi-feature model (`Feature` dimension).

@@ -83,12 +83,27 @@ pub fn backtest(
 /// The split-conformal calibration of `scored` forecasts at `levels` (ascending after sorting).
 pub fn split_conformal(scored: &[Scored], levels: &[f64], data: String) -> Calibration {
     let horizon = scored.first().map_or(0, |s| s.forecast.len());
-    let errors_by_step: Vec<Vec<f64>> = (0..horizon)
+    let errors_by_step = (0..horizon)
         .map(|k| {
-            let mut errors: Vec<f64> = scored
+            scored
                 .iter()
                 .map(|s| (s.forecast[k] - s.actual[k]).abs())
-                .collect();
+                .collect()
+        })
+        .collect();
+    from_errors(errors_by_step, levels, data, scored.len())
+}
+
+/// The split-conformal calibration of absolute errors per horizon step, resting on `forecasts`.
+pub fn from_errors(
+    errors_by_step: Vec<Vec<f64>>,
+    levels: &[f64],
+    data: String,
+    forecasts: usize,
+) -> Calibration {
+    let sorted: Vec<Vec<f64>> = errors_by_step
+        .into_iter()
+        .map(|mut errors| {
             errors.sort_by(f64::total_cmp);
             errors
         })
@@ -99,12 +114,12 @@ pub fn split_conformal(scored: &[Scored], levels: &[f64], data: String) -> Calib
     Calibration {
         method: "split_conformal".into(),
         data,
-        forecasts: scored.len(),
+        forecasts,
         levels: levels
             .into_iter()
             .map(|level| CalibratedLevel {
                 level,
-                radius: errors_by_step
+                radius: sorted
                     .iter()
                     .map(|errors| conformal_quantile(errors, level))
                     .collect(),

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::model::calibrate::conformal_quantile;
-use crate::model::contract::{CalibratedLevel, Calibration};
+use crate::model::calibrate::from_errors;
+use crate::model::contract::Calibration;
 
 /// Errors per step a version needs before its online calibration is published.
 pub const MIN_ONLINE_ERRORS: usize = 30;
@@ -92,33 +92,16 @@ impl VersionErrors {
         if self.steps.is_empty() || fewest < MIN_ONLINE_ERRORS.min(window) || levels.is_empty() {
             return None;
         }
-        let sorted: Vec<Vec<f64>> = self
+        let errors_by_step = self
             .steps
             .iter()
-            .map(|step| {
-                let mut errors: Vec<f64> = step.iter().map(|(_, e)| *e).collect();
-                errors.sort_by(f64::total_cmp);
-                errors
-            })
+            .map(|step| step.iter().map(|(_, e)| *e).collect())
             .collect();
-        let mut levels = levels.to_vec();
-        levels.sort_by(f64::total_cmp);
-        levels.dedup();
-        Some(Calibration {
-            method: "split_conformal".into(),
-            data: format!(
-                "online: the latest {fewest} scored errors per horizon step (window {window}), as of {}",
-                crate::time::format_rfc3339(now)
-            ),
-            forecasts: fewest,
-            levels: levels
-                .into_iter()
-                .map(|level| CalibratedLevel {
-                    level,
-                    radius: sorted.iter().map(|e| conformal_quantile(e, level)).collect(),
-                })
-                .collect(),
-        })
+        let data = format!(
+            "online: the latest {fewest} scored errors per horizon step (window {window}), as of {}",
+            crate::time::format_rfc3339(now)
+        );
+        Some(from_errors(errors_by_step, levels, data, fewest))
     }
 }
 
