@@ -697,9 +697,17 @@ impl ForecastResponse {
         if levels.is_empty() {
             return;
         }
+        // Each interval carries the calibrated level, not the request's float: a level sent as
+        // 0.8000000001 is served, logged and scored as 0.8.
         let radii: Vec<(f64, &[f64])> = levels
             .iter()
-            .filter_map(|&level| Some((level, calibration.radius(level)?)))
+            .filter_map(|&level| {
+                let calibrated = calibration
+                    .levels
+                    .iter()
+                    .find(|l| (l.level - level).abs() <= crate::model::contract::LEVEL_TOLERANCE)?;
+                Some((calibrated.level, calibrated.radius.as_slice()))
+            })
             .collect();
         for forecast in &mut self.forecasts {
             forecast.intervals = radii

@@ -319,8 +319,8 @@ impl StreamFormat {
 /// Parses a shard line by line into series, holding one series at a time.
 ///
 /// The input contract that makes this possible: **each series' rows are contiguous** (CSV rows
-/// grouped by `id`, JSON Lines one series per line), and a record never spans lines. A series id
-/// that comes back after another one is refused, because its first rows are already forecast.
+/// grouped by `id`; a JSON line is a whole series), and a record never spans lines. A CSV series
+/// id that comes back after another one is refused, because its first rows are already forecast.
 /// Memory is the current series' last two windows plus 8 bytes per id seen (the contiguity check).
 pub struct SeriesStream {
     format: StreamFormat,
@@ -361,6 +361,11 @@ impl SeriesStream {
         self.line += 1;
         let line = line.strip_suffix(b"\n").unwrap_or(line);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        // A UTF-8 byte-order mark (spreadsheet exports) is not part of the first column's name.
+        let line = match self.line {
+            1 => line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line),
+            _ => line,
+        };
         if line.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
@@ -402,8 +407,9 @@ impl SeriesStream {
                 .message
                 .replacen("line 1:", &format!("line {}:", self.line), 1),
         })?;
+        // Each line is a whole series, so lines need no order (and ids are optional, as in a
+        // request): only CSV rows must keep a series together.
         let series = parsed.pop().expect("one non-blank line is one series");
-        self.check_new_id(series.id.as_deref())?;
         self.series += 1;
         Ok(series)
     }
@@ -647,13 +653,9 @@ mod tests {
             "{}",
             err.message
         );
-        let lines = "{\"id\":\"a\",\"values\":[1,2]}\n{\"id\":\"a\",\"values\":[3,4]}\n";
-        let err = stream_all(StreamFormat::JsonLines, lines).unwrap_err();
-        assert!(
-            err.message.contains("line 2: series `a`"),
-            "{}",
-            err.message
-        );
+        // A JSON line is a whole series: ids are optional and may repeat, as in a request.
+        let lines = "{\"values\":[1,2]}\n{\"values\":[3,4]}\n{\"id\":\"a\",\"values\":[5,6]}\n";
+        assert_eq!(stream_all(StreamFormat::JsonLines, lines).unwrap().len(), 3);
     }
 
     #[test]
@@ -666,6 +668,14 @@ mod tests {
         assert!(err.message.contains("empty"), "{}", err.message);
         let err = stream_all(StreamFormat::Csv, "id,OT\na,1\na,x\n").unwrap_err();
         assert!(err.message.contains("CSV line 3"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_header_is_not_part_of_the_id_column() {
+        let csv = "\u{feff}id,OT\na,1\na,2\nb,3\nb,4\n";
+        let series = stream_all(StreamFormat::Csv, csv).unwrap();
+        assert_eq!(series.len(), 2);
+        assert_eq!(series[1].id.as_deref(), Some("b"));
     }
 
     #[test]

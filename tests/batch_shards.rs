@@ -218,6 +218,8 @@ async fn a_shard_that_breaks_the_input_contract_fails_alone_and_the_manifest_nam
         ("interleaved.csv", interleaved),
         ("notes.txt", "just some notes\n".to_string()),
         ("good.jsonl", jsonl_shard("j", 8)),
+        // A spreadsheet export: its byte-order mark is not part of the `id` column's name.
+        ("excel.csv", format!("\u{feff}{}", csv_shard("x", 3))),
     ];
     for (name, body) in &shards {
         put(&s3, &format!("{INPUT_PREFIX}{run}/{name}"), body.clone()).await;
@@ -225,6 +227,9 @@ async fn a_shard_that_breaks_the_input_contract_fails_alone_and_the_manifest_nam
     let instance = Instance::start(&function_env(&moto.endpoint, &[]));
     let items = listed_items(&s3, &format!("{INPUT_PREFIX}{run}/")).await;
     let (_, output) = run_uri(run);
+    // An object deleted between the listing and the invocation: gone for good, not retried.
+    let mut items = items;
+    items.push(json!({"Key": format!("{INPUT_PREFIX}{run}/gone.csv")}));
     let batch = &item_batches(&items, items.len(), &output)[0];
 
     // Bad input is permanent: the invocation succeeds and names each bad shard.
@@ -232,8 +237,8 @@ async fn a_shard_that_breaks_the_input_contract_fails_alone_and_the_manifest_nam
         .invoke(batch)
         .await
         .expect("bad input fails only its shard");
-    assert_eq!(result["failed"], 4, "{result}");
-    assert_eq!(result["series"], 20, "{result}");
+    assert_eq!(result["failed"], 5, "{result}");
+    assert_eq!(result["series"], 23, "{result}");
     let errors: BTreeMap<String, String> = result["results"]
         .as_array()
         .unwrap()
@@ -257,6 +262,13 @@ async fn a_shard_that_breaks_the_input_contract_fails_alone_and_the_manifest_nam
     expect("no-target.csv", "no column `OT`");
     expect("interleaved.csv", "series `x-0` appears again");
     expect("notes.txt", "*.csv, *.jsonl or *.ndjson");
+    expect("gone.csv", "does not exist");
+    let excel = text(&s3, &output_key(run, "excel.csv")).await.unwrap();
+    assert_eq!(
+        forecast_ids(&excel),
+        ["x-0", "x-1", "x-2"],
+        "three series, not one"
+    );
     for name in [
         "not-a-number.csv",
         "no-target.csv",
@@ -285,13 +297,48 @@ async fn a_shard_that_breaks_the_input_contract_fails_alone_and_the_manifest_nam
         refused["errorMessage"]
             .as_str()
             .unwrap()
-            .contains("4 of 6 shards failed"),
+            .contains("4 of 7 shards failed"),
         "{refused}"
     );
     let manifest = read_manifest(&s3, run).await;
     assert_eq!(manifest["failed"].as_array().unwrap().len(), 4);
-    assert_eq!(manifest["completed"].as_array().unwrap().len(), 2);
-    assert_eq!(manifest["series"], 20);
+    assert_eq!(manifest["completed"].as_array().unwrap().len(), 3);
+    assert_eq!(manifest["series"], 23);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shards_of_one_name_in_two_subfolders_fail_the_run_instead_of_overwriting_each_other() {
+    let moto = Moto::start();
+    let s3 = moto.create_bucket(BUCKET).await;
+    let run = "run-dup";
+    for region in ["eu", "us"] {
+        put(
+            &s3,
+            &format!("{INPUT_PREFIX}{run}/{region}/part-0.csv"),
+            csv_shard(region, 2),
+        )
+        .await;
+    }
+    let instance = Instance::start(&function_env(&moto.endpoint, &[]));
+    let items = listed_items(&s3, &format!("{INPUT_PREFIX}{run}/")).await;
+    let (_, output) = run_uri(run);
+    instance
+        .invoke(&item_batches(&items, 2, &output)[0])
+        .await
+        .unwrap();
+    let refused = instance.invoke(&manifest_event(run)).await.unwrap_err();
+    assert_eq!(refused["errorType"], "BatchIncomplete", "{refused}");
+    let manifest = read_manifest(&s3, run).await;
+    assert_eq!(
+        manifest["failed"].as_array().unwrap().len(),
+        2,
+        "{manifest}"
+    );
+    let message = manifest["failed"][0]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("share this file name") && message.contains("eu/part-0.csv"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

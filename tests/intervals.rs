@@ -83,6 +83,13 @@ async fn a_request_gets_calibrated_intervals_at_the_levels_it_asks_for() {
         .await
         .unwrap();
     assert_eq!(model["interval_levels"], json!([0.8, 0.95]));
+    // A level within 1e-9 of a calibrated one is served, logged and scored as that one.
+    let (_, near) = post(
+        &server,
+        &json!({"series": series, "intervals": [0.8000000001]}),
+    )
+    .await;
+    assert_eq!(near["forecasts"][0]["intervals"][0]["level"], json!(0.8));
     // Without `intervals`, the answer is exactly as before.
     let (_, plain) = post(&server, &json!({"series": series})).await;
     assert!(plain.get("calibration").is_none());

@@ -20,6 +20,12 @@ pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
     }
     lstm_forecast::forecast::check_interval_levels(&args.interval_levels)
         .map_err(|e| anyhow::anyhow!(e.message.replace("`intervals", "`--interval-levels")))?;
+    if (args.batch_part_bytes as usize) < lstm_forecast::service::batch::MIN_PART_BYTES {
+        tracing::warn!(
+            batch_part_bytes = args.batch_part_bytes,
+            "BATCH_PART_BYTES is under S3's 5 MiB minimum part: only an emulator set up for smaller parts completes such uploads"
+        );
+    }
     let config = LambdaConfig {
         model_uri: ModelUri::parse(&args.model.model)?,
         model_cache_dir: args.model.model_cache_dir,

@@ -96,6 +96,16 @@ fn calibrate(
         features: features.len(),
     };
     let scored = backtest(&model, &rows, targets.clone())?;
+    if let Some(level) = levels
+        .iter()
+        .find(|&&l| scored.len() < lstm_forecast::monitor::calibration::errors_needed(l))
+    {
+        bail!(
+            "{} forecasts cannot calibrate level {level}: it needs at least {} (widen --targets)",
+            scored.len(),
+            lstm_forecast::monitor::calibration::errors_needed(*level)
+        );
+    }
     let name = data.file_name().map_or_else(
         || data.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
@@ -112,10 +122,18 @@ fn calibrate(
     let rewritten = with_calibration(&original, &calibration)?;
     // What is written must load as the same model, with the new calibration.
     let reread = lstm_forecast::model::contract::ModelMetadata::from_json(rewritten.as_bytes())?;
+    let without_calibration = |text: &str| -> anyhow::Result<serde_json::Value> {
+        let mut document: serde_json::Value = serde_json::from_str(text)?;
+        if let Some(fields) = document.as_object_mut() {
+            fields.remove("calibration");
+        }
+        Ok(document)
+    };
     anyhow::ensure!(
-        reread.calibration.as_ref().map(|c| c.forecasts) == Some(calibration.forecasts)
-            && reread.version == model.metadata().version,
-        "the rewritten model.json does not read back as this model with its calibration"
+        reread.calibration.as_ref().map(|c| (c.forecasts, c.levels.len()))
+            == Some((calibration.forecasts, calibration.levels.len()))
+            && without_calibration(&rewritten)? == without_calibration(&original)?,
+        "the rewritten model.json would differ from the original beyond its calibration; left as it was"
     );
     std::fs::write(&path, rewritten).with_context(|| format!("writing {}", path.display()))?;
     println!(

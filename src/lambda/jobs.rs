@@ -51,6 +51,19 @@ fn confine_within(
             format!("{what} `{uri}` is not an s3:// URL under {variable} ({prefix})"),
         ));
     };
+    // A bucket name has no `/`; a key with `.`/`..` segments or control characters could mean
+    // another object to a store that normalises paths.
+    if bucket.contains('/')
+        || key
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
+        || key.chars().any(char::is_control)
+    {
+        return Err(InvocationError::new(
+            "Forbidden",
+            format!("{what} `{uri}` has dot segments, control characters or a `/` in its bucket: refused"),
+        ));
+    }
     let allowed_key = if allowed_key.is_empty() || allowed_key.ends_with('/') {
         allowed_key
     } else {
@@ -236,8 +249,24 @@ pub async fn write_manifest(
         .collect();
     let (mut completed, mut failed, mut missing, mut series) =
         (Vec::new(), Vec::new(), Vec::new(), 0);
+    // Outputs are named after file names: two shards with one name (in two subfolders) would
+    // write the same objects, so neither counts.
+    let mut by_name: std::collections::HashMap<&str, Vec<&str>> = std::collections::HashMap::new();
+    for key in &shards {
+        by_name
+            .entry(key.rsplit('/').next().unwrap_or(key))
+            .or_default()
+            .push(key);
+    }
     for key in &shards {
         let uri = format!("s3://{in_bucket}/{key}");
+        let same_name = &by_name[key.rsplit('/').next().unwrap_or(key)];
+        if same_name.len() > 1 {
+            by_input.remove(&uri);
+            failed.push(json!({"input": uri, "error": {"type": "InvalidInput",
+                "message": format!("{} shards share this file name ({}); outputs are named after file names: rename them", same_name.len(), same_name.join(", "))}}));
+            continue;
+        }
         match by_input.remove(&uri) {
             Some(status) if status.get("error").is_some() => failed.push(status),
             Some(status) => {
@@ -313,6 +342,12 @@ pub async fn forecast_shards(
     request_id: &str,
 ) -> Result<Value, InvocationError> {
     let (out_bucket, out_key) = output_folder(&job.output, limits.output_prefix)?;
+    if job.bucket.is_empty() || job.bucket.contains('/') {
+        return Err(InvocationError::new(
+            "InvalidInput",
+            format!("bucket `{}` is not a bucket name", job.bucket),
+        ));
+    }
     service
         .check_intervals(&job.intervals)
         .map_err(|e| InvocationError::new("InvalidInput", e.message))?;
@@ -394,11 +429,17 @@ struct ShardFailure {
 }
 
 impl ShardFailure {
+    /// A missing object or a denied access stays so on a retry; anything else may pass.
     fn s3(what: &str, uri: &str, e: ObjectError) -> Self {
+        let transient = !matches!(
+            e.kind,
+            crate::objects::ObjectErrorKind::Missing
+                | crate::objects::ObjectErrorKind::AccessDenied
+        );
         ShardFailure {
             kind: "S3",
             message: format!("{what} {uri}: {e}"),
-            transient: true,
+            transient,
         }
     }
 }
@@ -476,7 +517,7 @@ async fn forecast_shard(
         (_, Err(e)) => ShardFailure::s3("writing", &output, e),
         (Err(e), Ok(())) => ShardFailure {
             kind: match e {
-                BatchError::Input(_) => "InvalidInput",
+                BatchError::Input(_) | BatchError::LineTooLong { .. } => "InvalidInput",
                 BatchError::Read { .. } => "S3",
                 _ => "ForecastFailed",
             },

@@ -15,8 +15,14 @@ use serde::{Deserialize, Serialize};
 use crate::model::calibrate::from_errors;
 use crate::model::contract::Calibration;
 
-/// Errors per step a version needs before its online calibration is published.
+/// Errors per step a version needs before its online calibration is published (more for a level
+/// whose conformal rank needs more: `level / (1 - level)`, 19 for 0.95).
 pub const MIN_ONLINE_ERRORS: usize = 30;
+
+/// Errors needed for `level`'s conformal rank `ceil((n + 1) level)` to fall within `n`.
+pub fn errors_needed(level: f64) -> usize {
+    ((level / (1.0 - level)).ceil() as usize).max(MIN_ONLINE_ERRORS)
+}
 
 /// One scored (forecast, actual) pair's absolute error.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,7 +95,13 @@ impl OnlineCalibrations {
 impl VersionErrors {
     fn calibrate(&self, levels: &[f64], window: usize, now: DateTime<Utc>) -> Option<Calibration> {
         let fewest = self.steps.iter().map(Vec::len).min()?;
-        if self.steps.is_empty() || fewest < MIN_ONLINE_ERRORS.min(window) || levels.is_empty() {
+        // Only levels whose rank the window can hold: a smaller sample cannot promise the level.
+        let levels: Vec<f64> = levels
+            .iter()
+            .copied()
+            .filter(|&level| fewest >= errors_needed(level))
+            .collect();
+        if levels.is_empty() {
             return None;
         }
         let errors_by_step = self
@@ -101,7 +113,7 @@ impl VersionErrors {
             "online: the latest {fewest} scored errors per horizon step (window {window}), as of {}",
             crate::time::format_rfc3339(now)
         );
-        Some(from_errors(errors_by_step, levels, data, fewest))
+        Some(from_errors(errors_by_step, &levels, data, fewest))
     }
 }
 

@@ -715,14 +715,33 @@ pub struct Recalibration {
 }
 
 impl Default for Recalibration {
-    /// 120 errors per step: five days of hourly targets, short enough to follow a season's
-    /// change within a week (see README, "Prediction intervals").
+    /// 120 errors per step and version, the latest by target time whatever their series: for
+    /// one series forecast four times a day, 30 days (README, "Prediction intervals").
     fn default() -> Self {
         Recalibration {
             window: 120,
             levels: vec![0.8, 0.95],
         }
     }
+}
+
+/// Adds the scored errors to the online calibration's windows and publishes it; returns the
+/// versions it now serves intervals for.
+async fn recalibrate(
+    store: &AccuracyStore,
+    errors: &[ScoredError],
+    recalibration: &Recalibration,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, StoreError> {
+    let mut online: OnlineCalibrations = store.online_calibrations().await?;
+    online.update(errors, recalibration.window, &recalibration.levels, now);
+    store.set_online_calibrations(&online).await?;
+    Ok(online
+        .versions
+        .iter()
+        .filter(|(_, v)| v.calibration.is_some())
+        .map(|(name, _)| name.clone())
+        .collect())
 }
 
 /// [`run_evaluation_with`] with the default [`Recalibration`].
@@ -812,21 +831,15 @@ pub async fn run_evaluation_with(
     // scores nothing twice.
     store.append_settled(&newly_settled, now).await?;
     evaluation.record(telemetry);
+    // Best effort: a recalibration that fails (S3, an unreadable state file) leaves intervals on
+    // the calibration in use; the scores, report and watermark still move.
     if !evaluation.scored_errors.is_empty() {
-        let mut online: OnlineCalibrations = store.online_calibrations().await?;
-        online.update(
-            &evaluation.scored_errors,
-            recalibration.window,
-            &recalibration.levels,
-            now,
-        );
-        store.set_online_calibrations(&online).await?;
-        evaluation.recalibrated = online
-            .versions
-            .iter()
-            .filter(|(_, v)| v.calibration.is_some())
-            .map(|(name, _)| name.clone())
-            .collect();
+        match recalibrate(store, &evaluation.scored_errors, recalibration, now).await {
+            Ok(recalibrated) => evaluation.recalibrated = recalibrated,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not recalibrate the intervals; they keep their calibration")
+            }
+        }
     }
     let report_json = serde_json::to_vec_pretty(&serde_json::json!({
         "generated_at": now,

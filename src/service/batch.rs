@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -19,6 +19,13 @@ use crate::input::{SeriesStream, StreamFormat};
 
 /// S3's smallest part (every part but the last must reach it).
 pub const MIN_PART_BYTES: usize = 5 * 1024 * 1024;
+
+/// S3's largest part.
+pub const MAX_PART_BYTES: usize = 5 * 1024 * 1024 * 1024;
+
+/// Longest line a shard may have: far above any series (a JSON line of 8 windows of 168 rows),
+/// far below the function's memory. A file without newlines stops here instead of filling it.
+pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 
 /// How a stream is cut up.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +54,9 @@ pub enum BatchError {
     /// The shard breaks the input contract: permanent, the message names the line or series.
     #[error(transparent)]
     Input(#[from] RequestError),
+    /// A line longer than [`MAX_LINE_BYTES`]: not one record per line.
+    #[error("line {line} is longer than {MAX_LINE_BYTES} bytes: a shard holds one record per line, ended by \\n")]
+    LineTooLong { line: usize },
     /// The input could not be read to its end (the store failed mid-stream).
     #[error("reading the input failed after {lines} lines: {source}")]
     Read {
@@ -63,7 +73,7 @@ pub enum BatchError {
 impl BatchError {
     /// Whether running the same shard again may succeed (the input itself is not at fault).
     pub fn is_transient(&self) -> bool {
-        !matches!(self, BatchError::Input(_))
+        !matches!(self, BatchError::Input(_) | BatchError::LineTooLong { .. })
     }
 }
 
@@ -82,6 +92,17 @@ pub fn forecast_lines(response: &ForecastResponse, out: &mut Vec<u8>) {
 }
 
 type InFlight = JoinHandle<Result<ForecastResponse, ServiceError>>;
+
+/// A forecast task that is cancelled when dropped before it was awaited.
+struct AbortOnDrop(Option<InFlight>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
 
 /// Forecasts every series of `input` (with intervals at `intervals`, none when empty) and sends the JSON Lines output to `parts` in parts of
 /// `options.part_bytes` (at least one part, even for a shard whose every line is blank, so the
@@ -115,14 +136,20 @@ pub async fn forecast_stream<R: AsyncBufRead + Unpin>(
     };
     let mut line = Vec::with_capacity(4096);
     let mut chunk = Vec::with_capacity(chunk_series);
-    let mut in_flight: Option<InFlight> = None;
+    // Aborted if the stream stops early: nothing is forecast (or logged) for an output that
+    // will not be written.
+    let mut in_flight = AbortOnDrop(None);
     let mut lines = 0;
     loop {
         line.clear();
-        let read = input
+        let read = (&mut input)
+            .take(MAX_LINE_BYTES as u64 + 1)
             .read_until(b'\n', &mut line)
             .await
             .map_err(|source| BatchError::Read { lines, source })?;
+        if line.len() > MAX_LINE_BYTES {
+            return Err(BatchError::LineTooLong { line: lines + 1 });
+        }
         let ended = read == 0;
         lines += usize::from(!ended);
         let completed = if ended {
@@ -134,7 +161,7 @@ pub async fn forecast_stream<R: AsyncBufRead + Unpin>(
         if chunk.len() == chunk_series || (ended && !chunk.is_empty()) {
             let next = spawn_forecast(service, std::mem::take(&mut chunk), intervals, request_id);
             chunk.reserve(chunk_series);
-            if let Some(previous) = in_flight.replace(next) {
+            if let Some(previous) = in_flight.0.replace(next) {
                 output.write(collect(previous, &mut summary).await?).await?;
             }
         }
@@ -142,7 +169,7 @@ pub async fn forecast_stream<R: AsyncBufRead + Unpin>(
             break;
         }
     }
-    if let Some(last) = in_flight.take() {
+    if let Some(last) = in_flight.0.take() {
         output.write(collect(last, &mut summary).await?).await?;
     }
     output.finish(&mut summary).await?;

@@ -236,10 +236,17 @@ impl Service {
         check_interval_levels(levels)?;
         let model = self.model();
         let metadata = model.metadata();
-        match metadata.output.quantiles {
-            Some(_) => check_levels_in_quantiles(&metadata.output, levels),
-            None => check_levels_calibrated(metadata.calibration.as_ref(), levels),
+        if metadata.output.quantiles.is_some() {
+            return check_levels_in_quantiles(&metadata.output, levels);
         }
+        // The online calibration may serve levels model.json has not.
+        if self
+            .calibration_for(&metadata.version, levels)
+            .is_ok_and(|(c, _)| levels.iter().all(|l| c.radius(*l).is_some()))
+        {
+            return Ok(());
+        }
+        check_levels_calibrated(metadata.calibration.as_ref(), levels)
     }
 
     /// [`Service::forecast`] with prediction intervals at `levels` around every forecast (none
