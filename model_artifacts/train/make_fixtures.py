@@ -97,29 +97,8 @@ def main():
     torch.manual_seed(0)
     model = FixedBatchLstm().eval()
     traced = torch.jit.trace(model, torch.zeros(1, WINDOW, 1))
-    folder = os.path.join(args.out, "broken-traced-lstm")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "model.pt")
-    traced.save(path)
-    with open(path, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    meta = {
-        "format_version": 1,
-        "name": "broken-traced-lstm",
-        "version": "0.0.1",
-        "created_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
-        "torch_version": torch.__version__.split("+")[0],
-        "model_sha256": digest,
-        "input": {"window": WINDOW, "features": ["OT"], "target": "OT", "frequency": "1h"},
-        "output": {"horizon": HORIZON},
-        "preprocessing": [{"kind": "z_score", "mean": [17.0], "std": [9.0]}],
-        "training_stats": {"OT": {"mean": 17.0, "std": 9.0, "min": -4.0, "max": 46.0, "quantile_edges": [-4.0, 17.0, 46.0]}},
-        "training": {"note": "untrained; traced with a fixed batch of 1 on purpose (see make_fixtures.py)"},
-    }
-    with open(os.path.join(folder, "model.json"), "w") as f:
-        json.dump(meta, f, indent=2)
-        f.write("\n")
-    print(f"wrote {folder}")
+    write(os.path.join(args.out, "broken-traced-lstm"), traced, "broken-traced-lstm", {"horizon": HORIZON},
+          "untrained; traced with a fixed batch of 1 on purpose (see make_fixtures.py)")
     quantile_fixtures(args.out)
 
 
