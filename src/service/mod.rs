@@ -233,6 +233,10 @@ impl Service {
 
     /// The interval levels `levels` checked against what the model in service is calibrated for.
     pub fn check_intervals(&self, levels: &[f64]) -> Result<(), RequestError> {
+        // Every plain forecast passes here: it must cost nothing.
+        if levels.is_empty() {
+            return Ok(());
+        }
         check_interval_levels(levels)?;
         let model = self.model();
         let metadata = model.metadata();
@@ -240,13 +244,22 @@ impl Service {
             return check_levels_in_quantiles(&metadata.output, levels);
         }
         // The online calibration may serve levels model.json has not.
-        if self
-            .calibration_for(&metadata.version, levels)
-            .is_ok_and(|(c, _)| levels.iter().all(|l| c.radius(*l).is_some()))
-        {
+        if self.online_calibration(&metadata.version, levels).is_some() {
             return Ok(());
         }
         check_levels_calibrated(metadata.calibration.as_ref(), levels)
+    }
+
+    /// The online calibration of `version`, if it serves every level in `levels`.
+    fn online_calibration(&self, version: &str, levels: &[f64]) -> Option<Arc<Calibration>> {
+        let online = self
+            .inner
+            .online_calibration
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let (online_version, calibration) = online.as_ref()?;
+        (online_version == version && levels.iter().all(|l| calibration.radius(*l).is_some()))
+            .then(|| Arc::clone(calibration))
     }
 
     /// [`Service::forecast`] with prediction intervals at `levels` around every forecast (none
@@ -268,17 +281,8 @@ impl Service {
         version: &str,
         levels: &[f64],
     ) -> Result<(Arc<Calibration>, &'static str), RequestError> {
-        let online = self
-            .inner
-            .online_calibration
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some((online_version, calibration)) = online {
-            if online_version == version && levels.iter().all(|l| calibration.radius(*l).is_some())
-            {
-                return Ok((calibration, "online"));
-            }
+        if let Some(calibration) = self.online_calibration(version, levels) {
+            return Ok((calibration, "online"));
         }
         let model = self.model();
         match &model.metadata().calibration {
@@ -316,15 +320,16 @@ impl Service {
         let Some(log) = self.forecast_log() else {
             return;
         };
-        let version = self.model().metadata().version.clone();
+        let (version, horizon) = {
+            let model = self.model();
+            let metadata = model.metadata();
+            (metadata.version.clone(), metadata.output.horizon)
+        };
         match log.store().online_calibrations().await {
             Ok(online) => {
                 let found = online
                     .for_version(&version)
-                    .filter(|c| {
-                        c.check(self.model().metadata().output.horizon, "online")
-                            .is_ok()
-                    })
+                    .filter(|c| c.check(horizon, "online").is_ok())
                     .cloned()
                     .map(|c| (version.clone(), Arc::new(c)));
                 let mut current = self
