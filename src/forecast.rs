@@ -662,14 +662,15 @@ impl ForecastResponse {
         if levels.is_empty() {
             return;
         }
+        let quantiles = output.quantiles.as_deref().unwrap_or_default();
+        // Each interval carries the level its two quantiles bound (0.1 and 0.9: 0.8), not the
+        // request's float, as calibrated intervals carry their calibrated level.
         let pairs: Vec<(f64, usize, usize)> = levels
             .iter()
             .filter_map(|&level| {
-                Some((
-                    level,
-                    quantile_pair(output, level)?.0,
-                    quantile_pair(output, level)?.1,
-                ))
+                let (lo, hi) = quantile_pair(output, level)?;
+                let bounded = ((quantiles[hi] - quantiles[lo]) * 1e9).round() / 1e9;
+                Some((bounded, lo, hi))
             })
             .collect();
         for forecast in &mut self.forecasts {
@@ -702,10 +703,7 @@ impl ForecastResponse {
         let radii: Vec<(f64, &[f64])> = levels
             .iter()
             .filter_map(|&level| {
-                let calibrated = calibration
-                    .levels
-                    .iter()
-                    .find(|l| (l.level - level).abs() <= crate::model::contract::LEVEL_TOLERANCE)?;
+                let calibrated = calibration.level(level)?;
                 Some((calibrated.level, calibrated.radius.as_slice()))
             })
             .collect();

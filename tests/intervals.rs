@@ -533,6 +533,11 @@ async fn a_quantile_network_serves_intervals_from_its_quantiles_and_they_never_c
         let (status, answer) = post(&server, &json!({"series": series, "intervals": [0.8]})).await;
         assert_eq!(status, 200, "{fixture}: {answer}");
         assert_eq!(answer["calibration"]["source"], "quantiles");
+        assert_eq!(
+            answer["forecasts"][0]["intervals"][0]["level"],
+            json!(0.8),
+            "the bounded level"
+        );
         for forecast in answer["forecasts"].as_array().unwrap() {
             let values = common::f64s(&forecast["values"]);
             let interval = &forecast["intervals"][0];

@@ -73,12 +73,16 @@ pub struct CalibratedLevel {
 pub const LEVEL_TOLERANCE: f64 = 1e-9;
 
 impl Calibration {
-    /// The radii calibrated for `level`, if it is one of the calibrated levels.
-    pub fn radius(&self, level: f64) -> Option<&[f64]> {
+    /// The calibrated level within [`LEVEL_TOLERANCE`] of `level`, if any.
+    pub fn level(&self, level: f64) -> Option<&CalibratedLevel> {
         self.levels
             .iter()
             .find(|l| (l.level - level).abs() <= LEVEL_TOLERANCE)
-            .map(|l| l.radius.as_slice())
+    }
+
+    /// The radii calibrated for `level`, if it is one of the calibrated levels.
+    pub fn radius(&self, level: f64) -> Option<&[f64]> {
+        self.level(level).map(|l| l.radius.as_slice())
     }
 
     /// The calibrated levels, ascending.
