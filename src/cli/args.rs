@@ -185,7 +185,7 @@ pub struct LambdaArgs {
 
     /// Bytes per part of a batch shard's multipart upload: a shard's memory is about three parts,
     /// whatever its size. S3 refuses parts under 5 MiB (5242880), except the last.
-    #[arg(long, env = "BATCH_PART_BYTES", default_value_t = 8 << 20, value_parser = clap::value_parser!(u64).range(1..=5 << 30))]
+    #[arg(long, env = "BATCH_PART_BYTES", default_value_t = 8 << 20, value_parser = clap::value_parser!(u64).range(1..=lstm_forecast::service::batch::MAX_PART_BYTES as u64))]
     pub batch_part_bytes: u64,
 
     /// Seconds between checks of the registry alias by a warm instance (0: every invocation).

@@ -167,11 +167,16 @@ pub struct ShardLimits<'a> {
 /// run differ in their file names (`a.csv` and `a.jsonl` too), and a re-run of one shard overwrites
 /// its own objects and nothing else.
 fn shard_outputs(output_key: &str, input_key: &str) -> (String, String) {
-    let name = input_key.rsplit('/').next().unwrap_or(input_key);
+    let name = file_name(input_key);
     (
         format!("{output_key}{name}.jsonl"),
         format!("{output_key}{STATUS_FOLDER}{name}.json"),
     )
+}
+
+/// The last segment of a key: what a shard's outputs are named after.
+fn file_name(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
 }
 
 const STATUS_FOLDER: &str = "_status/";
@@ -253,14 +258,11 @@ pub async fn write_manifest(
     // write the same objects, so neither counts.
     let mut by_name: std::collections::HashMap<&str, Vec<&str>> = std::collections::HashMap::new();
     for key in &shards {
-        by_name
-            .entry(key.rsplit('/').next().unwrap_or(key))
-            .or_default()
-            .push(key);
+        by_name.entry(file_name(key)).or_default().push(key);
     }
     for key in &shards {
         let uri = format!("s3://{in_bucket}/{key}");
-        let same_name = &by_name[key.rsplit('/').next().unwrap_or(key)];
+        let same_name = &by_name[file_name(key)];
         if same_name.len() > 1 {
             by_input.remove(&uri);
             failed.push(json!({"input": uri, "error": {"type": "InvalidInput",
@@ -352,6 +354,7 @@ pub async fn forecast_shards(
         .check_intervals(&job.intervals)
         .map_err(|e| InvocationError::new("InvalidInput", e.message))?;
     let outputs = S3Objects::new(s3.clone(), out_bucket);
+    let inputs = S3Objects::new(s3.clone(), job.bucket.clone());
     let mut results = Vec::with_capacity(job.keys.len());
     let (mut series, mut failed, mut transient) = (0, 0, Vec::new());
     for key in &job.keys {
@@ -359,7 +362,6 @@ pub async fn forecast_shards(
         let (output_key, status_key) = shard_outputs(&out_key, key);
         let outcome = match confine(&input, limits.input_prefix, "input") {
             Ok(()) => {
-                let inputs = S3Objects::new(s3.clone(), job.bucket.clone());
                 let how = ShardRun {
                     stream: limits.stream,
                     intervals: &job.intervals,
@@ -505,6 +507,7 @@ async fn forecast_shard(
                     output,
                     series = summary.series,
                     parts = summary.parts,
+                    bytes = summary.bytes,
                     elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
                     "batch shard written"
                 );

@@ -6,8 +6,6 @@
 //! receives them. At any moment the stream holds one chunk being parsed, one being forecast, one
 //! part being filled and the parts in the caller's queue: nothing grows with the shard.
 
-use std::time::{Duration, Instant};
-
 use serde_json::json;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 use tokio::sync::mpsc;
@@ -44,8 +42,6 @@ pub struct StreamSummary {
     pub bytes: u64,
     /// The model version of the last chunk (a reload mid-shard may change it; each line names its own).
     pub model_version: String,
-    /// Time spent waiting for forecasts, not parsing or writing.
-    pub inference: Duration,
 }
 
 /// Why a stream stopped.
@@ -125,7 +121,6 @@ pub async fn forecast_stream<R: AsyncBufRead + Unpin>(
         parts: 0,
         bytes: 0,
         model_version: service.model().metadata().version.clone(),
-        inference: Duration::ZERO,
     };
     let mut output = Output {
         parts: &parts,
@@ -195,11 +190,9 @@ async fn collect(
     in_flight: InFlight,
     summary: &mut StreamSummary,
 ) -> Result<ForecastResponse, BatchError> {
-    let waited = Instant::now();
     let response = in_flight
         .await
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))?;
-    summary.inference += waited.elapsed();
     summary.series += response.forecasts.len();
     summary.model_version.clone_from(&response.model.version);
     Ok(response)
