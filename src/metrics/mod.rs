@@ -19,8 +19,9 @@ pub mod process;
 pub mod prometheus;
 pub mod telemetry;
 
+pub use process::resident_set_bytes;
 pub use prometheus::ServerMetrics;
 pub use telemetry::{
-    resident_set_bytes, Dimensions, Kind, Metric, MetricSink, RequestOutcome, Sample, SinkKind,
-    Telemetry, DIM_FEATURE, DIM_HORIZON_BUCKET, DIM_LEVEL, DIM_MODEL, DIM_MODEL_VERSION, DIM_STAGE,
+    Dimensions, Kind, Metric, MetricSink, RequestOutcome, Sample, SinkKind, Telemetry, DIM_FEATURE,
+    DIM_HORIZON_BUCKET, DIM_LEVEL, DIM_MODEL, DIM_MODEL_VERSION, DIM_STAGE,
 };

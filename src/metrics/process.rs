@@ -1,5 +1,6 @@
-//! The process's own CPU use: the `CPUUtilization` metric (share of the CPUs the process may
-//! use, over each sampling period) and Prometheus's standard `process_cpu_seconds_total`.
+//! The process's own resources: its CPU use (the `CPUUtilization` metric, a share of the CPUs
+//! the process may use over each sampling period, and Prometheus's standard
+//! `process_cpu_seconds_total`) and its memory (resident set and jemalloc's live heap).
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -83,6 +84,80 @@ impl prometheus::core::Collector for ProcessCpuCollector {
         .expect("a valid counter");
         counter.inc_by(cpu_seconds().unwrap_or(0.0));
         prometheus::core::Collector::collect(&counter)
+    }
+}
+
+/// Current resident set size of this process, from /proc (Linux); `None` elsewhere.
+pub fn resident_set_bytes() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024.0)
+}
+
+/// `lstm_forecast_memory_rss_bytes` and `lstm_forecast_heap_allocated_bytes`, read at scrape
+/// time. A gauge set on the flush period would be up to a period old, and a leak hunt (or `make
+/// soak`'s idle checkpoints) needs the memory of the moment it asks.
+pub struct ProcessMemoryCollector {
+    descs: [prometheus::core::Desc; 2],
+}
+
+const MEMORY_GAUGES: [(&str, &str); 2] = [
+    (
+        "lstm_forecast_memory_rss_bytes",
+        "Resident set size of the process (CloudWatch metric MemoryRss).",
+    ),
+    (
+        "lstm_forecast_heap_allocated_bytes",
+        "Bytes of live allocations, libtorch's included (jemalloc; CloudWatch metric HeapAllocated).",
+    ),
+];
+
+impl ProcessMemoryCollector {
+    pub fn new() -> Self {
+        let desc = |(name, help): (&str, &str)| {
+            prometheus::core::Desc::new(name.into(), help.into(), Vec::new(), Default::default())
+                .expect("a valid descriptor")
+        };
+        ProcessMemoryCollector {
+            descs: MEMORY_GAUGES.map(desc),
+        }
+    }
+}
+
+impl Default for ProcessMemoryCollector {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl prometheus::core::Collector for ProcessMemoryCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let readings = [
+            resident_set_bytes(),
+            crate::allocator::allocated_bytes().map(|bytes| bytes as f64),
+        ];
+        MEMORY_GAUGES
+            .iter()
+            .zip(readings)
+            // Where a reading is unavailable (no /proc, not jemalloc) the family is absent, not 0.
+            .filter_map(|((name, help), reading)| {
+                let gauge = prometheus::Gauge::with_opts(prometheus::Opts::new(*name, *help))
+                    .expect("a valid gauge");
+                gauge.set(reading?);
+                Some(prometheus::core::Collector::collect(&gauge))
+            })
+            .flatten()
+            .collect()
     }
 }
 

@@ -5,7 +5,7 @@
 //! families but the [`PrometheusSink`]: it reads the same samples and request outcomes as the
 //! CloudWatch and EMF sinks, and maps them onto the native families (requests by route and status,
 //! inference and queue time, batch sizes, ...) or onto one family per facade metric (drift,
-//! accuracy, backtest, memory, ...).
+//! accuracy, backtest, ...). Memory is read at scrape time ([`super::process`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -131,6 +131,7 @@ impl ServerMetrics {
         for collector in [
             Box::new(super::process::ProcessCpuCollector::new())
                 as Box<dyn prometheus::core::Collector>,
+            Box::new(super::process::ProcessMemoryCollector::new()),
             Box::new(request_duration.clone()),
             Box::new(inference_duration.clone()),
             Box::new(queue_duration.clone()),
@@ -224,13 +225,14 @@ pub fn prometheus_name(metric: Metric) -> Option<&'static str> {
         | Metric::ModelReloadFailures
         | Metric::QueueLatency
         | Metric::BatchWindows
-        | Metric::QueueDepth => return None,
+        | Metric::QueueDepth
+        // Read at scrape time by `process::ProcessMemoryCollector`.
+        | Metric::MemoryRss
+        | Metric::HeapAllocated => return None,
         Metric::ColdStartDuration => "lstm_forecast_cold_start_duration_milliseconds",
         Metric::RestoreDuration => "lstm_forecast_restore_duration_milliseconds",
         Metric::ModelLoadDuration => "lstm_forecast_model_load_duration_milliseconds",
         Metric::ModelRollbacks => "lstm_forecast_model_rollbacks_total",
-        Metric::MemoryRss => "lstm_forecast_memory_rss_bytes",
-        Metric::HeapAllocated => "lstm_forecast_heap_allocated_bytes",
         Metric::InputDrift => "lstm_forecast_input_drift",
         Metric::OutOfRangeFraction => "lstm_forecast_out_of_range_fraction",
         Metric::Mae => "lstm_forecast_accuracy_mae",

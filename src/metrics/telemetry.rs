@@ -423,7 +423,7 @@ impl Telemetry {
 
     /// Samples the process's memory now: resident set and live heap, where readable.
     pub fn record_process_memory(&self) {
-        if let Some(rss) = resident_set_bytes() {
+        if let Some(rss) = super::process::resident_set_bytes() {
             self.record(Metric::MemoryRss, rss);
         }
         if let Some(heap) = crate::allocator::allocated_bytes() {
@@ -544,19 +544,6 @@ impl std::str::FromStr for SinkKind {
             )),
         }
     }
-}
-
-/// Current resident set size of this process, from /proc (Linux); `None` elsewhere.
-pub fn resident_set_bytes() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb * 1024.0)
 }
 
 /// A sample for model `m` version `1`, for the sinks' unit tests.
