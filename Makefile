@@ -84,7 +84,7 @@ bench: libtorch tools ## Benchmarks (release build), printed as tables
 	LSTM_FORECAST_TOOLS="$$(scripts/python-tools.sh)" $(CARGO) bench --locked --bench forecast
 	LSTM_FORECAST_TOOLS="$$(scripts/python-tools.sh)" $(CARGO) bench --locked --bench shards
 
-soak: libtorch ## 10 minutes at ~80% of measured capacity (SOAK_SECONDS to change); errors and RSS drift
+soak: libtorch ## 10 minutes at ~80% of measured capacity (SOAK_SECONDS to change); errors, and memory drift at idle checkpoints
 	$(CARGO) bench --locked --bench soak
 
 # cargo-fuzz needs the nightly toolchain. No sanitizer by default: the fuzzed code is safe Rust
