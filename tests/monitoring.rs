@@ -544,11 +544,27 @@ async fn serve_reads_its_resident_set_and_live_heap_when_metrics_is_scraped() {
     // (so jemalloc sees libtorch's allocations), and the resident set holds the heap
     assert!(heap > 10e6, "live heap {heap} bytes");
     assert!(rss > heap, "RSS {rss} bytes below the live heap {heap}");
-    // AND the standard process CPU counter is there: loading libtorch alone takes CPU time
-    let text = common::get_text(&client, &server.url("/metrics")).await;
+    // AND so is the standard process CPU counter: loading libtorch alone takes CPU time
     let cpu = common::metric_value(&text, "process_cpu_seconds_total").expect("process CPU");
     assert!(cpu > 0.0, "{cpu}");
-    let share = common::metric_sum(&text, "lstm_forecast_cpu_utilization_percent").unwrap();
+}
+
+#[tokio::test]
+async fn serve_publishes_its_cpu_share_at_each_metrics_flush() {
+    // GIVEN the real server binary flushing its process metrics every second
+    let server =
+        common::ServeProcess::start(&[], &[("METRICS_FLUSH_SECONDS", "1".to_string())]).await;
+    let client = reqwest::Client::new();
+    // WHEN /metrics is scraped after a flush
+    let share = common::eventually(Duration::from_secs(60), "CPU share on /metrics", || {
+        let (client, url) = (client.clone(), server.url("/metrics"));
+        async move {
+            let text = common::get_text(&client, &url).await;
+            common::metric_sum(&text, "lstm_forecast_cpu_utilization_percent")
+        }
+    })
+    .await;
+    // THEN it is a share of the CPUs the process may use
     assert!((0.0..=100.0).contains(&share), "{share}");
 }
 
