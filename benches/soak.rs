@@ -245,8 +245,11 @@ fn main() {
     write_csv("target/soak/under-load.csv", &under_load);
     write_csv("target/soak/checkpoints.csv", &checkpoints);
 
+    // NaN in (a missing reading), NaN out: a verdict must not pass on nothing.
     let percent = |early: f64, late: f64| {
-        if early > 0.0 {
+        if early.is_nan() {
+            f64::NAN
+        } else if early > 0.0 {
             (late - early) / early * 100.0
         } else {
             0.0
@@ -268,14 +271,16 @@ fn main() {
         .copied()
         .collect();
     let (first, last) = (settled.first(), settled.last());
-    let idle = |field: fn(&Reading) -> f64| {
+    // (first, last, change in %); NaN without checkpoints after the warm-up, which fails the verdict.
+    let idle_change = |field: fn(&Reading) -> f64| {
         let (early, late) = (first.map_or(f64::NAN, field), last.map_or(f64::NAN, field));
-        format!("{early:.1} -> {late:.1} ({:+.2}%)", percent(early, late))
+        (early, late, percent(early, late))
     };
-    let rss_drift = match (first, last) {
-        (Some(first), Some(last)) => percent(first.rss, last.rss),
-        _ => f64::NAN,
+    let idle = |field: fn(&Reading) -> f64| {
+        let (early, late, change) = idle_change(field);
+        format!("{early:.1} -> {late:.1} ({change:+.2}%)")
     };
+    let (_, _, rss_drift) = idle_change(|r| r.rss);
     let heap_slope = slope_after_warm_up(&checkpoints, |r| r.heap);
     let rss_slope = slope_after_warm_up(&checkpoints, |r| r.rss);
     let descriptors_slope = slope_after_warm_up(&checkpoints, |r| r.descriptors);

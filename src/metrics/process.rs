@@ -46,47 +46,6 @@ impl CpuShare {
     }
 }
 
-/// `process_cpu_seconds_total`, read at scrape time.
-pub struct ProcessCpuCollector {
-    desc: prometheus::core::Desc,
-}
-
-impl ProcessCpuCollector {
-    pub fn new() -> Self {
-        ProcessCpuCollector {
-            desc: prometheus::core::Desc::new(
-                "process_cpu_seconds_total".into(),
-                "Total user and system CPU time spent in seconds.".into(),
-                Vec::new(),
-                Default::default(),
-            )
-            .expect("a valid descriptor"),
-        }
-    }
-}
-
-impl Default for ProcessCpuCollector {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl prometheus::core::Collector for ProcessCpuCollector {
-    fn desc(&self) -> Vec<&prometheus::core::Desc> {
-        vec![&self.desc]
-    }
-
-    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        let counter = prometheus::Counter::with_opts(prometheus::Opts::new(
-            "process_cpu_seconds_total",
-            "Total user and system CPU time spent in seconds.",
-        ))
-        .expect("a valid counter");
-        counter.inc_by(cpu_seconds().unwrap_or(0.0));
-        prometheus::core::Collector::collect(&counter)
-    }
-}
-
 /// Current resident set size of this process, from /proc (Linux); `None` elsewhere.
 pub fn resident_set_bytes() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -100,61 +59,97 @@ pub fn resident_set_bytes() -> Option<f64> {
     Some(kb * 1024.0)
 }
 
-/// `lstm_forecast_memory_rss_bytes` and `lstm_forecast_heap_allocated_bytes`, read at scrape
-/// time. A gauge set on the flush period would be up to a period old, and a leak hunt (or `make
-/// soak`'s idle checkpoints) needs the memory of the moment it asks.
-pub struct ProcessMemoryCollector {
-    descs: [prometheus::core::Desc; 2],
+/// The process's own readings, taken at scrape time: `process_cpu_seconds_total`,
+/// `lstm_forecast_memory_rss_bytes` and `lstm_forecast_heap_allocated_bytes`. A gauge set on the
+/// flush period would be up to a period old, and a leak hunt (or `make soak`'s idle checkpoints)
+/// needs the memory of the moment it asks. Unlabeled, as Prometheus's own process metrics are.
+pub struct ProcessCollector {
+    descs: Vec<prometheus::core::Desc>,
 }
 
-const MEMORY_GAUGES: [(&str, &str); 2] = [
-    (
-        "lstm_forecast_memory_rss_bytes",
-        "Resident set size of the process (CloudWatch metric MemoryRss).",
-    ),
-    (
-        "lstm_forecast_heap_allocated_bytes",
-        "Bytes of live allocations, libtorch's included (jemalloc; CloudWatch metric HeapAllocated).",
-    ),
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+struct ProcessReading {
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    read: fn() -> Option<f64>,
+}
+
+const PROCESS_READINGS: [ProcessReading; 3] = [
+    ProcessReading {
+        name: "process_cpu_seconds_total",
+        help: "Total user and system CPU time spent in seconds.",
+        kind: Kind::Counter,
+        read: cpu_seconds,
+    },
+    ProcessReading {
+        name: "lstm_forecast_memory_rss_bytes",
+        help: "Resident set size of the process (CloudWatch metric MemoryRss).",
+        kind: Kind::Gauge,
+        read: resident_set_bytes,
+    },
+    ProcessReading {
+        name: "lstm_forecast_heap_allocated_bytes",
+        help: "Bytes of live allocations, libtorch's included (jemalloc; CloudWatch metric HeapAllocated).",
+        kind: Kind::Gauge,
+        read: || crate::allocator::allocated_bytes().map(|bytes| bytes as f64),
+    },
 ];
 
-impl ProcessMemoryCollector {
+impl ProcessCollector {
     pub fn new() -> Self {
-        let desc = |(name, help): (&str, &str)| {
-            prometheus::core::Desc::new(name.into(), help.into(), Vec::new(), Default::default())
+        let descs = PROCESS_READINGS
+            .iter()
+            .map(|reading| {
+                prometheus::core::Desc::new(
+                    reading.name.into(),
+                    reading.help.into(),
+                    Vec::new(),
+                    Default::default(),
+                )
                 .expect("a valid descriptor")
-        };
-        ProcessMemoryCollector {
-            descs: MEMORY_GAUGES.map(desc),
-        }
+            })
+            .collect();
+        ProcessCollector { descs }
     }
 }
 
-impl Default for ProcessMemoryCollector {
+impl Default for ProcessCollector {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl prometheus::core::Collector for ProcessMemoryCollector {
+impl prometheus::core::Collector for ProcessCollector {
     fn desc(&self) -> Vec<&prometheus::core::Desc> {
         self.descs.iter().collect()
     }
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        let readings = [
-            resident_set_bytes(),
-            crate::allocator::allocated_bytes().map(|bytes| bytes as f64),
-        ];
-        MEMORY_GAUGES
+        PROCESS_READINGS
             .iter()
-            .zip(readings)
             // Where a reading is unavailable (no /proc, not jemalloc) the family is absent, not 0.
-            .filter_map(|((name, help), reading)| {
-                let gauge = prometheus::Gauge::with_opts(prometheus::Opts::new(*name, *help))
-                    .expect("a valid gauge");
-                gauge.set(reading?);
-                Some(prometheus::core::Collector::collect(&gauge))
+            .filter_map(|reading| {
+                let value = (reading.read)()?;
+                let opts = prometheus::Opts::new(reading.name, reading.help);
+                Some(match reading.kind {
+                    Kind::Counter => {
+                        let counter =
+                            prometheus::Counter::with_opts(opts).expect("a valid counter");
+                        counter.inc_by(value);
+                        prometheus::core::Collector::collect(&counter)
+                    }
+                    Kind::Gauge => {
+                        let gauge = prometheus::Gauge::with_opts(opts).expect("a valid gauge");
+                        gauge.set(value);
+                        prometheus::core::Collector::collect(&gauge)
+                    }
+                })
             })
             .flatten()
             .collect()

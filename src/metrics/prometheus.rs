@@ -129,9 +129,8 @@ impl ServerMetrics {
         )
         .expect("valid metric");
         for collector in [
-            Box::new(super::process::ProcessCpuCollector::new())
+            Box::new(super::process::ProcessCollector::new())
                 as Box<dyn prometheus::core::Collector>,
-            Box::new(super::process::ProcessMemoryCollector::new()),
             Box::new(request_duration.clone()),
             Box::new(inference_duration.clone()),
             Box::new(queue_duration.clone()),
@@ -226,7 +225,7 @@ pub fn prometheus_name(metric: Metric) -> Option<&'static str> {
         | Metric::QueueLatency
         | Metric::BatchWindows
         | Metric::QueueDepth
-        // Read at scrape time by `process::ProcessMemoryCollector`.
+        // Read at scrape time by `process::ProcessCollector`.
         | Metric::MemoryRss
         | Metric::HeapAllocated => return None,
         Metric::ColdStartDuration => "lstm_forecast_cold_start_duration_milliseconds",
