@@ -271,7 +271,7 @@ fn main() {
         .copied()
         .collect();
     let (first, last) = (settled.first(), settled.last());
-    // (first, last, change in %); NaN without checkpoints after the warm-up, which fails the verdict.
+    // (first, last, change in %); NaN without checkpoints after the warm-up: the verdict fails.
     let idle_change = |field: fn(&Reading) -> f64| {
         let (early, late) = (first.map_or(f64::NAN, field), last.map_or(f64::NAN, field));
         (early, late, percent(early, late))
