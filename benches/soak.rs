@@ -143,14 +143,20 @@ fn main() {
     let server_pid = server.id();
     let metrics_url = format!("http://127.0.0.1:{port}/metrics");
     let started = Instant::now();
-    let read = move |client: reqwest::Client, metrics_url: String| async move {
-        Reading {
-            heap: live_heap_mb(&client, &metrics_url).await,
-            at: started.elapsed().as_secs_f64(),
-            rss: rss_mb(server_pid),
-            anon: status_mb(server_pid, "RssAnon:"),
-            file: status_mb(server_pid, "RssFile:"),
-            descriptors: open_descriptors(server_pid),
+    let read = {
+        let (client, metrics_url) = (client.clone(), metrics_url.clone());
+        move || {
+            let (client, metrics_url) = (client.clone(), metrics_url.clone());
+            async move {
+                Reading {
+                    heap: live_heap_mb(&client, &metrics_url).await,
+                    at: started.elapsed().as_secs_f64(),
+                    rss: rss_mb(server_pid),
+                    anon: status_mb(server_pid, "RssAnon:"),
+                    file: status_mb(server_pid, "RssFile:"),
+                    descriptors: open_descriptors(server_pid),
+                }
+            }
         }
     };
     // Checkpoints once a minute (a tenth of shorter soaks); the first 5 minutes (a quarter of
@@ -168,13 +174,12 @@ fn main() {
         let pausing = Arc::new(AtomicBool::new(false));
         let under_load = Arc::new(std::sync::Mutex::new(Vec::<Reading>::new()));
         let sampler = {
-            let (under_load, pausing) = (under_load.clone(), pausing.clone());
-            let (client, metrics_url) = (client.clone(), metrics_url.clone());
+            let (under_load, pausing, read) = (under_load.clone(), pausing.clone(), read.clone());
             tokio::spawn(async move {
                 let mut every_second = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     every_second.tick().await;
-                    let reading = read(client.clone(), metrics_url.clone()).await;
+                    let reading = read().await;
                     if !pausing.load(Ordering::Relaxed) {
                         under_load.lock().unwrap().push(reading);
                     }
@@ -189,7 +194,7 @@ fn main() {
                 let pause = Instant::now();
                 pausing.store(true, Ordering::Relaxed);
                 let drained = in_flight.acquire_many(MAX_IN_FLIGHT).await.unwrap();
-                checkpoints.push(idle_reading(&read, &client, &metrics_url).await);
+                checkpoints.push(idle_reading(&read).await);
                 drop(drained);
                 pausing.store(false, Ordering::Relaxed);
                 // Without a reset the ticker would fire every tick the pause skipped at once.
@@ -229,7 +234,7 @@ fn main() {
         // The last checkpoint: the run's end, once everything sent is answered.
         pausing.store(true, Ordering::Relaxed);
         let _drained = in_flight.acquire_many(MAX_IN_FLIGHT).await.unwrap();
-        checkpoints.push(idle_reading(&read, &client, &metrics_url).await);
+        checkpoints.push(idle_reading(&read).await);
         sampler.abort();
         let under_load = under_load.lock().unwrap().clone();
         (
@@ -271,16 +276,16 @@ fn main() {
         .copied()
         .collect();
     let (first, last) = (settled.first(), settled.last());
-    // (first, last, change in %); NaN without checkpoints after the warm-up: the verdict fails.
-    let idle_change = |field: fn(&Reading) -> f64| {
-        let (early, late) = (first.map_or(f64::NAN, field), last.map_or(f64::NAN, field));
-        (early, late, percent(early, late))
+    let change = |(early, late): (f64, f64)| {
+        format!("{early:.1} -> {late:.1} ({:+.2}%)", percent(early, late))
     };
-    let idle = |field: fn(&Reading) -> f64| {
-        let (early, late, change) = idle_change(field);
-        format!("{early:.1} -> {late:.1} ({change:+.2}%)")
+    // (first, last); NaN without checkpoints after the warm-up, and then the verdict fails.
+    let idle =
+        |field: fn(&Reading) -> f64| (first.map_or(f64::NAN, field), last.map_or(f64::NAN, field));
+    let rss_drift = {
+        let (early, late) = idle(|r| r.rss);
+        percent(early, late)
     };
-    let (_, _, rss_drift) = idle_change(|r| r.rss);
     let heap_slope = slope_after_warm_up(&checkpoints, |r| r.heap);
     let rss_slope = slope_after_warm_up(&checkpoints, |r| r.rss);
     let descriptors_slope = slope_after_warm_up(&checkpoints, |r| r.descriptors);
@@ -297,12 +302,11 @@ fn main() {
         values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
     };
     let end = seconds as f64 + 1.0;
-    let under_load_change = |field: fn(&Reading) -> f64| {
-        let (early, late) = (
+    let under_load_medians = |field: fn(&Reading) -> f64| {
+        (
             median_between(field, window, 2.0 * window),
             median_between(field, end - 1.0 - window, end),
-        );
-        format!("{early:.1} -> {late:.1} ({:+.2}%)", percent(early, late))
+        )
     };
     let rss_peak = under_load.iter().map(|r| r.rss).fold(0.0, f64::max);
 
@@ -318,19 +322,22 @@ fn main() {
     println!("| answered 200 | {ok} |");
     println!("| errors | {errors} (target 0) |");
     println!("| **idle checkpoints** (every {checkpoint_every:.0} s; the first after {warm_up:.0} s -> the last) | |");
-    println!("| RSS at idle, MB | {} (target < 5%) |", idle(|r| r.rss));
+    println!(
+        "| RSS at idle, MB | {} (target < 5%) |",
+        change(idle(|r| r.rss))
+    );
     println!(
         "| of which anonymous (heap, stacks), MB | {} |",
-        idle(|r| r.anon)
+        change(idle(|r| r.anon))
     );
     // File-backed memory is libtorch's code mapped back in; the kernel may reclaim it.
     println!(
         "| of which file-backed (libtorch's code), MB | {} |",
-        idle(|r| r.file)
+        change(idle(|r| r.file))
     );
     println!(
         "| live heap at idle (jemalloc's allocated bytes, from /metrics), MB | {} |",
-        idle(|r| r.heap)
+        change(idle(|r| r.heap))
     );
     println!(
         "| live heap slope at idle after {warm_up:.0} s (least squares over {} checkpoints) | {heap_slope:+.2} MB per 10 min (target < 1) |",
@@ -340,13 +347,16 @@ fn main() {
     // Each open connection holds ~18 KB of buffers on the server.
     println!(
         "| open file descriptors at idle (mostly client connections) | {} ({descriptors_slope:+.1} per 10 min) |",
-        idle(|r| r.descriptors)
+        change(idle(|r| r.descriptors))
     );
     println!("| **under load** (1 s readings; median of the second {window:.0} s -> of the last {window:.0} s) | |");
-    println!("| RSS under load, MB | {} |", under_load_change(|r| r.rss));
+    println!(
+        "| RSS under load, MB | {} |",
+        change(under_load_medians(|r| r.rss))
+    );
     println!(
         "| live heap under load (includes the forwards in flight), MB | {} |",
-        under_load_change(|r| r.heap)
+        change(under_load_medians(|r| r.heap))
     );
     println!("| RSS, peak of the 1 s readings | {rss_peak:.1} MB |");
     println!(
@@ -369,19 +379,19 @@ fn main() {
 /// The server's memory once it is idle: the caller has drained every request, and the readings
 /// are repeated until the RSS and the heap hold still for a second (jemalloc purges freed pages on
 /// a one-second decay) or 15 s have passed.
-async fn idle_reading<F, Fut>(read: &F, client: &reqwest::Client, metrics_url: &str) -> Reading
+async fn idle_reading<F, Fut>(read: &F) -> Reading
 where
-    F: Fn(reqwest::Client, String) -> Fut,
+    F: Fn() -> Fut,
     Fut: std::future::Future<Output = Reading>,
 {
     const POLL: Duration = Duration::from_millis(200);
     const STILL_FOR: u32 = 5;
     let deadline = Instant::now() + Duration::from_secs(15);
-    let mut previous = read(client.clone(), metrics_url.to_string()).await;
+    let mut previous = read().await;
     let mut still = 0;
     while still < STILL_FOR && Instant::now() < deadline {
         tokio::time::sleep(POLL).await;
-        let reading = read(client.clone(), metrics_url.to_string()).await;
+        let reading = read().await;
         let holds = (reading.rss - previous.rss).abs() < 0.25
             && (reading.heap - previous.heap).abs() < 0.25;
         still = if holds { still + 1 } else { 0 };

@@ -59,6 +59,12 @@ pub fn resident_set_bytes() -> Option<f64> {
     Some(kb * 1024.0)
 }
 
+/// Bytes of live allocations (jemalloc's count, libtorch's included); `None` under another
+/// allocator.
+pub fn live_heap_bytes() -> Option<f64> {
+    crate::allocator::allocated_bytes().map(|bytes| bytes as f64)
+}
+
 /// The process's own readings, taken at scrape time: `process_cpu_seconds_total`,
 /// `lstm_forecast_memory_rss_bytes` and `lstm_forecast_heap_allocated_bytes`. A gauge set on the
 /// flush period would be up to a period old, and a leak hunt (or `make soak`'s idle checkpoints)
@@ -67,7 +73,6 @@ pub struct ProcessCollector {
     descs: Vec<prometheus::core::Desc>,
 }
 
-#[derive(Clone, Copy)]
 enum Kind {
     Counter,
     Gauge,
@@ -97,7 +102,7 @@ const PROCESS_READINGS: [ProcessReading; 3] = [
         name: "lstm_forecast_heap_allocated_bytes",
         help: "Bytes of live allocations, libtorch's included (jemalloc; CloudWatch metric HeapAllocated).",
         kind: Kind::Gauge,
-        read: || crate::allocator::allocated_bytes().map(|bytes| bytes as f64),
+        read: live_heap_bytes,
     },
 ];
 

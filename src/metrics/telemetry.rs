@@ -426,8 +426,8 @@ impl Telemetry {
         if let Some(rss) = super::process::resident_set_bytes() {
             self.record(Metric::MemoryRss, rss);
         }
-        if let Some(heap) = crate::allocator::allocated_bytes() {
-            self.record(Metric::HeapAllocated, heap as f64);
+        if let Some(heap) = super::process::live_heap_bytes() {
+            self.record(Metric::HeapAllocated, heap);
         }
     }
 
