@@ -3,8 +3,9 @@
 #   docker build -t lstm-forecast .
 #   docker run -p 8080:8080 lstm-forecast serve --bind 0.0.0.0:8080
 #
-# Size: ~455 MB (Debian slim ~75 MB + 379 MB of our own files: the libtorch libraries the binary
-# loads, stripped, 356 MB, of which libtorch_cpu.so is 349 MB; the stripped binary, 23 MB). Before
+# Size: ~490 MB (Debian slim ~75 MB + 414 MB of our own files: the libtorch libraries the binary
+# loads, stripped, 356 MB, of which libtorch_cpu.so is 349 MB; libonnxruntime.so, 35 MB, for lone
+# windows; the stripped binary, 23 MB). Before
 # scripts/build-image-rootfs.sh followed DT_NEEDED and stripped, our files were 663 MB. A cold
 # start maps ~18 MB of them (BENCHMARKS.md "Image"). libtorch_cpu.so alone is why the Lambda is an
 # image and not a zip (250 MB limit).

@@ -14,13 +14,14 @@ LSTM_FORECAST_CACHE ?= $(HOME)/.cache/lstm-forecast
 export LSTM_FORECAST_CACHE
 CACHE       := $(LSTM_FORECAST_CACHE)
 LIBTORCH    := .libtorch
+ONNXRUNTIME := .onnxruntime
 TRAIN_VENV  := $(CACHE)/train-venv
 PYTHON      ?= python3
 CARGO       ?= cargo
 # Arguments for `make run`, e.g. make run ARGS="--bind 0.0.0.0:8080"
 ARGS        ?=
 
-.PHONY: help run test test-fresh bench bench-peers soak fuzz model libtorch tools toolchain build release image-rootfs deploy fmt clippy clean
+.PHONY: help run test test-fresh bench bench-peers soak fuzz model libtorch onnxruntime tools toolchain build release image-rootfs deploy fmt clippy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,6 +37,13 @@ libtorch: toolchain ## Fetch the CPU libtorch (cached, once per machine)
 	@dest="$$(scripts/fetch-libtorch.sh)" && ln -sfn "$$dest" $(LIBTORCH)
 	@test -f $(LIBTORCH)/build-version
 
+# ONNX Runtime's C library from the PyPI wheel, cached under $(CACHE) and linked here as
+# .onnxruntime: the engine for lone windows opens it at run time (src/model/onnx.rs). Without it
+# the server still serves, on libtorch alone, and says so.
+onnxruntime: toolchain ## Fetch ONNX Runtime's library (cached, once per machine)
+	@dest="$$(scripts/fetch-onnxruntime.sh)" && ln -sfn "$$dest" $(ONNXRUNTIME)
+	@test -f $(ONNXRUNTIME)/lib/libonnxruntime.so
+
 # Emulators and linters the tests start themselves (moto, ministack, cargo-lambda, cfn-lint, ...), in a cached
 # venv, and promtool from Debian.
 # Installed from hash-checked locks (scripts/lock-python.sh regenerates them), then checked: a
@@ -44,10 +52,10 @@ tools: toolchain ## Install the test tools (cached)
 	@scripts/system-tools.sh
 	@scripts/check-tools.sh "$$(scripts/python-tools.sh)"
 
-build: libtorch ## Debug build
+build: libtorch onnxruntime ## Debug build
 	$(CARGO) build --locked
 
-release: libtorch ## Optimised build (target/release/lstm-forecast)
+release: libtorch onnxruntime ## Optimised build (target/release/lstm-forecast)
 	$(CARGO) build --locked --release
 
 image-rootfs: release ## Assemble the container image's files under target/image-rootfs (what the Dockerfile copies)
@@ -66,7 +74,7 @@ deploy: ## sam build + sam deploy (image pushed to ECR); see README "Deploying"
 run: release ## Serve the bundled model on 127.0.0.1:8080 (no AWS needed); ctrl-c stops it
 	./target/release/lstm-forecast serve $(ARGS)
 
-test: libtorch tools ## Run every test
+test: libtorch onnxruntime tools ## Run every test
 	LSTM_FORECAST_TOOLS="$$(scripts/python-tools.sh)" $(CARGO) test --locked
 
 # What a new machine does: a fresh clone of HEAD (committed work only), an empty LSTM_FORECAST_CACHE
@@ -80,11 +88,11 @@ test-fresh: ## make test on a fresh clone of HEAD with empty caches (~25 min on 
 	     PATH="$$(dirname "$$(command -v $(CARGO))"):$$PATH" $(MAKE) test \
 	  && echo "test-fresh: passed; remove $$scratch when done"
 
-bench: libtorch tools ## Benchmarks (release build), printed as tables
+bench: libtorch onnxruntime tools ## Benchmarks (release build), printed as tables
 	LSTM_FORECAST_TOOLS="$$(scripts/python-tools.sh)" $(CARGO) bench --locked --bench forecast
 	LSTM_FORECAST_TOOLS="$$(scripts/python-tools.sh)" $(CARGO) bench --locked --bench shards
 
-soak: libtorch ## 10 minutes at ~80% of measured capacity (SOAK_SECONDS to change); errors, and memory drift at idle checkpoints
+soak: libtorch onnxruntime ## 10 minutes at ~80% of measured capacity (SOAK_SECONDS to change); errors, and memory drift at idle checkpoints
 	$(CARGO) bench --locked --bench soak
 
 # cargo-fuzz needs the nightly toolchain. No sanitizer by default: the fuzzed code is safe Rust
@@ -97,15 +105,19 @@ fuzz: libtorch ## Fuzz request decoding and validation (cargo-fuzz, FUZZ_RUNS ex
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 	LD_LIBRARY_PATH="$$(readlink -f .libtorch)/lib" cargo +nightly fuzz run --sanitizer $(FUZZ_SANITIZER) forecast_request -- -runs=$(FUZZ_RUNS) -max_len=4096
 
-bench-peers: libtorch ## This server vs Python FastAPI (TorchScript, ONNX Runtime); writes BENCHMARKS.md
+bench-peers: libtorch onnxruntime ## This server vs Python FastAPI (TorchScript, ONNX Runtime); writes BENCHMARKS.md
 	scripts/bench-peers.sh
 
 # Training needs the full PyTorch (CUDA wheels included, ~4.7 GB): kept out of run/test. Installed
 # from the hash-checked lock; a changed lock rebuilds the venv.
-model: libtorch ## Re-train the bundled model, calibrate its intervals, regenerate the test fixtures
+model: libtorch onnxruntime ## Re-train the bundled model, calibrate its intervals, regenerate the test fixtures
 	scripts/locked-venv.sh $(TRAIN_VENV) model_artifacts/train/requirements.txt >/dev/null
 	cd model_artifacts/train && $(TRAIN_VENV)/bin/python train.py --data ../data/ETTh1.csv \
 	    --out ../etth1-ot-lstm --parity ../../tests/fixtures/parity-etth1-ot-lstm.json
+	# model.onnx for the lone-window engine: needs onnx and onnxruntime, which the peers' lock adds
+	# to the training one.
+	scripts/locked-venv.sh $(CACHE)/peers-venv bench/peers/requirements.txt >/dev/null
+	$(CACHE)/peers-venv/bin/python model_artifacts/train/export_onnx.py model_artifacts/etth1-ot-lstm
 	# Intervals: split conformal on the validation targets, measured with the engine that serves it.
 	$(CARGO) run --locked --release -- model calibrate model_artifacts/etth1-ot-lstm \
 	    --data model_artifacts/data/ETTh1.csv --targets 8640..11520 --levels 0.8,0.95 --check 11520..14400
@@ -120,4 +132,4 @@ clippy: libtorch
 
 clean:
 	$(CARGO) clean
-	rm -f $(LIBTORCH)
+	rm -f $(LIBTORCH) $(ONNXRUNTIME)

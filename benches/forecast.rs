@@ -1,8 +1,8 @@
 //! `make bench`: where a forecast's time goes, in one run, printed as a Markdown table.
 //!
-//! Rows: the raw libtorch forward (the floor), the in-process forecast path (validation-free
-//! preprocessing + tensor + forward + restore), and an HTTP round trip through the real server,
-//! each for 1 and 64 series; then cold start (exec -> first HTTP forecast answered) and RSS of the
+//! Rows: the raw libtorch forward (the floor; for one series also ONNX Runtime's, which the path
+//! runs it on), the in-process forecast path (validation-free preprocessing + tensor + forward +
+//! restore), and an HTTP round trip through the real server, each for 1 and 64 series; then cold start (exec -> first HTTP forecast answered) and RSS of the
 //! `serve` process. Raw and path samples are taken in alternating blocks so machine noise hits both.
 
 use std::process::{Command, Stdio};
@@ -12,9 +12,11 @@ use lstm_forecast::http;
 use lstm_forecast::infer::InferenceHandle;
 use lstm_forecast::metrics::ServerMetrics;
 use lstm_forecast::model::engine::configure_libtorch;
-use lstm_forecast::model::{Model, ModelArtifacts};
+use lstm_forecast::model::engine::Engine;
+use lstm_forecast::model::onnx::OnnxEngine;
+use lstm_forecast::model::Model;
 use lstm_forecast::service::{Limits, Service};
-use lstm_forecast::source::{BUNDLED_MODEL_JSON, BUNDLED_MODEL_PT};
+use lstm_forecast::source::{bundled_artifacts, BUNDLED_MODEL_ONNX, BUNDLED_MODEL_PT};
 
 const THREADS: usize = 1;
 
@@ -34,16 +36,14 @@ fn main() {
         Some(THREADS),
         lstm_forecast::model::engine::Workload::OneAtATime,
     );
-    let artifacts = ModelArtifacts {
-        metadata_json: BUNDLED_MODEL_JSON.to_vec(),
-        model_pt: BUNDLED_MODEL_PT.to_vec(),
-    };
-    let model = Model::load(&artifacts).expect("bundled model loads");
+    let model = Model::load(&bundled_artifacts()).expect("bundled model loads");
     let module = {
         let mut m = tch::CModule::load_data(&mut std::io::Cursor::new(BUNDLED_MODEL_PT)).unwrap();
         m.set_eval();
         m
     };
+    // The engine the path runs one window on.
+    let onnx = OnnxEngine::load(BUNDLED_MODEL_ONNX, &[24]).expect("ONNX Runtime opens");
     let windows: Vec<Vec<f64>> = (0..64).map(window).collect();
     if only_intervals {
         intervals_table(&model, &windows);
@@ -55,7 +55,9 @@ fn main() {
         let input = &windows[..batch];
         // What the network sees: the same normalised values the path would build.
         let tensor = normalised_tensor(&model, input);
+        let flat = Vec::<f32>::try_from(&tensor.view([-1])).unwrap();
         let mut raw = Vec::new();
+        let mut raw_onnx = Vec::new();
         let mut path = Vec::new();
         for _ in 0..3 {
             raw_forward(&module, &tensor);
@@ -66,6 +68,13 @@ fn main() {
                 let t = Instant::now();
                 raw_forward(&module, &tensor);
                 raw.push(t.elapsed());
+            }
+            if batch == 1 {
+                for _ in 0..per_round {
+                    let t = Instant::now();
+                    std::hint::black_box(onnx.forward(&flat, 1, 168, 1).unwrap());
+                    raw_onnx.push(t.elapsed());
+                }
             }
             for _ in 0..per_round {
                 let t = Instant::now();
@@ -78,15 +87,26 @@ fn main() {
             &mut raw,
             batch,
         ));
-        let raw_p50 = percentile(&raw, 0.5);
+        // The path runs one window on ONNX Runtime, a batch on libtorch: its overhead is
+        // measured against the engine that served it.
+        let serving_engine_p50 = if batch == 1 {
+            rows.push(Row::new(
+                "raw ONNX Runtime forward, 1 series".into(),
+                &mut raw_onnx,
+                batch,
+            ));
+            percentile(&raw_onnx, 0.5)
+        } else {
+            percentile(&raw, 0.5)
+        };
         let mut row = Row::new(
             format!("forecast path (in-process), {batch} series"),
             &mut path,
             batch,
         );
         row.note = format!(
-            "{:.3}x raw p50",
-            percentile(&path, 0.5).as_secs_f64() / raw_p50.as_secs_f64()
+            "{:.3}x raw p50 of its engine",
+            percentile(&path, 0.5).as_secs_f64() / serving_engine_p50.as_secs_f64()
         );
         rows.push(row);
     }
@@ -96,7 +116,8 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (handle, _engine) = InferenceHandle::spawn(Model::load(&artifacts).unwrap(), 64);
+        let (handle, _engine) =
+            InferenceHandle::spawn(Model::load(&bundled_artifacts()).unwrap(), 64);
         let state = Service::unmonitored(handle, Limits::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/v1/forecast", listener.local_addr().unwrap());
@@ -519,11 +540,8 @@ fn monitoring_bench(model: &Model, windows: &[Vec<f64>], _path_p50: Duration) ->
     let (http_off, http_on) = runtime.block_on(async {
         let mut urls = Vec::new();
         for monitored in [false, true] {
-            let artifacts = ModelArtifacts {
-                metadata_json: BUNDLED_MODEL_JSON.to_vec(),
-                model_pt: BUNDLED_MODEL_PT.to_vec(),
-            };
-            let (handle, _engine) = InferenceHandle::spawn(Model::load(&artifacts).unwrap(), 64);
+            let (handle, _engine) =
+                InferenceHandle::spawn(Model::load(&bundled_artifacts()).unwrap(), 64);
             // Every service feeds its own /metrics; "monitored" adds the CloudWatch sink.
             let monitoring = if monitored {
                 lstm_forecast::service::Monitoring {

@@ -8,8 +8,8 @@
 use std::time::{Duration, Instant};
 
 use lstm_forecast::model::engine::{configure_libtorch, Workload};
-use lstm_forecast::model::{Model, ModelArtifacts};
-use lstm_forecast::source::{BUNDLED_MODEL_JSON, BUNDLED_MODEL_PT};
+use lstm_forecast::model::Model;
+use lstm_forecast::source::bundled_artifacts;
 use serde_json::json;
 
 #[path = "../tests/common/emulators.rs"]
@@ -75,11 +75,7 @@ fn etth1_ot() -> Vec<f64> {
 }
 
 fn in_process_series_per_second(windows: &[Vec<f64>]) -> f64 {
-    let model = Model::load(&ModelArtifacts {
-        metadata_json: BUNDLED_MODEL_JSON.to_vec(),
-        model_pt: BUNDLED_MODEL_PT.to_vec(),
-    })
-    .unwrap();
+    let model = Model::load(&bundled_artifacts()).unwrap();
     model.forecast(&windows[..CHUNK]).unwrap();
     (0..3)
         .map(|_| {

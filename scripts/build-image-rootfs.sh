@@ -6,7 +6,8 @@
 # Layout (relative to OUT_DIR, copied to / in the image):
 #   opt/lstm-forecast/bin/lstm-forecast   the release binary, stripped, rpath $ORIGIN/../lib only
 #   opt/lstm-forecast/bin/bootstrap       -> lstm-forecast (Lambda's provided.al2023 entry name)
-#   opt/lstm-forecast/lib/                the libtorch libraries the binary loads, stripped
+#   opt/lstm-forecast/lib/                the libtorch libraries the binary loads, stripped, and
+#                                         libonnxruntime.so, which it opens at run time (dlopen)
 #
 # Only what the dynamic loader will open goes in: the binary's DT_NEEDED closure, read from the
 # ELF files with readelf, restricted to libtorch's lib/ (the rest -- glibc, libstdc++, libgcc_s --
@@ -24,6 +25,7 @@ OUT="${1:?usage: build-image-rootfs.sh OUT_DIR}"
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 BINARY="${BINARY:-$HERE/target/release/lstm-forecast}"
 LIBTORCH="${LIBTORCH:-$("$HERE/scripts/fetch-libtorch.sh")}"
+ONNXRUNTIME="${ONNXRUNTIME:-$("$HERE/scripts/fetch-onnxruntime.sh")}"
 [ -x "$BINARY" ] || { echo "build-image-rootfs: $BINARY is missing; run cargo build --release first" >&2; exit 1; }
 rm -rf "$OUT"
 mkdir -p "$OUT/opt/lstm-forecast/bin" "$OUT/opt/lstm-forecast/lib"
@@ -48,4 +50,7 @@ while [ "${#queue[@]}" -gt 0 ]; do
     queue+=("$LIBTORCH/lib/$name")
   done
 done
+# Not in any DT_NEEDED list: the lone-window engine opens it by name, through the same rpath.
+strip --strip-unneeded -o "$OUT/opt/lstm-forecast/lib/libonnxruntime.so" "$ONNXRUNTIME/lib/libonnxruntime.so"
+chmod 0644 "$OUT/opt/lstm-forecast/lib/libonnxruntime.so"
 echo "build-image-rootfs: $(du -sh "$OUT" | cut -f1) in $OUT ($(ls "$OUT/opt/lstm-forecast/lib" | tr '\n' ' '))" >&2

@@ -369,6 +369,11 @@ struct ModelInfo<'a> {
     created_at: &'a str,
     torch_version: &'a str,
     model_sha256: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    onnx_sha256: Option<&'a str>,
+    /// The engine that answers a request of one window: `onnxruntime` (when the model ships
+    /// model.onnx and the runtime library opens) or `libtorch`. Batches always run on libtorch.
+    lone_window_engine: &'static str,
     input: &'a crate::model::contract::InputSpec,
     output: &'a crate::model::contract::OutputSpec,
     /// The kinds of preprocessing applied, in order (`z_score`, `subtract_last`).
@@ -389,6 +394,8 @@ async fn model_metadata(State(service): State<Service>) -> Response {
         created_at: &metadata.created_at,
         torch_version: &metadata.torch_version,
         model_sha256: &metadata.model_sha256,
+        onnx_sha256: metadata.onnx_sha256.as_deref(),
+        lone_window_engine: model.lone_window_engine().as_str(),
         input: &metadata.input,
         output: &metadata.output,
         preprocessing: metadata

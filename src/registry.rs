@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! VERSION/model.pt      TorchScript, uploaded first
+//! VERSION/model.onnx    the same network for ONNX Runtime, when model.json declares onnx_sha256
 //! VERSION/model.json    the contract, uploaded last: a version with model.json is complete
 //! alias/live.json       {"version": "...", "history": [...], ...}: what serves, and what served before
 //! ```
@@ -266,9 +267,23 @@ impl Registry {
         metadata
             .verify_checksum(&model_pt)
             .map_err(contract_error)?;
+        // Only a declared model.onnx is fetched, and only after model.json vouches for it.
+        let model_onnx = match &metadata.onnx_sha256 {
+            None => None,
+            Some(_) => {
+                let onnx_key = self.model.object_key(version, "model.onnx");
+                // Missing here is a broken version, not an unknown one: its model.json is there.
+                let model_onnx = self.objects.get(&onnx_key).await?.bytes;
+                metadata
+                    .verify_onnx_checksum(&model_onnx)
+                    .map_err(contract_error)?;
+                Some(model_onnx)
+            }
+        };
         Ok(ModelArtifacts {
             metadata_json,
             model_pt,
+            model_onnx,
         })
     }
 
@@ -295,24 +310,23 @@ impl Registry {
                 key: json_key,
             });
         }
-        self.objects
-            .put(
-                &self.model.object_key(&version, "model.pt"),
-                artifacts.model_pt.clone(),
-                "application/octet-stream",
-                Precondition::None,
-            )
-            .await?;
-        progress(artifacts.model_pt.len() as u64);
-        self.objects
-            .put(
-                &json_key,
-                artifacts.metadata_json.clone(),
-                "application/json",
-                Precondition::None,
-            )
-            .await?;
-        progress((artifacts.model_pt.len() + artifacts.metadata_json.len()) as u64);
+        let mut uploaded = 0;
+        for (name, bytes) in artifacts.files() {
+            let content_type = match name {
+                "model.json" => "application/json",
+                _ => "application/octet-stream",
+            };
+            self.objects
+                .put(
+                    &self.model.object_key(&version, name),
+                    bytes.to_vec(),
+                    content_type,
+                    Precondition::None,
+                )
+                .await?;
+            uploaded += bytes.len() as u64;
+            progress(uploaded);
+        }
         Ok(version)
     }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::model::contract::ModelMetadata;
-use crate::model::{Model, ModelArtifacts};
+use crate::model::{LoneWindowEngine, Model, ModelArtifacts};
 use crate::source::DirectorySource;
 
 /// Batch sizes the probe runs: 1 (a single request), 2 (the smallest batch), 64 (a large batch).
@@ -87,10 +87,21 @@ pub fn validate_dir(exe: &Path, dir: &Path, timeout: Duration) -> ValidationRepo
     if let Err(e) = metadata.verify_checksum(&artifacts.model_pt) {
         return fail(checks, model, "checksum", e.to_string());
     }
+    if let Some(model_onnx) = &artifacts.model_onnx {
+        if let Err(e) = metadata.verify_onnx_checksum(model_onnx) {
+            return fail(checks, model, "checksum", e.to_string());
+        }
+    }
     checks.push(Check {
         name: "checksum".into(),
         ok: true,
-        detail: format!("sha256 {}", metadata.model_sha256),
+        detail: match &metadata.onnx_sha256 {
+            None => format!("sha256 {}", metadata.model_sha256),
+            Some(onnx) => format!(
+                "sha256 {} (model.pt), {onnx} (model.onnx)",
+                metadata.model_sha256
+            ),
+        },
     });
 
     // Everything that touches libtorch, in a child that may die.
@@ -248,7 +259,14 @@ pub fn run_probe(artifacts: &ModelArtifacts, out: &mut dyn std::io::Write) -> bo
     emit(&ProbeLine::Done(Check {
         name: "load".into(),
         ok: true,
-        detail: "TorchScript loaded; warm-up forecast finite and of the declared shape".into(),
+        detail: match model.lone_window_engine() {
+            LoneWindowEngine::Libtorch => {
+                "TorchScript loaded; warm-up forecast finite and of the declared shape".into()
+            }
+            LoneWindowEngine::OnnxRuntime => "TorchScript and model.onnx loaded and agree; \
+                warm-up forecast finite and of the declared shape; single series run on ONNX Runtime"
+                .into(),
+        },
     }));
     let largest = *PROBE_BATCH_SIZES.iter().max().expect("non-empty");
     let windows = probe_windows(model.metadata(), largest);

@@ -90,6 +90,7 @@ fn validate_rejects_a_corrupt_model_pt_and_a_bad_checksum() {
         serde_json::from_slice(&std::fs::read(bundled.join("model.json")).unwrap()).unwrap();
     metadata["model_sha256"] = sha256_hex(&garbage).into();
     std::fs::write(dir.path().join("model.pt"), &garbage).unwrap();
+    std::fs::copy(bundled.join("model.onnx"), dir.path().join("model.onnx")).unwrap();
     std::fs::write(
         dir.path().join("model.json"),
         serde_json::to_vec(&metadata).unwrap(),
@@ -130,6 +131,37 @@ fn forecast_reads_the_etth1_csv_and_forecasts_the_24_hours_after_it() {
         stderr.contains("model loaded"),
         "logs should say what was loaded: {stderr}"
     );
+}
+
+#[test]
+fn without_onnx_runtime_lone_windows_run_on_libtorch_with_a_warning_and_the_same_forecast() {
+    let csv = repo_path("model_artifacts/data/ETTh1.csv");
+    let forecast = |library: Option<&str>| {
+        let mut command = bin();
+        command
+            .args(["forecast", "--input", csv.to_str().unwrap()])
+            .env("THREADS", "1");
+        if let Some(library) = library {
+            command.env("ORT_DYLIB_PATH", library);
+        }
+        let output = command.output().unwrap();
+        let log = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{log}");
+        let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+        (common::f64s(&answer["forecasts"][0]["values"]), log)
+    };
+    let (on_onnx_runtime, log) = forecast(None);
+    assert!(!log.contains("ONNX Runtime cannot be opened"), "{log}");
+    let (on_libtorch, log) = forecast(Some("/nonexistent/libonnxruntime.so"));
+    assert!(
+        log.contains("ONNX Runtime cannot be opened")
+            && log.contains("/nonexistent/libonnxruntime.so")
+            && log.contains("lone windows run on libtorch"),
+        "{log}"
+    );
+    for (onnx, torch) in on_onnx_runtime.iter().zip(&on_libtorch) {
+        assert!((onnx - torch).abs() < 1e-3, "{onnx} vs {torch}");
+    }
 }
 
 #[test]

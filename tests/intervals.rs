@@ -188,7 +188,7 @@ fn the_bundled_calibration_is_what_model_calibrate_measures_on_the_validation_sp
     // radii are measured, not typed in.
     let dir = tempfile::tempdir().unwrap();
     let source = repo_path("model_artifacts/etth1-ot-lstm");
-    for file in ["model.pt", "model.json"] {
+    for file in ["model.pt", "model.onnx", "model.json"] {
         std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
     }
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
@@ -506,6 +506,7 @@ fn bundled_with_radii_times(factor: f64) -> lstm_forecast::model::Model {
     lstm_forecast::model::Model::load(&lstm_forecast::model::ModelArtifacts {
         metadata_json: serde_json::to_vec(&metadata).unwrap(),
         model_pt: std::fs::read(source.join("model.pt")).unwrap(),
+        model_onnx: std::fs::read(source.join("model.onnx")).ok(),
     })
     .unwrap()
 }

@@ -728,7 +728,9 @@ async fn every_cold_start_fault_is_an_init_error_naming_the_object_and_the_cause
     // model.pt does not match the declared sha256.
     let metadata = std::fs::read(repo_path("model_artifacts/etth1-ot-lstm/model.json")).unwrap();
     let model_pt = std::fs::read(repo_path("model_artifacts/etth1-ot-lstm/model.pt")).unwrap();
+    let model_onnx = std::fs::read(repo_path("model_artifacts/etth1-ot-lstm/model.onnx")).unwrap();
     put("models/etth1-ot-lstm/1.0.0/model.json", metadata.clone()).await;
+    put("models/etth1-ot-lstm/1.0.0/model.onnx", model_onnx.clone()).await;
     let mut tampered = model_pt.clone();
     tampered[1000] ^= 0x55;
     put("models/etth1-ot-lstm/1.0.0/model.pt", tampered).await;
@@ -752,6 +754,26 @@ async fn every_cold_start_fault_is_an_init_error_naming_the_object_and_the_cause
     assert!(log.contains("libtorch could not load model.pt"), "{log}");
     assert!(
         log.contains("s3://lstm-forecast-test/models/etth1-ot-lstm/1.0.0"),
+        "{log}"
+    );
+
+    // A writer replaced model.onnx: refused by the checksum model.json declares, then missing.
+    put("models/etth1-ot-lstm/1.0.0/model.json", metadata.clone()).await;
+    put("models/etth1-ot-lstm/1.0.0/model.pt", model_pt.clone()).await;
+    let mut tampered = model_onnx.clone();
+    tampered[1000] ^= 0x55;
+    put("models/etth1-ot-lstm/1.0.0/model.onnx", tampered).await;
+    let log = init_failure(moto.env(), &format!("{REGISTRY}/1.0.0"));
+    assert!(log.contains("model.onnx sha256"), "{log}");
+    s3.delete_object()
+        .bucket(BUCKET)
+        .key("models/etth1-ot-lstm/1.0.0/model.onnx")
+        .send()
+        .await
+        .unwrap();
+    let log = init_failure(moto.env(), &format!("{REGISTRY}/1.0.0"));
+    assert!(
+        log.contains("models/etth1-ot-lstm/1.0.0/model.onnx does not exist"),
         "{log}"
     );
 

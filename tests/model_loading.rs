@@ -4,7 +4,7 @@ mod common;
 
 use common::bundled_artifacts;
 use lstm_forecast::model::contract::sha256_hex;
-use lstm_forecast::model::{Model, ModelArtifacts};
+use lstm_forecast::model::{LoneWindowEngine, Model, ModelArtifacts};
 use serde_json::Value;
 
 /// The bundled artifacts with `model.json` edited by `edit`.
@@ -56,6 +56,77 @@ fn a_truncated_model_pt_is_refused() {
         ..artifacts
     };
     assert!(load_error(&artifacts).contains("model.pt"));
+}
+
+#[test]
+fn the_bundled_model_answers_lone_windows_on_onnx_runtime() {
+    assert_eq!(
+        common::bundled_model().lone_window_engine(),
+        LoneWindowEngine::OnnxRuntime
+    );
+}
+
+#[test]
+fn a_model_without_model_onnx_answers_everything_on_libtorch() {
+    let artifacts = ModelArtifacts {
+        model_onnx: None,
+        ..with_metadata(|m| {
+            m.as_object_mut().unwrap().remove("onnx_sha256");
+        })
+    };
+    let model = Model::load(&artifacts).unwrap();
+    assert_eq!(model.lone_window_engine(), LoneWindowEngine::Libtorch);
+    assert_eq!(model.forecast(&[common::window(0.0)]).unwrap()[0].len(), 24);
+}
+
+#[test]
+fn a_tampered_model_onnx_is_refused_by_its_checksum() {
+    let mut artifacts = bundled_artifacts();
+    artifacts.model_onnx.as_mut().unwrap()[100] ^= 0xff;
+    let error = load_error(&artifacts);
+    assert!(error.contains("model.onnx sha256"), "{error}");
+}
+
+#[test]
+fn model_onnx_bytes_that_model_json_does_not_vouch_for_are_refused() {
+    let error = load_error(&with_metadata(|m| {
+        m.as_object_mut().unwrap().remove("onnx_sha256");
+    }));
+    assert!(
+        error.contains("model.onnx sha256") && error.contains("declares nothing"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_declared_model_onnx_that_is_missing_is_refused() {
+    let artifacts = ModelArtifacts {
+        model_onnx: None,
+        ..bundled_artifacts()
+    };
+    assert!(load_error(&artifacts).contains("model.onnx is missing"));
+}
+
+/// A checksum proves which file was published, not that model.onnx is the export of this
+/// model.pt: a stale export beside a retrained network (here, another LSTM of the same shapes)
+/// must be refused, not serve lone windows with the old weights.
+#[test]
+fn a_model_onnx_exported_from_another_network_is_refused() {
+    let other_network = std::fs::read(common::repo_path(
+        "tests/fixtures/broken-traced-lstm/model.pt",
+    ))
+    .unwrap();
+    let digest = sha256_hex(&other_network);
+    let artifacts = ModelArtifacts {
+        metadata_json: with_metadata(|m| m["model_sha256"] = digest.into()).metadata_json,
+        model_pt: other_network,
+        ..bundled_artifacts()
+    };
+    let error = load_error(&artifacts);
+    assert!(
+        error.contains("model.onnx and model.pt disagree"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod common;
 
 use common::{bundled_model, repo_path, TestServer};
 use lstm_forecast::model::contract::sha256_hex;
+use lstm_forecast::model::LoneWindowEngine;
 use lstm_forecast::source::BUNDLED_MODEL_PT;
 use serde_json::Value;
 
@@ -53,6 +54,22 @@ fn in_process_forecasts_match_pytorch_for_32_test_windows_in_one_batch() {
         assert_close(
             case["id"].as_str().unwrap(),
             forecast,
+            case["forecast"].as_array().unwrap(),
+        );
+    }
+}
+
+#[test]
+fn in_process_forecasts_of_one_window_each_match_pytorch_on_onnx_runtime() {
+    let model = bundled_model();
+    assert_eq!(model.lone_window_engine(), LoneWindowEngine::OnnxRuntime);
+    let fixture = fixture();
+    for case in fixture["cases"].as_array().unwrap() {
+        let window = common::f64s(&case["values"]);
+        let forecast = model.forecast(&[window]).unwrap();
+        assert_close(
+            case["id"].as_str().unwrap(),
+            &forecast[0],
             case["forecast"].as_array().unwrap(),
         );
     }

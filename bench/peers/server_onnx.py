@@ -1,4 +1,4 @@
-"""FastAPI + ONNX Runtime: `uvicorn server_onnx:app` (after export_onnx.py)."""
+"""FastAPI + ONNX Runtime: `uvicorn server_onnx:app`, serving the bundled model.onnx."""
 import os
 
 import onnxruntime as ort

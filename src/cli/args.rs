@@ -377,7 +377,7 @@ pub enum ModelCommand {
     /// traced with a fixed batch size) is reported as invalid instead of crashing this command.
     /// Exits 0 when valid, 1 when not.
     Validate {
-        /// Model directory holding model.json and model.pt.
+        /// Model directory holding model.json and model.pt (and model.onnx, if model.json declares it).
         dir: PathBuf,
         /// Print the report as JSON.
         #[arg(long)]
@@ -394,7 +394,8 @@ pub enum ModelCommand {
     /// for `"intervals": [0.8, 0.95]`. --check measures the result on other rows (e.g. the test
     /// split) and prints coverage and width per level.
     Calibrate {
-        /// Model directory holding model.json and model.pt; model.json is rewritten.
+        /// Model directory holding model.json and model.pt (and model.onnx, if declared); model.json
+        /// is rewritten.
         dir: PathBuf,
         /// CSV with a header naming the model's features (e.g. ETTh1.csv).
         #[arg(long)]
@@ -417,10 +418,10 @@ pub enum ModelCommand {
     },
     /// Validate a model directory, upload it to the S3 registry as a new version, and make it live.
     ///
-    /// Uploads NAME/VERSION/model.pt then model.json (VERSION from model.json; versions are
+    /// Uploads NAME/VERSION/model.pt (and model.onnx) then model.json (VERSION from model.json; versions are
     /// immutable), then points the `live` alias at it unless --no-promote.
     Publish {
-        /// Model directory holding model.json and model.pt.
+        /// Model directory holding model.json and model.pt (and model.onnx, if model.json declares it).
         dir: PathBuf,
         /// Registry: s3://BUCKET/models/NAME.
         registry: String,

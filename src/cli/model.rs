@@ -295,7 +295,11 @@ fn publish(dir: PathBuf, registry: &Registry, promote: bool) -> anyhow::Result<(
         );
     }
     let artifacts = DirectorySource::new(&dir).read()?;
-    let total = (artifacts.model_pt.len() + artifacts.metadata_json.len()) as u64;
+    let total: u64 = artifacts
+        .files()
+        .iter()
+        .map(|(_, bytes)| bytes.len() as u64)
+        .sum();
     let bar = indicatif::ProgressBar::new(total).with_style(
         indicatif::ProgressStyle::with_template("uploading {bar:30} {bytes}/{total_bytes} {msg}")
             .expect("valid template"),

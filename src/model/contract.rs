@@ -26,6 +26,11 @@ pub struct ModelMetadata {
     pub torch_version: String,
     /// Hex sha256 of `model.pt`, checked on every load.
     pub model_sha256: String,
+    /// Hex sha256 of `model.onnx`, the same network for ONNX Runtime, which then answers lone
+    /// windows (`super::onnx`). Absent: the model has no `model.onnx`, and a stray file of that
+    /// name is never read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx_sha256: Option<String>,
     pub input: InputSpec,
     pub output: OutputSpec,
     /// Applied in order to each window before the forward pass, inverted in reverse on the output.
@@ -276,8 +281,14 @@ pub enum ContractError {
     FormatVersion { found: u32 },
     #[error("model.json field `{field}` is invalid: {reason}")]
     Field { field: String, reason: String },
-    #[error("model.pt sha256 is {actual}, but model.json declares {declared}")]
-    Checksum { declared: String, actual: String },
+    #[error("{file} sha256 is {actual}, but model.json declares {declared}")]
+    Checksum {
+        file: &'static str,
+        declared: String,
+        actual: String,
+    },
+    #[error("model.json declares onnx_sha256, but model.onnx is missing")]
+    OnnxMissing,
     #[error("model.json declares version {declared} but is filed under {filed_under}")]
     FiledUnderOtherVersion {
         declared: String,
@@ -326,10 +337,15 @@ impl ModelMetadata {
         if chrono::DateTime::parse_from_rfc3339(&self.created_at).is_err() {
             return Err(field_error("created_at", "must be an RFC 3339 timestamp"));
         }
-        if self.model_sha256.len() != 64
-            || !self.model_sha256.bytes().all(|b| b.is_ascii_hexdigit())
-        {
+        if !is_sha256_hex(&self.model_sha256) {
             return Err(field_error("model_sha256", "must be 64 hex characters"));
+        }
+        if self
+            .onnx_sha256
+            .as_deref()
+            .is_some_and(|h| !is_sha256_hex(h))
+        {
+            return Err(field_error("onnx_sha256", "must be 64 hex characters"));
         }
         if self.input.window == 0 {
             return Err(field_error("input.window", "must be at least 1"));
@@ -472,16 +488,32 @@ impl ModelMetadata {
 
     /// Compares `model.pt` bytes with the declared checksum.
     pub fn verify_checksum(&self, model_pt: &[u8]) -> Result<(), ContractError> {
-        let actual = sha256_hex(model_pt);
-        if actual.eq_ignore_ascii_case(&self.model_sha256) {
-            Ok(())
-        } else {
-            Err(ContractError::Checksum {
-                declared: self.model_sha256.clone(),
-                actual,
-            })
-        }
+        verify_sha256("model.pt", &self.model_sha256, model_pt)
     }
+
+    /// Compares `model.onnx` bytes with the declared checksum. Bytes without a declared checksum
+    /// are refused: nothing unverified reaches an engine.
+    pub fn verify_onnx_checksum(&self, model_onnx: &[u8]) -> Result<(), ContractError> {
+        let declared = self.onnx_sha256.as_deref().unwrap_or("nothing");
+        verify_sha256("model.onnx", declared, model_onnx)
+    }
+}
+
+fn verify_sha256(file: &'static str, declared: &str, bytes: &[u8]) -> Result<(), ContractError> {
+    let actual = sha256_hex(bytes);
+    if actual.eq_ignore_ascii_case(declared) {
+        Ok(())
+    } else {
+        Err(ContractError::Checksum {
+            file,
+            declared: declared.to_string(),
+            actual,
+        })
+    }
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Names and versions become S3 keys and metric dimensions, so keep them plain.

@@ -1,7 +1,7 @@
 //! The engine port: something that maps a normalised batch to normalised forecasts.
 //!
-//! The trait is deliberately tiny (one call, plain slices) so that tests and future engines (ONNX
-//! Runtime, say) do not depend on tch types.
+//! The trait is deliberately tiny (one call, plain slices) so that tests and the second engine
+//! (ONNX Runtime, `super::onnx`) do not depend on tch types.
 
 use std::cell::Cell;
 use std::io::Cursor;
@@ -27,7 +27,13 @@ pub enum EngineError {
     Load(String),
     #[error("libtorch forward failed: {0}")]
     Forward(String),
-    #[error("model.pt returned shape {actual:?}, expected {expected:?} (output.horizon, and output.quantiles if any, in model.json)")]
+    #[error("ONNX Runtime cannot be opened ({0}); point ORT_DYLIB_PATH at libonnxruntime.so")]
+    OnnxRuntimeMissing(String),
+    #[error("ONNX Runtime could not load model.onnx: {0}")]
+    OnnxLoad(String),
+    #[error("ONNX Runtime forward failed: {0}")]
+    OnnxForward(String),
+    #[error("the network returned shape {actual:?}, expected {expected:?} (output.horizon, and output.quantiles if any, in model.json)")]
     OutputShape {
         actual: Vec<i64>,
         expected: Vec<i64>,
@@ -86,9 +92,7 @@ impl Engine for TorchEngine {
             .map_err(forward_error)?;
         let y = self.module.forward_ts(&[x]).map_err(forward_error)?;
         let size = y.size();
-        let expected: Vec<i64> = std::iter::once(padded as i64)
-            .chain(self.per_series.iter().copied())
-            .collect();
+        let expected = output_shape(padded, &self.per_series);
         if size != expected {
             return Err(EngineError::OutputShape {
                 actual: size,
@@ -104,6 +108,13 @@ impl Engine for TorchEngine {
         let flat = y.f_view([-1]).map_err(forward_error)?;
         Vec::<f32>::try_from(&flat).map_err(forward_error)
     }
+}
+
+/// The shape a network must return for `batch` series: `[batch, per_series...]`.
+pub(super) fn output_shape(batch: usize, per_series: &[i64]) -> Vec<i64> {
+    std::iter::once(batch as i64)
+        .chain(per_series.iter().copied())
+        .collect()
 }
 
 /// Batches above this size are padded to a multiple of it.

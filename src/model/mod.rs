@@ -4,21 +4,38 @@ pub mod calibrate;
 pub mod contract;
 pub mod engine;
 pub mod footprint;
+pub mod onnx;
 pub mod preprocess;
 
 use contract::{ContractError, ModelMetadata};
 use engine::{Engine, EngineError, TorchEngine};
+use onnx::OnnxEngine;
 use preprocess::Pipeline;
 
 /// The libtorch major.minor this build links (tch 0.26). TorchScript from another release may load
 /// but behave differently, so the contract's `torch_version` must match.
 pub const LIBTORCH_VERSION: &str = "2.13";
 
-/// The two files of a model, already in memory.
+/// The files of a model, already in memory.
 #[derive(Clone)]
 pub struct ModelArtifacts {
     pub metadata_json: Vec<u8>,
     pub model_pt: Vec<u8>,
+    /// Present when `model.json` declares `onnx_sha256` (sources read it only then).
+    pub model_onnx: Option<Vec<u8>>,
+}
+
+impl ModelArtifacts {
+    /// The files under their names, in the order a writer stores them: `model.json` last, so a
+    /// reader that finds it finds the files it vouches for.
+    pub fn files(&self) -> Vec<(&'static str, &[u8])> {
+        let mut files = vec![("model.pt", self.model_pt.as_slice())];
+        if let Some(model_onnx) = &self.model_onnx {
+            files.push(("model.onnx", model_onnx.as_slice()));
+        }
+        files.push(("model.json", self.metadata_json.as_slice()));
+        files
+    }
 }
 
 impl std::fmt::Debug for ModelArtifacts {
@@ -27,6 +44,7 @@ impl std::fmt::Debug for ModelArtifacts {
         f.debug_struct("ModelArtifacts")
             .field("metadata_json_bytes", &self.metadata_json.len())
             .field("model_pt_bytes", &self.model_pt.len())
+            .field("model_onnx_bytes", &self.model_onnx.as_ref().map(Vec::len))
             .finish()
     }
 }
@@ -45,7 +63,18 @@ pub enum ModelError {
     // Not a `#[source]`: the message already carries it, and `{:#}` would print it twice.
     #[error("warm-up forecast failed: {0}")]
     WarmUp(ForecastError),
+    #[error(
+        "model.onnx and model.pt disagree: forecasts differ by up to {max_difference:.3e} (normalised units, \
+         at most {ENGINE_AGREEMENT:.0e} allowed); re-export model.onnx from model.pt"
+    )]
+    EnginesDisagree { max_difference: f32 },
 }
+
+/// How far ONNX Runtime's and libtorch's forecasts of the same window may differ, in normalised
+/// units. The two implementations' float rounding gives at most 3e-7 on the bundled model's probe
+/// windows. Tight on purpose: its output leans on a linear "highway" from the window, so even
+/// 64 negated LSTM weights move a forecast by only 2.5e-5.
+pub const ENGINE_AGREEMENT: f32 = 1e-5;
 
 /// Why one forecast batch failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +119,24 @@ pub struct Model {
     metadata: ModelMetadata,
     pipeline: Pipeline,
     engine: Box<dyn Engine>,
+    /// Answers forwards of exactly one window when present (ONNX Runtime; see [`onnx`]).
+    lone_window_engine: Option<Box<dyn Engine>>,
+}
+
+/// Which engine answers a forward of one window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoneWindowEngine {
+    OnnxRuntime,
+    Libtorch,
+}
+
+impl LoneWindowEngine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoneWindowEngine::OnnxRuntime => "onnxruntime",
+            LoneWindowEngine::Libtorch => "libtorch",
+        }
+    }
 }
 
 impl Model {
@@ -110,14 +157,37 @@ impl Model {
                 declared: metadata.torch_version.clone(),
             });
         }
-        let engine = match &metadata.output.quantiles {
-            None => TorchEngine::load(&artifacts.model_pt, metadata.output.horizon)?,
-            Some(q) => TorchEngine::load_with_output(
-                &artifacts.model_pt,
-                &[metadata.output.horizon, q.len()],
-            )?,
+        let per_series = match &metadata.output.quantiles {
+            None => vec![metadata.output.horizon],
+            Some(q) => vec![metadata.output.horizon, q.len()],
         };
-        Ok(Model::with_engine(metadata, Box::new(engine)))
+        let engine = TorchEngine::load_with_output(&artifacts.model_pt, &per_series)?;
+        let lone_window_engine = match (&metadata.onnx_sha256, &artifacts.model_onnx) {
+            (None, None) => None,
+            (Some(_), None) => return Err(ContractError::OnnxMissing.into()),
+            (_, Some(model_onnx)) => {
+                metadata.verify_onnx_checksum(model_onnx)?;
+                match OnnxEngine::load(model_onnx, &per_series) {
+                    Ok(onnx) => Some(onnx),
+                    // The model is whole and libtorch answers everything, a little slower
+                    // alone: serving beats refusing to start. Said loudly, and on /v1/model.
+                    Err(EngineError::OnnxRuntimeMissing(why)) => {
+                        tracing::warn!(
+                            model_version = %metadata.version,
+                            "ONNX Runtime cannot be opened ({why}): lone windows run on libtorch; \
+                             set ORT_DYLIB_PATH to libonnxruntime.so for the faster engine"
+                        );
+                        None
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        let model = Model::with_engine(metadata, Box::new(engine));
+        Ok(match lone_window_engine {
+            Some(onnx) => model.with_lone_window_engine(Box::new(onnx)),
+            None => model,
+        })
     }
 
     /// Assembles a model around any engine (tests use small fakes).
@@ -126,6 +196,21 @@ impl Model {
             pipeline: Pipeline::new(&metadata),
             metadata,
             engine,
+            lone_window_engine: None,
+        }
+    }
+
+    /// Sends every forward of exactly one window to `engine` instead.
+    pub fn with_lone_window_engine(mut self, engine: Box<dyn Engine>) -> Self {
+        self.lone_window_engine = Some(engine);
+        self
+    }
+
+    /// Which engine answers one window alone.
+    pub fn lone_window_engine(&self) -> LoneWindowEngine {
+        match self.lone_window_engine {
+            Some(_) => LoneWindowEngine::OnnxRuntime,
+            None => LoneWindowEngine::Libtorch,
         }
     }
 
@@ -172,7 +257,52 @@ impl Model {
             .collect();
         self.forecast(&[window])
             .map(|_| ())
-            .map_err(ModelError::WarmUp)
+            .map_err(ModelError::WarmUp)?;
+        self.check_engines_agree()
+    }
+
+    /// Runs probe windows through both engines, one at a time, and refuses a `model.onnx` whose
+    /// forecasts are not those of `model.pt`: the checksum proves the file is the one published,
+    /// not that it was exported from this network.
+    fn check_engines_agree(&self) -> Result<(), ModelError> {
+        let Some(lone) = &self.lone_window_engine else {
+            return Ok(());
+        };
+        let (window, features) = (
+            self.metadata.input.window,
+            self.metadata.input.features.len(),
+        );
+        let probes: [fn(usize) -> f32; 3] = [
+            |_| 0.0,
+            |t| (t as f32 * 0.26).sin(),
+            |t| (t % 24) as f32 / 12.0 - 1.0,
+        ];
+        let mut max_difference = 0f32;
+        for probe in probes {
+            let input: Vec<f32> = (0..window * features).map(probe).collect();
+            let reference = self.engine.forward(&input, 1, window, features)?;
+            let answer = lone.forward(&input, 1, window, features)?;
+            if answer.len() != reference.len() {
+                return Err(EngineError::OutputShape {
+                    actual: vec![answer.len() as i64],
+                    expected: vec![reference.len() as i64],
+                }
+                .into());
+            }
+            for (a, r) in answer.iter().zip(&reference) {
+                // NaN counts as the largest difference, not as none.
+                let difference = (a - r).abs();
+                max_difference = if difference.is_nan() {
+                    f32::INFINITY
+                } else {
+                    max_difference.max(difference)
+                };
+            }
+        }
+        match max_difference <= ENGINE_AGREEMENT {
+            true => Ok(()),
+            false => Err(ModelError::EnginesDisagree { max_difference }),
+        }
     }
 
     /// Forecasts a batch of windows (original scale, row-major `[window][features]`) in one
@@ -214,7 +344,11 @@ impl Model {
         }
         let horizon = self.metadata.output.horizon;
         let per_series = self.metadata.output.values_per_series();
-        let output = self.engine.forward(
+        let engine = match (&self.lone_window_engine, windows.len()) {
+            (Some(lone), 1) => lone.as_ref(),
+            _ => self.engine.as_ref(),
+        };
+        let output = engine.forward(
             &input,
             windows.len(),
             self.metadata.input.window,
@@ -327,6 +461,56 @@ mod tests {
             .forecast(&[vec![1.0, 2.0, 3.0], vec![7.0, 8.0, 9.5]])
             .unwrap();
         assert_eq!(out, vec![vec![3.0, 3.0], vec![9.5, 9.5]]);
+    }
+
+    /// Forecasts a constant, whatever the input: tells which engine answered.
+    struct Constant(f32);
+
+    impl Engine for Constant {
+        fn forward(
+            &self,
+            _input: &[f32],
+            batch: usize,
+            _window: usize,
+            _features: usize,
+        ) -> Result<Vec<f32>, EngineError> {
+            Ok(vec![self.0; batch * 2])
+        }
+    }
+
+    #[test]
+    fn one_window_runs_on_the_lone_window_engine_and_a_batch_on_the_main_one() {
+        let model = Model::with_engine(metadata(), Box::new(RepeatLast { horizon: 2 }))
+            .with_lone_window_engine(Box::new(Constant(0.5)));
+        assert_eq!(model.lone_window_engine(), LoneWindowEngine::OnnxRuntime);
+        // z-score with mean 10 and std 2: 0.5 is 11 on the original scale.
+        assert_eq!(
+            model.forecast(&[vec![1.0, 2.0, 3.0]]).unwrap(),
+            vec![vec![11.0, 11.0]]
+        );
+        assert_eq!(
+            model
+                .forecast(&[vec![1.0, 2.0, 3.0], vec![7.0, 8.0, 9.5]])
+                .unwrap(),
+            vec![vec![3.0, 3.0], vec![9.5, 9.5]]
+        );
+    }
+
+    #[test]
+    fn engines_that_disagree_are_refused_at_warm_up_and_engines_that_agree_are_not() {
+        let disagreeing = Model::with_engine(metadata(), Box::new(Constant(0.0)))
+            .with_lone_window_engine(Box::new(Constant(0.01)));
+        let error = disagreeing.warm_up_on_this_thread().unwrap_err();
+        assert!(
+            matches!(error, ModelError::EnginesDisagree { max_difference } if (max_difference - 0.01).abs() < 1e-6),
+            "{error}"
+        );
+        let within_rounding = Model::with_engine(metadata(), Box::new(Constant(0.0)))
+            .with_lone_window_engine(Box::new(Constant(ENGINE_AGREEMENT / 10.0)));
+        within_rounding.warm_up_on_this_thread().unwrap();
+        let not_a_number = Model::with_engine(metadata(), Box::new(Constant(0.0)))
+            .with_lone_window_engine(Box::new(Constant(f32::NAN)));
+        assert!(not_a_number.warm_up_on_this_thread().is_err());
     }
 
     #[test]

@@ -16,6 +16,19 @@ pub const BUNDLED_MODEL_PT: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/model_artifacts/etth1-ot-lstm/model.pt"
 ));
+pub const BUNDLED_MODEL_ONNX: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/model_artifacts/etth1-ot-lstm/model.onnx"
+));
+
+/// The bundled model's files.
+pub fn bundled_artifacts() -> ModelArtifacts {
+    ModelArtifacts {
+        metadata_json: BUNDLED_MODEL_JSON.to_vec(),
+        model_pt: BUNDLED_MODEL_PT.to_vec(),
+        model_onnx: Some(BUNDLED_MODEL_ONNX.to_vec()),
+    }
+}
 
 impl ModelSource for BundledSource {
     fn describe(&self) -> String {
@@ -25,10 +38,7 @@ impl ModelSource for BundledSource {
     fn fetch(&self) -> BoxFuture<'_, Result<Fetched, SourceError>> {
         Box::pin(async {
             Ok(Fetched {
-                artifacts: ModelArtifacts {
-                    metadata_json: BUNDLED_MODEL_JSON.to_vec(),
-                    model_pt: BUNDLED_MODEL_PT.to_vec(),
-                },
+                artifacts: bundled_artifacts(),
                 from_cache: true,
             })
         })
@@ -47,11 +57,24 @@ impl DirectorySource {
 
     /// Synchronous read, for the CLI paths that have no runtime.
     pub fn read(&self) -> Result<ModelArtifacts, SourceError> {
+        let metadata_json = read(&self.dir.join("model.json"))?;
+        let model_onnx = match declares_onnx(&metadata_json) {
+            true => Some(read(&self.dir.join("model.onnx"))?),
+            false => None,
+        };
         Ok(ModelArtifacts {
-            metadata_json: read(&self.dir.join("model.json"))?,
+            metadata_json,
             model_pt: read(&self.dir.join("model.pt"))?,
+            model_onnx,
         })
     }
+}
+
+/// Whether `model.json` names a `model.onnx`. An unreadable contract says no: loading it reports
+/// what is wrong with it.
+pub(crate) fn declares_onnx(metadata_json: &[u8]) -> bool {
+    crate::model::contract::ModelMetadata::from_json(metadata_json)
+        .is_ok_and(|metadata| metadata.onnx_sha256.is_some())
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, SourceError> {

@@ -1,4 +1,4 @@
-//! The model-source port: where `model.json` and `model.pt` come from.
+//! The model-source port: where `model.json`, `model.pt` and `model.onnx` come from.
 //!
 //! Sources only fetch bytes; checking and loading is [`crate::model::Model::load`]'s job, so every
 //! source gets the same checks.
@@ -12,7 +12,10 @@ pub mod local;
 pub mod port;
 pub mod s3;
 
-pub use local::{BundledSource, DirectorySource, BUNDLED_MODEL_JSON, BUNDLED_MODEL_PT};
+pub use local::{
+    bundled_artifacts, BundledSource, DirectorySource, BUNDLED_MODEL_JSON, BUNDLED_MODEL_ONNX,
+    BUNDLED_MODEL_PT,
+};
 pub use port::{BoxFuture, Fetched, ModelSource, SourceError};
 
 use std::path::{Path, PathBuf};

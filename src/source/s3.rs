@@ -92,21 +92,25 @@ fn read_cached(dir: &Path, version: &str) -> Option<ModelArtifacts> {
     let metadata_json = std::fs::read(dir.join("model.json")).ok()?;
     let model_pt = std::fs::read(dir.join("model.pt")).ok()?;
     let metadata = ModelMetadata::from_json(&metadata_json).ok()?;
-    (metadata.version == version && metadata.verify_checksum(&model_pt).is_ok()).then_some(
-        ModelArtifacts {
-            metadata_json,
-            model_pt,
-        },
-    )
+    let model_onnx = match metadata.onnx_sha256 {
+        Some(_) => Some(std::fs::read(dir.join("model.onnx")).ok()?),
+        None => None,
+    };
+    let intact = metadata.verify_checksum(&model_pt).is_ok()
+        && model_onnx
+            .as_ref()
+            .is_none_or(|bytes| metadata.verify_onnx_checksum(bytes).is_ok());
+    (metadata.version == version && intact).then_some(ModelArtifacts {
+        metadata_json,
+        model_pt,
+        model_onnx,
+    })
 }
 
 fn write_cache(dir: &Path, artifacts: &ModelArtifacts) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     // Write-then-rename so a crash mid-write never leaves a truncated file under the final name.
-    for (name, bytes) in [
-        ("model.pt", &artifacts.model_pt),
-        ("model.json", &artifacts.metadata_json),
-    ] {
+    for (name, bytes) in artifacts.files() {
         let partial = dir.join(format!("{name}.partial"));
         std::fs::write(&partial, bytes)?;
         std::fs::rename(&partial, dir.join(name))?;
@@ -137,10 +141,7 @@ mod tests {
     #[test]
     fn a_cached_version_is_used_only_if_its_checksum_matches() {
         let dir = tempfile::tempdir().unwrap();
-        let artifacts = ModelArtifacts {
-            metadata_json: super::super::local::BUNDLED_MODEL_JSON.to_vec(),
-            model_pt: super::super::local::BUNDLED_MODEL_PT.to_vec(),
-        };
+        let artifacts = super::super::local::bundled_artifacts();
         let version = ModelMetadata::from_json(&artifacts.metadata_json)
             .unwrap()
             .version;
@@ -148,6 +149,9 @@ mod tests {
         assert!(read_cached(dir.path(), &version).is_some());
         assert!(read_cached(dir.path(), "other-version").is_none());
         std::fs::write(dir.path().join("model.pt"), b"tampered").unwrap();
+        assert!(read_cached(dir.path(), &version).is_none());
+        write_cache(dir.path(), &artifacts).unwrap();
+        std::fs::write(dir.path().join("model.onnx"), b"tampered").unwrap();
         assert!(read_cached(dir.path(), &version).is_none());
     }
 }

@@ -8,7 +8,6 @@ use lstm_forecast::infer::InferenceHandle;
 use lstm_forecast::metrics::ServerMetrics;
 use lstm_forecast::model::{Model, ModelArtifacts};
 use lstm_forecast::service::{Limits, Monitoring, Service};
-use lstm_forecast::source::{BUNDLED_MODEL_JSON, BUNDLED_MODEL_PT};
 use tokio::sync::oneshot;
 
 pub fn repo_path(relative: &str) -> PathBuf {
@@ -33,10 +32,7 @@ pub fn python_json(args: &[&str]) -> serde_json::Value {
 }
 
 pub fn bundled_artifacts() -> ModelArtifacts {
-    ModelArtifacts {
-        metadata_json: BUNDLED_MODEL_JSON.to_vec(),
-        model_pt: BUNDLED_MODEL_PT.to_vec(),
-    }
+    lstm_forecast::source::bundled_artifacts()
 }
 
 pub fn bundled_model() -> Model {
@@ -169,7 +165,9 @@ pub fn f64s(values: &serde_json::Value) -> Vec<f64> {
 pub fn bundled_as_version(version: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let source = repo_path("model_artifacts/etth1-ot-lstm");
-    std::fs::copy(source.join("model.pt"), dir.path().join("model.pt")).unwrap();
+    for file in ["model.pt", "model.onnx"] {
+        std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
+    }
     let mut metadata: serde_json::Value =
         serde_json::from_slice(&std::fs::read(source.join("model.json")).unwrap()).unwrap();
     metadata["version"] = version.into();
