@@ -38,7 +38,7 @@ libtorch: toolchain ## Fetch the CPU libtorch (cached, once per machine)
 	@test -f $(LIBTORCH)/build-version
 
 # ONNX Runtime's C library from the PyPI wheel, cached under $(CACHE) and linked here as
-# .onnxruntime: the engine for lone windows opens it at run time (src/model/onnx.rs). Without it
+# .onnxruntime: the ONNX Runtime engine opens it at run time (src/model/onnx.rs). Without it
 # the server still serves, on libtorch alone, and says so.
 onnxruntime: toolchain ## Fetch ONNX Runtime's library (cached, once per machine)
 	@dest="$$(scripts/fetch-onnxruntime.sh)" && ln -sfn "$$dest" $(ONNXRUNTIME)
@@ -80,7 +80,7 @@ test: libtorch onnxruntime tools ## Run every test
 # What a new machine does: a fresh clone of HEAD (committed work only), an empty LSTM_FORECAST_CACHE
 # and an empty cargo home, so no download or install step can hide behind a warm cache. Only the
 # Rust toolchain, python3 and Debian packages (promtool, patchelf) come from the machine.
-test-fresh: ## make test on a fresh clone of HEAD with empty caches (~25 min on 2 cores)
+test-fresh: ## make test on a fresh clone of HEAD with empty caches (~17 min on 2 cores)
 	@scratch="$$(mktemp -d)" && echo "test-fresh: in $$scratch" \
 	  && git clone -q . "$$scratch/clone" \
 	  && cd "$$scratch/clone" \
@@ -114,7 +114,7 @@ model: libtorch onnxruntime ## Re-train the bundled model, calibrate its interva
 	scripts/locked-venv.sh $(TRAIN_VENV) model_artifacts/train/requirements.txt >/dev/null
 	cd model_artifacts/train && $(TRAIN_VENV)/bin/python train.py --data ../data/ETTh1.csv \
 	    --out ../etth1-ot-lstm --parity ../../tests/fixtures/parity-etth1-ot-lstm.json
-	# model.onnx for the lone-window engine: needs onnx and onnxruntime, which the peers' lock adds
+	# model.onnx for the ONNX Runtime engine: needs onnx and onnxruntime, which the peers' lock adds
 	# to the training one.
 	scripts/locked-venv.sh $(CACHE)/peers-venv bench/peers/requirements.txt >/dev/null
 	$(CACHE)/peers-venv/bin/python model_artifacts/train/export_onnx.py model_artifacts/etth1-ot-lstm

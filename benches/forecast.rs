@@ -32,6 +32,7 @@ fn main() {
         return;
     }
     let only_intervals = std::env::var("BENCH_ONLY").as_deref() == Ok("intervals");
+    let only_engines = std::env::var("BENCH_ONLY").as_deref() == Ok("engines");
     configure_libtorch(
         Some(THREADS),
         lstm_forecast::model::engine::Workload::OneAtATime,
@@ -47,6 +48,10 @@ fn main() {
     let windows: Vec<Vec<f64>> = (0..64).map(window).collect();
     if only_intervals {
         intervals_table(&model, &windows);
+        return;
+    }
+    if only_engines {
+        engines_table(&model, &module, &onnx, &windows);
         return;
     }
     let mut rows = Vec::new();
@@ -279,6 +284,45 @@ fn main() {
 /// origins an hour apart, and their actuals) and are evaluated. Median of 3 such increments.
 /// What intervals add to the forecast path: the path and its answer, with and without intervals
 /// at 0.8 and 0.95 from the bundled calibration, in alternating blocks.
+/// BENCH_ONLY=engines: libtorch against ONNX Runtime, one intra-op thread each, by batch size,
+/// in alternating blocks so machine noise hits both. What `Model`'s routing rests on.
+fn engines_table(model: &Model, module: &tch::CModule, onnx: &OnnxEngine, windows: &[Vec<f64>]) {
+    println!("\n| batch | libtorch p50 | ONNX Runtime p50 | libtorch per series | ONNX Runtime per series | libtorch / ONNX Runtime |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for batch in [1usize, 2, 4, 8, 16, 32, 64] {
+        let input = &windows[..batch];
+        let tensor = normalised_tensor(model, input);
+        let flat = Vec::<f32>::try_from(&tensor.view([-1])).unwrap();
+        let per_block = (200 / batch).max(4);
+        let (mut torch, mut ort) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            raw_forward(module, &tensor);
+            onnx.forward(&flat, batch, 168, 1).unwrap();
+        }
+        for _ in 0..10 {
+            for _ in 0..per_block {
+                let t = Instant::now();
+                raw_forward(module, &tensor);
+                torch.push(t.elapsed());
+            }
+            for _ in 0..per_block {
+                let t = Instant::now();
+                std::hint::black_box(onnx.forward(&flat, batch, 168, 1).unwrap());
+                ort.push(t.elapsed());
+            }
+        }
+        let (torch, ort) = (percentile(&torch, 0.5), percentile(&ort, 0.5));
+        println!(
+            "| {batch} | {} | {} | {} | {} | {:.2}x |",
+            fmt(torch),
+            fmt(ort),
+            fmt(torch / batch as u32),
+            fmt(ort / batch as u32),
+            torch.as_secs_f64() / ort.as_secs_f64()
+        );
+    }
+}
+
 fn intervals_table(model: &Model, windows: &[Vec<f64>]) {
     use lstm_forecast::forecast::{ForecastResponse, SeriesInput};
     let metadata = model.metadata();

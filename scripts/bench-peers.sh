@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the peer stacks (FastAPI + TorchScript, FastAPI + ONNX Runtime) into a venv of their own
 # from the hash-checked lock bench/peers/requirements.txt and runs benches/peers.rs. The ONNX peer
-# serves the bundled model.onnx, the file this server's lone-window engine runs. Needs the full
+# serves the bundled model.onnx, the file this server's ONNX Runtime engine runs. Needs the full
 # PyTorch (~4.7 GB, cached).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"

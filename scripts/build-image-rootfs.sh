@@ -50,7 +50,7 @@ while [ "${#queue[@]}" -gt 0 ]; do
     queue+=("$LIBTORCH/lib/$name")
   done
 done
-# Not in any DT_NEEDED list: the lone-window engine opens it by name, through the same rpath.
+# Not in any DT_NEEDED list: the ONNX Runtime engine opens it by name, through the same rpath.
 strip --strip-unneeded -o "$OUT/opt/lstm-forecast/lib/libonnxruntime.so" "$ONNXRUNTIME/lib/libonnxruntime.so"
 chmod 0644 "$OUT/opt/lstm-forecast/lib/libonnxruntime.so"
 echo "build-image-rootfs: $(du -sh "$OUT" | cut -f1) in $OUT ($(ls "$OUT/opt/lstm-forecast/lib" | tr '\n' ' '))" >&2

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Takes ONNX Runtime's C library (libonnxruntime.so, CPU) out of the PyPI onnxruntime wheel, for the
-# lone-window engine (src/model/onnx.rs), which opens it at run time.
+# ONNX Runtime engine (src/model/onnx.rs), which opens it at run time.
 #
 # Why the wheel: only package registries are reachable from where this project is built, and the
 # wheel carries the same C library as Microsoft's release archives (the Python module is a thin

@@ -371,9 +371,9 @@ struct ModelInfo<'a> {
     model_sha256: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     onnx_sha256: Option<&'a str>,
-    /// The engine that answers a request of one window: `onnxruntime` (when the model ships
-    /// model.onnx and the runtime library opens) or `libtorch`. Batches always run on libtorch.
-    lone_window_engine: &'static str,
+    /// The engine that answers the forwards: `onnxruntime` (when the model ships model.onnx and
+    /// the runtime library opens) or `libtorch`.
+    engine: &'static str,
     input: &'a crate::model::contract::InputSpec,
     output: &'a crate::model::contract::OutputSpec,
     /// The kinds of preprocessing applied, in order (`z_score`, `subtract_last`).
@@ -395,7 +395,7 @@ async fn model_metadata(State(service): State<Service>) -> Response {
         torch_version: &metadata.torch_version,
         model_sha256: &metadata.model_sha256,
         onnx_sha256: metadata.onnx_sha256.as_deref(),
-        lone_window_engine: model.lone_window_engine().as_str(),
+        engine: model.forward_engine().as_str(),
         input: &metadata.input,
         output: &metadata.output,
         preprocessing: metadata

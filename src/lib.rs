@@ -12,7 +12,8 @@
 //!   [`service::follow`], following the registry's `live` alias.
 //! - [`model`]: the model contract (`model.json`, [`model::contract`]), the preprocessing it declares
 //!   ([`model::preprocess`]), the engine port with its TorchScript implementation
-//!   ([`model::engine`]) and its ONNX Runtime one for lone windows ([`model::onnx`]),
+//!   ([`model::engine`]) and its ONNX Runtime one, which runs the forwards when the model ships
+//!   `model.onnx` ([`model::onnx`]),
 //!   [`model::Model`], which ties them into the batched forecast path, and
 //!   split-conformal calibration of its intervals ([`model::calibrate`]).
 //! - [`infer`]: the inference handle: dedicated engine threads behind one bounded queue, so libtorch

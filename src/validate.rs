@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::model::contract::ModelMetadata;
-use crate::model::{LoneWindowEngine, Model, ModelArtifacts};
+use crate::model::{ForwardEngine, Model, ModelArtifacts};
 use crate::source::DirectorySource;
 
 /// Batch sizes the probe runs: 1 (a single request), 2 (the smallest batch), 64 (a large batch).
@@ -259,12 +259,12 @@ pub fn run_probe(artifacts: &ModelArtifacts, out: &mut dyn std::io::Write) -> bo
     emit(&ProbeLine::Done(Check {
         name: "load".into(),
         ok: true,
-        detail: match model.lone_window_engine() {
-            LoneWindowEngine::Libtorch => {
+        detail: match model.forward_engine() {
+            ForwardEngine::Libtorch => {
                 "TorchScript loaded; warm-up forecast finite and of the declared shape".into()
             }
-            LoneWindowEngine::OnnxRuntime => "TorchScript and model.onnx loaded and agree; \
-                warm-up forecast finite and of the declared shape; single series run on ONNX Runtime"
+            ForwardEngine::OnnxRuntime => "TorchScript and model.onnx loaded and agree; \
+                warm-up forecast finite and of the declared shape; forwards run on ONNX Runtime"
                 .into(),
         },
     }));

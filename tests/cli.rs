@@ -134,7 +134,7 @@ fn forecast_reads_the_etth1_csv_and_forecasts_the_24_hours_after_it() {
 }
 
 #[test]
-fn without_onnx_runtime_lone_windows_run_on_libtorch_with_a_warning_and_the_same_forecast() {
+fn without_onnx_runtime_forwards_run_on_libtorch_with_a_warning_and_the_same_forecast() {
     let csv = repo_path("model_artifacts/data/ETTh1.csv");
     let forecast = |library: Option<&str>| {
         let mut command = bin();
@@ -156,7 +156,7 @@ fn without_onnx_runtime_lone_windows_run_on_libtorch_with_a_warning_and_the_same
     assert!(
         log.contains("ONNX Runtime cannot be opened")
             && log.contains("/nonexistent/libonnxruntime.so")
-            && log.contains("lone windows run on libtorch"),
+            && log.contains("forwards run on libtorch"),
         "{log}"
     );
     for (onnx, torch) in on_onnx_runtime.iter().zip(&on_libtorch) {

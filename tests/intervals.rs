@@ -184,8 +184,9 @@ fn the_cli_forecasts_with_intervals_and_names_a_bad_level() {
 
 #[test]
 fn the_bundled_calibration_is_what_model_calibrate_measures_on_the_validation_split() {
-    // Recalibrating a copy of the bundled model reproduces its model.json exactly: the committed
-    // radii are measured, not typed in.
+    // Recalibrating a copy of the bundled model reproduces its model.json: the committed radii
+    // are measured, not typed in. Exactly, but for the radii's last digits: they were measured on
+    // libtorch, and the forwards now run on ONNX Runtime, whose forecasts differ by ~3e-7.
     let dir = tempfile::tempdir().unwrap();
     let source = repo_path("model_artifacts/etth1-ot-lstm");
     for file in ["model.pt", "model.onnx", "model.json"] {
@@ -204,10 +205,35 @@ fn the_bundled_calibration_is_what_model_calibrate_measures_on_the_validation_sp
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("model.json")).unwrap(),
-        std::fs::read_to_string(source.join("model.json")).unwrap()
+    let read = |path: std::path::PathBuf| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let (mut measured, mut committed) = (
+        read(dir.path().join("model.json")),
+        read(source.join("model.json")),
     );
+    let levels = |model: &mut Value| model["calibration"]["levels"].take();
+    let (measured_levels, committed_levels) = (levels(&mut measured), levels(&mut committed));
+    assert_eq!(measured, committed, "model.json outside the radii");
+    let radii = |levels: &Value| -> Vec<(f64, Vec<f64>)> {
+        levels
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| (l["level"].as_f64().unwrap(), common::f64s(&l["radius"])))
+            .collect()
+    };
+    let (measured_radii, committed_radii) = (radii(&measured_levels), radii(&committed_levels));
+    assert_eq!(measured_radii.len(), committed_radii.len());
+    for ((level, measured), (committed_level, committed)) in
+        measured_radii.iter().zip(&committed_radii)
+    {
+        assert_eq!(level, committed_level);
+        assert_eq!(measured.len(), committed.len());
+        for (m, c) in measured.iter().zip(committed) {
+            assert!((m - c).abs() <= 1e-6 * c.abs(), "level {level}: {m} vs {c}");
+        }
+    }
     // Static calibration over-covers the test split (its errors are smaller than validation's):
     // the reason for online recalibration.
     let test_80: f64 = stdout

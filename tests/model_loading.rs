@@ -4,7 +4,7 @@ mod common;
 
 use common::bundled_artifacts;
 use lstm_forecast::model::contract::sha256_hex;
-use lstm_forecast::model::{LoneWindowEngine, Model, ModelArtifacts};
+use lstm_forecast::model::{ForwardEngine, Model, ModelArtifacts};
 use serde_json::Value;
 
 /// The bundled artifacts with `model.json` edited by `edit`.
@@ -59,10 +59,10 @@ fn a_truncated_model_pt_is_refused() {
 }
 
 #[test]
-fn the_bundled_model_answers_lone_windows_on_onnx_runtime() {
+fn the_bundled_model_answers_on_onnx_runtime() {
     assert_eq!(
-        common::bundled_model().lone_window_engine(),
-        LoneWindowEngine::OnnxRuntime
+        common::bundled_model().forward_engine(),
+        ForwardEngine::OnnxRuntime
     );
 }
 
@@ -75,7 +75,7 @@ fn a_model_without_model_onnx_answers_everything_on_libtorch() {
         })
     };
     let model = Model::load(&artifacts).unwrap();
-    assert_eq!(model.lone_window_engine(), LoneWindowEngine::Libtorch);
+    assert_eq!(model.forward_engine(), ForwardEngine::Libtorch);
     assert_eq!(model.forecast(&[common::window(0.0)]).unwrap()[0].len(), 24);
 }
 
@@ -109,7 +109,7 @@ fn a_declared_model_onnx_that_is_missing_is_refused() {
 
 /// A checksum proves which file was published, not that model.onnx is the export of this
 /// model.pt: a stale export beside a retrained network (here, another LSTM of the same shapes)
-/// must be refused, not serve lone windows with the old weights.
+/// must be refused, not serve forecasts with the old weights.
 #[test]
 fn a_model_onnx_exported_from_another_network_is_refused() {
     let other_network = std::fs::read(common::repo_path(

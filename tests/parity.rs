@@ -6,9 +6,9 @@
 
 mod common;
 
-use common::{bundled_model, repo_path, TestServer};
+use common::{bundled_model, bundled_model_on_libtorch, repo_path, TestServer};
 use lstm_forecast::model::contract::sha256_hex;
-use lstm_forecast::model::LoneWindowEngine;
+use lstm_forecast::model::ForwardEngine;
 use lstm_forecast::source::BUNDLED_MODEL_PT;
 use serde_json::Value;
 
@@ -44,25 +44,30 @@ fn the_fixture_was_made_with_the_bundled_model() {
 }
 
 #[test]
-fn in_process_forecasts_match_pytorch_for_32_test_windows_in_one_batch() {
-    let model = bundled_model();
+fn in_process_forecasts_match_pytorch_for_32_test_windows_in_one_batch_on_either_engine() {
     let fixture = fixture();
     let cases = fixture["cases"].as_array().unwrap();
     let windows: Vec<Vec<f64>> = cases.iter().map(|c| common::f64s(&c["values"])).collect();
-    let forecasts = model.forecast(&windows).unwrap();
-    for (case, forecast) in cases.iter().zip(&forecasts) {
-        assert_close(
-            case["id"].as_str().unwrap(),
-            forecast,
-            case["forecast"].as_array().unwrap(),
-        );
+    for model in [bundled_model(), bundled_model_on_libtorch()] {
+        let forecasts = model.forecast(&windows).unwrap();
+        for (case, forecast) in cases.iter().zip(&forecasts) {
+            assert_close(
+                &format!(
+                    "{} on {}",
+                    case["id"].as_str().unwrap(),
+                    model.forward_engine().as_str()
+                ),
+                forecast,
+                case["forecast"].as_array().unwrap(),
+            );
+        }
     }
 }
 
 #[test]
 fn in_process_forecasts_of_one_window_each_match_pytorch_on_onnx_runtime() {
     let model = bundled_model();
-    assert_eq!(model.lone_window_engine(), LoneWindowEngine::OnnxRuntime);
+    assert_eq!(model.forward_engine(), ForwardEngine::OnnxRuntime);
     let fixture = fixture();
     for case in fixture["cases"].as_array().unwrap() {
         let window = common::f64s(&case["values"]);

@@ -2,7 +2,7 @@
 
     python export_onnx.py MODEL_DIR
 
-The server answers lone windows with ONNX Runtime from model.onnx (src/model/onnx.rs) and checks,
+The server runs its forwards on ONNX Runtime from model.onnx (src/model/onnx.rs) and checks,
 at every load, that it forecasts what model.pt forecasts; this script checks the same before it
 writes anything, on a batch of 7 and on one window.
 

@@ -90,7 +90,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             engine_workers,
             intra_op_threads,
             low_latency_engine_threads = express_threads.unwrap_or(0),
-            lone_window_engine = model.lone_window_engine().as_str(),
+            forward_engine = model.forward_engine().as_str(),
             max_batch_size = config.batching.max_batch_series,
             "starting the engine threads"
         );

@@ -1,19 +1,19 @@
-//! ONNX Runtime as the engine for lone windows.
+//! ONNX Runtime as the engine for every forward, when the model ships `model.onnx`.
 //!
-//! Why a second engine: at batch 1, libtorch's LSTM (oneDNN, one step per kernel call) takes
-//! ~0.87 ms for the bundled model on this project's 2-vCPU VM, and ONNX Runtime ~0.49 ms on one
-//! thread; from a handful of windows up, libtorch is the faster per window (BENCHMARKS.md). So
-//! [`crate::model::Model`] sends a forward of exactly one window here when the model ships
-//! `model.onnx`, and every batch to libtorch.
+//! Why a second engine: on this project's 2-vCPU VM (AMD EPYC, AVX2), ONNX Runtime runs the
+//! bundled LSTM 1.5-2.4x faster than libtorch at every batch size from 1 to 64, one intra-op
+//! thread each (`BENCH_ONLY=engines make bench`; BENCHMARKS.md). libtorch stays the reference:
+//! [`crate::model::Model`] checks the two agree at warm-up, and answers on libtorch alone when
+//! the model has no `model.onnx` or the runtime library cannot be opened.
 //!
 //! The runtime library is opened at run time (`dlopen`), so the binary builds, and serves on
 //! libtorch alone, without it: `ORT_DYLIB_PATH` names the file, otherwise `libonnxruntime.so` is
 //! looked up like any shared library, the binary's rpath first (`.onnxruntime/lib` in a checkout,
 //! `../lib` beside the binary in the container image).
 //!
-//! Sessions run on the calling engine thread (one intra-op thread, no spinning): a lone window has
-//! nothing to split, and a thread pool of ONNX Runtime's own would compete with libgomp's teams
-//! for the same CPUs.
+//! Sessions run on the calling engine thread (one intra-op thread, no spinning): the server already
+//! runs one engine thread per CPU, and a thread pool of ONNX Runtime's own would compete with them
+//! (and with libgomp's teams, when libtorch runs) for the same CPUs.
 
 use std::sync::{Mutex, OnceLock, TryLockError};
 
@@ -27,8 +27,8 @@ use super::engine::{available_cpus, output_shape, Engine, EngineError};
 /// Where the runtime library is taken from when `ORT_DYLIB_PATH` is unset.
 const DEFAULT_LIBRARY: &str = "libonnxruntime.so";
 
-/// ONNX Runtime sessions of one model, one per CPU so that engine threads running lone windows
-/// side by side never queue behind each other (a session runs one call at a time).
+/// ONNX Runtime sessions of one model, one per CPU so that engine threads running forwards side
+/// by side never queue behind each other (a session runs one call at a time).
 pub struct OnnxEngine {
     sessions: Vec<Mutex<Session>>,
     /// The output's shape after the batch: `[horizon]` or `[horizon, quantiles]`.

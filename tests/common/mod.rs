@@ -43,6 +43,21 @@ pub fn bundled_model() -> Model {
     Model::load(&bundled_artifacts()).expect("the bundled model loads")
 }
 
+/// The bundled model as published without `model.onnx`: every forward on libtorch.
+pub fn bundled_model_on_libtorch() -> Model {
+    let mut artifacts = bundled_artifacts();
+    let mut metadata: serde_json::Value = serde_json::from_slice(&artifacts.metadata_json).unwrap();
+    metadata.as_object_mut().unwrap().remove("onnx_sha256");
+    artifacts.metadata_json = serde_json::to_vec(&metadata).unwrap();
+    artifacts.model_onnx = None;
+    let model = Model::load(&artifacts).expect("the bundled model loads without model.onnx");
+    assert_eq!(
+        model.forward_engine(),
+        lstm_forecast::model::ForwardEngine::Libtorch
+    );
+    model
+}
+
 /// A running server; dropping it without `stop` leaves the task to die with the runtime.
 pub struct TestServer {
     pub base: String,
