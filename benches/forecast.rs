@@ -278,12 +278,6 @@ fn main() {
     support::image::table();
 }
 
-/// Evaluation cost against the history before it: each store holds a history of hourly forecasts
-/// and actuals, already evaluated, whose actuals came in hour by hour (each in the arrival
-/// partition of its wall-clock hour, as in production); then 10 more hours arrive (10 forecasts of one series a run,
-/// origins an hour apart, and their actuals) and are evaluated. Median of 3 such increments.
-/// What intervals add to the forecast path: the path and its answer, with and without intervals
-/// at 0.8 and 0.95 from the bundled calibration, in alternating blocks.
 /// BENCH_ONLY=engines: libtorch against ONNX Runtime, one intra-op thread each, by batch size,
 /// in alternating blocks so machine noise hits both. What `Model`'s routing rests on.
 fn engines_table(model: &Model, module: &tch::CModule, onnx: &OnnxEngine, windows: &[Vec<f64>]) {
@@ -323,6 +317,8 @@ fn engines_table(model: &Model, module: &tch::CModule, onnx: &OnnxEngine, window
     }
 }
 
+/// What intervals add to the forecast path: the path and its answer, with and without intervals
+/// at 0.8 and 0.95 from the bundled calibration, in alternating blocks.
 fn intervals_table(model: &Model, windows: &[Vec<f64>]) {
     use lstm_forecast::forecast::{ForecastResponse, SeriesInput};
     let metadata = model.metadata();
@@ -391,6 +387,10 @@ fn intervals_table(model: &Model, windows: &[Vec<f64>]) {
     println!("Target (issue 18): intervals add <= 5% to the forecast path p50.");
 }
 
+/// Evaluation cost against the history before it: each store holds a history of hourly forecasts
+/// and actuals, already evaluated, whose actuals came in hour by hour (each in the arrival
+/// partition of its wall-clock hour, as in production); then 10 more hours arrive (10 forecasts of one series a run,
+/// origins an hour apart, and their actuals) and are evaluated. Median of 3 such increments.
 fn evaluation_table() {
     use lstm_forecast::metrics::Telemetry;
     use lstm_forecast::monitor::evaluate::{run_evaluation, EvaluationWindow};

@@ -18,6 +18,11 @@ fn bundled_radii() -> Vec<(f64, Vec<f64>)> {
         &std::fs::read(repo_path("model_artifacts/etth1-ot-lstm/model.json")).unwrap(),
     )
     .unwrap();
+    calibrated_radii(&metadata)
+}
+
+/// The radii a model.json calibrates, by level.
+fn calibrated_radii(metadata: &Value) -> Vec<(f64, Vec<f64>)> {
     metadata["calibration"]["levels"]
         .as_array()
         .expect("the bundled model is calibrated")
@@ -212,18 +217,11 @@ fn the_bundled_calibration_is_what_model_calibrate_measures_on_the_validation_sp
         read(dir.path().join("model.json")),
         read(source.join("model.json")),
     );
-    let levels = |model: &mut Value| model["calibration"]["levels"].take();
-    let (measured_levels, committed_levels) = (levels(&mut measured), levels(&mut committed));
+    let (measured_radii, committed_radii) =
+        (calibrated_radii(&measured), calibrated_radii(&committed));
+    measured["calibration"]["levels"].take();
+    committed["calibration"]["levels"].take();
     assert_eq!(measured, committed, "model.json outside the radii");
-    let radii = |levels: &Value| -> Vec<(f64, Vec<f64>)> {
-        levels
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| (l["level"].as_f64().unwrap(), common::f64s(&l["radius"])))
-            .collect()
-    };
-    let (measured_radii, committed_radii) = (radii(&measured_levels), radii(&committed_levels));
     assert_eq!(measured_radii.len(), committed_radii.len());
     for ((level, measured), (committed_level, committed)) in
         measured_radii.iter().zip(&committed_radii)

@@ -68,13 +68,7 @@ fn the_bundled_model_answers_on_onnx_runtime() {
 
 #[test]
 fn a_model_without_model_onnx_answers_everything_on_libtorch() {
-    let artifacts = ModelArtifacts {
-        model_onnx: None,
-        ..with_metadata(|m| {
-            m.as_object_mut().unwrap().remove("onnx_sha256");
-        })
-    };
-    let model = Model::load(&artifacts).unwrap();
+    let model = common::bundled_model_on_libtorch();
     assert_eq!(model.forward_engine(), ForwardEngine::Libtorch);
     assert_eq!(model.forecast(&[common::window(0.0)]).unwrap()[0].len(), 24);
 }
