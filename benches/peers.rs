@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 const CONCURRENCY: [usize; 3] = [1, 8, 64];
 const OURS_DEFAULTS: &str =
-    "lstm-forecast, defaults (batching on, low-latency engine thread for lone requests)";
+    "lstm-forecast, defaults (batching on, engine threads overlap once the queue is deep)";
 const OURS_OFF: &str = "lstm-forecast, batching off, no low-latency engine";
 const OURS_ON: &str = "lstm-forecast, batching on, no low-latency engine";
 const OURS_ONE_ENGINE_OFF: &str = "lstm-forecast, 1 engine thread x all CPUs, batching off";

@@ -16,7 +16,10 @@
 //! Several engine threads (`workers`) each run their own forwards, with one intra-op thread each
 //! by default. That is how a server uses a second CPU under load: an OpenMP team inside one
 //! forward meets at a barrier on each of the LSTM's 336 steps and stalls whenever an HTTP worker
-//! preempts one of its members, while independent forwards have nothing to wait for.
+//! preempts one of its members, while independent forwards have nothing to wait for. But two small
+//! forwards side by side cost more CPU per series than one twice their size, so a batch of fewer
+//! than 8 series waits for a running forward to end, gathering what arrives meanwhile (see
+//! `gather`): the threads take turns at low concurrency and overlap once the queue is deep.
 //!
 //! At low load that layout leaves CPUs idle: a lone request runs on one CPU while the others
 //! wait. So a server may also have a **low-latency engine thread** (the express lane) whose
@@ -132,6 +135,21 @@ pub struct InferenceHandle {
 /// it waited for the gate. Measured on 2 vCPUs with no streak: 1,131-1,252 req/s at 8 clients
 /// against 1,827 without the lane.
 const IDLE_ARRIVALS_BEFORE_EXPRESS: usize = 3;
+
+/// Series a batch needs before it runs beside another forward rather than waiting to grow.
+/// Per series, a forward of 8 costs about half of a lone one and little more than one of 64
+/// (ONNX Runtime: 0.37 against 0.73-0.93 and 0.40-0.46 ms; libtorch: 0.68-0.70 against 1.1-1.7
+/// and 0.60-0.67 ms; BENCHMARKS.md, `engines` table).
+const SERIES_WORTH_A_FORWARD_BESIDE_ANOTHER: usize = 8;
+
+/// How long a small batch waits for a running forward to end (or for company) before it runs
+/// anyway; a bound for servers with more than two engine threads, where some forward may always
+/// be running. A batch of 64 takes 25-45 ms.
+const LONGEST_WAIT_FOR_A_RUNNING_FORWARD: Duration = Duration::from_millis(10);
+
+/// How often a small batch waiting for a running forward checks whether it ended. Arrivals wake
+/// it at once; only the end of the other forward, which has no channel, is polled.
+const RUNNING_FORWARD_POLL: Duration = Duration::from_micros(200);
 
 /// Keeps an express forward (write) and ordinary forwards (read) from running at once.
 type Gate = Arc<RwLock<()>>;
@@ -303,6 +321,12 @@ impl InferenceHandle {
         self.depth.load(Ordering::Relaxed)
     }
 
+    /// Forwards running now, plus a request handed to the low-latency engine thread and not yet
+    /// answered.
+    pub fn forwards_running(&self) -> usize {
+        self.busy.load(Ordering::Acquire)
+    }
+
     /// The model currently in service.
     pub fn model(&self) -> Arc<Model> {
         Arc::clone(
@@ -359,16 +383,16 @@ fn run_engine(engine: Engine) {
             // job already taken must not wait for that, so it gathers company only if the
             // queue is free, and otherwise runs alone.
             Some(first) => match jobs.try_lock() {
-                Ok(queue) => gather(first, &queue, batching, &take),
+                Ok(queue) => gather(first, &queue, batching, &busy, &take),
                 Err(TryLockError::Poisoned(poisoned)) => {
-                    gather(first, &poisoned.into_inner(), batching, &take)
+                    gather(first, &poisoned.into_inner(), batching, &busy, &take)
                 }
                 Err(TryLockError::WouldBlock) => (vec![first], None),
             },
             None => {
                 let queue = jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 let Ok(first) = queue.recv() else { return };
-                gather(take(first), &queue, batching, &take)
+                gather(take(first), &queue, batching, &busy, &take)
             }
         };
         carried = left_over;
@@ -423,25 +447,50 @@ fn run_express(
 /// Adds to `first` every job already queued (and, with a non-zero `max_delay`, those arriving
 /// within it) up to `max_batch_series` series. Returns the batch and the job that did not fit, if
 /// one was taken. The caller holds the queue, so no other engine thread splits the batch.
+///
+/// A batch smaller than [`SERIES_WORTH_A_FORWARD_BESIDE_ANOTHER`] also keeps gathering while
+/// another engine thread's forward runs (`busy`), until that forward ends: the requests that
+/// arrive meanwhile then share one forward instead of running in small ones side by side, which
+/// costs twice the CPU per series and takes the CPUs HTTP needs. So at low concurrency the
+/// engine threads take turns, one forward at a time with batches as big as the load makes them,
+/// and they overlap only once there is enough waiting to fill a forward of its own.
 fn gather(
     first: Job,
     queue: &mpsc::Receiver<Job>,
     batching: Batching,
+    busy: &AtomicUsize,
     take: &impl Fn(Job) -> Job,
 ) -> (Vec<Job>, Option<Job>) {
     let mut batch_series = first.series.len();
     let mut batch = vec![first];
-    let deadline = Instant::now() + batching.max_delay;
+    let started = Instant::now();
+    let deadline = started + batching.max_delay;
+    let worth_running_beside_another =
+        SERIES_WORTH_A_FORWARD_BESIDE_ANOTHER.min(batching.max_batch_series);
     while batch_series < batching.max_batch_series {
         let next = match queue.try_recv() {
             Ok(job) => Some(job),
             Err(TryRecvError::Disconnected) => None,
             Err(TryRecvError::Empty) => {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                if remaining.is_zero() {
+                let now = Instant::now();
+                let wait = if now < deadline {
+                    deadline - now
+                } else if batch_series < worth_running_beside_another
+                    && busy.load(Ordering::Acquire) > 0
+                    && now < started + LONGEST_WAIT_FOR_A_RUNNING_FORWARD
+                {
+                    RUNNING_FORWARD_POLL
+                } else {
+                    Duration::ZERO
+                };
+                if wait.is_zero() {
                     None
                 } else {
-                    queue.recv_timeout(remaining).ok()
+                    match queue.recv_timeout(wait) {
+                        Ok(job) => Some(job),
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                    }
                 }
             }
         };

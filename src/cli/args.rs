@@ -292,7 +292,8 @@ pub struct ServeArgs {
 
     /// A low-latency engine thread: a request that arrives while nothing else is queued or
     /// running is forecast on every CPU instead of one (lower latency at low load; under load the
-    /// engine threads above take over). Only with --threads 1, the server's default.
+    /// engine threads above take over). Only with --threads 1, the server's default, and only
+    /// when libtorch runs the forwards: an ONNX Runtime forward uses one CPU wherever it runs.
     #[arg(long, env = "LOW_LATENCY_ENGINE", default_value_t = true, action = clap::ArgAction::Set)]
     pub low_latency_engine: bool,
 

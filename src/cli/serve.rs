@@ -39,10 +39,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(warning) = oversubscription_warning(engine_workers, intra_op_threads, cpus) {
         tracing::warn!("{warning}");
     }
-    // Its OpenMP team must be the only one, or libgomp's threads outnumber the CPUs.
+    // Its OpenMP team must be the only one, or libgomp's threads outnumber the CPUs. Whether the
+    // model's engine can use it is known only once the model has loaded (below).
     let express_threads =
         (args.low_latency_engine && intra_op_threads == 1 && cpus > 1).then_some(cpus);
-    let config = ServiceConfig {
+    let mut config = ServiceConfig {
         limits: Limits {
             max_body_bytes: args.max_body_bytes,
             max_series: args.max_series,
@@ -86,10 +87,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let engine = runtime.block_on(async move {
         let clients = aws_clients(&args.model.aws, uses_aws).await;
         let (model, _) = fetch_and_load(&uri, &args.model.model_cache_dir, &clients).await?;
+        // A lone ONNX Runtime forward runs on one thread wherever it runs: the lane would only
+        // add its gate (BENCHMARKS.md, issue 20). Decided once; a reloaded model keeps the lanes.
+        config.express_threads = express_threads
+            .filter(|_| model.forward_engine().spreads_over_intra_op_threads());
         tracing::info!(
             engine_workers,
             intra_op_threads,
-            low_latency_engine_threads = express_threads.unwrap_or(0),
+            low_latency_engine_threads = config.express_threads.unwrap_or(0),
             forward_engine = model.forward_engine().as_str(),
             max_batch_size = config.batching.max_batch_series,
             "starting the engine threads"

@@ -138,6 +138,16 @@ impl ForwardEngine {
             ForwardEngine::Libtorch => "libtorch",
         }
     }
+
+    /// Whether a forward can use more than one CPU. libtorch's OpenMP team takes as many
+    /// intra-op threads as it is given; ONNX Runtime sessions run on the calling thread alone
+    /// (see [`onnx`]), so a low-latency engine thread with every CPU would only add its gate.
+    pub fn spreads_over_intra_op_threads(self) -> bool {
+        match self {
+            ForwardEngine::OnnxRuntime => false,
+            ForwardEngine::Libtorch => true,
+        }
+    }
 }
 
 impl Model {
