@@ -89,8 +89,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let (model, _) = fetch_and_load(&uri, &args.model.model_cache_dir, &clients).await?;
         // A lone ONNX Runtime forward runs on one thread wherever it runs: the lane would only
         // add its gate (BENCHMARKS.md, issue 20). Decided once; a reloaded model keeps the lanes.
-        config.express_threads = express_threads
-            .filter(|_| model.forward_engine().spreads_over_intra_op_threads());
+        config.express_threads =
+            express_threads.filter(|_| model.forward_engine().spreads_over_intra_op_threads());
         tracing::info!(
             engine_workers,
             intra_op_threads,
