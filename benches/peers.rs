@@ -257,6 +257,18 @@ fn main() {
     if let Some(only) = &only {
         targets.retain(|t| t.name.contains(only.as_str()));
     }
+    // PEERS_CLIENTS=8 (or 1,64) measures only those concurrencies, in a subset run only.
+    let concurrencies: Vec<usize> = match (&only, std::env::var("PEERS_CLIENTS")) {
+        (Some(_), Ok(list)) => list
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .expect("PEERS_CLIENTS: numbers separated by commas")
+            })
+            .collect(),
+        _ => CONCURRENCY.to_vec(),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -296,7 +308,7 @@ fn main() {
             runtime.block_on(load(&url, 8, &body));
         }
         let mut runs = Vec::new();
-        for concurrency in CONCURRENCY {
+        for concurrency in concurrencies.iter().copied() {
             let measured = runtime.block_on(load(&url, concurrency, &body));
             eprintln!(
                 "{} @ {concurrency}: {:.0} req/s",

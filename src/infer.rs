@@ -16,10 +16,12 @@
 //! Several engine threads (`workers`) each run their own forwards, with one intra-op thread each
 //! by default. That is how a server uses a second CPU under load: an OpenMP team inside one
 //! forward meets at a barrier on each of the LSTM's 336 steps and stalls whenever an HTTP worker
-//! preempts one of its members, while independent forwards have nothing to wait for. But two small
-//! forwards side by side cost more CPU per series than one twice their size, so a batch of fewer
-//! than 8 series waits for a running forward to end, gathering what arrives meanwhile (see
-//! `gather`): the threads take turns at low concurrency and overlap once the queue is deep.
+//! preempts one of its members, while independent forwards have nothing to wait for. But only
+//! under load: the first engine thread takes every request, and the others (**overflow** threads)
+//! wake only when a forward's worth of requests is waiting for it. At low concurrency one thread
+//! then runs every forward, each taking all that arrived during the last, on a CPU of its own,
+//! with the others left to HTTP; engine threads that took turns there were 25-35% slower, and
+//! ones that took any request they found were slower still (BENCHMARKS.md, issue 20).
 //!
 //! At low load that layout leaves CPUs idle: a lone request runs on one CPU while the others
 //! wait. So a server may also have a **low-latency engine thread** (the express lane) whose
@@ -33,9 +35,9 @@
 //! measurements behind this choice.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, Mutex, RwLock, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, RwLock, TryLockError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -127,6 +129,10 @@ pub struct InferenceHandle {
     busy: Arc<AtomicUsize>,
     /// Requests in a row that arrived to an idle engine (nothing queued or running).
     idle_arrivals: Arc<AtomicUsize>,
+    /// Wakes the overflow engine threads; `None` with a single engine thread.
+    backlog: Option<Arc<Backlog>>,
+    /// Queued requests that wake an overflow engine thread.
+    overflow_depth: usize,
 }
 
 /// Requests in a row that must find the engine idle before the next idle one takes the express
@@ -136,20 +142,61 @@ pub struct InferenceHandle {
 /// against 1,827 without the lane.
 const IDLE_ARRIVALS_BEFORE_EXPRESS: usize = 3;
 
-/// Series a batch needs before it runs beside another forward rather than waiting to grow.
-/// Per series, a forward of 8 costs about half of a lone one and little more than one of 64
-/// (ONNX Runtime: 0.37 against 0.73-0.93 and 0.40-0.46 ms; libtorch: 0.68-0.70 against 1.1-1.7
-/// and 0.60-0.67 ms; BENCHMARKS.md, `engines` table).
-const SERIES_WORTH_A_FORWARD_BESIDE_ANOTHER: usize = 8;
+/// Requests waiting before an overflow engine thread takes them: a forward's worth. Per series,
+/// a forward of 8 costs about half of a lone one and little more than one of 64 (ONNX Runtime:
+/// 0.37 against 0.73-0.93 and 0.40-0.46 ms; libtorch: 0.68-0.70 against 1.1-1.7 and 0.60-0.67
+/// ms; BENCHMARKS.md, `engines` table). Capped by the batch size: with batching off, every
+/// engine thread takes any request.
+const REQUESTS_WORTH_AN_OVERFLOW_FORWARD: usize = 8;
 
-/// How long a small batch waits for a running forward to end (or for company) before it runs
-/// anyway; a bound for servers with more than two engine threads, where some forward may always
-/// be running. A batch of 64 takes 25-45 ms.
-const LONGEST_WAIT_FOR_A_RUNNING_FORWARD: Duration = Duration::from_millis(10);
+/// Wakes the overflow engine threads when the queue holds a forward's worth, or when the engine
+/// stops (the first engine thread found the queue closed and empty).
+#[derive(Default)]
+struct Backlog {
+    lock: Mutex<()>,
+    changed: Condvar,
+    stopping: AtomicBool,
+}
 
-/// How often a small batch waiting for a running forward checks whether it ended. Arrivals wake
-/// it at once; only the end of the other forward, which has no channel, is polled.
-const RUNNING_FORWARD_POLL: Duration = Duration::from_micros(200);
+impl Backlog {
+    fn notify(&self) {
+        // Under the lock, so it cannot fall between a waiter's check and its wait.
+        let _held = self
+            .lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.changed.notify_one();
+    }
+
+    fn stop(&self) {
+        let _held = self
+            .lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.stopping.store(true, Ordering::Release);
+        self.changed.notify_all();
+    }
+
+    /// Waits until `depth` reaches `worth` (true) or the engine stops (false).
+    fn wait_until_deep(&self, depth: &AtomicUsize, worth: usize) -> bool {
+        let mut held = self
+            .lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        loop {
+            if self.stopping.load(Ordering::Acquire) {
+                return false;
+            }
+            if depth.load(Ordering::Acquire) >= worth {
+                return true;
+            }
+            held = self
+                .changed
+                .wait(held)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+}
 
 /// Keeps an express forward (write) and ordinary forwards (read) from running at once.
 type Gate = Arc<RwLock<()>>;
@@ -193,6 +240,9 @@ impl InferenceHandle {
         // One receiver, taken in turn: the worker holding it gathers a whole batch, so batches
         // are never split between workers that collect at the same moment.
         let rx = Arc::new(Mutex::new(rx));
+        let backlog = (workers > 1).then(|| Arc::new(Backlog::default()));
+        let overflow_depth =
+            REQUESTS_WORTH_AN_OVERFLOW_FORWARD.min(batching.max_batch_series.max(1));
         let (express, express_rx) = match express_threads {
             Some(threads) => {
                 let (tx, rx) = mpsc::sync_channel(1);
@@ -201,11 +251,12 @@ impl InferenceHandle {
             None => (None, None),
         };
         let worker = {
-            let (model, depth, busy, alive) = (
+            let (model, depth, busy, alive, backlog) = (
                 Arc::clone(&model),
                 Arc::clone(&depth),
                 Arc::clone(&busy),
                 Arc::clone(&alive),
+                backlog.clone(),
             );
             std::thread::Builder::new()
                 .name("inference".into())
@@ -219,6 +270,12 @@ impl InferenceHandle {
                                 depth: Arc::clone(&depth),
                                 busy: Arc::clone(&busy),
                                 gate: Arc::clone(&gate),
+                                // The first engine thread takes every request; the others
+                                // wait for a backlog.
+                                overflow: (i > 0)
+                                    .then(|| backlog.clone().map(|b| (b, overflow_depth)))
+                                    .flatten(),
+                                stop_overflow: (i == 0).then(|| backlog.clone()).flatten(),
                             };
                             std::thread::Builder::new()
                                 .name(format!("inference-{i}"))
@@ -253,6 +310,8 @@ impl InferenceHandle {
                 express,
                 busy,
                 idle_arrivals: Arc::new(AtomicUsize::new(0)),
+                backlog,
+                overflow_depth,
             },
             worker,
         )
@@ -303,7 +362,7 @@ impl InferenceHandle {
                 }
             }
         }
-        self.depth.fetch_add(1, Ordering::Relaxed);
+        let waiting = self.depth.fetch_add(1, Ordering::AcqRel) + 1;
         if let Err(e) = self.jobs.try_send(job) {
             self.depth.fetch_sub(1, Ordering::Relaxed);
             return Err(match e {
@@ -312,6 +371,11 @@ impl InferenceHandle {
                 },
                 TrySendError::Disconnected(_) => InferError::Stopped,
             });
+        }
+        if let Some(backlog) = &self.backlog {
+            if waiting >= self.overflow_depth {
+                backlog.notify();
+            }
         }
         answer.await.map_err(|_| InferError::Stopped)?
     }
@@ -360,6 +424,10 @@ struct Engine {
     depth: Arc<AtomicUsize>,
     busy: Arc<AtomicUsize>,
     gate: Gate,
+    /// For an overflow engine thread: what wakes it, and the queue depth it waits for.
+    overflow: Option<(Arc<Backlog>, usize)>,
+    /// For the first engine thread of several: the overflow threads' backlog, to stop them.
+    stop_overflow: Option<Arc<Backlog>>,
 }
 
 fn run_engine(engine: Engine) {
@@ -370,6 +438,8 @@ fn run_engine(engine: Engine) {
         depth,
         busy,
         gate,
+        overflow,
+        stop_overflow,
     } = engine;
     let take = |job: Job| {
         depth.fetch_sub(1, Ordering::Relaxed);
@@ -383,17 +453,38 @@ fn run_engine(engine: Engine) {
             // job already taken must not wait for that, so it gathers company only if the
             // queue is free, and otherwise runs alone.
             Some(first) => match jobs.try_lock() {
-                Ok(queue) => gather(first, &queue, batching, &busy, &take),
+                Ok(queue) => gather(first, &queue, batching, &take),
                 Err(TryLockError::Poisoned(poisoned)) => {
-                    gather(first, &poisoned.into_inner(), batching, &busy, &take)
+                    gather(first, &poisoned.into_inner(), batching, &take)
                 }
                 Err(TryLockError::WouldBlock) => (vec![first], None),
             },
-            None => {
-                let queue = jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                let Ok(first) = queue.recv() else { return };
-                gather(take(first), &queue, batching, &busy, &take)
-            }
+            None => match &overflow {
+                None => {
+                    let queue = jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let Ok(first) = queue.recv() else {
+                        // Closed and drained: nothing will ever be queued again.
+                        if let Some(backlog) = &stop_overflow {
+                            backlog.stop();
+                        }
+                        return;
+                    };
+                    gather(take(first), &queue, batching, &take)
+                }
+                Some((backlog, worth)) => {
+                    if !backlog.wait_until_deep(&depth, *worth) {
+                        return;
+                    }
+                    let queue = jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    // Never blocks here: what is not queued now is the first thread's to take.
+                    let first = match queue.try_recv() {
+                        Ok(first) => first,
+                        Err(TryRecvError::Empty) => continue,
+                        Err(TryRecvError::Disconnected) => return,
+                    };
+                    gather(take(first), &queue, batching, &take)
+                }
+            },
         };
         carried = left_over;
         busy.fetch_add(1, Ordering::AcqRel);
@@ -447,50 +538,25 @@ fn run_express(
 /// Adds to `first` every job already queued (and, with a non-zero `max_delay`, those arriving
 /// within it) up to `max_batch_series` series. Returns the batch and the job that did not fit, if
 /// one was taken. The caller holds the queue, so no other engine thread splits the batch.
-///
-/// A batch smaller than [`SERIES_WORTH_A_FORWARD_BESIDE_ANOTHER`] also keeps gathering while
-/// another engine thread's forward runs (`busy`), until that forward ends: the requests that
-/// arrive meanwhile then share one forward instead of running in small ones side by side, which
-/// costs twice the CPU per series and takes the CPUs HTTP needs. So at low concurrency the
-/// engine threads take turns, one forward at a time with batches as big as the load makes them,
-/// and they overlap only once there is enough waiting to fill a forward of its own.
 fn gather(
     first: Job,
     queue: &mpsc::Receiver<Job>,
     batching: Batching,
-    busy: &AtomicUsize,
     take: &impl Fn(Job) -> Job,
 ) -> (Vec<Job>, Option<Job>) {
     let mut batch_series = first.series.len();
     let mut batch = vec![first];
-    let started = Instant::now();
-    let deadline = started + batching.max_delay;
-    let worth_running_beside_another =
-        SERIES_WORTH_A_FORWARD_BESIDE_ANOTHER.min(batching.max_batch_series);
+    let deadline = Instant::now() + batching.max_delay;
     while batch_series < batching.max_batch_series {
         let next = match queue.try_recv() {
             Ok(job) => Some(job),
             Err(TryRecvError::Disconnected) => None,
             Err(TryRecvError::Empty) => {
-                let now = Instant::now();
-                let wait = if now < deadline {
-                    deadline - now
-                } else if batch_series < worth_running_beside_another
-                    && busy.load(Ordering::Acquire) > 0
-                    && now < started + LONGEST_WAIT_FOR_A_RUNNING_FORWARD
-                {
-                    RUNNING_FORWARD_POLL
-                } else {
-                    Duration::ZERO
-                };
-                if wait.is_zero() {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
                     None
                 } else {
-                    match queue.recv_timeout(wait) {
-                        Ok(job) => Some(job),
-                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                        Err(mpsc::RecvTimeoutError::Disconnected) => None,
-                    }
+                    queue.recv_timeout(remaining).ok()
                 }
             }
         };

@@ -347,6 +347,42 @@ async fn requests_arriving_during_a_forward_share_the_next_one_instead_of_runnin
     assert_eq!(big.await.unwrap().batch_windows, 64);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forwards_worth_of_waiting_requests_wakes_a_second_engine_thread() {
+    // GIVEN two engine threads, one of them in a 64-series forward
+    let (handle, _engine) =
+        InferenceHandle::spawn_with(bundled_model(), 128, Batching::default(), 2);
+    let big = tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            let series = (0..64).flat_map(|i| lone_series(i as f64 * 0.1)).collect();
+            handle.forecast(series).await.unwrap()
+        }
+    });
+    while handle.forwards_running() == 0 {
+        tokio::task::yield_now().await;
+    }
+    // WHEN 12 requests arrive meanwhile
+    let crowd: Vec<_> = (0..12)
+        .map(|i| {
+            let handle = handle.clone();
+            tokio::spawn(async move { handle.forecast(lone_series(i as f64 * 0.3)).await })
+        })
+        .collect();
+    // THEN the second engine thread takes them while the first is still busy
+    let overlapped = tokio::time::timeout(Duration::from_secs(20), async {
+        while handle.forwards_running() < 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(overlapped.is_ok(), "no second forward ran beside the first");
+    for request in crowd {
+        request.await.unwrap().unwrap();
+    }
+    big.await.unwrap();
+}
+
 fn lone_series(phase: f64) -> Vec<lstm_forecast::forecast::SeriesInput> {
     vec![lstm_forecast::forecast::SeriesInput {
         id: None,
