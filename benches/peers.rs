@@ -20,9 +20,15 @@ const OURS_ONE_ENGINE_ON: &str = "lstm-forecast, 1 engine thread x all CPUs, bat
 const PYTHON_TORCHSCRIPT: &str = "Python FastAPI + TorchScript";
 const PYTHON_ONNX: &str = "Python FastAPI + ONNX Runtime";
 const WARM_UP: Duration = Duration::from_secs(1);
+/// Measured time per server and concurrency, over all rounds.
 const MEASURE: Duration = Duration::from_secs(9);
-/// The measured window is cut into this many equal slices and the median slice's rate is the
-/// throughput: a few seconds of CPU steal on a shared VM then move one slice, not the result.
+/// Every server runs at once, idle but for the one under load, and the measurements go round
+/// them this many times, each round starting one server further on: a minute of CPU steal on a
+/// shared VM then lands on every server's round alike, and each figure is the median of its
+/// rounds. Measured one after another, two identical layouts differed by up to 30%.
+const ROUNDS: u32 = 3;
+/// Each round's measured window is cut into this many equal slices and the median slice's rate is
+/// the round's throughput: a few seconds of CPU steal on a shared VM then move one slice, not the result.
 const SLICES: u32 = 3;
 
 struct Target {
@@ -89,7 +95,7 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-async fn load(url: &str, concurrency: usize, body: &str) -> Measured {
+async fn load(url: &str, concurrency: usize, body: &str, measure: Duration) -> Measured {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()
@@ -136,7 +142,7 @@ async fn load(url: &str, concurrency: usize, body: &str) -> Measured {
     tokio::time::sleep(WARM_UP).await;
     let _ = measure_started.set(Instant::now());
     measuring.store(true, Ordering::Relaxed);
-    tokio::time::sleep(MEASURE).await;
+    tokio::time::sleep(measure).await;
     measuring.store(false, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     let (mut all, mut errors) = (Vec::new(), 0);
@@ -145,7 +151,7 @@ async fn load(url: &str, concurrency: usize, body: &str) -> Measured {
         all.extend(latencies);
         errors += e;
     }
-    let slice = MEASURE / SLICES;
+    let slice = measure / SLICES;
     let mut per_slice = vec![0usize; SLICES as usize];
     for (_, finished_at) in &all {
         let index = (finished_at.as_secs_f64() / slice.as_secs_f64()) as usize;
@@ -159,6 +165,20 @@ async fn load(url: &str, concurrency: usize, body: &str) -> Measured {
         p50: percentile(&all, 0.5),
         p99: percentile(&all, 0.99),
         errors,
+    }
+}
+
+/// Each figure's median over the rounds; errors are summed.
+fn median_of_rounds(rounds: Vec<Measured>) -> Measured {
+    fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
+        values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        values[values.len() / 2]
+    }
+    Measured {
+        throughput: median(rounds.iter().map(|m| m.throughput).collect()),
+        p50: median(rounds.iter().map(|m| m.p50).collect()),
+        p99: median(rounds.iter().map(|m| m.p99).collect()),
+        errors: rounds.iter().map(|m| m.errors).sum(),
     }
 }
 
@@ -274,7 +294,14 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mut reports = Vec::new();
+    struct Serving {
+        name: &'static str,
+        url: String,
+        cold_start: Duration,
+        server: Running,
+    }
+    // Started one at a time (the others idle), so each cold start has the machine to itself.
+    let mut serving: Vec<Serving> = Vec::new();
     for mut target in targets {
         let port = free_port();
         let is_ours = target.command.get_program() == ours;
@@ -299,31 +326,51 @@ fn main() {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        let cold_start = started.elapsed();
-        let url = format!("http://127.0.0.1:{port}/v1/forecast");
-        if reports.is_empty() {
-            // The first server of a run meets a machine still busy with what ran before (the
-            // ONNX export, a build): a discarded pass lets it settle, so row order does not
-            // decide the comparison.
-            runtime.block_on(load(&url, 8, &body));
-        }
-        let mut runs = Vec::new();
-        for concurrency in concurrencies.iter().copied() {
-            let measured = runtime.block_on(load(&url, concurrency, &body));
-            eprintln!(
-                "{} @ {concurrency}: {:.0} req/s",
-                target.name, measured.throughput
-            );
-            runs.push((concurrency, measured));
-        }
-        let rss = rss_mb(server.0.id());
-        reports.push(Report {
+        serving.push(Serving {
             name: target.name,
-            cold_start,
-            rss_mb: rss,
-            runs,
+            url: format!("http://127.0.0.1:{port}/v1/forecast"),
+            cold_start: started.elapsed(),
+            server,
         });
-        drop(server);
+    }
+    let per_round = MEASURE / ROUNDS;
+    if let Some(first) = serving.first() {
+        // The machine may still be busy with what ran before (the ONNX export, a build): a
+        // discarded pass lets it settle.
+        runtime.block_on(load(&first.url, 8, &body, per_round));
+    }
+    // measured[server][concurrency] holds one Measured per round.
+    let mut measured: Vec<Vec<Vec<Measured>>> = serving
+        .iter()
+        .map(|_| concurrencies.iter().map(|_| Vec::new()).collect())
+        .collect();
+    for round in 0..ROUNDS as usize {
+        for (c, &concurrency) in concurrencies.iter().enumerate() {
+            for k in 0..serving.len() {
+                let i = (k + round) % serving.len();
+                let m = runtime.block_on(load(&serving[i].url, concurrency, &body, per_round));
+                eprintln!(
+                    "round {}: {} @ {concurrency}: {:.0} req/s",
+                    round + 1,
+                    serving[i].name,
+                    m.throughput
+                );
+                measured[i][c].push(m);
+            }
+        }
+    }
+    let mut reports = Vec::new();
+    for (s, rounds) in serving.into_iter().zip(measured) {
+        reports.push(Report {
+            name: s.name,
+            cold_start: s.cold_start,
+            rss_mb: rss_mb(s.server.0.id()),
+            runs: concurrencies
+                .iter()
+                .copied()
+                .zip(rounds.into_iter().map(median_of_rounds))
+                .collect(),
+        });
     }
 
     let mut out = String::new();
@@ -331,13 +378,14 @@ fn main() {
     out.push_str(&format!(
         "`make bench-peers`, one run, {}. Same model (the bundled ETTh1 LSTM), same request (one series of 168 values), \
          same load generator (closed loop: N clients, each sending its next request when the previous is answered; \
-         {}s warm-up, {}s measured; throughput is the median of {SLICES} equal slices of it, latency is over all of it), {threads} intra-op thread(s) per forward for every engine (torch, libtorch, ONNX Runtime; \
+         every server started first and left idle while another is measured; {ROUNDS} rounds over all of them, each a {}s warm-up and {}s measured, \
+         throughput being the median of {SLICES} equal slices of it and latency over all of it; each figure is the median of the rounds), {threads} intra-op thread(s) per forward for every engine (torch, libtorch, ONNX Runtime; \
          `PEERS_THREADS`) except in the rows that say otherwise, one process each. The Python servers are uvicorn with one worker; \
          their endpoints are plain `def`, so FastAPI runs forwards side by side on its thread pool, as this server's default \
          does on its engine threads (one per CPU here: {cpus}).\n\n",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         WARM_UP.as_secs(),
-        MEASURE.as_secs()
+        per_round.as_secs()
     ));
     out.push_str("| server | clients | throughput (req/s) | p50 | p99 | errors |\n|---|---:|---:|---:|---:|---:|\n");
     for r in &reports {

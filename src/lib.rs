@@ -17,8 +17,8 @@
 //!   [`model::Model`], which ties them into the batched forecast path, and
 //!   split-conformal calibration of its intervals ([`model::calibrate`]).
 //! - [`infer`]: the inference handle: dedicated engine threads behind one bounded queue, so libtorch
-//!   never runs on async workers; they take turns at low load and overlap once the queue is deep,
-//!   and with libtorch a low-latency engine thread answers lone requests on every CPU.
+//!   never runs on async workers; overflow threads join the first once the queue is deep, and
+//!   with libtorch a low-latency engine thread answers lone requests on every CPU.
 //! - [`forecast`]: forecast requests and answers, parsed and validated without trusting the client.
 //! - [`input`]: CSV and JSON files as forecast input (CLI, batch jobs).
 //! - [`time`]: timestamps as the API and the stores write them (a leaf).

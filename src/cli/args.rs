@@ -286,7 +286,8 @@ pub struct ServeArgs {
     pub max_queue: usize,
 
     /// Engine threads, each running its own forward passes [default: the CPUs this process may
-    /// use]. Keep engine threads x --threads at or below the CPUs.
+    /// use]. The first takes every request; the others join in only while 8 or more requests wait.
+    /// Keep engine threads x --threads at or below the CPUs.
     #[arg(long, env = "ENGINE_WORKERS")]
     pub engine_workers: Option<usize>,
 

@@ -167,9 +167,9 @@ pub fn default_intra_op_threads(workload: Workload, cpus: usize) -> usize {
 }
 
 /// Engine threads of a server when the operator has not chosen: one per CPU, each running its
-/// own forwards with [`default_intra_op_threads`] of them, so that the forwards together use
-/// every CPU without an OpenMP barrier between them. HTTP work fits in between: a worker waiting
-/// for its next batch is asleep.
+/// own forwards with [`default_intra_op_threads`] of them, so that under load the forwards
+/// together use every CPU without an OpenMP barrier between them. At low load only the first
+/// runs (the others overflow threads, see `infer`), and HTTP has the other CPUs.
 pub fn default_engine_workers(cpus: usize) -> usize {
     cpus.max(1)
 }
