@@ -14,7 +14,8 @@ const CONCURRENCY: [usize; 3] = [1, 8, 64];
 const OURS_DEFAULTS: &str =
     "lstm-forecast, defaults (batching on, engine threads overlap once the queue is deep)";
 const OURS_OFF: &str = "lstm-forecast, batching off, no low-latency engine";
-const OURS_ON: &str = "lstm-forecast, batching on, no low-latency engine";
+const OURS_ON: &str =
+    "lstm-forecast, batching on, every engine thread takes any request (--overflow-depth 1)";
 const OURS_ONE_ENGINE_OFF: &str = "lstm-forecast, 1 engine thread x all CPUs, batching off";
 const OURS_ONE_ENGINE_ON: &str = "lstm-forecast, 1 engine thread x all CPUs, batching on";
 const PYTHON_TORCHSCRIPT: &str = "Python FastAPI + TorchScript";
@@ -210,17 +211,33 @@ fn main() {
     let cpus = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .to_string();
-    // (name, max batch size, engine threads, intra-op threads, low-latency engine); `None` keeps
-    // the server's default, so the first row is exactly what `serve` does unconfigured.
-    for (name, batch, engine_workers, intra_op, low_latency) in [
-        (OURS_DEFAULTS, None, None, None, None),
-        (OURS_OFF, Some("1"), None, Some(threads), Some("false")),
-        (OURS_ON, Some("64"), None, Some(threads), Some("false")),
+    // (name, max batch size, engine threads, intra-op threads, low-latency engine, overflow
+    // depth); `None` keeps the server's default, so the first row is exactly what `serve` does
+    // unconfigured. The third is the engine threads as they were before overflow threads.
+    for (name, batch, engine_workers, intra_op, low_latency, overflow_depth) in [
+        (OURS_DEFAULTS, None, None, None, None, None),
+        (
+            OURS_OFF,
+            Some("1"),
+            None,
+            Some(threads),
+            Some("false"),
+            None,
+        ),
+        (
+            OURS_ON,
+            Some("64"),
+            None,
+            Some(threads),
+            Some("false"),
+            Some("1"),
+        ),
         (
             OURS_ONE_ENGINE_OFF,
             Some("1"),
             Some("1"),
             Some(cpus.as_str()),
+            None,
             None,
         ),
         (
@@ -228,6 +245,7 @@ fn main() {
             Some("64"),
             Some("1"),
             Some(cpus.as_str()),
+            None,
             None,
         ),
     ] {
@@ -247,6 +265,9 @@ fn main() {
         }
         if let Some(low_latency) = low_latency {
             command.args(["--low-latency-engine", low_latency]);
+        }
+        if let Some(depth) = overflow_depth {
+            command.args(["--overflow-depth", depth]);
         }
         targets.push(Target { name, command });
     }

@@ -82,13 +82,22 @@ pub struct Batching {
     pub max_batch_series: usize,
     /// How long the first request of a batch may wait for others. Zero: only what is already queued.
     pub max_delay: Duration,
+    /// Requests waiting before the engine threads after the first (the overflow threads) take
+    /// any; 1: every engine thread takes any request. At most `max_batch_series`.
+    pub overflow_depth: usize,
 }
 
 impl Batching {
     pub const DISABLED: Batching = Batching {
         max_batch_series: 1,
         max_delay: Duration::ZERO,
+        overflow_depth: 1,
     };
+
+    /// A forward's worth of requests. Per series, a forward of 8 costs about half of a lone one
+    /// and little more than one of 64 (ONNX Runtime: 0.37 against 0.73-0.93 and 0.40-0.46 ms;
+    /// libtorch: 0.68-0.70 against 1.1-1.7 and 0.60-0.67 ms; BENCHMARKS.md, `engines` table).
+    pub const DEFAULT_OVERFLOW_DEPTH: usize = 8;
 }
 
 impl Default for Batching {
@@ -96,6 +105,7 @@ impl Default for Batching {
         Batching {
             max_batch_series: 64,
             max_delay: Duration::ZERO,
+            overflow_depth: Batching::DEFAULT_OVERFLOW_DEPTH,
         }
     }
 }
@@ -141,13 +151,6 @@ pub struct InferenceHandle {
 /// it waited for the gate. Measured on 2 vCPUs with no streak: 1,131-1,252 req/s at 8 clients
 /// against 1,827 without the lane.
 const IDLE_ARRIVALS_BEFORE_EXPRESS: usize = 3;
-
-/// Requests waiting before an overflow engine thread takes them: a forward's worth. Per series,
-/// a forward of 8 costs about half of a lone one and little more than one of 64 (ONNX Runtime:
-/// 0.37 against 0.73-0.93 and 0.40-0.46 ms; libtorch: 0.68-0.70 against 1.1-1.7 and 0.60-0.67
-/// ms; BENCHMARKS.md, `engines` table). Capped by the batch size: with batching off, every
-/// engine thread takes any request.
-const REQUESTS_WORTH_AN_OVERFLOW_FORWARD: usize = 8;
 
 /// Wakes the overflow engine threads when the queue holds a forward's worth, or when the engine
 /// stops (the first engine thread found the queue closed and empty).
@@ -241,8 +244,10 @@ impl InferenceHandle {
         // are never split between workers that collect at the same moment.
         let rx = Arc::new(Mutex::new(rx));
         let backlog = (workers > 1).then(|| Arc::new(Backlog::default()));
-        let overflow_depth =
-            REQUESTS_WORTH_AN_OVERFLOW_FORWARD.min(batching.max_batch_series.max(1));
+        // With batching off every engine thread takes any request: there is no batch to grow.
+        let overflow_depth = batching
+            .overflow_depth
+            .clamp(1, batching.max_batch_series.max(1));
         let (express, express_rx) = match express_threads {
             Some(threads) => {
                 let (tx, rx) = mpsc::sync_channel(1);

@@ -52,6 +52,7 @@ async fn concurrent_requests_share_forward_passes_on(engine_threads: usize) {
         Batching {
             max_batch_series: 64,
             max_delay: Duration::from_millis(50),
+            ..Batching::default()
         },
         64,
         engine_threads,
@@ -110,6 +111,7 @@ async fn a_bad_request_batched_with_good_ones_fails_alone() {
         Batching {
             max_batch_series: 64,
             max_delay: Duration::from_millis(50),
+            ..Batching::default()
         },
         64,
     )
@@ -284,6 +286,7 @@ async fn a_request_too_big_to_join_a_batch_is_answered_even_when_no_other_reques
         Batching {
             max_batch_series: 64,
             max_delay: Duration::from_millis(50),
+            ..Batching::default()
         },
         64,
         2,

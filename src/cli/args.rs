@@ -286,7 +286,8 @@ pub struct ServeArgs {
     pub max_queue: usize,
 
     /// Engine threads, each running its own forward passes [default: the CPUs this process may
-    /// use]. The first takes every request; the others join in only while 8 or more requests wait.
+    /// use]. The first takes every request; the others join in while --overflow-depth requests
+    /// wait.
     /// Keep engine threads x --threads at or below the CPUs.
     #[arg(long, env = "ENGINE_WORKERS")]
     pub engine_workers: Option<usize>,
@@ -297,6 +298,12 @@ pub struct ServeArgs {
     /// when libtorch runs the forwards: an ONNX Runtime forward uses one CPU wherever it runs.
     #[arg(long, env = "LOW_LATENCY_ENGINE", default_value_t = true, action = clap::ArgAction::Set)]
     pub low_latency_engine: bool,
+
+    /// Requests waiting before the engine threads after the first join in; below it one engine
+    /// thread runs every forward, batching what arrived during the last (1: every engine thread
+    /// takes any request).
+    #[arg(long, env = "OVERFLOW_DEPTH", default_value_t = lstm_forecast::infer::Batching::DEFAULT_OVERFLOW_DEPTH)]
+    pub overflow_depth: usize,
 
     /// Dynamic batching: most series in one forward pass, across concurrent requests (1 disables).
     #[arg(long, env = "MAX_BATCH_SIZE", default_value_t = 64)]
