@@ -452,6 +452,10 @@ fn run_engine(engine: Engine) {
     };
     // A job taken from the queue that did not fit the previous batch: it starts the next one.
     let mut carried: Option<Job> = None;
+    // An overflow thread, once woken by a deep queue, keeps taking requests until it finds the
+    // queue empty: under sustained load the engine threads share the work evenly, instead of
+    // this one waking for each 8 and running small batches beside the first's big ones.
+    let mut overflowing = false;
     loop {
         let (batch, left_over) = match carried.take() {
             // Another engine thread may hold the queue while it blocks waiting for a new job; a
@@ -477,16 +481,21 @@ fn run_engine(engine: Engine) {
                     gather(take(first), &queue, batching, &take)
                 }
                 Some((backlog, worth)) => {
-                    if !backlog.wait_until_deep(&depth, *worth) {
+                    overflowing &= depth.load(Ordering::Acquire) > 0;
+                    if !overflowing && !backlog.wait_until_deep(&depth, *worth) {
                         return;
                     }
                     let queue = jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                     // Never blocks here: what is not queued now is the first thread's to take.
                     let first = match queue.try_recv() {
                         Ok(first) => first,
-                        Err(TryRecvError::Empty) => continue,
+                        Err(TryRecvError::Empty) => {
+                            overflowing = false;
+                            continue;
+                        }
                         Err(TryRecvError::Disconnected) => return,
                     };
+                    overflowing = true;
                     gather(take(first), &queue, batching, &take)
                 }
             },

@@ -314,57 +314,55 @@ async fn a_request_too_big_to_join_a_batch_is_answered_even_when_no_other_reques
     assert_eq!(counts, vec![60, 10]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn requests_arriving_during_a_forward_share_the_next_one_instead_of_running_beside_it() {
-    // GIVEN two engine threads that batch only what is queued (the server's defaults)
-    let (handle, _engine) =
-        InferenceHandle::spawn_with(bundled_model(), 128, Batching::default(), 2);
-    // WHEN a 64-series request keeps one engine thread in a forward (25 ms or more)
-    let big = tokio::spawn({
-        let handle = handle.clone();
-        async move {
-            let series = (0..64).flat_map(|i| lone_series(i as f64 * 0.1)).collect();
-            handle.forecast(series).await.unwrap()
-        }
-    });
+/// Keeps the first engine thread in one forward for a few hundred milliseconds: a request larger
+/// than a batch runs alone.
+fn start_a_long_forward(handle: &InferenceHandle) -> tokio::task::JoinHandle<usize> {
+    let handle = handle.clone();
+    tokio::spawn(async move {
+        let series = (0..1024)
+            .flat_map(|i| lone_series(i as f64 * 0.01))
+            .collect();
+        handle.forecast(series).await.unwrap().batch_windows
+    })
+}
+
+async fn until_a_forward_runs(handle: &InferenceHandle) {
     while handle.forwards_running() == 0 {
         tokio::task::yield_now().await;
     }
-    // ... and three lone requests arrive meanwhile, one after another, each once the one before
-    // has left the queue for the other engine thread, which is free
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_arriving_during_a_forward_share_the_next_one_instead_of_running_beside_it() {
+    // GIVEN two engine threads that batch only what is queued (the server's defaults), one of
+    // them in a long forward
+    let (handle, _engine) =
+        InferenceHandle::spawn_with(bundled_model(), 128, Batching::default(), 2);
+    let long = start_a_long_forward(&handle);
+    until_a_forward_runs(&handle).await;
+    // WHEN three lone requests arrive meanwhile, 5 ms apart, while the other engine thread is free
     let mut lone = Vec::new();
     for i in 0..3 {
         lone.push(tokio::spawn({
             let handle = handle.clone();
             async move { handle.forecast(lone_series(i as f64 * 0.3)).await.unwrap() }
         }));
-        while handle.queue_depth() > 0 {
-            tokio::task::yield_now().await;
-        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // THEN they gather while it runs and share one forward, rather than the first running
-    // alone beside it
+    // THEN they wait and share one forward, rather than the first running alone beside it
     for (i, outcome) in lone.into_iter().enumerate() {
         assert_eq!(outcome.await.unwrap().batch_windows, 3, "lone request {i}");
     }
-    assert_eq!(big.await.unwrap().batch_windows, 64);
+    assert_eq!(long.await.unwrap(), 1024);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_forwards_worth_of_waiting_requests_wakes_a_second_engine_thread() {
-    // GIVEN two engine threads, one of them in a 64-series forward
+    // GIVEN two engine threads, one of them in a long forward
     let (handle, _engine) =
         InferenceHandle::spawn_with(bundled_model(), 128, Batching::default(), 2);
-    let big = tokio::spawn({
-        let handle = handle.clone();
-        async move {
-            let series = (0..64).flat_map(|i| lone_series(i as f64 * 0.1)).collect();
-            handle.forecast(series).await.unwrap()
-        }
-    });
-    while handle.forwards_running() == 0 {
-        tokio::task::yield_now().await;
-    }
+    let long = start_a_long_forward(&handle);
+    until_a_forward_runs(&handle).await;
     // WHEN 12 requests arrive meanwhile
     let crowd: Vec<_> = (0..12)
         .map(|i| {
@@ -383,7 +381,7 @@ async fn a_forwards_worth_of_waiting_requests_wakes_a_second_engine_thread() {
     for request in crowd {
         request.await.unwrap().unwrap();
     }
-    big.await.unwrap();
+    long.await.unwrap();
 }
 
 fn lone_series(phase: f64) -> Vec<lstm_forecast::forecast::SeriesInput> {
