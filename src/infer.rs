@@ -18,7 +18,8 @@
 //! forward meets at a barrier on each of the LSTM's 336 steps and stalls whenever an HTTP worker
 //! preempts one of its members, while independent forwards have nothing to wait for. But only
 //! under load: the first engine thread takes every request, and the others (**overflow** threads)
-//! wake only when a forward's worth of requests is waiting for it. At low concurrency one thread
+//! wake only when a forward's worth of requests is waiting for it, then take requests until they
+//! find the queue empty. At low concurrency one thread
 //! then runs every forward, each taking all that arrived during the last, on a CPU of its own,
 //! with the others left to HTTP; engine threads that took turns there were 25-35% slower, and
 //! ones that took any request they found were slower still (BENCHMARKS.md, issue 20).
