@@ -314,32 +314,33 @@ async fn a_request_too_big_to_join_a_batch_is_answered_even_when_no_other_reques
     assert_eq!(counts, vec![60, 10]);
 }
 
-/// Keeps the first engine thread in one forward for a few hundred milliseconds: a request larger
-/// than a batch runs alone.
-fn start_a_long_forward(handle: &InferenceHandle) -> tokio::task::JoinHandle<usize> {
-    let handle = handle.clone();
-    tokio::spawn(async move {
-        let series = (0..1024)
-            .flat_map(|i| lone_series(i as f64 * 0.01))
-            .collect();
-        handle.forecast(series).await.unwrap().batch_windows
-    })
-}
-
-async fn until_a_forward_runs(handle: &InferenceHandle) {
+/// Two engine threads with the server's default batching, the first of them held in one forward
+/// for a few hundred milliseconds (a request larger than a batch runs alone). Returns the handle
+/// and that request, which answers with its forward's window count.
+async fn two_engine_threads_one_in_a_long_forward(
+) -> (InferenceHandle, tokio::task::JoinHandle<usize>) {
+    let (handle, _engine) =
+        InferenceHandle::spawn_with(bundled_model(), 128, Batching::default(), 2);
+    let long = tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            let series = (0..1024)
+                .flat_map(|i| lone_series(i as f64 * 0.01))
+                .collect();
+            handle.forecast(series).await.unwrap().batch_windows
+        }
+    });
     while handle.forwards_running() == 0 {
         tokio::task::yield_now().await;
     }
+    (handle, long)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_arriving_during_a_forward_share_the_next_one_instead_of_running_beside_it() {
     // GIVEN two engine threads that batch only what is queued (the server's defaults), one of
     // them in a long forward
-    let (handle, _engine) =
-        InferenceHandle::spawn_with(bundled_model(), 128, Batching::default(), 2);
-    let long = start_a_long_forward(&handle);
-    until_a_forward_runs(&handle).await;
+    let (handle, long) = two_engine_threads_one_in_a_long_forward().await;
     // WHEN three lone requests arrive meanwhile, 5 ms apart, while the other engine thread is free
     let mut lone = Vec::new();
     for i in 0..3 {
@@ -359,10 +360,7 @@ async fn requests_arriving_during_a_forward_share_the_next_one_instead_of_runnin
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_forwards_worth_of_waiting_requests_wakes_a_second_engine_thread() {
     // GIVEN two engine threads, one of them in a long forward
-    let (handle, _engine) =
-        InferenceHandle::spawn_with(bundled_model(), 128, Batching::default(), 2);
-    let long = start_a_long_forward(&handle);
-    until_a_forward_runs(&handle).await;
+    let (handle, long) = two_engine_threads_one_in_a_long_forward().await;
     // WHEN 12 requests arrive meanwhile
     let crowd: Vec<_> = (0..12)
         .map(|i| {
