@@ -18,11 +18,11 @@
 //! forward meets at a barrier on each of the LSTM's 336 steps and stalls whenever an HTTP worker
 //! preempts one of its members, while independent forwards have nothing to wait for. But only
 //! under load: the first engine thread takes every request, and the others (**overflow** threads)
-//! wake only when a forward's worth of requests is waiting for it, then take requests until they
-//! find the queue empty. At low concurrency one thread
-//! then runs every forward, each taking all that arrived during the last, on a CPU of its own,
-//! with the others left to HTTP; engine threads that took turns there were 25-35% slower, and
-//! ones that took any request they found were slower still (BENCHMARKS.md, issue 20).
+//! wake only when a forward's worth of requests is waiting, then take requests until they find
+//! the queue empty. At low concurrency one thread then runs every forward, each taking all that
+//! arrived during the last, on a CPU of its own, with the others left to HTTP; at 8 clients two
+//! engine threads that took any request they found, or took turns, were 25-35% slower
+//! (BENCHMARKS.md, issue 20).
 //!
 //! At low load that layout leaves CPUs idle: a lone request runs on one CPU while the others
 //! wait. So a server may also have a **low-latency engine thread** (the express lane) whose
@@ -36,7 +36,7 @@
 //! measurements behind this choice.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, RwLock, TryLockError};
 use std::time::{Duration, Instant};
@@ -157,49 +157,55 @@ const IDLE_ARRIVALS_BEFORE_EXPRESS: usize = 3;
 /// stops (the first engine thread found the queue closed and empty).
 #[derive(Default)]
 struct Backlog {
-    lock: Mutex<()>,
+    /// Whether the engine is stopping.
+    stopping: Mutex<bool>,
     changed: Condvar,
-    stopping: AtomicBool,
 }
 
 impl Backlog {
+    fn stopping(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.stopping
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn notify(&self) {
         // Under the lock, so it cannot fall between a waiter's check and its wait.
-        let _held = self
-            .lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _held = self.stopping();
         self.changed.notify_one();
     }
 
     fn stop(&self) {
-        let _held = self
-            .lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.stopping.store(true, Ordering::Release);
+        *self.stopping() = true;
         self.changed.notify_all();
     }
 
     /// Waits until `depth` reaches `worth` (true) or the engine stops (false).
     fn wait_until_deep(&self, depth: &AtomicUsize, worth: usize) -> bool {
-        let mut held = self
-            .lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut stopping = self.stopping();
         loop {
-            if self.stopping.load(Ordering::Acquire) {
+            if *stopping {
                 return false;
             }
             if depth.load(Ordering::Acquire) >= worth {
                 return true;
             }
-            held = self
+            stopping = self
                 .changed
-                .wait(held)
+                .wait(stopping)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
     }
+}
+
+/// What an ordinary engine thread is to the others.
+enum Role {
+    /// The only engine thread.
+    Alone,
+    /// The first of several: takes every request, and stops the overflow threads at the end.
+    First(Arc<Backlog>),
+    /// Takes requests only once this many wait, until it finds the queue empty.
+    Overflow(Arc<Backlog>, usize),
 }
 
 /// Keeps an express forward (write) and ordinary forwards (read) from running at once.
@@ -276,12 +282,13 @@ impl InferenceHandle {
                                 depth: Arc::clone(&depth),
                                 busy: Arc::clone(&busy),
                                 gate: Arc::clone(&gate),
-                                // The first engine thread takes every request; the others
-                                // wait for a backlog.
-                                overflow: (i > 0)
-                                    .then(|| backlog.clone().map(|b| (b, overflow_depth)))
-                                    .flatten(),
-                                stop_overflow: (i == 0).then(|| backlog.clone()).flatten(),
+                                role: match (&backlog, i) {
+                                    (None, _) => Role::Alone,
+                                    (Some(backlog), 0) => Role::First(Arc::clone(backlog)),
+                                    (Some(backlog), _) => {
+                                        Role::Overflow(Arc::clone(backlog), overflow_depth)
+                                    }
+                                },
                             };
                             std::thread::Builder::new()
                                 .name(format!("inference-{i}"))
@@ -430,10 +437,7 @@ struct Engine {
     depth: Arc<AtomicUsize>,
     busy: Arc<AtomicUsize>,
     gate: Gate,
-    /// For an overflow engine thread: what wakes it, and the queue depth it waits for.
-    overflow: Option<(Arc<Backlog>, usize)>,
-    /// For the first engine thread of several: the overflow threads' backlog, to stop them.
-    stop_overflow: Option<Arc<Backlog>>,
+    role: Role,
 }
 
 fn run_engine(engine: Engine) {
@@ -444,8 +448,7 @@ fn run_engine(engine: Engine) {
         depth,
         busy,
         gate,
-        overflow,
-        stop_overflow,
+        role,
     } = engine;
     let take = |job: Job| {
         depth.fetch_sub(1, Ordering::Relaxed);
@@ -469,19 +472,19 @@ fn run_engine(engine: Engine) {
                 }
                 Err(TryLockError::WouldBlock) => (vec![first], None),
             },
-            None => match &overflow {
-                None => {
+            None => match &role {
+                Role::Alone | Role::First(_) => {
                     let queue = jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                     let Ok(first) = queue.recv() else {
                         // Closed and drained: nothing will ever be queued again.
-                        if let Some(backlog) = &stop_overflow {
+                        if let Role::First(backlog) = &role {
                             backlog.stop();
                         }
                         return;
                     };
                     gather(take(first), &queue, batching, &take)
                 }
-                Some((backlog, worth)) => {
+                Role::Overflow(backlog, worth) => {
                     overflowing &= depth.load(Ordering::Acquire) > 0;
                     if !overflowing && !backlog.wait_until_deep(&depth, *worth) {
                         return;

@@ -53,7 +53,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         batching: Batching {
             max_batch_series: args.max_batch_size.max(1),
             max_delay: Duration::from_millis(args.max_batch_delay_ms),
-            overflow_depth: args.overflow_depth.max(1),
+            overflow_depth: args.overflow_depth,
         },
         engine_workers,
         express_threads,
