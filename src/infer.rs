@@ -25,10 +25,10 @@
 //! (BENCHMARKS.md, issue 20).
 //!
 //! At low load that layout leaves CPUs idle: a lone request runs on one CPU while the others
-//! wait. So a server may also have a **low-latency engine thread** (the express lane) whose
+//! wait. So a server may also have a **low-latency engine thread**  whose
 //! forwards use every CPU. A request goes to it only when nothing else is queued or running, and
 //! the last few requests found it so too; it then skips the batching queue, as there is nothing
-//! to batch with. Once requests overlap they take the ordinary queue. The express forward and the
+//! to batch with. Once requests overlap they take the ordinary queue. The low-latency forward and the
 //! ordinary ones exclude each other (a read-write gate), so no OpenMP team ever shares the CPUs
 //! with another forward, and it is the only thread that ever runs a team, so libgomp's threads
 //! never outnumber the CPUs (beyond that it stops spinning at barriers; see
@@ -134,9 +134,9 @@ pub struct InferenceHandle {
     /// Cleared when the last engine thread exits.
     alive: Arc<std::sync::atomic::AtomicBool>,
     /// The low-latency engine thread's own one-slot queue, when there is one.
-    express: Option<SyncSender<Job>>,
-    /// Forwards running, plus a request handed to the express lane and not yet answered: the
-    /// express lane takes a request only when this is 0.
+    low_latency: Option<SyncSender<Job>>,
+    /// Forwards running, plus a request handed to the low-latency lane and not yet answered: the
+    /// low-latency lane takes a request only when this is 0.
     busy: Arc<AtomicUsize>,
     /// Requests in a row that arrived to an idle engine (nothing queued or running).
     idle_arrivals: Arc<AtomicUsize>,
@@ -146,12 +146,12 @@ pub struct InferenceHandle {
     overflow_depth: usize,
 }
 
-/// Requests in a row that must find the engine idle before the next idle one takes the express
+/// Requests in a row that must find the engine idle before the next idle one takes the low-latency
 /// lane. One idle arrival is not enough: with 8 clients every batch's answers go out together,
 /// the engine is briefly idle, and the first request back would run on every CPU while the 7 behind
 /// it waited for the gate. Measured on 2 vCPUs with no streak: 1,131-1,252 req/s at 8 clients
 /// against 1,827 without the lane.
-const IDLE_ARRIVALS_BEFORE_EXPRESS: usize = 3;
+const IDLE_ARRIVALS_BEFORE_LOW_LATENCY: usize = 3;
 
 /// Wakes the overflow engine threads when the queue holds a forward's worth, or when the engine
 /// stops (the first engine thread found the queue closed and empty).
@@ -208,7 +208,7 @@ enum Role {
     Overflow(Arc<Backlog>, usize),
 }
 
-/// Keeps an express forward (write) and ordinary forwards (read) from running at once.
+/// Keeps a low-latency forward (write) and ordinary forwards (read) from running at once.
 type Gate = Arc<RwLock<()>>;
 
 impl InferenceHandle {
@@ -230,7 +230,7 @@ impl InferenceHandle {
         Self::spawn_adaptive(model, queue_capacity, batching, workers, None)
     }
 
-    /// Like [`InferenceHandle::spawn_with`], plus, with `express_threads`, a low-latency engine
+    /// Like [`InferenceHandle::spawn_with`], plus, with `low_latency_threads`, a low-latency engine
     /// thread whose forwards use that many intra-op threads (every CPU): it answers a request
     /// that arrives while nothing else is queued or running (see the module docs).
     pub fn spawn_adaptive(
@@ -238,7 +238,7 @@ impl InferenceHandle {
         queue_capacity: usize,
         batching: Batching,
         workers: usize,
-        express_threads: Option<usize>,
+        low_latency_threads: Option<usize>,
     ) -> (Self, std::thread::JoinHandle<()>) {
         let capacity = queue_capacity.max(1);
         let (jobs, rx) = mpsc::sync_channel(capacity);
@@ -255,7 +255,7 @@ impl InferenceHandle {
         let overflow_depth = batching
             .overflow_depth
             .clamp(1, batching.max_batch_series.max(1));
-        let (express, express_rx) = match express_threads {
+        let (low_latency, low_latency_rx) = match low_latency_threads {
             Some(threads) => {
                 let (tx, rx) = mpsc::sync_channel(1);
                 (Some(tx), Some((rx, threads)))
@@ -296,13 +296,13 @@ impl InferenceHandle {
                                 .expect("spawning an inference thread")
                         })
                         .collect();
-                    if let Some((express, intra_op)) = express_rx {
+                    if let Some((low_latency, intra_op)) = low_latency_rx {
                         let (model, busy, gate) =
                             (Arc::clone(&model), Arc::clone(&busy), Arc::clone(&gate));
                         threads.push(
                             std::thread::Builder::new()
-                                .name("inference-express".into())
-                                .spawn(move || run_express(express, intra_op, model, busy, gate))
+                                .name("inference-low-latency".into())
+                                .spawn(move || run_low_latency(low_latency, intra_op, model, busy, gate))
                                 .expect("spawning the low-latency inference thread"),
                         );
                     }
@@ -320,7 +320,7 @@ impl InferenceHandle {
                 capacity,
                 depth,
                 alive,
-                express,
+                low_latency,
                 busy,
                 idle_arrivals: Arc::new(AtomicUsize::new(0)),
                 backlog,
@@ -349,7 +349,7 @@ impl InferenceHandle {
             enqueued_at: Instant::now(),
             reply,
         };
-        if let Some(express) = &self.express {
+        if let Some(low_latency) = &self.low_latency {
             let idle =
                 self.depth.load(Ordering::Relaxed) == 0 && self.busy.load(Ordering::Acquire) == 0;
             let streak = if idle {
@@ -358,15 +358,15 @@ impl InferenceHandle {
                 self.idle_arrivals.store(0, Ordering::Relaxed);
                 0
             };
-            // Alone in the process, and lately too: the express lane, on every CPU. `busy`
+            // Alone in the process, and lately too: the low-latency lane, on every CPU. `busy`
             // 0 -> 1 claims it.
-            if streak > IDLE_ARRIVALS_BEFORE_EXPRESS
+            if streak > IDLE_ARRIVALS_BEFORE_LOW_LATENCY
                 && self
                     .busy
                     .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
             {
-                match express.try_send(job) {
+                match low_latency.try_send(job) {
                     Ok(()) => return answer.await.map_err(|_| InferError::Stopped)?,
                     Err(TrySendError::Full(back) | TrySendError::Disconnected(back)) => {
                         self.busy.fetch_sub(1, Ordering::AcqRel);
@@ -519,7 +519,7 @@ fn run_engine(engine: Engine) {
 
 /// The low-latency engine thread: one request at a time, every forward on `intra_op` threads,
 /// never beside another forward.
-fn run_express(
+fn run_low_latency(
     jobs: mpsc::Receiver<Job>,
     intra_op: usize,
     model: Arc<RwLock<Arc<Model>>>,

@@ -48,30 +48,57 @@ enum ProbeLine {
 
 /// Validates the model in `dir`. `exe` is this program's binary, re-run as the probe child.
 pub fn validate_dir(exe: &Path, dir: &Path, timeout: Duration) -> ValidationReport {
-    let mut checks = Vec::new();
-    let mut model = None;
-    let fail = |mut checks: Vec<Check>, model, name: &str, detail: String| {
-        checks.push(Check {
-            name: name.into(),
-            ok: false,
-            detail,
-        });
-        ValidationReport {
-            model,
-            valid: false,
-            checks,
-        }
-    };
     // Cheap, libtorch-free checks first, in this process.
-    let artifacts = match DirectorySource::new(dir).read() {
-        Ok(a) => a,
-        Err(e) => return fail(checks, model, "files", e.to_string()),
+    let (model, mut checks) = match file_checks(dir) {
+        Ok(passed) => passed,
+        Err(failed) => return failed,
     };
-    let metadata = match ModelMetadata::from_json(&artifacts.metadata_json) {
-        Ok(m) => m,
-        Err(e) => return fail(checks, model, "contract", e.to_string()),
+    // Everything that touches libtorch, in a child that may die.
+    let probe = match run_child(exe, dir, timeout) {
+        Ok(probe) => probe,
+        Err(detail) => return failed(checks, Some(model), "probe", detail),
     };
-    model = Some(format!("{} {}", metadata.name, metadata.version));
+    checks.extend(probe.done);
+    if let Some(detail) = probe_failure(&probe.status, probe.running, &checks, timeout, &probe.stderr) {
+        return failed(checks, Some(model), "probe", detail);
+    }
+    let valid = !checks.is_empty() && checks.iter().all(|c| c.ok);
+    ValidationReport {
+        model: Some(model),
+        valid,
+        checks,
+    }
+}
+
+/// A report that ends with the failed check `name`.
+fn failed(
+    mut checks: Vec<Check>,
+    model: Option<String>,
+    name: &str,
+    detail: String,
+) -> ValidationReport {
+    checks.push(Check {
+        name: name.into(),
+        ok: false,
+        detail,
+    });
+    ValidationReport {
+        model,
+        valid: false,
+        checks,
+    }
+}
+
+/// The files, the contract and the checksums: the model's `name version` and the passed checks,
+/// or the report that ends at the first failure.
+fn file_checks(dir: &Path) -> Result<(String, Vec<Check>), ValidationReport> {
+    let mut checks = Vec::new();
+    let artifacts = DirectorySource::new(dir)
+        .read()
+        .map_err(|e| failed(Vec::new(), None, "files", e.to_string()))?;
+    let metadata = ModelMetadata::from_json(&artifacts.metadata_json)
+        .map_err(|e| failed(Vec::new(), None, "contract", e.to_string()))?;
+    let model = format!("{} {}", metadata.name, metadata.version);
     checks.push(Check {
         name: "contract".into(),
         ok: true,
@@ -84,13 +111,15 @@ pub fn validate_dir(exe: &Path, dir: &Path, timeout: Duration) -> ValidationRepo
             metadata.input.frequency
         ),
     });
-    if let Err(e) = metadata.verify_checksum(&artifacts.model_pt) {
-        return fail(checks, model, "checksum", e.to_string());
-    }
-    if let Some(model_onnx) = &artifacts.model_onnx {
-        if let Err(e) = metadata.verify_onnx_checksum(model_onnx) {
-            return fail(checks, model, "checksum", e.to_string());
-        }
+    let onnx_checksum = artifacts
+        .model_onnx
+        .as_ref()
+        .map_or(Ok(()), |onnx| metadata.verify_onnx_checksum(onnx));
+    if let Err(e) = metadata
+        .verify_checksum(&artifacts.model_pt)
+        .and(onnx_checksum)
+    {
+        return Err(failed(checks, Some(model), "checksum", e.to_string()));
     }
     checks.push(Check {
         name: "checksum".into(),
@@ -103,26 +132,29 @@ pub fn validate_dir(exe: &Path, dir: &Path, timeout: Duration) -> ValidationRepo
             ),
         },
     });
+    Ok((model, checks))
+}
 
-    // Everything that touches libtorch, in a child that may die.
-    let child = Command::new(exe)
+/// What the probe child reported before it ended.
+struct ProbeRun {
+    /// `None`: killed at the deadline (or its status could not be read).
+    status: Option<std::process::ExitStatus>,
+    /// The check it had started and not finished.
+    running: Option<String>,
+    done: Vec<Check>,
+    stderr: String,
+}
+
+/// Runs `exe model probe DIR`, reading its check lines until it exits or `timeout` passes.
+fn run_child(exe: &Path, dir: &Path, timeout: Duration) -> Result<ProbeRun, String> {
+    let mut child = Command::new(exe)
         .args(["model", "probe"])
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            return fail(
-                checks,
-                model,
-                "probe",
-                format!("cannot start {}: {e}", exe.display()),
-            )
-        }
-    };
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let reader = std::thread::spawn(move || {
@@ -159,8 +191,22 @@ pub fn validate_dir(exe: &Path, dir: &Path, timeout: Duration) -> ValidationRepo
         }
     };
     let (running, done) = reader.join().unwrap_or_default();
-    let stderr_text = stderr_reader.join().unwrap_or_default();
-    checks.extend(done);
+    Ok(ProbeRun {
+        status,
+        running,
+        done,
+        stderr: stderr_reader.join().unwrap_or_default(),
+    })
+}
+
+/// Why the probe itself failed (a timeout, a crash), as opposed to reporting failed checks.
+fn probe_failure(
+    status: &Option<std::process::ExitStatus>,
+    running: Option<String>,
+    checks: &[Check],
+    timeout: Duration,
+    stderr: &str,
+) -> Option<String> {
     // Exit status 1 with no check left running is the probe reporting failed checks, not a crash.
     let reported_failures = running.is_none()
         && checks.iter().any(|c| !c.ok)
@@ -169,37 +215,22 @@ pub fn validate_dir(exe: &Path, dir: &Path, timeout: Duration) -> ValidationRepo
         .map(|name| format!(" during `{name}`"))
         .unwrap_or_default();
     match status {
-        Some(_) if reported_failures => {}
-        None => {
-            return fail(
-                checks,
-                model,
-                "probe",
-                format!("probe did not finish within {}s{during}", timeout.as_secs()),
-            )
-        }
+        Some(_) if reported_failures => None,
+        None => Some(format!(
+            "probe did not finish within {}s{during}",
+            timeout.as_secs()
+        )),
         Some(status) if !status.success() => {
-            let how = describe_exit(status);
-            let last_stderr = stderr_text
+            let how = describe_exit(*status);
+            let last_stderr = stderr
                 .lines()
                 .rev()
                 .find(|l| !l.trim().is_empty())
                 .map(|l| format!("; last stderr line: {}", l.trim()))
                 .unwrap_or_default();
-            return fail(
-                checks,
-                model,
-                "probe",
-                format!("the probe process {how}{during}: libtorch cannot run this model safely{last_stderr}"),
-            );
+            Some(format!("the probe process {how}{during}: libtorch cannot run this model safely{last_stderr}"))
         }
-        Some(_) => {}
-    }
-    let valid = !checks.is_empty() && checks.iter().all(|c| c.ok);
-    ValidationReport {
-        model,
-        valid,
-        checks,
+        Some(_) => None,
     }
 }
 
@@ -291,50 +322,7 @@ pub fn run_probe(artifacts: &ModelArtifacts, out: &mut dyn std::io::Write) -> bo
                 }
             }
         }
-        let check = match model.forecast(&windows[..batch]) {
-            Err(e) => Check {
-                name,
-                ok: false,
-                detail: e.to_string(),
-            },
-            Ok(out) => {
-                let std = model.metadata().training_stats[&model.metadata().input.target].std;
-                let worst = out
-                    .iter()
-                    .zip(&singles)
-                    .flat_map(|(b, s)| {
-                        b.iter()
-                            .zip(s)
-                            .map(|(b, s)| (b - s).abs() / (s.abs() + std))
-                    })
-                    .fold(0.0, f64::max);
-                let shaped = out.len() == batch
-                    && out
-                        .iter()
-                        .all(|s| s.len() == model.metadata().output.horizon);
-                if !shaped {
-                    Check {
-                        name,
-                        ok: false,
-                        detail: "forecast count or horizon does not match the batch".into(),
-                    }
-                } else if worst > BATCH_CONSISTENCY_TOLERANCE {
-                    Check {
-                        name,
-                        ok: false,
-                        detail: format!(
-                            "a series' forecast differs inside the batch from alone (relative difference {worst:.2e} > {BATCH_CONSISTENCY_TOLERANCE:.0e})"
-                        ),
-                    }
-                } else {
-                    Check {
-                        name,
-                        ok: true,
-                        detail: format!("finite, [{batch}, {}], matches single-series forecasts (max rel. diff {worst:.1e})", model.metadata().output.horizon),
-                    }
-                }
-            }
-        };
+        let check = batch_check(&model, &windows[..batch], &singles, name);
         all_ok &= check.ok;
         emit(&ProbeLine::Done(check));
     }
@@ -343,27 +331,65 @@ pub fn run_probe(artifacts: &ModelArtifacts, out: &mut dyn std::io::Write) -> bo
         emit(&ProbeLine::Running {
             running: name.clone(),
         });
-        let check = match model.forecast_outputs(&windows) {
-            Err(e) => Check { name, ok: false, detail: e.to_string() },
-            Ok(outputs) => match outputs.iter().enumerate().find_map(|(i, o)| Some((i, o.crossed_at?))) {
-                Some((series, step)) => Check {
-                    name,
-                    ok: false,
-                    detail: format!(
-                        "the network's quantiles {quantiles:?} cross (a lower level above a higher one) at step {step} of probe series {series}: train with a loss or head that keeps them ordered"
-                    ),
-                },
-                None => Check {
-                    name,
-                    ok: true,
-                    detail: format!("quantiles {quantiles:?} ordered at every step of {} probe series", outputs.len()),
-                },
-            },
-        };
+        let check = quantiles_check(&model, &windows, quantiles, name);
         all_ok &= check.ok;
         emit(&ProbeLine::Done(check));
     }
     all_ok
+}
+
+/// A batch's forecasts must be finite, shaped, and each the series' forecast alone (`singles`).
+fn batch_check(model: &Model, windows: &[Vec<f64>], singles: &[Vec<f64>], name: String) -> Check {
+    let batch = windows.len();
+    let metadata = model.metadata();
+    let out = match model.forecast(windows) {
+        Err(e) => {
+            return Check {
+                name,
+                ok: false,
+                detail: e.to_string(),
+            }
+        }
+        Ok(out) => out,
+    };
+    let std = metadata.training_stats[&metadata.input.target].std;
+    let worst = out
+        .iter()
+        .zip(singles)
+        .flat_map(|(b, s)| b.iter().zip(s).map(|(b, s)| (b - s).abs() / (s.abs() + std)))
+        .fold(0.0, f64::max);
+    let shaped = out.len() == batch && out.iter().all(|s| s.len() == metadata.output.horizon);
+    let (ok, detail) = if !shaped {
+        (false, "forecast count or horizon does not match the batch".into())
+    } else if worst > BATCH_CONSISTENCY_TOLERANCE {
+        (false, format!(
+            "a series' forecast differs inside the batch from alone (relative difference {worst:.2e} > {BATCH_CONSISTENCY_TOLERANCE:.0e})"
+        ))
+    } else {
+        (true, format!("finite, [{batch}, {}], matches single-series forecasts (max rel. diff {worst:.1e})", metadata.output.horizon))
+    };
+    Check { name, ok, detail }
+}
+
+/// A network's quantile outputs must stay ordered at every step of every probe window.
+fn quantiles_check(model: &Model, windows: &[Vec<f64>], quantiles: &[f64], name: String) -> Check {
+    match model.forecast_outputs(windows) {
+        Err(e) => Check { name, ok: false, detail: e.to_string() },
+        Ok(outputs) => match outputs.iter().enumerate().find_map(|(i, o)| Some((i, o.crossed_at?))) {
+            Some((series, step)) => Check {
+                name,
+                ok: false,
+                detail: format!(
+                    "the network's quantiles {quantiles:?} cross (a lower level above a higher one) at step {step} of probe series {series}: train with a loss or head that keeps them ordered"
+                ),
+            },
+            None => Check {
+                name,
+                ok: true,
+                detail: format!("quantiles {quantiles:?} ordered at every step of {} probe series", outputs.len()),
+            },
+        },
+    }
 }
 
 /// Deterministic, distinct, plausible windows: daily-ish sine waves around the training mean.

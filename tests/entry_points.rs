@@ -15,7 +15,10 @@ use common::{bundled_model, Collected};
 use lstm_forecast::infer::InferenceHandle;
 use lstm_forecast::lambda::{LambdaApp, LambdaConfig};
 use lstm_forecast::metrics::{Metric, ServerMetrics, Telemetry};
-use lstm_forecast::service::build::MetricsConfig;
+use lstm_forecast::service::batch::BatchConfig;
+use lstm_forecast::service::build::{MetricsConfig, ServiceConfig};
+use lstm_forecast::service::jobs::EvaluationConfig;
+use lstm_forecast::service::rollback::RollbackPolicy;
 use lstm_forecast::service::{Limits, Monitoring, Service};
 use lstm_forecast::source::ModelUri;
 use serde_json::{json, Value};
@@ -117,34 +120,34 @@ fn collecting_service() -> (Service, Arc<Collected>) {
 }
 
 fn lambda_app(service: Service, s3: aws_sdk_s3::Client) -> LambdaApp {
+    let metrics = MetricsConfig {
+        sinks: Vec::new(),
+        namespace: "EntryPoints".into(),
+        stage: None,
+        emf_to_stderr: false,
+    };
     let config = LambdaConfig {
         model_uri: ModelUri::Bundled,
         model_cache_dir: std::env::temp_dir(),
         aws_endpoint_url: None,
-        batch_input_prefix: Some(format!("s3://{BUCKET}/")),
-        batch_output_prefix: Some(format!("s3://{BUCKET}/")),
-        batch_part_bytes: 8 << 20,
-        rollback: lstm_forecast::lambda::RollbackPolicy {
+        threads: Some(1),
+        service: ServiceConfig::one_at_a_time(metrics),
+        batch: BatchConfig {
+            input_prefix: Some(format!("s3://{BUCKET}/")),
+            output_prefix: Some(format!("s3://{BUCKET}/")),
+            part_bytes: 8 << 20,
+        },
+        evaluation: EvaluationConfig {
+            grace: Duration::from_secs(3600),
+            recalibration: Default::default(),
+        },
+        rollback: RollbackPolicy {
             alarms: Vec::new(),
             wape_threshold: 0.1,
             min_pairs: 240,
             cooldown: Duration::from_secs(0),
         },
-        threads: Some(1),
-        limits: Limits::default(),
         alias_check_interval: Duration::from_secs(60),
-        metrics: MetricsConfig {
-            sinks: Vec::new(),
-            namespace: "EntryPoints".into(),
-            stage: None,
-            emf_to_stderr: false,
-        },
-        forecast_log_uri: None,
-        forecast_log_delivery: lstm_forecast::monitor::store::LogDelivery::LogLines,
-        backtest_rate: 0.0,
-        evaluation_grace: Duration::from_secs(3600),
-        recalibration: Default::default(),
-        sampling_seed: None,
     };
     LambdaApp::new(
         service,

@@ -5,12 +5,10 @@ use std::io::Write;
 use anyhow::{bail, Context};
 
 use lstm_forecast::forecast::ForecastResponse;
-use lstm_forecast::infer::InferenceHandle;
 use lstm_forecast::input::{parse_input, InputFormat};
-use lstm_forecast::metrics::{ServerMetrics, Telemetry};
 use lstm_forecast::model::engine::Workload;
-use lstm_forecast::service::build::build_sinks;
-use lstm_forecast::service::{Limits, Monitoring, Service};
+use lstm_forecast::service::build::{compose, Composed, ServiceConfig};
+use lstm_forecast::service::Limits;
 
 use super::args::{ForecastArgs, FormatArg};
 use super::{aws_clients, load_model, runtime};
@@ -34,30 +32,19 @@ pub fn forecast(args: ForecastArgs) -> anyhow::Result<()> {
         None => InputFormat::detect(&args.input.to_string_lossy(), &content),
     };
     let model = load_model(&args.model, Workload::OneAtATime)?;
-    let metadata = model.metadata().clone();
     let runtime = runtime()?;
     let metrics = args.metrics.config(&[], true);
     let clients = runtime.block_on(aws_clients(&args.model.aws, metrics.uses_aws()));
-    let (sinks, _) = build_sinks(&metrics, &clients);
-    let monitoring = Monitoring {
-        telemetry: Telemetry::new(
-            sinks,
-            &metadata.name,
-            &metadata.version,
-            metrics.stage.as_deref(),
-        ),
-        ..Monitoring::default()
-    };
-    let (handle, engine) = InferenceHandle::spawn(model, 1);
-    let service = Service::new(
-        handle,
-        ServerMetrics::new(),
-        Limits {
+    let config = ServiceConfig {
+        limits: Limits {
             max_series: args.batch_size,
             ..Limits::default()
         },
-        monitoring,
-    );
+        ..ServiceConfig::one_at_a_time(metrics)
+    };
+    let Composed {
+        service, engine, ..
+    } = compose(model, &config, &clients)?;
     service
         .check_intervals(&args.intervals)
         .map_err(|e| anyhow::anyhow!(e.message.replace("`intervals", "`--intervals")))?;

@@ -3,9 +3,13 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use lstm_forecast::lambda::{self, LambdaConfig, RollbackPolicy};
+use lstm_forecast::lambda::{self, LambdaConfig};
 use lstm_forecast::metrics::SinkKind;
-use lstm_forecast::service::Limits;
+use lstm_forecast::monitor::evaluate::Recalibration;
+use lstm_forecast::service::batch::BatchConfig;
+use lstm_forecast::service::build::ServiceConfig;
+use lstm_forecast::service::jobs::EvaluationConfig;
+use lstm_forecast::service::rollback::RollbackPolicy;
 use lstm_forecast::source::ModelUri;
 
 use super::args::{LambdaArgs, LogDeliveryArg};
@@ -13,11 +17,6 @@ use super::runtime;
 use lstm_forecast::monitor::store::LogDelivery;
 
 pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
-    // API Gateway REST puts the stage in the path (`/prod/v1/forecast`); the routes are stage-free,
-    // exactly as `serve` exposes them. Set before any thread exists, so the write cannot race.
-    if std::env::var_os("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH").is_none() {
-        std::env::set_var("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true");
-    }
     lstm_forecast::forecast::check_interval_levels(&args.interval_levels)
         .map_err(|e| anyhow::anyhow!(e.message.replace("`intervals", "`--interval-levels")))?;
     if (args.batch_part_bytes as usize) < lstm_forecast::service::batch::MIN_PART_BYTES {
@@ -26,13 +25,34 @@ pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
             "BATCH_PART_BYTES is under S3's 5 MiB minimum part: only an emulator set up for smaller parts completes such uploads"
         );
     }
+    let service = ServiceConfig {
+        forecast_log_uri: args.accuracy.forecast_log,
+        forecast_log_delivery: LogDeliveryArg::or(
+            args.accuracy.forecast_log_delivery,
+            LogDelivery::LogLines,
+        ),
+        backtest_rate: args.accuracy.backtest_rate,
+        sampling_seed: args.accuracy.sampling_seed,
+        ..ServiceConfig::one_at_a_time(args.metrics.config(&[SinkKind::Emf], false))
+    };
     let config = LambdaConfig {
         model_uri: ModelUri::parse(&args.model.model)?,
         model_cache_dir: args.model.model_cache_dir,
         aws_endpoint_url: args.model.aws.aws_endpoint_url,
-        batch_input_prefix: args.batch_input_prefix,
-        batch_output_prefix: args.batch_output_prefix,
-        batch_part_bytes: args.batch_part_bytes as usize,
+        threads: args.model.threads,
+        service,
+        batch: BatchConfig {
+            input_prefix: args.batch_input_prefix,
+            output_prefix: args.batch_output_prefix,
+            part_bytes: args.batch_part_bytes as usize,
+        },
+        evaluation: EvaluationConfig {
+            grace: Duration::from_secs(args.grace_minutes * 60),
+            recalibration: Recalibration {
+                window: args.recalibration_window as usize,
+                levels: args.interval_levels,
+            },
+        },
         rollback: RollbackPolicy {
             alarms: args
                 .rollback_alarms
@@ -43,22 +63,7 @@ pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
             min_pairs: args.rollback_min_pairs,
             cooldown: Duration::from_secs(args.rollback_cooldown_minutes * 60),
         },
-        threads: args.model.threads,
-        limits: Limits::default(),
         alias_check_interval: Duration::from_secs(args.alias_check_seconds),
-        metrics: args.metrics.config(&[SinkKind::Emf], false),
-        forecast_log_uri: args.accuracy.forecast_log,
-        forecast_log_delivery: LogDeliveryArg::or(
-            args.accuracy.forecast_log_delivery,
-            LogDelivery::LogLines,
-        ),
-        backtest_rate: args.accuracy.backtest_rate,
-        sampling_seed: args.accuracy.sampling_seed,
-        evaluation_grace: Duration::from_secs(args.grace_minutes * 60),
-        recalibration: lstm_forecast::monitor::evaluate::Recalibration {
-            window: args.recalibration_window as usize,
-            levels: args.interval_levels,
-        },
     };
     let runtime = runtime()?;
     let app = match runtime.block_on(lambda::init(config)) {

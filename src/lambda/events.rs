@@ -2,22 +2,35 @@
 //! reports to Lambda.
 
 use lambda_runtime::Diagnostic;
+
+use crate::service::jobs::JobError;
 use serde::Deserialize;
 use serde_json::Value;
 
-/// A failed invocation; `kind` becomes the Lambda `errorType`.
+/// A failed invocation; [`InvocationError::kind`] becomes the Lambda `errorType`.
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct InvocationError {
-    pub kind: &'static str,
-    pub message: String,
+pub enum InvocationError {
+    /// The event has a known shape but not the fields that shape needs.
+    #[error("{0}")]
+    InvalidEvent(String),
+    /// The event has no shape the function knows.
+    #[error("{0}")]
+    UnrecognisedEvent(String),
+    /// The function itself failed (the router, an answer that would not serialise).
+    #[error("{0}")]
+    Internal(String),
+    /// The job the event asked for failed; the job's own kind names it.
+    #[error(transparent)]
+    Job(#[from] JobError),
 }
 
 impl InvocationError {
-    pub fn new(kind: &'static str, message: impl Into<String>) -> Self {
-        InvocationError {
-            kind,
-            message: message.into(),
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InvocationError::InvalidEvent(_) => "InvalidEvent",
+            InvocationError::UnrecognisedEvent(_) => "UnrecognisedEvent",
+            InvocationError::Internal(_) => "Internal",
+            InvocationError::Job(job) => job.kind(),
         }
     }
 }
@@ -25,8 +38,8 @@ impl InvocationError {
 impl From<InvocationError> for Diagnostic {
     fn from(e: InvocationError) -> Self {
         Diagnostic {
-            error_type: e.kind.to_string(),
-            error_message: e.message,
+            error_type: e.kind().to_string(),
+            error_message: e.to_string(),
         }
     }
 }
@@ -159,7 +172,7 @@ pub fn typed<T: serde::de::DeserializeOwned>(
     what: &str,
 ) -> Result<T, InvocationError> {
     serde_json::from_value(event)
-        .map_err(|e| InvocationError::new("InvalidEvent", format!("malformed {what}: {e}")))
+        .map_err(|e| InvocationError::InvalidEvent(format!("malformed {what}: {e}")))
 }
 
 #[cfg(test)]

@@ -3,44 +3,43 @@
 //! - API Gateway REST (v1) and HTTP API (v2) proxy events go through the very same axum router as
 //!   `serve`, so both transports answer identically (client errors are 4xx responses, never Lambda
 //!   errors).
-//! - EventBridge scheduled events run the jobs in [`jobs`]: `batch-forecast` and `evaluate`.
+//! - EventBridge scheduled events and Step Functions items run the service's jobs
+//!   ([`crate::service::batch`], [`crate::service::jobs::evaluate`]).
 //! - CloudWatch alarm events (the EventBridge "Alarm State Change" and an alarm's direct Lambda
-//!   action) roll the model alias back when an alarm in `ROLLBACK_ALARMS` enters ALARM
-//!   ([`rollback`]).
+//!   action) go to the service's rollback decision ([`crate::service::rollback`]).
+//!
+//! This module only converts: events into the service's typed jobs, their answers into JSON and
+//! their errors into [`InvocationError`]s whose `kind` is the Lambda `errorType`.
 //!
 //! The expensive state (model, SDK clients) is built once in [`init`], before the runtime loop,
 //! by the same composition root as `serve` ([`crate::service::build`]).
 
 pub mod events;
-pub mod jobs;
-pub mod rollback;
 pub mod snapstart;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lambda_events::cloudwatch_alarms::{CloudWatchAlarm, CloudWatchAlarmData};
+use aws_lambda_events::cloudwatch_alarms::{
+    CloudWatchAlarm, CloudWatchAlarmData, CloudWatchAlarmStateValue,
+};
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use tower::Service as _;
 
 use crate::aws::AwsClients;
-use crate::infer::Batching;
 use crate::metrics::Metric;
 use crate::model::engine::{configure_libtorch, Workload};
-use crate::monitor::store::LogDelivery;
-use crate::registry::Registry;
-use crate::service::build::{
-    compose, fetch_and_load, ComposeError, LoadError, LoadReport, MetricsConfig, ServiceConfig,
-};
-use crate::service::follow::AliasFollower;
-use crate::service::{Limits, Service};
-use crate::source::s3::S3ModelSource;
+use crate::service::batch::{self, BatchConfig, ShardJob};
+use crate::service::build::{compose, fetch_and_load, ComposeError, LoadError, LoadReport, ServiceConfig};
+use crate::service::follow::{follower_for, AliasFollower};
+use crate::service::jobs::{self as service_jobs, EvaluationConfig};
+use crate::service::rollback::{self, AlarmChange, AlarmStates, CloudWatchAlarms, RollbackPolicy};
+use crate::service::Service;
 use crate::source::ModelUri;
 use events::{describe_unknown, shape_of, typed, InvocationError, ScheduledAction, Shape};
-pub use rollback::{AlarmStates, RollbackPolicy};
 
 /// Configuration, from the command line and environment (see `lstm-forecast lambda --help`).
 #[derive(Debug, Clone)]
@@ -52,30 +51,16 @@ pub struct LambdaConfig {
     /// the SDK read `AWS_ENDPOINT_URL` and the per-service `AWS_ENDPOINT_URL_S3`,
     /// `AWS_ENDPOINT_URL_CLOUDWATCH` (see [`crate::aws::sdk_config`]).
     pub aws_endpoint_url: Option<String>,
-    /// Where batch jobs may read and write (`s3://BUCKET/PREFIX/`); `None` refuses batch jobs.
-    pub batch_input_prefix: Option<String>,
-    pub batch_output_prefix: Option<String>,
-    /// Bytes per uploaded part of a batch shard's output (S3's minimum is 5 MiB).
-    pub batch_part_bytes: usize,
+    pub threads: Option<usize>,
+    /// The service, as `serve` would build it (see [`ServiceConfig::one_invocation_at_a_time`]).
+    pub service: ServiceConfig,
+    /// Where batch jobs may read and write.
+    pub batch: BatchConfig,
+    pub evaluation: EvaluationConfig,
     /// Which alarms roll the model back, and when they may.
     pub rollback: RollbackPolicy,
-    pub threads: Option<usize>,
-    pub limits: Limits,
     /// How often a warm instance re-reads the alias to pick up a promotion or a rollback.
     pub alias_check_interval: Duration,
-    pub metrics: MetricsConfig,
-    /// `s3://BUCKET/PREFIX` of the forecast log and actuals (the accuracy loop).
-    pub forecast_log_uri: Option<String>,
-    /// How logged forecasts leave the function (log lines by default: no S3 call per invocation).
-    pub forecast_log_delivery: LogDelivery,
-    pub backtest_rate: f64,
-    /// How long after a forecast's last target time its actuals may still arrive.
-    pub evaluation_grace: Duration,
-    /// How `evaluate` recalibrates the intervals from the latest scored errors.
-    pub recalibration: crate::monitor::evaluate::Recalibration,
-    /// Seed of the backtest sampling (`None`: drawn from the OS; a SnapStart restore always draws
-    /// a new one).
-    pub sampling_seed: Option<u64>,
 }
 
 /// Why the function could not start. Lambda reports it as an init error.
@@ -142,32 +127,14 @@ pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, LoadReport), InitE
         init_ms = ms(report.total),
         "init complete"
     );
-    // One invocation at a time per sandbox: one engine thread, using every CPU for its forward.
-    let service_config = ServiceConfig {
-        limits: config.limits,
-        max_queue: 64,
-        batching: Batching::default(),
-        engine_workers: 1,
-        // The one engine thread already uses every CPU.
-        express_threads: None,
-        metrics: config.metrics.clone(),
-        forecast_log_uri: config.forecast_log_uri.clone(),
-        forecast_log_delivery: config.forecast_log_delivery,
-        backtest_rate: config.backtest_rate,
-        sampling_seed: config.sampling_seed,
-    };
-    let service = compose(model, &service_config, &clients)?.service;
-    let follower = match &config.model_uri {
-        ModelUri::S3(model) if model.version.is_none() => Some(Arc::new(AliasFollower::new(
-            S3ModelSource::new(
-                Registry::new(clients.s3().clone(), model.clone()),
-                config.model_cache_dir.clone(),
-            ),
-            service.clone(),
-            config.alias_check_interval,
-        ))),
-        _ => None,
-    };
+    let service = compose(model, &config.service, &clients)?.service;
+    let follower = follower_for(
+        &config.model_uri,
+        &clients,
+        &config.model_cache_dir,
+        &service,
+        config.alias_check_interval,
+    );
     let telemetry = service.telemetry();
     // A SnapStart init runs when the version is published, not when a user waits: restored
     // environments publish RestoreDuration instead (see [`snapstart`]).
@@ -178,7 +145,7 @@ pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, LoadReport), InitE
     // Memory once, after init: sampling it on every invocation would cost the answer time.
     telemetry.record_process_memory();
     crate::service::build::flush(&service).await;
-    let alarms = rollback::CloudWatchAlarms(clients.cloudwatch().clone());
+    let alarms = CloudWatchAlarms(clients.cloudwatch().clone());
     Ok((
         LambdaApp::new(service, follower, clients, config).with_alarm_states(Arc::new(alarms)),
         report,
@@ -274,18 +241,9 @@ impl LambdaApp {
         payload: Value,
         context: lambda_runtime::Context,
     ) -> Result<Value, InvocationError> {
+        let request_id = context.request_id.clone();
         match shape_of(&payload) {
-            Shape::Http => {
-                let request: lambda_http::request::LambdaRequest =
-                    typed(payload, "API Gateway proxy event")?;
-                let mut adapter = lambda_http::Adapter::from(self.router.clone());
-                let response = adapter
-                    .call(LambdaEvent::new(request, context))
-                    .await
-                    .map_err(|e| InvocationError::new("Internal", format!("router failed: {e}")))?;
-                serde_json::to_value(response)
-                    .map_err(|e| InvocationError::new("Internal", e.to_string()))
-            }
+            Shape::Http => self.http(payload, context).await,
             Shape::ShardBatch => {
                 let batch: events::ShardBatch = typed(payload, "Distributed Map item batch")?;
                 let events::ShardBatchInput {
@@ -295,56 +253,66 @@ impl LambdaApp {
                     intervals,
                 } = batch.batch_input;
                 let keys = batch.items.into_iter().map(|item| item.key).collect();
-                let job = jobs::ShardJob {
+                let job = ShardJob {
                     bucket,
                     keys,
                     output,
                     intervals,
                 };
-                self.forecast_shards(job, &context.request_id).await
+                self.forecast_shards(job, &request_id).await
             }
             Shape::ScheduledAction => {
-                self.run_action(typed(payload, "scheduled action")?, &context.request_id)
+                self.run_action(typed(payload, "scheduled action")?, &request_id)
                     .await
             }
             Shape::ScheduledEvent => {
                 let event: EventBridgeEvent<Value> = typed(payload, "EventBridge scheduled event")?;
                 if event.detail.get("action").is_none() {
-                    return Err(InvocationError::new(
-                        "InvalidEvent",
-                        "scheduled event without an action: give the rule an input such as {\"action\":\"batch-forecast\",\"input\":\"s3://...\",\"output\":\"s3://...\"}",
+                    return Err(InvocationError::InvalidEvent(
+                        "scheduled event without an action: give the rule an input such as {\"action\":\"batch-forecast\",\"input\":\"s3://...\",\"output\":\"s3://...\"}".into(),
                     ));
                 }
-                self.run_action(
-                    typed(event.detail, "scheduled event detail")?,
-                    &context.request_id,
-                )
-                .await
+                self.run_action(typed(event.detail, "scheduled event detail")?, &request_id)
+                    .await
             }
             Shape::AlarmStateChange => {
                 let event: EventBridgeEvent<CloudWatchAlarmData> =
                     typed(payload, "CloudWatch Alarm State Change event")?;
-                let state = event
-                    .detail
-                    .state
-                    .as_ref()
-                    .map(|s| (s.value.clone(), s.timestamp));
-                self.on_alarm(&event.detail.alarm_name, state).await
+                self.on_alarm(event.detail).await
             }
             Shape::AlarmAction => {
                 let alarm: CloudWatchAlarm = typed(payload, "CloudWatch alarm action payload")?;
-                let state = alarm
-                    .alarm_data
-                    .state
-                    .as_ref()
-                    .map(|s| (s.value.clone(), s.timestamp));
-                self.on_alarm(&alarm.alarm_data.alarm_name, state).await
+                self.on_alarm(alarm.alarm_data).await
             }
-            Shape::Unknown => Err(InvocationError::new(
-                "UnrecognisedEvent",
-                describe_unknown(&payload),
-            )),
+            Shape::Unknown => Err(InvocationError::UnrecognisedEvent(describe_unknown(
+                &payload,
+            ))),
         }
+    }
+
+    /// An API Gateway event through the same router as `serve`.
+    async fn http(
+        &self,
+        mut payload: Value,
+        context: lambda_runtime::Context,
+    ) -> Result<Value, InvocationError> {
+        // API Gateway REST puts the stage in the path (`/prod/v1/forecast`) unless told not to; the
+        // routes are stage-free, exactly as `serve` exposes them. Without a stage, lambda_http
+        // keeps the event's path as it is.
+        if let Some(context) = payload
+            .get_mut("requestContext")
+            .and_then(Value::as_object_mut)
+        {
+            context.remove("stage");
+        }
+        let request: lambda_http::request::LambdaRequest =
+            typed(payload, "API Gateway proxy event")?;
+        let mut adapter = lambda_http::Adapter::from(self.router.clone());
+        let response = adapter
+            .call(LambdaEvent::new(request, context))
+            .await
+            .map_err(|e| InvocationError::Internal(format!("router failed: {e}")))?;
+        answer(response)
     }
 
     async fn run_action(
@@ -352,21 +320,16 @@ impl LambdaApp {
         action: ScheduledAction,
         request_id: &str,
     ) -> Result<Value, InvocationError> {
+        let (service, batch) = (&self.service, &self.config.batch);
         match action {
             ScheduledAction::BatchForecast {
                 input,
                 output,
                 intervals,
             } => {
-                jobs::confine(&input, self.config.batch_input_prefix.as_deref(), "input")?;
-                jobs::confine(
-                    &output,
-                    self.config.batch_output_prefix.as_deref(),
-                    "output",
-                )?;
                 let s3 = self.clients.s3().current();
-                jobs::batch_forecast(&self.service, &s3, &input, &output, &intervals, request_id)
-                    .await
+                let io = (input.as_str(), output.as_str());
+                answer(batch::batch_forecast(service, &s3, batch, io, &intervals, request_id).await?)
             }
             ScheduledAction::BatchForecastShard {
                 bucket,
@@ -375,7 +338,7 @@ impl LambdaApp {
                 intervals,
                 ..
             } => {
-                let job = jobs::ShardJob {
+                let job = ShardJob {
                     bucket,
                     keys: vec![key],
                     output,
@@ -384,70 +347,55 @@ impl LambdaApp {
                 self.forecast_shards(job, request_id).await
             }
             ScheduledAction::BatchManifest { input, output } => {
-                jobs::write_manifest(
-                    &self.service,
-                    self.clients.s3(),
-                    &input,
-                    &output,
-                    self.shard_limits(),
-                )
-                .await
+                let io = (input.as_str(), output.as_str());
+                answer(batch::write_manifest(service, self.clients.s3(), batch, io).await?)
             }
             ScheduledAction::Evaluate {} => {
-                jobs::evaluate(
-                    &self.service,
-                    self.config.evaluation_grace,
-                    &self.config.recalibration,
-                )
-                .await
+                answer(service_jobs::evaluate(service, &self.config.evaluation).await?)
             }
         }
     }
 
-    async fn forecast_shards(
-        &self,
-        job: jobs::ShardJob,
-        request_id: &str,
-    ) -> Result<Value, InvocationError> {
-        jobs::forecast_shards(
-            &self.service,
-            self.clients.s3(),
-            job,
-            self.shard_limits(),
-            request_id,
-        )
-        .await
+    async fn forecast_shards(&self, job: ShardJob, request_id: &str) -> Result<Value, InvocationError> {
+        let s3 = self.clients.s3();
+        answer(batch::forecast_shards(&self.service, s3, &self.config.batch, job, request_id).await?)
     }
 
-    fn shard_limits(&self) -> jobs::ShardLimits<'_> {
-        jobs::ShardLimits {
-            input_prefix: self.config.batch_input_prefix.as_deref(),
-            output_prefix: self.config.batch_output_prefix.as_deref(),
-            stream: crate::service::batch::StreamOptions {
-                chunk_series: self.service.limits().max_series,
-                part_bytes: self.config.batch_part_bytes,
-            },
-        }
-    }
-
-    async fn on_alarm(
-        &self,
-        alarm: &str,
-        state: Option<(
-            aws_lambda_events::cloudwatch_alarms::CloudWatchAlarmStateValue,
-            chrono::DateTime<chrono::Utc>,
-        )>,
-    ) -> Result<Value, InvocationError> {
-        rollback::on_alarm(
+    async fn on_alarm(&self, alarm: CloudWatchAlarmData) -> Result<Value, InvocationError> {
+        let Some(state) = alarm.state else {
+            return Err(InvocationError::InvalidEvent(format!(
+                "alarm event for {} carries no state",
+                alarm.alarm_name
+            )));
+        };
+        let change = AlarmChange {
+            alarm: alarm.alarm_name,
+            state: state_name(&state.value),
+            changed_at: state.timestamp,
+        };
+        let decision = rollback::on_alarm(
             &self.service,
             self.follower.as_deref(),
             self.alarms.as_ref(),
             &self.config.rollback,
-            alarm,
-            state,
+            &change,
         )
-        .await
+        .await?;
+        answer(decision)
     }
+}
+
+/// The state as CloudWatch spells it (`ALARM`, `OK`, `INSUFFICIENT_DATA`).
+fn state_name(value: &CloudWatchAlarmStateValue) -> String {
+    match serde_json::to_value(value) {
+        Ok(Value::String(name)) => name,
+        _ => format!("{value:?}"),
+    }
+}
+
+/// A job's typed answer as the invocation's JSON result.
+fn answer(result: impl serde::Serialize) -> Result<Value, InvocationError> {
+    serde_json::to_value(result).map_err(|e| InvocationError::Internal(e.to_string()))
 }
 
 /// Runs the Lambda runtime loop until the process is stopped. Under SnapStart the runtime first

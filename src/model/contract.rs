@@ -314,6 +314,25 @@ impl ModelMetadata {
 
     /// Checks internal consistency; shapes the engine will be asked for follow from these.
     pub fn check(&self) -> Result<(), ContractError> {
+        self.check_identity()?;
+        self.check_input()?;
+        self.check_preprocessing()?;
+        self.check_training_stats()?;
+        self.output.check_quantiles()?;
+        if let Some(calibration) = &self.calibration {
+            if self.output.quantiles.is_some() {
+                return Err(field_error(
+                    "calibration",
+                    "a network that returns output.quantiles takes its intervals from them; remove one of the two",
+                ));
+            }
+            calibration.check(self.output.horizon, "calibration")?;
+        }
+        Ok(())
+    }
+
+    /// Format version, name, version, creation time and checksums.
+    fn check_identity(&self) -> Result<(), ContractError> {
         if self.format_version != FORMAT_VERSION {
             return Err(ContractError::FormatVersion {
                 found: self.format_version,
@@ -347,6 +366,11 @@ impl ModelMetadata {
         {
             return Err(field_error("onnx_sha256", "must be 64 hex characters"));
         }
+        Ok(())
+    }
+
+    /// The window, horizon, features, target and frequency.
+    fn check_input(&self) -> Result<(), ContractError> {
         if self.input.window == 0 {
             return Err(field_error("input.window", "must be at least 1"));
         }
@@ -384,6 +408,11 @@ impl ModelMetadata {
         }
         parse_frequency(&self.input.frequency)
             .map_err(|reason| field_error("input.frequency", reason.to_string()))?;
+        Ok(())
+    }
+
+    /// Each z-score step has one finite mean and one positive std per feature.
+    fn check_preprocessing(&self) -> Result<(), ContractError> {
         let features = self.input.features.len();
         for (i, step) in self.preprocessing.iter().enumerate() {
             if let Preprocessing::ZScore { mean, std } = step {
@@ -406,6 +435,11 @@ impl ModelMetadata {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Training statistics for exactly the input features, which drift detection reads.
+    fn check_training_stats(&self) -> Result<(), ContractError> {
         for name in &self.input.features {
             let Some(stats) = self.training_stats.get(name) else {
                 return Err(field_error(
@@ -459,16 +493,6 @@ impl ModelMetadata {
                 "training_stats",
                 format!("statistics for `{extra}`, which is not an input feature"),
             ));
-        }
-        self.output.check_quantiles()?;
-        if let Some(calibration) = &self.calibration {
-            if self.output.quantiles.is_some() {
-                return Err(field_error(
-                    "calibration",
-                    "a network that returns output.quantiles takes its intervals from them; remove one of the two",
-                ));
-            }
-            calibration.check(self.output.horizon, "calibration")?;
         }
         Ok(())
     }

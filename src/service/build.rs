@@ -1,11 +1,13 @@
-//! The composition root: how `serve` and the Lambda function turn their configuration into a
-//! running [`Service`]. Both call the same functions, so they cannot drift apart in which sinks,
-//! logs and monitors they wire up.
+//! The composition root: how `serve`, the Lambda function and the CLI turn their configuration
+//! into a running [`Service`] ([`fetch_and_load`], [`compose`]) and keep it current
+//! ([`start_background`]). All call the same functions, so they cannot drift apart in which
+//! sinks, logs and monitors they wire up.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::follow::AliasFollower;
 use super::{Limits, Monitoring, Service};
 use crate::aws::AwsClients;
 use crate::infer::{Batching, InferenceHandle};
@@ -131,7 +133,7 @@ pub struct ServiceConfig {
     pub batching: Batching,
     pub engine_workers: usize,
     /// Intra-op threads of a low-latency engine thread for lone requests (`None`: none).
-    pub express_threads: Option<usize>,
+    pub low_latency_threads: Option<usize>,
     pub metrics: MetricsConfig,
     /// `s3://BUCKET/PREFIX` of the forecast log and actuals (the accuracy loop).
     pub forecast_log_uri: Option<String>,
@@ -140,6 +142,26 @@ pub struct ServiceConfig {
     pub backtest_rate: f64,
     /// Seed of the backtest sampling; `None` draws one from the OS.
     pub sampling_seed: Option<u64>,
+}
+
+impl ServiceConfig {
+    /// One request at a time per process (a Lambda sandbox, a CLI run): one engine thread, which
+    /// uses every CPU for its forward, and nothing logged or backtested until the caller says so.
+    pub fn one_at_a_time(metrics: MetricsConfig) -> Self {
+        ServiceConfig {
+            limits: Limits::default(),
+            max_queue: 64,
+            batching: Batching::default(),
+            engine_workers: 1,
+            // The one engine thread already uses every CPU.
+            low_latency_threads: None,
+            metrics,
+            forecast_log_uri: None,
+            forecast_log_delivery: LogDelivery::LogLines,
+            backtest_rate: 0.0,
+            sampling_seed: None,
+        }
+    }
 }
 
 /// Why the service could not be composed.
@@ -179,7 +201,7 @@ pub fn compose(
         config.max_queue,
         config.batching,
         config.engine_workers.max(1),
-        config.express_threads,
+        config.low_latency_threads,
     );
     let (sinks, cloudwatch) = build_sinks(&config.metrics, clients);
     let telemetry = Telemetry::new(
@@ -273,4 +295,62 @@ pub async fn flush(service: &Service) {
         }
     }
     telemetry.flush().await;
+}
+
+/// What keeps a long-running service current, and how often.
+pub struct BackgroundConfig {
+    /// Follows the registry's alias (see [`super::follow::follower_for`]); `None`: the model is
+    /// pinned.
+    pub follower: Option<Arc<AliasFollower>>,
+    /// How often the alias and the online interval calibration are re-read; `None`: never.
+    pub poll_interval: Option<Duration>,
+    /// How often metrics and the forecast log are shipped (and once more at stop).
+    pub flush_period: Duration,
+}
+
+/// The tasks running beside a service: the alias follower, the calibration follower and the
+/// periodic flush. [`Background::stop`] ends them, the flush last, so nothing buffered is lost.
+pub struct Background {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts the background tasks of `service` on the current runtime.
+pub fn start_background(service: &Service, config: BackgroundConfig) -> Background {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stopped.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut tasks = vec![tokio::spawn(flush_periodically(
+        service.clone(),
+        config.flush_period,
+        stopped(),
+    ))];
+    if let Some(poll) = config.poll_interval {
+        if let Some(follower) = config.follower {
+            tasks.push(tokio::spawn(follower.run(stopped())));
+        }
+        // Intervals follow the calibration `evaluate` publishes, on the same poll as the model.
+        if service.forecast_log().is_some() {
+            tasks.push(tokio::spawn(super::follow::follow_calibration(
+                service.clone(),
+                poll,
+                stopped(),
+            )));
+        }
+    }
+    Background { stop, tasks }
+}
+
+impl Background {
+    /// Stops every task and waits for it: the flush ships what is buffered one last time.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
 }

@@ -9,15 +9,41 @@
 //! period at the start of an invocation ([`AliasFollower::check_if_due`]), since a frozen sandbox
 //! runs no timers, and right after it moved the alias itself ([`AliasFollower::switch_to`]).
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
 use super::Service;
+use crate::aws::AwsClients;
 use crate::metrics::Metric;
 use crate::model::{Model, ModelError};
 use crate::registry::{Registry, RegistryError};
 use crate::source::s3::S3ModelSource;
+use crate::source::ModelUri;
+
+/// The follower of `uri`'s alias when `uri` names one (`s3://BUCKET/models/NAME`, no version);
+/// `None` for a pinned version, a directory or the bundled model, which never change.
+pub fn follower_for(
+    uri: &ModelUri,
+    clients: &AwsClients,
+    cache_dir: &Path,
+    service: &Service,
+    interval: Duration,
+) -> Option<Arc<AliasFollower>> {
+    match uri {
+        ModelUri::S3(model) if model.version.is_none() => Some(Arc::new(AliasFollower::new(
+            S3ModelSource::new(
+                Registry::new(clients.s3().clone(), model.clone()),
+                cache_dir.to_path_buf(),
+            ),
+            service.clone(),
+            interval,
+        ))),
+        _ => None,
+    }
+}
 
 /// Why a version could not be put in service.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +135,7 @@ impl AliasFollower {
     }
 
     /// Polls every interval until `shutdown` resolves.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

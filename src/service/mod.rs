@@ -6,12 +6,18 @@
 //! needs: input drift, sampled backtests, forecast-log records and metrics. An adapter therefore
 //! cannot forget a part of it, as the Lambda batch path once forgot every metric.
 //!
-//! - [`build`]: the one composition root for long-running processes (`serve`, `lambda`).
+//! - [`build`]: the one composition root (`serve`, `lambda`, the CLI), and the background tasks
+//!   that keep a service current.
 //! - [`follow`]: following the registry's `live` alias (hot reload, rollback pick-up).
+//! - [`batch`]: batch forecasts from S3 objects and Step Functions shards, with their manifest.
+//! - [`jobs`]: how a job fails ([`jobs::JobError`]), and the accuracy evaluation as a job.
+//! - [`rollback`]: the alarm-driven rollback decision.
 
 pub mod batch;
 pub mod build;
 pub mod follow;
+pub mod jobs;
+pub mod rollback;
 
 use std::sync::Arc;
 

@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Service, ServiceError};
+use crate::service::{Service, ServiceError};
 use crate::forecast::{ForecastResponse, RequestError};
 use crate::input::{SeriesStream, StreamFormat};
 

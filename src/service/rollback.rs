@@ -1,5 +1,6 @@
-//! Alarm-driven rollback: when an alarm named in `ROLLBACK_ALARMS` enters ALARM, the registry's
-//! `live` alias moves back to the version that served before, and this instance follows it.
+//! Alarm-driven rollback, decided here for every adapter: when an alarm named in
+//! `ROLLBACK_ALARMS` enters ALARM, the registry's `live` alias moves back to the version that
+//! served before, and this instance follows it.
 //!
 //! The accuracy alarm watches all versions together (its dimensions cannot follow the alias), so
 //! before acting the function checks that the version live *now* earned it: its own WAPE, from
@@ -13,14 +14,13 @@
 //! idempotency key is CloudWatch's time, not the event's, so forged events cannot walk the history
 //! back one version each.
 
-use aws_lambda_events::cloudwatch_alarms::CloudWatchAlarmStateValue;
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::events::InvocationError;
+use super::jobs::JobError;
 use crate::metrics::Metric;
 use crate::registry::{RegistryError, RollbackOutcome};
 use crate::service::follow::AliasFollower;
@@ -104,6 +104,53 @@ pub struct RollbackPolicy {
     pub cooldown: Duration,
 }
 
+/// An alarm's state change, as an event reports it (not yet verified).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlarmChange {
+    pub alarm: String,
+    /// The state it entered, as the event names it (`ALARM`, `OK`, `INSUFFICIENT_DATA`).
+    pub state: String,
+    pub changed_at: DateTime<Utc>,
+}
+
+impl AlarmChange {
+    fn entered_alarm(&self) -> bool {
+        self.state.eq_ignore_ascii_case("ALARM")
+    }
+}
+
+/// What the service did about an alarm state change.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum RollbackDecision {
+    /// Nothing moved; `reason` says why.
+    None {
+        action: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        alarm: Option<String>,
+        reason: String,
+    },
+    /// The alias moved back (`action: rollback`), or this state change had already moved it
+    /// (`action: none`); `serving` is the version this instance serves now.
+    Moved {
+        action: &'static str,
+        alarm: String,
+        from: String,
+        to: String,
+        serving: String,
+    },
+}
+
+impl RollbackDecision {
+    fn none(alarm: Option<&str>, reason: String) -> Self {
+        RollbackDecision::None {
+            action: "none",
+            alarm: alarm.map(str::to_owned),
+            reason,
+        }
+    }
+}
+
 /// Acts on one alarm state change. `follower` is `None` when the model is not an S3 alias, in which
 /// case a rollback is a configuration error; so is `alarms` being `None` (nothing to verify with).
 pub async fn on_alarm(
@@ -111,48 +158,52 @@ pub async fn on_alarm(
     follower: Option<&AliasFollower>,
     alarms: Option<&Arc<dyn AlarmStates>>,
     policy: &RollbackPolicy,
-    alarm: &str,
-    state: Option<(CloudWatchAlarmStateValue, DateTime<Utc>)>,
-) -> Result<Value, InvocationError> {
-    let Some((value, changed_at)) = state else {
-        return Err(InvocationError::new(
-            "InvalidEvent",
-            format!("alarm event for {alarm} carries no state"),
+    change: &AlarmChange,
+) -> Result<RollbackDecision, JobError> {
+    let alarm = change.alarm.as_str();
+    if !change.entered_alarm() {
+        return Ok(RollbackDecision::none(
+            None,
+            format!("alarm {alarm} is {}, not ALARM", change.state),
         ));
-    };
-    if value != CloudWatchAlarmStateValue::Alarm {
-        return Ok(
-            json!({"action": "none", "reason": format!("alarm {alarm} is {value:?}, not ALARM")}),
-        );
     }
     if !policy.alarms.iter().any(|a| a == alarm) {
-        return Ok(
-            json!({"action": "none", "reason": format!("alarm {alarm} is not in ROLLBACK_ALARMS {:?}", policy.alarms)}),
-        );
+        return Ok(RollbackDecision::none(
+            None,
+            format!("alarm {alarm} is not in ROLLBACK_ALARMS {:?}", policy.alarms),
+        ));
     }
     let Some(follower) = follower else {
-        return Err(InvocationError::new(
-            "NotConfigured",
-            format!("alarm {alarm} asks for a rollback, but MODEL_URI is not an S3 alias (s3://BUCKET/models/NAME)"),
-        ));
+        return Err(JobError::NotConfigured(format!(
+            "alarm {alarm} asks for a rollback, but MODEL_URI is not an S3 alias (s3://BUCKET/models/NAME)"
+        )));
     };
     let Some(alarms) = alarms else {
-        return Err(InvocationError::new(
-            "NotConfigured",
-            format!("alarm {alarm} asks for a rollback, but there is no CloudWatch client to verify it with"),
-        ));
+        return Err(JobError::NotConfigured(format!(
+            "alarm {alarm} asks for a rollback, but there is no CloudWatch client to verify it with"
+        )));
     };
-    let entered_alarm_at = match verify(alarms.as_ref(), alarm, changed_at).await? {
+    let entered_alarm_at = match verify(alarms.as_ref(), alarm, change.changed_at).await? {
         Ok(at) => at,
         Err(reason) => {
             tracing::warn!(alarm, "alarm event not acted on: {reason}");
-            return Ok(json!({"action": "none", "alarm": alarm, "reason": reason}));
+            return Ok(RollbackDecision::none(Some(alarm), reason));
         }
     };
     if let Some(reason) = refusal(service, follower, policy).await? {
         tracing::info!(alarm, "rollback refused: {reason}");
-        return Ok(json!({"action": "none", "alarm": alarm, "reason": reason}));
+        return Ok(RollbackDecision::none(Some(alarm), reason));
     }
+    roll_back(service, follower, alarm, entered_alarm_at).await
+}
+
+/// Moves the alias back, once per alarm state change, and follows it.
+async fn roll_back(
+    service: &Service,
+    follower: &AliasFollower,
+    alarm: &str,
+    entered_alarm_at: DateTime<Utc>,
+) -> Result<RollbackDecision, JobError> {
     // The same alarm state change delivered twice (EventBridge retries, two targets) must roll
     // back once: the registry keys idempotency on this trigger, CloudWatch's own time.
     let trigger = format!("alarm:{alarm}@{}", entered_alarm_at.to_rfc3339());
@@ -161,10 +212,8 @@ pub async fn on_alarm(
         .rollback(&trigger)
         .await
         .map_err(|e| match e {
-            RegistryError::NoPreviousVersion { .. } => {
-                InvocationError::new("RollbackImpossible", e.to_string())
-            }
-            other => InvocationError::new("Registry", other.to_string()),
+            RegistryError::NoPreviousVersion { .. } => JobError::RollbackImpossible(e),
+            other => JobError::Registry(other),
         })?;
     let (action, from, to) = match outcome {
         RollbackOutcome::RolledBack { from, to } => {
@@ -178,7 +227,13 @@ pub async fn on_alarm(
         }
     };
     let serving = follower.switch_to(&to).await;
-    Ok(json!({"action": action, "alarm": alarm, "from": from, "to": to, "serving": serving}))
+    Ok(RollbackDecision::Moved {
+        action,
+        alarm: alarm.to_string(),
+        from,
+        to,
+        serving,
+    })
 }
 
 /// Why the live version may not be rolled back now, if it may not.
@@ -186,18 +241,14 @@ async fn refusal(
     service: &Service,
     follower: &AliasFollower,
     policy: &RollbackPolicy,
-) -> Result<Option<String>, InvocationError> {
-    let registry_error = |e: RegistryError| InvocationError::new("Registry", e.to_string());
+) -> Result<Option<String>, JobError> {
     let Some((alias, _)) = follower
         .registry()
         .read_alias()
         .await
-        .map_err(registry_error)?
+        .map_err(JobError::Registry)?
     else {
-        return Err(InvocationError::new(
-            "Registry",
-            "no model is live: there is nothing to roll back",
-        ));
+        return Err(JobError::NothingLive);
     };
     let live = &alias.version;
     if let Some(moved) = crate::time::parse_rfc3339(&alias.updated_at) {
@@ -211,16 +262,15 @@ async fn refusal(
         }
     }
     let Some(log) = service.forecast_log() else {
-        return Err(InvocationError::new(
-            "NotConfigured",
-            "a rollback acts on the live version's own scores: set FORECAST_LOG_URI=s3://BUCKET/PREFIX (where evaluate writes them)",
+        return Err(JobError::NotConfigured(
+            "a rollback acts on the live version's own scores: set FORECAST_LOG_URI=s3://BUCKET/PREFIX (where evaluate writes them)".into(),
         ));
     };
     let scores = log
         .store()
         .latest_scores()
         .await
-        .map_err(|e| InvocationError::new("Store", e.to_string()))?;
+        .map_err(JobError::Store)?;
     Ok(match scores.get(live) {
         None => Some(format!(
             "the live version {live} has no scored forecasts yet: the alarm reflects other versions"
@@ -243,11 +293,11 @@ async fn verify(
     alarms: &dyn AlarmStates,
     alarm: &str,
     event_time: DateTime<Utc>,
-) -> Result<Result<DateTime<Utc>, String>, InvocationError> {
+) -> Result<Result<DateTime<Utc>, String>, JobError> {
     let state = alarms
         .current(alarm)
         .await
-        .map_err(|e| InvocationError::new("AlarmUnverifiable", e.to_string()))?;
+        .map_err(|e| JobError::AlarmUnverifiable(e.to_string()))?;
     Ok(match state {
         None => Err(format!(
             "CloudWatch has no alarm {alarm}: the event is not genuine"

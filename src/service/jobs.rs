@@ -1,0 +1,154 @@
+//! Scheduled work that every entry point shares: how a job fails, and the accuracy evaluation as
+//! a job of the running service.
+//!
+//! A job's error carries its kind ([`JobError::kind`]): the Lambda function reports it as the
+//! invocation's `errorType`, and `infra/template.yaml` retries on some of them (`ShardFailed`),
+//! so each kind is spelt here and nowhere else.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::Serialize;
+
+use super::Service;
+use crate::monitor::evaluate::{
+    run_evaluation_with, EvaluationWindow, IntervalScores, Recalibration, VersionScores,
+};
+use crate::monitor::store::StoreError;
+use crate::objects::ObjectError;
+use crate::registry::RegistryError;
+
+/// Why a job (a batch forecast, a shard, a manifest, an evaluation, a rollback) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The process is not configured for this job; the message names the setting.
+    #[error("{0}")]
+    NotConfigured(String),
+    /// The job's input breaks its contract (a URI, a format, an interval level).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// A URI outside what the job may read or write.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{what} {uri}: {cause}")]
+    Object {
+        what: &'static str,
+        uri: String,
+        cause: ObjectError,
+    },
+    /// A shard's status object is not what a shard writes.
+    #[error("{uri} is not a shard status: {cause}")]
+    InvalidStatus { uri: String, cause: String },
+    #[error("{0}")]
+    ForecastFailed(String),
+    /// Some shards of a run failed for good or never reported; the manifest lists them.
+    #[error("{0}")]
+    BatchIncomplete(String),
+    /// Some shards failed for a reason a retry may cure: Step Functions retries on this kind.
+    #[error("{0}")]
+    ShardFailed(String),
+    #[error(transparent)]
+    EvaluationFailed(StoreError),
+    #[error(transparent)]
+    Store(StoreError),
+    #[error(transparent)]
+    Registry(RegistryError),
+    #[error("no model is live: there is nothing to roll back")]
+    NothingLive,
+    #[error(transparent)]
+    RollbackImpossible(RegistryError),
+    /// The alarm's real state could not be read, so nothing may act on it.
+    #[error("{0}")]
+    AlarmUnverifiable(String),
+}
+
+impl JobError {
+    /// The error's name as callers and the template see it (the Lambda `errorType`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobError::NotConfigured(_) => "NotConfigured",
+            JobError::InvalidInput(_) => "InvalidInput",
+            JobError::Forbidden(_) => "Forbidden",
+            JobError::Object { .. } => "S3",
+            JobError::InvalidStatus { .. } => "InvalidStatus",
+            JobError::ForecastFailed(_) => "ForecastFailed",
+            JobError::BatchIncomplete(_) => "BatchIncomplete",
+            JobError::ShardFailed(_) => "ShardFailed",
+            JobError::EvaluationFailed(_) => "EvaluationFailed",
+            JobError::Store(_) => "Store",
+            JobError::Registry(_) | JobError::NothingLive => "Registry",
+            JobError::RollbackImpossible(_) => "RollbackImpossible",
+            JobError::AlarmUnverifiable(_) => "AlarmUnverifiable",
+        }
+    }
+
+    pub(crate) fn object(what: &'static str, uri: &str, cause: ObjectError) -> Self {
+        JobError::Object {
+            what,
+            uri: uri.to_string(),
+            cause,
+        }
+    }
+}
+
+/// What an evaluation job scored, as the scheduled invocation answers it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvaluationSummary {
+    pub action: &'static str,
+    pub report: String,
+    pub forecasts_scored: usize,
+    pub pairs: usize,
+    pub missing_actuals: usize,
+    pub scores: std::collections::BTreeMap<String, VersionScores>,
+    pub intervals: std::collections::BTreeMap<String, Vec<IntervalScores>>,
+    pub recalibrated: Vec<String>,
+}
+
+/// How the service's scheduled evaluation runs.
+#[derive(Debug, Clone, Default)]
+pub struct EvaluationConfig {
+    /// How long after a forecast's last target time its actuals may still arrive.
+    pub grace: Duration,
+    /// How the intervals are recalibrated from the latest scored errors.
+    pub recalibration: Recalibration,
+}
+
+/// Scores the forecasts that the newly arrived actuals complete, publishes the scores and writes a
+/// report: the service's own forecast log, looked at as far as the model in service reaches.
+pub async fn evaluate(
+    service: &Service,
+    config: &EvaluationConfig,
+) -> Result<EvaluationSummary, JobError> {
+    let Some(log) = service.forecast_log() else {
+        return Err(JobError::NotConfigured(
+            "accuracy evaluation is not configured: set FORECAST_LOG_URI=s3://BUCKET/PREFIX (where forecasts and actuals are stored)".into(),
+        ));
+    };
+    let grace =
+        chrono::Duration::from_std(config.grace).unwrap_or_else(|_| chrono::Duration::hours(1));
+    // Forecasts of older versions with a longer horizon are found up to the live model's reach.
+    let model = service.model();
+    let metadata = model.metadata();
+    let window =
+        EvaluationWindow::for_horizon(metadata.output.horizon, metadata.frequency(), grace);
+    let run = run_evaluation_with(
+        log.store(),
+        service.telemetry(),
+        Utc::now(),
+        window,
+        &config.recalibration,
+    )
+    .await
+    .map_err(JobError::EvaluationFailed)?;
+    let evaluation = run.evaluation;
+    Ok(EvaluationSummary {
+        action: "evaluate",
+        report: run.report,
+        forecasts_scored: evaluation.forecasts_scored,
+        pairs: evaluation.pairs,
+        missing_actuals: evaluation.missing_actuals,
+        scores: evaluation.by_version,
+        intervals: evaluation.intervals,
+        recalibrated: evaluation.recalibrated,
+    })
+}
