@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use crate::forecast::{ErrorCode, RequestError};
 use crate::infer::InferError;
-use crate::metrics::RequestOutcome;
+use crate::metrics::{RequestOutcome, Traffic};
 use crate::model::contract::ModelMetadata;
 use crate::service::{Service, ServiceError};
 
@@ -114,7 +114,7 @@ struct InFlight {
 /// Lets a request in if a slot is free, else answers 503 at once: queueing it would only move the
 /// wait somewhere the client cannot see. Probes and scrapes always pass.
 async fn admit(State(in_flight): State<InFlight>, request: Request, next: Next) -> Response {
-    if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
+    if is_probe(request.uri().path()) {
         return next.run(request).await;
     }
     match in_flight.slots.try_acquire_owned() {
@@ -126,6 +126,21 @@ async fn admit(State(in_flight): State<InFlight>, request: Request, next: Next) 
             let _ = tokio::time::timeout(SHED_BODY_DRAIN_TIME, drain).await;
             shed(in_flight.max)
         }
+    }
+}
+
+/// Health checks and the scrape: what orchestrators and Prometheus call, not clients.
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+/// How telemetry counts a request on `route` (the matched path, or `unmatched`). The paths are
+/// this router's, so the classification is too: the metrics core only follows it.
+fn traffic_of(route: &str) -> Traffic {
+    match route {
+        "/v1/forecast" => Traffic::Forecast,
+        probe if is_probe(probe) => Traffic::Probe,
+        _ => Traffic::Api,
     }
 }
 
@@ -518,8 +533,10 @@ async fn observe(State(service): State<Service>, mut request: Request, next: Nex
     let elapsed = started.elapsed();
     let status = response.status();
     let error = response.extensions().get::<ErrorLog>();
+    let traffic = traffic_of(&route);
     service.telemetry().record_request(&RequestOutcome {
         route: &route,
+        traffic,
         status: status.as_u16(),
         error_code: error.map(|e| e.code),
         elapsed,
@@ -548,7 +565,7 @@ async fn observe(State(service): State<Service>, mut request: Request, next: Nex
         } else {
             tracing::info!(status = status.as_u16(), code = error.code, message = %error.message, latency_ms = elapsed.as_secs_f64() * 1e3, "request rejected");
         }
-    } else if route.starts_with("/v1/") {
+    } else if traffic != Traffic::Probe {
         tracing::info!(
             status = status.as_u16(),
             latency_ms = elapsed.as_secs_f64() * 1e3,
@@ -698,5 +715,21 @@ impl IntoResponse for ApiError {
             message: self.message,
         });
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn telemetry_counts_the_api_times_forecasts_and_skips_probes() {
+        assert_eq!(traffic_of("/v1/forecast"), Traffic::Forecast);
+        for route in ["/v1/observations", "/v1/model", "unmatched"] {
+            assert_eq!(traffic_of(route), Traffic::Api, "{route}");
+        }
+        for route in ["/healthz", "/readyz", "/metrics"] {
+            assert_eq!(traffic_of(route), Traffic::Probe, "{route}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! One metrics facade, three sinks.
 //!
 //! Code records [`Metric`] samples on a [`Telemetry`] handle; each configured sink turns them into
-//! its own wire format:
+//! its own wire format, reading what it needs of a metric from its row of [`METRICS`]:
 //!
 //! - [`prometheus`]: the `serve` process's `/metrics` (pull; updated at once).
 //! - [`cloudwatch`]: the CloudWatch `PutMetricData` API, aggregated in process into
@@ -22,6 +22,7 @@ pub mod telemetry;
 pub use process::resident_set_bytes;
 pub use prometheus::ServerMetrics;
 pub use telemetry::{
-    Dimensions, Kind, Metric, MetricSink, RequestOutcome, Sample, SinkKind, Telemetry, DIM_FEATURE,
-    DIM_HORIZON_BUCKET, DIM_LEVEL, DIM_MODEL, DIM_MODEL_VERSION, DIM_STAGE,
+    Dimensions, Kind, Metric, MetricSink, MetricSpec, Prometheus, RequestOutcome, Sample, SinkKind,
+    Telemetry, Traffic, DIM_FEATURE, DIM_HORIZON_BUCKET, DIM_LEVEL, DIM_MODEL, DIM_MODEL_VERSION,
+    DIM_STAGE, METRICS,
 };

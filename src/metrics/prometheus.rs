@@ -5,7 +5,8 @@
 //! families but the [`PrometheusSink`]: it reads the same samples and request outcomes as the
 //! CloudWatch and EMF sinks, and maps them onto the native families (requests by route and status,
 //! inference and queue time, batch sizes, ...) or onto one family per facade metric (drift,
-//! accuracy, backtest, ...). Memory is read at scrape time ([`super::process`]).
+//! accuracy, backtest, ...), as each metric's row of [`super::telemetry::METRICS`] says. Memory is
+//! read at scrape time ([`super::process`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -15,7 +16,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use super::telemetry::{Dimensions, Kind, Metric, MetricSink, RequestOutcome, Sample};
+use super::telemetry::{
+    Dimensions, Kind, Metric, MetricSink, MetricSpec, Prometheus, RequestOutcome, Sample,
+};
 use crate::model::contract::ModelMetadata;
 use crate::source::BoxFuture;
 
@@ -209,47 +212,14 @@ const LABELS: [&str; 5] = [
     "level",
 ];
 
-/// Prometheus name for a facade metric, or `None` when a native family covers it (see
-/// [`PrometheusSink::record_native`]) or the request families do (see
-/// [`PrometheusSink::record_request`]).
+/// Prometheus name for a facade metric's own family, or `None` when a native family covers it
+/// (see [`PrometheusSink::record_native`]), the request families do (see
+/// [`PrometheusSink::record_request`]) or the process collector reads it at scrape time.
 pub fn prometheus_name(metric: Metric) -> Option<&'static str> {
-    Some(match metric {
-        Metric::ForecastLatency
-        | Metric::InferenceLatency
-        | Metric::Forecasts
-        | Metric::Requests
-        | Metric::ClientErrors
-        | Metric::ServerErrors
-        | Metric::ModelReloads
-        | Metric::ModelReloadFailures
-        | Metric::QueueLatency
-        | Metric::BatchWindows
-        | Metric::QueueDepth
-        // Read at scrape time by `process::ProcessCollector`.
-        | Metric::MemoryRss
-        | Metric::HeapAllocated => return None,
-        Metric::ColdStartDuration => "lstm_forecast_cold_start_duration_milliseconds",
-        Metric::RestoreDuration => "lstm_forecast_restore_duration_milliseconds",
-        Metric::ModelLoadDuration => "lstm_forecast_model_load_duration_milliseconds",
-        Metric::ModelRollbacks => "lstm_forecast_model_rollbacks_total",
-        Metric::InputDrift => "lstm_forecast_input_drift",
-        Metric::OutOfRangeFraction => "lstm_forecast_out_of_range_fraction",
-        Metric::Mae => "lstm_forecast_accuracy_mae",
-        Metric::Rmse => "lstm_forecast_accuracy_rmse",
-        Metric::Wape => "lstm_forecast_accuracy_wape",
-        Metric::Bias => "lstm_forecast_accuracy_bias",
-        Metric::Mase => "lstm_forecast_accuracy_mase",
-        Metric::ScoredPairs => "lstm_forecast_accuracy_scored_pairs_total",
-        Metric::BacktestMae => "lstm_forecast_backtest_mae",
-        Metric::MetricsDropped => "lstm_forecast_metrics_dropped_total",
-        Metric::ForecastLogFailures => "lstm_forecast_forecast_log_failures_total",
-        Metric::CpuUtilization => "lstm_forecast_cpu_utilization_percent",
-        Metric::BatchSeries => "lstm_forecast_batch_series_total",
-        Metric::BatchShardFailures => "lstm_forecast_batch_shard_failures_total",
-        Metric::BatchManifests => "lstm_forecast_batch_manifests_total",
-        Metric::IntervalCoverage => "lstm_forecast_interval_coverage",
-        Metric::IntervalWidth => "lstm_forecast_interval_width",
-    })
+    match metric.spec().prometheus {
+        Prometheus::Family(name) => Some(name),
+        Prometheus::Native | Prometheus::PerRequest | Prometheus::AtScrape => None,
+    }
 }
 
 impl PrometheusSink {
@@ -260,7 +230,7 @@ impl PrometheusSink {
         }
     }
 
-    /// Samples with a native family; false for the others.
+    /// Samples of the [`Prometheus::Native`] rows; false for the others.
     fn record_native(&self, sample: &Sample) -> bool {
         let native = &self.native;
         let value = sample.value;
@@ -278,64 +248,30 @@ impl PrometheusSink {
         }
         true
     }
-}
 
-impl MetricSink for PrometheusSink {
-    fn record_request(&self, outcome: &RequestOutcome<'_>, _dimensions: &Dimensions) {
-        let native = &self.native;
-        native
-            .request_duration
-            .with_label_values(&[outcome.route])
-            .observe(outcome.elapsed.as_secs_f64());
-        native
-            .requests
-            .with_label_values(&[outcome.route, &outcome.status.to_string()])
-            .inc();
-        if let Some(code) = outcome.error_code {
-            native.errors.with_label_values(&[code]).inc();
-        }
-    }
-
-    fn record(&self, sample: &Sample) {
-        if self.record_native(sample) {
-            return;
-        }
-        let Some(name) = prometheus_name(sample.metric) else {
-            return;
-        };
+    /// A sample of a metric with a family of its own (`name`), made on its first sample: a
+    /// counter, gauge or histogram by the metric's kind, with the row's buckets.
+    fn record_in_family(&self, name: &'static str, spec: &MetricSpec, sample: &Sample) {
         let mut families = self.families.lock().unwrap_or_else(|p| p.into_inner());
         let family = families.entry(sample.metric).or_insert_with(|| {
             let help = format!(
                 "{} (CloudWatch metric {}, unit {})",
-                name,
-                sample.metric.name(),
-                sample.metric.unit()
+                name, spec.name, spec.unit
             );
-            let family = match sample.metric.kind() {
+            let family = match spec.kind {
                 Kind::Counter => Family::Counter(
                     prometheus::CounterVec::new(Opts::new(name, help), &LABELS).expect("valid"),
                 ),
                 Kind::Gauge => {
                     Family::Gauge(GaugeVec::new(Opts::new(name, help), &LABELS).expect("valid"))
                 }
-                Kind::Distribution => {
-                    let buckets = match sample.metric {
-                        Metric::ColdStartDuration
-                        | Metric::RestoreDuration
-                        | Metric::ModelLoadDuration => {
-                            vec![
-                                10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
-                                10000.0,
-                            ]
-                        }
-                        Metric::OutOfRangeFraction => vec![0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0],
-                        _ => vec![0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0],
-                    };
-                    Family::Histogram(
-                        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &LABELS)
-                            .expect("valid"),
+                Kind::Distribution => Family::Histogram(
+                    HistogramVec::new(
+                        HistogramOpts::new(name, help).buckets(spec.buckets.to_vec()),
+                        &LABELS,
                     )
-                }
+                    .expect("valid"),
+                ),
             };
             let collector: Box<dyn prometheus::core::Collector> = match &family {
                 Family::Counter(c) => Box::new(c.clone()),
@@ -361,6 +297,34 @@ impl MetricSink for PrometheusSink {
             Family::Histogram(h) => h.with_label_values(&labels).observe(sample.value),
         }
     }
+}
+
+impl MetricSink for PrometheusSink {
+    fn record_request(&self, outcome: &RequestOutcome<'_>, _dimensions: &Dimensions) {
+        let native = &self.native;
+        native
+            .request_duration
+            .with_label_values(&[outcome.route])
+            .observe(outcome.elapsed.as_secs_f64());
+        native
+            .requests
+            .with_label_values(&[outcome.route, &outcome.status.to_string()])
+            .inc();
+        if let Some(code) = outcome.error_code {
+            native.errors.with_label_values(&[code]).inc();
+        }
+    }
+
+    fn record(&self, sample: &Sample) {
+        let spec = sample.metric.spec();
+        match spec.prometheus {
+            Prometheus::Native => {
+                self.record_native(sample);
+            }
+            Prometheus::Family(name) => self.record_in_family(name, spec, sample),
+            Prometheus::PerRequest | Prometheus::AtScrape => {}
+        }
+    }
 
     fn flush(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
@@ -370,5 +334,43 @@ impl MetricSink for PrometheusSink {
 impl Default for ServerMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::telemetry::{test_sample, METRICS};
+
+    #[test]
+    fn the_native_families_take_exactly_the_native_rows() {
+        let sink = PrometheusSink::new(&ServerMetrics::new());
+        for spec in METRICS {
+            assert_eq!(
+                sink.record_native(&test_sample(spec.metric, 1.0)),
+                spec.prometheus == Prometheus::Native,
+                "{:?}",
+                spec.metric
+            );
+        }
+    }
+
+    #[test]
+    fn a_family_of_its_own_is_exposed_with_its_rows_buckets() {
+        let metrics = ServerMetrics::new();
+        let sink = PrometheusSink::new(&metrics);
+        sink.record(&test_sample(Metric::ColdStartDuration, 30.0));
+        sink.record(&test_sample(Metric::ScoredPairs, 2.0));
+        let text = metrics.render();
+        // 10 s: the start-up buckets' last, beyond every native family's.
+        assert!(
+            text.contains("lstm_forecast_cold_start_duration_milliseconds_bucket{")
+                && text.contains("le=\"10000\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("lstm_forecast_accuracy_scored_pairs_total{"),
+            "{text}"
+        );
     }
 }

@@ -1,12 +1,35 @@
-//! The facade: the metric list, samples and their dimensions, the sink port, and [`Telemetry`],
+//! The facade: the metric table, samples and their dimensions, the sink port, and [`Telemetry`],
 //! the handle every part of the service records on.
+//!
+//! # One table
+//!
+//! Each metric is one row of [`METRICS`]: its CloudWatch name and unit, how it aggregates, its
+//! Prometheus form (a family of its own, with histogram buckets, or a native one), whether it is
+//! also published per horizon bucket, and whether it stays in the process. The sinks and the
+//! infra contract test (`tests/infra.rs`) read the table, so adding a metric is its variant, its
+//! row and the call that records it. (Only a metric that wants a typed field of `ServerMetrics`
+//! instead of a family of its own, [`Prometheus::Native`], is also wired in `prometheus.rs`.)
+//!
+//! # Why not the `metrics` crate
+//!
+//! The `metrics` facade (what text-embeddings-inference records on) sends every call site's
+//! sample to one global recorder per process, while here each service owns a [`Telemetry`] with
+//! its own sinks and model dimensions, and the integration tests run several services in one
+//! process (the reason the Prometheus sink already keeps a registry per server); its
+//! `with_local_recorder` covers one thread's closure, not a request that moves between tokio's
+//! workers. Its call sites name metrics by string, so there would be no list of every metric for
+//! the alarms' contract test to check, and the CloudWatch side (a unit per datum, Values/Counts,
+//! two dimension sets, EMF) would still be recorders of our own. So it would add a dependency and
+//! a global, and replace only the few lines of dispatch in [`Telemetry`].
 
 use std::sync::Arc;
 
+use self::Kind::{Counter, Distribution, Gauge};
+use self::Prometheus::{AtScrape, Family, Native, PerRequest};
 use crate::source::BoxFuture;
 
 /// Every metric this service publishes. The names are a contract with the alarms and dashboard in
-/// `infra/`; a test compares the two.
+/// `infra/`; a test compares the two. Each variant has its row in [`METRICS`], in this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Metric {
     /// Whole request, milliseconds.
@@ -82,7 +105,7 @@ pub enum Metric {
     QueueDepth,
 }
 
-/// How a metric aggregates and which CloudWatch unit it carries.
+/// How a metric aggregates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// Summed per period (CloudWatch Sum; Prometheus counter).
@@ -93,154 +116,222 @@ pub enum Kind {
     Gauge,
 }
 
-impl Metric {
-    pub const ALL: [Metric; 31] = [
-        Metric::ForecastLatency,
-        Metric::InferenceLatency,
-        Metric::Forecasts,
-        Metric::Requests,
-        Metric::ClientErrors,
-        Metric::ServerErrors,
-        Metric::ColdStartDuration,
-        Metric::RestoreDuration,
-        Metric::ModelLoadDuration,
-        Metric::ModelReloads,
-        Metric::ModelReloadFailures,
-        Metric::ModelRollbacks,
-        Metric::MemoryRss,
-        Metric::HeapAllocated,
-        Metric::InputDrift,
-        Metric::OutOfRangeFraction,
-        Metric::Mae,
-        Metric::Rmse,
-        Metric::Wape,
-        Metric::Bias,
-        Metric::Mase,
-        Metric::ScoredPairs,
-        Metric::BacktestMae,
-        Metric::MetricsDropped,
-        Metric::ForecastLogFailures,
-        Metric::CpuUtilization,
-        Metric::BatchSeries,
-        Metric::BatchShardFailures,
-        Metric::BatchManifests,
-        Metric::IntervalCoverage,
-        Metric::IntervalWidth,
-    ];
+/// Where a metric shows on the Prometheus sink (`GET /metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prometheus {
+    /// One of the typed families of `ServerMetrics` (forecasts, inference and queue time, batch
+    /// sizes, reloads), which the sink fills from the sample.
+    Native,
+    /// The request families instead, filled from each [`RequestOutcome`] (requests by route and
+    /// status, latency by route, errors by code); samples of it are not exposed again.
+    PerRequest,
+    /// Read by the process collector at scrape time, not from samples.
+    AtScrape,
+    /// A family of its own with this name, labelled `model`, `model_version`, `horizon_bucket`,
+    /// `feature` and `level`: a counter, a gauge or a histogram (with the row's buckets) by the
+    /// metric's [`Kind`].
+    Family(&'static str),
+}
 
+/// One metric: everything a sink, or the contract test, needs to know about it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricSpec {
+    pub metric: Metric,
+    /// The CloudWatch metric name, which the alarms and the dashboard in `infra/` use.
+    pub name: &'static str,
+    /// CloudWatch `StandardUnit` name.
+    pub unit: &'static str,
+    pub kind: Kind,
+    pub prometheus: Prometheus,
+    /// Histogram buckets of the Prometheus family, for a distribution with a
+    /// [`Prometheus::Family`]; empty for every other row.
+    pub buckets: &'static [f64],
+    /// Also published per `HorizonBucket` (the accuracy set).
+    pub horizon_buckets: bool,
     /// Process-local detail: exposed on `GET /metrics`, never pushed to CloudWatch (every
     /// CloudWatch metric is billed, and these matter only to someone looking at one process).
-    pub const LOCAL: [Metric; 3] = [
-        Metric::QueueLatency,
-        Metric::BatchWindows,
-        Metric::QueueDepth,
-    ];
+    pub local: bool,
+}
+
+/// A row of [`METRICS`]: pushed, with no buckets of either kind until said otherwise.
+const fn row(
+    metric: Metric,
+    name: &'static str,
+    unit: &'static str,
+    kind: Kind,
+    prometheus: Prometheus,
+) -> MetricSpec {
+    MetricSpec {
+        metric,
+        name,
+        unit,
+        kind,
+        prometheus,
+        buckets: &[],
+        horizon_buckets: false,
+        local: false,
+    }
+}
+
+impl MetricSpec {
+    const fn with_buckets(self, buckets: &'static [f64]) -> MetricSpec {
+        MetricSpec { buckets, ..self }
+    }
+
+    const fn by_horizon_bucket(self) -> MetricSpec {
+        MetricSpec {
+            horizon_buckets: true,
+            ..self
+        }
+    }
+
+    const fn local_only(self) -> MetricSpec {
+        MetricSpec {
+            local: true,
+            ..self
+        }
+    }
+}
+
+/// Histogram buckets for start-up work (cold start, restore, model load): 10 ms to 10 s.
+const STARTUP_MS: &[f64] = &[
+    10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
+/// Histogram buckets for a share of values, 0 to 1.
+const FRACTION: &[f64] = &[0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0];
+/// Histogram buckets for scores: drift distances and forecast errors.
+const SCORE: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
+
+/// Every metric, one row each, in the order of [`Metric`] ([`Metric::spec`] indexes it; a row out
+/// of place fails the build).
+#[rustfmt::skip]
+pub const METRICS: &[MetricSpec] = &[
+    // metric                          CloudWatch name        unit            kind          Prometheus
+    row(Metric::ForecastLatency,      "ForecastLatency",     "Milliseconds", Distribution, PerRequest),
+    row(Metric::InferenceLatency,     "InferenceLatency",    "Milliseconds", Distribution, Native),
+    row(Metric::Forecasts,            "Forecasts",           "Count",        Counter,      Native),
+    row(Metric::Requests,             "Requests",            "Count",        Counter,      PerRequest),
+    row(Metric::ClientErrors,         "ClientErrors",        "Count",        Counter,      PerRequest),
+    row(Metric::ServerErrors,         "ServerErrors",        "Count",        Counter,      PerRequest),
+    row(Metric::ColdStartDuration,    "ColdStartDuration",   "Milliseconds", Distribution, Family("lstm_forecast_cold_start_duration_milliseconds"))
+        .with_buckets(STARTUP_MS),
+    row(Metric::RestoreDuration,      "RestoreDuration",     "Milliseconds", Distribution, Family("lstm_forecast_restore_duration_milliseconds"))
+        .with_buckets(STARTUP_MS),
+    row(Metric::ModelLoadDuration,    "ModelLoadDuration",   "Milliseconds", Distribution, Family("lstm_forecast_model_load_duration_milliseconds"))
+        .with_buckets(STARTUP_MS),
+    row(Metric::ModelReloads,         "ModelReloads",        "Count",        Counter,      Native),
+    row(Metric::ModelReloadFailures,  "ModelReloadFailures", "Count",        Counter,      Native),
+    row(Metric::ModelRollbacks,       "ModelRollbacks",      "Count",        Counter,      Family("lstm_forecast_model_rollbacks_total")),
+    row(Metric::MemoryRss,            "MemoryRSS",           "Bytes",        Gauge,        AtScrape),
+    row(Metric::HeapAllocated,        "HeapAllocated",       "Bytes",        Gauge,        AtScrape),
+    row(Metric::InputDrift,           "InputDrift",          "None",         Distribution, Family("lstm_forecast_input_drift"))
+        .with_buckets(SCORE),
+    row(Metric::OutOfRangeFraction,   "OutOfRangeFraction",  "None",         Distribution, Family("lstm_forecast_out_of_range_fraction"))
+        .with_buckets(FRACTION),
+    row(Metric::Mae,                  "MAE",                 "None",         Distribution, Family("lstm_forecast_accuracy_mae"))
+        .with_buckets(SCORE).by_horizon_bucket(),
+    row(Metric::Rmse,                 "RMSE",                "None",         Distribution, Family("lstm_forecast_accuracy_rmse"))
+        .with_buckets(SCORE).by_horizon_bucket(),
+    row(Metric::Wape,                 "WAPE",                "None",         Distribution, Family("lstm_forecast_accuracy_wape"))
+        .with_buckets(SCORE).by_horizon_bucket(),
+    row(Metric::Bias,                 "Bias",                "None",         Distribution, Family("lstm_forecast_accuracy_bias"))
+        .with_buckets(SCORE).by_horizon_bucket(),
+    row(Metric::Mase,                 "MASE",                "None",         Distribution, Family("lstm_forecast_accuracy_mase"))
+        .with_buckets(SCORE).by_horizon_bucket(),
+    row(Metric::ScoredPairs,          "ScoredPairs",         "Count",        Counter,      Family("lstm_forecast_accuracy_scored_pairs_total")),
+    row(Metric::BacktestMae,          "BacktestMAE",         "None",         Distribution, Family("lstm_forecast_backtest_mae"))
+        .with_buckets(SCORE),
+    row(Metric::MetricsDropped,       "MetricsDropped",      "Count",        Counter,      Family("lstm_forecast_metrics_dropped_total")),
+    row(Metric::CpuUtilization,       "CPUUtilization",      "Percent",      Gauge,        Family("lstm_forecast_cpu_utilization_percent")),
+    row(Metric::BatchSeries,          "BatchSeries",         "Count",        Counter,      Family("lstm_forecast_batch_series_total")),
+    row(Metric::BatchShardFailures,   "BatchShardFailures",  "Count",        Counter,      Family("lstm_forecast_batch_shard_failures_total")),
+    row(Metric::BatchManifests,       "BatchManifests",      "Count",        Counter,      Family("lstm_forecast_batch_manifests_total")),
+    row(Metric::ForecastLogFailures,  "ForecastLogFailures", "Count",        Counter,      Family("lstm_forecast_forecast_log_failures_total")),
+    row(Metric::IntervalCoverage,     "IntervalCoverage",    "None",         Gauge,        Family("lstm_forecast_interval_coverage")),
+    row(Metric::IntervalWidth,        "IntervalWidth",       "None",         Gauge,        Family("lstm_forecast_interval_width")),
+    row(Metric::QueueLatency,         "QueueLatency",        "Milliseconds", Distribution, Native).local_only(),
+    row(Metric::BatchWindows,         "BatchWindows",        "None",         Distribution, Native).local_only(),
+    row(Metric::QueueDepth,           "QueueDepth",          "None",         Gauge,        Native).local_only(),
+];
+
+// Each row sits at its metric's index: a row out of place, or one missing before the last, fails
+// the build here instead of lending a metric another's name and unit. (A missing last row makes
+// `Metric::spec` panic, at the first test that records that metric.)
+const _: () = {
+    let mut i = 0;
+    while i < METRICS.len() {
+        assert!(
+            METRICS[i].metric as usize == i,
+            "a row of METRICS is out of the order of Metric"
+        );
+        i += 1;
+    }
+};
+
+/// How many rows are local (`true`) or pushed (`false`).
+const fn count_rows(local: bool) -> usize {
+    let mut count = 0;
+    let mut i = 0;
+    while i < METRICS.len() {
+        if METRICS[i].local == local {
+            count += 1;
+        }
+        i += 1;
+    }
+    count
+}
+
+/// The metrics of the local (`true`) or pushed (`false`) rows, in table order.
+const fn select_rows<const N: usize>(local: bool) -> [Metric; N] {
+    let mut metrics = [Metric::ForecastLatency; N];
+    let mut found = 0;
+    let mut i = 0;
+    while i < METRICS.len() {
+        if METRICS[i].local == local {
+            metrics[found] = METRICS[i].metric;
+            found += 1;
+        }
+        i += 1;
+    }
+    metrics
+}
+
+const PUSHED_ROWS: usize = count_rows(false);
+const LOCAL_ROWS: usize = count_rows(true);
+
+impl Metric {
+    /// The metrics pushed to CloudWatch (and EMF), in table order.
+    pub const ALL: [Metric; PUSHED_ROWS] = select_rows::<PUSHED_ROWS>(false);
+
+    /// Process-local detail (see [`MetricSpec::local`]), in table order.
+    pub const LOCAL: [Metric; LOCAL_ROWS] = select_rows::<LOCAL_ROWS>(true);
+
+    /// This metric's row of [`METRICS`].
+    pub fn spec(self) -> &'static MetricSpec {
+        &METRICS[self as usize]
+    }
 
     pub fn is_local(self) -> bool {
-        Metric::LOCAL.contains(&self)
+        self.spec().local
     }
 
     /// The CloudWatch metric name.
     pub fn name(self) -> &'static str {
-        match self {
-            Metric::ForecastLatency => "ForecastLatency",
-            Metric::InferenceLatency => "InferenceLatency",
-            Metric::Forecasts => "Forecasts",
-            Metric::Requests => "Requests",
-            Metric::ClientErrors => "ClientErrors",
-            Metric::ServerErrors => "ServerErrors",
-            Metric::ColdStartDuration => "ColdStartDuration",
-            Metric::RestoreDuration => "RestoreDuration",
-            Metric::ModelLoadDuration => "ModelLoadDuration",
-            Metric::ModelReloads => "ModelReloads",
-            Metric::ModelReloadFailures => "ModelReloadFailures",
-            Metric::ModelRollbacks => "ModelRollbacks",
-            Metric::MemoryRss => "MemoryRSS",
-            Metric::HeapAllocated => "HeapAllocated",
-            Metric::InputDrift => "InputDrift",
-            Metric::OutOfRangeFraction => "OutOfRangeFraction",
-            Metric::Mae => "MAE",
-            Metric::Rmse => "RMSE",
-            Metric::Wape => "WAPE",
-            Metric::Bias => "Bias",
-            Metric::Mase => "MASE",
-            Metric::ScoredPairs => "ScoredPairs",
-            Metric::BacktestMae => "BacktestMAE",
-            Metric::MetricsDropped => "MetricsDropped",
-            Metric::ForecastLogFailures => "ForecastLogFailures",
-            Metric::CpuUtilization => "CPUUtilization",
-            Metric::BatchSeries => "BatchSeries",
-            Metric::BatchShardFailures => "BatchShardFailures",
-            Metric::BatchManifests => "BatchManifests",
-            Metric::IntervalCoverage => "IntervalCoverage",
-            Metric::IntervalWidth => "IntervalWidth",
-            Metric::QueueLatency => "QueueLatency",
-            Metric::BatchWindows => "BatchWindows",
-            Metric::QueueDepth => "QueueDepth",
-        }
+        self.spec().name
     }
 
     /// CloudWatch `StandardUnit` name.
     pub fn unit(self) -> &'static str {
-        match self {
-            Metric::ForecastLatency
-            | Metric::InferenceLatency
-            | Metric::ColdStartDuration
-            | Metric::RestoreDuration
-            | Metric::ModelLoadDuration
-            | Metric::QueueLatency => "Milliseconds",
-            Metric::MemoryRss | Metric::HeapAllocated => "Bytes",
-            Metric::CpuUtilization => "Percent",
-            Metric::BatchWindows | Metric::QueueDepth => "None",
-            Metric::Forecasts
-            | Metric::Requests
-            | Metric::ClientErrors
-            | Metric::ServerErrors
-            | Metric::ModelReloads
-            | Metric::ModelReloadFailures
-            | Metric::ModelRollbacks
-            | Metric::MetricsDropped
-            | Metric::ForecastLogFailures
-            | Metric::ScoredPairs
-            | Metric::BatchSeries
-            | Metric::BatchShardFailures
-            | Metric::BatchManifests => "Count",
-            Metric::InputDrift
-            | Metric::OutOfRangeFraction
-            | Metric::Mae
-            | Metric::Rmse
-            | Metric::Wape
-            | Metric::Bias
-            | Metric::Mase
-            | Metric::BacktestMae
-            | Metric::IntervalCoverage
-            | Metric::IntervalWidth => "None",
-        }
+        self.spec().unit
     }
 
     pub fn kind(self) -> Kind {
-        if matches!(
-            self,
-            Metric::QueueDepth
-                | Metric::CpuUtilization
-                | Metric::IntervalCoverage
-                | Metric::IntervalWidth
-        ) {
-            return Kind::Gauge;
-        }
-        match self.unit() {
-            "Count" => Kind::Counter,
-            "Bytes" => Kind::Gauge,
-            _ => Kind::Distribution,
-        }
+        self.spec().kind
     }
 
     /// Metrics that are also published per `HorizonBucket`.
     pub fn has_horizon_buckets(self) -> bool {
-        matches!(
-            self,
-            Metric::Mae | Metric::Rmse | Metric::Wape | Metric::Bias | Metric::Mase
-        )
+        self.spec().horizon_buckets
     }
 }
 
@@ -308,13 +399,28 @@ impl Dimensions {
     }
 }
 
+/// What kind of request a [`RequestOutcome`] was. The adapter's router, which knows its paths,
+/// decides; the sinks only follow it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Traffic {
+    /// A forecast: API traffic whose whole latency is also `ForecastLatency`.
+    Forecast,
+    /// Any other request to the API, one for a path the router does not know included.
+    Api,
+    /// Probes and scrapes (health checks, `/metrics`), which CloudWatch does not count: a load
+    /// balancer's health checks would drown the real requests.
+    Probe,
+}
+
 /// One answered HTTP request, as the adapter saw it. Recorded once; each sink derives what it
 /// publishes from it (Prometheus: requests by route and status, latency by route, errors by code;
 /// CloudWatch and EMF: `Requests`, `ClientErrors`, `ServerErrors`, `ForecastLatency`).
 #[derive(Debug, Clone, Copy)]
 pub struct RequestOutcome<'a> {
-    /// The matched route (`/v1/forecast`), or `unmatched`.
+    /// The matched route (`/v1/forecast`), or `unmatched`: a label, never interpreted here.
     pub route: &'a str,
+    /// What the request was, by the adapter's routes.
+    pub traffic: Traffic,
     pub status: u16,
     /// The error body's code, for answers that carry one.
     pub error_code: Option<&'a str>,
@@ -322,10 +428,9 @@ pub struct RequestOutcome<'a> {
 }
 
 impl RequestOutcome<'_> {
-    /// API traffic, as opposed to probes and scrapes (`/healthz`, `/readyz`, `/metrics`), which
-    /// CloudWatch does not count: a load balancer's health checks would drown the real requests.
+    /// API traffic, as opposed to probes and scrapes (see [`Traffic::Probe`]).
     pub fn is_api(&self) -> bool {
-        self.route.starts_with("/v1/") || self.route == "unmatched"
+        self.traffic != Traffic::Probe
     }
 
     /// The samples a push sink publishes for this request.
@@ -335,7 +440,7 @@ impl RequestOutcome<'_> {
             (api).then_some((Metric::Requests, 1.0)),
             (api && (400..500).contains(&self.status)).then_some((Metric::ClientErrors, 1.0)),
             (api && self.status >= 500).then_some((Metric::ServerErrors, 1.0)),
-            (self.route == "/v1/forecast")
+            (self.traffic == Traffic::Forecast)
                 .then_some((Metric::ForecastLatency, self.elapsed.as_secs_f64() * 1e3)),
         ]
         .into_iter()
@@ -592,6 +697,87 @@ mod tests {
         assert_eq!(names.len(), Metric::ALL.len() + Metric::LOCAL.len());
         assert!(Metric::ALL.iter().all(|m| !m.is_local()));
         assert!(names.contains(&"MemoryRSS") && names.contains(&"BacktestMAE"));
+    }
+
+    #[test]
+    fn each_row_of_the_table_sits_at_its_metrics_index() {
+        for (index, spec) in METRICS.iter().enumerate() {
+            assert_eq!(
+                spec.metric as usize, index,
+                "{:?} is out of place",
+                spec.metric
+            );
+            assert_eq!(spec.metric.spec(), spec);
+        }
+        assert_eq!(Metric::ALL.len() + Metric::LOCAL.len(), METRICS.len());
+        assert_eq!(
+            Metric::LOCAL,
+            [
+                Metric::QueueLatency,
+                Metric::BatchWindows,
+                Metric::QueueDepth
+            ]
+        );
+    }
+
+    #[test]
+    fn the_rows_agree_with_themselves() {
+        for spec in METRICS {
+            let metric = spec.metric;
+            assert!(
+                ["Milliseconds", "Count", "Bytes", "Percent", "None"].contains(&spec.unit),
+                "{metric:?}: {} is not a CloudWatch unit this service uses",
+                spec.unit
+            );
+            assert_eq!(
+                spec.unit == "Count",
+                spec.kind == Kind::Counter,
+                "{metric:?}: counts are counters, and counters count"
+            );
+            let histogram_family =
+                spec.kind == Kind::Distribution && matches!(spec.prometheus, Prometheus::Family(_));
+            assert_eq!(
+                !spec.buckets.is_empty(),
+                histogram_family,
+                "{metric:?}: buckets belong to the rows with a histogram family, and only to them"
+            );
+            assert!(
+                spec.buckets.windows(2).all(|pair| pair[0] < pair[1]),
+                "{metric:?}: buckets must increase"
+            );
+        }
+        assert!(Metric::Mae.has_horizon_buckets() && !Metric::BacktestMae.has_horizon_buckets());
+    }
+
+    #[test]
+    fn push_sinks_count_api_requests_and_time_forecasts_but_skip_probes() {
+        let outcome = |traffic, status| RequestOutcome {
+            route: "/any",
+            traffic,
+            status,
+            error_code: None,
+            elapsed: std::time::Duration::from_millis(250),
+        };
+        fn metrics(outcome: RequestOutcome<'_>) -> Vec<Metric> {
+            outcome.samples().map(|(metric, _)| metric).collect()
+        }
+        assert_eq!(
+            metrics(outcome(Traffic::Forecast, 503)),
+            [
+                Metric::Requests,
+                Metric::ServerErrors,
+                Metric::ForecastLatency
+            ]
+        );
+        assert_eq!(
+            metrics(outcome(Traffic::Api, 404)),
+            [Metric::Requests, Metric::ClientErrors]
+        );
+        assert!(metrics(outcome(Traffic::Probe, 503)).is_empty());
+        assert_eq!(
+            outcome(Traffic::Forecast, 200).samples().last(),
+            Some((Metric::ForecastLatency, 250.0))
+        );
     }
 
     #[test]
