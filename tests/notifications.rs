@@ -29,7 +29,7 @@ use aws_sdk_cloudwatch::types::StateValue;
 use common::emulators::Ministack;
 use common::eventually;
 use lstm_forecast::metrics::cloudwatch::{CloudWatchSink, DEFAULT_MAX_PENDING_DATUMS};
-use lstm_forecast::metrics::{RequestOutcome, Telemetry};
+use lstm_forecast::metrics::{RequestOutcome, Telemetry, Traffic};
 use serde_json::Value;
 
 fn sns_sqs(args: &[&str]) -> Value {
@@ -42,6 +42,7 @@ async fn forecasts_answered(telemetry: &Telemetry, count: usize, slow: usize) {
     for i in 0..count {
         telemetry.record_request(&RequestOutcome {
             route: "/v1/forecast",
+            traffic: Traffic::Forecast,
             status: 200,
             error_code: None,
             elapsed: Duration::from_millis(if i < slow { 900 } else { 40 }),
