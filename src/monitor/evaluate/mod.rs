@@ -1,0 +1,133 @@
+//! Evaluation: join logged forecasts with actuals on (series id, target timestamp) and score them.
+//!
+//! Each run is driven by the actuals that arrived since the last one (see `store` for the
+//! layout). A (forecast, target) pair is scored when its actual arrives, and counted missing once
+//! actuals of its series have arrived for timestamps more than the grace beyond it. Either way it
+//! is marked settled beside its forecast, so it is dealt with exactly once, whatever replays,
+//! duplicates or retried runs follow. Duplicate and conflicting actuals are counted: the first
+//! value wins.
+//!
+//! A run ([`run_evaluation_with`]):
+//!
+//! 1. reads the actual objects written since the watermark;
+//! 2. works out which targets they make due, and so which origin hours hold the forecasts they
+//!    can complete or make missing; reads those forecasts and their settled marks;
+//! 3. pairs and scores ([`evaluate`], no I/O);
+//! 4. appends the settled marks, before anything else is written: if the run stops after them,
+//!    a rerun reads the same actuals again and scores nothing twice;
+//! 5. records the metrics and recalibrates the intervals (best effort);
+//! 6. writes the report and each scored version's latest score, and moves the watermark.
+//!
+//! The cost follows what arrived, not the history.
+//!
+//! # Layout
+//!
+//! - `scoring`: pairing forecasts with actuals, the scores, the settled marks ([`evaluate`]).
+//! - `windows`: how far a run looks: the due targets and the origin hours to read.
+//! - `increment`: reading the new actuals and the forecasts they concern; the watermark.
+//! - `recalibration`: the scored errors feed the online calibration of intervals.
+//! - `report`: the metrics, the report folder and the latest scores.
+//! - `chart`: the report's SVG chart.
+
+mod chart;
+#[cfg(test)]
+mod fixtures;
+mod increment;
+mod recalibration;
+mod report;
+mod scoring;
+mod windows;
+
+pub use self::chart::{Band, ChartSeries};
+pub use self::recalibration::Recalibration;
+pub use self::report::MAX_QUARANTINED_LISTED;
+pub use self::scoring::{evaluate, Evaluation, Increment, IntervalScores, VersionScores};
+pub use self::windows::EvaluationWindow;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use self::increment::{advance_watermark, read_arrivals, read_origin_hours, Arrivals, OriginReads};
+use self::recalibration::recalibrate_best_effort;
+use self::report::{log_summary, publish_latest_scores, write_report};
+use self::windows::DueTargets;
+use crate::metrics::Telemetry;
+use crate::monitor::store::{AccuracyStore, StoreError};
+
+/// The result of a full run against the store.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvaluationRun {
+    #[serde(flatten)]
+    pub evaluation: Evaluation,
+    pub report: String,
+}
+
+/// [`run_evaluation_with`] with the default [`Recalibration`].
+pub async fn run_evaluation(
+    store: &AccuracyStore,
+    telemetry: &Telemetry,
+    now: DateTime<Utc>,
+    window: EvaluationWindow,
+) -> Result<EvaluationRun, StoreError> {
+    run_evaluation_with(store, telemetry, now, window, &Recalibration::default()).await
+}
+
+/// Reads the actuals that arrived since the last run and the forecasts they can complete, scores
+/// the pairs, marks them settled, records the accuracy metrics, recalibrates the intervals,
+/// writes the report and moves the watermark (see the module doc).
+pub async fn run_evaluation_with(
+    store: &AccuracyStore,
+    telemetry: &Telemetry,
+    now: DateTime<Utc>,
+    window: EvaluationWindow,
+    recalibration: &Recalibration,
+) -> Result<EvaluationRun, StoreError> {
+    let state = store.evaluation_state().await?;
+    let mut arrivals = read_arrivals(store, &state, now, window.settle).await?;
+    let due = DueTargets::after(
+        &state.actuals_seen_until,
+        &arrivals.actuals.items,
+        window.grace,
+    );
+    let hours = due.origin_hours(&arrivals.actuals.items, window.span);
+    let mut origins = read_origin_hours(store, &hours).await?;
+
+    let (mut evaluation, newly_settled) = evaluate(&Increment {
+        forecasts: &origins.forecasts.items,
+        new_actuals: &arrivals.actuals.items,
+        settled: &origins.settled.items,
+        due_until: &due.due_until,
+    });
+    add_what_was_read(&mut evaluation, &mut arrivals, &mut origins);
+
+    // Before anything else is written: a rerun then finds these pairs settled.
+    store.append_settled(&newly_settled, now).await?;
+    evaluation.record(telemetry);
+    evaluation.recalibrated =
+        recalibrate_best_effort(store, &evaluation.scored_errors, recalibration, now).await;
+
+    let report = write_report(store, &evaluation, &origins.forecasts.items, now).await?;
+    publish_latest_scores(store, &evaluation, now).await?;
+    advance_watermark(store, &arrivals, due.seen_until).await?;
+    log_summary(&evaluation, &report);
+    Ok(EvaluationRun { evaluation, report })
+}
+
+/// What [`evaluate`] cannot know: the arrival window, the objects read, and the unreadable lines
+/// met (in actuals, then forecasts, then settled marks), which the reads give up.
+fn add_what_was_read(
+    evaluation: &mut Evaluation,
+    arrivals: &mut Arrivals,
+    origins: &mut OriginReads,
+) {
+    evaluation.actuals_after = arrivals.after;
+    evaluation.actuals_until = arrivals.until;
+    evaluation.objects_read =
+        arrivals.keys.len() + origins.forecast_keys.len() + origins.settled_keys.len();
+    let quarantined = std::mem::take(&mut arrivals.actuals.quarantined)
+        .into_iter()
+        .chain(std::mem::take(&mut origins.forecasts.quarantined))
+        .chain(std::mem::take(&mut origins.settled.quarantined))
+        .collect();
+    evaluation.set_quarantined(quarantined);
+}

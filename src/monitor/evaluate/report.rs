@@ -1,0 +1,129 @@
+//! What a run publishes: the accuracy and coverage metrics, the report folder (the evaluation as
+//! JSON, and its chart), each scored version's latest score, and one log line.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use super::scoring::Evaluation;
+use crate::metrics::{Metric, Telemetry};
+use crate::monitor::accuracy::{horizon_buckets, Scores};
+use crate::monitor::store::{AccuracyStore, ForecastRecord, Quarantined, StoreError, VersionScore};
+
+/// Quarantined lines listed in a report by key and line; all of them are counted.
+pub const MAX_QUARANTINED_LISTED: usize = 100;
+
+impl Evaluation {
+    /// Records the accuracy set (overall and per horizon bucket) for every scored version, and
+    /// the coverage and width of the intervals served with the scored forecasts.
+    pub fn record(&self, telemetry: &Telemetry) {
+        for (version, scores) in &self.intervals {
+            for s in scores {
+                let at = (s.model.as_str(), version.as_str());
+                let bucket = s.horizon_bucket.as_deref();
+                telemetry.record_for_level(
+                    Metric::IntervalCoverage,
+                    s.coverage,
+                    at,
+                    bucket,
+                    s.level,
+                );
+                telemetry.record_for_level(Metric::IntervalWidth, s.width, at, bucket, s.level);
+            }
+        }
+        for (version, scores) in &self.by_version {
+            let emit = |s: &Scores, bucket: Option<&str>| {
+                for (metric, value) in [
+                    (Metric::Mae, s.mae),
+                    (Metric::Rmse, s.rmse),
+                    (Metric::Wape, s.wape),
+                    (Metric::Bias, s.bias),
+                    (Metric::Mase, s.mase),
+                ] {
+                    telemetry.record_for(metric, value, &scores.model, version, bucket);
+                }
+            };
+            emit(&scores.overall, None);
+            telemetry.record_for(
+                Metric::ScoredPairs,
+                scores.overall.count as f64,
+                &scores.model,
+                version,
+                None,
+            );
+            for (bucket, s) in &scores.horizon_buckets {
+                emit(s, Some(bucket));
+            }
+        }
+    }
+
+    /// Counts every quarantined line, and lists the first [`MAX_QUARANTINED_LISTED`].
+    pub(super) fn set_quarantined(&mut self, quarantined: Vec<Quarantined>) {
+        self.quarantined_lines = quarantined.len();
+        self.quarantined = quarantined
+            .into_iter()
+            .take(MAX_QUARANTINED_LISTED)
+            .collect();
+    }
+}
+
+/// Writes the report folder: the evaluation, with the horizon buckets of the first forecast
+/// read, and its chart. Returns the folder's URI.
+pub(super) async fn write_report(
+    store: &AccuracyStore,
+    evaluation: &Evaluation,
+    forecasts: &[ForecastRecord],
+    now: DateTime<Utc>,
+) -> Result<String, StoreError> {
+    let horizon = forecasts.first().map(|f| f.values.len()).unwrap_or(0);
+    let buckets: Vec<String> = horizon_buckets(horizon).into_iter().map(|b| b.2).collect();
+    let report_json = serde_json::to_vec_pretty(&serde_json::json!({
+        "generated_at": now,
+        "store": store.uri(),
+        "evaluation": evaluation,
+        "horizon_buckets": buckets,
+    }))
+    .expect("serialises");
+    store
+        .write_report(&report_json, evaluation.chart_svg().as_bytes(), now)
+        .await
+}
+
+/// Replaces the latest score of each version this run scored: a rollback acts only on the live
+/// version's own latest score.
+pub(super) async fn publish_latest_scores(
+    store: &AccuracyStore,
+    evaluation: &Evaluation,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let latest: BTreeMap<String, VersionScore> = evaluation
+        .by_version
+        .iter()
+        .map(|(version, scores)| {
+            (
+                version.clone(),
+                VersionScore {
+                    wape: scores.overall.wape,
+                    pairs: scores.overall.count,
+                    evaluated_at: now,
+                },
+            )
+        })
+        .collect();
+    store.update_latest_scores(latest).await
+}
+
+/// The run's log line: what it read and scored, and where the report is.
+pub(super) fn log_summary(evaluation: &Evaluation, report: &str) {
+    tracing::info!(
+        actuals = evaluation.actuals_read,
+        objects_read = evaluation.objects_read,
+        forecasts = evaluation.forecasts_scored,
+        pairs = evaluation.pairs,
+        missing_actuals = evaluation.missing_actuals,
+        conflicting_actuals = evaluation.conflicting_actuals,
+        quarantined_lines = evaluation.quarantined_lines,
+        report = %report,
+        "evaluation written"
+    );
+}

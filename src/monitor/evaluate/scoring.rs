@@ -1,0 +1,568 @@
+//! Pairing and scoring: each new actual meets the forecasts of its (series, target time), the
+//! pairs are scored per model version and horizon bucket, the intervals served with them are
+//! scored for coverage, and every pair dealt with is settled. Pure: no I/O.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::chart::ChartSeries;
+use crate::monitor::accuracy::{bucket_of, Accumulator, Scores};
+use crate::monitor::calibration::ScoredError;
+use crate::monitor::observations::Observation;
+use crate::monitor::store::{ForecastRecord, Quarantined, SettledPair};
+
+/// What one evaluation found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    /// Actual objects written in `(actuals_after, actuals_until]` were read as new.
+    pub actuals_after: Option<DateTime<Utc>>,
+    pub actuals_until: DateTime<Utc>,
+    /// New actual values read.
+    pub actuals_read: usize,
+    /// Objects read: new actuals, forecasts and settled marks. Bounded by what arrived and the
+    /// forecast span, not by the history.
+    pub objects_read: usize,
+    /// Forecasts with at least one pair scored in this run.
+    pub forecasts_scored: usize,
+    /// Forecasts read whose targets are not all settled yet (left for a later run).
+    pub forecasts_pending: usize,
+    pub pairs: usize,
+    /// Due targets without an actual.
+    pub missing_actuals: usize,
+    /// Actuals for a (series, timestamp) that already had one (the first one wins: a later
+    /// upload cannot rewrite a value that forecasts were already scored against).
+    pub duplicate_actuals: usize,
+    /// Those duplicates whose value differs from the first one's.
+    pub conflicting_actuals: usize,
+    /// Actuals that came after their targets were already counted missing.
+    pub late_actuals: usize,
+    /// Unreadable lines skipped in the store (see `quarantined`).
+    pub quarantined_lines: usize,
+    /// The first of them, with their object key and line number.
+    pub quarantined: Vec<Quarantined>,
+    /// Scores per model version, overall and per horizon bucket.
+    pub by_version: BTreeMap<String, VersionScores>,
+    #[serde(skip)]
+    pub chart_series: Option<ChartSeries>,
+    /// Every scored pair's absolute error, for the online calibration of intervals.
+    #[serde(skip)]
+    pub scored_errors: Vec<ScoredError>,
+    /// Versions whose intervals the online calibration now serves (see
+    /// [`Recalibration`](super::Recalibration)).
+    pub recalibrated: Vec<String>,
+    /// Coverage of the intervals served with the scored forecasts, per model version.
+    pub intervals: BTreeMap<String, Vec<IntervalScores>>,
+}
+
+/// How the intervals of one level did on the pairs a run scored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IntervalScores {
+    pub model: String,
+    pub level: f64,
+    /// `None`: all horizon steps.
+    pub horizon_bucket: Option<String>,
+    /// Share of actuals inside.
+    pub coverage: f64,
+    /// Mean upper - lower.
+    pub width: f64,
+    pub pairs: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionScores {
+    pub model: String,
+    pub overall: Scores,
+    pub horizon_buckets: BTreeMap<String, Scores>,
+}
+
+/// What one run works on.
+pub struct Increment<'a> {
+    /// The forecasts whose targets the new actuals may complete (any order, duplicates allowed:
+    /// a retried write logs the same forecast twice).
+    pub forecasts: &'a [ForecastRecord],
+    /// Actuals that arrived since the last run, in arrival order.
+    pub new_actuals: &'a [Observation],
+    /// Pairs earlier runs settled.
+    pub settled: &'a [SettledPair],
+    /// Per series, the latest target time that is due: a due target without an actual is
+    /// missing.
+    pub due_until: &'a HashMap<String, DateTime<Utc>>,
+}
+
+/// What a run scored, and the pairs it settled with their forecasts' origins. Pure: no I/O.
+pub fn evaluate(increment: &Increment) -> (Evaluation, Vec<(DateTime<Utc>, SettledPair)>) {
+    let mut counts = Counts::default();
+    let actuals = KnownActuals::gather(increment.settled, increment.new_actuals, &mut counts);
+    let mut scoring = Scoring::default();
+    for (id, record) in each_forecast_once(increment.forecasts) {
+        let due_until = increment.due_until.get(record.series_id.as_str()).copied();
+        scoring.settle_forecast(&id, record, &actuals, due_until, &mut counts);
+    }
+    scoring.into_evaluation(counts, increment.new_actuals)
+}
+
+/// What a run counts, as [`Evaluation`] reports it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    forecasts_scored: usize,
+    forecasts_pending: usize,
+    pairs: usize,
+    missing_actuals: usize,
+    duplicate_actuals: usize,
+    conflicting_actuals: usize,
+    late_actuals: usize,
+}
+
+/// The actuals a run knows, keyed by (series, time) unless said otherwise. The first value ever
+/// seen for (series, time) wins: a settled earlier one, then the first new one.
+struct KnownActuals<'a> {
+    /// The values earlier runs scored against.
+    settled_values: HashMap<(&'a str, DateTime<Utc>), f64>,
+    /// The pairs earlier runs settled, by (forecast id, target time).
+    settled_pairs: HashSet<(&'a str, DateTime<Utc>)>,
+    /// The targets earlier runs counted missing.
+    counted_missing: HashSet<(&'a str, DateTime<Utc>)>,
+    /// The first new value of each (series, time) without a settled one.
+    new_values: HashMap<(&'a str, DateTime<Utc>), f64>,
+}
+
+impl<'a> KnownActuals<'a> {
+    /// What earlier runs settled, and the new actuals; counts the duplicates, conflicts and late
+    /// arrivals among the new ones.
+    fn gather(
+        settled: &'a [SettledPair],
+        new_actuals: &'a [Observation],
+        counts: &mut Counts,
+    ) -> Self {
+        let mut known = KnownActuals::settled_by_earlier_runs(settled);
+        for o in new_actuals {
+            known.add_new(o, counts);
+        }
+        known
+    }
+
+    fn settled_by_earlier_runs(settled: &'a [SettledPair]) -> Self {
+        let mut known = KnownActuals {
+            settled_values: HashMap::new(),
+            settled_pairs: HashSet::new(),
+            counted_missing: HashSet::new(),
+            new_values: HashMap::new(),
+        };
+        for pair in settled {
+            known
+                .settled_pairs
+                .insert((pair.forecast.as_str(), pair.timestamp));
+            match pair.value {
+                Some(value) => {
+                    known
+                        .settled_values
+                        .insert((pair.series_id.as_str(), pair.timestamp), value);
+                }
+                None => {
+                    known
+                        .counted_missing
+                        .insert((pair.series_id.as_str(), pair.timestamp));
+                }
+            }
+        }
+        known
+    }
+
+    fn add_new(&mut self, o: &'a Observation, counts: &mut Counts) {
+        let key = (o.series_id.as_str(), o.timestamp);
+        let earlier = self
+            .settled_values
+            .get(&key)
+            .or_else(|| self.new_values.get(&key));
+        match earlier {
+            Some(&first) => {
+                counts.duplicate_actuals += 1;
+                if first != o.value {
+                    counts.conflicting_actuals += 1;
+                }
+            }
+            None => {
+                if self.counted_missing.contains(&key) {
+                    counts.late_actuals += 1;
+                }
+                self.new_values.insert(key, o.value);
+            }
+        }
+    }
+
+    fn is_settled(&self, forecast: &str, at: DateTime<Utc>) -> bool {
+        self.settled_pairs.contains(&(forecast, at))
+    }
+
+    /// The value a target is scored against: a new one, or one seen before (the forecast was
+    /// logged after its first actual arrived, e.g. a replay that sent the actuals first).
+    fn value(&self, series: &str, at: DateTime<Utc>) -> Option<f64> {
+        self.new_values
+            .get(&(series, at))
+            .or_else(|| self.settled_values.get(&(series, at)))
+            .copied()
+    }
+}
+
+/// Each forecast once, with its id: a retried write logs the same forecast twice.
+fn each_forecast_once(
+    forecasts: &[ForecastRecord],
+) -> impl Iterator<Item = (String, &ForecastRecord)> {
+    let mut seen = HashSet::new();
+    forecasts.iter().filter_map(move |record| {
+        let id = record.id();
+        if seen.insert(id.clone()) {
+            Some((id, record))
+        } else {
+            None
+        }
+    })
+}
+
+/// (version, model, level as text, horizon bucket); the bucket "" is all steps.
+type CoverageKey = (String, String, String, String);
+
+/// Sums behind [`IntervalScores`].
+#[derive(Debug, Default, Clone, Copy)]
+struct CoverageSum {
+    inside: usize,
+    pairs: usize,
+    width: f64,
+}
+
+impl CoverageSum {
+    fn add(&mut self, lower: f64, upper: f64, actual: f64) {
+        self.inside += usize::from(lower <= actual && actual <= upper);
+        self.pairs += 1;
+        self.width += upper - lower;
+    }
+}
+
+/// Sums behind one version's [`VersionScores`].
+struct VersionSums {
+    model: String,
+    overall: Accumulator,
+    buckets: BTreeMap<String, Accumulator>,
+}
+
+/// What the forecasts dealt with so far add up to.
+#[derive(Default)]
+struct Scoring<'a> {
+    /// Per model version.
+    versions: BTreeMap<String, VersionSums>,
+    /// The level of each key and its sums.
+    coverage: BTreeMap<CoverageKey, (f64, CoverageSum)>,
+    scored_errors: Vec<ScoredError>,
+    /// With the origin of their forecast, which partitions the marks.
+    newly_settled: Vec<(DateTime<Utc>, SettledPair)>,
+    /// Per series, the forecasts with a pair scored: the chart draws one series.
+    scored_per_series: HashMap<&'a str, Vec<&'a ForecastRecord>>,
+}
+
+impl<'a> Scoring<'a> {
+    /// Deals with each pair of one forecast that no earlier run settled: one with an actual is
+    /// scored, a due one without is missing, and both are settled; the rest wait for a later run.
+    fn settle_forecast(
+        &mut self,
+        id: &str,
+        record: &'a ForecastRecord,
+        actuals: &KnownActuals<'_>,
+        due_until: Option<DateTime<Utc>>,
+        counts: &mut Counts,
+    ) {
+        let (mut matched, mut unsettled) = (false, false);
+        for (step, (timestamp, forecast)) in
+            record.timestamps.iter().zip(&record.values).enumerate()
+        {
+            if actuals.is_settled(id, *timestamp) {
+                continue;
+            }
+            let value = match actuals.value(&record.series_id, *timestamp) {
+                Some(actual) => {
+                    self.score_pair(record, step, *timestamp, *forecast, actual);
+                    counts.pairs += 1;
+                    matched = true;
+                    Some(actual)
+                }
+                None if due_until.is_some_and(|due| *timestamp <= due) => {
+                    counts.missing_actuals += 1;
+                    None
+                }
+                None => {
+                    unsettled = true;
+                    continue;
+                }
+            };
+            self.newly_settled.push((
+                record.origin,
+                SettledPair {
+                    forecast: id.to_owned(),
+                    series_id: record.series_id.clone(),
+                    timestamp: *timestamp,
+                    value,
+                },
+            ));
+        }
+        if matched {
+            counts.forecasts_scored += 1;
+            self.scored_per_series
+                .entry(record.series_id.as_str())
+                .or_default()
+                .push(record);
+        }
+        if unsettled {
+            counts.forecasts_pending += 1;
+        }
+    }
+
+    /// Adds one (forecast, actual) pair to its version's accuracy, to the errors the interval
+    /// calibration learns from, and to the coverage of the intervals served with it.
+    fn score_pair(
+        &mut self,
+        record: &ForecastRecord,
+        step: usize,
+        at: DateTime<Utc>,
+        forecast: f64,
+        actual: f64,
+    ) {
+        let sums = self
+            .versions
+            .entry(record.model_version.clone())
+            .or_insert_with(|| VersionSums {
+                model: record.model.clone(),
+                overall: Accumulator::default(),
+                buckets: BTreeMap::new(),
+            });
+        sums.overall.add(forecast, actual, record.last_value);
+        sums.buckets
+            .entry(bucket_of(step + 1, record.values.len()))
+            .or_default()
+            .add(forecast, actual, record.last_value);
+        self.scored_errors.push(ScoredError {
+            model_version: record.model_version.clone(),
+            step,
+            at,
+            error: (forecast - actual).abs(),
+        });
+        self.add_coverage(record, step, actual);
+    }
+
+    /// Whether each interval served with the forecast holds the actual at `step`, overall and
+    /// in the step's horizon bucket.
+    fn add_coverage(&mut self, record: &ForecastRecord, step: usize, actual: f64) {
+        let horizon = record.values.len();
+        for interval in &record.intervals {
+            let (Some(lower), Some(upper)) = (interval.lower.get(step), interval.upper.get(step))
+            else {
+                continue;
+            };
+            for bucket in [String::new(), bucket_of(step + 1, horizon)] {
+                let key = (
+                    record.model_version.clone(),
+                    record.model.clone(),
+                    interval.level.to_string(),
+                    bucket,
+                );
+                self.coverage
+                    .entry(key)
+                    .or_insert((interval.level, CoverageSum::default()))
+                    .1
+                    .add(*lower, *upper, actual);
+            }
+        }
+    }
+
+    fn into_evaluation(
+        self,
+        counts: Counts,
+        new_actuals: &[Observation],
+    ) -> (Evaluation, Vec<(DateTime<Utc>, SettledPair)>) {
+        let evaluation = Evaluation {
+            actuals_after: None,
+            actuals_until: DateTime::default(),
+            actuals_read: new_actuals.len(),
+            objects_read: 0,
+            forecasts_scored: counts.forecasts_scored,
+            forecasts_pending: counts.forecasts_pending,
+            pairs: counts.pairs,
+            missing_actuals: counts.missing_actuals,
+            duplicate_actuals: counts.duplicate_actuals,
+            conflicting_actuals: counts.conflicting_actuals,
+            late_actuals: counts.late_actuals,
+            quarantined_lines: 0,
+            quarantined: Vec::new(),
+            by_version: version_scores(self.versions),
+            chart_series: ChartSeries::busiest(&self.scored_per_series, new_actuals),
+            scored_errors: self.scored_errors,
+            recalibrated: Vec::new(),
+            intervals: interval_scores(self.coverage),
+        };
+        (evaluation, self.newly_settled)
+    }
+}
+
+/// The scores of each version with at least one pair scored.
+fn version_scores(versions: BTreeMap<String, VersionSums>) -> BTreeMap<String, VersionScores> {
+    versions
+        .into_iter()
+        .filter_map(|(version, sums)| {
+            Some((
+                version,
+                VersionScores {
+                    model: sums.model,
+                    overall: sums.overall.scores()?,
+                    horizon_buckets: sums
+                        .buckets
+                        .into_iter()
+                        .filter_map(|(b, acc)| Some((b, acc.scores()?)))
+                        .collect(),
+                },
+            ))
+        })
+        .collect()
+}
+
+fn interval_scores(
+    sums: BTreeMap<CoverageKey, (f64, CoverageSum)>,
+) -> BTreeMap<String, Vec<IntervalScores>> {
+    let mut by_version: BTreeMap<String, Vec<IntervalScores>> = BTreeMap::new();
+    for ((version, model, _, bucket), (level, sum)) in sums {
+        by_version.entry(version).or_default().push(IntervalScores {
+            model,
+            level,
+            horizon_bucket: (!bucket.is_empty()).then_some(bucket),
+            coverage: sum.inside as f64 / sum.pairs.max(1) as f64,
+            width: sum.width / sum.pairs.max(1) as f64,
+            pairs: sum.pairs,
+        });
+    }
+    by_version
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::monitor::evaluate::fixtures::{obs, record, run, t};
+
+    #[test]
+    fn the_first_actual_wins_and_a_conflicting_later_one_is_counted() {
+        // GIVEN a forecast of 11 for hour 1, whose actual arrives as 12, then again as 99
+        let forecasts = vec![record("a", 0, &[11.0], "1")];
+        let actuals = vec![obs("a", 1, 12.0), obs("a", 1, 99.0)];
+        let (e, _) = run(&forecasts, &actuals, &[], None);
+        // THEN it is scored against the first value, and the conflict is reported
+        assert!((e.by_version["1"].overall.mae - 1.0).abs() < 1e-12);
+        assert_eq!((e.duplicate_actuals, e.conflicting_actuals), (1, 1));
+    }
+
+    #[test]
+    fn forecasts_join_actuals_on_series_and_timestamp() {
+        // GIVEN a 2-step forecast 11, 12 from hour 0 and actuals 12, 12 (one duplicate, one unrelated)
+        let forecasts = vec![record("a", 0, &[11.0, 12.0], "1")];
+        let actuals = vec![
+            obs("a", 1, 12.0),
+            obs("a", 2, 12.0),
+            obs("a", 2, 12.0),
+            obs("b", 1, 99.0),
+        ];
+        // WHEN evaluated
+        let (e, settled) = run(&forecasts, &actuals, &[], None);
+        // THEN errors are -1 and 0: MAE 0.5, bias -0.5; naive (10) errs by 2 and 2: MASE 0.25
+        let s = &e.by_version["1"].overall;
+        assert_eq!((e.pairs, e.missing_actuals, e.duplicate_actuals), (2, 0, 1));
+        assert_eq!(
+            e.conflicting_actuals, 0,
+            "the duplicate repeats the same value"
+        );
+        assert!(
+            (s.mae - 0.5).abs() < 1e-12
+                && (s.bias + 0.5).abs() < 1e-12
+                && (s.mase - 0.25).abs() < 1e-12
+        );
+        assert_eq!(e.by_version["1"].horizon_buckets["1-2"].count, 2);
+        assert_eq!(settled.len(), 2, "both pairs are marked settled");
+    }
+
+    #[test]
+    fn a_pair_is_settled_once_whatever_arrives_again() {
+        // GIVEN a forecast scored in one run
+        let forecasts = vec![record("a", 0, &[11.0, 12.0], "1")];
+        let (_, settled) = run(&forecasts, &[obs("a", 1, 12.0)], &[], None);
+        // WHEN the same actual is replayed, and one with another value, in a later run
+        let replay = [obs("a", 1, 12.0), obs("a", 1, 50.0)];
+        let (e, more) = run(&forecasts, &replay, &settled, None);
+        // THEN nothing is scored twice; both are duplicates, one a conflict
+        assert_eq!((e.pairs, e.forecasts_scored), (0, 0));
+        assert_eq!((e.duplicate_actuals, e.conflicting_actuals), (2, 1));
+        assert!(more.is_empty());
+        // AND the second target still waits for its own actual
+        assert_eq!(e.forecasts_pending, 1);
+    }
+
+    #[test]
+    fn due_targets_without_an_actual_are_missing_once_and_a_late_one_is_counted() {
+        // GIVEN two 2-step forecasts, and actuals up to hour 6 except hours 1 and 2
+        let forecasts = vec![
+            record("a", 0, &[1.0, 2.0], "1"),
+            record("a", 5, &[1.0, 2.0], "1"),
+        ];
+        let actuals: Vec<Observation> = (3..=6).map(|h| obs("a", h, 1.0)).collect();
+        // WHEN evaluated with targets up to hour 5 due
+        let (e, settled) = run(&forecasts, &actuals, &[], Some(t(5)));
+        // THEN hours 1 and 2 are missing, hour 6 is scored, hour 7 waits
+        assert_eq!((e.missing_actuals, e.pairs, e.forecasts_pending), (2, 1, 1));
+        // AND a late actual for hour 1 neither scores nor counts missing again
+        let (e, _) = run(&forecasts, &[obs("a", 1, 1.0)], &settled, Some(t(5)));
+        assert_eq!((e.missing_actuals, e.pairs, e.late_actuals), (0, 0, 1));
+    }
+
+    #[test]
+    fn a_forecast_retried_into_the_log_twice_is_scored_once() {
+        let once = record("a", 0, &[11.0], "1");
+        let (e, settled) = run(&[once.clone(), once], &[obs("a", 1, 12.0)], &[], None);
+        assert_eq!((e.pairs, settled.len()), (1, 1));
+    }
+
+    #[test]
+    fn the_intervals_served_with_forecasts_are_scored_for_coverage_and_drawn_as_bands() {
+        // GIVEN a 2-step forecast 10, 10 served with an 80% interval of +-1
+        let mut forecast = record("a", 0, &[10.0, 10.0], "1");
+        forecast.intervals = vec![crate::forecast::Interval {
+            level: 0.8,
+            lower: vec![9.0, 9.0],
+            upper: vec![11.0, 11.0],
+        }];
+        // WHEN its actuals are 10.5 (inside) and 12 (outside)
+        let (e, _) = run(
+            &[forecast],
+            &[obs("a", 1, 10.5), obs("a", 2, 12.0)],
+            &[],
+            None,
+        );
+        // THEN half of them were covered, by intervals 2 wide, overall and per horizon bucket
+        let scores = &e.intervals["1"];
+        let overall = scores.iter().find(|s| s.horizon_bucket.is_none()).unwrap();
+        assert_eq!((overall.level, overall.pairs), (0.8, 2));
+        assert!((overall.coverage - 0.5).abs() < 1e-12 && (overall.width - 2.0).abs() < 1e-12);
+        assert!(scores
+            .iter()
+            .any(|s| s.horizon_bucket.as_deref() == Some("1-2")));
+        // AND the report's chart shades the band
+        let svg = e.chart_svg();
+        assert!(
+            svg.contains("<polygon") && svg.contains("80% intervals"),
+            "{svg}"
+        );
+        // AND a forecast served without intervals adds no coverage
+        let (plain, _) = run(
+            &[record("b", 0, &[1.0], "1")],
+            &[obs("b", 1, 1.0)],
+            &[],
+            None,
+        );
+        assert!(plain.intervals.is_empty());
+        assert!(!plain.chart_svg().contains("<polygon"));
+    }
+}
