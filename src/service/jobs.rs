@@ -34,7 +34,7 @@ pub enum JobError {
     Object {
         what: &'static str,
         uri: String,
-        cause: ObjectError,
+        cause: Box<ObjectError>,
     },
     /// A shard's status object is not what a shard writes.
     #[error("{uri} is not a shard status: {cause}")]
@@ -86,7 +86,7 @@ impl JobError {
         JobError::Object {
             what,
             uri: uri.to_string(),
-            cause,
+            cause: Box::new(cause),
         }
     }
 }
