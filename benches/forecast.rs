@@ -464,7 +464,9 @@ fn evaluation_table() {
     println!("Target (issue 15): the same increment costs at most 1.5x more after 3,000 logged forecasts than after 300, and stays flat over 1, 7 and 30 days.");
 }
 
-#[path = "../tests/common/history.rs"]
+// The benches use part of what the tests share.
+#[allow(dead_code)]
+#[path = "../tests/it/common/history.rs"]
 mod history;
 
 /// `InputDrift` on every hourly ETTh1 window of each split, and on the training windows shifted:
@@ -646,9 +648,13 @@ fn monitoring_bench(model: &Model, windows: &[Vec<f64>], _path_p50: Duration) ->
     }
 }
 
-#[path = "../tests/common/emulators.rs"]
+// The benches use part of what the tests share.
+#[allow(dead_code)]
+#[path = "../tests/it/common/emulators.rs"]
 mod emulators;
-#[path = "../tests/common/runtime_api.rs"]
+// The benches use part of what the tests share.
+#[allow(dead_code)]
+#[path = "../tests/it/common/runtime_api.rs"]
 mod runtime_api;
 
 fn repo_path(relative: &str) -> std::path::PathBuf {

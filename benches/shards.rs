@@ -12,7 +12,9 @@ use lstm_forecast::model::Model;
 use lstm_forecast::source::bundled_artifacts;
 use serde_json::json;
 
-#[path = "../tests/common/emulators.rs"]
+// The benches use part of what the tests share.
+#[allow(dead_code)]
+#[path = "../tests/it/common/emulators.rs"]
 mod emulators;
 #[path = "support/mod.rs"]
 mod support;

@@ -18,7 +18,7 @@
 # local profiling) go too: nothing reads them at run time, and they were ~280 MB of the ~630 MB.
 # BENCHMARKS.md "Image" has the sizes and the bytes a cold start touches.
 #
-# The Dockerfile's builder stage runs this same script, and tests/infra.rs runs the result
+# The Dockerfile's builder stage runs this same script, and tests/it/infra.rs runs the result
 # with an empty environment, so the image cannot silently depend on the build machine.
 set -euo pipefail
 OUT="${1:?usage: build-image-rootfs.sh OUT_DIR}"

@@ -356,22 +356,7 @@ fn parse_series(i: usize, item: &Value, shape: &RequestShape) -> Result<SeriesIn
         ));
     };
     reject_unknown_fields(fields, &["id", "values", "last_timestamp"], &at)?;
-    let id = match fields.get("id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(id)) if id.chars().count() <= MAX_ID_LEN => Some(id.clone()),
-        Some(Value::String(_)) => {
-            return Err(reject(
-                ErrorCode::InvalidRequest,
-                format!("{at}.id is longer than {MAX_ID_LEN} characters"),
-            ))
-        }
-        Some(other) => {
-            return Err(reject(
-                ErrorCode::InvalidRequest,
-                format!("{at}.id must be a string, got {}", kind_of(other)),
-            ))
-        }
-    };
+    let id = series_id(fields.get("id"), &at)?;
     let values = match fields.get("values") {
         None => {
             return Err(reject(
@@ -407,6 +392,42 @@ fn parse_series(i: usize, item: &Value, shape: &RequestShape) -> Result<SeriesIn
             ),
         ));
     }
+    let flat = flatten_rows(values, &at, shape)?;
+    let last_timestamp = last_timestamp(fields.get("last_timestamp"), &at, shape)?;
+    Ok(SeriesInput {
+        id,
+        values: flat,
+        last_timestamp,
+    })
+}
+
+/// A series' optional `id`, at most [`MAX_ID_LEN`] characters.
+fn series_id(id: Option<&Value>, at: &str) -> Result<Option<String>, RequestError> {
+    Ok(match id {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) if id.chars().count() <= MAX_ID_LEN => Some(id.clone()),
+        Some(Value::String(_)) => {
+            return Err(reject(
+                ErrorCode::InvalidRequest,
+                format!("{at}.id is longer than {MAX_ID_LEN} characters"),
+            ))
+        }
+        Some(other) => {
+            return Err(reject(
+                ErrorCode::InvalidRequest,
+                format!("{at}.id must be a string, got {}", kind_of(other)),
+            ))
+        }
+    })
+}
+
+/// A series' `values` as one flat row-major vector: numbers for a one-feature model, rows of one
+/// number per feature otherwise.
+fn flatten_rows(
+    values: &[Value],
+    at: &str,
+    shape: &RequestShape,
+) -> Result<Vec<f64>, RequestError> {
     let features = shape.features.len();
     let mut flat = Vec::with_capacity(shape.window * features);
     for (t, entry) in values.iter().enumerate() {
@@ -439,7 +460,16 @@ fn parse_series(i: usize, item: &Value, shape: &RequestShape) -> Result<SeriesIn
             flat.push(number(cell, &format!("{at}[{f}]"), &shape.features)?);
         }
     }
-    let last_timestamp = match fields.get("last_timestamp") {
+    Ok(flat)
+}
+
+/// A series' optional `last_timestamp`, which must leave room for the whole forecast after it.
+fn last_timestamp(
+    last_timestamp: Option<&Value>,
+    at: &str,
+    shape: &RequestShape,
+) -> Result<Option<DateTime<Utc>>, RequestError> {
+    Ok(match last_timestamp {
         None | Some(Value::Null) => None,
         Some(Value::String(text)) => {
             let last = parse_rfc3339(text).ok_or_else(|| {
@@ -465,11 +495,6 @@ fn parse_series(i: usize, item: &Value, shape: &RequestShape) -> Result<SeriesIn
                 ),
             ))
         }
-    };
-    Ok(SeriesInput {
-        id,
-        values: flat,
-        last_timestamp,
     })
 }
 

@@ -302,7 +302,9 @@ impl InferenceHandle {
                         threads.push(
                             std::thread::Builder::new()
                                 .name("inference-low-latency".into())
-                                .spawn(move || run_low_latency(low_latency, intra_op, model, busy, gate))
+                                .spawn(move || {
+                                    run_low_latency(low_latency, intra_op, model, busy, gate)
+                                })
                                 .expect("spawning the low-latency inference thread"),
                         );
                     }

@@ -59,7 +59,13 @@ pub fn validate_dir(exe: &Path, dir: &Path, timeout: Duration) -> ValidationRepo
         Err(detail) => return failed(checks, Some(model), "probe", detail),
     };
     checks.extend(probe.done);
-    if let Some(detail) = probe_failure(&probe.status, probe.running, &checks, timeout, &probe.stderr) {
+    if let Some(detail) = probe_failure(
+        &probe.status,
+        probe.running,
+        &checks,
+        timeout,
+        &probe.stderr,
+    ) {
         return failed(checks, Some(model), "probe", detail);
     }
     let valid = !checks.is_empty() && checks.iter().all(|c| c.ok);
@@ -356,11 +362,18 @@ fn batch_check(model: &Model, windows: &[Vec<f64>], singles: &[Vec<f64>], name: 
     let worst = out
         .iter()
         .zip(singles)
-        .flat_map(|(b, s)| b.iter().zip(s).map(|(b, s)| (b - s).abs() / (s.abs() + std)))
+        .flat_map(|(b, s)| {
+            b.iter()
+                .zip(s)
+                .map(|(b, s)| (b - s).abs() / (s.abs() + std))
+        })
         .fold(0.0, f64::max);
     let shaped = out.len() == batch && out.iter().all(|s| s.len() == metadata.output.horizon);
     let (ok, detail) = if !shaped {
-        (false, "forecast count or horizon does not match the batch".into())
+        (
+            false,
+            "forecast count or horizon does not match the batch".into(),
+        )
     } else if worst > BATCH_CONSISTENCY_TOLERANCE {
         (false, format!(
             "a series' forecast differs inside the batch from alone (relative difference {worst:.2e} > {BATCH_CONSISTENCY_TOLERANCE:.0e})"

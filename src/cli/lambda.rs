@@ -7,7 +7,7 @@ use lstm_forecast::lambda::{self, LambdaConfig};
 use lstm_forecast::metrics::SinkKind;
 use lstm_forecast::monitor::evaluate::Recalibration;
 use lstm_forecast::service::batch::BatchConfig;
-use lstm_forecast::service::build::ServiceConfig;
+use lstm_forecast::service::build::{ModelLocation, ServiceConfig};
 use lstm_forecast::service::jobs::EvaluationConfig;
 use lstm_forecast::service::rollback::RollbackPolicy;
 use lstm_forecast::source::ModelUri;
@@ -36,8 +36,10 @@ pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
         ..ServiceConfig::one_at_a_time(args.metrics.config(&[SinkKind::Emf], false))
     };
     let config = LambdaConfig {
-        model_uri: ModelUri::parse(&args.model.model)?,
-        model_cache_dir: args.model.model_cache_dir,
+        model: ModelLocation {
+            uri: ModelUri::parse(&args.model.model)?,
+            cache_dir: args.model.model_cache_dir,
+        },
         aws_endpoint_url: args.model.aws.aws_endpoint_url,
         threads: args.model.threads,
         service,

@@ -53,13 +53,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let background = start_background(
             &service,
             BackgroundConfig {
-                follower: follower_for(
-                    &uri,
-                    &clients,
-                    &args.model.model_cache_dir,
-                    &service,
-                    poll,
-                ),
+                follower: follower_for(&uri, &clients, &args.model.model_cache_dir, &service, poll),
                 poll_interval: (args.reload_interval_seconds > 0).then_some(poll),
                 flush_period: Duration::from_secs(args.metrics.metrics_flush_seconds.max(1)),
             },

@@ -17,7 +17,6 @@
 pub mod events;
 pub mod snapstart;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,20 +32,21 @@ use crate::aws::AwsClients;
 use crate::metrics::Metric;
 use crate::model::engine::{configure_libtorch, Workload};
 use crate::service::batch::{self, BatchConfig, ShardJob};
-use crate::service::build::{compose, fetch_and_load, ComposeError, LoadError, LoadReport, ServiceConfig};
+use crate::service::build::{
+    compose, fetch_and_load, ComposeError, LoadError, LoadReport, ModelLocation, ServiceConfig,
+};
 use crate::service::follow::{follower_for, AliasFollower};
 use crate::service::jobs::{self as service_jobs, EvaluationConfig};
 use crate::service::rollback::{self, AlarmChange, AlarmStates, CloudWatchAlarms, RollbackPolicy};
 use crate::service::Service;
-use crate::source::ModelUri;
 use events::{describe_unknown, shape_of, typed, InvocationError, ScheduledAction, Shape};
 
 /// Configuration, from the command line and environment (see `lstm-forecast lambda --help`).
 #[derive(Debug, Clone)]
 pub struct LambdaConfig {
-    pub model_uri: ModelUri,
-    /// Where versions downloaded from the registry are cached (`/tmp` is Lambda's only disk).
-    pub model_cache_dir: PathBuf,
+    /// The model, and where versions downloaded from the registry are cached (`/tmp` is
+    /// Lambda's only disk).
+    pub model: ModelLocation,
     /// An emulator's endpoint for every AWS client (`--aws-endpoint-url`); `None` in AWS, or to let
     /// the SDK read `AWS_ENDPOINT_URL` and the per-service `AWS_ENDPOINT_URL_S3`,
     /// `AWS_ENDPOINT_URL_CLOUDWATCH` (see [`crate::aws::sdk_config`]).
@@ -107,12 +107,12 @@ pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, LoadReport), InitE
     let snap_start = snapstart::is_snap_start();
     let clients = AwsClients::load(config.aws_endpoint_url.as_deref()).await;
     let (model, report) =
-        fetch_and_load(&config.model_uri, &config.model_cache_dir, &clients).await?;
+        fetch_and_load(&config.model.uri, &config.model.cache_dir, &clients).await?;
     if snap_start {
-        let bytes = directory_bytes(&config.model_cache_dir);
+        let bytes = directory_bytes(&config.model.cache_dir);
         if bytes > SNAPSTART_TMP_LIMIT_BYTES {
             return Err(InitError::SnapStartStorage {
-                dir: config.model_cache_dir.display().to_string(),
+                dir: config.model.cache_dir.display().to_string(),
                 mib: bytes >> 20,
             });
         }
@@ -129,9 +129,9 @@ pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, LoadReport), InitE
     );
     let service = compose(model, &config.service, &clients)?.service;
     let follower = follower_for(
-        &config.model_uri,
+        &config.model.uri,
         &clients,
-        &config.model_cache_dir,
+        &config.model.cache_dir,
         &service,
         config.alias_check_interval,
     );
@@ -329,7 +329,9 @@ impl LambdaApp {
             } => {
                 let s3 = self.clients.s3().current();
                 let io = (input.as_str(), output.as_str());
-                answer(batch::batch_forecast(service, &s3, batch, io, &intervals, request_id).await?)
+                answer(
+                    batch::batch_forecast(service, &s3, batch, io, &intervals, request_id).await?,
+                )
             }
             ScheduledAction::BatchForecastShard {
                 bucket,
@@ -356,9 +358,15 @@ impl LambdaApp {
         }
     }
 
-    async fn forecast_shards(&self, job: ShardJob, request_id: &str) -> Result<Value, InvocationError> {
+    async fn forecast_shards(
+        &self,
+        job: ShardJob,
+        request_id: &str,
+    ) -> Result<Value, InvocationError> {
         let s3 = self.clients.s3();
-        answer(batch::forecast_shards(&self.service, s3, &self.config.batch, job, request_id).await?)
+        answer(
+            batch::forecast_shards(&self.service, s3, &self.config.batch, job, request_id).await?,
+        )
     }
 
     async fn on_alarm(&self, alarm: CloudWatchAlarmData) -> Result<Value, InvocationError> {

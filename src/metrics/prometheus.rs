@@ -54,115 +54,101 @@ const LATENCY_BUCKETS: &[f64] = &[
     10.0,
 ];
 
+fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric")
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect("valid metric")
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
 impl ServerMetrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "lstm_forecast_request_duration_seconds",
-                "Whole-request latency by route.",
+        let latency = |name, help| histogram(name, help, LATENCY_BUCKETS.to_vec());
+        let metrics = ServerMetrics {
+            registry: Registry::new(),
+            request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "lstm_forecast_request_duration_seconds",
+                    "Whole-request latency by route.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["route"],
             )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["route"],
-        )
-        .expect("valid metric");
-        let inference_duration = Histogram::with_opts(
-            HistogramOpts::new(
+            .expect("valid metric"),
+            inference_duration: latency(
                 "lstm_forecast_inference_duration_seconds",
                 "Preprocessing, forward pass and restore, per request.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )
-        .expect("valid metric");
-        let queue_duration = Histogram::with_opts(
-            HistogramOpts::new(
+            ),
+            queue_duration: latency(
                 "lstm_forecast_queue_duration_seconds",
                 "Time a request waited for an engine thread.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )
-        .expect("valid metric");
-        let forecasts = IntCounter::new("lstm_forecast_forecasts_total", "Series forecast.")
-            .expect("valid metric");
-        let requests = IntCounterVec::new(
-            Opts::new(
+            ),
+            forecasts: counter("lstm_forecast_forecasts_total", "Series forecast."),
+            requests: counter_vec(
                 "lstm_forecast_requests_total",
                 "Answered requests by route and status.",
+                &["route", "status"],
             ),
-            &["route", "status"],
-        )
-        .expect("valid metric");
-        let errors = IntCounterVec::new(
-            Opts::new(
+            errors: counter_vec(
                 "lstm_forecast_errors_total",
                 "Failed requests by error code.",
+                &["kind"],
             ),
-            &["kind"],
-        )
-        .expect("valid metric");
-        let batch_windows = Histogram::with_opts(
-            HistogramOpts::new(
+            model_reloads: counter(
+                "lstm_forecast_model_reloads_total",
+                "Models hot-reloaded from the registry.",
+            ),
+            model_reload_failures: counter(
+                "lstm_forecast_model_reload_failures_total",
+                "Hot reloads that failed (the previous model kept serving).",
+            ),
+            batch_windows: histogram(
                 "lstm_forecast_batch_windows",
                 "Windows per forward pass (dynamic batching).",
-            )
-            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
-        )
-        .expect("valid metric");
-        let queue_depth = prometheus::IntGauge::new(
-            "lstm_forecast_queue_depth",
-            "Requests waiting for an engine thread.",
-        )
-        .expect("valid metric");
-        let model_reloads = IntCounter::new(
-            "lstm_forecast_model_reloads_total",
-            "Models hot-reloaded from the registry.",
-        )
-        .expect("valid metric");
-        let model_reload_failures = IntCounter::new(
-            "lstm_forecast_model_reload_failures_total",
-            "Hot reloads that failed (the previous model kept serving).",
-        )
-        .expect("valid metric");
-        let model_info = IntGaugeVec::new(
-            Opts::new(
-                "lstm_forecast_model_info",
-                "The model in service (value is always 1).",
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
             ),
-            &["name", "version"],
-        )
-        .expect("valid metric");
+            queue_depth: prometheus::IntGauge::new(
+                "lstm_forecast_queue_depth",
+                "Requests waiting for an engine thread.",
+            )
+            .expect("valid metric"),
+            model_info: IntGaugeVec::new(
+                Opts::new(
+                    "lstm_forecast_model_info",
+                    "The model in service (value is always 1).",
+                ),
+                &["name", "version"],
+            )
+            .expect("valid metric"),
+        };
+        metrics.register_all();
+        metrics
+    }
+
+    fn register_all(&self) {
         for collector in [
             Box::new(super::process::ProcessCollector::new())
                 as Box<dyn prometheus::core::Collector>,
-            Box::new(request_duration.clone()),
-            Box::new(inference_duration.clone()),
-            Box::new(queue_duration.clone()),
-            Box::new(forecasts.clone()),
-            Box::new(requests.clone()),
-            Box::new(errors.clone()),
-            Box::new(model_info.clone()),
-            Box::new(model_reloads.clone()),
-            Box::new(batch_windows.clone()),
-            Box::new(queue_depth.clone()),
-            Box::new(model_reload_failures.clone()),
+            Box::new(self.request_duration.clone()),
+            Box::new(self.inference_duration.clone()),
+            Box::new(self.queue_duration.clone()),
+            Box::new(self.forecasts.clone()),
+            Box::new(self.requests.clone()),
+            Box::new(self.errors.clone()),
+            Box::new(self.model_info.clone()),
+            Box::new(self.model_reloads.clone()),
+            Box::new(self.batch_windows.clone()),
+            Box::new(self.queue_depth.clone()),
+            Box::new(self.model_reload_failures.clone()),
         ] {
-            registry
+            self.registry
                 .register(collector)
                 .expect("metric names are unique");
-        }
-        ServerMetrics {
-            registry,
-            request_duration,
-            inference_duration,
-            queue_duration,
-            forecasts,
-            requests,
-            errors,
-            model_reloads,
-            model_reload_failures,
-            batch_windows,
-            queue_depth,
-            model_info,
         }
     }
 

@@ -6,7 +6,7 @@
 //! Each metric is one row of [`METRICS`]: its CloudWatch name and unit, how it aggregates, its
 //! Prometheus form (a family of its own, with histogram buckets, or a native one), whether it is
 //! also published per horizon bucket, and whether it stays in the process. The sinks and the
-//! infra contract test (`tests/infra.rs`) read the table, so adding a metric is its variant, its
+//! infra contract test (`tests/it/infra.rs`) read the table, so adding a metric is its variant, its
 //! row and the call that records it. (Only a metric that wants a typed field of `ServerMetrics`
 //! instead of a family of its own, [`Prometheus::Native`], is also wired in `prometheus.rs`.)
 //!

@@ -34,6 +34,13 @@ pub enum LoadError {
     Panicked { source_uri: String },
 }
 
+/// Where the model comes from, and where downloaded versions are cached.
+#[derive(Debug, Clone)]
+pub struct ModelLocation {
+    pub uri: ModelUri,
+    pub cache_dir: std::path::PathBuf,
+}
+
 /// Where start-up time went; logged as one structured line and published as metrics.
 #[derive(Debug, Clone)]
 pub struct LoadReport {

@@ -170,7 +170,10 @@ pub async fn on_alarm(
     if !policy.alarms.iter().any(|a| a == alarm) {
         return Ok(RollbackDecision::none(
             None,
-            format!("alarm {alarm} is not in ROLLBACK_ALARMS {:?}", policy.alarms),
+            format!(
+                "alarm {alarm} is not in ROLLBACK_ALARMS {:?}",
+                policy.alarms
+            ),
         ));
     }
     let Some(follower) = follower else {
@@ -266,11 +269,7 @@ async fn refusal(
             "a rollback acts on the live version's own scores: set FORECAST_LOG_URI=s3://BUCKET/PREFIX (where evaluate writes them)".into(),
         ));
     };
-    let scores = log
-        .store()
-        .latest_scores()
-        .await
-        .map_err(JobError::Store)?;
+    let scores = log.store().latest_scores().await.map_err(JobError::Store)?;
     Ok(match scores.get(live) {
         None => Some(format!(
             "the live version {live} has no scored forecasts yet: the alarm reflects other versions"

@@ -27,9 +27,10 @@
 //! - `increment`: reading the new actuals and the forecasts they concern; the watermark.
 //! - `recalibration`: the scored errors feed the online calibration of intervals.
 //! - `report`: the metrics, the report folder and the latest scores.
-//! - `chart`: the report's SVG chart.
+//! - `charted`: which series the chart draws; `chart`: the report's SVG chart.
 
 mod chart;
+mod charted;
 #[cfg(test)]
 mod fixtures;
 mod increment;
@@ -38,7 +39,7 @@ mod report;
 mod scoring;
 mod windows;
 
-pub use self::chart::{Band, ChartSeries};
+pub use self::charted::{Band, ChartSeries};
 pub use self::recalibration::Recalibration;
 pub use self::report::MAX_QUARANTINED_LISTED;
 pub use self::scoring::{evaluate, Evaluation, Increment, IntervalScores, VersionScores};

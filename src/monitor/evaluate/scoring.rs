@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::chart::ChartSeries;
+use super::charted::ChartSeries;
 use crate::monitor::accuracy::{bucket_of, Accumulator, Scores};
 use crate::monitor::calibration::ScoredError;
 use crate::monitor::observations::Observation;

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
+use super::config::{BatchConfig, Side};
 use super::shards::{file_name, ShardError, ShardStatus, STATUS_FOLDER};
-use super::{BatchConfig, Side};
 use crate::aws::Shared;
 use crate::metrics::Metric;
 use crate::objects::{Precondition, S3Objects};

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{BatchConfig, Side};
+use super::config::{BatchConfig, Side};
 use crate::input::{parse_input, InputFormat};
 use crate::metrics::Metric;
 use crate::objects::{Precondition, S3Objects};
@@ -61,7 +61,7 @@ pub async fn batch_forecast(
             .await
             .map_err(|e| JobError::ForecastFailed(e.to_string()))?;
         model_version.clone_from(&response.model.version);
-        super::forecast_lines(&response, &mut lines);
+        super::stream::forecast_lines(&response, &mut lines);
     }
     S3Objects::new(s3.clone(), out_bucket)
         .put(&out_key, lines, "application/x-ndjson", Precondition::None)

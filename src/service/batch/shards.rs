@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::{BatchConfig, BatchError, Side, StreamOptions, StreamSummary};
+use super::config::{BatchConfig, Side};
+use super::stream::{forecast_stream, BatchError, StreamOptions, StreamSummary};
 use crate::metrics::Metric;
 use crate::objects::{ObjectError, ObjectErrorKind, Precondition, S3Objects};
 use crate::service::jobs::JobError;
@@ -232,7 +233,8 @@ impl ShardRun<'_> {
             }
         };
         // A refused key never gets a status: it names no shard of this run.
-        let refused = matches!(&status, ShardStatus::Failed { error, .. } if error.kind == "Forbidden");
+        let refused =
+            matches!(&status, ShardStatus::Failed { error, .. } if error.kind == "Forbidden");
         if !refused {
             let body = serde_json::to_vec(&status).expect("a status serialises");
             if let Err(e) = self
@@ -256,12 +258,11 @@ impl ShardRun<'_> {
         let started = Instant::now();
         let input = format!("s3://{}/{key}", self.inputs.bucket());
         let output = format!("s3://{}/{output_key}", self.outputs.bucket());
-        let format =
-            crate::input::StreamFormat::from_name(key).ok_or_else(|| ShardFailure {
-                kind: "InvalidInput",
-                message: format!("{input}: a shard must be named *.csv, *.jsonl or *.ndjson"),
-                transient: false,
-            })?;
+        let format = crate::input::StreamFormat::from_name(key).ok_or_else(|| ShardFailure {
+            kind: "InvalidInput",
+            message: format!("{input}: a shard must be named *.csv, *.jsonl or *.ndjson"),
+            transient: false,
+        })?;
         let reader = self
             .inputs
             .open(key)
@@ -283,7 +284,7 @@ impl ShardRun<'_> {
             }
             (upload, Ok(()))
         });
-        let streamed = super::forecast_stream(
+        let streamed = forecast_stream(
             self.service,
             reader,
             format,

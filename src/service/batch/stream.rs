@@ -11,9 +11,9 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::service::{Service, ServiceError};
 use crate::forecast::{ForecastResponse, RequestError};
 use crate::input::{SeriesStream, StreamFormat};
+use crate::service::{Service, ServiceError};
 
 /// S3's smallest part (every part but the last must reach it).
 pub const MIN_PART_BYTES: usize = 5 * 1024 * 1024;

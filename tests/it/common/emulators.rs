@@ -8,7 +8,6 @@
 //! [`Ministack`]). A process under test that needs both gets S3 on moto through `AWS_ENDPOINT_URL`
 //! and CloudWatch on ministack through `AWS_ENDPOINT_URL_CLOUDWATCH`, which the SDK prefers
 //! ([`Ministack::env_for_cloudwatch`]).
-#![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -446,6 +445,8 @@ impl Function {
         self.log.lock().unwrap().clone()
     }
 
+    /// For the shard bench's peak-RSS readings (benches/shards.rs); no test reads it.
+    #[allow(dead_code)]
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -1,5 +1,4 @@
 //! Shared test helpers: a real server on 127.0.0.1:0 with the real bundled model.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 
@@ -29,6 +28,30 @@ pub fn python_json(args: &[&str]) -> serde_json::Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// The JSON body of an API Gateway proxy response.
+pub fn proxy_body(response: &serde_json::Value) -> serde_json::Value {
+    serde_json::from_str(
+        response["body"]
+            .as_str()
+            .expect("a proxy response has a body"),
+    )
+    .unwrap()
+}
+
+/// Runs every future as its own task, at once, and collects their outputs in order.
+pub async fn spawn_all<F, T>(futures: impl Iterator<Item = F>) -> Vec<T>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
 }
 
 pub fn bundled_artifacts() -> ModelArtifacts {

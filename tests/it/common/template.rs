@@ -1,6 +1,5 @@
 //! The CloudWatch alarms of infra/template.yaml, read by tests/infra/cfn.py (the parser the infra
 //! tests use) and created in an emulator's CloudWatch with the properties CloudFormation would pass.
-#![allow(dead_code)]
 
 use aws_sdk_cloudwatch::types::{
     ComparisonOperator, Dimension, Metric, MetricDataQuery, MetricStat, StandardUnit, Statistic,

@@ -1,7 +1,7 @@
 //! Drift that means drift: `InputDrift` is quiet on the model's own training data and loud on the
 //! same data shifted, at the drift alarm's default threshold, through the real service.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -20,7 +20,7 @@
 //! Python): the code under test never calls them, and aws-sdk-sns and aws-sdk-sqs as
 //! dev-dependencies would add two SDK crates to every test build.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Prediction intervals: the calibration in model.json, asked for by level over HTTP, Lambda, the
 //! CLI and batch shards; bad levels refused with the field named.
 
-mod common;
+use crate::common;
 
 use common::emulators::{event, Function, LambdaEmulator, Moto};
 use common::serve::ServeProcess;

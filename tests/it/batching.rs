@@ -1,6 +1,6 @@
 //! Dynamic batching, overload protection and a model swap under load, on the real server.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,7 +69,7 @@ async fn concurrent_requests_share_forward_passes_on(engine_threads: usize) {
             common::f64s(&answer["forecasts"][0]["values"])
         }
     });
-    let batched: Vec<Vec<f64>> = futures_join_all(requests).await;
+    let batched: Vec<Vec<f64>> = common::spawn_all(requests).await;
     // THEN they shared forward passes ...
     let metrics = common::get_text(&client, &format!("{base}/metrics")).await;
     let passes = metric(&metrics, "lstm_forecast_batch_windows_count");
@@ -89,20 +89,6 @@ async fn concurrent_requests_share_forward_passes_on(engine_threads: usize) {
             );
         }
     }
-}
-
-async fn futures_join_all<
-    F: std::future::Future<Output = T> + Send + 'static,
-    T: Send + 'static,
->(
-    futures: impl Iterator<Item = F>,
-) -> Vec<T> {
-    let handles: Vec<_> = futures.map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await.unwrap());
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -128,7 +114,7 @@ async fn a_bad_request_batched_with_good_ones_fails_alone() {
             }
         })
         .collect();
-    let statuses = futures_join_all(bodies.into_iter().map(|body| {
+    let statuses = common::spawn_all(bodies.into_iter().map(|body| {
         let client = client.clone();
         let url = format!("{base}/v1/forecast");
         async move {
@@ -152,7 +138,7 @@ async fn beyond_the_queue_bound_requests_get_429_with_retry_after_and_nothing_el
     let (base, _state) = server(Batching::DISABLED, 1).await;
     let client = reqwest::Client::new();
     let big = forecast_body(&(0..256).map(|i| window(i as f64)).collect::<Vec<_>>());
-    let responses = futures_join_all((0..12).map(|_| {
+    let responses = common::spawn_all((0..12).map(|_| {
         let client = client.clone();
         let url = format!("{base}/v1/forecast");
         let body = big.clone();
@@ -237,7 +223,7 @@ async fn swapping_the_model_under_load_fails_no_request_and_mixes_no_versions() 
     // WHEN 8 clients keep forecasting until the swaps are over
     let client = reqwest::Client::new();
     let expected = Arc::new(expected);
-    let results = futures_join_all((0..8).map(|c| {
+    let results = common::spawn_all((0..8).map(|c| {
         let (client, done, expected, fixed) =
             (client.clone(), done.clone(), expected.clone(), fixed.clone());
         let url = format!("{base}/v1/forecast");
@@ -299,7 +285,7 @@ async fn a_request_too_big_to_join_a_batch_is_answered_even_when_no_other_reques
         forecast_body(&(0..60).map(|i| window(i as f64)).collect::<Vec<_>>()),
         forecast_body(&(0..10).map(|i| window(i as f64)).collect::<Vec<_>>()),
     ];
-    let answered = futures_join_all(bodies.into_iter().map(|body| {
+    let answered = common::spawn_all(bodies.into_iter().map(|body| {
         let client = client.clone();
         let url = format!("{base}/v1/forecast");
         async move {

@@ -1,6 +1,6 @@
 //! Loading refuses every broken model with an error that names the problem, and never panics.
 
-mod common;
+use crate::common;
 
 use common::bundled_artifacts;
 use lstm_forecast::model::contract::sha256_hex;

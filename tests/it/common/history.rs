@@ -1,6 +1,5 @@
 //! A forecast log with a history, written by the store's own code: for the tests and the
 //! benchmark that check an evaluation's cost follows what arrived, not what came before.
-#![allow(dead_code)]
 
 use chrono::{DateTime, Duration, Utc};
 use futures_util::{StreamExt, TryStreamExt};

@@ -2,7 +2,7 @@
 //! from S3 (moto) at cold start, and the alarms it checks before a rollback in CloudWatch
 //! (ministack). Events are the committed fixtures in tests/fixtures/events/.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -43,15 +43,6 @@ async fn read_alias(s3: &aws_sdk_s3::Client) -> Value {
     serde_json::from_slice(&object.body.collect().await.unwrap().into_bytes()).unwrap()
 }
 
-fn http_body(response: &Value) -> Value {
-    serde_json::from_str(
-        response["body"]
-            .as_str()
-            .expect("a proxy response has a body"),
-    )
-    .unwrap()
-}
-
 #[tokio::test]
 async fn cold_start_from_s3_then_api_gateway_rest_and_http_events_are_answered_by_the_router() {
     // GIVEN the bundled model published to the S3 registry and made live
@@ -72,7 +63,7 @@ async fn cold_start_from_s3_then_api_gateway_rest_and_http_events_are_answered_b
     let (status, response) = emulator.invoke(&event("apigw-v1-forecast.json")).await;
     assert_eq!(status, 200, "{response}\n{}", function.log());
     assert_eq!(response["statusCode"], 200, "{response}");
-    let body = http_body(&response);
+    let body = common::proxy_body(&response);
     assert_eq!(body["forecasts"][0]["values"].as_array().unwrap().len(), 24);
     assert_eq!(
         body["forecasts"][0]["timestamps"][0],
@@ -84,7 +75,7 @@ async fn cold_start_from_s3_then_api_gateway_rest_and_http_events_are_answered_b
     let (_, response) = emulator.invoke(&event("apigw-v2-forecast.json")).await;
     assert_eq!(response["statusCode"], 200, "{response}");
     assert_eq!(
-        http_body(&response)["forecasts"][0]["values"],
+        common::proxy_body(&response)["forecasts"][0]["values"],
         body["forecasts"][0]["values"]
     );
 
@@ -92,11 +83,14 @@ async fn cold_start_from_s3_then_api_gateway_rest_and_http_events_are_answered_b
     let (status, response) = emulator.invoke(&event("apigw-v2-bad-request.json")).await;
     assert_eq!(status, 200);
     assert_eq!(response["statusCode"], 400, "{response}");
-    assert_eq!(http_body(&response)["error"]["code"], "wrong_window_length");
+    assert_eq!(
+        common::proxy_body(&response)["error"]["code"],
+        "wrong_window_length"
+    );
 
     // AND metadata and health routes work through API Gateway too
     let (_, response) = emulator.invoke(&event("apigw-v1-model.json")).await;
-    assert_eq!(http_body(&response)["input"]["window"], 168);
+    assert_eq!(common::proxy_body(&response)["input"]["window"], 168);
     let (_, response) = emulator.invoke(&event("apigw-v2-healthz.json")).await;
     assert_eq!(response["statusCode"], 200);
 
@@ -402,7 +396,7 @@ async fn score_the_serving_version_badly(
     let (_, response) = emulator.invoke(&forecast_event).await;
     common::emulators::deliver_forecast_log(function, logged_before, 1, s3, BUCKET, "monitoring")
         .await;
-    let forecast = http_body(&response);
+    let forecast = common::proxy_body(&response);
     let version = forecast["model"]["version"].as_str().unwrap().to_string();
     let mut observe = forecast_event.clone();
     observe["rawPath"] = "/v1/observations".into();
@@ -472,7 +466,7 @@ async fn an_accuracy_alarm_rolls_the_alias_back_once_and_the_function_serves_the
     assert_eq!(response["serving"], "1.0.0");
     assert_eq!(read_alias(&s3).await["version"], "1.0.0");
     let (_, forecast) = emulator.invoke(&event("apigw-v2-forecast.json")).await;
-    assert_eq!(http_body(&forecast)["model"]["version"], "1.0.0");
+    assert_eq!(common::proxy_body(&forecast)["model"]["version"], "1.0.0");
     assert!(
         function
             .log_once_it_holds("ModelRollbacks")
@@ -799,7 +793,7 @@ async fn the_accuracy_loop_runs_through_lambda_forecast_observe_then_evaluate() 
     // log line: the invocation itself writes nothing to S3 ...
     let forecast_event = event("apigw-v2-forecast.json");
     let (_, response) = emulator.invoke(&forecast_event).await;
-    let forecast = http_body(&response);
+    let forecast = common::proxy_body(&response);
     let written = s3
         .list_objects_v2()
         .bucket(BUCKET)

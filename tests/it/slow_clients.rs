@@ -2,7 +2,7 @@
 //! loses its connection, one that stalls its body gets a 408, and requests beyond the in-flight
 //! limit get a 503 at once, while health checks still pass. Every answer is in the error format.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

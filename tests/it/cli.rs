@@ -1,6 +1,6 @@
 //! The `lstm-forecast` binary, run as a user would.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,6 +1,6 @@
 //! The S3 model registry (publish, list, promote, rollback) and hot reload, against moto.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The HTTP API, served for real on 127.0.0.1:0 with the bundled TorchScript model.
 
-mod common;
+use crate::common;
 
 use common::{forecast_body, window, TestServer};
 use serde_json::{json, Value};

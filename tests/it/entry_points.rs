@@ -4,7 +4,7 @@
 //! The series are the model's own training windows, so their drift scores are known to be real
 //! numbers, and each entry point must report the same score for each window.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use lstm_forecast::infer::InferenceHandle;
 use lstm_forecast::lambda::{LambdaApp, LambdaConfig};
 use lstm_forecast::metrics::{Metric, ServerMetrics, Telemetry};
 use lstm_forecast::service::batch::BatchConfig;
-use lstm_forecast::service::build::{MetricsConfig, ServiceConfig};
+use lstm_forecast::service::build::{MetricsConfig, ModelLocation, ServiceConfig};
 use lstm_forecast::service::jobs::EvaluationConfig;
 use lstm_forecast::service::rollback::RollbackPolicy;
 use lstm_forecast::service::{Limits, Monitoring, Service};
@@ -127,8 +127,10 @@ fn lambda_app(service: Service, s3: aws_sdk_s3::Client) -> LambdaApp {
         emf_to_stderr: false,
     };
     let config = LambdaConfig {
-        model_uri: ModelUri::Bundled,
-        model_cache_dir: std::env::temp_dir(),
+        model: ModelLocation {
+            uri: ModelUri::Bundled,
+            cache_dir: std::env::temp_dir(),
+        },
         aws_endpoint_url: None,
         threads: Some(1),
         service: ServiceConfig::one_at_a_time(metrics),

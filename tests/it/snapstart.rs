@@ -3,7 +3,7 @@
 //! The model comes from the S3 registry on moto, credentials from the double's container
 //! credentials endpoint, as Lambda gives them to a SnapStart environment.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -69,10 +69,6 @@ fn forecast_event(body: &Value) -> Value {
     event
 }
 
-fn http_body(response: &Value) -> Value {
-    serde_json::from_str(response["body"].as_str().expect("a proxy response")).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_runs_the_hooks_in_order_rebuilds_the_clients_and_serves_a_model_promoted_during_the_snapshot(
 ) {
@@ -114,7 +110,7 @@ async fn restore_runs_the_hooks_in_order_rebuilds_the_clients_and_serves_a_model
 
     // THEN the first request is answered by 1.0.1
     assert_eq!(answer["statusCode"], 200, "{answer}");
-    assert_eq!(http_body(&answer)["model"]["version"], "1.0.1");
+    assert_eq!(common::proxy_body(&answer)["model"]["version"], "1.0.1");
     // AND the restore hooks ran after the snapshot's flush, foundations first: the clients are
     // rebuilt before the alias is read with them, and the report comes last
     let log = function.log_once_it_holds("\"RestoreDuration\"");

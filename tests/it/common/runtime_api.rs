@@ -12,7 +12,6 @@
 //!
 //! What no double can do is copy a process's memory into two environments. A test gives two
 //! processes the same start (the same `SAMPLING_SEED`) to stand for two restores of one snapshot.
-#![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};

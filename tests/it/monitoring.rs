@@ -2,7 +2,7 @@
 //! CloudWatch is read back and checked; the accuracy loop (forecast log, observations, evaluation)
 //! is replayed on ETTh1; the real `serve` exposes its memory gauges.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,7 +2,6 @@
 //! four forecasts a day over HTTP, the day's actuals posted to `/v1/observations`, an evaluation
 //! a day, and the service re-reading the calibration it publishes. What a month of production
 //! looks like, in seconds.
-#![allow(dead_code)]
 
 use std::sync::Arc;
 

@@ -1,6 +1,6 @@
 //! SIGTERM under load: in-flight requests finish, metrics are flushed, the process exits 0.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Every malformed request gets a 4xx whose JSON error names the problem, and the server stays healthy.
 
-mod common;
+use crate::common;
 
 use common::{window, TestServer};
 use serde_json::{json, Value};

@@ -2,7 +2,7 @@
 //! Distributed Map sends, against S3 emulators; and the template's state machine end to end on
 //! ministack.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 
@@ -38,7 +38,7 @@ impl Instance {
     }
 }
 
-fn function_env(
+fn shard_function_env(
     s3_endpoint: &str,
     extra: &[(&'static str, String)],
 ) -> Vec<(&'static str, String)> {
@@ -98,7 +98,7 @@ async fn shards_batched_as_the_item_batcher_would_land_complete_across_two_insta
     for (name, _, _, body) in &shards {
         put(&s3, &format!("{INPUT_PREFIX}{run}/{name}"), body.clone()).await;
     }
-    let env = function_env(&moto.endpoint, &[]);
+    let env = shard_function_env(&moto.endpoint, &[]);
     let instances = [Instance::start(&env), Instance::start(&env)];
 
     // The test driver does what the Distributed Map does: list the prefix, batch the items two
@@ -224,7 +224,7 @@ async fn a_shard_that_breaks_the_input_contract_fails_alone_and_the_manifest_nam
     for (name, body) in &shards {
         put(&s3, &format!("{INPUT_PREFIX}{run}/{name}"), body.clone()).await;
     }
-    let instance = Instance::start(&function_env(&moto.endpoint, &[]));
+    let instance = Instance::start(&shard_function_env(&moto.endpoint, &[]));
     let items = listed_items(&s3, &format!("{INPUT_PREFIX}{run}/")).await;
     let (_, output) = run_uri(run);
     // An object deleted between the listing and the invocation: gone for good, not retried.
@@ -319,7 +319,7 @@ async fn shards_of_one_name_in_two_subfolders_fail_the_run_instead_of_overwritin
         )
         .await;
     }
-    let instance = Instance::start(&function_env(&moto.endpoint, &[]));
+    let instance = Instance::start(&shard_function_env(&moto.endpoint, &[]));
     let items = listed_items(&s3, &format!("{INPUT_PREFIX}{run}/")).await;
     let (_, output) = run_uri(run);
     instance
@@ -348,7 +348,7 @@ async fn forged_shard_events_read_and_write_nothing_outside_the_batch_prefixes()
     let alias = "models/m/alias/live.json";
     put(&s3, alias, r#"{"version":"1.0.0"}"#).await;
     put(&s3, "models/m/1.0.0/data.csv", csv_shard("secret", 2)).await;
-    let instance = Instance::start(&function_env(&moto.endpoint, &[]));
+    let instance = Instance::start(&shard_function_env(&moto.endpoint, &[]));
     let (_, output) = run_uri("run-forged");
 
     // A shard outside the input prefix is refused and gets no status or output.
@@ -422,7 +422,7 @@ async fn an_s3_failure_mid_upload_leaves_no_partial_object_and_a_rerun_rewrites_
         )
         .await;
     }
-    let instance = Instance::start(&function_env(
+    let instance = Instance::start(&shard_function_env(
         &faulty.endpoint,
         &[("BATCH_PART_BYTES", "16384".into())],
     ));
@@ -554,7 +554,7 @@ async fn the_template_state_machine_forecasts_every_shard_on_ministack_and_write
         ]
         .map(str::to_owned)
         .to_vec();
-        for (name, value) in function_env(&ministack.endpoint, &[("THREADS", "1".into())]) {
+        for (name, value) in shard_function_env(&ministack.endpoint, &[("THREADS", "1".into())]) {
             args.extend(["--env".to_owned(), format!("{name}={value}")]);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -3,7 +3,7 @@
 //! filesystem, and the remediation loop (alarm -> function -> rollback) on the emulators (S3 and
 //! CloudFormation on moto, CloudWatch on ministack).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};

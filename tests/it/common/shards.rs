@@ -1,6 +1,5 @@
 //! Sharded batch runs: shards of ETTh1 series on S3, the events a Distributed Map sends, the
 //! template's state machine, and an S3 that fails on demand.
-#![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! on 32 test windows, with preprocessing and its inverse in numpy; any drift in our preprocessing,
 //! tensor layout or restore shows up here.
 
-mod common;
+use crate::common;
 
 use common::{bundled_model, bundled_model_on_libtorch, repo_path, TestServer};
 use lstm_forecast::model::contract::sha256_hex;
