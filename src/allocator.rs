@@ -3,9 +3,10 @@
 //! libtorch allocates every tensor with `posix_memalign`. With glibc's malloc, the LSTM's
 //! per-batch buffers (several MB for a batch of 64) raise glibc's dynamic mmap threshold, land on
 //! the heap, and stay resident after they are freed: under sustained load the resident set
-//! wandered between 157 and 190 MB and drifted by up to +6% over ten minutes, and only a fixed
-//! mmap threshold held it, at a fifth of the throughput. glibc also slows libtorch's static
-//! initialisers, which allocate hundreds of thousands of small objects before `main`.
+//! wanders and drifts upwards, and only a fixed mmap threshold holds it, at a large cost in
+//! throughput. glibc also slows libtorch's static initialisers, which allocate hundreds of
+//! thousands of small objects before `main`. (Figures: BENCHMARKS.md,
+//! "glibc malloc against jemalloc".)
 //!
 //! jemalloc returns freed pages to the kernel on a clock ([`MALLOC_CONF`]'s decay times) from a
 //! background thread, so memory follows the load without a trim on the request path. The

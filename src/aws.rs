@@ -45,7 +45,8 @@ pub async fn sdk_config(endpoint_url: Option<&str>) -> aws_config::SdkConfig {
 
 /// The config for a process that never calls AWS (the local default: bundled model, Prometheus).
 /// [`sdk_config`] would look for a region and credentials, which asks the instance metadata
-/// service: ~15 ms of every local start, and seconds where a firewall drops the packets.
+/// service: a network round trip on every local start, and seconds where a firewall drops the
+/// packets (figures: BENCHMARKS.md, "AWS configuration at a local start").
 pub fn offline_config() -> aws_config::SdkConfig {
     aws_config::SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())

@@ -599,7 +599,7 @@ fn new_request_id() -> String {
         .unwrap_or(0);
     format!(
         "{nanos:016x}-{:05x}-{:06x}",
-        crate::environment::id() & 0xfffff,
+        crate::entropy::id() & 0xfffff,
         COUNTER.fetch_add(1, Ordering::Relaxed) & 0xffffff
     )
 }

@@ -20,9 +20,10 @@
 //! under load: the first engine thread takes every request, and the others (**overflow** threads)
 //! wake only when a forward's worth of requests is waiting, then take requests until they find
 //! the queue empty. At low concurrency one thread then runs every forward, each taking all that
-//! arrived during the last, on a CPU of its own, with the others left to HTTP; at 8 clients two
-//! engine threads that took any request they found, or took turns, were 25-35% slower
-//! (BENCHMARKS.md, issue 20).
+//! arrived during the last, on a CPU of its own, with the others left to HTTP. Engine threads
+//! that take any request they find, or take turns, serve fewer requests at a few clients:
+//! forwards move between threads and CPUs and pay for each handover, which costs more than the
+//! bigger batches of taking turns save (figures: BENCHMARKS.md, "Overflow engine threads").
 //!
 //! At low load that layout leaves CPUs idle: a lone request runs on one CPU while the others
 //! wait. So a server may also have a **low-latency engine thread**  whose
@@ -95,9 +96,10 @@ impl Batching {
         overflow_depth: 1,
     };
 
-    /// A forward's worth of requests. Per series, a forward of 8 costs about half of a lone one
-    /// and little more than one of 64 (ONNX Runtime: 0.37 against 0.73-0.93 and 0.40-0.46 ms;
-    /// libtorch: 0.68-0.70 against 1.1-1.7 and 0.60-0.67 ms; BENCHMARKS.md, `engines` table).
+    /// A forward's worth of requests. Per series, a forward of 8 already costs far less than a
+    /// lone one and not much more than one of 64, on either engine, so an overflow thread woken
+    /// at this depth gets most of what batching saves (figures: BENCHMARKS.md,
+    /// "Overflow engine threads").
     pub const DEFAULT_OVERFLOW_DEPTH: usize = 8;
 }
 
@@ -149,8 +151,8 @@ pub struct InferenceHandle {
 /// Requests in a row that must find the engine idle before the next idle one takes the low-latency
 /// lane. One idle arrival is not enough: with 8 clients every batch's answers go out together,
 /// the engine is briefly idle, and the first request back would run on every CPU while the 7 behind
-/// it waited for the gate. Measured on 2 vCPUs with no streak: 1,131-1,252 req/s at 8 clients
-/// against 1,827 without the lane.
+/// it waited for the gate, so the lane would cost throughput at a few clients instead of saving
+/// latency on lone requests (figures: BENCHMARKS.md, "Low-latency lane: the idle streak").
 const IDLE_ARRIVALS_BEFORE_LOW_LATENCY: usize = 3;
 
 /// Wakes the overflow engine threads when the queue holds a forward's worth, or when the engine

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use cli::args::{EvaluateArgs, ForecastArgs, LambdaArgs, ModelCommand, ProbeArgs, ServeArgs};
+use cli::args::{
+    BatchArgs, EvaluateArgs, ForecastArgs, LambdaArgs, ModelCommand, ProbeArgs, ServeArgs,
+};
 
 /// LSTM time-series forecasts on libtorch.
 ///
@@ -43,6 +45,12 @@ enum Command {
     /// CSV: a header naming the model's features (e.g. `OT`), optional `id` and `date`/`timestamp`
     /// columns; each series uses its last `window` rows. JSON: the body of POST /v1/forecast.
     Forecast(ForecastArgs),
+    /// Forecast the series in an S3 object into another, as the scheduled `batch-forecast` does.
+    ///
+    /// The same job as the Lambda function's: the input is read whole, forecast in batches of
+    /// --batch-size series, and written as JSON Lines (id, values, timestamps, model). Needs AWS
+    /// credentials, or --aws-endpoint-url for an emulator.
+    Batch(BatchArgs),
     /// Inspect, check and publish models (local directories and the S3 registry).
     #[command(subcommand)]
     Model(ModelCommand),
@@ -70,7 +78,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    lstm_forecast::model::footprint::limit_onednn_kernel_cache();
+    let onednn_warning = lstm_forecast::model::footprint::limit_onednn_kernel_cache();
     // Lambda's provided.al2023 runtime executes `bootstrap` with no arguments.
     let invoked_as_bootstrap = std::env::args_os()
         .next()
@@ -87,6 +95,9 @@ fn main() -> ExitCode {
     };
     let log_format = cli.log_format;
     init_tracing(log_format);
+    if let Some(warning) = onednn_warning {
+        tracing::warn!("{warning}");
+    }
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -124,6 +135,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Forecast(args) => cli::forecast::forecast(args)?,
         Command::Model(command) => return cli::model::run(command),
         Command::Evaluate(args) => cli::evaluate::evaluate(args)?,
+        Command::Batch(args) => cli::batch::batch(args)?,
         Command::Lambda(args) => return cli::lambda::run(args),
         Command::Probe(args) => cli::probe::probe(args)?,
     }

@@ -127,6 +127,31 @@ pub struct EvaluateArgs {
 }
 
 #[derive(Args)]
+pub struct BatchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// s3://BUCKET/KEY of the series: CSV, JSON or JSON Lines (the `forecast` command's formats).
+    #[arg(long, short)]
+    pub input: String,
+
+    /// s3://BUCKET/KEY the forecasts are written to, one JSON line per series.
+    #[arg(long, short)]
+    pub output: String,
+
+    /// Prediction interval levels around every forecast, comma-separated, each in (0, 1).
+    #[arg(long, value_delimiter = ',', value_name = "LEVELS")]
+    pub intervals: Vec<f64>,
+
+    /// Series per forward pass.
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+}
+
+#[derive(Args)]
 pub struct LambdaArgs {
     #[command(flatten)]
     pub model: ModelArgs,

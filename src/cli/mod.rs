@@ -5,6 +5,7 @@
 //! composed by [`lstm_forecast::service::build::compose`], the same root as the Lambda function.
 
 pub mod args;
+pub mod batch;
 pub mod evaluate;
 pub mod forecast;
 pub mod lambda;
@@ -29,8 +30,9 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// The AWS clients: configured the standard way when `needed`; otherwise ones that never look for
-/// credentials or a region (asking the instance metadata service costs ~15 ms of every local
-/// start, and seconds where a firewall drops the packets).
+/// credentials or a region (asking the instance metadata service costs a network round trip on
+/// every local start, and seconds where a firewall drops the packets; figures: BENCHMARKS.md,
+/// "AWS configuration at a local start").
 pub async fn aws_clients(aws: &AwsArgs, needed: bool) -> AwsClients {
     if needed {
         AwsClients::load(aws.aws_endpoint_url.as_deref()).await

@@ -105,8 +105,8 @@ struct Identity(Service);
 impl SnapStartResource for Identity {
     fn after_restore(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
-            let (snapshot_id, environment_id) = crate::environment::renew();
-            self.0.reseed_sampling(crate::environment::random_u64());
+            let (snapshot_id, environment_id) = crate::entropy::renew();
+            self.0.reseed_sampling(crate::entropy::random_u64());
             tracing::info!(
                 hook = "identity",
                 phase = "after_restore",

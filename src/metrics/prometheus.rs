@@ -48,7 +48,9 @@ pub struct ServerMetrics {
     model_info: IntGaugeVec,
 }
 
-/// Latency buckets from 100 µs to 10 s: a single forward is ~0.4 ms, a batch of 64 ~6 ms.
+/// Latency buckets from 100 µs to 10 s: a single forward takes well under a millisecond and a
+/// full batch a few milliseconds, so the fine buckets sit at the bottom and the coarse ones catch
+/// queueing and stalls (figures: BENCHMARKS.md, "Forward latency and the latency buckets").
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     10.0,

@@ -145,16 +145,17 @@ pub enum Workload {
     /// `serve`: HTTP workers parse and answer requests while a forward
     /// runs. The LSTM's OpenMP team meets at a barrier on each of its 336 steps, so a team member
     /// preempted by an HTTP worker stalls the whole forward, and a single series gains little
-    /// from a second thread anyway (1.22 against 1.45 ms here, idle). So each forward gets one
-    /// thread, and a server uses more CPUs by running more forwards side by side
-    /// ([`default_engine_workers`]). Measured on 2 vCPUs, batching on, 3-5 runs each: 2 engine
-    /// threads of 1 intra-op thread served 1,932-2,319 req/s at 64 clients and 1,147-1,514 at 8;
-    /// 1 engine thread of 2 intra-op threads 1,597-1,999 and 695-1,214.
+    /// from a second thread anyway. So each forward gets one thread, and a server uses more CPUs
+    /// by running more forwards side by side ([`default_engine_workers`]): independent forwards
+    /// have no barrier to wait at, so they serve more requests than one forward with a team of
+    /// every CPU, at few clients as at many. (Figures: BENCHMARKS.md,
+    /// "Engine threads and intra-op threads".)
     Serving,
     /// One forward at a time with nothing else to do meanwhile, so every CPU goes to it: one-off
     /// commands (`forecast`, `evaluate`) and the Lambda function, which handles one invocation at
-    /// a time (its async workers wait for the forward). A scheduled batch of 64 series takes
-    /// ~21 ms on 2 CPUs against ~33 ms on one.
+    /// a time (its async workers wait for the forward). With no HTTP worker to preempt the team,
+    /// a scheduled batch of 64 series finishes markedly sooner on every CPU than on one.
+    /// (Figures: BENCHMARKS.md, "Engine threads and intra-op threads".)
     OneAtATime,
 }
 
@@ -176,9 +177,9 @@ pub fn default_engine_workers(cpus: usize) -> usize {
 
 /// libgomp spins at a barrier only while the OpenMP threads it manages (every team, on every
 /// thread that ever ran a parallel region, idle or not) are no more than the CPUs. Beyond that it
-/// sleeps in the kernel at each barrier, and a forward with ~1,000 barriers slows tenfold or
-/// more: measured here, 2 intra-op threads with a second OpenMP team left over from the warm-up
-/// served 69-111 req/s instead of 600-1,500. Returns a warning when a configuration would do that.
+/// sleeps in the kernel at each barrier, and a forward with ~1,000 barriers pays a wake-up at
+/// every one of them, so it slows down many times over (figures: BENCHMARKS.md,
+/// "OpenMP threads beyond the CPUs"). Returns a warning when a configuration would do that.
 pub fn oversubscription_warning(
     workers: usize,
     intra_op_threads: usize,
@@ -201,8 +202,8 @@ pub fn oversubscription_warning(
 ///   inter-op pool is left alone: a TorchScript forward of this model has nothing to run in
 ///   parallel inside it, and a server runs forwards in parallel on its own engine threads.
 /// - The JIT's profiling executor is turned off. It re-optimises the graph over the first calls,
-///   which made the first forecast ~80 ms instead of ~12 ms here, and a steady-state forward is no
-///   faster with it for this model (measured: same p50 at batch 1 and 64).
+///   which makes the first forecasts several times slower, and a steady-state forward of this
+///   model is no faster with it (figures: BENCHMARKS.md, "JIT profiling executor").
 pub fn configure_libtorch(requested_threads: Option<usize>, workload: Workload) -> usize {
     static ONCE: Once = Once::new();
     let threads = requested_threads

@@ -1,7 +1,7 @@
 //! Keeping the resident set close to the working set.
 //!
 //! libtorch's static initialisers register thousands of operators before `main` runs, touching
-//! about 60 MB of `libtorch_cpu.so` code that is never executed again. Those pages stay mapped, and
+//! much of `libtorch_cpu.so`'s code, which is never executed again. Those pages stay mapped, and
 //! counted in the process's RSS, for as long as it lives. Once `serve` listens we unmap them
 //! (`MADV_DONTNEED` on libtorch's clean, read-only mappings); the forecasts that follow map back
 //! exactly the pages the forecast path uses.
@@ -9,36 +9,53 @@
 //! `MADV_DONTNEED` only drops this process's page-table entries. The pages stay in the page cache,
 //! so mapping them back is a minor fault and the next process to start finds libtorch still in
 //! memory. (`MADV_PAGEOUT` would evict them from the page cache too: the next cold start then
-//! reads ~60 MB back from disk, ~50 ms more here.) On a private mapping `MADV_DONTNEED` also
+//! reads them back from disk and pays for it.) On a private mapping `MADV_DONTNEED` also
 //! discards pages the process wrote, such as relocated pointers, so only mappings without a single
-//! private (anonymous) page are touched.
+//! private (anonymous) page are touched. (Figures: BENCHMARKS.md,
+//! "Releasing libtorch's start-up pages".)
 //!
 //! The heap itself is jemalloc's ([`crate::allocator`]), which returns freed pages on its own.
 //!
 //! oneDNN, which runs libtorch's LSTM on CPU, keeps a compiled kernel and its buffers for every
 //! input shape it has seen, up to 1024 of them. Under dynamic batching every batch size from 1 to
-//! the maximum is a shape of its own, so the cache alone grows by about 20 MB;
-//! [`limit_onednn_kernel_cache`] bounds it.
+//! the maximum is a shape of its own, so the cache grows with every batch size it meets;
+//! [`limit_onednn_kernel_cache`] bounds it (figures: BENCHMARKS.md, "oneDNN kernel cache").
 
 use std::sync::Once;
 
 /// Kernels oneDNN keeps (its `ONEDNN_PRIMITIVE_CACHE_CAPACITY`) unless the environment says
-/// otherwise. A forward of the 2-layer LSTM uses 4 weight reorders, the same for every batch, and
-/// one RNN kernel per layer and batch size. The engine pads batches to 15 sizes up to 64
-/// (`engine::padded_batch`), so 34 entries hold every kernel of a batch up to 64 series; a kernel
-/// that falls out is compiled again when its size comes back. Measured on 2 vCPUs, 64 clients,
-/// two engine threads: without padding, 16 entries served 1,937 req/s and 64 entries 2,488 at
-/// 142 MB; with padding, 32 entries served 2,515 req/s at 130 MB.
+/// otherwise: enough for every padded batch size's kernels up to the largest batch
+/// (`engine::padded_batch`), with room for the weight reorders. Why this figure: BENCHMARKS.md,
+/// "oneDNN kernel cache".
 pub const ONEDNN_KERNEL_CACHE_DEFAULT: usize = 48;
 
 /// Sets oneDNN's kernel cache capacity to [`ONEDNN_KERNEL_CACHE_DEFAULT`] unless the operator has
 /// set `ONEDNN_PRIMITIVE_CACHE_CAPACITY`. oneDNN reads it when it compiles its first kernel, so
-/// call this at the start of `main`, before any thread exists (`set_var` is not thread-safe).
-pub fn limit_onednn_kernel_cache() {
+/// `main` calls this first. `set_var` races with any other thread reading the environment, so it
+/// is only called while this is the process's one thread; otherwise the default stays oneDNN's
+/// and the returned warning says so.
+pub fn limit_onednn_kernel_cache() -> Option<String> {
     const VARIABLE: &str = "ONEDNN_PRIMITIVE_CACHE_CAPACITY";
-    if std::env::var_os(VARIABLE).is_none() {
-        std::env::set_var(VARIABLE, ONEDNN_KERNEL_CACHE_DEFAULT.to_string());
+    if std::env::var_os(VARIABLE).is_some() {
+        return None;
     }
+    match threads_in_process() {
+        Some(1) => {
+            std::env::set_var(VARIABLE, ONEDNN_KERNEL_CACHE_DEFAULT.to_string());
+            None
+        }
+        threads => Some(format!(
+            "{VARIABLE} left unset: {} threads were running when it could be set; set it to {ONEDNN_KERNEL_CACHE_DEFAULT} in the environment to bound oneDNN's kernel cache",
+            threads.map_or("an unknown number of".to_string(), |n| n.to_string())
+        )),
+    }
+}
+
+/// Threads of this process (`/proc/self/task`), where Linux tells.
+fn threads_in_process() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()
+        .map(|tasks| tasks.count())
 }
 
 /// What [`release_libtorch_startup_pages`] asked the kernel to reclaim.
@@ -149,17 +166,16 @@ pub fn release_libtorch_startup_pages() -> std::io::Result<Released> {
 /// listens. Pages that requests touch meanwhile are simply mapped again (minor faults). Once per
 /// process because a later reload must not unmap the live model's hot code.
 ///
-/// Not during the model load: the release reads `/proc/self/smaps`, which walks every page table
-/// (11-13 ms here), then drops ~300 MB of mappings, and the TLB shootdowns and refaults land on
-/// whatever runs beside it. Overlapping the warm-up, as it used to, cost the cold start ~35 ms:
-/// exec to first forecast took 326 against 290 ms with the release held back, and the warm-up 23
-/// against 10 ms (medians of 12 interleaved runs each, 2026-11-27). Beside the first request it
-/// costs nothing measurable: releasing at once after listening or half a second later measured
-/// 287 and 305 ms (20 runs each, within this VM's noise), and at once keeps the peak lower.
+/// Not during the model load: the release reads `/proc/self/smaps`, which walks every page table,
+/// then drops hundreds of megabytes of mappings, and the TLB shootdowns and refaults land on
+/// whatever runs beside it, so overlapping the warm-up slows the warm-up and the cold start.
+/// Beside the first request it costs nothing measurable, so it runs as soon as `serve` listens
+/// rather than after a delay, which also keeps the peak lower. (Figures: BENCHMARKS.md,
+/// "Releasing libtorch's start-up pages".)
 ///
 /// Only `serve` calls it. The one-off commands exit before it would pay off, and a Lambda function
-/// (2 GB by default) has no use for 60 MB back, while a release after its init would land inside
-/// an invocation.
+/// (2 GB by default) has no use for the pages back, while a release after its init would land
+/// inside an invocation.
 pub fn release_libtorch_startup_pages_in_background() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {

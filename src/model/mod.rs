@@ -180,7 +180,7 @@ impl Model {
                 metadata.verify_onnx_checksum(model_onnx)?;
                 match OnnxEngine::load(model_onnx, &per_series) {
                     Ok(onnx) => Some(onnx),
-                    // The model is whole and libtorch answers everything, 1.5-2x slower:
+                    // The model is whole and libtorch answers everything, only slower:
                     // serving beats refusing to start. Said loudly, and on /v1/model.
                     Err(EngineError::OnnxRuntimeMissing(why)) => {
                         tracing::warn!(

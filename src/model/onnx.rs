@@ -1,8 +1,8 @@
 //! ONNX Runtime as the engine for every forward, when the model ships `model.onnx`.
 //!
-//! Why a second engine: on this project's 2-vCPU VM (AMD EPYC, AVX2), ONNX Runtime runs the
-//! bundled LSTM 1.5-2.4x faster than libtorch at every batch size from 1 to 64, one intra-op
-//! thread each (`BENCH_ONLY=engines make bench`; BENCHMARKS.md). libtorch stays the reference:
+//! Why a second engine: ONNX Runtime runs the bundled LSTM faster than libtorch at every batch
+//! size from a lone series to a full batch, one intra-op thread each (`BENCH_ONLY=engines make
+//! bench`; figures: BENCHMARKS.md, "ONNX Runtime against libtorch"). libtorch stays the reference:
 //! [`crate::model::Model`] checks the two agree at warm-up, and answers on libtorch alone when
 //! the model has no `model.onnx` or the runtime library cannot be opened.
 //!

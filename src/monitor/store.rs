@@ -236,7 +236,7 @@ fn unique_name(now: DateTime<Utc>) -> String {
     format!(
         "{}-{:x}-{:x}.jsonl",
         now.format("%Y%m%dT%H%M%S%.3f"),
-        crate::environment::id(),
+        crate::entropy::id(),
         UNIQUE.fetch_add(1, Ordering::Relaxed)
     )
 }

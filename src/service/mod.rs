@@ -4,7 +4,8 @@
 //! and the CLI's `forecast` all go through [`Service::forecast`]. That one function validates the
 //! input against the model in service, runs the engine, and records what the monitoring loop
 //! needs: input drift, sampled backtests, forecast-log records and metrics. An adapter therefore
-//! cannot forget a part of it, as the Lambda batch path once forgot every metric.
+//! cannot forget a part of it: a path of its own would have to repeat every step, and a step
+//! left out (the metrics, say) fails no request, so nothing would show it missing.
 //!
 //! - [`build`]: the one composition root (`serve`, `lambda`, the CLI), and the background tasks
 //!   that keep a service current.
@@ -21,7 +22,7 @@ pub mod rollback;
 
 use std::sync::Arc;
 
-use crate::environment::Sampler;
+use crate::entropy::Sampler;
 use crate::forecast::{
     check_interval_levels, check_levels_calibrated, check_levels_in_quantiles, parse_forecast_body,
     ErrorCode, ForecastResponse, RequestError, RequestShape, SeriesForecast, SeriesInput,
@@ -66,7 +67,7 @@ pub struct Monitoring {
     pub forecast_log: Option<Arc<ForecastLog>>,
     /// Share of backtest-eligible series (history >= window + horizon) that are backtested.
     pub backtest_rate: f64,
-    /// Seed of the backtest sampling; `None` draws one from the OS (see [`crate::environment`]).
+    /// Seed of the backtest sampling; `None` draws one from the OS (see [`crate::entropy`]).
     pub sampling_seed: Option<u64>,
 }
 
@@ -148,7 +149,7 @@ impl Service {
                 backtest_sampler: Sampler::new(
                     monitoring
                         .sampling_seed
-                        .unwrap_or_else(crate::environment::random_u64),
+                        .unwrap_or_else(crate::entropy::random_u64),
                 ),
                 monitoring,
                 online_calibration: std::sync::RwLock::new(None),

@@ -222,3 +222,30 @@ async fn serve_answers_then_exits_cleanly_on_sigterm() {
         "logs carry the model version: {log}"
     );
 }
+
+#[tokio::test]
+async fn batch_runs_the_scheduled_batch_job_from_the_command_line() {
+    use common::emulators::{cli, Moto};
+    use common::shards::{csv_shard, forecast_ids, put, text, BUCKET};
+    // GIVEN three series in a CSV object on S3
+    let moto = Moto::start();
+    let s3 = moto.create_bucket(BUCKET).await;
+    put(&s3, "in/series.csv", csv_shard("cli", 3)).await;
+    let input = format!("s3://{BUCKET}/in/series.csv");
+    let output = format!("s3://{BUCKET}/out/forecasts.jsonl");
+    // WHEN `lstm-forecast batch` forecasts them into another object
+    let (ok, log) = cli(&moto, &["batch", "--input", &input, "--output", &output]);
+    // THEN the answer is the job's summary, and the object holds one forecast per series
+    assert!(ok, "{log}");
+    assert!(log.contains("\"action\": \"batch-forecast\""), "{log}");
+    assert!(log.contains("\"series\": 3"), "{log}");
+    let written = text(&s3, "out/forecasts.jsonl").await.expect("the output");
+    assert_eq!(forecast_ids(&written).len(), 3, "{written}");
+    // AND an input that is not an s3:// URI is refused by name, and nothing is written
+    let (ok, log) = cli(
+        &moto,
+        &["batch", "--input", "/etc/passwd", "--output", &output],
+    );
+    assert!(!ok, "{log}");
+    assert!(log.contains("/etc/passwd"), "{log}");
+}
