@@ -52,7 +52,7 @@ pub struct LambdaConfig {
     /// `AWS_ENDPOINT_URL_CLOUDWATCH` (see [`crate::aws::sdk_config`]).
     pub aws_endpoint_url: Option<String>,
     pub threads: Option<usize>,
-    /// The service, as `serve` would build it (see [`ServiceConfig::one_invocation_at_a_time`]).
+    /// The service, as `serve` would build it (see [`ServiceConfig::one_at_a_time`]).
     pub service: ServiceConfig,
     /// Where batch jobs may read and write.
     pub batch: BatchConfig,
