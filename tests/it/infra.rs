@@ -995,10 +995,15 @@ fn the_batch_state_machine_is_a_distributed_map_over_s3_shards_that_ends_with_th
     assert_eq!(task["Resource"], "arn:aws:states:::lambda:invoke");
     assert_eq!(task["Parameters"]["FunctionName"], "${FunctionArn}");
     assert_eq!(task["Parameters"]["Payload.$"], "$");
-    assert!(task["Retry"][0]["ErrorEquals"]
-        .as_array()
-        .unwrap()
-        .contains(&json!("ShardFailed")));
+    // The kind is the code's own spelling, not a copy of it.
+    let retried = lstm_forecast::service::jobs::JobError::ShardFailed(String::new()).kind();
+    assert!(
+        task["Retry"][0]["ErrorEquals"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(retried)),
+        "{task}"
+    );
     // The manifest comes last, after a failed map too, for the same run's output folder.
     assert_eq!(map["Next"], "WriteManifest");
     assert_eq!(map["Catch"][0]["ErrorEquals"], json!(["States.ALL"]));
