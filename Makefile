@@ -80,7 +80,7 @@ test: libtorch onnxruntime tools ## Run every test
 # What a new machine does: a fresh clone of HEAD (committed work only), an empty LSTM_FORECAST_CACHE
 # and an empty cargo home, so no download or install step can hide behind a warm cache. Only the
 # Rust toolchain, python3 and Debian packages (promtool, patchelf) come from the machine.
-test-fresh: ## make test on a fresh clone of HEAD with empty caches (~17 min on 2 cores)
+test-fresh: ## make test on a fresh clone of HEAD with empty caches (~8 min on 2 cores)
 	@scratch="$$(mktemp -d)" && echo "test-fresh: in $$scratch" \
 	  && git clone -q . "$$scratch/clone" \
 	  && cd "$$scratch/clone" \

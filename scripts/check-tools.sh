@@ -22,6 +22,8 @@ check "cfn-lint-serverless" "$reinstall" "$VENV/bin/python" -c "import cfn_lint_
 check "boto3" "$reinstall" "$VENV/bin/python" -c "import boto3"
 check "kubernetes-validate" "$reinstall" "$VENV/bin/kubernetes-validate" --version
 check "check-jsonschema (the Compose Specification schema, for infra/swarm)" "$reinstall" "$VENV/bin/check-jsonschema" --version
+check "statsmodels and scipy (the Diebold-Mariano reference, tests/support/dm_reference.py)" "$reinstall" \
+  "$VENV/bin/python" -c "import statsmodels.api, scipy.stats"
 check "cargo-lambda (Lambda Runtime API emulator)" "$reinstall" "$VENV/bin/cargo-lambda" lambda --version
 check "promtool (Debian package prometheus)" "run scripts/system-tools.sh as root, or apt-get install prometheus" promtool --version
 if [ ${#missing[@]} -gt 0 ]; then

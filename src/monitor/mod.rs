@@ -7,9 +7,12 @@
 //! - [`store`]: forecasts and actuals as JSON Lines on S3, partitioned by date.
 //! - [`evaluate`]: the join, the scores, the report and its chart.
 //! - [`calibration`]: prediction intervals recalibrated from the latest scored errors.
+//! - [`compare`]: two versions on the same actuals: mergeable loss differentials and the
+//!   Diebold-Mariano test (HAC over the forecasts' overlap, HLN, Holm across buckets).
 
 pub mod accuracy;
 pub mod calibration;
+pub mod compare;
 pub mod drift;
 pub mod evaluate;
 pub mod observations;

@@ -11,6 +11,7 @@ mod bad_requests;
 mod batch_shards;
 mod batching;
 mod cli;
+mod comparison;
 mod drift;
 mod entry_points;
 mod http_api;
