@@ -10,9 +10,9 @@
 //!   differentials are averaged across series per origin first, and the test runs on that time
 //!   series of origins, so a thousand series do not count as a thousand independent samples.
 //! - **Forecasts overlap.** A 24-step forecast made every 6 hours shares 18 targets with the next,
-//!   so neighbouring origins' differentials are correlated: the variance is a HAC (Newey-West,
-//!   Bartlett weights) one whose lag covers the overlap, `ceil(h / s) - 1` origins for horizon
-//!   `h` and origin spacing `s` ([`overlap_lag`]).
+//!   so neighbouring origins' differentials are correlated: the variance is a HAC one whose lag
+//!   covers the overlap, `ceil(h / s) - 1` origins for horizon `h` and origin spacing `s`
+//!   ([`overlap_lag`]), with the truncated kernel the next correction assumes.
 //! - **Small samples** get Harvey, Leybourne and Newbold's factor and a Student-t tail.
 //!
 //! Per horizon bucket, one test each, made simultaneous by Holm's step-down correction
@@ -158,8 +158,12 @@ pub struct DmTest {
 /// reach `horizon_origins` origins ahead (`overlap_lag + 1`).
 ///
 /// The variance of the mean is the HAC estimate `statsmodels` computes for a regression on a
-/// constant (`sandwich_covariance.cov_hac` with Bartlett weights over `horizon_origins - 1` lags
-/// and its small-sample factor `T / (T - 1)`); the statistic is then multiplied by
+/// constant (`sandwich_covariance.cov_hac` with its small-sample factor `T / (T - 1)`) over the
+/// `horizon_origins - 1` lags the forecasts overlap, with uniform weights (Diebold and Mariano's
+/// truncated kernel, which Harvey, Leybourne and Newbold's factor is derived for; Bartlett's
+/// weights under-estimate the variance there and the test rejects too often: BENCHMARKS.md,
+/// "Size of the Diebold-Mariano test"), or Bartlett's where the uniform estimate is not positive.
+/// The statistic is then multiplied by
 /// `sqrt((T + 1 - 2h + h(h - 1) / T) / T)` (Harvey, Leybourne and Newbold, 1997) and read
 /// against Student's t with `T - 1` degrees of freedom. `None` with fewer than two origins, a
 /// variance that is not positive, or an HLN factor that is not (too few origins for the horizon).
@@ -173,16 +177,15 @@ pub fn diebold_mariano(differentials: &[f64], horizon_origins: usize) -> Option<
     let mean = differentials.iter().sum::<f64>() / n;
     let centred: Vec<f64> = differentials.iter().map(|d| d - mean).collect();
     let lags = (horizon_origins.max(1) - 1).min(t - 1);
-    let mut long_run = centred.iter().map(|u| u * u).sum::<f64>();
-    for lag in 1..=lags {
-        let weight = 1.0 - lag as f64 / (lags as f64 + 1.0);
-        let autocovariance: f64 = centred[lag..]
-            .iter()
-            .zip(&centred[..t - lag])
-            .map(|(a, b)| a * b)
-            .sum();
-        long_run += 2.0 * weight * autocovariance;
-    }
+    // The truncated (uniform) kernel over exactly the overlap is the variance HLN's factor
+    // corrects; it can come out negative on short samples, and then Bartlett's, always positive,
+    // stands in.
+    let uniform = long_run_variance(&centred, lags, |_| 1.0);
+    let long_run = if uniform > 0.0 {
+        uniform
+    } else {
+        long_run_variance(&centred, lags, |lag| 1.0 - lag as f64 / (lags as f64 + 1.0))
+    };
     let variance_of_mean = long_run / (n * n) * (n / (n - 1.0));
     let hln = (n + 1.0 - 2.0 * h + h * (h - 1.0) / n) / n;
     // Also refuses NaN: a comparison with NaN is false.
@@ -197,6 +200,22 @@ pub fn diebold_mariano(differentials: &[f64], horizon_origins: usize) -> Option<
         statistic,
         p_value: student_t_two_sided(statistic, n - 1.0),
     })
+}
+
+/// `sum u_t^2 + 2 sum_k weight(k) sum_t u_t u_{t-k}` over lags `1..=lags`: `T` times the HAC
+/// long-run variance of `centred`.
+fn long_run_variance(centred: &[f64], lags: usize, weight: impl Fn(usize) -> f64) -> f64 {
+    let t = centred.len();
+    let mut sum = centred.iter().map(|u| u * u).sum::<f64>();
+    for lag in 1..=lags {
+        let autocovariance: f64 = centred[lag..]
+            .iter()
+            .zip(&centred[..t - lag])
+            .map(|(a, b)| a * b)
+            .sum();
+        sum += 2.0 * weight(lag) * autocovariance;
+    }
+    sum
 }
 
 /// Holm's step-down adjustment of `p_values` (one family): each adjusted p-value, in the input's

@@ -6,22 +6,30 @@ use crate::common;
 use lstm_forecast::monitor::compare::{diebold_mariano, Loss, LossDifferentials};
 use serde_json::{json, Value};
 
+/// Seeded draws (SplitMix64): the same replays on every run.
+struct Draws(u64);
+
+impl Draws {
+    /// Uniform in [0, 1].
+    fn uniform(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) as f64 / u64::MAX as f64
+    }
+
+    /// A sum of uniforms, centred: close enough to normal for a test statistic.
+    fn noise(&mut self) -> f64 {
+        (0..12).map(|_| self.uniform()).sum::<f64>() - 6.0
+    }
+}
+
 /// Differentials with the overlap's correlation: a moving average over `horizon` of seeded noise,
 /// shifted by `drift`.
 fn overlapping_differentials(seed: u64, origins: usize, horizon: usize, drift: f64) -> Vec<f64> {
-    let mut state = seed;
-    let mut noise = || {
-        // SplitMix64, then a sum of uniforms: close enough to normal for a test statistic.
-        let mut draw = || {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            (z ^ (z >> 31)) as f64 / u64::MAX as f64
-        };
-        (0..12).map(|_| draw()).sum::<f64>() - 6.0
-    };
-    let shocks: Vec<f64> = (0..origins + horizon).map(|_| noise()).collect();
+    let mut draws = Draws(seed);
+    let shocks: Vec<f64> = (0..origins + horizon).map(|_| draws.noise()).collect();
     shocks
         .windows(horizon)
         .take(origins)
@@ -31,7 +39,7 @@ fn overlapping_differentials(seed: u64, origins: usize, horizon: usize, drift: f
 
 #[test]
 fn the_diebold_mariano_test_equals_statsmodels_and_scipy_within_1e_9() {
-    let cases: Vec<(Vec<f64>, usize)> = [
+    let mut cases: Vec<(Vec<f64>, usize)> = [
         (10, 1, 0.0),
         (30, 4, -0.2),
         (476, 4, -0.05),
@@ -48,6 +56,13 @@ fn the_diebold_mariano_test_equals_statsmodels_and_scipy_within_1e_9() {
         )
     })
     .collect();
+    // Alternating signs: the uniform kernel's variance is negative, and Bartlett's stands in.
+    cases.push((
+        (0..40)
+            .map(|i| if i % 2 == 0 { 1.3 } else { -1.0 })
+            .collect(),
+        2,
+    ));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("cases.json");
     let body = json!({"cases": cases.iter().map(|(d, h)| json!({"differentials": d, "horizon_origins": h})).collect::<Vec<_>>()});
@@ -81,5 +96,78 @@ fn per_origin_means_come_from_the_pairs_both_versions_forecast() {
     assert_eq!(
         compared.mean_losses(Loss::Absolute),
         Some((4.0 / 3.0, 2.0 / 3.0))
+    );
+}
+
+/// ETTh1's test period, as the issue measures the test's size on it.
+const TEST_ORIGINS: usize = 476;
+const ORIGIN_SPACING_HOURS: usize = 6;
+const HORIZON_HOURS: usize = 24;
+
+/// Per origin of ETTh1's test period, 6 hours apart: the bundled model's mean squared error over
+/// its 24 steps minus repeat-last's.
+fn model_against_repeat_last_on_the_test_period() -> Vec<f64> {
+    let rows = common::replay::etth1_ot();
+    let model = common::bundled_model();
+    let window = model.metadata().input.window;
+    let origins: Vec<usize> = (0..TEST_ORIGINS)
+        .map(|k| common::replay::TEST_START + k * ORIGIN_SPACING_HOURS)
+        .collect();
+    let windows: Vec<Vec<f64>> = origins
+        .iter()
+        .map(|&o| rows[o - window..o].iter().map(|r| r.1).collect())
+        .collect();
+    let forecasts: Vec<Vec<f64>> = windows
+        .chunks(64)
+        .flat_map(|chunk| model.forecast(chunk).unwrap())
+        .collect();
+    origins
+        .iter()
+        .zip(&forecasts)
+        .map(|(&o, forecast)| {
+            let last = rows[o - 1].1;
+            let squared = |f: f64, a: f64| (f - a) * (f - a);
+            forecast
+                .iter()
+                .zip(&rows[o..o + HORIZON_HOURS])
+                .map(|(f, (_, actual))| squared(*f, *actual) - squared(last, *actual))
+                .sum::<f64>()
+                / HORIZON_HOURS as f64
+        })
+        .collect()
+}
+
+#[test]
+fn with_the_labels_swapped_by_a_coin_per_day_the_test_rejects_in_at_most_alpha_of_replays() {
+    // GIVEN two real forecasters on ETTh1's test period: the bundled model and repeat-last
+    let differentials = model_against_repeat_last_on_the_test_period();
+    let horizon_origins = HORIZON_HOURS.div_ceil(ORIGIN_SPACING_HOURS);
+    assert_eq!(horizon_origins, 4);
+    // (the model is genuinely better: the unswapped comparison is decisive)
+    let real = diebold_mariano(&differentials, horizon_origins).unwrap();
+    assert!(real.mean < 0.0 && real.p_value < 1e-6, "{real:?}");
+    // WHEN their labels are swapped by a seeded coin, one flip per day (4 origins, a whole
+    // horizon), so the true difference is exactly zero and the overlap's correlation survives
+    let replays = 1_000;
+    let alpha = 0.05;
+    let mut rejected = 0;
+    for replay in 0..replays {
+        let mut draws = Draws(0x5eed_0000 + replay);
+        let swapped: Vec<f64> = differentials
+            .chunks(horizon_origins)
+            .flat_map(|day| {
+                let sign = if draws.uniform() < 0.5 { -1.0 } else { 1.0 };
+                day.iter().map(move |d| sign * d)
+            })
+            .collect();
+        let test = diebold_mariano(&swapped, horizon_origins).unwrap();
+        rejected += usize::from(test.p_value < alpha);
+    }
+    // THEN the test rejects (would promote or reject a version) in at most alpha of the replays
+    let rate = rejected as f64 / replays as f64;
+    println!("size of the Diebold-Mariano test: {rejected} of {replays} replays rejected at alpha {alpha} ({:.1}%)", rate * 100.0);
+    assert!(
+        rate <= alpha,
+        "{rejected} of {replays} replays rejected at alpha {alpha}"
     );
 }

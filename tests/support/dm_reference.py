@@ -5,9 +5,10 @@ Reads the JSON file named by its argument: {"cases": [{"differentials": [...], "
 Prints JSON: [{"mean", "statistic", "p_value"}, ...], one per case.
 
 The variance is statsmodels' HAC covariance of the differential regressed on a constant
-(`sandwich_covariance.cov_hac`, Bartlett weights over h - 1 lags, its default small-sample
-correction); the statistic gets Harvey, Leybourne and Newbold's factor and a Student-t tail with
-T - 1 degrees of freedom (scipy).
+(`sandwich_covariance.cov_hac` over h - 1 lags, its default small-sample correction), with uniform
+weights (the truncated kernel Harvey, Leybourne and Newbold's factor is derived for), or Bartlett's
+where that is not positive; the statistic gets the HLN factor and a Student-t tail with T - 1
+degrees of freedom (scipy).
 """
 import json
 import sys
@@ -15,7 +16,7 @@ import sys
 import numpy as np
 import statsmodels.api as sm
 from scipy import stats
-from statsmodels.stats.sandwich_covariance import cov_hac
+from statsmodels.stats.sandwich_covariance import cov_hac, weights_bartlett, weights_uniform
 
 
 def dm(differentials, horizon_origins):
@@ -23,7 +24,10 @@ def dm(differentials, horizon_origins):
     t = len(d)
     h = max(int(horizon_origins), 1)
     fit = sm.OLS(d, np.ones((t, 1))).fit()
-    variance = cov_hac(fit, nlags=min(h - 1, t - 1))[0, 0]
+    lags = min(h - 1, t - 1)
+    variance = cov_hac(fit, nlags=lags, weights_func=weights_uniform)[0, 0]
+    if not variance > 0:
+        variance = cov_hac(fit, nlags=lags, weights_func=weights_bartlett)[0, 0]
     hln = np.sqrt((t + 1 - 2 * h + h * (h - 1) / t) / t)
     statistic = fit.params[0] / np.sqrt(variance) * hln
     p_value = 2 * stats.t.sf(abs(statistic), df=t - 1)

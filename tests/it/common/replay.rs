@@ -197,7 +197,8 @@ pub async fn replay_etth1(s3: aws_sdk_s3::Client, bucket: &str, replay: Replay) 
 }
 
 /// ETTh1's OT column with its timestamps (RFC 3339).
-fn etth1_ot() -> Vec<(String, f64)> {
+/// ETTh1's oil temperature, `(RFC 3339 time, value)` per hour.
+pub fn etth1_ot() -> Vec<(String, f64)> {
     std::fs::read_to_string(repo_path("model_artifacts/data/ETTh1.csv"))
         .unwrap()
         .lines()
