@@ -337,11 +337,65 @@ fn parse_series_array(
             ),
         ));
     }
-    series
+    let series = series
         .iter()
         .enumerate()
         .map(|(i, item)| parse_series(i, item, shape))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    check_unique_ids(&series)?;
+    Ok(series)
+}
+
+/// Refuses two series with one id in `series`, naming both indexes.
+pub fn check_unique_ids(series: &[SeriesInput]) -> Result<(), RequestError> {
+    let mut ids = UniqueIds::default();
+    for (index, input) in series.iter().enumerate() {
+        ids.check(input.id.as_deref(), index)?;
+    }
+    Ok(())
+}
+
+/// The series ids seen so far in one request or one shard. Two series with one id would be
+/// answered, logged and scored as each other (the forecast log and the scores are keyed by id),
+/// so the second is refused. Ids are kept as keyed hashes, 16 bytes a series, so a shard of
+/// millions of series stays cheap; the keys are random per process, so no caller can craft a
+/// collision.
+#[derive(Default)]
+pub struct UniqueIds {
+    first_index: std::collections::HashMap<u64, usize>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl UniqueIds {
+    /// Records the id of the series at `index` (counting from 0); `None` (no id) never repeats.
+    pub fn check(&mut self, id: Option<&str>, index: usize) -> Result<(), RequestError> {
+        use std::hash::BuildHasher;
+        let Some(id) = id else {
+            return Ok(());
+        };
+        match self.first_index.entry(self.hasher.hash_one(id)) {
+            std::collections::hash_map::Entry::Occupied(first) => Err(reject(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "series[{index}].id `{}` repeats series[{}].id: each series needs its own id (answers, the forecast log and accuracy scores are keyed by it)",
+                    truncated(id),
+                    first.get()
+                ),
+            )),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(index);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// An id as an error message quotes it: at most 64 characters.
+fn truncated(id: &str) -> String {
+    match id.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}...", &id[..cut]),
+        None => id.to_string(),
+    }
 }
 
 fn parse_series(i: usize, item: &Value, shape: &RequestShape) -> Result<SeriesInput, RequestError> {

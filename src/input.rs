@@ -53,11 +53,13 @@ pub fn parse_input(
     content: &[u8],
     shape: &RequestShape,
 ) -> Result<Vec<SeriesInput>, RequestError> {
-    match format {
+    let series = match format {
         InputFormat::Json => parse_forecast_request(content, shape),
         InputFormat::Csv => parse_csv(content, shape),
         InputFormat::JsonLines => parse_json_lines(content, shape),
-    }
+    }?;
+    crate::forecast::check_unique_ids(&series)?;
+    Ok(series)
 }
 
 /// JSON Lines: each non-blank line is one series, validated like a `POST /v1/forecast` series;

@@ -34,7 +34,8 @@ fuzz_target!(|data: &[u8]| {
             let _ = restore.apply(&out);
         }
     }
-    let _ = parse_observations(data, 1000);
+    let now = lstm_forecast::time::parse_rfc3339("2026-01-01T00:00:00Z").expect("a valid time");
+    let _ = parse_observations(data, 1000, now);
     let _ = parse_csv(data, &shape);
     let _ = parse_json_lines(data, &shape);
 });

@@ -77,6 +77,12 @@ pub struct AccuracyArgs {
     pub forecast_log_delivery: Option<LogDeliveryArg>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ObservationsAuth {
+    Token,
+    None,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum LogDeliveryArg {
     Objects,
@@ -270,9 +276,9 @@ pub struct ServeArgs {
     #[arg(long, env = "MAX_SERIES", default_value_t = Limits::default().max_series)]
     pub max_series: usize,
 
-    /// When set, POST /v1/observations needs `Authorization: Bearer <this token>`: actuals drive
-    /// the accuracy alarm and the rollback. Set it where nothing in front of the server
-    /// authenticates (ECS behind a load balancer); pass it from a secret, never on the command line.
+    /// POST /v1/observations needs `Authorization: Bearer <this token>`: actuals drive the accuracy
+    /// alarm and the rollback. With a forecast log, serve refuses to start without one unless
+    /// --observations-auth none says so. Pass it from a secret, never on the command line.
     #[arg(long, env = "OBSERVATIONS_TOKEN", hide_env_values = true)]
     pub observations_token: Option<String>,
 
@@ -285,6 +291,12 @@ pub struct ServeArgs {
         conflicts_with = "observations_token"
     )]
     pub observations_token_file: Option<PathBuf>,
+
+    /// Who may POST /v1/observations when a forecast log is set: `token` (the holders of
+    /// --observations-token; serve refuses to start without one) or `none` (anyone: only where
+    /// something in front of the server authenticates its callers).
+    #[arg(long, env = "OBSERVATIONS_AUTH", value_enum, default_value_t = ObservationsAuth::Token)]
+    pub observations_auth: ObservationsAuth,
 
     /// Largest accepted POST /v1/observations body, in bytes.
     #[arg(long, env = "MAX_OBSERVATION_BYTES", default_value_t = Limits::default().max_observation_bytes)]

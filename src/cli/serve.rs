@@ -19,7 +19,7 @@ use lstm_forecast::service::follow::follower_for;
 use lstm_forecast::service::Limits;
 use lstm_forecast::source::ModelUri;
 
-use super::args::{LogDeliveryArg, ServeArgs};
+use super::args::{LogDeliveryArg, ObservationsAuth, ServeArgs};
 use super::{aws_clients, runtime};
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -136,8 +136,27 @@ fn service_config(args: &ServeArgs) -> ServiceConfig {
     }
 }
 
-/// The token that writers of actuals must present, from its file or the environment.
+/// The token that writers of actuals must present, from its file or the environment. Fails
+/// closed: a forecast log without a token is refused unless `--observations-auth none` opens it
+/// on purpose, since anyone's actuals would then drive the accuracy alarm and the rollback.
 fn observations_token(args: &ServeArgs) -> anyhow::Result<Option<String>> {
+    let token = read_observations_token(args)?;
+    match (args.observations_auth, &token) {
+        (ObservationsAuth::None, Some(_)) => anyhow::bail!(
+            "--observations-auth none with an observations token: drop one of the two"
+        ),
+        (ObservationsAuth::Token, None) if args.accuracy.forecast_log.is_some() => anyhow::bail!(
+            "FORECAST_LOG_URI is set but no OBSERVATIONS_TOKEN (or OBSERVATIONS_TOKEN_FILE): anyone could post the actuals that drive the accuracy alarm and the rollback. Set a token, or pass --observations-auth none (OBSERVATIONS_AUTH=none) if something in front of the server authenticates its callers"
+        ),
+        (ObservationsAuth::None, None) if args.accuracy.forecast_log.is_some() => {
+            tracing::warn!("POST /v1/observations accepts anyone's actuals (--observations-auth none)");
+        }
+        _ => {}
+    }
+    Ok(token)
+}
+
+fn read_observations_token(args: &ServeArgs) -> anyhow::Result<Option<String>> {
     let Some(path) = &args.observations_token_file else {
         return Ok(args.observations_token.clone().filter(|t| !t.is_empty()));
     };

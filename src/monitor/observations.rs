@@ -18,10 +18,18 @@ pub struct Observation {
     pub value: f64,
 }
 
+/// How far past the server's clock an actual may be stamped: clock skew between the systems that
+/// measure and this one, and values stamped at the end of their period. An actual stamped later
+/// has not happened: accepted, it would mark every target of its series before it as missing the
+/// moment it is read, and the series' real actuals would never be scored again.
+pub const MAX_OBSERVATION_LEAD: chrono::Duration = chrono::Duration::hours(1);
+
 /// Parses a `POST /v1/observations` body: `{"series":[{"id","timestamps":[...],"values":[...]}]}`.
+/// Timestamps after `now` + [`MAX_OBSERVATION_LEAD`] are refused, naming the field.
 pub fn parse_observations(
     body: &[u8],
     max_points: usize,
+    now: DateTime<Utc>,
 ) -> Result<Vec<Observation>, RequestError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(reject(
@@ -50,65 +58,7 @@ pub fn parse_observations(
     };
     let mut observations = Vec::new();
     for (i, item) in series.iter().enumerate() {
-        let at = format!("series[{i}]");
-        let Value::Object(fields) = item else {
-            return Err(reject(
-                ErrorCode::InvalidRequest,
-                format!("{at} must be an object"),
-            ));
-        };
-        reject_unknown_fields(fields, &["id", "timestamps", "values"], &at)?;
-        let id = match fields.get("id") {
-            Some(Value::String(id)) if !id.is_empty() && id.chars().count() <= MAX_ID_LEN => {
-                id.clone()
-            }
-            _ => {
-                return Err(reject(
-                    ErrorCode::InvalidRequest,
-                    format!(
-                        "{at}.id must be a non-empty string (the series id used when forecasting)"
-                    ),
-                ))
-            }
-        };
-        let (Some(Value::Array(stamps)), Some(Value::Array(values))) =
-            (fields.get("timestamps"), fields.get("values"))
-        else {
-            return Err(reject(
-                ErrorCode::InvalidRequest,
-                format!("{at} needs `timestamps` and `values` arrays"),
-            ));
-        };
-        if stamps.len() != values.len() {
-            return Err(reject(
-                ErrorCode::InvalidRequest,
-                format!(
-                    "{at} has {} timestamps but {} values",
-                    stamps.len(),
-                    values.len()
-                ),
-            ));
-        }
-        for (k, (stamp, value)) in stamps.iter().zip(values).enumerate() {
-            let timestamp = stamp.as_str().and_then(parse_rfc3339).ok_or_else(|| {
-                reject(
-                    ErrorCode::InvalidTimestamp,
-                    format!("{at}.timestamps[{k}] must be an RFC 3339 string"),
-                )
-            })?;
-            let value = number(value, &format!("{at}.values[{k}]"), &["value".to_string()])?;
-            observations.push(Observation {
-                series_id: id.clone(),
-                timestamp,
-                value,
-            });
-            if observations.len() > max_points {
-                return Err(reject(
-                    ErrorCode::TooManySeries,
-                    format!("more than {max_points} observations in one request"),
-                ));
-            }
-        }
+        append_series(&mut observations, i, item, (max_points, now))?;
     }
     if observations.is_empty() {
         return Err(reject(
@@ -117,4 +67,81 @@ pub fn parse_observations(
         ));
     }
     Ok(observations)
+}
+
+/// Appends the observations of `series[i]` (`item`), refusing more than `max_points` in all and
+/// timestamps past `now` + [`MAX_OBSERVATION_LEAD`].
+fn append_series(
+    observations: &mut Vec<Observation>,
+    i: usize,
+    item: &Value,
+    (max_points, now): (usize, DateTime<Utc>),
+) -> Result<(), RequestError> {
+    let at = format!("series[{i}]");
+    let Value::Object(fields) = item else {
+        return Err(reject(
+            ErrorCode::InvalidRequest,
+            format!("{at} must be an object"),
+        ));
+    };
+    reject_unknown_fields(fields, &["id", "timestamps", "values"], &at)?;
+    let id = match fields.get("id") {
+        Some(Value::String(id)) if !id.is_empty() && id.chars().count() <= MAX_ID_LEN => id.clone(),
+        _ => {
+            return Err(reject(
+                ErrorCode::InvalidRequest,
+                format!("{at}.id must be a non-empty string (the series id used when forecasting)"),
+            ))
+        }
+    };
+    let (Some(Value::Array(stamps)), Some(Value::Array(values))) =
+        (fields.get("timestamps"), fields.get("values"))
+    else {
+        return Err(reject(
+            ErrorCode::InvalidRequest,
+            format!("{at} needs `timestamps` and `values` arrays"),
+        ));
+    };
+    if stamps.len() != values.len() {
+        return Err(reject(
+            ErrorCode::InvalidRequest,
+            format!(
+                "{at} has {} timestamps but {} values",
+                stamps.len(),
+                values.len()
+            ),
+        ));
+    }
+    for (k, (stamp, value)) in stamps.iter().zip(values).enumerate() {
+        let timestamp = stamp.as_str().and_then(parse_rfc3339).ok_or_else(|| {
+            reject(
+                ErrorCode::InvalidTimestamp,
+                format!("{at}.timestamps[{k}] must be an RFC 3339 string"),
+            )
+        })?;
+        if timestamp > now + MAX_OBSERVATION_LEAD {
+            return Err(reject(
+                ErrorCode::InvalidTimestamp,
+                format!(
+                    "{at}.timestamps[{k}] is {}, more than {} hour(s) after the server's clock ({}): an actual cannot be from the future",
+                    crate::time::format_rfc3339(timestamp),
+                    MAX_OBSERVATION_LEAD.num_hours(),
+                    crate::time::format_rfc3339(now)
+                ),
+            ));
+        }
+        let value = number(value, &format!("{at}.values[{k}]"), &["value".to_string()])?;
+        observations.push(Observation {
+            series_id: id.clone(),
+            timestamp,
+            value,
+        });
+        if observations.len() > max_points {
+            return Err(reject(
+                ErrorCode::TooManySeries,
+                format!("more than {max_points} observations in one request"),
+            ));
+        }
+    }
+    Ok(())
 }

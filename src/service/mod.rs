@@ -430,7 +430,8 @@ impl Service {
     /// Returns how many were stored and the object they went to.
     pub async fn store_observations(&self, body: &[u8]) -> Result<(usize, String), ServiceError> {
         let log = self.forecast_log().ok_or(ServiceError::NoStore)?;
-        let observations: Vec<Observation> = parse_observations(body, MAX_OBSERVATIONS)?;
+        let observations: Vec<Observation> =
+            parse_observations(body, MAX_OBSERVATIONS, chrono::Utc::now())?;
         let key = log
             .store()
             .append_actuals(&observations)

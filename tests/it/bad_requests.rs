@@ -58,6 +58,12 @@ fn cases() -> Vec<Case> {
             "body is empty",
         ),
         case("not json", "hello", 400, "invalid_json", "not valid JSON"),
+        json_case(
+            "one series id twice",
+            json!({"series": [{"id": "a", "values": ok}, {"id": "b", "values": ok}, {"id": "a", "values": ok}]}),
+            "invalid_request",
+            "series[2].id `a` repeats series[0].id",
+        ),
         case(
             "truncated json",
             r#"{"series":["#,

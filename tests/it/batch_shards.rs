@@ -610,3 +610,47 @@ async fn the_template_state_machine_forecasts_every_shard_on_ministack_and_write
         "{manifest}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_with_one_series_id_twice_fails_alone_and_names_both() {
+    // GIVEN a JSON Lines shard whose third series reuses the first one's id, beside a good shard
+    let moto = Moto::start();
+    let s3 = moto.create_bucket(BUCKET).await;
+    let run = "run-duplicate-ids";
+    let good = jsonl_shard("d", 3);
+    let first_line = good.lines().next().unwrap().to_string();
+    let repeated = format!("{}{first_line}\n", jsonl_shard("d", 2));
+    put(
+        &s3,
+        &format!("{INPUT_PREFIX}{run}/repeated.jsonl"),
+        repeated,
+    )
+    .await;
+    put(&s3, &format!("{INPUT_PREFIX}{run}/good.jsonl"), good).await;
+    let instance = Instance::start(&shard_function_env(&moto.endpoint, &[]));
+    let items = listed_items(&s3, &format!("{INPUT_PREFIX}{run}/")).await;
+    let (_, output) = run_uri(run);
+    // WHEN both shards run
+    let result = instance
+        .invoke(&item_batches(&items, items.len(), &output)[0])
+        .await
+        .expect("bad input fails only its shard");
+    // THEN the repeated id fails its shard for good, naming both series; nothing of it is written
+    assert_eq!(result["failed"], 1, "{result}");
+    let failed = result["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r.get("error").is_some())
+        .expect("a failed shard");
+    assert_eq!(failed["error"]["type"], "InvalidInput", "{failed}");
+    let message = failed["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("series[2].id `d-0` repeats series[0].id"),
+        "{message}"
+    );
+    assert_eq!(text(&s3, &output_key(run, "repeated.jsonl")).await, None);
+    // AND the good shard is written whole
+    let written = text(&s3, &output_key(run, "good.jsonl")).await.unwrap();
+    assert_eq!(forecast_ids(&written), ["d-0", "d-1", "d-2"]);
+}

@@ -294,6 +294,42 @@ async fn with_an_observations_token_only_its_holders_may_post_actuals() {
     assert!(help.contains("OBSERVATIONS_TOKEN") && !help.contains("s3cret-writer"));
 }
 
+#[tokio::test]
+async fn with_a_forecast_log_and_no_token_serve_refuses_to_start_unless_told_to_open_it() {
+    // GIVEN a forecast log and no observations token
+    let moto = common::emulators::Moto::shared();
+    moto.create_bucket("open-actuals").await;
+    let mut env = moto.env();
+    env.push(("FORECAST_LOG_URI", "s3://open-actuals/monitoring".into()));
+    // WHEN serve starts
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    // THEN it exits before listening, naming the missing token and the way out
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("OBSERVATIONS_TOKEN") && stderr.contains("--observations-auth none"),
+        "{stderr}"
+    );
+    // AND `--observations-auth none` opens it on purpose, with a warning
+    let open = common::ServeProcess::start(&["--observations-auth", "none"], &env).await;
+    open.wait_for_log(
+        "accepts anyone's actuals",
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    let stored = reqwest::Client::new()
+        .post(open.url("/v1/observations"))
+        .json(&json!({"series": [{"id": "a", "timestamps": ["2018-01-01T00:00:00Z"], "values": [1.0]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 202);
+}
+
 /// Actuals without the token, or with another, are refused; with it they reach the service; and
 /// forecasts need none.
 async fn only_the_token_holder_may_post_actuals(server: &common::ServeProcess) {

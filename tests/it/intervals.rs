@@ -370,6 +370,7 @@ async fn serve_switches_to_the_published_online_calibration_on_its_reload_poll()
     let store = AccuracyStore::new(s3, "s3://online/monitoring").unwrap();
     let mut env = moto.env();
     env.push(("FORECAST_LOG_URI", "s3://online/monitoring".into()));
+    env.push(("OBSERVATIONS_TOKEN", "online-writer".into()));
     let server = ServeProcess::start(&["--reload-interval-seconds", "1"], &env).await;
     let client = reqwest::Client::new();
     let body = json!({"series": [{"values": window(0.0)}], "intervals": [0.8]});

@@ -795,3 +795,51 @@ async fn a_replay_of_past_data_is_scored_once_however_often_its_actuals_are_sent
     let idle = evaluate_now(&store).await.unwrap().evaluation;
     assert_eq!((idle.objects_read, idle.pairs), (0, 0));
 }
+
+#[tokio::test]
+async fn a_far_future_actual_is_refused_by_name_and_nothing_is_stored() {
+    // GIVEN a server logging to a store
+    let moto = Moto::shared();
+    let s3 = moto.create_bucket("future-actuals").await;
+    let store = AccuracyStore::new(s3.clone(), "s3://future-actuals/monitoring").unwrap();
+    let log = Arc::new(ForecastLog::new(store));
+    let (server, _) = server_with(Vec::new(), Some(log), 0.0).await;
+    let client = reqwest::Client::new();
+    // WHEN a caller sends a real actual beside one stamped in year 9999 (which, stored, would
+    // count every target of the series as missing from then on)
+    let body = json!({"series": [{"id": "a",
+        "timestamps": ["2018-01-01T00:00:00Z", "9999-01-01T00:00:00Z"], "values": [1.0, 2.0]}]});
+    let refused = client
+        .post(server.url("/v1/observations"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    // THEN the request is a 400 naming the field, and the store holds no actual at all
+    assert_eq!(refused.status(), 400);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "invalid_timestamp", "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("series[0].timestamps[1]") && message.contains("future"),
+        "{message}"
+    );
+    let listed = s3
+        .list_objects_v2()
+        .bucket("future-actuals")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.key_count(), Some(0), "{listed:?}");
+    // AND an actual from within the last hour is still taken
+    let now = lstm_forecast::time::format_rfc3339(chrono::Utc::now());
+    let fresh = json!({"series": [{"id": "a", "timestamps": [now], "values": [1.0]}]});
+    let taken = client
+        .post(server.url("/v1/observations"))
+        .json(&fresh)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(taken.status(), 202);
+    server.stop().await;
+}

@@ -135,6 +135,8 @@ pub async fn forecast_stream<R: AsyncBufRead + Unpin>(
     // will not be written.
     let mut in_flight = AbortOnDrop(None);
     let mut lines = 0;
+    // Series parsed so far, and their ids: one id twice in a shard is refused like in a request.
+    let (mut parsed, mut ids) = (0, crate::forecast::UniqueIds::default());
     loop {
         line.clear();
         let read = (&mut input)
@@ -152,7 +154,11 @@ pub async fn forecast_stream<R: AsyncBufRead + Unpin>(
         } else {
             stream.push_line(&line)?
         };
-        chunk.extend(completed);
+        if let Some(series) = completed {
+            ids.check(series.id.as_deref(), parsed)?;
+            parsed += 1;
+            chunk.push(series);
+        }
         if chunk.len() == chunk_series || (ended && !chunk.is_empty()) {
             let next = spawn_forecast(service, std::mem::take(&mut chunk), intervals, request_id);
             chunk.reserve(chunk_series);
