@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use lstm_forecast::model::engine::{configure_libtorch, Workload};
+use lstm_forecast::model::ModelArtifacts;
 use lstm_forecast::registry::{Registry, RegistryRef, RollbackOutcome};
 use lstm_forecast::source::DirectorySource;
 use lstm_forecast::validate::{run_probe, validate_dir};
@@ -45,7 +46,12 @@ pub fn run(command: ModelCommand) -> anyhow::Result<ExitCode> {
             aws,
         } => {
             let registry = open_registry(&registry, &aws)?;
-            match runtime()?.block_on(registry.promote(&version))? {
+            let runtime = runtime()?;
+            // The version may have reached the registry by another way than `publish` (a direct
+            // upload): it is probed here too, in a child process, before it can serve.
+            let artifacts = runtime.block_on(registry.fetch_version(&version))?;
+            probe_fetched(&artifacts, &version)?;
+            match runtime.block_on(registry.promote(&version))? {
                 Some(p) if p == version => println!("{version} is already live"),
                 Some(p) => println!("{version} is live (was {p})"),
                 None => println!("{version} is live"),
@@ -277,21 +283,48 @@ fn list(registry: &Registry) -> anyhow::Result<()> {
     })
 }
 
-fn publish(dir: PathBuf, registry: &Registry, promote: bool) -> anyhow::Result<()> {
+/// Validates `dir` with the child-process probe; `Err` names every failed check.
+fn probe(dir: &std::path::Path) -> anyhow::Result<Result<(), String>> {
     eprintln!("validating {} ...", dir.display());
     let exe = std::env::current_exe().context("locating this executable for the probe process")?;
-    let report = validate_dir(&exe, &dir, Duration::from_secs(120));
-    if !report.valid {
-        let failed: Vec<String> = report
-            .checks
-            .iter()
-            .filter(|c| !c.ok)
-            .map(|c| format!("{}: {}", c.name, c.detail))
-            .collect();
+    let report = validate_dir(&exe, dir, Duration::from_secs(120));
+    if report.valid {
+        return Ok(Ok(()));
+    }
+    let failed: Vec<String> = report
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    Ok(Err(failed.join("; ")))
+}
+
+/// Probes a version fetched from the registry, from a scratch directory; refuses it by name.
+fn probe_fetched(artifacts: &ModelArtifacts, version: &str) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!(
+        "lstm-forecast-promote-{}-{version}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let probed = artifacts
+        .files()
+        .into_iter()
+        .try_for_each(|(name, bytes)| std::fs::write(dir.join(name), bytes))
+        .with_context(|| format!("writing version {version} to {}", dir.display()))
+        .and_then(|()| probe(&dir));
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(failed) = probed? {
+        bail!("version {version} failed its probe, the alias is unchanged: {failed}");
+    }
+    Ok(())
+}
+
+fn publish(dir: PathBuf, registry: &Registry, promote: bool) -> anyhow::Result<()> {
+    if let Err(failed) = probe(&dir)? {
         bail!(
-            "{} is not valid, nothing was uploaded: {}",
-            dir.display(),
-            failed.join("; ")
+            "{} is not valid, nothing was uploaded: {failed}",
+            dir.display()
         );
     }
     let artifacts = DirectorySource::new(&dir).read()?;

@@ -228,3 +228,60 @@ async fn serve_follows_the_alias_and_keeps_the_old_model_when_a_new_one_fails_to
         .unwrap();
     assert_eq!(forecast.status(), 200);
 }
+
+#[tokio::test]
+async fn promote_probes_a_version_that_skipped_publish_and_refuses_one_that_crashes_libtorch() {
+    // GIVEN 1.0.0 live, and a version uploaded straight to S3 (around `publish`, which would
+    // have refused it): TorchScript traced at a fixed batch, which crashes libtorch at batch 64
+    let moto = Moto::start();
+    let s3 = moto.create_bucket(BUCKET).await;
+    common::publish_bundled_as(&moto, "1.0.0", REGISTRY);
+    let broken = repo_path("tests/fixtures/broken-traced-lstm");
+    let mut metadata: Value =
+        serde_json::from_slice(&std::fs::read(broken.join("model.json")).unwrap()).unwrap();
+    metadata["version"] = "6.6.6".into();
+    for (key, body) in [
+        (
+            "models/etth1-ot-lstm/6.6.6/model.pt",
+            std::fs::read(broken.join("model.pt")).unwrap(),
+        ),
+        (
+            "models/etth1-ot-lstm/6.6.6/model.json",
+            serde_json::to_vec(&metadata).unwrap(),
+        ),
+    ] {
+        s3.put_object()
+            .bucket(BUCKET)
+            .key(key)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .unwrap();
+    }
+    // WHEN an operator promotes it
+    let (ok, out) = cli(&moto, &["model", "promote", REGISTRY, "6.6.6"]);
+    // THEN the probe's child process crashes, not the command, and the alias is unchanged
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("version 6.6.6 failed its probe, the alias is unchanged")
+            && out.contains("libtorch cannot run this model safely"),
+        "{out}"
+    );
+    let (alias, _) = registry(&moto).await.read_alias().await.unwrap().unwrap();
+    assert_eq!(alias.version, "1.0.0");
+    // AND a sound version still promotes after its probe
+    let v2 = bundled_as_version("1.0.1");
+    let (ok, out) = cli(
+        &moto,
+        &[
+            "model",
+            "publish",
+            "--no-promote",
+            v2.path().to_str().unwrap(),
+            REGISTRY,
+        ],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&moto, &["model", "promote", REGISTRY, "1.0.1"]);
+    assert!(ok && out.contains("1.0.1 is live (was 1.0.0)"), "{out}");
+}
