@@ -378,7 +378,7 @@ impl UniqueIds {
                 ErrorCode::InvalidRequest,
                 format!(
                     "series[{index}].id `{}` repeats series[{}].id: each series needs its own id (answers, the forecast log and accuracy scores are keyed by it)",
-                    truncated(id),
+                    excerpt(id),
                     first.get()
                 ),
             )),
@@ -390,12 +390,14 @@ impl UniqueIds {
     }
 }
 
-/// An id as an error message quotes it: at most 64 characters.
-fn truncated(id: &str) -> String {
-    match id.char_indices().nth(64) {
-        Some((cut, _)) => format!("{}...", &id[..cut]),
-        None => id.to_string(),
+/// Caller text as an error message quotes it: at most 64 characters, control characters escaped,
+/// so a 2 MiB field or one with newlines cannot flood the answer or forge log lines.
+pub(crate) fn excerpt(text: &str) -> String {
+    let mut quoted: String = text.chars().take(64).flat_map(char::escape_debug).collect();
+    if text.chars().nth(64).is_some() {
+        quoted.push_str("...");
     }
+    quoted
 }
 
 fn parse_series(i: usize, item: &Value, shape: &RequestShape) -> Result<SeriesInput, RequestError> {
@@ -529,13 +531,13 @@ fn last_timestamp(
             let last = parse_rfc3339(text).ok_or_else(|| {
                 reject(
                     ErrorCode::InvalidTimestamp,
-                    format!("{at}.last_timestamp `{text}` is not an RFC 3339 timestamp (e.g. 2018-02-20T23:00:00Z)"),
+                    format!("{at}.last_timestamp `{}` is not an RFC 3339 timestamp (e.g. 2018-02-20T23:00:00Z)", excerpt(text)),
                 )
             })?;
             shape.check_forecast_fits_after(last).map_err(|why| {
                 reject(
                     ErrorCode::InvalidTimestamp,
-                    format!("{at}.last_timestamp `{text}`: {why}"),
+                    format!("{at}.last_timestamp `{}`: {why}", excerpt(text)),
                 )
             })?;
             Some(last)

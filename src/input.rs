@@ -214,7 +214,8 @@ impl CsvLayout {
             let cell = record.get(c).unwrap_or("");
             let value: f64 = cell.parse().map_err(|_| {
                 invalid(format!(
-                    "CSV line {line}, column `{feature}`: `{cell}` is not a number"
+                    "CSV line {line}, column `{feature}`: `{}` is not a number",
+                    crate::forecast::excerpt(cell)
                 ))
             })?;
             if !value.is_finite() {
@@ -276,13 +277,19 @@ impl SeriesRows {
             Some(text) => {
                 let last = parse_timestamp_lenient(&text).ok_or_else(|| RequestError {
                     code: ErrorCode::InvalidTimestamp,
-                    message: format!("{name}: last timestamp `{text}` is neither RFC 3339 nor `YYYY-MM-DD HH:MM:SS`"),
+                    message: format!(
+                        "{name}: last timestamp `{}` is neither RFC 3339 nor `YYYY-MM-DD HH:MM:SS`",
+                        crate::forecast::excerpt(&text)
+                    ),
                 })?;
                 shape
                     .check_forecast_fits_after(last)
                     .map_err(|why| RequestError {
                         code: ErrorCode::InvalidTimestamp,
-                        message: format!("{name}: last timestamp `{text}`: {why}"),
+                        message: format!(
+                            "{name}: last timestamp `{}`: {why}",
+                            crate::forecast::excerpt(&text)
+                        ),
                     })?;
                 Some(last)
             }

@@ -277,6 +277,12 @@ fn cases() -> Vec<Case> {
             "series[0].id is longer than 256",
         ),
         json_case(
+            "a 200 KB last_timestamp full of newlines",
+            json!({"series": [{"values": ok, "last_timestamp": "forged\nlog line ".repeat(12_000)}]}),
+            "invalid_timestamp",
+            "`forged\\nlog line forged",
+        ),
+        json_case(
             "timestamp not RFC 3339",
             json!({"series": [{"values": ok, "last_timestamp": "yesterday"}]}),
             "invalid_timestamp",
@@ -359,6 +365,14 @@ async fn every_bad_request_is_a_named_4xx_and_the_server_stays_healthy() {
             "{}: message {message:?} should mention {:?}",
             case.name,
             case.mentions
+        );
+        // Caller text is quoted as an excerpt: no answer (or log line) carries it whole.
+        assert!(
+            message.len() <= 1_000 && !message.contains('\n'),
+            "{}: message of {} bytes: {:?}",
+            case.name,
+            message.len(),
+            &message[..message.len().min(200)]
         );
         let health = client.get(server.url("/healthz")).send().await.unwrap();
         assert_eq!(health.status(), 200, "unhealthy after {}", case.name);
