@@ -58,7 +58,19 @@ pub struct ForecastRecord {
     /// The intervals served with the forecast: `evaluate` measures their coverage.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub intervals: Vec<crate::forecast::Interval>,
+    /// Made from a window with a value beyond [`OUT_OF_RANGE_SPREADS`] training standard
+    /// deviations of its feature's training mean: `evaluate` scores it apart, and it is never
+    /// evidence about the model (a unit change upstream, a stuck sensor, or a caller's forged
+    /// history would otherwise read as the model failing).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub out_of_range: bool,
 }
+
+/// How far, in training standard deviations of its feature, a window value may lie from the
+/// training mean before the forecast made from it is flagged [`ForecastRecord::out_of_range`].
+/// ETTh1 (the bundled model's data) stays within 3.2 of them everywhere; a reading in other units
+/// lies orders of magnitude beyond.
+pub const OUT_OF_RANGE_SPREADS: f64 = 10.0;
 
 impl ForecastRecord {
     /// What tells this forecast from every other: its series, origin, version and the instant it

@@ -34,7 +34,7 @@ use crate::model::contract::{Calibration, ModelMetadata};
 use crate::model::Model;
 use crate::monitor::drift::InputDriftMonitor;
 use crate::monitor::observations::{parse_observations, Observation};
-use crate::monitor::store::{ForecastLog, ForecastRecord, StoreError};
+use crate::monitor::store::{ForecastLog, ForecastRecord, StoreError, OUT_OF_RANGE_SPREADS};
 
 /// Request limits.
 #[derive(Debug, Clone, Copy)]
@@ -466,6 +466,23 @@ impl Service {
     }
 }
 
+/// Whether a value of the model's window (the last `window` rows of `values`) lies beyond
+/// [`OUT_OF_RANGE_SPREADS`] training standard deviations of its feature's training mean.
+fn window_out_of_range(metadata: &ModelMetadata, values: &[f64]) -> bool {
+    let features = &metadata.input.features;
+    let rows = metadata.input.window * features.len();
+    let window = &values[values.len().saturating_sub(rows)..];
+    window
+        .chunks(features.len())
+        .flat_map(|row| row.iter().zip(features))
+        .any(|(value, feature)| {
+            metadata
+                .training_stats
+                .get(feature)
+                .is_some_and(|stats| (value - stats.mean).abs() > OUT_OF_RANGE_SPREADS * stats.std)
+        })
+}
+
 /// What the forecast log keeps of an input: only series with an id and a last timestamp can be
 /// joined with their actuals later.
 struct LogInput {
@@ -473,6 +490,8 @@ struct LogInput {
     origin: chrono::DateTime<chrono::Utc>,
     /// The last observed target value (MASE's naive forecast).
     last_value: f64,
+    /// A window value lies beyond [`OUT_OF_RANGE_SPREADS`] training spreads.
+    out_of_range: bool,
 }
 
 impl LogInput {
@@ -486,6 +505,7 @@ impl LogInput {
                     id: s.id.clone()?,
                     origin: s.last_timestamp?,
                     last_value: s.values[s.values.len() - features + target],
+                    out_of_range: window_out_of_range(metadata, &s.values),
                 })
             })
             .collect()
@@ -524,6 +544,7 @@ impl LogInput {
                     created_at: now,
                     intervals_calibration: response.calibration.as_ref().map(|c| c.source.clone()),
                     intervals: forecast.intervals.clone(),
+                    out_of_range: input.out_of_range,
                 })
             })
             .collect()

@@ -223,6 +223,7 @@ fn the_forecast_log_lines_the_function_writes_are_what_the_template_delivers_to_
         series_id: "s".into(), origin, last_value: 1.0, timestamps: vec![], values: vec![],
         model: "m".into(), model_version: "1".into(), request_id: None, created_at: origin, intervals_calibration: None,
             intervals: Vec::new(),
+            out_of_range: false,
     }});
     assert_eq!(
         &line[key]["origin"].as_str().unwrap()[0..13],

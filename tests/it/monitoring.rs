@@ -502,6 +502,7 @@ fn hourly_record(series: &str, values: &[f64]) -> lstm_forecast::monitor::store:
         created_at: chrono::Utc::now(),
         intervals_calibration: None,
         intervals: Vec::new(),
+        out_of_range: false,
     }
 }
 
@@ -841,5 +842,64 @@ async fn a_far_future_actual_is_refused_by_name_and_nothing_is_stored() {
         .await
         .unwrap();
     assert_eq!(taken.status(), 202);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_history_scaled_by_a_million_is_scored_apart_and_never_bends_the_rollback_evidence() {
+    // GIVEN a server logging forecasts, and the real ETTh1 history of one series
+    let moto = Moto::shared();
+    let s3 = moto.create_bucket("poisoned").await;
+    let store = AccuracyStore::new(s3, "s3://poisoned/monitoring").unwrap();
+    let log = Arc::new(ForecastLog::new(store.clone()));
+    let (server, telemetry) = server_with(Vec::new(), Some(log.clone()), 0.0).await;
+    let client = reqwest::Client::new();
+    let rows = common::replay::etth1_ot();
+    let origin = 12_000;
+    let history: Vec<f64> = rows[origin - 168..origin].iter().map(|r| r.1).collect();
+    let last = &rows[origin - 1].0;
+    // WHEN a caller who may only forecast sends it honestly under one id, and scaled by 1e6
+    // under another (a forged history; or an upstream feed that switched units)
+    let scaled: Vec<f64> = history.iter().map(|v| v * 1e6).collect();
+    let body = json!({"series": [
+        {"id": "honest", "values": history, "last_timestamp": last},
+        {"id": "forged", "values": scaled, "last_timestamp": last}]});
+    common::post_json(&client, &server.url("/v1/forecast"), &body).await;
+    log.flush().await;
+    // ... and the real actuals of both arrive
+    let actuals = &rows[origin..origin + 24];
+    let series = |id: &str| {
+        json!({"id": id, "timestamps": actuals.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+               "values": actuals.iter().map(|r| r.1).collect::<Vec<_>>()})
+    };
+    let stored = client
+        .post(server.url("/v1/observations"))
+        .json(&json!({"series": [series("honest"), series("forged")]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 202);
+    let run = lstm_forecast::monitor::evaluate::run_evaluation(
+        &store,
+        &telemetry,
+        chrono::Utc::now() + chrono::Duration::minutes(10),
+        hourly_window(),
+    )
+    .await
+    .unwrap();
+    // THEN the version's scores (the accuracy metrics, the rollback's evidence) hold only the
+    // honest forecast, and the forged one is reported apart with its nonsense
+    let version = bundled_model().metadata().version.clone();
+    let evaluation = &run.evaluation;
+    assert_eq!(
+        evaluation.by_version[&version].overall.count, 24,
+        "{evaluation:?}"
+    );
+    assert!(evaluation.by_version[&version].overall.wape < 0.2);
+    assert_eq!(evaluation.out_of_range[&version].overall.count, 24);
+    assert!(evaluation.out_of_range[&version].overall.wape > 1e3);
+    let latest = store.latest_scores().await.unwrap();
+    assert_eq!(latest[&version].pairs, 24, "{latest:?}");
+    assert!(latest[&version].wape < 0.2, "{latest:?}");
     server.stop().await;
 }

@@ -28,6 +28,7 @@ pub(super) fn record(id: &str, origin: i64, values: &[f64], version: &str) -> Fo
         created_at: t(origin),
         intervals_calibration: None,
         intervals: Vec::new(),
+        out_of_range: false,
     }
 }
 

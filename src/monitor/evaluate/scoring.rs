@@ -54,6 +54,11 @@ pub struct Evaluation {
     pub recalibrated: Vec<String>,
     /// Coverage of the intervals served with the scored forecasts, per model version.
     pub intervals: BTreeMap<String, Vec<IntervalScores>>,
+    /// Scores of the forecasts made from out-of-range windows
+    /// ([`ForecastRecord::out_of_range`]), per version: reported, never in `by_version`, the
+    /// metrics, the rollback's scores or the interval calibration.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub out_of_range: BTreeMap<String, VersionScores>,
 }
 
 /// How the intervals of one level did on the pairs a run scored.
@@ -252,6 +257,8 @@ struct VersionSums {
 struct Scoring<'a> {
     /// Per model version.
     versions: BTreeMap<String, VersionSums>,
+    /// Per model version, the forecasts made from out-of-range windows.
+    out_of_range: BTreeMap<String, VersionSums>,
     /// The level of each key and its sums.
     coverage: BTreeMap<CoverageKey, (f64, CoverageSum)>,
     scored_errors: Vec<ScoredError>,
@@ -327,8 +334,12 @@ impl<'a> Scoring<'a> {
         forecast: f64,
         actual: f64,
     ) {
-        let sums = self
-            .versions
+        let scores = if record.out_of_range {
+            &mut self.out_of_range
+        } else {
+            &mut self.versions
+        };
+        let sums = scores
             .entry(record.model_version.clone())
             .or_insert_with(|| VersionSums {
                 model: record.model.clone(),
@@ -340,6 +351,9 @@ impl<'a> Scoring<'a> {
             .entry(bucket_of(step + 1, record.values.len()))
             .or_default()
             .add(forecast, actual, record.last_value);
+        if record.out_of_range {
+            return;
+        }
         self.scored_errors.push(ScoredError {
             model_version: record.model_version.clone(),
             step,
@@ -398,6 +412,7 @@ impl<'a> Scoring<'a> {
             scored_errors: self.scored_errors,
             recalibrated: Vec::new(),
             intervals: interval_scores(self.coverage),
+            out_of_range: version_scores(self.out_of_range),
         };
         (evaluation, self.newly_settled)
     }
@@ -483,6 +498,25 @@ mod tests {
         );
         assert_eq!(e.by_version["1"].horizon_buckets["1-2"].count, 2);
         assert_eq!(settled.len(), 2, "both pairs are marked settled");
+    }
+
+    #[test]
+    fn forecasts_from_out_of_range_windows_are_scored_apart_and_teach_the_intervals_nothing() {
+        // GIVEN one forecast of series a from a normal window and one of b from a window out of
+        // range (a forged history, a unit change), both by version 1, and their actuals
+        let normal = record("a", 0, &[11.0], "1");
+        let mut flagged = record("b", 0, &[1e7], "1");
+        flagged.out_of_range = true;
+        let actuals = vec![obs("a", 1, 12.0), obs("b", 1, 12.0)];
+        // WHEN evaluated
+        let (e, settled) = run(&[normal, flagged], &actuals, &[], None);
+        // THEN version 1's scores (metrics, the rollback's evidence) hold only the normal pair
+        assert_eq!(e.by_version["1"].overall.count, 1);
+        assert!((e.by_version["1"].overall.mae - 1.0).abs() < 1e-12);
+        // AND the flagged one is reported apart, settled once, and not a calibration error
+        assert_eq!(e.out_of_range["1"].overall.count, 1);
+        assert_eq!((e.pairs, settled.len()), (2, 2));
+        assert_eq!(e.scored_errors.len(), 1);
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub fn forecast(series: usize, origin: DateTime<Utc>) -> ForecastRecord {
         created_at: Utc::now(),
         intervals_calibration: None,
         intervals: Vec::new(),
+        out_of_range: false,
     }
 }
 
