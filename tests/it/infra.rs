@@ -524,6 +524,9 @@ fn the_kubernetes_manifests_validate_against_the_api_schema() {
         "configMapRef",
         "automountServiceAccountToken: false",
         "preStop:",
+        // The observations token comes from a Secret, never the ConfigMap.
+        "name: OBSERVATIONS_TOKEN",
+        "secretKeyRef",
     ] {
         assert!(deployment.contains(needle), "{needle}");
     }
