@@ -300,8 +300,13 @@ async fn a_request_too_big_to_join_a_batch_is_answered_even_when_no_other_reques
     assert_eq!(counts, vec![60, 10]);
 }
 
+/// Series in the forward that holds the first engine thread: long enough (about a second on 2
+/// vCPUs) that the requests a test sends meanwhile arrive before it ends, even while the other
+/// tests of the binary load both CPUs.
+const LONG_FORWARD_SERIES: usize = 4096;
+
 /// Two engine threads with the server's default batching, the first of them held in one forward
-/// for a few hundred milliseconds (a request larger than a batch runs alone). Returns the handle
+/// for about a second (a request larger than a batch runs alone). Returns the handle
 /// and that request, which answers with its forward's window count.
 async fn two_engine_threads_one_in_a_long_forward(
 ) -> (InferenceHandle, tokio::task::JoinHandle<usize>) {
@@ -310,7 +315,7 @@ async fn two_engine_threads_one_in_a_long_forward(
     let long = tokio::spawn({
         let handle = handle.clone();
         async move {
-            let series = (0..1024)
+            let series = (0..LONG_FORWARD_SERIES)
                 .flat_map(|i| lone_series(i as f64 * 0.01))
                 .collect();
             handle.forecast(series).await.unwrap().batch_windows
@@ -340,7 +345,7 @@ async fn requests_arriving_during_a_forward_share_the_next_one_instead_of_runnin
     for (i, outcome) in lone.into_iter().enumerate() {
         assert_eq!(outcome.await.unwrap().batch_windows, 3, "lone request {i}");
     }
-    assert_eq!(long.await.unwrap(), 1024);
+    assert_eq!(long.await.unwrap(), LONG_FORWARD_SERIES);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
