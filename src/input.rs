@@ -53,11 +53,12 @@ pub fn parse_input(
     content: &[u8],
     shape: &RequestShape,
 ) -> Result<Vec<SeriesInput>, RequestError> {
+    // A JSON request checks its ids itself, as the API's body does.
     let series = match format {
-        InputFormat::Json => parse_forecast_request(content, shape),
-        InputFormat::Csv => parse_csv(content, shape),
-        InputFormat::JsonLines => parse_json_lines(content, shape),
-    }?;
+        InputFormat::Json => return parse_forecast_request(content, shape),
+        InputFormat::Csv => parse_csv(content, shape)?,
+        InputFormat::JsonLines => parse_json_lines(content, shape)?,
+    };
     crate::forecast::check_unique_ids(&series)?;
     Ok(series)
 }

@@ -4,11 +4,10 @@ use anyhow::Context;
 
 use lstm_forecast::model::engine::Workload;
 use lstm_forecast::service::batch::{batch_forecast, BatchConfig};
-use lstm_forecast::service::build::{compose, Composed, ServiceConfig};
-use lstm_forecast::service::Limits;
+use lstm_forecast::service::build::Composed;
 
 use super::args::BatchArgs;
-use super::{aws_clients, load_model, runtime};
+use super::{aws_clients, compose_one_off, load_model, runtime};
 
 pub fn batch(args: BatchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
@@ -24,16 +23,14 @@ pub fn batch(args: BatchArgs) -> anyhow::Result<()> {
     let model = load_model(&args.model, Workload::OneAtATime)?;
     let runtime = runtime()?;
     let clients = runtime.block_on(aws_clients(&args.model.aws, true));
-    let config = ServiceConfig {
-        limits: Limits {
-            max_series: args.batch_size,
-            ..Limits::default()
-        },
-        ..ServiceConfig::one_at_a_time(args.metrics.config(&[], true))
-    };
     let Composed {
         service, engine, ..
-    } = compose(model, &config, &clients)?;
+    } = compose_one_off(
+        model,
+        args.batch_size,
+        args.metrics.config(&[], true),
+        &clients,
+    )?;
     // Whoever runs the command may read and write where their credentials let them: the job is
     // confined to the buckets it names, as a scheduled event is to its configured prefixes.
     let batch = BatchConfig {

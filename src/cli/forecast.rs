@@ -7,11 +7,10 @@ use anyhow::{bail, Context};
 use lstm_forecast::forecast::ForecastResponse;
 use lstm_forecast::input::{parse_input, InputFormat};
 use lstm_forecast::model::engine::Workload;
-use lstm_forecast::service::build::{compose, Composed, ServiceConfig};
-use lstm_forecast::service::Limits;
+use lstm_forecast::service::build::Composed;
 
 use super::args::{ForecastArgs, FormatArg};
-use super::{aws_clients, load_model, runtime};
+use super::{aws_clients, compose_one_off, load_model, runtime};
 
 pub fn forecast(args: ForecastArgs) -> anyhow::Result<()> {
     if args.batch_size == 0 {
@@ -35,16 +34,9 @@ pub fn forecast(args: ForecastArgs) -> anyhow::Result<()> {
     let runtime = runtime()?;
     let metrics = args.metrics.config(&[], true);
     let clients = runtime.block_on(aws_clients(&args.model.aws, metrics.uses_aws()));
-    let config = ServiceConfig {
-        limits: Limits {
-            max_series: args.batch_size,
-            ..Limits::default()
-        },
-        ..ServiceConfig::one_at_a_time(metrics)
-    };
     let Composed {
         service, engine, ..
-    } = compose(model, &config, &clients)?;
+    } = compose_one_off(model, args.batch_size, metrics, &clients)?;
     service
         .check_intervals(&args.intervals)
         .map_err(|e| anyhow::anyhow!(e.message.replace("`intervals", "`--intervals")))?;

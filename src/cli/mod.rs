@@ -18,6 +18,8 @@ use anyhow::Context;
 use lstm_forecast::aws::AwsClients;
 use lstm_forecast::model::engine::{configure_libtorch, Workload};
 use lstm_forecast::model::Model;
+use lstm_forecast::service::build::{compose, Composed, MetricsConfig, ServiceConfig};
+use lstm_forecast::service::Limits;
 use lstm_forecast::source::ModelUri;
 
 use args::{AwsArgs, ModelArgs};
@@ -39,6 +41,24 @@ pub async fn aws_clients(aws: &AwsArgs, needed: bool) -> AwsClients {
     } else {
         AwsClients::offline()
     }
+}
+
+/// The service of a one-off command (`forecast`, `batch`): one request at a time, `max_series`
+/// series per forward.
+pub fn compose_one_off(
+    model: Model,
+    max_series: usize,
+    metrics: MetricsConfig,
+    clients: &AwsClients,
+) -> anyhow::Result<Composed> {
+    let config = ServiceConfig {
+        limits: Limits {
+            max_series,
+            ..Limits::default()
+        },
+        ..ServiceConfig::one_at_a_time(metrics)
+    };
+    Ok(compose(model, &config, clients)?)
 }
 
 /// Fetches, checks, loads and warms up a model for a one-off command.
