@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
 use common::emulators::{Ministack, Moto};
-use common::{bundled_model, repo_path, window, TestServer};
+use common::{bundled_model, window, TestServer};
 use lstm_forecast::metrics::cloudwatch::CloudWatchSink;
 use lstm_forecast::metrics::{Metric, MetricSink, ServerMetrics, Telemetry};
 use lstm_forecast::monitor::store::{AccuracyStore, ForecastLog};
@@ -275,18 +275,7 @@ async fn an_etth1_replay_evaluates_to_the_same_mae_as_an_offline_computation() {
     let client = reqwest::Client::new();
 
     // ETTh1 test rows: forecast from 12 consecutive hourly origins.
-    let text = std::fs::read_to_string(repo_path("model_artifacts/data/ETTh1.csv")).unwrap();
-    let rows: Vec<(String, f64)> = text
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let cells: Vec<&str> = l.split(',').collect();
-            (
-                format!("{}Z", cells[0].replace(' ', "T")),
-                cells[7].parse().unwrap(),
-            )
-        })
-        .collect();
+    let rows = common::replay::etth1_ot();
     let first_origin = 12_000;
     let mut offline_abs_error = 0.0;
     let mut offline_count = 0usize;

@@ -18,6 +18,29 @@ async fn registry(moto: &Moto) -> Registry {
     Registry::new(moto.s3().await, RegistryRef::parse(REGISTRY).unwrap())
 }
 
+/// Uploads `model_pt` and `metadata` (its version set to `version`) straight to the registry's
+/// bucket, as a writer who goes around `model publish` and its probe would.
+async fn upload_around_publish(
+    s3: &aws_sdk_s3::Client,
+    version: &str,
+    model_pt: Vec<u8>,
+    mut metadata: Value,
+) {
+    metadata["version"] = version.into();
+    for (file, body) in [
+        ("model.pt", model_pt),
+        ("model.json", serde_json::to_vec(&metadata).unwrap()),
+    ] {
+        s3.put_object()
+            .bucket(BUCKET)
+            .key(format!("models/etth1-ot-lstm/{version}/{file}"))
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn publish_promote_and_rollback_keep_a_history_of_live_versions() {
     let moto = Moto::start();
@@ -179,23 +202,8 @@ async fn serve_follows_the_alias_and_keeps_the_old_model_when_a_new_one_fails_to
     let garbage = b"not TorchScript".to_vec();
     let mut metadata: Value =
         serde_json::from_slice(lstm_forecast::source::BUNDLED_MODEL_JSON).unwrap();
-    metadata["version"] = "1.0.2".into();
     metadata["model_sha256"] = lstm_forecast::model::contract::sha256_hex(&garbage).into();
-    for (key, body) in [
-        ("models/etth1-ot-lstm/1.0.2/model.pt", garbage),
-        (
-            "models/etth1-ot-lstm/1.0.2/model.json",
-            serde_json::to_vec(&metadata).unwrap(),
-        ),
-    ] {
-        s3.put_object()
-            .bucket(BUCKET)
-            .key(key)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .unwrap();
-    }
+    upload_around_publish(&s3, "1.0.2", garbage, metadata).await;
     registry(&moto).await.promote("1.0.2").await.unwrap();
     let metrics = common::eventually(
         Duration::from_secs(30),
@@ -237,27 +245,10 @@ async fn promote_probes_a_version_that_skipped_publish_and_refuses_one_that_cras
     let s3 = moto.create_bucket(BUCKET).await;
     common::publish_bundled_as(&moto, "1.0.0", REGISTRY);
     let broken = repo_path("tests/fixtures/broken-traced-lstm");
-    let mut metadata: Value =
+    let metadata: Value =
         serde_json::from_slice(&std::fs::read(broken.join("model.json")).unwrap()).unwrap();
-    metadata["version"] = "6.6.6".into();
-    for (key, body) in [
-        (
-            "models/etth1-ot-lstm/6.6.6/model.pt",
-            std::fs::read(broken.join("model.pt")).unwrap(),
-        ),
-        (
-            "models/etth1-ot-lstm/6.6.6/model.json",
-            serde_json::to_vec(&metadata).unwrap(),
-        ),
-    ] {
-        s3.put_object()
-            .bucket(BUCKET)
-            .key(key)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .unwrap();
-    }
+    let model_pt = std::fs::read(broken.join("model.pt")).unwrap();
+    upload_around_publish(&s3, "6.6.6", model_pt, metadata).await;
     // WHEN an operator promotes it
     let (ok, out) = cli(&moto, &["model", "promote", REGISTRY, "6.6.6"]);
     // THEN the probe's child process crashes, not the command, and the alias is unchanged

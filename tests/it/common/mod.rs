@@ -244,15 +244,7 @@ pub fn etth1_training_windows(
     window: usize,
     stride: usize,
 ) -> Vec<(String, String, Vec<f64>)> {
-    let text = std::fs::read_to_string(repo_path("model_artifacts/data/ETTh1.csv")).unwrap();
-    let rows: Vec<(String, f64)> = text
-        .lines()
-        .skip(1)
-        .map(|line| {
-            let cells: Vec<&str> = line.split(',').collect();
-            (cells[0].to_string(), cells[7].parse().unwrap())
-        })
-        .collect();
+    let rows = replay::etth1_ot();
     (0..count)
         .map(|i| {
             let end = window + i * stride;
@@ -260,7 +252,7 @@ pub fn etth1_training_windows(
             let slice = &rows[end - window..end];
             (
                 format!("series-{i}"),
-                slice.last().unwrap().0.replace(' ', "T") + "Z",
+                slice.last().unwrap().0.clone(),
                 slice.iter().map(|(_, v)| *v).collect(),
             )
         })
