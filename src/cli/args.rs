@@ -484,13 +484,53 @@ pub enum ModelCommand {
         #[command(flatten)]
         aws: AwsArgs,
     },
-    /// Make a published version live (the previous one stays in the alias history).
+    /// Make a published version live by hand. The version it replaces stays in the alias
+    /// history and is shadowed as `previous` for the probation, so a rollback can ask whether it
+    /// would have done better.
     Promote {
         /// Registry: s3://BUCKET/models/NAME.
         registry: String,
         /// The published version to make live.
         #[arg(value_name = "VERSION")]
         target_version: String,
+        /// Hours the replaced version stays shadowed as `previous`.
+        #[arg(long, default_value_t = 168)]
+        probation_hours: u64,
+        #[command(flatten)]
+        aws: AwsArgs,
+    },
+    /// Put a published version to the test beside live: the scheduled evaluation compares both
+    /// on the same actuals and promotes or rejects it (see the README, "Champion and challenger").
+    Challenge {
+        /// Registry: s3://BUCKET/models/NAME.
+        registry: String,
+        /// The published version to test.
+        #[arg(value_name = "VERSION")]
+        target_version: String,
+        /// `shadow`: it forecasts its series after live has answered, callers never see it.
+        /// `canary`: it answers its series, and live forecasts them in its shadow.
+        #[arg(long, default_value = "shadow")]
+        mode: lstm_forecast::registry::roles::ChallengeMode,
+        /// Share of series (by a hash of the series id, the same series every time), in (0, 1].
+        #[arg(long, default_value_t = 0.25)]
+        fraction: f64,
+        #[command(flatten)]
+        aws: AwsArgs,
+    },
+    /// End the challenge without a decision.
+    Withdraw {
+        /// Registry: s3://BUCKET/models/NAME.
+        registry: String,
+        #[command(flatten)]
+        aws: AwsArgs,
+    },
+    /// Print every role (live, challenger, previous) and the decisions taken, with their evidence.
+    Status {
+        /// Registry: s3://BUCKET/models/NAME.
+        registry: String,
+        /// Print the alias document as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         aws: AwsArgs,
     },

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 
 use lstm_forecast::model::engine::{configure_libtorch, Workload};
 use lstm_forecast::model::ModelArtifacts;
-use lstm_forecast::registry::{Registry, RegistryRef, RollbackOutcome};
+use lstm_forecast::registry::{Alias, Registry, RegistryRef, RollbackOutcome, DEFAULT_PROBATION};
 use lstm_forecast::source::DirectorySource;
 use lstm_forecast::validate::{run_probe, validate_dir};
 
@@ -43,6 +43,7 @@ pub fn run(command: ModelCommand) -> anyhow::Result<ExitCode> {
         ModelCommand::Promote {
             registry,
             target_version: version,
+            probation_hours,
             aws,
         } => {
             let registry = open_registry(&registry, &aws)?;
@@ -51,12 +52,43 @@ pub fn run(command: ModelCommand) -> anyhow::Result<ExitCode> {
             // upload): it is probed here too, in a child process, before it can serve.
             let artifacts = runtime.block_on(registry.fetch_version(&version))?;
             probe_fetched(&artifacts, &version)?;
-            match runtime.block_on(registry.promote(&version))? {
+            let probation = Duration::from_secs(probation_hours * 3600);
+            match runtime.block_on(registry.promote(&version, probation))? {
                 Some(p) if p == version => println!("{version} is already live"),
-                Some(p) => println!("{version} is live (was {p})"),
+                Some(p) => {
+                    println!("{version} is live (was {p}, shadowed for {probation_hours} h)")
+                }
                 None => println!("{version} is live"),
             }
         }
+        ModelCommand::Challenge {
+            registry,
+            target_version: version,
+            mode,
+            fraction,
+            aws,
+        } => {
+            let registry = open_registry(&registry, &aws)?;
+            let runtime = runtime()?;
+            let artifacts = runtime.block_on(registry.fetch_version(&version))?;
+            probe_fetched(&artifacts, &version)?;
+            let alias = runtime.block_on(registry.challenge(&version, mode, fraction))?;
+            println!(
+                "{version} challenges {} ({mode}, {:.0}% of series)",
+                alias.version,
+                fraction * 100.0
+            );
+        }
+        ModelCommand::Withdraw { registry, aws } => {
+            let registry = open_registry(&registry, &aws)?;
+            let withdrawn = runtime()?.block_on(registry.withdraw())?;
+            println!("{withdrawn} withdrawn");
+        }
+        ModelCommand::Status {
+            registry,
+            json,
+            aws,
+        } => status(&open_registry(&registry, &aws)?, json)?,
         ModelCommand::Rollback { registry, aws } => {
             let registry = open_registry(&registry, &aws)?;
             let trigger = format!("cli@{}", chrono::Utc::now().to_rfc3339());
@@ -267,20 +299,90 @@ fn open_registry(uri: &str, aws: &AwsArgs) -> anyhow::Result<Registry> {
 
 fn list(registry: &Registry) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let live = registry.read_alias().await?.map(|(alias, _)| alias);
+        let alias = registry.read_alias().await?.map(|(alias, _)| alias);
         for version in registry.list_versions().await? {
-            let marker = if live.as_ref().is_some_and(|a| a.version == version) {
-                "  (live)"
+            let roles = alias
+                .as_ref()
+                .map(|a| roles_of(a, &version))
+                .unwrap_or_default();
+            if roles.is_empty() {
+                println!("{version}");
             } else {
-                ""
-            };
-            println!("{version}{marker}");
+                println!("{version}  ({})", roles.join(", "));
+            }
         }
-        if let Some(alias) = live {
+        if let Some(alias) = alias {
             println!("live history: {}", alias.history.join(" -> "));
         }
         anyhow::Ok(())
     })
+}
+
+/// The roles `version` holds in the alias.
+fn roles_of(alias: &Alias, version: &str) -> Vec<String> {
+    let mut roles = Vec::new();
+    if alias.version == version {
+        roles.push("live".to_string());
+    }
+    if let Some(c) = alias.challenger.as_ref().filter(|c| c.version == version) {
+        roles.push(format!(
+            "challenger, {} on {:.0}% of series since {}",
+            c.mode,
+            c.fraction * 100.0,
+            c.since
+        ));
+    }
+    if let Some(p) = alias.previous.as_ref().filter(|p| p.version == version) {
+        roles.push(format!("previous, on probation until {}", p.until));
+    }
+    roles
+}
+
+/// `model status`: the roles and the decisions, as text or as the alias document.
+fn status(registry: &Registry, json: bool) -> anyhow::Result<()> {
+    let Some((alias, _)) = runtime()?.block_on(registry.read_alias())? else {
+        bail!("no model is live in {} yet", registry.model.root_uri());
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&alias)?);
+        return Ok(());
+    }
+    println!("live: {} (since {})", alias.version, alias.updated_at);
+    for version in [
+        alias.challenger.as_ref().map(|c| c.version.as_str()),
+        alias.previous.as_ref().map(|p| p.version.as_str()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        println!("{version}: {}", roles_of(&alias, version).join(", "));
+    }
+    for d in &alias.decisions {
+        let evidence = d.evidence.as_ref().map_or(String::new(), |e| {
+            format!(
+                " [{} origins, loss ratio {:.3}, p {}]",
+                e.origins,
+                e.ratio,
+                e.p_value.map_or("n/a".into(), |p| format!("{p:.4}"))
+            )
+        });
+        let acted = if d.acted {
+            ""
+        } else {
+            " (recorded, not acted on)"
+        };
+        println!(
+            "{} {} {}{}: {}{evidence}{acted}",
+            d.at,
+            d.action.as_str(),
+            d.version,
+            d.against
+                .as_ref()
+                .map_or(String::new(), |a| format!(" vs {a}")),
+            d.reason
+        );
+    }
+    Ok(())
 }
 
 /// Validates `dir` with the child-process probe; `Err` names every failed check.
@@ -341,7 +443,7 @@ fn publish(dir: PathBuf, registry: &Registry, promote: bool) -> anyhow::Result<(
     let version = runtime.block_on(registry.publish(&artifacts, &|done| bar.set_position(done)))?;
     bar.finish_with_message(format!("{}/{version}", registry.model.root_uri()));
     if promote {
-        match runtime.block_on(registry.promote(&version))? {
+        match runtime.block_on(registry.promote(&version, DEFAULT_PROBATION))? {
             Some(p) => println!("published {version}; live (was {p})"),
             None => println!("published {version}; live"),
         }

@@ -99,6 +99,31 @@ impl LossDifferentials {
         self.by_origin.len()
     }
 
+    /// Compared pairs.
+    pub fn pairs(&self) -> u64 {
+        self.by_origin.values().map(|s| s.pairs).sum()
+    }
+
+    /// The same sums with the two versions' roles exchanged.
+    pub fn swapped(&self) -> LossDifferentials {
+        LossDifferentials {
+            by_origin: self
+                .by_origin
+                .iter()
+                .map(|(origin, s)| {
+                    let swapped = OriginSums {
+                        pairs: s.pairs,
+                        reference_squared: s.challenger_squared,
+                        challenger_squared: s.reference_squared,
+                        reference_absolute: s.challenger_absolute,
+                        challenger_absolute: s.reference_absolute,
+                    };
+                    (*origin, swapped)
+                })
+                .collect(),
+        }
+    }
+
     /// The mean differential (challenger - reference) per origin, in origin order: the time
     /// series the test runs on.
     pub fn per_origin(&self, loss: Loss) -> Vec<f64> {

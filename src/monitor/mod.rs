@@ -9,6 +9,8 @@
 //! - [`calibration`]: prediction intervals recalibrated from the latest scored errors.
 //! - [`compare`]: two versions on the same actuals: mergeable loss differentials and the
 //!   Diebold-Mariano test (HAC over the forecasts' overlap, HLN, Holm across buckets).
+//! - [`verdict`]: a comparison per horizon bucket, its evidence, and the rule that reads it
+//!   (better, worse, no difference, undecided).
 
 pub mod accuracy;
 pub mod calibration;
@@ -17,3 +19,4 @@ pub mod drift;
 pub mod evaluate;
 pub mod observations;
 pub mod store;
+pub mod verdict;

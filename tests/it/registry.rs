@@ -8,7 +8,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use common::emulators::{cli, Moto};
 use common::{bundled_as_version, repo_path};
 use lstm_forecast::objects::ObjectErrorKind;
-use lstm_forecast::registry::{Registry, RegistryError, RegistryRef};
+use lstm_forecast::registry::{Registry, RegistryError, RegistryRef, DEFAULT_PROBATION};
 use serde_json::Value;
 
 const BUCKET: &str = "registry-test";
@@ -138,11 +138,11 @@ async fn a_stale_alias_write_is_refused_instead_of_overwriting_a_concurrent_prom
         assert!(ok, "{out}");
     }
     let registry = registry(&moto).await;
-    registry.promote("1.0.0").await.unwrap();
+    registry.promote("1.0.0", DEFAULT_PROBATION).await.unwrap();
     // GIVEN a writer that read the alias ...
     let (alias, stale_etag) = registry.read_alias().await.unwrap().unwrap();
     // ... WHEN someone else promotes in between ...
-    registry.promote("1.0.1").await.unwrap();
+    registry.promote("1.0.1", DEFAULT_PROBATION).await.unwrap();
     // ... THEN its write, conditioned on what it read, is refused.
     let err = registry
         .write_alias(&alias, stale_etag.as_deref())
@@ -204,7 +204,11 @@ async fn serve_follows_the_alias_and_keeps_the_old_model_when_a_new_one_fails_to
         serde_json::from_slice(lstm_forecast::source::BUNDLED_MODEL_JSON).unwrap();
     metadata["model_sha256"] = lstm_forecast::model::contract::sha256_hex(&garbage).into();
     upload_around_publish(&s3, "1.0.2", garbage, metadata).await;
-    registry(&moto).await.promote("1.0.2").await.unwrap();
+    registry(&moto)
+        .await
+        .promote("1.0.2", DEFAULT_PROBATION)
+        .await
+        .unwrap();
     let metrics = common::eventually(
         Duration::from_secs(30),
         "the failed reload is counted",

@@ -7,7 +7,8 @@
 //! VERSION/model.pt      TorchScript, uploaded first
 //! VERSION/model.onnx    the same network for ONNX Runtime, when model.json declares onnx_sha256
 //! VERSION/model.json    the contract, uploaded last: a version with model.json is complete
-//! alias/live.json       {"version": "...", "history": [...], ...}: what serves, and what served before
+//! alias/live.json       {"version": "...", "history": [...], ...}: what serves, what served before,
+//!                       the challenger and the previous version on probation ([`roles`])
 //! ```
 //!
 //! The alias keeps its history (oldest first, current last) so a rollback knows where to go
@@ -16,8 +17,11 @@
 //! overwrite each other: the loser gets a conflict ([`crate::objects::ObjectErrorKind::Conflict`])
 //! and can retry.
 
+pub mod roles;
+
 use serde::{Deserialize, Serialize};
 
+use self::roles::{ChallengeMode, Challenger, Decision, DecisionAction, Previous, RoleError};
 use crate::model::contract::{ContractError, ModelMetadata};
 use crate::model::ModelArtifacts;
 use crate::objects::{ObjectError, Precondition, S3Objects};
@@ -100,6 +104,15 @@ pub struct Alias {
     /// The last rollback, so a repeated alarm event is recognised and ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rollback: Option<Rollback>,
+    /// A version under test beside live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenger: Option<Challenger>,
+    /// The version the last promotion replaced, shadowed on probation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Previous>,
+    /// What was decided about the roles, newest last, with the evidence.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<Decision>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,6 +168,8 @@ pub enum RegistryError {
     },
     #[error("cannot roll back {name}: {current} is the only version that was ever live; the alias is unchanged")]
     NoPreviousVersion { name: String, current: String },
+    #[error(transparent)]
+    Role(#[from] RoleError),
     #[error("model at s3://{bucket}/{key}: {cause}")]
     Contract {
         bucket: String,
@@ -330,9 +345,8 @@ impl Registry {
         Ok(version)
     }
 
-    /// Points the alias at `version` (which must be published). Promoting the live version is a
-    /// no-op. Returns the previous live version.
-    pub async fn promote(&self, version: &str) -> Result<Option<String>, RegistryError> {
+    /// Fails unless `version` is published.
+    async fn require_published(&self, version: &str) -> Result<(), RegistryError> {
         let json_key = self.model.object_key(version, "model.json");
         if !self.objects.exists(&json_key).await? {
             return Err(RegistryError::UnknownVersion {
@@ -341,6 +355,35 @@ impl Registry {
                 key: json_key,
             });
         }
+        Ok(())
+    }
+
+    /// Reads the alias, applies `change` and writes it back if it is still the one read; a
+    /// concurrent writer makes this fail with a conflict, never lose its write.
+    pub async fn update_alias<T>(
+        &self,
+        change: impl FnOnce(&mut Alias) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let Some((mut alias, etag)) = self.read_alias().await? else {
+            return Err(RegistryError::NoAlias {
+                bucket: self.model.bucket.clone(),
+                key: self.model.alias_key(),
+            });
+        };
+        let answer = change(&mut alias)?;
+        self.write_alias(&alias, etag.as_deref()).await?;
+        Ok(answer)
+    }
+
+    /// Points the alias at `version` (which must be published). The version it replaces stays
+    /// `previous`, shadowed, for `probation`. Promoting the live version is a no-op. Returns the
+    /// previous live version.
+    pub async fn promote(
+        &self,
+        version: &str,
+        probation: std::time::Duration,
+    ) -> Result<Option<String>, RegistryError> {
+        self.require_published(version).await?;
         let now = now_rfc3339();
         match self.read_alias().await? {
             None => {
@@ -349,20 +392,52 @@ impl Registry {
                     history: vec![version.to_string()],
                     updated_at: now,
                     last_rollback: None,
+                    challenger: None,
+                    previous: None,
+                    decisions: Vec::new(),
                 };
                 self.write_alias(&alias, None).await?;
                 Ok(None)
             }
             Some((alias, _)) if alias.version == version => Ok(Some(alias.version)),
             Some((mut alias, etag)) => {
-                let previous = alias.version.clone();
-                alias.history.push(version.to_string());
-                alias.version = version.to_string();
-                alias.updated_at = now;
+                let until = probation_end(probation);
+                let previous = alias.make_live(version, &now, &until);
+                alias.record(Decision {
+                    action: DecisionAction::Promote,
+                    version: version.to_string(),
+                    against: Some(previous.clone()),
+                    at: now,
+                    trigger: "cli".into(),
+                    acted: true,
+                    reason: "promoted by hand".into(),
+                    evidence: None,
+                });
                 self.write_alias(&alias, etag.as_deref()).await?;
                 Ok(Some(previous))
             }
         }
+    }
+
+    /// Names a published version the challenger, in `mode`, on `fraction` of the series.
+    pub async fn challenge(
+        &self,
+        version: &str,
+        mode: ChallengeMode,
+        fraction: f64,
+    ) -> Result<Alias, RegistryError> {
+        self.require_published(version).await?;
+        self.update_alias(|alias| {
+            alias.challenge(version, mode, fraction, &now_rfc3339())?;
+            Ok(alias.clone())
+        })
+        .await
+    }
+
+    /// Ends the challenge; returns the withdrawn version.
+    pub async fn withdraw(&self) -> Result<String, RegistryError> {
+        self.update_alias(|alias| Ok(alias.withdraw(&now_rfc3339(), "cli")?))
+            .await
     }
 
     /// Moves the alias back to the version live before the current one. Idempotent per `trigger`:
@@ -393,6 +468,18 @@ impl Registry {
         let now = now_rfc3339();
         alias.version = to.clone();
         alias.updated_at = now.clone();
+        // Back on the previous version, its probation is over; nothing is on probation behind it.
+        alias.previous = None;
+        alias.record(Decision {
+            action: DecisionAction::Rollback,
+            version: from.clone(),
+            against: Some(to.clone()),
+            at: now.clone(),
+            trigger: trigger.to_string(),
+            acted: true,
+            reason: "rolled back".into(),
+            evidence: None,
+        });
         alias.last_rollback = Some(Rollback {
             trigger: trigger.to_string(),
             from: from.clone(),
@@ -419,9 +506,18 @@ impl Registry {
     }
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
+
+/// When a probation starting now ends.
+fn probation_end(probation: std::time::Duration) -> String {
+    let probation = chrono::Duration::from_std(probation).unwrap_or(chrono::Duration::days(7));
+    (chrono::Utc::now() + probation).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// How long a replaced version stays shadowed after a promotion, unless told otherwise.
+pub const DEFAULT_PROBATION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 #[cfg(test)]
 mod tests {
