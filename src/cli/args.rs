@@ -204,6 +204,9 @@ pub struct LambdaArgs {
     #[arg(long, env = "ROLLBACK_COOLDOWN_MINUTES", default_value_t = 360)]
     pub rollback_cooldown_minutes: u64,
 
+    #[command(flatten)]
+    pub decisions: DecisionArgs,
+
     /// Batch jobs read only objects under this `s3://BUCKET/PREFIX/`; an event naming any other
     /// input is refused. Unset: no batch job runs.
     #[arg(long, env = "BATCH_INPUT_PREFIX", value_name = "S3_URI")]
@@ -412,6 +415,57 @@ pub enum FormatArg {
     Json,
     /// One series object per line.
     Jsonl,
+}
+
+/// How champion/challenger decisions are taken (the scheduled evaluation, and a rollback when a
+/// previous version is shadowed).
+#[derive(Args, Debug, Clone)]
+pub struct DecisionArgs {
+    /// Promote (or reject) a challenger when the evidence says so. `false`: decisions are
+    /// recorded in the alias history and counted in `ModelDecisions`, never acted on.
+    #[arg(long, env = "AUTO_PROMOTE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_promote: bool,
+
+    /// Significance level of the Diebold-Mariano tests behind every decision.
+    #[arg(long, env = "DECISION_ALPHA", default_value_t = 0.05)]
+    pub decision_alpha: f64,
+
+    /// No decision before two versions were compared at this many forecast origins.
+    #[arg(long, env = "DECISION_MIN_ORIGINS", default_value_t = 56)]
+    pub decision_min_origins: usize,
+
+    /// A challenger with no significant difference after this many origins is rejected.
+    #[arg(long, env = "DECISION_MAX_ORIGINS", default_value_t = 360)]
+    pub decision_max_origins: usize,
+
+    /// Hours a version replaced by an automatic promotion stays shadowed as `previous`.
+    #[arg(long, env = "PROBATION_HOURS", default_value_t = 168)]
+    pub probation_hours: u64,
+}
+
+impl DecisionArgs {
+    pub fn policy(&self) -> anyhow::Result<lstm_forecast::service::challenge::ChallengePolicy> {
+        anyhow::ensure!(
+            self.decision_alpha > 0.0 && self.decision_alpha < 1.0,
+            "DECISION_ALPHA {} is not in (0, 1)",
+            self.decision_alpha
+        );
+        anyhow::ensure!(
+            self.decision_min_origins >= 3
+                && self.decision_min_origins <= self.decision_max_origins,
+            "DECISION_MIN_ORIGINS must be at least 3 and at most DECISION_MAX_ORIGINS"
+        );
+        Ok(lstm_forecast::service::challenge::ChallengePolicy {
+            rule: lstm_forecast::monitor::verdict::DecisionRule {
+                alpha: self.decision_alpha,
+                min_origins: self.decision_min_origins,
+                max_origins: self.decision_max_origins,
+                ..Default::default()
+            },
+            auto_promote: self.auto_promote,
+            probation: std::time::Duration::from_secs(self.probation_hours * 3600),
+        })
+    }
 }
 
 #[derive(Subcommand)]

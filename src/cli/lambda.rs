@@ -25,6 +25,7 @@ pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
             "BATCH_PART_BYTES is under S3's 5 MiB minimum part: only an emulator set up for smaller parts completes such uploads"
         );
     }
+    let challenge = args.decisions.policy()?;
     let service = ServiceConfig {
         forecast_log_uri: args.accuracy.forecast_log,
         forecast_log_delivery: LogDeliveryArg::or(
@@ -54,6 +55,7 @@ pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
                 window: args.recalibration_window as usize,
                 levels: args.interval_levels,
             },
+            challenge: challenge.clone(),
         },
         rollback: RollbackPolicy {
             alarms: args
@@ -64,6 +66,7 @@ pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
             wape_threshold: args.rollback_wape_threshold,
             min_pairs: args.rollback_min_pairs,
             cooldown: Duration::from_secs(args.rollback_cooldown_minutes * 60),
+            comparison: challenge.rule,
         },
         alias_check_interval: Duration::from_secs(args.alias_check_seconds),
     };

@@ -92,7 +92,7 @@ pub fn run(command: ModelCommand) -> anyhow::Result<ExitCode> {
         ModelCommand::Rollback { registry, aws } => {
             let registry = open_registry(&registry, &aws)?;
             let trigger = format!("cli@{}", chrono::Utc::now().to_rfc3339());
-            match runtime()?.block_on(registry.rollback(&trigger))? {
+            match runtime()?.block_on(registry.rollback(&trigger, None))? {
                 RollbackOutcome::RolledBack { from, to }
                 | RollbackOutcome::AlreadyApplied { from, to } => {
                     println!("rolled back: {to} is live (was {from})")

@@ -352,9 +352,10 @@ impl LambdaApp {
                 let io = (input.as_str(), output.as_str());
                 answer(batch::write_manifest(service, self.clients.s3(), batch, io).await?)
             }
-            ScheduledAction::Evaluate {} => {
-                answer(service_jobs::evaluate(service, &self.config.evaluation).await?)
-            }
+            ScheduledAction::Evaluate {} => answer(
+                service_jobs::evaluate(service, self.follower.as_deref(), &self.config.evaluation)
+                    .await?,
+            ),
         }
     }
 

@@ -239,6 +239,7 @@ mod tests {
                 horizon_bucket: None,
                 feature: None,
                 level: None,
+                challenger: None,
             },
             values: (0..400).map(|i| (i as f64, 2.0)).collect(),
         };

@@ -180,7 +180,8 @@ impl ServerMetrics {
 
 /// The facade's metrics in Prometheus form: those with a native family (forecasts, inference and
 /// queue time, batch sizes, reloads, requests) go there; the rest become families
-/// `lstm_forecast_<name>` with labels `model`, `model_version`, `horizon_bucket`, `feature`, `level`.
+/// `lstm_forecast_<name>` with labels `model`, `model_version`, `horizon_bucket`, `feature`, `level`,
+/// `challenger`.
 pub struct PrometheusSink {
     native: ServerMetrics,
     families: Mutex<HashMap<Metric, Family>>,
@@ -192,12 +193,13 @@ enum Family {
     Gauge(GaugeVec),
 }
 
-const LABELS: [&str; 5] = [
+const LABELS: [&str; 6] = [
     "model",
     "model_version",
     "horizon_bucket",
     "feature",
     "level",
+    "challenger",
 ];
 
 /// Prometheus name for a facade metric's own family, or `None` when a native family covers it
@@ -278,6 +280,7 @@ impl PrometheusSink {
             d.horizon_bucket.as_deref().unwrap_or(""),
             d.feature.as_deref().unwrap_or(""),
             d.level.as_deref().unwrap_or(""),
+            d.challenger.as_deref().unwrap_or(""),
         ];
         match family {
             Family::Counter(c) => c.with_label_values(&labels).inc_by(sample.value.max(0.0)),

@@ -97,6 +97,18 @@ pub enum Metric {
     IntervalCoverage,
     /// Mean width (upper - lower) of those intervals, in the target's units, per `Level`.
     IntervalWidth,
+    /// The `Challenger` version's mean squared error over the `ModelVersion`'s on the same
+    /// actuals (`evaluate`), overall and per `HorizonBucket`: below 1, the challenger is better.
+    ChallengerRelativeLoss,
+    /// Origins the two versions were compared at (the test's sample size).
+    ComparedOrigins,
+    /// The Diebold-Mariano p-value of that comparison (Holm-adjusted per `HorizonBucket`).
+    ChallengerPValue,
+    /// Champion/challenger decisions taken (promote, reject, rollback, keep), acted on or only
+    /// recorded.
+    ModelDecisions,
+    /// Shadow forecasts not run because the engine was busy (the live answer always goes first).
+    ShadowSkipped,
     /// Local: time a forecast waited for an engine thread, milliseconds.
     QueueLatency,
     /// Local: windows in the forward pass a forecast rode in (dynamic batching).
@@ -249,6 +261,11 @@ pub const METRICS: &[MetricSpec] = &[
     row(Metric::ForecastLogFailures,  "ForecastLogFailures", "Count",        Counter,      Family("lstm_forecast_forecast_log_failures_total")),
     row(Metric::IntervalCoverage,     "IntervalCoverage",    "None",         Gauge,        Family("lstm_forecast_interval_coverage")),
     row(Metric::IntervalWidth,        "IntervalWidth",       "None",         Gauge,        Family("lstm_forecast_interval_width")),
+    row(Metric::ChallengerRelativeLoss, "ChallengerRelativeLoss", "None",  Gauge,        Family("lstm_forecast_challenger_relative_loss")),
+    row(Metric::ComparedOrigins,      "ComparedOrigins",     "Count",        Gauge,        Family("lstm_forecast_compared_origins")),
+    row(Metric::ChallengerPValue,     "ChallengerPValue",    "None",         Gauge,        Family("lstm_forecast_challenger_p_value")),
+    row(Metric::ModelDecisions,       "ModelDecisions",      "Count",        Counter,      Family("lstm_forecast_model_decisions_total")),
+    row(Metric::ShadowSkipped,        "ShadowSkipped",       "Count",        Counter,      Family("lstm_forecast_shadow_skipped_total")),
     row(Metric::QueueLatency,         "QueueLatency",        "Milliseconds", Distribution, Native).local_only(),
     row(Metric::BatchWindows,         "BatchWindows",        "None",         Distribution, Native).local_only(),
     row(Metric::QueueDepth,           "QueueDepth",          "None",         Gauge,        Native).local_only(),
@@ -342,6 +359,7 @@ pub const DIM_STAGE: &str = "Stage";
 pub const DIM_HORIZON_BUCKET: &str = "HorizonBucket";
 pub const DIM_FEATURE: &str = "Feature";
 pub const DIM_LEVEL: &str = "Level";
+pub const DIM_CHALLENGER: &str = "Challenger";
 
 /// One recorded value with its dimensions.
 #[derive(Debug, Clone, PartialEq)]
@@ -362,6 +380,8 @@ pub struct Dimensions {
     pub feature: Option<Arc<str>>,
     /// The interval level, for interval coverage and width.
     pub level: Option<Arc<str>>,
+    /// The version compared with `model_version`, for the champion/challenger set.
+    pub challenger: Option<Arc<str>>,
 }
 
 impl Dimensions {
@@ -394,6 +414,9 @@ impl Dimensions {
         }
         if let Some(level) = &self.level {
             pairs.push((DIM_LEVEL, level));
+        }
+        if let Some(challenger) = &self.challenger {
+            pairs.push((DIM_CHALLENGER, challenger));
         }
         pairs
     }
@@ -519,6 +542,7 @@ impl Telemetry {
             horizon_bucket: horizon_bucket.map(Into::into),
             feature: None,
             level: None,
+            challenger: None,
         }
     }
 
@@ -579,7 +603,24 @@ impl Telemetry {
             horizon_bucket: horizon_bucket.map(Into::into),
             feature: None,
             level: level.map(|l| l.to_string().into()),
+            challenger: None,
         }
+    }
+
+    /// Records a comparison of `challenger` with `model_version` (`Challenger` dimension),
+    /// overall or per horizon bucket.
+    pub fn record_comparison(
+        &self,
+        metric: Metric,
+        value: f64,
+        (model, model_version): (&str, &str),
+        challenger: &str,
+        horizon_bucket: Option<&str>,
+    ) {
+        self.emit(metric, value, || Dimensions {
+            challenger: Some(challenger.into()),
+            ..self.scored_dimensions((model, model_version), horizon_bucket, None)
+        });
     }
 
     /// Records for one input feature of a multi-feature model (`Feature` dimension).
@@ -664,6 +705,7 @@ pub(crate) fn test_sample(metric: Metric, value: f64) -> Sample {
             horizon_bucket: None,
             feature: None,
             level: None,
+            challenger: None,
         },
     }
 }

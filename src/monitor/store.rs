@@ -548,6 +548,19 @@ impl AccuracyStore {
         self.write_state("calibration.json", online).await
     }
 
+    /// Every pair of versions compared on the same actuals so far (`state/comparisons.json`):
+    /// what champion/challenger decisions read.
+    pub async fn comparisons(&self) -> Result<crate::monitor::verdict::Comparisons, StoreError> {
+        self.read_state("comparisons.json").await
+    }
+
+    pub async fn set_comparisons(
+        &self,
+        comparisons: &crate::monitor::verdict::Comparisons,
+    ) -> Result<(), StoreError> {
+        self.write_state("comparisons.json", comparisons).await
+    }
+
     /// The latest scores of each model version (`state/scores.json`): what a rollback checks
     /// before it acts, so that it only ever rolls back a version for that version's own errors.
     pub async fn latest_scores(&self) -> Result<BTreeMap<String, VersionScore>, StoreError> {

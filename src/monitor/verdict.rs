@@ -21,6 +21,72 @@ use serde::{Deserialize, Serialize};
 
 use super::compare::{holm, overlap_lag, Loss, LossDifferentials};
 
+/// Two versions, the first before the second in byte order: one key per unordered pair.
+pub type VersionPair = (String, String);
+
+/// Pairs of versions kept in [`Comparisons`]: the most recently compared.
+pub const MAX_COMPARED_PAIRS: usize = 20;
+
+/// Every pair of versions compared so far, as the evaluation keeps them across runs
+/// (`state/comparisons.json`).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparisons {
+    pub pairs: Vec<StoredComparison>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredComparison {
+    pub reference: String,
+    pub challenger: String,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    pub comparison: Comparison,
+}
+
+impl Comparisons {
+    /// Adds a run's (or a partition's) comparisons, keyed by unordered pair; keeps the
+    /// [`MAX_COMPARED_PAIRS`] most recently compared.
+    pub fn merge(
+        &mut self,
+        added: &BTreeMap<VersionPair, Comparison>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) {
+        for ((reference, challenger), comparison) in added {
+            match self
+                .pairs
+                .iter_mut()
+                .find(|p| &p.reference == reference && &p.challenger == challenger)
+            {
+                Some(stored) => {
+                    stored.comparison.merge(comparison);
+                    stored.updated_at = now;
+                }
+                None => self.pairs.push(StoredComparison {
+                    reference: reference.clone(),
+                    challenger: challenger.clone(),
+                    updated_at: now,
+                    comparison: comparison.clone(),
+                }),
+            }
+        }
+        self.pairs.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+        self.pairs.truncate(MAX_COMPARED_PAIRS);
+    }
+
+    /// `challenger` compared with `reference`, oriented so: the differential is
+    /// `loss(challenger) - loss(reference)`.
+    pub fn between(&self, reference: &str, challenger: &str) -> Option<Comparison> {
+        self.pairs.iter().find_map(|p| {
+            if p.reference == reference && p.challenger == challenger {
+                Some(p.comparison.clone())
+            } else if p.reference == challenger && p.challenger == reference {
+                Some(p.comparison.swapped())
+            } else {
+                None
+            }
+        })
+    }
+}
+
 /// Two versions compared on every (series, origin, step) both forecast, with its actual.
 /// `reference` is the first version of the pair, `challenger` the second (see
 /// [`Comparison::swapped`]).

@@ -434,6 +434,26 @@ impl Registry {
         .await
     }
 
+    /// Applies a decision ([`Alias::apply`]) with a conditional write; `Ok(false)` when it
+    /// was already recorded and nothing was written.
+    pub async fn apply_decision(
+        &self,
+        decision: Decision,
+        probation: std::time::Duration,
+    ) -> Result<bool, RegistryError> {
+        let Some((mut alias, etag)) = self.read_alias().await? else {
+            return Err(RegistryError::NoAlias {
+                bucket: self.model.bucket.clone(),
+                key: self.model.alias_key(),
+            });
+        };
+        if !alias.apply(decision, &probation_end(probation))? {
+            return Ok(false);
+        }
+        self.write_alias(&alias, etag.as_deref()).await?;
+        Ok(true)
+    }
+
     /// Ends the challenge; returns the withdrawn version.
     pub async fn withdraw(&self) -> Result<String, RegistryError> {
         self.update_alias(|alias| Ok(alias.withdraw(&now_rfc3339(), "cli")?))
@@ -441,8 +461,13 @@ impl Registry {
     }
 
     /// Moves the alias back to the version live before the current one. Idempotent per `trigger`:
-    /// the same trigger twice rolls back once.
-    pub async fn rollback(&self, trigger: &str) -> Result<RollbackOutcome, RegistryError> {
+    /// the same trigger twice rolls back once. `evidence` is the comparison that justified it,
+    /// recorded with the decision.
+    pub async fn rollback(
+        &self,
+        trigger: &str,
+        evidence: Option<crate::monitor::verdict::Evidence>,
+    ) -> Result<RollbackOutcome, RegistryError> {
         let Some((mut alias, etag)) = self.read_alias().await? else {
             return Err(RegistryError::NoAlias {
                 bucket: self.model.bucket.clone(),
@@ -477,8 +502,11 @@ impl Registry {
             at: now.clone(),
             trigger: trigger.to_string(),
             acted: true,
-            reason: "rolled back".into(),
-            evidence: None,
+            reason: match evidence {
+                Some(_) => format!("{from} forecast worse than {to} on the same actuals"),
+                None => "rolled back".into(),
+            },
+            evidence,
         });
         alias.last_rollback = Some(Rollback {
             trigger: trigger.to_string(),

@@ -233,6 +233,39 @@ impl Alias {
         replaced
     }
 
+    /// Applies a decision the evaluation or an alarm took: a promotion makes the challenger live
+    /// (the replaced version on probation until `probation_until`), a rejection ends the
+    /// challenge, a kept model changes no role. A decision only recorded (`acted: false`) changes
+    /// no role either. The same decision twice in a row (same action, version and trigger, or a
+    /// recorded one not acted on again) is recorded once. Returns whether the document changed.
+    pub fn apply(&mut self, decision: Decision, probation_until: &str) -> Result<bool, RoleError> {
+        if matches!(
+            decision.action,
+            DecisionAction::Promote | DecisionAction::Reject
+        ) {
+            self.challenger_named(&decision.version)?;
+        }
+        let repeated = self.decisions.last().is_some_and(|last| {
+            last.action == decision.action
+                && last.version == decision.version
+                && (last.trigger == decision.trigger || (!last.acted && !decision.acted))
+        });
+        if repeated {
+            return Ok(false);
+        }
+        if decision.acted {
+            match decision.action {
+                DecisionAction::Promote => {
+                    self.make_live(&decision.version, &decision.at, probation_until);
+                }
+                DecisionAction::Reject => self.challenger = None,
+                _ => {}
+            }
+        }
+        self.record(decision);
+        Ok(true)
+    }
+
     /// The challenger, if it is `version`.
     pub fn challenger_named(&self, version: &str) -> Result<&Challenger, RoleError> {
         match &self.challenger {
@@ -318,6 +351,46 @@ mod tests {
             a.withdraw("t", "cli"),
             Err(RoleError::NoChallenger)
         ));
+    }
+
+    fn decided(action: DecisionAction, version: &str, acted: bool) -> Decision {
+        Decision {
+            action,
+            version: version.into(),
+            against: Some("1".into()),
+            at: "2026-01-10T00:00:00Z".into(),
+            trigger: "evaluation".into(),
+            acted,
+            reason: "test".into(),
+            evidence: None,
+        }
+    }
+
+    #[test]
+    fn a_decision_applies_to_the_challenger_it_was_taken_on_and_only_once() {
+        let mut a = alias("1");
+        a.challenge("2", ChallengeMode::Shadow, 0.5, "t").unwrap();
+        // A decision about another version than the challenger changes nothing.
+        assert!(a
+            .apply(decided(DecisionAction::Promote, "3", true), "u")
+            .is_err());
+        // Recorded but not acted on: no role moves, and the same verdict is recorded once.
+        assert!(a
+            .apply(decided(DecisionAction::Promote, "2", false), "u")
+            .unwrap());
+        assert!(!a
+            .apply(decided(DecisionAction::Promote, "2", false), "u")
+            .unwrap());
+        assert_eq!((a.version.as_str(), a.challenger.is_some()), ("1", true));
+        // Acted on: the challenger is live, and the old live on probation.
+        assert!(a
+            .apply(decided(DecisionAction::Promote, "2", true), "u")
+            .unwrap());
+        assert_eq!(a.version, "2");
+        assert_eq!(a.previous.as_ref().unwrap().version, "1");
+        assert!(a
+            .apply(decided(DecisionAction::Reject, "2", true), "u")
+            .is_err());
     }
 
     #[test]

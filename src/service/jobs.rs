@@ -10,12 +10,15 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::Serialize;
 
+use super::challenge::{decide_after_evaluation, ChallengePolicy};
+use super::follow::AliasFollower;
 use super::Service;
 use crate::monitor::evaluate::{
     run_evaluation_with, EvaluationWindow, IntervalScores, Recalibration, VersionScores,
 };
 use crate::monitor::store::StoreError;
 use crate::objects::ObjectError;
+use crate::registry::roles::Decision;
 use crate::registry::RegistryError;
 
 /// Why a job (a batch forecast, a shard, a manifest, an evaluation, a rollback) failed.
@@ -102,6 +105,11 @@ pub struct EvaluationSummary {
     pub scores: std::collections::BTreeMap<String, VersionScores>,
     pub intervals: std::collections::BTreeMap<String, Vec<IntervalScores>>,
     pub recalibrated: Vec<String>,
+    /// Each pair of versions compared in this run, with the evidence so far.
+    pub compared: Vec<crate::monitor::evaluate::ComparedVersions>,
+    /// The champion/challenger decision this run's evidence led to, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
 }
 
 /// How the service's scheduled evaluation runs.
@@ -111,12 +119,16 @@ pub struct EvaluationConfig {
     pub grace: Duration,
     /// How the intervals are recalibrated from the latest scored errors.
     pub recalibration: Recalibration,
+    /// How a challenger is decided on after the evaluation.
+    pub challenge: ChallengePolicy,
 }
 
 /// Scores the forecasts that the newly arrived actuals complete, publishes the scores and writes a
 /// report: the service's own forecast log, looked at as far as the model in service reaches.
+/// With the registry's alias (`follower`), then decides about its challenger.
 pub async fn evaluate(
     service: &Service,
+    follower: Option<&AliasFollower>,
     config: &EvaluationConfig,
 ) -> Result<EvaluationSummary, JobError> {
     let Some(log) = service.forecast_log() else {
@@ -141,6 +153,10 @@ pub async fn evaluate(
     .await
     .map_err(JobError::EvaluationFailed)?;
     let evaluation = run.evaluation;
+    let decision = match follower {
+        Some(follower) => decide_after_evaluation(service, follower, &config.challenge).await?,
+        None => None,
+    };
     Ok(EvaluationSummary {
         action: "evaluate",
         report: run.report,
@@ -150,5 +166,7 @@ pub async fn evaluate(
         scores: evaluation.by_version,
         intervals: evaluation.intervals,
         recalibrated: evaluation.recalibrated,
+        compared: evaluation.compared,
+        decision,
     })
 }

@@ -12,10 +12,13 @@
 //! - [`follow`]: following the registry's `live` alias (hot reload, rollback pick-up).
 //! - [`batch`]: batch forecasts from S3 objects and Step Functions shards, with their manifest.
 //! - [`jobs`]: how a job fails ([`jobs::JobError`]), and the accuracy evaluation as a job.
+//! - [`challenge`]: champion/challenger decisions after each evaluation, and the comparison with
+//!   the previous version that a rollback asks for.
 //! - [`rollback`]: the alarm-driven rollback decision.
 
 pub mod batch;
 pub mod build;
+pub mod challenge;
 pub mod follow;
 pub mod jobs;
 pub mod rollback;

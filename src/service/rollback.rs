@@ -2,6 +2,13 @@
 //! `ROLLBACK_ALARMS` enters ALARM, the registry's `live` alias moves back to the version that
 //! served before, and this instance follows it.
 //!
+//! When the version the last promotion replaced is still shadowed on probation, and the two were
+//! compared at enough origins, the comparison decides ([`super::challenge::against_previous`]):
+//! roll back only if live forecasts significantly worse than the previous version did on the
+//! same actuals. Otherwise the model stays (a `keep` decision in the alias history): when every
+//! version is wrong, the inputs or the world changed, and the alarm, which stays in ALARM, tells
+//! people. Without that evidence, the rule below decides.
+//!
 //! The accuracy alarm watches all versions together (its dimensions cannot follow the alias), so
 //! before acting the function checks that the version live *now* earned it: its own WAPE, from
 //! the evaluation that last scored it, is above the threshold on at least `min_pairs` scored
@@ -20,8 +27,11 @@ use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::challenge::{against_previous, AgainstPrevious};
 use super::jobs::JobError;
 use crate::metrics::Metric;
+use crate::monitor::verdict::{DecisionRule, Evidence};
+use crate::registry::roles::{Decision, DecisionAction};
 use crate::registry::{RegistryError, RollbackOutcome};
 use crate::service::follow::AliasFollower;
 use crate::service::Service;
@@ -102,6 +112,8 @@ pub struct RollbackPolicy {
     pub min_pairs: usize,
     /// No rollback within this long after the alias last moved (a promotion or a rollback).
     pub cooldown: Duration,
+    /// When live against the previous version is enough evidence (see the module doc).
+    pub comparison: DecisionRule,
 }
 
 /// An alarm's state change, as an event reports it (not yet verified).
@@ -193,11 +205,103 @@ pub async fn on_alarm(
             return Ok(RollbackDecision::none(Some(alarm), reason));
         }
     };
-    if let Some(reason) = refusal(service, follower, policy).await? {
+    let trigger = format!("alarm:{alarm}@{}", entered_alarm_at.to_rfc3339());
+    let (alias, comparative) = comparative(service, follower, policy).await?;
+    if let Some(reason) = cooldown_refusal(&alias, policy) {
         tracing::info!(alarm, "rollback refused: {reason}");
         return Ok(RollbackDecision::none(Some(alarm), reason));
     }
-    roll_back(service, follower, alarm, entered_alarm_at).await
+    let evidence = match comparative {
+        AgainstPrevious::Worse { evidence, .. } => Some(evidence),
+        AgainstPrevious::NotWorse { previous, evidence } => {
+            let reason = AgainstPrevious::NotWorse {
+                previous: previous.clone(),
+                evidence: evidence.clone(),
+            }
+            .describe(&alias.version);
+            return keep(
+                service,
+                follower,
+                &trigger,
+                &alias.version,
+                previous,
+                evidence,
+                reason,
+            )
+            .await;
+        }
+        AgainstPrevious::NoEvidence(why) => {
+            tracing::info!(alarm, "no comparison with a previous version decides ({why}): the live version's own scores do");
+            if let Some(reason) = score_refusal(service, &alias.version, policy).await? {
+                tracing::info!(alarm, "rollback refused: {reason}");
+                return Ok(RollbackDecision::none(Some(alarm), reason));
+            }
+            None
+        }
+    };
+    roll_back(service, follower, alarm, &trigger, evidence).await
+}
+
+/// The alias, and what the previous version's shadow says about live.
+async fn comparative(
+    service: &Service,
+    follower: &AliasFollower,
+    policy: &RollbackPolicy,
+) -> Result<(crate::registry::Alias, AgainstPrevious), JobError> {
+    let Some((alias, _)) = follower
+        .registry()
+        .read_alias()
+        .await
+        .map_err(JobError::Registry)?
+    else {
+        return Err(JobError::NothingLive);
+    };
+    let Some(log) = service.forecast_log() else {
+        return Err(JobError::NotConfigured(
+            "a rollback acts on the versions' scores: set FORECAST_LOG_URI=s3://BUCKET/PREFIX (where evaluate writes them)".into(),
+        ));
+    };
+    let comparisons = log.store().comparisons().await.map_err(JobError::Store)?;
+    let verdict = against_previous(&alias, &comparisons, &policy.comparison, chrono::Utc::now());
+    Ok((alias, verdict))
+}
+
+/// The model stays: the previous version would not have done better. Recorded once per alarm
+/// state change, and counted.
+async fn keep(
+    service: &Service,
+    follower: &AliasFollower,
+    trigger: &str,
+    live: &str,
+    previous: String,
+    evidence: Evidence,
+    reason: String,
+) -> Result<RollbackDecision, JobError> {
+    let decision = Decision {
+        action: DecisionAction::Keep,
+        version: live.to_string(),
+        against: Some(previous),
+        at: crate::registry::now_rfc3339(),
+        trigger: trigger.to_string(),
+        acted: true,
+        reason: reason.clone(),
+        evidence: Some(evidence),
+    };
+    let recorded = follower
+        .registry()
+        .apply_decision(decision, Duration::ZERO)
+        .await
+        .map_err(JobError::Registry)?;
+    if recorded {
+        service.telemetry().record(Metric::ModelDecisions, 1.0);
+    }
+    tracing::warn!(trigger, "rollback refused: {reason}");
+    Ok(RollbackDecision::none(
+        trigger
+            .strip_prefix("alarm:")
+            .and_then(|t| t.split('@').next()),
+        reason,
+    ))
 }
 
 /// Moves the alias back, once per alarm state change, and follows it.
@@ -205,14 +309,14 @@ async fn roll_back(
     service: &Service,
     follower: &AliasFollower,
     alarm: &str,
-    entered_alarm_at: DateTime<Utc>,
+    trigger: &str,
+    evidence: Option<Evidence>,
 ) -> Result<RollbackDecision, JobError> {
     // The same alarm state change delivered twice (EventBridge retries, two targets) must roll
-    // back once: the registry keys idempotency on this trigger, CloudWatch's own time.
-    let trigger = format!("alarm:{alarm}@{}", entered_alarm_at.to_rfc3339());
+    // back once: the registry keys idempotency on the trigger, CloudWatch's own time.
     let outcome = follower
         .registry()
-        .rollback(&trigger)
+        .rollback(trigger, evidence)
         .await
         .map_err(|e| match e {
             RegistryError::NoPreviousVersion { .. } => JobError::RollbackImpossible(e),
@@ -239,31 +343,26 @@ async fn roll_back(
     })
 }
 
-/// Why the live version may not be rolled back now, if it may not.
-async fn refusal(
+/// Why no rollback may happen now: the alias moved within the cooldown.
+fn cooldown_refusal(alias: &crate::registry::Alias, policy: &RollbackPolicy) -> Option<String> {
+    let moved = crate::time::parse_rfc3339(&alias.updated_at)?;
+    let since = (chrono::Utc::now() - moved).to_std().unwrap_or_default();
+    (since < policy.cooldown).then(|| {
+        format!(
+            "the alias moved to {} {}s ago, within the {}s cooldown",
+            alias.version,
+            since.as_secs(),
+            policy.cooldown.as_secs()
+        )
+    })
+}
+
+/// Why the live version's own scores do not justify a rollback, if they do not.
+async fn score_refusal(
     service: &Service,
-    follower: &AliasFollower,
+    live: &str,
     policy: &RollbackPolicy,
 ) -> Result<Option<String>, JobError> {
-    let Some((alias, _)) = follower
-        .registry()
-        .read_alias()
-        .await
-        .map_err(JobError::Registry)?
-    else {
-        return Err(JobError::NothingLive);
-    };
-    let live = &alias.version;
-    if let Some(moved) = crate::time::parse_rfc3339(&alias.updated_at) {
-        let since = (chrono::Utc::now() - moved).to_std().unwrap_or_default();
-        if since < policy.cooldown {
-            return Ok(Some(format!(
-                "the alias moved to {live} {}s ago, within the {}s cooldown",
-                since.as_secs(),
-                policy.cooldown.as_secs()
-            )));
-        }
-    }
     let Some(log) = service.forecast_log() else {
         return Err(JobError::NotConfigured(
             "a rollback acts on the live version's own scores: set FORECAST_LOG_URI=s3://BUCKET/PREFIX (where evaluate writes them)".into(),

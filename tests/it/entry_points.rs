@@ -142,12 +142,14 @@ fn lambda_app(service: Service, s3: aws_sdk_s3::Client) -> LambdaApp {
         evaluation: EvaluationConfig {
             grace: Duration::from_secs(3600),
             recalibration: Default::default(),
+            challenge: Default::default(),
         },
         rollback: RollbackPolicy {
             alarms: Vec::new(),
             wape_threshold: 0.1,
             min_pairs: 240,
             cooldown: Duration::from_secs(0),
+            comparison: Default::default(),
         },
         alias_check_interval: Duration::from_secs(60),
     };

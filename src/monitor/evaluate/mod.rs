@@ -15,7 +15,8 @@
 //! 3. pairs and scores ([`evaluate`], no I/O);
 //! 4. appends the settled marks, before anything else is written: if the run stops after them,
 //!    a rerun reads the same actuals again and scores nothing twice;
-//! 5. records the metrics and recalibrates the intervals (best effort);
+//! 5. adds the versions' comparisons to those of earlier runs, records the metrics and
+//!    recalibrates the intervals (best effort);
 //! 6. writes the report and each scored version's latest score, and moves the watermark.
 //!
 //! The cost follows what arrived, not the history.
@@ -28,9 +29,11 @@
 //! - `recalibration`: the scored errors feed the online calibration of intervals.
 //! - `report`: the metrics, the report folder and the latest scores.
 //! - `charted`: which series the chart draws; `chart`: the report's SVG chart.
+//! - `comparing`: versions compared on the same targets, for champion/challenger decisions.
 
 mod chart;
 mod charted;
+mod comparing;
 #[cfg(test)]
 mod fixtures;
 mod increment;
@@ -40,9 +43,12 @@ mod scoring;
 mod windows;
 
 pub use self::charted::{Band, ChartSeries};
+pub use self::comparing::VersionPair;
 pub use self::recalibration::Recalibration;
 pub use self::report::MAX_QUARANTINED_LISTED;
-pub use self::scoring::{evaluate, Evaluation, Increment, IntervalScores, VersionScores};
+pub use self::scoring::{
+    evaluate, ComparedVersions, Evaluation, Increment, IntervalScores, VersionScores,
+};
 pub use self::windows::EvaluationWindow;
 
 use chrono::{DateTime, Utc};
@@ -50,7 +56,7 @@ use serde::Serialize;
 
 use self::increment::{advance_watermark, read_arrivals, read_origin_hours, Arrivals, OriginReads};
 use self::recalibration::recalibrate_best_effort;
-use self::report::{log_summary, publish_latest_scores, write_report};
+use self::report::{log_summary, merge_comparisons, publish_latest_scores, write_report};
 use self::windows::DueTargets;
 use crate::metrics::Telemetry;
 use crate::monitor::store::{AccuracyStore, StoreError};
@@ -103,6 +109,7 @@ pub async fn run_evaluation_with(
 
     // Before anything else is written: a rerun then finds these pairs settled.
     store.append_settled(&newly_settled, now).await?;
+    evaluation.compared = merge_comparisons(store, &evaluation, now).await?;
     evaluation.record(telemetry);
     evaluation.recalibrated =
         recalibrate_best_effort(store, &evaluation.scored_errors, recalibration, now).await;

@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use super::scoring::Evaluation;
+use super::scoring::{ComparedVersions, Evaluation};
 use crate::metrics::{Metric, Telemetry};
 use crate::monitor::accuracy::{horizon_buckets, Scores};
+use crate::monitor::compare::Loss;
 use crate::monitor::store::{AccuracyStore, ForecastRecord, Quarantined, StoreError, VersionScore};
 
 /// Quarantined lines listed in a report by key and line; all of them are counted.
@@ -55,6 +56,46 @@ impl Evaluation {
                 emit(s, Some(bucket));
             }
         }
+        self.record_comparisons(telemetry);
+    }
+
+    /// Records each comparison this run added to, both ways round (`ModelVersion` the
+    /// reference, `Challenger` the other): the evaluation does not know which one is live.
+    fn record_comparisons(&self, telemetry: &Telemetry) {
+        for compared in &self.compared {
+            let Some(evidence) = &compared.squared else {
+                continue;
+            };
+            let model = self
+                .by_version
+                .get(&compared.reference)
+                .or_else(|| self.by_version.get(&compared.challenger))
+                .map_or("", |s| s.model.as_str());
+            for (reference, challenger, evidence) in [
+                (&compared.reference, &compared.challenger, evidence.clone()),
+                (
+                    &compared.challenger,
+                    &compared.reference,
+                    evidence.swapped(),
+                ),
+            ] {
+                let at = (model, reference.as_str());
+                let emit = |metric, value: Option<f64>, bucket: Option<&str>| {
+                    if let Some(value) = value {
+                        telemetry.record_comparison(metric, value, at, challenger, bucket);
+                    }
+                };
+                emit(Metric::ChallengerRelativeLoss, Some(evidence.ratio), None);
+                emit(Metric::ComparedOrigins, Some(evidence.origins as f64), None);
+                emit(Metric::ChallengerPValue, evidence.p_value, None);
+                for b in &evidence.buckets {
+                    let bucket = Some(b.bucket.as_str());
+                    emit(Metric::ChallengerRelativeLoss, Some(b.ratio), bucket);
+                    emit(Metric::ComparedOrigins, Some(b.origins as f64), bucket);
+                    emit(Metric::ChallengerPValue, b.adjusted_p_value, bucket);
+                }
+            }
+        }
     }
 
     /// Counts every quarantined line, and lists the first [`MAX_QUARANTINED_LISTED`].
@@ -87,6 +128,37 @@ pub(super) async fn write_report(
     store
         .write_report(&report_json, evaluation.chart_svg().as_bytes(), now)
         .await
+}
+
+/// Adds this run's comparisons to the ones kept across runs, and returns the evidence of each pair
+/// it added to. Written after the settled marks: a run stopped between the two loses its pairs'
+/// comparison rather than counting it twice on the rerun (the test then waits a little longer;
+/// it is never fed a pair twice).
+pub(super) async fn merge_comparisons(
+    store: &AccuracyStore,
+    evaluation: &Evaluation,
+    now: DateTime<Utc>,
+) -> Result<Vec<ComparedVersions>, StoreError> {
+    if evaluation.comparisons.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut kept = store.comparisons().await?;
+    kept.merge(&evaluation.comparisons, now);
+    store.set_comparisons(&kept).await?;
+    Ok(evaluation
+        .comparisons
+        .iter()
+        .map(|((reference, challenger), added)| {
+            let all = kept.between(reference, challenger).unwrap_or_default();
+            ComparedVersions {
+                reference: reference.clone(),
+                challenger: challenger.clone(),
+                pairs_added: added.overall.pairs(),
+                squared: all.evidence(Loss::Squared),
+                absolute: all.evidence(Loss::Absolute),
+            }
+        })
+        .collect())
 }
 
 /// Replaces the latest score of each version this run scored: a rollback acts only on the live

@@ -8,10 +8,12 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::charted::ChartSeries;
+use super::comparing::{Targets, VersionPair};
 use crate::monitor::accuracy::{bucket_of, Accumulator, Scores};
 use crate::monitor::calibration::ScoredError;
 use crate::monitor::observations::Observation;
 use crate::monitor::store::{ForecastRecord, Quarantined, SettledPair};
+use crate::monitor::verdict::{Comparison, Evidence};
 
 /// What one evaluation found.
 #[derive(Debug, Clone, Serialize)]
@@ -59,6 +61,24 @@ pub struct Evaluation {
     /// metrics, the rollback's scores or the interval calibration.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub out_of_range: BTreeMap<String, VersionScores>,
+    /// What this run adds to the comparison of each pair of versions that forecast the same
+    /// targets (see `comparing`).
+    #[serde(skip)]
+    pub comparisons: BTreeMap<VersionPair, Comparison>,
+    /// Each pair of versions compared by this run, with the evidence of every run so far.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub compared: Vec<ComparedVersions>,
+}
+
+/// Two versions compared on the same actuals: the pairs this run added, and the evidence of all
+/// of them, on squared and on absolute error.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComparedVersions {
+    pub reference: String,
+    pub challenger: String,
+    pub pairs_added: u64,
+    pub squared: Option<Evidence>,
+    pub absolute: Option<Evidence>,
 }
 
 /// How the intervals of one level did on the pairs a run scored.
@@ -266,6 +286,8 @@ struct Scoring<'a> {
     newly_settled: Vec<(DateTime<Utc>, SettledPair)>,
     /// Per series, the forecasts with a pair scored: the chart draws one series.
     scored_per_series: HashMap<&'a str, Vec<&'a ForecastRecord>>,
+    /// The targets with an actual, and every version's forecast of them.
+    targets: Targets<'a>,
 }
 
 impl<'a> Scoring<'a> {
@@ -284,11 +306,16 @@ impl<'a> Scoring<'a> {
             record.timestamps.iter().zip(&record.values).enumerate()
         {
             if actuals.is_settled(id, *timestamp) {
+                // A rival version's forecast settled now is compared with this one.
+                if let Some(actual) = actuals.value(&record.series_id, *timestamp) {
+                    self.targets.add(record, step, actual, false);
+                }
                 continue;
             }
             let value = match actuals.value(&record.series_id, *timestamp) {
                 Some(actual) => {
                     self.score_pair(record, step, *timestamp, *forecast, actual);
+                    self.targets.add(record, step, actual, true);
                     counts.pairs += 1;
                     matched = true;
                     Some(actual)
@@ -413,6 +440,8 @@ impl<'a> Scoring<'a> {
             recalibrated: Vec::new(),
             intervals: interval_scores(self.coverage),
             out_of_range: version_scores(self.out_of_range),
+            comparisons: self.targets.comparisons(),
+            compared: Vec::new(),
         };
         (evaluation, self.newly_settled)
     }
