@@ -262,7 +262,7 @@ pub const METRICS: &[MetricSpec] = &[
     row(Metric::IntervalCoverage,     "IntervalCoverage",    "None",         Gauge,        Family("lstm_forecast_interval_coverage")),
     row(Metric::IntervalWidth,        "IntervalWidth",       "None",         Gauge,        Family("lstm_forecast_interval_width")),
     row(Metric::ChallengerRelativeLoss, "ChallengerRelativeLoss", "None",  Gauge,        Family("lstm_forecast_challenger_relative_loss")),
-    row(Metric::ComparedOrigins,      "ComparedOrigins",     "Count",        Gauge,        Family("lstm_forecast_compared_origins")),
+    row(Metric::ComparedOrigins,      "ComparedOrigins",     "None",         Gauge,        Family("lstm_forecast_compared_origins")),
     row(Metric::ChallengerPValue,     "ChallengerPValue",    "None",         Gauge,        Family("lstm_forecast_challenger_p_value")),
     row(Metric::ModelDecisions,       "ModelDecisions",      "Count",        Counter,      Family("lstm_forecast_model_decisions_total")),
     row(Metric::ShadowSkipped,        "ShadowSkipped",       "Count",        Counter,      Family("lstm_forecast_shadow_skipped_total")),

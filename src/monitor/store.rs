@@ -64,6 +64,23 @@ pub struct ForecastRecord {
     /// history would otherwise read as the model failing).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub out_of_range: bool,
+    /// Which role the version that made it held: the answer callers got (`live`, the default of
+    /// records written before roles), or a forecast in live's shadow.
+    #[serde(default)]
+    pub role: ForecastRole,
+}
+
+/// The role of the version that made a logged forecast.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForecastRole {
+    /// The answer callers got.
+    #[default]
+    Live,
+    /// The challenger, in live's shadow.
+    Challenger,
+    /// The version the last promotion replaced, in live's shadow on probation.
+    Previous,
 }
 
 /// How far, in training standard deviations of its feature, a window value may lie from the

@@ -66,6 +66,14 @@ pub struct Previous {
     pub version: String,
     /// When the probation ends: after it, `previous` is no longer shadowed.
     pub until: String,
+    /// Share of series it shadows: the challenger's when the promotion was the challenger's
+    /// (the same series go on being compared), all of them after a promotion by hand.
+    #[serde(default = "all_series")]
+    pub fraction: f64,
+}
+
+fn all_series() -> f64 {
+    1.0
 }
 
 /// What was decided.
@@ -219,25 +227,21 @@ impl Alias {
         let replaced = std::mem::replace(&mut self.version, version.to_string());
         self.history.push(version.to_string());
         self.updated_at = now.to_string();
+        let was_challenger = self.challenger.take_if(|c| c.version == version);
         self.previous = Some(Previous {
             version: replaced.clone(),
             until: probation_until.to_string(),
+            fraction: was_challenger.map_or(1.0, |c| c.fraction),
         });
-        if self
-            .challenger
-            .as_ref()
-            .is_some_and(|c| c.version == version)
-        {
-            self.challenger = None;
-        }
         replaced
     }
 
     /// Applies a decision the evaluation or an alarm took: a promotion makes the challenger live
     /// (the replaced version on probation until `probation_until`), a rejection ends the
     /// challenge, a kept model changes no role. A decision only recorded (`acted: false`) changes
-    /// no role either. The same decision twice in a row (same action, version and trigger, or a
-    /// recorded one not acted on again) is recorded once. Returns whether the document changed.
+    /// no role either. The same decision twice in a row (same action, version, trigger and
+    /// whether it was acted on: an alarm delivered twice, a verdict recorded again by the next
+    /// evaluation) is recorded once. Returns whether the document changed.
     pub fn apply(&mut self, decision: Decision, probation_until: &str) -> Result<bool, RoleError> {
         if matches!(
             decision.action,
@@ -248,7 +252,8 @@ impl Alias {
         let repeated = self.decisions.last().is_some_and(|last| {
             last.action == decision.action
                 && last.version == decision.version
-                && (last.trigger == decision.trigger || (!last.acted && !decision.acted))
+                && last.acted == decision.acted
+                && last.trigger == decision.trigger
         });
         if repeated {
             return Ok(false);

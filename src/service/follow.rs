@@ -15,11 +15,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
+use super::shadow::Shadow;
 use super::Service;
 use crate::aws::AwsClients;
 use crate::metrics::Metric;
 use crate::model::{Model, ModelError};
-use crate::registry::{Registry, RegistryError};
+use crate::monitor::store::ForecastRole;
+use crate::registry::roles::ChallengeMode;
+use crate::registry::{Alias, Registry, RegistryError};
 use crate::source::s3::S3ModelSource;
 use crate::source::ModelUri;
 
@@ -82,16 +85,55 @@ impl AliasFollower {
         self.source.registry()
     }
 
-    /// Reads the alias and swaps its version in if it is not the one serving. Never fails: a
-    /// registry or load error is logged and counted, and the current model keeps serving.
+    /// Reads the alias and swaps its version in if it is not the one serving, and puts the
+    /// version it names for live's shadow there. Never fails: a registry or load error is logged
+    /// and counted, and the current models keep serving.
     pub async fn check_now(&self) {
-        match self.registry().live_version().await {
-            Ok(live) => {
-                self.switch_to(&live).await;
+        let read = self.registry().read_alias().await;
+        match read {
+            Ok(Some((alias, _))) => {
+                self.switch_to(&alias.version).await;
+                self.sync_shadow(&alias).await;
+            }
+            Ok(None) => {
+                let serving = self.serving_version();
+                tracing::warn!("the model alias is gone (still serving {serving})");
             }
             Err(e) => {
                 let serving = self.serving_version();
                 tracing::warn!("could not read the model alias (still serving {serving}): {e}");
+            }
+        }
+    }
+
+    /// Puts the version `alias` wants in live's shadow ([`wanted_shadow`]), loading it if it is
+    /// not there yet, or stops the shadow. A failed load is logged and counted, and leaves no
+    /// shadow: a shadow never holds up live.
+    pub async fn sync_shadow(&self, alias: &Alias) {
+        let wanted = wanted_shadow(alias, chrono::Utc::now());
+        let current = self.service.shadow();
+        let Some((version, role, fraction)) = wanted else {
+            if let Some((version, ..)) = current {
+                self.service.set_shadow(None);
+                tracing::info!(shadow_version = %version, "shadow stopped");
+            }
+            return;
+        };
+        if current.as_ref() == Some(&(version.clone(), role, fraction)) {
+            return;
+        }
+        match self.load(&version).await {
+            Ok(model) => {
+                self.service
+                    .set_shadow(Some(Shadow::start(model, role, fraction)));
+                tracing::info!(shadow_version = %version, ?role, fraction, "shadow started");
+            }
+            Err(e) => {
+                self.service.set_shadow(None);
+                self.service
+                    .telemetry()
+                    .record(Metric::ModelReloadFailures, 1.0);
+                tracing::error!(shadow_version = %version, "could not start the shadow: {e}");
             }
         }
     }
@@ -172,6 +214,32 @@ impl AliasFollower {
                 cause,
             })
     }
+}
+
+/// The version the alias wants in live's shadow, with its role and share of series: the
+/// challenger in shadow mode, else the previous version while on probation.
+pub fn wanted_shadow(
+    alias: &Alias,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<(String, ForecastRole, f64)> {
+    if let Some(challenger) = &alias.challenger {
+        match challenger.mode {
+            ChallengeMode::Shadow => {
+                return Some((
+                    challenger.version.clone(),
+                    ForecastRole::Challenger,
+                    challenger.fraction,
+                ))
+            }
+            ChallengeMode::Canary => tracing::warn!(
+                challenger = %challenger.version,
+                "canary mode is not served yet: the challenger forecasts nothing (use --mode shadow)"
+            ),
+        }
+    }
+    alias
+        .on_probation(now)
+        .map(|p| (p.version.clone(), ForecastRole::Previous, p.fraction))
 }
 
 /// Re-reads the online interval calibration `evaluate` publishes, every `interval`, until

@@ -15,6 +15,8 @@
 //! - [`challenge`]: champion/challenger decisions after each evaluation, and the comparison with
 //!   the previous version that a rollback asks for.
 //! - [`rollback`]: the alarm-driven rollback decision.
+//! - [`shadow`]: a second version forecasting in live's shadow (a challenger, or the previous
+//!   version on probation), after the live answer.
 
 pub mod batch;
 pub mod build;
@@ -22,6 +24,7 @@ pub mod challenge;
 pub mod follow;
 pub mod jobs;
 pub mod rollback;
+pub mod shadow;
 
 use std::sync::Arc;
 
@@ -37,7 +40,9 @@ use crate::model::contract::{Calibration, ModelMetadata};
 use crate::model::Model;
 use crate::monitor::drift::InputDriftMonitor;
 use crate::monitor::observations::{parse_observations, Observation};
-use crate::monitor::store::{ForecastLog, ForecastRecord, StoreError, OUT_OF_RANGE_SPREADS};
+use crate::monitor::store::{
+    ForecastLog, ForecastRecord, ForecastRole, StoreError, OUT_OF_RANGE_SPREADS,
+};
 
 /// Request limits.
 #[derive(Debug, Clone, Copy)]
@@ -126,6 +131,8 @@ struct Inner {
     /// (see [`crate::monitor::calibration`]), and when it was last looked for.
     online_calibration: std::sync::RwLock<Option<(String, Arc<Calibration>)>>,
     calibration_checked: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The version forecasting in live's shadow, if any (see [`shadow`]).
+    shadow: std::sync::RwLock<Option<Arc<shadow::Shadow>>>,
 }
 
 impl Service {
@@ -157,6 +164,7 @@ impl Service {
                 monitoring,
                 online_calibration: std::sync::RwLock::new(None),
                 calibration_checked: std::sync::Mutex::new(None),
+                shadow: std::sync::RwLock::new(None),
             }),
         };
         service.model_changed();
@@ -387,6 +395,7 @@ impl Service {
             Some(_) => LogInput::collect(metadata, &series),
             None => Vec::new(),
         };
+        let shadowed = self.shadow_inputs(&series);
         drop(model);
         let count = series.len();
         telemetry.record(Metric::QueueDepth, self.inner.handle.queue_depth() as f64);
@@ -424,7 +433,15 @@ impl Service {
             }
         }
         if let Some(log) = self.forecast_log() {
-            log.push(LogInput::records(log_inputs, &response, request_id));
+            log.push(LogInput::records(
+                log_inputs,
+                &response,
+                request_id,
+                ForecastRole::Live,
+            ));
+        }
+        if let Some((shadow, series)) = shadowed {
+            self.run_shadow(shadow, series, request_id);
         }
         Ok(response)
     }
@@ -466,6 +483,86 @@ impl Service {
     /// image every restored environment shares).
     pub fn reseed_sampling(&self, seed: u64) {
         self.inner.backtest_sampler.reseed(seed);
+    }
+}
+
+// The shadow's part of the service (see [`shadow`]).
+impl Service {
+    /// Puts `shadow` beside live (or none); the one it replaces stops once its queue drains.
+    pub fn set_shadow(&self, shadow: Option<shadow::Shadow>) {
+        *self.inner.shadow.write().unwrap_or_else(|p| p.into_inner()) = shadow.map(Arc::new);
+    }
+
+    /// The version in live's shadow now, with its role and share of series.
+    pub fn shadow(&self) -> Option<(String, ForecastRole, f64)> {
+        self.current_shadow()
+            .map(|s| (s.version(), s.role, s.fraction))
+    }
+
+    fn current_shadow(&self) -> Option<Arc<shadow::Shadow>> {
+        self.inner
+            .shadow
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The shadow and the series of `series` it forecasts, when forecasts are logged and it
+    /// selects any: cloned before live's forecast takes them.
+    fn shadow_inputs(
+        &self,
+        series: &[SeriesInput],
+    ) -> Option<(Arc<shadow::Shadow>, Vec<SeriesInput>)> {
+        self.forecast_log()?;
+        let shadow = self.current_shadow()?;
+        let selected: Vec<SeriesInput> = series
+            .iter()
+            .filter(|s| shadow.selects(s))
+            .cloned()
+            .collect();
+        (!selected.is_empty()).then_some((shadow, selected))
+    }
+
+    /// Forecasts `series` with the shadow on a task of its own, after live has answered, and logs
+    /// the forecasts; skipped and counted while live requests wait or the shadow's queue is full.
+    fn run_shadow(
+        &self,
+        shadow: Arc<shadow::Shadow>,
+        series: Vec<SeriesInput>,
+        request_id: Option<&str>,
+    ) {
+        let count = series.len() as f64;
+        if self.inner.handle.queue_depth() > 0 {
+            self.telemetry().record(Metric::ShadowSkipped, count);
+            return;
+        }
+        let service = self.clone();
+        let request_id = request_id.map(str::to_owned);
+        tokio::spawn(async move {
+            let inputs = LogInput::collect(&shadow.metadata(), &series);
+            match shadow.forecast(series).await {
+                Ok(outcome) => {
+                    if let Some(log) = service.forecast_log() {
+                        log.push(LogInput::records(
+                            inputs,
+                            &outcome.response,
+                            request_id.as_deref(),
+                            shadow.role,
+                        ));
+                    }
+                }
+                Err(InferError::Overloaded { .. }) => {
+                    service.telemetry().record(Metric::ShadowSkipped, count);
+                }
+                Err(e) => {
+                    service.telemetry().record(Metric::ShadowSkipped, count);
+                    tracing::warn!(
+                        shadow_version = %shadow.version(),
+                        "shadow forecast failed (live answered): {e}"
+                    );
+                }
+            }
+        });
     }
 }
 
@@ -518,6 +615,7 @@ impl LogInput {
         inputs: Vec<LogInput>,
         response: &ForecastResponse,
         request_id: Option<&str>,
+        role: ForecastRole,
     ) -> Vec<ForecastRecord> {
         let now = chrono::Utc::now();
         let by_id: std::collections::HashMap<&str, &SeriesForecast> = response
@@ -548,6 +646,7 @@ impl LogInput {
                     intervals_calibration: response.calibration.as_ref().map(|c| c.source.clone()),
                     intervals: forecast.intervals.clone(),
                     out_of_range: input.out_of_range,
+                    role,
                 })
             })
             .collect()

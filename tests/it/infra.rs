@@ -188,8 +188,10 @@ fn every_alarm_watches_a_metric_the_code_emits_and_every_metric_is_on_the_dashbo
     assert!(checked >= 7, "the LstmForecast alarms were found");
     let dashboard = found["dashboard"].as_str().unwrap();
     for name in &code_names {
+        // Named in a metric row, or searched for (metrics whose dimensions name versions).
         assert!(
-            dashboard.contains(&format!("\"{name}\"")),
+            dashboard.contains(&format!("\"{name}\""))
+                || dashboard.contains(&format!("MetricName=\\\"{name}\\\"")),
             "{name} is not on the dashboard"
         );
     }
@@ -224,6 +226,7 @@ fn the_forecast_log_lines_the_function_writes_are_what_the_template_delivers_to_
         model: "m".into(), model_version: "1".into(), request_id: None, created_at: origin, intervals_calibration: None,
             intervals: Vec::new(),
             out_of_range: false,
+            role: Default::default(),
     }});
     assert_eq!(
         &line[key]["origin"].as_str().unwrap()[0..13],

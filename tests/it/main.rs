@@ -10,6 +10,7 @@ mod common;
 mod bad_requests;
 mod batch_shards;
 mod batching;
+mod champion;
 mod cli;
 mod comparison;
 mod drift;

@@ -492,6 +492,7 @@ fn hourly_record(series: &str, values: &[f64]) -> lstm_forecast::monitor::store:
         intervals_calibration: None,
         intervals: Vec::new(),
         out_of_range: false,
+        role: Default::default(),
     }
 }
 

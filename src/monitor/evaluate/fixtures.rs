@@ -29,6 +29,7 @@ pub(super) fn record(id: &str, origin: i64, values: &[f64], version: &str) -> Fo
         intervals_calibration: None,
         intervals: Vec::new(),
         out_of_range: false,
+        role: Default::default(),
     }
 }
 

@@ -41,6 +41,7 @@ pub fn forecast(series: usize, origin: DateTime<Utc>) -> ForecastRecord {
         intervals_calibration: None,
         intervals: Vec::new(),
         out_of_range: false,
+        role: Default::default(),
     }
 }
 
