@@ -57,7 +57,7 @@ pub fn run(command: ModelCommand) -> anyhow::Result<ExitCode> {
             match runtime.block_on(registry.promote(&version, probation))? {
                 Some(p) if p == version => println!("{version} is already live"),
                 Some(p) => {
-                    println!("{version} is live (was {p}, shadowed for {probation_hours} h)")
+                    println!("{version} is live (was {p}); {p} stays shadowed as previous for {probation_hours} h")
                 }
                 None => println!("{version} is live"),
             }

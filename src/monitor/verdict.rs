@@ -9,11 +9,19 @@
 //! [`Comparison::evidence`] runs one Diebold-Mariano test overall and one per bucket (made
 //! simultaneous by Holm); [`DecisionRule::verdict`] reads that evidence:
 //!
-//! - **better**: at least `min_origins` compared origins, the overall mean loss lower with
-//!   p < alpha, and no bucket significantly worse;
-//! - **worse**: the overall mean loss higher with p < alpha (after `min_origins`);
-//! - **no difference**: neither, after `max_origins`;
+//! - **better**: the overall mean loss lower with p < the look's alpha, and no bucket
+//!   significantly worse;
+//! - **worse**: the overall mean loss higher with p < the look's alpha;
+//! - **no difference**: neither, at the last look (`max_origins`);
 //! - otherwise **undecided**: wait for more actuals.
+//!
+//! **Looks.** The evaluation runs every day, and a test repeated on a growing sample until it
+//! rejects rejects far more often than its alpha. So a verdict is only ever taken at a few fixed
+//! sample sizes, the looks ([`DecisionRule::looks`]: `min_origins`, doubling, up to
+//! `max_origins`), each on exactly the first that many origins ([`DecisionRule::evidence`]), and
+//! alpha is split evenly between them (Bonferroni): whatever the number of evaluations, two
+//! versions with the same skill are told apart with probability at most alpha. Between looks the
+//! verdict is the last look's, so a rerun decides the same.
 
 use std::collections::BTreeMap;
 
@@ -120,6 +128,29 @@ impl Comparison {
             self.buckets.entry(bucket.clone()).or_default().merge(sums);
         }
         self.reach_seconds = self.reach_seconds.max(other.reach_seconds);
+    }
+
+    /// The comparison of the first `count` origins only (in time order).
+    pub fn first_origins(&self, count: usize) -> Comparison {
+        let Some(&last) = self.overall.by_origin.keys().nth(count.saturating_sub(1)) else {
+            return self.clone();
+        };
+        let keep = |sums: &LossDifferentials| LossDifferentials {
+            by_origin: sums
+                .by_origin
+                .range(..=last)
+                .map(|(o, s)| (*o, *s))
+                .collect(),
+        };
+        Comparison {
+            overall: keep(&self.overall),
+            buckets: self
+                .buckets
+                .iter()
+                .map(|(bucket, sums)| (bucket.clone(), keep(sums)))
+                .collect(),
+            reach_seconds: self.reach_seconds,
+        }
     }
 
     /// The same comparison with the roles exchanged: the differential changes sign.
@@ -315,15 +346,47 @@ pub enum Verdict {
 }
 
 impl DecisionRule {
+    /// The sample sizes, in compared origins, at which a verdict is taken: `min_origins`, then
+    /// doubling, and `max_origins` last.
+    pub fn looks(&self) -> Vec<usize> {
+        let first = self.min_origins.max(2);
+        let mut looks = Vec::new();
+        let mut look = first;
+        while look < self.max_origins {
+            looks.push(look);
+            look *= 2;
+        }
+        looks.push(self.max_origins.max(first));
+        looks
+    }
+
+    /// Each look's share of alpha.
+    pub fn alpha_per_look(&self) -> f64 {
+        self.alpha / self.looks().len() as f64
+    }
+
+    /// The evidence at the latest look `comparison` has reached, on exactly its first that many
+    /// origins; `None` before the first look.
+    pub fn evidence(&self, comparison: &Comparison) -> Option<Evidence> {
+        let look = self
+            .looks()
+            .into_iter()
+            .rev()
+            .find(|&look| look <= comparison.overall.origins())?;
+        comparison.first_origins(look).evidence(self.loss)
+    }
+
+    /// What evidence taken at a look ([`DecisionRule::evidence`]) says.
     pub fn verdict(&self, evidence: &Evidence) -> Verdict {
         if evidence.origins < self.min_origins {
             return Verdict::Undecided;
         }
+        let alpha = self.alpha_per_look();
         let lower = evidence.challenger_mean_loss < evidence.reference_mean_loss;
-        let significant = evidence.significant(self.alpha);
+        let significant = evidence.significant(alpha);
         let a_bucket_worse = evidence.buckets.iter().any(|b| {
             b.challenger_mean_loss > b.reference_mean_loss
-                && b.adjusted_p_value.is_some_and(|p| p < self.alpha)
+                && b.adjusted_p_value.is_some_and(|p| p < alpha)
         });
         match (significant, lower) {
             (true, true) if !a_bucket_worse => Verdict::Better,
@@ -362,6 +425,19 @@ mod tests {
     }
 
     #[test]
+    fn verdicts_are_taken_at_doubling_looks_that_share_alpha() {
+        let rule = DecisionRule::default();
+        assert_eq!(rule.looks(), vec![56, 112, 224, 360]);
+        assert!((rule.alpha_per_look() - 0.0125).abs() < 1e-15);
+        // Between looks, the evidence is the last look's: the same verdict on every rerun.
+        let comparison = compared(150, |o, s| 0.9 + ((o * 3 + s) % 4) as f64 * 0.1);
+        let at_150 = rule.evidence(&comparison).unwrap();
+        let at_112 = rule.evidence(&comparison.first_origins(112)).unwrap();
+        assert_eq!(at_150.origins, 112);
+        assert_eq!(at_150, at_112);
+    }
+
+    #[test]
     fn the_overlap_lag_follows_the_reach_and_the_spacing_of_origins() {
         // 24 hours ahead from origins 6 hours apart: 3 neighbours overlap
         assert_eq!(compared(10, |_, _| 1.0).overlap_lag(), 3);
@@ -370,11 +446,12 @@ mod tests {
     #[test]
     fn a_challenger_clearly_better_everywhere_is_better_and_swapped_it_is_worse() {
         let comparison = compared(100, |o, s| 0.5 + ((o + s) % 3) as f64 * 0.05);
-        let evidence = comparison.evidence(Loss::Squared).unwrap();
         let rule = DecisionRule::default();
+        let evidence = rule.evidence(&comparison).unwrap();
+        assert_eq!(evidence.origins, 56, "taken at the first look");
         assert!(evidence.ratio < 0.5, "{evidence:?}");
         assert_eq!(rule.verdict(&evidence), Verdict::Better);
-        let reverse = comparison.swapped().evidence(Loss::Squared).unwrap();
+        let reverse = rule.evidence(&comparison.swapped()).unwrap();
         assert_eq!(rule.verdict(&reverse), Verdict::Worse);
         assert!((reverse.ratio * evidence.ratio - 1.0).abs() < 1e-12);
         // AND the evidence swaps the same way
@@ -391,12 +468,10 @@ mod tests {
                 0.2
             }
         });
-        let evidence = comparison.evidence(Loss::Squared).unwrap();
-        assert!(evidence.ratio < 1.0 && evidence.p_value.unwrap() < 0.05);
-        assert_eq!(
-            DecisionRule::default().verdict(&evidence),
-            Verdict::Undecided
-        );
+        let rule = DecisionRule::default();
+        let evidence = rule.evidence(&comparison).unwrap();
+        assert!(evidence.ratio < 1.0 && evidence.p_value.unwrap() < rule.alpha_per_look());
+        assert_eq!(rule.verdict(&evidence), Verdict::Undecided);
     }
 
     #[test]
@@ -407,15 +482,15 @@ mod tests {
             ..DecisionRule::default()
         };
         let few = compared(20, |o, s| same(o, s) * 0.5);
+        assert_eq!(rule.evidence(&few), None, "before the first look");
         assert_eq!(
             rule.verdict(&few.evidence(Loss::Squared).unwrap()),
             Verdict::Undecided
         );
         let identical = compared(100, same);
-        assert_eq!(
-            rule.verdict(&identical.evidence(Loss::Squared).unwrap()),
-            Verdict::NoDifference
-        );
+        let evidence = rule.evidence(&identical).unwrap();
+        assert_eq!(evidence.origins, 80, "the last look");
+        assert_eq!(rule.verdict(&evidence), Verdict::NoDifference);
     }
 
     #[test]

@@ -20,10 +20,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::follow::AliasFollower;
-use super::jobs::JobError;
-use super::Service;
-use crate::metrics::Metric;
 use crate::monitor::verdict::{Comparisons, DecisionRule, Evidence, Verdict};
 use crate::registry::roles::{Decision, DecisionAction};
 use crate::registry::{Alias, DEFAULT_PROBATION};
@@ -58,9 +54,7 @@ pub fn challenger_decision(
 ) -> Option<Decision> {
     let challenger = alias.challenger.as_ref()?;
     let (live, version) = (&alias.version, &challenger.version);
-    let evidence = comparisons
-        .between(live, version)?
-        .evidence(policy.rule.loss)?;
+    let evidence = policy.rule.evidence(&comparisons.between(live, version)?)?;
     let origins = evidence.origins;
     let measured = describe(&evidence);
     let (action, reason) = match policy.rule.verdict(&evidence) {
@@ -107,51 +101,6 @@ fn describe(evidence: &Evidence) -> String {
     .to_lowercase()
 }
 
-/// Takes the challenger decision the latest comparisons support, if any, and follows a
-/// promotion. Returns the decision when it was recorded now.
-pub async fn decide_after_evaluation(
-    service: &Service,
-    follower: &AliasFollower,
-    policy: &ChallengePolicy,
-) -> Result<Option<Decision>, JobError> {
-    let registry = follower.registry();
-    let Some((alias, _)) = registry.read_alias().await.map_err(JobError::Registry)? else {
-        return Ok(None);
-    };
-    if alias.challenger.is_none() {
-        return Ok(None);
-    }
-    let Some(log) = service.forecast_log() else {
-        return Ok(None);
-    };
-    let comparisons = log.store().comparisons().await.map_err(JobError::Store)?;
-    let now = crate::registry::now_rfc3339();
-    let Some(decision) = challenger_decision(&alias, &comparisons, policy, &now) else {
-        return Ok(None);
-    };
-    let recorded = registry
-        .apply_decision(decision.clone(), policy.probation)
-        .await
-        .map_err(JobError::Registry)?;
-    if !recorded {
-        return Ok(None);
-    }
-    service.telemetry().record(Metric::ModelDecisions, 1.0);
-    tracing::warn!(
-        action = decision.action.as_str(),
-        version = %decision.version,
-        against = decision.against.as_deref().unwrap_or(""),
-        acted = decision.acted,
-        "champion/challenger decision: {}",
-        decision.reason
-    );
-    if decision.acted {
-        // Serve what the alias says now: the promoted version, or live without the challenger.
-        follower.check_now().await;
-    }
-    Ok(Some(decision))
-}
-
 /// What the previous version's shadow says about live, for a rollback.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AgainstPrevious {
@@ -181,23 +130,19 @@ pub fn against_previous(
     };
     let evidence = comparisons
         .between(&previous.version, &alias.version)
-        .and_then(|c| c.evidence(rule.loss));
+        .and_then(|c| rule.evidence(&c));
     let previous = previous.version.clone();
     match evidence {
-        Some(evidence) if evidence.origins >= rule.min_origins => {
+        Some(evidence) => {
             if rule.verdict(&evidence) == Verdict::Worse {
                 AgainstPrevious::Worse { previous, evidence }
             } else {
                 AgainstPrevious::NotWorse { previous, evidence }
             }
         }
-        Some(evidence) => AgainstPrevious::NoEvidence(format!(
-            "{} and {previous} were compared at {} origins, fewer than the {} a comparison needs",
-            alias.version, evidence.origins, rule.min_origins
-        )),
         None => AgainstPrevious::NoEvidence(format!(
-            "{previous} has no forecasts compared with {}'s yet",
-            alias.version
+            "{previous} and {} were not compared at the {} origins a comparison needs yet",
+            alias.version, rule.min_origins
         )),
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::Serialize;
 
-use super::challenge::{decide_after_evaluation, ChallengePolicy};
+use super::challenge::{challenger_decision, ChallengePolicy};
 use super::follow::AliasFollower;
 use super::Service;
 use crate::monitor::evaluate::{
@@ -169,4 +169,51 @@ pub async fn evaluate(
         compared: evaluation.compared,
         decision,
     })
+}
+
+/// Takes the challenger decision the latest comparisons support, if any, and follows a
+/// promotion. Returns the decision when it was recorded now.
+pub async fn decide_after_evaluation(
+    service: &Service,
+    follower: &AliasFollower,
+    policy: &ChallengePolicy,
+) -> Result<Option<Decision>, JobError> {
+    let registry = follower.registry();
+    let Some((alias, _)) = registry.read_alias().await.map_err(JobError::Registry)? else {
+        return Ok(None);
+    };
+    if alias.challenger.is_none() {
+        return Ok(None);
+    }
+    let Some(log) = service.forecast_log() else {
+        return Ok(None);
+    };
+    let comparisons = log.store().comparisons().await.map_err(JobError::Store)?;
+    let now = crate::registry::now_rfc3339();
+    let Some(decision) = challenger_decision(&alias, &comparisons, policy, &now) else {
+        return Ok(None);
+    };
+    let recorded = registry
+        .apply_decision(decision.clone(), policy.probation)
+        .await
+        .map_err(JobError::Registry)?;
+    if !recorded {
+        return Ok(None);
+    }
+    service
+        .telemetry()
+        .record(crate::metrics::Metric::ModelDecisions, 1.0);
+    tracing::warn!(
+        action = decision.action.as_str(),
+        version = %decision.version,
+        against = decision.against.as_deref().unwrap_or(""),
+        acted = decision.acted,
+        "champion/challenger decision: {}",
+        decision.reason
+    );
+    if decision.acted {
+        // Serve what the alias says now: the promoted version, or live without the challenger.
+        follower.check_now().await;
+    }
+    Ok(Some(decision))
 }

@@ -13,11 +13,11 @@ use lstm_forecast::service::challenge::ChallengePolicy;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bundled_model_challenging_a_weaker_live_one_is_promoted_within_the_test_period() {
-    // GIVEN live: the bundled network with its linear part scaled by 0.9, and the
+    // GIVEN live: the bundled network with its linear part scaled by 0.7, and the
     // bundled model as challenger in its shadow
     let moto = Moto::start();
     moto.create_bucket("champion").await;
-    let weak = weakened_bundled("0.9.0", 0.9);
+    let weak = weakened_bundled("0.9.0", 0.7);
     let bundled = repo_path("model_artifacts/etth1-ot-lstm");
     // WHEN ETTh1's test period is replayed day by day
     let outcome = replay_challenge(
@@ -47,7 +47,7 @@ async fn the_bundled_model_challenging_a_weaker_live_one_is_promoted_within_the_
 async fn a_weaker_challenger_is_rejected_and_live_stays() {
     let moto = Moto::start();
     moto.create_bucket("champion").await;
-    let weak = weakened_bundled("1.1.0", 0.9);
+    let weak = weakened_bundled("1.1.0", 0.7);
     let bundled = repo_path("model_artifacts/etth1-ot-lstm");
     let outcome = replay_challenge(
         &moto,

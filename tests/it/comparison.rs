@@ -3,7 +3,9 @@
 
 use crate::common;
 
+use chrono::{DateTime, Utc};
 use lstm_forecast::monitor::compare::{diebold_mariano, Loss, LossDifferentials};
+use lstm_forecast::monitor::verdict::{ComparedPair, Comparison, DecisionRule, Verdict};
 use serde_json::{json, Value};
 
 /// Seeded draws (SplitMix64): the same replays on every run.
@@ -170,4 +172,108 @@ fn with_the_labels_swapped_by_a_coin_per_day_the_test_rejects_in_at_most_alpha_o
         rate <= alpha,
         "{rejected} of {replays} replays rejected at alpha {alpha}"
     );
+}
+
+/// Per origin of ETTh1's test period (6 hours apart, from its first test row): the origin's time
+/// and, per step, (the bundled model's forecast, repeat-last's, the actual).
+fn forecasts_of_both_on_the_test_period() -> Vec<(DateTime<Utc>, Vec<(f64, f64, f64)>)> {
+    let rows = common::replay::etth1_ot();
+    let model = common::bundled_model();
+    let window = model.metadata().input.window;
+    let origins: Vec<usize> = (0..TEST_ORIGINS)
+        .map(|k| common::replay::TEST_START + k * ORIGIN_SPACING_HOURS)
+        .collect();
+    let windows: Vec<Vec<f64>> = origins
+        .iter()
+        .map(|&o| rows[o - window..o].iter().map(|r| r.1).collect())
+        .collect();
+    let forecasts: Vec<Vec<f64>> = windows
+        .chunks(64)
+        .flat_map(|chunk| model.forecast(chunk).unwrap())
+        .collect();
+    origins
+        .iter()
+        .zip(&forecasts)
+        .map(|(&o, forecast)| {
+            let time = lstm_forecast::time::parse_rfc3339(&rows[o - 1].0).unwrap();
+            let last = rows[o - 1].1;
+            let steps = forecast
+                .iter()
+                .zip(&rows[o..o + HORIZON_HOURS])
+                .map(|(f, (_, actual))| (*f, last, *actual))
+                .collect();
+            (time, steps)
+        })
+        .collect()
+}
+
+/// Replays the daily evaluations of the test period: each day adds its 4 origins' compared pairs
+/// (the challenger's label on the model when `model_is_challenger(day)`, else on repeat-last),
+/// and the rule decides when a look is reached. The first verdict that is not undecided.
+fn decide_daily(
+    both: &[(DateTime<Utc>, Vec<(f64, f64, f64)>)],
+    rule: &DecisionRule,
+    mut model_is_challenger: impl FnMut(usize) -> bool,
+) -> Verdict {
+    let looks = rule.looks();
+    let mut comparison = Comparison::default();
+    for (day, origins) in both.chunks(4).enumerate() {
+        let before = comparison.overall.origins();
+        let swap = model_is_challenger(day);
+        for (origin, steps) in origins {
+            for (step, &(model, last, actual)) in steps.iter().enumerate() {
+                let (reference, challenger) = if swap { (last, model) } else { (model, last) };
+                comparison.add(ComparedPair {
+                    origin: *origin,
+                    bucket: &lstm_forecast::monitor::accuracy::bucket_of(step + 1, HORIZON_HOURS),
+                    reference,
+                    challenger,
+                    actual,
+                    reach_seconds: (HORIZON_HOURS * 3600) as i64,
+                });
+            }
+        }
+        let now = comparison.overall.origins();
+        // The evidence only changes when a look is reached.
+        if !looks.iter().any(|&look| before < look && look <= now) {
+            continue;
+        }
+        let evidence = rule.evidence(&comparison).unwrap();
+        match rule.verdict(&evidence) {
+            Verdict::Undecided => continue,
+            decided => return decided,
+        }
+    }
+    Verdict::Undecided
+}
+
+#[test]
+fn a_challenger_no_better_than_live_is_promoted_in_at_most_alpha_of_1000_replayed_test_periods() {
+    // GIVEN the bundled model and repeat-last on ETTh1's test period, compared as the daily
+    // evaluation compares two versions (per step, bucketed, looks at 56, 112, 224 and 360 origins)
+    let both = forecasts_of_both_on_the_test_period();
+    let rule = DecisionRule::default();
+    // (the model is genuinely better: labelled as it is, it is promoted at the first look)
+    assert_eq!(decide_daily(&both, &rule, |_| true), Verdict::Better);
+    assert_eq!(decide_daily(&both, &rule, |_| false), Verdict::Worse);
+    // WHEN the labels are swapped by a seeded coin once a day (a whole horizon), so that neither
+    // label is better, over 1,000 replays of the whole period
+    let replays = 1_000;
+    let mut promoted = 0;
+    let mut decided = 0;
+    for replay in 0..replays {
+        let mut draws = Draws(0xc0ffee_0000 + replay);
+        let verdict = decide_daily(&both, &rule, |_| draws.uniform() < 0.5);
+        promoted += usize::from(verdict == Verdict::Better);
+        decided += usize::from(matches!(verdict, Verdict::Better | Verdict::Worse));
+    }
+    // THEN the challenger is promoted in at most alpha of them, however many daily evaluations
+    // looked
+    let rate = promoted as f64 / replays as f64;
+    println!(
+        "evaluation-level size: promoted in {promoted} of {replays} replays ({:.1}%), told apart either way in {decided}, at alpha {}",
+        rate * 100.0,
+        rule.alpha
+    );
+    assert!(rate <= rule.alpha, "{promoted} of {replays} promoted");
 }
