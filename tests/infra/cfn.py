@@ -118,6 +118,15 @@ def deploy(path, endpoint):
         if targets:
             invokers[name] = targets
     translated_function = dict(resources["ForecastFunction"]["Properties"])
+    # How a new function version takes traffic: CodeDeploy's deployment group, and the alias's
+    # update policy that hands each new version to it.
+    groups = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::CodeDeploy::DeploymentGroup"]
+    deployment = {
+        "config": [json.dumps(g.get("DeploymentConfigName")) for g in groups],
+        "alarms": sorted(a["Name"]["Ref"] for g in groups for a in g.get("AlarmConfiguration", {}).get("Alarms", [])),
+        "rollback_on_alarm": [g.get("AutoRollbackConfiguration", {}).get("Events") for g in groups],
+        "alias_update_policy": sorted(r.get("UpdatePolicy", {}) for r in resources.values() if r["Type"] == "AWS::Lambda::Alias"),
+    }
     aliases = sorted(n for n, r in resources.items() if r["Type"] == "AWS::Lambda::Alias")
     # moto has no AWS::Lambda::Alias: a Ref to one resolves to nothing and fails the stack. For
     # moto only, invokers call the function's ARN (the check above already ran on the alias).
@@ -179,6 +188,7 @@ def deploy(path, endpoint):
         "snap_start": translated_function.get("SnapStart"),
         "ephemeral_storage": translated_function.get("EphemeralStorage"),
         "aliases": aliases,
+        "deployment": deployment,
         "invokers": invokers,
         "translated_types": translated_types,
         "created": sorted(physical),

@@ -39,7 +39,9 @@ fn cfn_helper(args: &[&str]) -> Value {
     all.extend_from_slice(args);
     let (ok, out) = run(&tools_bin("python"), &all);
     assert!(ok, "{out}");
-    serde_json::from_str(out.lines().last().unwrap()).unwrap_or_else(|e| panic!("{e}: {out}"))
+    // The last JSON line: the SAM translator may log after it.
+    let json = out.lines().rev().find(|l| l.starts_with('{')).unwrap_or("");
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
 #[test]
@@ -113,6 +115,33 @@ fn the_sam_template_translates_and_deploys_to_moto_cloudformation() {
     );
     assert!(report["ephemeral_storage"]["Size"].as_u64().unwrap() <= 512);
     assert_eq!(report["aliases"], json!(["ForecastFunctionAliaslive"]));
+    // A new function version takes traffic as a canary, rolled back by the function-error, 5xx
+    // share and latency alarms.
+    let deployment = &report["deployment"];
+    assert_eq!(
+        deployment["alarms"],
+        json!(["ErrorRateAlarm", "LambdaErrorsAlarm", "LatencyP99Alarm"]),
+        "{deployment}"
+    );
+    assert!(
+        deployment["config"][0]
+            .as_str()
+            .unwrap()
+            .contains("Canary10Percent5Minutes"),
+        "{deployment}"
+    );
+    assert!(
+        deployment["rollback_on_alarm"][0]
+            .to_string()
+            .contains("DEPLOYMENT_STOP_ON_ALARM"),
+        "{deployment}"
+    );
+    assert!(
+        deployment["alias_update_policy"]
+            .to_string()
+            .contains("CodeDeployLambdaAliasUpdate"),
+        "{deployment}"
+    );
     let invokers = report["invokers"].as_object().unwrap();
     for expected in [
         "HttpApiIntegration",
