@@ -135,6 +135,11 @@ pub async fn init(config: LambdaConfig) -> Result<(LambdaApp, LoadReport), InitE
         &service,
         config.alias_check_interval,
     );
+    // The live model is loaded; what the alias names for its shadow (a challenger, the previous
+    // version on probation) is loaded now too, into a SnapStart snapshot as well.
+    if let Some(follower) = &follower {
+        follower.check_now().await;
+    }
     let telemetry = service.telemetry();
     // A SnapStart init runs when the version is published, not when a user waits: restored
     // environments publish RestoreDuration instead (see [`snapstart`]).

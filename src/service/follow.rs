@@ -181,7 +181,9 @@ impl AliasFollower {
         tokio::pin!(shutdown);
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await; // the first tick is immediate; the model was just loaded
+        ticker.tick().await; // the first tick is immediate
+                             // The live model was just loaded; what serves in its shadow is not yet.
+        self.check_now().await;
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,

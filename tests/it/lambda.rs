@@ -392,10 +392,21 @@ async fn score_the_serving_version_badly(
     s3: &aws_sdk_s3::Client,
 ) -> String {
     let forecast_event = event("apigw-v2-forecast.json");
+    // A version in live's shadow (the previous one on probation) forecasts the series too.
+    let alias = read_alias(s3).await;
+    let logged =
+        1 + usize::from(alias.get("previous").is_some() || alias.get("challenger").is_some());
     let logged_before = function.log().len();
     let (_, response) = emulator.invoke(&forecast_event).await;
-    common::emulators::deliver_forecast_log(function, logged_before, 1, s3, BUCKET, "monitoring")
-        .await;
+    common::emulators::deliver_forecast_log(
+        function,
+        logged_before,
+        logged,
+        s3,
+        BUCKET,
+        "monitoring",
+    )
+    .await;
     let forecast = common::proxy_body(&response);
     let version = forecast["model"]["version"].as_str().unwrap().to_string();
     let mut observe = forecast_event.clone();
@@ -931,4 +942,220 @@ async fn a_scheduled_batch_of_n_series_publishes_forecasts_latency_and_drift_in_
         Some(40),
         "EMF: {emf:?}"
     );
+}
+
+/// The function's environment for champion/challenger decisions (with one look, at `look`
+/// origins, when given), with metrics to ministack's CloudWatch where the template's alarms watch
+/// them.
+fn decisions_env(
+    moto: &Moto,
+    ministack: &Ministack,
+    cache: &tempfile::TempDir,
+    look: Option<usize>,
+) -> Vec<(&'static str, String)> {
+    let mut env = rollback_env(moto, ministack, cache, 24, 0);
+    if let Some(look) = look {
+        env.push(("DECISION_MIN_ORIGINS", look.to_string()));
+        env.push(("DECISION_MAX_ORIGINS", look.to_string()));
+    }
+    env.push(("METRICS_SINKS", "cloudwatch".into()));
+    env.push(("STAGE", "prod".into()));
+    env.push(("ALIAS_CHECK_SECONDS", "0".into()));
+    env
+}
+
+/// One day of ETTh1's test period through the function: forecasts from `origins` origins spread
+/// over the day (live answers, and what serves in its shadow forecasts too: two records each),
+/// the day's actuals posted, and the scheduled evaluation. Returns the evaluation's answer.
+async fn one_day_of_traffic(
+    emulator: &LambdaEmulator,
+    function: &Function,
+    s3: &aws_sdk_s3::Client,
+    day: usize,
+    origins: usize,
+) -> Value {
+    let rows = common::replay::etth1_ot();
+    let day_start = common::replay::TEST_START + 24 * day;
+    let mut forecast = event("apigw-v2-forecast.json");
+    for origin in (0..origins).map(|k| day_start + k * 24 / origins) {
+        forecast["body"] = json!({"series": [{"id": "etth1-ot",
+            "values": rows[origin - 168..origin].iter().map(|r| r.1).collect::<Vec<_>>(),
+            "last_timestamp": rows[origin - 1].0}]})
+        .to_string()
+        .into();
+        let logged_before = function.log().len();
+        let (status, response) = emulator.invoke(&forecast).await;
+        assert_eq!(status, 200, "{response}");
+        common::emulators::deliver_forecast_log(
+            function,
+            logged_before,
+            2,
+            s3,
+            BUCKET,
+            "monitoring",
+        )
+        .await;
+    }
+    let origin = day_start;
+    let mut observe = forecast.clone();
+    observe["rawPath"] = "/v1/observations".into();
+    observe["routeKey"] = "POST /v1/observations".into();
+    observe["requestContext"]["http"]["path"] = "/v1/observations".into();
+    let actuals = &rows[origin..origin + 24];
+    observe["body"] = json!({"series": [{"id": "etth1-ot",
+        "timestamps": actuals.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+        "values": actuals.iter().map(|r| r.1).collect::<Vec<_>>()}]})
+    .to_string()
+    .into();
+    let (_, response) = emulator.invoke(&observe).await;
+    assert_eq!(response["statusCode"], 202, "{response}");
+    let (status, response) = emulator.invoke(&event("scheduled-evaluate.json")).await;
+    assert_eq!(status, 200, "{response}");
+    response
+}
+
+#[tokio::test]
+async fn a_challenger_earns_promotion_end_to_end_and_one_notification_says_so() {
+    // GIVEN a weaker version live (the bundled network with its linear part scaled by 0.7) and the
+    // bundled model published beside it, challenging in live's shadow on every series
+    let moto = Moto::start();
+    let ministack = Ministack::start();
+    let s3 = moto.create_bucket(BUCKET).await;
+    let weak = common::challenge::weakened_bundled("0.9.0", 0.7);
+    let bundled = repo_path("model_artifacts/etth1-ot-lstm");
+    for args in [
+        vec!["model", "publish", weak.path().to_str().unwrap(), REGISTRY],
+        vec![
+            "model",
+            "publish",
+            "--no-promote",
+            bundled.to_str().unwrap(),
+            REGISTRY,
+        ],
+        vec!["model", "challenge", REGISTRY, "1.0.0", "--fraction", "1"],
+    ] {
+        let (ok, out) = cli(&moto, &args);
+        assert!(ok, "{out}");
+    }
+    // AND the template's decisions alarm, notifying a topic with a subscribed queue
+    let cloudwatch = ministack.cloudwatch().await;
+    let alerts = common::sns_sqs(&["subscribe", &ministack.endpoint, "lstm-forecast-alerts"]);
+    let (topic, queue) = (
+        alerts["topic_arn"].as_str().unwrap().to_string(),
+        alerts["queue_url"].as_str().unwrap().to_string(),
+    );
+    let alarm = common::template::alarm_properties("ModelDecisionsAlarm");
+    common::template::put_alarm(&cloudwatch, &alarm, |_| Some(topic.clone())).await;
+    let days = 14;
+    let emulator = LambdaEmulator::start();
+    let cache = tempfile::tempdir().unwrap();
+    let function = Function::start(&emulator, &decisions_env(&moto, &ministack, &cache, None));
+
+    // WHEN the function forecasts four times a day for two weeks (live and its shadow), the
+    // actuals arrive, and the scheduled evaluation runs after each day
+    let mut decision = Value::Null;
+    for day in 0..days {
+        let answer = one_day_of_traffic(&emulator, &function, &s3, day, 4).await;
+        assert!(
+            answer["compared"][0]["pairs_added"].as_u64() > Some(0),
+            "{answer}"
+        );
+        if day + 1 < days {
+            assert!(answer.get("decision").is_none(), "day {day}: {answer}");
+        } else {
+            decision = answer["decision"].clone();
+        }
+    }
+    // THEN the last day's evaluation promoted the challenger, with its evidence ...
+    assert_eq!(decision["action"], "promote", "{decision}");
+    assert_eq!(decision["acted"], true);
+    assert_eq!(decision["evidence"]["origins"], 4 * days, "the first look");
+    assert!(
+        decision["evidence"]["ratio"].as_f64().unwrap() < 1.0,
+        "{decision}"
+    );
+    // ... the alias moved, with the replaced version on probation and the decision in its history
+    let alias = read_alias(&s3).await;
+    assert_eq!(alias["version"], "1.0.0", "{alias}");
+    assert_eq!(alias["previous"]["version"], "0.9.0");
+    assert!(alias.get("challenger").is_none(), "{alias}");
+    assert_eq!(
+        alias["decisions"].as_array().unwrap().last().unwrap()["action"],
+        "promote"
+    );
+    // ... the function serves it, with the replaced version in its shadow
+    let (_, answer) = emulator.invoke(&event("apigw-v2-forecast.json")).await;
+    assert_eq!(common::proxy_body(&answer)["model"]["version"], "1.0.0");
+    // ... AND exactly one notification arrived, from the decisions alarm
+    let notifications = common::eventually(
+        Duration::from_secs(10),
+        "the decision's notification",
+        || {
+            let (endpoint, queue) = (ministack.endpoint.clone(), queue.clone());
+            async move {
+                let received = common::sns_sqs(&["receive", &endpoint, &queue]);
+                (!received.as_array().unwrap().is_empty()).then_some(received)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        notifications.as_array().unwrap().len(),
+        1,
+        "{notifications}"
+    );
+    let message = &notifications[0]["message"];
+    assert_eq!(message["AlarmName"], alarm["AlarmName"], "{message}");
+    assert_eq!(message["NewStateValue"], "ALARM", "{message}");
+}
+
+#[tokio::test]
+async fn when_every_version_is_wrong_the_alarm_rolls_nothing_back_and_the_model_stays() {
+    // GIVEN 1.0.0 then 1.0.1 promoted (the same weights), 1.0.0 shadowed on probation
+    let moto = Moto::start();
+    let ministack = Ministack::start();
+    let s3 = moto.create_bucket(BUCKET).await;
+    for version in ["1.0.0", "1.0.1"] {
+        common::publish_bundled_as(&moto, version, REGISTRY);
+    }
+    assert_eq!(read_alias(&s3).await["previous"]["version"], "1.0.0");
+    let days = 4;
+    let emulator = LambdaEmulator::start();
+    let cache = tempfile::tempdir().unwrap();
+    let function = Function::start(
+        &emulator,
+        &decisions_env(&moto, &ministack, &cache, Some(days)),
+    );
+    // WHEN four days of live and shadow forecasts are scored against actuals that moved 100
+    // degrees away from both (a sensor that changed units, a world that changed)
+    for day in 0..days {
+        let answer = one_day_of_traffic(&emulator, &function, &s3, day, 1).await;
+        assert!(answer.get("decision").is_none(), "{answer}");
+    }
+    let scores = score_the_serving_version_badly(&emulator, &function, &s3).await;
+    assert_eq!(scores, "1.0.1");
+    // AND the accuracy alarm, genuinely in ALARM, reaches the function
+    let alarm = alarm_event(
+        "alarm-state-change.json",
+        set_accuracy_alarm(&ministack, StateValue::Alarm).await,
+    );
+    let (status, response) = emulator.invoke(&alarm).await;
+    // THEN nothing rolls back: 1.0.0 would have done no better on the same actuals
+    assert_eq!(status, 200, "{response}");
+    assert_refused(&response, "no worse than 1.0.0", &function.log());
+    let alias = read_alias(&s3).await;
+    assert_eq!(alias["version"], "1.0.1");
+    let last = alias["decisions"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["action"], "keep", "{alias}");
+    assert_eq!(last["against"], "1.0.0");
+    assert!(last["evidence"]["origins"].as_u64().unwrap() >= days as u64);
+    // AND the same alarm delivered again records nothing more
+    let (_, again) = emulator.invoke(&alarm).await;
+    assert_eq!(again["action"], "none");
+    assert_eq!(read_alias(&s3).await["decisions"], alias["decisions"]);
 }

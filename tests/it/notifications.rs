@@ -30,11 +30,6 @@ use common::emulators::Ministack;
 use common::eventually;
 use lstm_forecast::metrics::cloudwatch::{CloudWatchSink, DEFAULT_MAX_PENDING_DATUMS};
 use lstm_forecast::metrics::{RequestOutcome, Telemetry, Traffic};
-use serde_json::Value;
-
-fn sns_sqs(args: &[&str]) -> Value {
-    common::python_json(&[&["tests/notifications/sns_sqs.py"], args].concat())
-}
 
 /// What the HTTP adapter records for `count` answered forecasts, `slow` of them taking 900 ms and
 /// the rest 40 ms; then the flush that ships them (one PutMetricData call).
@@ -70,7 +65,7 @@ async fn the_latency_alarm_stays_ok_for_a_few_slow_requests_and_notifies_sns_for
     // topic with a subscribed queue
     let ministack = Ministack::start();
     let cloudwatch = ministack.cloudwatch().await;
-    let alerts = sns_sqs(&["subscribe", &ministack.endpoint, "lstm-forecast-alerts"]);
+    let alerts = common::sns_sqs(&["subscribe", &ministack.endpoint, "lstm-forecast-alerts"]);
     let (topic, queue) = (
         alerts["topic_arn"].as_str().unwrap().to_string(),
         alerts["queue_url"].as_str().unwrap().to_string(),
@@ -106,7 +101,7 @@ async fn the_latency_alarm_stays_ok_for_a_few_slow_requests_and_notifies_sns_for
     )
     .await;
     assert_eq!(
-        sns_sqs(&["receive", &ministack.endpoint, &queue]),
+        common::sns_sqs(&["receive", &ministack.endpoint, &queue]),
         serde_json::json!([]),
         "a notification for an alarm that stayed OK"
     );
@@ -123,7 +118,7 @@ async fn the_latency_alarm_stays_ok_for_a_few_slow_requests_and_notifies_sns_for
         let queue = queue.clone();
         let endpoint = ministack.endpoint.clone();
         async move {
-            let received = sns_sqs(&["receive", &endpoint, &queue]);
+            let received = common::sns_sqs(&["receive", &endpoint, &queue]);
             (!received.as_array().unwrap().is_empty()).then_some(received)
         }
     })

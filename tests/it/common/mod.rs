@@ -30,6 +30,12 @@ pub fn python_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
+/// SNS topics and SQS queues on an emulator, set up and read with boto3
+/// (tests/notifications/sns_sqs.py): `subscribe ENDPOINT TOPIC` or `receive ENDPOINT QUEUE_URL`.
+pub fn sns_sqs(args: &[&str]) -> serde_json::Value {
+    python_json(&[&["tests/notifications/sns_sqs.py"], args].concat())
+}
+
 /// The JSON body of an API Gateway proxy response.
 pub fn proxy_body(response: &serde_json::Value) -> serde_json::Value {
     serde_json::from_str(
