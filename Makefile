@@ -91,6 +91,7 @@ test-fresh: ## make test on a fresh clone of HEAD with empty caches (~8 min on 2
 bench: libtorch onnxruntime tools ## Benchmarks (release build), printed as tables
 	LSTM_FORECAST_TOOLS="$$(scripts/python-tools.sh)" $(CARGO) bench --locked --bench forecast
 	LSTM_FORECAST_TOOLS="$$(scripts/python-tools.sh)" $(CARGO) bench --locked --bench shards
+	$(CARGO) bench --locked --bench shadow
 
 soak: libtorch onnxruntime ## 10 minutes at ~80% of measured capacity (SOAK_SECONDS to change); errors, and memory drift at idle checkpoints
 	$(CARGO) bench --locked --bench soak

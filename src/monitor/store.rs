@@ -711,6 +711,11 @@ impl ForecastLog {
         self.failed.load(Ordering::Relaxed)
     }
 
+    /// Records waiting for the next flush.
+    pub fn buffered(&self) -> usize {
+        self.buffer.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Writes what is buffered, one object per origin hour. On failure the records go back to the buffer (up
     /// to its bound). Returns the records this flush could not write.
     pub async fn flush(&self) -> u64 {

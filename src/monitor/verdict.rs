@@ -76,7 +76,7 @@ impl Comparisons {
                 }),
             }
         }
-        self.pairs.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+        self.pairs.sort_by_key(|p| std::cmp::Reverse(p.updated_at));
         self.pairs.truncate(MAX_COMPARED_PAIRS);
     }
 

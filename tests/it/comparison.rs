@@ -174,9 +174,11 @@ fn with_the_labels_swapped_by_a_coin_per_day_the_test_rejects_in_at_most_alpha_o
     );
 }
 
-/// Per origin of ETTh1's test period (6 hours apart, from its first test row): the origin's time
-/// and, per step, (the bundled model's forecast, repeat-last's, the actual).
-fn forecasts_of_both_on_the_test_period() -> Vec<(DateTime<Utc>, Vec<(f64, f64, f64)>)> {
+/// One origin: its time and, per step, (the bundled model's forecast, repeat-last's, the actual).
+type OriginForecasts = (DateTime<Utc>, Vec<(f64, f64, f64)>);
+
+/// Per origin of ETTh1's test period (6 hours apart, from its first test row), both forecasts.
+fn forecasts_of_both_on_the_test_period() -> Vec<OriginForecasts> {
     let rows = common::replay::etth1_ot();
     let model = common::bundled_model();
     let window = model.metadata().input.window;
@@ -211,7 +213,7 @@ fn forecasts_of_both_on_the_test_period() -> Vec<(DateTime<Utc>, Vec<(f64, f64, 
 /// (the challenger's label on the model when `model_is_challenger(day)`, else on repeat-last),
 /// and the rule decides when a look is reached. The first verdict that is not undecided.
 fn decide_daily(
-    both: &[(DateTime<Utc>, Vec<(f64, f64, f64)>)],
+    both: &[OriginForecasts],
     rule: &DecisionRule,
     mut model_is_challenger: impl FnMut(usize) -> bool,
 ) -> Verdict {
@@ -262,7 +264,7 @@ fn a_challenger_no_better_than_live_is_promoted_in_at_most_alpha_of_1000_replaye
     let mut promoted = 0;
     let mut decided = 0;
     for replay in 0..replays {
-        let mut draws = Draws(0xc0ffee_0000 + replay);
+        let mut draws = Draws(0x00c0_ffee_0000 + replay);
         let verdict = decide_daily(&both, &rule, |_| draws.uniform() < 0.5);
         promoted += usize::from(verdict == Verdict::Better);
         decided += usize::from(matches!(verdict, Verdict::Better | Verdict::Worse));

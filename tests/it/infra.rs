@@ -40,7 +40,11 @@ fn cfn_helper(args: &[&str]) -> Value {
     let (ok, out) = run(&tools_bin("python"), &all);
     assert!(ok, "{out}");
     // The last JSON line: the SAM translator may log after it.
-    let json = out.lines().rev().find(|l| l.starts_with('{')).unwrap_or("");
+    let json = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{') || l.starts_with('['))
+        .unwrap_or("");
     serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 

@@ -26,10 +26,13 @@ struct Side<'a> {
     now: bool,
 }
 
+/// A target: (series, origin, target time).
+type Target<'a> = (&'a str, DateTime<Utc>, DateTime<Utc>);
+
 /// The targets with a known actual, and each version's forecast of them.
 #[derive(Default)]
 pub(super) struct Targets<'a> {
-    by_target: HashMap<(&'a str, DateTime<Utc>, DateTime<Utc>), (f64, Vec<Side<'a>>)>,
+    by_target: HashMap<Target<'a>, (f64, Vec<Side<'a>>)>,
 }
 
 impl<'a> Targets<'a> {
