@@ -37,7 +37,7 @@
 //! measurements behind this choice.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, RwLock, TryLockError};
 use std::time::{Duration, Instant};
@@ -113,6 +113,42 @@ impl Default for Batching {
     }
 }
 
+/// The instant [`InferenceHandle::quiet_for`] counts from.
+fn clock_origin() -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+fn micros_since_origin() -> u64 {
+    clock_origin().elapsed().as_micros() as u64
+}
+
+/// How engine threads compete for the CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Priority {
+    Normal,
+    /// Only CPU time no other thread wants.
+    Idle,
+}
+
+impl Priority {
+    fn apply_to_this_thread(self) {
+        if self == Priority::Idle {
+            let param = libc::sched_param { sched_priority: 0 };
+            // On Linux, pid 0 is the calling thread. Failing leaves it at normal priority, which
+            // the shadow's skip-under-load rule still bounds; it is logged, not fatal.
+            // SAFETY: sched_setscheduler reads `param` and touches no memory of ours.
+            let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+            if result != 0 {
+                tracing::warn!(
+                    "could not lower a background engine thread to SCHED_IDLE: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
 struct Job {
     series: Vec<SeriesInput>,
     /// Indices of series to backtest (their history holds at least window + horizon rows).
@@ -142,6 +178,8 @@ pub struct InferenceHandle {
     busy: Arc<AtomicUsize>,
     /// Requests in a row that arrived to an idle engine (nothing queued or running).
     idle_arrivals: Arc<AtomicUsize>,
+    /// When the last request arrived, in microseconds since [`clock_origin`].
+    last_arrival: Arc<AtomicU64>,
     /// Wakes the overflow engine threads; `None` with a single engine thread.
     backlog: Option<Arc<Backlog>>,
     /// Queued requests that wake an overflow engine thread.
@@ -242,6 +280,42 @@ impl InferenceHandle {
         workers: usize,
         low_latency_threads: Option<usize>,
     ) -> (Self, std::thread::JoinHandle<()>) {
+        Self::spawn_at(
+            model,
+            queue_capacity,
+            batching,
+            workers,
+            low_latency_threads,
+            Priority::Normal,
+        )
+    }
+
+    /// One engine thread that only ever runs on CPU time nothing else in the machine wants (Linux
+    /// `SCHED_IDLE`): for work that must never slow the answers callers wait for, such as a
+    /// version forecasting in live's shadow. Its forwards use the calling thread only when
+    /// libtorch runs one intra-op thread (`THREADS=1`, `serve`'s default).
+    pub fn spawn_background(
+        model: Model,
+        queue_capacity: usize,
+    ) -> (Self, std::thread::JoinHandle<()>) {
+        Self::spawn_at(
+            model,
+            queue_capacity,
+            Batching::default(),
+            1,
+            None,
+            Priority::Idle,
+        )
+    }
+
+    fn spawn_at(
+        model: Model,
+        queue_capacity: usize,
+        batching: Batching,
+        workers: usize,
+        low_latency_threads: Option<usize>,
+        priority: Priority,
+    ) -> (Self, std::thread::JoinHandle<()>) {
         let capacity = queue_capacity.max(1);
         let (jobs, rx) = mpsc::sync_channel(capacity);
         let model = Arc::new(RwLock::new(Arc::new(model)));
@@ -294,7 +368,10 @@ impl InferenceHandle {
                             };
                             std::thread::Builder::new()
                                 .name(format!("inference-{i}"))
-                                .spawn(move || run_engine(engine))
+                                .spawn(move || {
+                                    priority.apply_to_this_thread();
+                                    run_engine(engine)
+                                })
                                 .expect("spawning an inference thread")
                         })
                         .collect();
@@ -327,6 +404,7 @@ impl InferenceHandle {
                 low_latency,
                 busy,
                 idle_arrivals: Arc::new(AtomicUsize::new(0)),
+                last_arrival: Arc::new(AtomicU64::new(0)),
                 backlog,
                 overflow_depth,
             },
@@ -346,6 +424,8 @@ impl InferenceHandle {
         series: Vec<SeriesInput>,
         backtest: Vec<usize>,
     ) -> Result<ForecastOutcome, InferError> {
+        self.last_arrival
+            .store(micros_since_origin(), Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         let mut job = Job {
             series,
@@ -406,6 +486,16 @@ impl InferenceHandle {
     /// answered.
     pub fn forwards_running(&self) -> usize {
         self.busy.load(Ordering::Acquire)
+    }
+
+    /// How long the engine has been idle: nothing queued or running, and no request arrived in
+    /// that time. Zero while it works.
+    pub fn quiet_for(&self) -> Duration {
+        if self.queue_depth() > 0 || self.forwards_running() > 0 {
+            return Duration::ZERO;
+        }
+        let since = micros_since_origin().saturating_sub(self.last_arrival.load(Ordering::Relaxed));
+        Duration::from_micros(since)
     }
 
     /// The model currently in service.

@@ -597,11 +597,11 @@ impl AccuracyStore {
         self.write_state("scores.json", &all).await
     }
 
-    /// Writes a report folder; returns its URI.
+    /// Writes a report folder: `report.json` and each named SVG chart; returns its URI.
     pub async fn write_report(
         &self,
         report_json: &[u8],
-        chart_svg: &[u8],
+        charts: &[(&str, Vec<u8>)],
         now: DateTime<Utc>,
     ) -> Result<String, StoreError> {
         let folder = format!("{}reports/{}", self.prefix, now.format("%Y%m%dT%H%M%SZ"));
@@ -611,12 +611,10 @@ impl AccuracyStore {
             "application/json",
         )
         .await?;
-        self.put(
-            &format!("{folder}/chart.svg"),
-            chart_svg.to_vec(),
-            "image/svg+xml",
-        )
-        .await?;
+        for (name, svg) in charts {
+            self.put(&format!("{folder}/{name}"), svg.clone(), "image/svg+xml")
+                .await?;
+        }
         Ok(format!("s3://{}/{folder}/", self.bucket))
     }
 }

@@ -523,8 +523,9 @@ impl Service {
         (!selected.is_empty()).then_some((shadow, selected))
     }
 
-    /// Forecasts `series` with the shadow on a task of its own, after live has answered, and logs
-    /// the forecasts; skipped and counted while live requests wait or the shadow's queue is full.
+    /// Forecasts `series` with the shadow on a task of its own, after live has answered and once
+    /// live's engine is quiet, and logs the forecasts; skipped and counted otherwise (see
+    /// [`shadow`]).
     fn run_shadow(
         &self,
         shadow: Arc<shadow::Shadow>,
@@ -532,16 +533,14 @@ impl Service {
         request_id: Option<&str>,
     ) {
         let count = series.len() as f64;
-        if self.inner.handle.queue_depth() > 0 {
-            self.telemetry().record(Metric::ShadowSkipped, count);
-            return;
-        }
         let service = self.clone();
         let request_id = request_id.map(str::to_owned);
         tokio::spawn(async move {
             let inputs = LogInput::collect(&shadow.metadata(), &series);
-            match shadow.forecast(series).await {
-                Ok(outcome) => {
+            let live = service.inner.handle.clone();
+            match shadow.forecast_when_quiet(&live, series).await {
+                Ok(None) => service.telemetry().record(Metric::ShadowSkipped, count),
+                Ok(Some(outcome)) => {
                     if let Some(log) = service.forecast_log() {
                         log.push(LogInput::records(
                             inputs,

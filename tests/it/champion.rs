@@ -41,6 +41,22 @@ async fn the_bundled_model_challenging_a_weaker_live_one_is_promoted_within_the_
     assert!(evidence.ratio < 1.0 && evidence.p_value.unwrap() < 0.05);
     assert!(evidence.origins >= ChallengePolicy::default().rule.min_origins);
     assert_eq!(outcome.live, "1.0.0");
+    // AND the report draws the comparison: the cumulative loss differential of the pair
+    let folder = outcome.report.strip_prefix("s3://champion/").unwrap();
+    let object = moto
+        .s3()
+        .await
+        .get_object()
+        .bucket("champion")
+        .key(format!("{folder}comparison.svg"))
+        .send()
+        .await
+        .expect("the report has a comparison chart");
+    let chart = String::from_utf8(object.body.collect().await.unwrap().to_vec()).unwrap();
+    assert!(
+        chart.contains("<polyline") && chart.contains("1.0.0 vs 0.9.0"),
+        "{chart}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

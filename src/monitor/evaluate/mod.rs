@@ -29,10 +29,12 @@
 //! - `recalibration`: the scored errors feed the online calibration of intervals.
 //! - `report`: the metrics, the report folder and the latest scores.
 //! - `charted`: which series the chart draws; `chart`: the report's SVG chart.
-//! - `comparing`: versions compared on the same targets, for champion/challenger decisions.
+//! - `comparing`: versions compared on the same targets, for champion/challenger decisions;
+//!   `compared_chart`: the report's chart of their cumulative loss differential.
 
 mod chart;
 mod charted;
+mod compared_chart;
 mod comparing;
 #[cfg(test)]
 mod fixtures;

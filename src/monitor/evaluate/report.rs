@@ -125,9 +125,11 @@ pub(super) async fn write_report(
         "horizon_buckets": buckets,
     }))
     .expect("serialises");
-    store
-        .write_report(&report_json, evaluation.chart_svg().as_bytes(), now)
-        .await
+    let mut charts = vec![("chart.svg", evaluation.chart_svg().into_bytes())];
+    if let Some(svg) = super::compared_chart::comparison_svg(&evaluation.compared) {
+        charts.push(("comparison.svg", svg.into_bytes()));
+    }
+    store.write_report(&report_json, &charts, now).await
 }
 
 /// Adds this run's comparisons to the ones kept across runs, and returns the evidence of each pair
@@ -150,12 +152,23 @@ pub(super) async fn merge_comparisons(
         .iter()
         .map(|((reference, challenger), added)| {
             let all = kept.between(reference, challenger).unwrap_or_default();
+            let cumulative = all
+                .overall
+                .by_origin
+                .keys()
+                .zip(all.overall.per_origin(Loss::Squared))
+                .scan(0.0, |sum, (origin, differential)| {
+                    *sum += differential;
+                    Some((*origin, *sum))
+                })
+                .collect();
             ComparedVersions {
                 reference: reference.clone(),
                 challenger: challenger.clone(),
                 pairs_added: added.overall.pairs(),
                 squared: all.evidence(Loss::Squared),
                 absolute: all.evidence(Loss::Absolute),
+                cumulative,
             }
         })
         .collect())

@@ -79,6 +79,10 @@ pub struct ComparedVersions {
     pub pairs_added: u64,
     pub squared: Option<Evidence>,
     pub absolute: Option<Evidence>,
+    /// Per origin (seconds since the epoch), the running sum of the mean squared-error
+    /// differential: the report's comparison chart.
+    #[serde(skip)]
+    pub cumulative: Vec<(i64, f64)>,
 }
 
 /// How the intervals of one level did on the pairs a run scored.

@@ -56,6 +56,8 @@ pub struct ChallengeOutcome {
     pub decision: Option<(usize, Decision)>,
     /// The live version at the end.
     pub live: String,
+    /// The last evaluation's report folder.
+    pub report: String,
     pub forecasts_logged: u64,
 }
 
@@ -149,6 +151,7 @@ pub async fn replay_challenge(
             .collect();
         store.append_actuals(&actuals).await.unwrap();
         let summary = evaluate(&service, Some(&follower), &config).await.unwrap();
+        outcome.report = summary.report;
         if let Some(decision) = summary.decision {
             outcome.decision = Some((day, decision));
             break;
