@@ -113,6 +113,23 @@ impl Default for Batching {
     }
 }
 
+/// The low-latency lane's one-slot queue, and its receiving end with the intra-op threads it runs
+/// forwards on; none without `low_latency_threads`.
+type LowLatencyLane = (
+    Option<SyncSender<Job>>,
+    Option<(mpsc::Receiver<Job>, usize)>,
+);
+
+fn low_latency_lane(low_latency_threads: Option<usize>) -> LowLatencyLane {
+    match low_latency_threads {
+        Some(threads) => {
+            let (tx, rx) = mpsc::sync_channel(1);
+            (Some(tx), Some((rx, threads)))
+        }
+        None => (None, None),
+    }
+}
+
 /// The instant [`InferenceHandle::quiet_for`] counts from.
 fn clock_origin() -> Instant {
     static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -331,13 +348,7 @@ impl InferenceHandle {
         let overflow_depth = batching
             .overflow_depth
             .clamp(1, batching.max_batch_series.max(1));
-        let (low_latency, low_latency_rx) = match low_latency_threads {
-            Some(threads) => {
-                let (tx, rx) = mpsc::sync_channel(1);
-                (Some(tx), Some((rx, threads)))
-            }
-            None => (None, None),
-        };
+        let (low_latency, low_latency_rx) = low_latency_lane(low_latency_threads);
         let worker = {
             let (model, depth, busy, alive, backlog) = (
                 Arc::clone(&model),
