@@ -683,6 +683,10 @@ pub struct SeriesForecast {
     /// intervals come from. Not part of the answer.
     #[serde(skip)]
     pub quantiles: Vec<Vec<f64>>,
+    /// The version that answered this forecast, when one request was answered by two (a canary
+    /// challenger answers its share of series).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<String>,
 }
 
 impl ForecastResponse {
@@ -724,6 +728,7 @@ impl ForecastResponse {
                     values,
                     intervals: Vec::new(),
                     quantiles,
+                    model_version: None,
                 },
             )
             .collect();

@@ -8,7 +8,6 @@ use anyhow::{bail, Context};
 
 use lstm_forecast::model::engine::{configure_libtorch, Workload};
 use lstm_forecast::model::ModelArtifacts;
-use lstm_forecast::registry::roles::ChallengeMode;
 use lstm_forecast::registry::{Alias, Registry, RegistryRef, RollbackOutcome, DEFAULT_PROBATION};
 use lstm_forecast::source::DirectorySource;
 use lstm_forecast::validate::{run_probe, validate_dir};
@@ -69,9 +68,6 @@ pub fn run(command: ModelCommand) -> anyhow::Result<ExitCode> {
             fraction,
             aws,
         } => {
-            if mode == ChallengeMode::Canary {
-                bail!("canary mode is not served yet: challenge with --mode shadow (the challenger then forecasts its series in live's shadow)");
-            }
             let registry = open_registry(&registry, &aws)?;
             let runtime = runtime()?;
             let artifacts = runtime.block_on(registry.fetch_version(&version))?;

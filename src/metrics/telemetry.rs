@@ -511,6 +511,16 @@ impl Telemetry {
         }
     }
 
+    /// A facade on the same sinks and stage for another model version (a canary challenger
+    /// serving beside live): what it records carries that version.
+    pub fn for_model(&self, model: &str, model_version: &str) -> Telemetry {
+        Telemetry {
+            sinks: Arc::clone(&self.sinks),
+            model: Arc::new(std::sync::RwLock::new((model.into(), model_version.into()))),
+            stage: self.stage.clone(),
+        }
+    }
+
     /// The same facade (model, stage, sinks) with one more sink.
     pub fn with_sink(&self, sink: Arc<dyn MetricSink>) -> Telemetry {
         let mut sinks: Vec<Arc<dyn MetricSink>> = self.sinks.iter().cloned().collect();

@@ -93,6 +93,7 @@ impl AliasFollower {
         match read {
             Ok(Some((alias, _))) => {
                 self.switch_to(&alias.version).await;
+                self.sync_canary(&alias).await;
                 self.sync_shadow(&alias).await;
             }
             Ok(None) => {
@@ -102,6 +103,44 @@ impl AliasFollower {
             Err(e) => {
                 let serving = self.serving_version();
                 tracing::warn!("could not read the model alias (still serving {serving}): {e}");
+            }
+        }
+    }
+
+    /// Puts the canary challenger `alias` names beside live (on an engine thread of its own), or
+    /// stops it. A failed load is logged and counted, and leaves live answering every series.
+    pub async fn sync_canary(&self, alias: &Alias) {
+        let wanted = alias
+            .challenger
+            .as_ref()
+            .filter(|c| c.mode == ChallengeMode::Canary)
+            .map(|c| (c.version.clone(), c.fraction));
+        let current = self.service.canary();
+        if wanted == current {
+            return;
+        }
+        let Some((version, fraction)) = wanted else {
+            self.service.set_canary(None);
+            tracing::info!("canary stopped");
+            return;
+        };
+        match self.load(&version).await {
+            Ok(model) => {
+                let (handle, _engine) = crate::infer::InferenceHandle::spawn_with(
+                    model,
+                    CANARY_QUEUE,
+                    crate::infer::Batching::default(),
+                    1,
+                );
+                self.service.set_canary(Some((handle, fraction)));
+                tracing::info!(canary_version = %version, fraction, "canary started");
+            }
+            Err(e) => {
+                self.service.set_canary(None);
+                self.service
+                    .telemetry()
+                    .record(Metric::ModelReloadFailures, 1.0);
+                tracing::error!(canary_version = %version, "could not start the canary; live answers every series: {e}");
             }
         }
     }
@@ -218,8 +257,12 @@ impl AliasFollower {
     }
 }
 
+/// Requests that may wait for the canary's engine thread.
+const CANARY_QUEUE: usize = 64;
+
 /// The version the alias wants in live's shadow, with its role and share of series: the
-/// challenger in shadow mode, else the previous version while on probation.
+/// challenger in shadow mode; live itself on a canary's series (so every series the canary
+/// answers is forecast by both); else the previous version while on probation.
 pub fn wanted_shadow(
     alias: &Alias,
     now: chrono::DateTime<chrono::Utc>,
@@ -233,10 +276,13 @@ pub fn wanted_shadow(
                     challenger.fraction,
                 ))
             }
-            ChallengeMode::Canary => tracing::warn!(
-                challenger = %challenger.version,
-                "canary mode is not served yet: the challenger forecasts nothing (use --mode shadow)"
-            ),
+            ChallengeMode::Canary => {
+                return Some((
+                    alias.version.clone(),
+                    ForecastRole::Live,
+                    challenger.fraction,
+                ))
+            }
         }
     }
     alias

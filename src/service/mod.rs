@@ -133,6 +133,26 @@ struct Inner {
     calibration_checked: std::sync::Mutex<Option<std::time::Instant>>,
     /// The version forecasting in live's shadow, if any (see [`shadow`]).
     shadow: std::sync::RwLock<Option<Arc<shadow::Shadow>>>,
+    /// A canary challenger answering its share of series, if any.
+    canary: std::sync::RwLock<Option<Arc<Canary>>>,
+    /// The role of this service's version in the registry: what its logged forecasts say.
+    role: ForecastRole,
+}
+
+/// A challenger in canary mode: a service of its own (its model, drift checks, intervals and
+/// metrics under its version) that answers the series whose id hashes under `fraction`.
+struct Canary {
+    service: Service,
+    fraction: f64,
+}
+
+impl Canary {
+    fn selects(&self, series: &SeriesInput) -> bool {
+        series
+            .id
+            .as_deref()
+            .is_some_and(|id| crate::registry::roles::serves_series(id, self.fraction))
+    }
 }
 
 impl Service {
@@ -165,6 +185,8 @@ impl Service {
                 online_calibration: std::sync::RwLock::new(None),
                 calibration_checked: std::sync::Mutex::new(None),
                 shadow: std::sync::RwLock::new(None),
+                canary: std::sync::RwLock::new(None),
+                role: ForecastRole::Live,
             }),
         };
         service.model_changed();
@@ -386,6 +408,32 @@ impl Service {
         levels: &[f64],
         request_id: Option<&str>,
     ) -> Result<ForecastResponse, ServiceError> {
+        let canary = self.canary_for(&series, levels);
+        // Live in its own shadow only forecasts what a canary answered.
+        let shadowed = self
+            .shadow_inputs(&series)
+            .filter(|(shadow, _)| shadow.role != ForecastRole::Live || canary.is_some());
+        let response = match canary {
+            Some(canary) => {
+                self.forecast_with_canary(&canary, series, levels, request_id)
+                    .await?
+            }
+            None => self.forecast_alone(series, levels, request_id).await?,
+        };
+        if let Some((shadow, series)) = shadowed {
+            self.run_shadow(shadow, series, request_id);
+        }
+        Ok(response)
+    }
+
+    /// Forecasts with this service's own version: drift, backtests, the engine, intervals, the
+    /// forecast log and metrics.
+    async fn forecast_alone(
+        &self,
+        series: Vec<SeriesInput>,
+        levels: &[f64],
+        request_id: Option<&str>,
+    ) -> Result<ForecastResponse, ServiceError> {
         let model = self.model();
         let metadata = model.metadata();
         let telemetry = self.telemetry();
@@ -395,7 +443,6 @@ impl Service {
             Some(_) => LogInput::collect(metadata, &series),
             None => Vec::new(),
         };
-        let shadowed = self.shadow_inputs(&series);
         drop(model);
         let count = series.len();
         telemetry.record(Metric::QueueDepth, self.inner.handle.queue_depth() as f64);
@@ -437,11 +484,8 @@ impl Service {
                 log_inputs,
                 &response,
                 request_id,
-                ForecastRole::Live,
+                self.inner.role,
             ));
-        }
-        if let Some((shadow, series)) = shadowed {
-            self.run_shadow(shadow, series, request_id);
         }
         Ok(response)
     }
@@ -483,6 +527,133 @@ impl Service {
     /// image every restored environment shares).
     pub fn reseed_sampling(&self, seed: u64) {
         self.inner.backtest_sampler.reseed(seed);
+    }
+}
+
+// A canary challenger's part of the service.
+impl Service {
+    /// Puts a canary challenger beside live, answering the series whose id hashes under
+    /// `fraction` (or none): a service of its own on `handle`, sharing this one's limits, forecast
+    /// log and metric sinks, recording under its own version.
+    pub fn set_canary(&self, challenger: Option<(InferenceHandle, f64)>) {
+        let canary = challenger.map(|(handle, fraction)| {
+            Arc::new(Canary {
+                service: self.beside(handle, ForecastRole::Challenger),
+                fraction,
+            })
+        });
+        *self.inner.canary.write().unwrap_or_else(|p| p.into_inner()) = canary;
+    }
+
+    /// The canary challenger's version and share of series, if one serves.
+    pub fn canary(&self) -> Option<(String, f64)> {
+        self.current_canary()
+            .map(|c| (c.service.model().metadata().version.clone(), c.fraction))
+    }
+
+    fn current_canary(&self) -> Option<Arc<Canary>> {
+        self.inner
+            .canary
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The canary, when it answers some of `series` and can serve the intervals asked for (else
+    /// live answers them all, and its shadow still forecasts the canary's share).
+    fn canary_for(&self, series: &[SeriesInput], levels: &[f64]) -> Option<Arc<Canary>> {
+        let canary = self.current_canary()?;
+        (series.iter().any(|s| canary.selects(s)) && canary.service.check_intervals(levels).is_ok())
+            .then_some(canary)
+    }
+
+    /// A service for another version beside this one (`role` in the registry): the same limits,
+    /// forecast log, metric sinks and Prometheus registry, its own model, drift checks, interval
+    /// calibration and metric labels.
+    fn beside(&self, handle: InferenceHandle, role: ForecastRole) -> Service {
+        let metadata = handle.model().metadata().clone();
+        let mut monitoring = self.inner.monitoring.clone();
+        monitoring.telemetry = self
+            .telemetry()
+            .for_model(&metadata.name, &metadata.version);
+        Service {
+            inner: Arc::new(Inner {
+                drift: std::sync::RwLock::new(Arc::new(InputDriftMonitor::for_model(&metadata))),
+                cpu: crate::metrics::process::CpuShare::new(crate::model::engine::available_cpus()),
+                handle,
+                prometheus: self.inner.prometheus.clone(),
+                limits: self.inner.limits,
+                backtest_sampler: Sampler::new(crate::entropy::random_u64()),
+                monitoring,
+                online_calibration: std::sync::RwLock::new(None),
+                calibration_checked: std::sync::Mutex::new(None),
+                shadow: std::sync::RwLock::new(None),
+                canary: std::sync::RwLock::new(None),
+                role,
+            }),
+        }
+    }
+
+    /// One request answered by two versions: the canary's share of series by the canary, the
+    /// rest by live, in parallel; the answers back in the request's order, each naming the version
+    /// that made it when both answered.
+    async fn forecast_with_canary(
+        &self,
+        canary: &Canary,
+        series: Vec<SeriesInput>,
+        levels: &[f64],
+        request_id: Option<&str>,
+    ) -> Result<ForecastResponse, ServiceError> {
+        let picked: Vec<bool> = series.iter().map(|s| canary.selects(s)).collect();
+        let (canary_series, live_series): (Vec<_>, Vec<_>) = series
+            .into_iter()
+            .zip(&picked)
+            .partition(|(_, &by_canary)| by_canary);
+        let unzip = |part: Vec<(SeriesInput, &bool)>| -> Vec<SeriesInput> {
+            part.into_iter().map(|(s, _)| s).collect()
+        };
+        let (canary_series, live_series) = (unzip(canary_series), unzip(live_series));
+        let live_part = async {
+            if live_series.is_empty() {
+                return Ok(None);
+            }
+            self.forecast_alone(live_series, levels, request_id)
+                .await
+                .map(Some)
+        };
+        let canary_part = canary
+            .service
+            .forecast_alone(canary_series, levels, request_id);
+        let (live, challenger) = tokio::join!(live_part, canary_part);
+        let challenger = challenger?;
+        let Some(live) = live? else {
+            return Ok(challenger);
+        };
+        let canary_version = challenger.model.version.clone();
+        let mut by_canary = challenger.forecasts.into_iter();
+        let ForecastResponse {
+            model,
+            forecasts: live_forecasts,
+            calibration,
+        } = live;
+        let mut by_live = live_forecasts.into_iter();
+        let forecasts = picked
+            .iter()
+            .filter_map(|&by_canary_now| {
+                let (mut forecast, version) = if by_canary_now {
+                    (by_canary.next()?, &canary_version)
+                } else {
+                    (by_live.next()?, &model.version)
+                };
+                forecast.model_version = Some(version.clone());
+                Some(forecast)
+            })
+            .collect();
+        Ok(ForecastResponse {
+            model,
+            forecasts,
+            calibration,
+        })
     }
 }
 

@@ -61,17 +61,26 @@ pub struct ChallengeOutcome {
     pub forecasts_logged: u64,
 }
 
-/// Publishes `live` and `challenger` (model directories) to a registry on `moto`, makes `live`
-/// live with `challenger` in shadow on every series, and replays up to `days` days of ETTh1's test
-/// period until the evaluation decides.
-pub async fn replay_challenge(
+/// A service following a registry on moto, as `serve` does: `live` and `challenger` (model
+/// directories) published, `live` live, `challenger` challenging in `mode` on `fraction` of the
+/// series, forecasts logged to `s3://BUCKET/monitoring`.
+pub struct Challenged {
+    pub service: Service,
+    pub follower: AliasFollower,
+    pub log: Arc<ForecastLog>,
+    pub store: AccuracyStore,
+    /// The versions published: live's, then the challenger's.
+    pub versions: [String; 2],
+    _cache: tempfile::TempDir,
+}
+
+pub async fn challenged(
     moto: &Moto,
     bucket: &str,
-    live: &Path,
-    challenger: &Path,
-    days: usize,
-    policy: ChallengePolicy,
-) -> ChallengeOutcome {
+    (live, challenger): (&Path, &Path),
+    mode: ChallengeMode,
+    fraction: f64,
+) -> Challenged {
     let s3 = moto.s3().await;
     let registry = Registry::new(
         s3.clone(),
@@ -87,10 +96,9 @@ pub async fn replay_challenge(
         .await
         .unwrap();
     registry
-        .challenge(&versions[1], ChallengeMode::Shadow, 1.0)
+        .challenge(&versions[1], mode, fraction)
         .await
         .unwrap();
-
     let store = AccuracyStore::new(s3.clone(), &format!("s3://{bucket}/monitoring")).unwrap();
     let log = Arc::new(ForecastLog::new(store.clone()));
     let live_model = Model::load(&DirectorySource::new(live).read().unwrap()).unwrap();
@@ -107,6 +115,35 @@ pub async fn replay_challenge(
         Duration::from_secs(3600),
     );
     follower.check_now().await;
+    Challenged {
+        service,
+        follower,
+        log,
+        store,
+        versions: [versions[0].clone(), versions[1].clone()],
+        _cache: cache,
+    }
+}
+
+/// Publishes `live` and `challenger` (model directories) to a registry on `moto`, makes `live`
+/// live with `challenger` in shadow on every series, and replays up to `days` days of ETTh1's test
+/// period until the evaluation decides.
+pub async fn replay_challenge(
+    moto: &Moto,
+    bucket: &str,
+    live: &Path,
+    challenger: &Path,
+    days: usize,
+    policy: ChallengePolicy,
+) -> ChallengeOutcome {
+    let Challenged {
+        service,
+        follower,
+        log,
+        store,
+        versions,
+        _cache,
+    } = challenged(moto, bucket, (live, challenger), ChallengeMode::Shadow, 1.0).await;
     assert_eq!(
         service.shadow().map(|s| s.0),
         Some(versions[1].clone()),
