@@ -1126,14 +1126,32 @@ async fn when_every_version_is_wrong_the_alarm_rolls_nothing_back_and_the_model_
         &emulator,
         &decisions_env(&moto, &ministack, &cache, Some(days)),
     );
-    // WHEN four days of live and shadow forecasts are scored against actuals that moved 100
-    // degrees away from both (a sensor that changed units, a world that changed)
+    // WHEN four days of live and shadow forecasts are scored on ETTh1 (the two versions compared
+    // at four origins), then one more against actuals 100 degrees away from both (a sensor that
+    // changed units, a world that changed)
     for day in 0..days {
         let answer = one_day_of_traffic(&emulator, &function, &s3, day, 1).await;
         assert!(answer.get("decision").is_none(), "{answer}");
     }
     let scores = score_the_serving_version_badly(&emulator, &function, &s3).await;
     assert_eq!(scores, "1.0.1");
+    // AND a caller forecasts the real series from its history scaled by a million (logged by
+    // both versions, flagged out of range)
+    let mut poisoned = event("apigw-v2-forecast.json");
+    let mut body: Value = serde_json::from_str(poisoned["body"].as_str().unwrap()).unwrap();
+    let scaled: Vec<f64> = common::f64s(&body["series"][0]["values"])
+        .iter()
+        .map(|v| v * 1e6)
+        .collect();
+    body["series"][0]["values"] = json!(scaled);
+    body["series"][0]["last_timestamp"] = "2018-07-01T00:00:00Z".into();
+    poisoned["body"] = body.to_string().into();
+    let logged_before = function.log().len();
+    let (status, answer) = emulator.invoke(&poisoned).await;
+    assert_eq!(status, 200, "{answer}");
+    common::emulators::deliver_forecast_log(&function, logged_before, 2, &s3, BUCKET, "monitoring")
+        .await;
+    assert!(function.log()[logged_before..].contains("\"out_of_range\":true"));
     // AND the accuracy alarm, genuinely in ALARM, reaches the function
     let alarm = alarm_event(
         "alarm-state-change.json",
