@@ -566,7 +566,7 @@ pub enum ModelCommand {
         #[arg(long, default_value = "shadow")]
         mode: lstm_forecast::registry::roles::ChallengeMode,
         /// Share of series (by a hash of the series id, the same series every time), in (0, 1].
-        #[arg(long, default_value_t = 0.25)]
+        #[arg(long, default_value_t = 0.25, value_parser = parse_fraction)]
         fraction: f64,
         #[command(flatten)]
         aws: AwsArgs,
@@ -616,6 +616,14 @@ fn parse_row_range(text: &str) -> Result<std::ops::Range<usize>, String> {
         return Err(format!("`{text}`: END must be after START"));
     }
     Ok(start..end)
+}
+
+/// A share of series: in (0, 1].
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(fraction) if fraction > 0.0 && fraction <= 1.0 => Ok(fraction),
+        _ => Err(format!("`{text}` is not a share of series in (0, 1]")),
+    }
 }
 
 /// A duration in seconds: finite and above zero (a zero timeout would refuse every request).

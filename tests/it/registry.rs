@@ -280,3 +280,86 @@ async fn promote_probes_a_version_that_skipped_publish_and_refuses_one_that_cras
     let (ok, out) = cli(&moto, &["model", "promote", REGISTRY, "1.0.1"]);
     assert!(ok && out.contains("1.0.1 is live (was 1.0.0)"), "{out}");
 }
+
+#[tokio::test]
+async fn a_challenge_is_set_shown_and_withdrawn_from_the_command_line() {
+    // GIVEN 1.0.0 live and 1.0.1 published beside it
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET).await;
+    common::publish_bundled_as(&moto, "1.0.0", REGISTRY);
+    let beside = bundled_as_version("1.0.1");
+    let (ok, out) = cli(
+        &moto,
+        &[
+            "model",
+            "publish",
+            "--no-promote",
+            beside.path().to_str().unwrap(),
+            REGISTRY,
+        ],
+    );
+    assert!(ok, "{out}");
+    // WHEN bad challenges are asked for, THEN each is refused by name and nothing changes
+    for (args, why) in [
+        (vec!["1.0.0"], "1.0.0 is live already"),
+        (vec!["1.0.1", "--fraction", "1.5"], "not a share of series"),
+        (vec!["1.0.1", "--mode", "loud"], "not a challenge mode"),
+        (vec!["9.9.9"], "9.9.9 is not in the registry"),
+    ] {
+        let (ok, out) = cli(
+            &moto,
+            &[&["model", "challenge", REGISTRY][..], &args].concat(),
+        );
+        assert!(!ok && out.contains(why), "{args:?}: {out}");
+    }
+    let (_, status) = cli(&moto, &["model", "status", REGISTRY, "--json"]);
+    assert!(!status.contains("\"challenger\""), "{status}");
+    // WHEN 1.0.1 challenges as a canary on 30% of series
+    let (ok, out) = cli(
+        &moto,
+        &[
+            "model",
+            "challenge",
+            REGISTRY,
+            "1.0.1",
+            "--mode",
+            "canary",
+            "--fraction",
+            "0.3",
+        ],
+    );
+    assert!(
+        ok && out.contains("1.0.1 challenges 1.0.0 (canary, 30% of series)"),
+        "{out}"
+    );
+    // THEN status and list show the roles, and the decision history has the challenge
+    let (ok, out) = cli(&moto, &["model", "status", REGISTRY, "--json"]);
+    assert!(ok, "{out}");
+    // The document, before whatever the process logged after it.
+    let alias: Value = serde_json::Deserializer::from_str(&out[out.find('{').unwrap()..])
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(alias["challenger"]["version"], "1.0.1");
+    assert_eq!(alias["challenger"]["mode"], "canary");
+    assert_eq!(
+        alias["decisions"].as_array().unwrap().last().unwrap()["action"],
+        "challenge"
+    );
+    let (_, out) = cli(&moto, &["model", "list", REGISTRY]);
+    assert!(
+        out.contains("1.0.1  (challenger, canary on 30% of series"),
+        "{out}"
+    );
+    // WHEN it is withdrawn, THEN the role is gone and the history says so; twice is an error
+    let (ok, out) = cli(&moto, &["model", "withdraw", REGISTRY]);
+    assert!(ok && out.contains("1.0.1 withdrawn"), "{out}");
+    let (_, out) = cli(&moto, &["model", "status", REGISTRY]);
+    assert!(
+        out.contains("withdraw 1.0.1 vs 1.0.0") && !out.contains("challenger,"),
+        "{out}"
+    );
+    let (ok, out) = cli(&moto, &["model", "withdraw", REGISTRY]);
+    assert!(!ok && out.contains("no challenger"), "{out}");
+}
