@@ -88,7 +88,9 @@ fn main() -> ExitCode {
                 .is_some_and(|n| n == "bootstrap")
         })
         .unwrap_or(false);
-    let cli = if invoked_as_bootstrap {
+    // With arguments it is a command as any other: the probe child a follower starts is this
+    // same executable, `bootstrap model probe DIR` in Lambda.
+    let cli = if invoked_as_bootstrap && std::env::args_os().len() == 1 {
         Cli::parse_from(["lstm-forecast", "lambda"])
     } else {
         Cli::parse()

@@ -76,6 +76,65 @@ pub fn validate_dir(exe: &Path, dir: &Path, timeout: Duration) -> ValidationRepo
     }
 }
 
+/// Why a fetched version failed its probe.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("could not write version {version} to {dir} for its probe: {cause}")]
+    Scratch {
+        version: String,
+        dir: String,
+        cause: std::io::Error,
+    },
+    #[error("version {version} failed its probe: {failed}")]
+    Failed { version: String, failed: String },
+}
+
+/// Probes `artifacts` (a version fetched from the registry, not on disk yet) in a child process of
+/// `exe`, from a scratch directory under `scratch_root`: what `model promote`, `model challenge`
+/// and the alias follower run before a version may serve. Blocks until the child is done.
+pub fn probe_artifacts(
+    exe: &Path,
+    artifacts: &ModelArtifacts,
+    version: &str,
+    scratch_root: &Path,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
+    let dir = scratch_root.join(format!(
+        "lstm-forecast-probe-{}-{}-{version}",
+        std::process::id(),
+        crate::entropy::id()
+    ));
+    let written = std::fs::create_dir_all(&dir).and_then(|()| {
+        artifacts
+            .files()
+            .into_iter()
+            .try_for_each(|(name, bytes)| std::fs::write(dir.join(name), bytes))
+    });
+    if let Err(cause) = written {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(ProbeError::Scratch {
+            version: version.to_string(),
+            dir: dir.display().to_string(),
+            cause,
+        });
+    }
+    let report = validate_dir(exe, &dir, timeout);
+    let _ = std::fs::remove_dir_all(&dir);
+    if report.valid {
+        return Ok(());
+    }
+    let failed: Vec<String> = report
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    Err(ProbeError::Failed {
+        version: version.to_string(),
+        failed: failed.join("; "),
+    })
+}
+
 /// A report that ends with the failed check `name`.
 fn failed(
     mut checks: Vec<Check>,

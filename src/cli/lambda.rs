@@ -16,7 +16,26 @@ use super::args::{LambdaArgs, LogDeliveryArg};
 use super::runtime;
 use lstm_forecast::monitor::store::LogDelivery;
 
+/// What the Lambda runtime reads from its environment (its client panics on a missing one):
+/// outside Lambda, this command stops first with their names.
+const LAMBDA_ENVIRONMENT: [&str; 4] = [
+    "AWS_LAMBDA_RUNTIME_API",
+    "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+    "AWS_LAMBDA_FUNCTION_VERSION",
+];
+
 pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
+    let missing: Vec<&str> = LAMBDA_ENVIRONMENT
+        .into_iter()
+        .filter(|name| std::env::var_os(name).is_none())
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "not running in AWS Lambda: {} not set (the Lambda service sets them; `cargo lambda watch` or the Runtime API emulator does locally)",
+            missing.join(", ")
+        );
+    }
     lstm_forecast::forecast::check_interval_levels(&args.interval_levels)
         .map_err(|e| anyhow::anyhow!(e.message.replace("`intervals", "`--interval-levels")))?;
     if (args.batch_part_bytes as usize) < lstm_forecast::service::batch::MIN_PART_BYTES {

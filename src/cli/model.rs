@@ -404,22 +404,16 @@ fn probe(dir: &std::path::Path) -> anyhow::Result<Result<(), String>> {
 
 /// Probes a version fetched from the registry, from a scratch directory; refuses it by name.
 fn probe_fetched(artifacts: &ModelArtifacts, version: &str) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!(
-        "lstm-forecast-promote-{}-{version}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let probed = artifacts
-        .files()
-        .into_iter()
-        .try_for_each(|(name, bytes)| std::fs::write(dir.join(name), bytes))
-        .with_context(|| format!("writing version {version} to {}", dir.display()))
-        .and_then(|()| probe(&dir));
-    let _ = std::fs::remove_dir_all(&dir);
-    if let Err(failed) = probed? {
-        bail!("version {version} failed its probe, the alias is unchanged: {failed}");
-    }
-    Ok(())
+    eprintln!("probing version {version} ...");
+    let exe = std::env::current_exe().context("locating this executable for the probe process")?;
+    lstm_forecast::validate::probe_artifacts(
+        &exe,
+        artifacts,
+        version,
+        &std::env::temp_dir(),
+        Duration::from_secs(120),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}; the alias is unchanged"))
 }
 
 fn publish(dir: PathBuf, registry: &Registry, promote: bool) -> anyhow::Result<()> {

@@ -36,14 +36,19 @@ pub fn follower_for(
     interval: Duration,
 ) -> Option<Arc<AliasFollower>> {
     match uri {
-        ModelUri::S3(model) if model.version.is_none() => Some(Arc::new(AliasFollower::new(
-            S3ModelSource::new(
-                Registry::new(clients.s3().clone(), model.clone()),
-                cache_dir.to_path_buf(),
-            ),
-            service.clone(),
-            interval,
-        ))),
+        ModelUri::S3(model) if model.version.is_none() => Some(Arc::new(
+            AliasFollower::new(
+                S3ModelSource::new(
+                    Registry::new(clients.s3().clone(), model.clone()),
+                    cache_dir.to_path_buf(),
+                ),
+                service.clone(),
+                interval,
+            )
+            // This process is `lstm-forecast` (serve, lambda): it probes each version in a child
+            // of itself before the version may serve here.
+            .probing_with(std::env::current_exe().ok(), cache_dir.to_path_buf()),
+        )),
         _ => None,
     }
 }
@@ -60,6 +65,9 @@ pub enum ReloadError {
     Load { version: String, cause: ModelError },
     #[error("loading version {version} panicked")]
     Panicked { version: String },
+    /// The version failed the child-process probe: it would have crashed or misbehaved here.
+    #[error(transparent)]
+    Probe(#[from] crate::validate::ProbeError),
 }
 
 /// Follows one registry alias for one service.
@@ -69,7 +77,13 @@ pub struct AliasFollower {
     interval: Duration,
     /// When the alias was last read; a mutex so concurrent invocations do not all re-read it.
     last_check: Mutex<Instant>,
+    /// The `lstm-forecast` executable that probes a version, and where its scratch copy goes;
+    /// `None`: versions are loaded unprobed (a library user without the binary).
+    probe: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
+
+/// How long a version's probe may take before the version is refused.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl AliasFollower {
     pub fn new(source: S3ModelSource, service: Service, interval: Duration) -> Self {
@@ -78,7 +92,21 @@ impl AliasFollower {
             service,
             interval,
             last_check: Mutex::new(Instant::now()),
+            probe: None,
         }
+    }
+
+    /// Probes every version in a child process of `exe` (`lstm-forecast model probe`), from a
+    /// scratch copy under `scratch_root`, before it may serve: a version that would crash libtorch
+    /// (a network traced at a fixed batch dies at batch 64) is refused, and the old one keeps
+    /// serving. `None`: no probe.
+    pub fn probing_with(
+        mut self,
+        exe: Option<std::path::PathBuf>,
+        scratch_root: std::path::PathBuf,
+    ) -> Self {
+        self.probe = exe.map(|exe| (exe, scratch_root));
+        self
     }
 
     pub fn registry(&self) -> &Registry {
@@ -245,6 +273,26 @@ impl AliasFollower {
                     version: version.to_string(),
                     cause,
                 })?;
+        let artifacts = match self.probe.clone() {
+            None => artifacts,
+            Some((exe, scratch)) => {
+                let probed = version.to_string();
+                tokio::task::spawn_blocking(move || {
+                    crate::validate::probe_artifacts(
+                        &exe,
+                        &artifacts,
+                        &probed,
+                        &scratch,
+                        PROBE_TIMEOUT,
+                    )
+                    .map(|()| artifacts)
+                })
+                .await
+                .map_err(|_| ReloadError::Panicked {
+                    version: version.to_string(),
+                })??
+            }
+        };
         tokio::task::spawn_blocking(move || Model::load(&artifacts))
             .await
             .map_err(|_| ReloadError::Panicked {

@@ -249,3 +249,34 @@ async fn batch_runs_the_scheduled_batch_job_from_the_command_line() {
     assert!(!ok, "{log}");
     assert!(log.contains("/etc/passwd"), "{log}");
 }
+
+#[test]
+fn named_bootstrap_the_binary_is_the_lambda_entry_without_arguments_and_a_command_with_them() {
+    // GIVEN the binary under Lambda's entry name (the probe a follower starts in Lambda is this
+    // same file, `bootstrap model probe DIR`)
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = dir.path().join("bootstrap");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_lstm-forecast"), &bootstrap).unwrap();
+    // WHEN it is given a command, THEN it runs that command
+    let model = repo_path("model_artifacts/etth1-ot-lstm");
+    let output = Command::new(&bootstrap)
+        .args(["model", "validate", model.to_str().unwrap()])
+        .env("THREADS", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.trim_end().ends_with("valid"), "{stdout}");
+    // AND without arguments, outside Lambda, it is the Lambda entry failing cleanly
+    let output = Command::new(&bootstrap).output().unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("AWS_LAMBDA_RUNTIME_API"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -226,6 +226,38 @@ async fn serve_follows_the_alias_and_keeps_the_old_model_when_a_new_one_fails_to
         "{metrics}"
     );
     assert_eq!(version().await.as_deref(), Some("1.0.1"));
+
+    // A version that loads but crashes libtorch at batch 64 (traced at a fixed batch), made live
+    // by a writer who skipped `model promote`'s probe: the server probes it in a child process,
+    // refuses it, and stays up for the batch that would have killed it.
+    let broken = repo_path("tests/fixtures/broken-traced-lstm");
+    let mut metadata: Value =
+        serde_json::from_slice(&std::fs::read(broken.join("model.json")).unwrap()).unwrap();
+    metadata["version"] = "1.0.3".into();
+    upload_around_publish(
+        &s3,
+        "1.0.3",
+        std::fs::read(broken.join("model.pt")).unwrap(),
+        metadata,
+    )
+    .await;
+    registry(&moto)
+        .await
+        .promote("1.0.3", DEFAULT_PROBATION)
+        .await
+        .unwrap();
+    server
+        .wait_for_log("version 1.0.3 failed its probe", Duration::from_secs(60))
+        .await;
+    let windows: Vec<Vec<f64>> = (0..64).map(|i| common::window(i as f64)).collect();
+    let batch = client
+        .post(format!("{base}/v1/forecast"))
+        .json(&common::forecast_body(&windows))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(batch.status(), 200);
+    assert_eq!(version().await.as_deref(), Some("1.0.1"));
     // S3 goes away entirely: alias checks fail, and the server keeps serving what it has.
     drop(moto);
     server
@@ -258,7 +290,8 @@ async fn promote_probes_a_version_that_skipped_publish_and_refuses_one_that_cras
     // THEN the probe's child process crashes, not the command, and the alias is unchanged
     assert!(!ok, "{out}");
     assert!(
-        out.contains("version 6.6.6 failed its probe, the alias is unchanged")
+        out.contains("version 6.6.6 failed its probe")
+            && out.contains("the alias is unchanged")
             && out.contains("libtorch cannot run this model safely"),
         "{out}"
     );
