@@ -84,13 +84,24 @@ impl AlarmStates for CloudWatchAlarms {
             Ok(described
                 .metric_alarms()
                 .iter()
-                .map(|a| (a.state_value(), a.state_updated_timestamp()))
-                .chain(
-                    described
-                        .composite_alarms()
-                        .iter()
-                        .map(|a| (a.state_value(), a.state_updated_timestamp())),
-                )
+                .map(|a| {
+                    (
+                        a.state_value(),
+                        state_changed_at(
+                            a.state_transitioned_timestamp(),
+                            a.state_updated_timestamp(),
+                        ),
+                    )
+                })
+                .chain(described.composite_alarms().iter().map(|a| {
+                    (
+                        a.state_value(),
+                        state_changed_at(
+                            a.state_transitioned_timestamp(),
+                            a.state_updated_timestamp(),
+                        ),
+                    )
+                }))
                 .next()
                 .map(|(value, updated)| AlarmState {
                     in_alarm: value == Some(&aws_sdk_cloudwatch::types::StateValue::Alarm),
@@ -99,6 +110,16 @@ impl AlarmStates for CloudWatchAlarms {
                 }))
         })
     }
+}
+
+/// When an alarm entered its state: `StateTransitionedTimestamp`, which only a state change
+/// moves (`StateUpdatedTimestamp` also moves with the evaluation's details), or the updated time
+/// where CloudWatch (or an emulator) gives no transition time.
+fn state_changed_at<'a>(
+    transitioned: Option<&'a aws_sdk_cloudwatch::primitives::DateTime>,
+    updated: Option<&'a aws_sdk_cloudwatch::primitives::DateTime>,
+) -> Option<&'a aws_sdk_cloudwatch::primitives::DateTime> {
+    transitioned.or(updated)
 }
 
 /// When a rollback alarm may act.
