@@ -118,7 +118,30 @@ pub enum StoreError {
         line: usize,
         cause: String,
     },
+    /// Another evaluation holds the store: this one changed nothing.
+    #[error("another evaluation ({owner}, since {since}) holds s3://{bucket}/{key} until {until}; this run changed nothing (retry after it ends)")]
+    Busy {
+        bucket: String,
+        key: String,
+        owner: String,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    },
 }
+
+/// A claim on the evaluation (`state/evaluation.lease`): one evaluation at a time writes the
+/// store's state, so a scheduled run and an operator's `evaluate` never interleave their writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub owner: String,
+    pub since: DateTime<Utc>,
+    /// After this the claim lapses (the run died), and the next run may take it.
+    pub until: DateTime<Utc>,
+}
+
+/// How long an evaluation's claim lasts: longer than any run (the function's timeout is 5
+/// minutes), short enough that a run that died holds up the next hourly one by little.
+pub const LEASE_HOLD: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// What a load read, and the lines it could not.
 #[derive(Debug)]
@@ -539,6 +562,100 @@ impl AccuracyStore {
         let key = format!("{}state/{name}", self.prefix);
         let body = serde_json::to_vec_pretty(value).expect("serialises");
         self.put(&key, body, "application/json").await
+    }
+
+    fn lease_key(&self) -> String {
+        format!("{}state/evaluation.lease", self.prefix)
+    }
+
+    /// Claims the evaluation for `hold`, with a conditional write: created if absent, taken over
+    /// (If-Match) if the last claim lapsed. Another live claim, or a claim won by a concurrent
+    /// run between the read and the write, is [`StoreError::Busy`], before anything is written.
+    pub async fn claim_evaluation(
+        &self,
+        now: DateTime<Utc>,
+        hold: std::time::Duration,
+    ) -> Result<Lease, StoreError> {
+        let key = self.lease_key();
+        let lease = Lease {
+            owner: format!("{}-{:x}", std::process::id(), crate::entropy::id()),
+            since: now,
+            until: now + chrono::Duration::from_std(hold).unwrap_or(chrono::Duration::minutes(15)),
+        };
+        let body = serde_json::to_vec(&lease).expect("serialises");
+        let current = self.objects.get_if_exists(&key).await?;
+        let precondition = match &current {
+            None => Precondition::Absent,
+            Some(object) => {
+                if let Ok(held) = serde_json::from_slice::<Lease>(&object.bytes) {
+                    if held.until > now {
+                        return Err(self.busy(key, held));
+                    }
+                }
+                match object.etag.as_deref() {
+                    Some(etag) => Precondition::Matches(etag),
+                    None => Precondition::None,
+                }
+            }
+        };
+        match self
+            .objects
+            .put(&key, body, "application/json", precondition)
+            .await
+        {
+            Ok(()) => Ok(lease),
+            Err(e) if e.kind == crate::objects::ObjectErrorKind::Conflict => {
+                // A concurrent run won the claim between the read and the write.
+                let winner = self
+                    .objects
+                    .get_if_exists(&key)
+                    .await?
+                    .and_then(|o| serde_json::from_slice::<Lease>(&o.bytes).ok())
+                    .unwrap_or_else(|| lease.clone());
+                Err(self.busy(key, winner))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn busy(&self, key: String, held: Lease) -> StoreError {
+        StoreError::Busy {
+            bucket: self.bucket.clone(),
+            key,
+            owner: held.owner,
+            since: held.since,
+            until: held.until,
+        }
+    }
+
+    /// Ends `lease` (it lapses now), if it is still this run's: a run that outlived its claim
+    /// leaves the next one's alone.
+    pub async fn release_evaluation(&self, lease: &Lease) -> Result<(), StoreError> {
+        let key = self.lease_key();
+        let Some(object) = self.objects.get_if_exists(&key).await? else {
+            return Ok(());
+        };
+        let held: Option<Lease> = serde_json::from_slice(&object.bytes).ok();
+        if held.as_ref().map(|h| &h.owner) != Some(&lease.owner) {
+            return Ok(());
+        }
+        let lapsed = Lease {
+            until: lease.since,
+            ..lease.clone()
+        };
+        let precondition = match object.etag.as_deref() {
+            Some(etag) => Precondition::Matches(etag),
+            None => Precondition::None,
+        };
+        self.objects
+            .put(
+                &key,
+                serde_json::to_vec(&lapsed).expect("serialises"),
+                "application/json",
+                precondition,
+            )
+            .await?;
+        Ok(())
     }
 
     /// Where the last evaluation stopped; the default state before the first.

@@ -52,6 +52,9 @@ pub enum JobError {
     ShardFailed(String),
     #[error(transparent)]
     EvaluationFailed(StoreError),
+    /// Another evaluation holds the store; this one changed nothing.
+    #[error(transparent)]
+    EvaluationBusy(StoreError),
     #[error(transparent)]
     Store(StoreError),
     #[error(transparent)]
@@ -78,6 +81,7 @@ impl JobError {
             JobError::BatchIncomplete(_) => "BatchIncomplete",
             JobError::ShardFailed(_) => "ShardFailed",
             JobError::EvaluationFailed(_) => "EvaluationFailed",
+            JobError::EvaluationBusy(_) => "EvaluationBusy",
             JobError::Store(_) => "Store",
             JobError::Registry(_) | JobError::NothingLive => "Registry",
             JobError::RollbackImpossible(_) => "RollbackImpossible",
@@ -151,7 +155,10 @@ pub async fn evaluate(
         &config.recalibration,
     )
     .await
-    .map_err(JobError::EvaluationFailed)?;
+    .map_err(|e| match e {
+        StoreError::Busy { .. } => JobError::EvaluationBusy(e),
+        other => JobError::EvaluationFailed(other),
+    })?;
     let evaluation = run.evaluation;
     let decision = match follower {
         Some(follower) => decide_after_evaluation(service, follower, &config.challenge).await?,

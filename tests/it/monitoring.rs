@@ -893,3 +893,67 @@ async fn a_history_scaled_by_a_million_is_scored_apart_and_never_bends_the_rollb
     assert!(latest[&version].wape < 0.2, "{latest:?}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_second_evaluation_at_the_same_time_changes_nothing_and_nothing_is_lost() {
+    use common::history::{history_start, write_hours, Arrival};
+    // GIVEN 20 hours of forecasts and actuals of 3 series, not yet evaluated
+    let (store, _) = fresh_store("concurrent-evaluations").await;
+    write_hours(&store, history_start(), 20, 3, Arrival::Now)
+        .await
+        .unwrap();
+    // WHEN an evaluation holds the store (an operator's `evaluate`, still running) and the
+    // scheduled one starts
+    let now = chrono::Utc::now();
+    let held = store
+        .claim_evaluation(now, std::time::Duration::from_secs(600))
+        .await
+        .unwrap();
+    let refused = evaluate_now(&store).await.unwrap_err();
+    // THEN the second one stops with a clear error, before writing anything
+    assert!(
+        matches!(
+            refused,
+            lstm_forecast::monitor::store::StoreError::Busy { .. }
+        ),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("changed nothing"), "{refused}");
+    assert_eq!(
+        store.evaluation_state().await.unwrap(),
+        Default::default(),
+        "the watermark did not move"
+    );
+    // AND once the first ends, a run scores every pair once, and runs racing each other after
+    // it score nothing twice
+    store.release_evaluation(&held).await.unwrap();
+    let first = evaluate_now(&store).await.unwrap().evaluation;
+    let (reference, _) = fresh_store("concurrent-evaluations-reference").await;
+    write_hours(&reference, history_start(), 20, 3, Arrival::Now)
+        .await
+        .unwrap();
+    let alone = evaluate_now(&reference).await.unwrap().evaluation;
+    assert_eq!(
+        (first.pairs, first.missing_actuals),
+        (alone.pairs, alone.missing_actuals),
+        "the same as an evaluation that never met another"
+    );
+    assert!(first.pairs > 0);
+    let (a, b) = tokio::join!(evaluate_now(&store), evaluate_now(&store));
+    let rescored: usize = [a, b]
+        .into_iter()
+        .map(|run| match run {
+            Ok(run) => run.evaluation.pairs,
+            Err(lstm_forecast::monitor::store::StoreError::Busy { .. }) => 0,
+            Err(e) => panic!("{e}"),
+        })
+        .sum();
+    assert_eq!(rescored, 0);
+    // AND a claim whose run died lapses: the next run takes it over
+    let dead = store
+        .claim_evaluation(chrono::Utc::now(), std::time::Duration::from_millis(1))
+        .await
+        .unwrap();
+    assert!(dead.until < chrono::Utc::now());
+    assert!(evaluate_now(&store).await.is_ok());
+}

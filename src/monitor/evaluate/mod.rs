@@ -7,7 +7,8 @@
 //! duplicates or retried runs follow. Duplicate and conflicting actuals are counted: the first
 //! value wins.
 //!
-//! A run ([`run_evaluation_with`]):
+//! A run ([`run_evaluation_with`]) first claims the store (`state/evaluation.lease`, a
+//! conditional write): a second evaluation at the same time stops before writing anything. Then:
 //!
 //! 1. reads the actual objects written since the watermark;
 //! 2. works out which targets they make due, and so which origin hours hold the forecasts they
@@ -61,7 +62,7 @@ use self::recalibration::recalibrate_best_effort;
 use self::report::{log_summary, merge_comparisons, publish_latest_scores, write_report};
 use self::windows::DueTargets;
 use crate::metrics::Telemetry;
-use crate::monitor::store::{AccuracyStore, StoreError};
+use crate::monitor::store::{AccuracyStore, StoreError, LEASE_HOLD};
 
 /// The result of a full run against the store.
 #[derive(Debug, Clone, Serialize)]
@@ -85,6 +86,23 @@ pub async fn run_evaluation(
 /// the pairs, marks them settled, records the accuracy metrics, recalibrates the intervals,
 /// writes the report and moves the watermark (see the module doc).
 pub async fn run_evaluation_with(
+    store: &AccuracyStore,
+    telemetry: &Telemetry,
+    now: DateTime<Utc>,
+    window: EvaluationWindow,
+    recalibration: &Recalibration,
+) -> Result<EvaluationRun, StoreError> {
+    // One evaluation at a time: a second one stops here, having written nothing.
+    let lease = store.claim_evaluation(now, LEASE_HOLD).await?;
+    let run = run_claimed(store, telemetry, now, window, recalibration).await;
+    if let Err(e) = store.release_evaluation(&lease).await {
+        tracing::warn!("could not release the evaluation's claim (it lapses by itself): {e}");
+    }
+    run
+}
+
+/// [`run_evaluation_with`] once the claim is held.
+async fn run_claimed(
     store: &AccuracyStore,
     telemetry: &Telemetry,
     now: DateTime<Utc>,
