@@ -48,7 +48,17 @@ pub struct ConnectionLimits {
     /// Requests in flight at most, health checks and `/metrics` aside (orchestrators must still
     /// see a busy server as alive); beyond it a 503 with `Retry-After`.
     pub max_concurrent_requests: usize,
+    /// Bytes that request bodies over [`LARGE_BODY`] (or of unknown length) may hold at once,
+    /// received or promised by their `Content-Length`; a body past it gets a 503 before a byte of
+    /// it is read. A caller holding 2 MiB bodies open for the body timeout can then pin this much
+    /// memory, not `max_concurrent_requests` times 2 MiB; small requests are not counted against
+    /// it, so they keep being answered.
+    pub large_bodies_in_flight: usize,
 }
+
+/// The body size from which a request counts against
+/// [`ConnectionLimits::large_bodies_in_flight`]. A forecast of one series is a few kilobytes.
+pub const LARGE_BODY: usize = 256 * 1024;
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
@@ -56,6 +66,7 @@ impl Default for ConnectionLimits {
             header_read_timeout: Duration::from_secs(65),
             body_read_timeout: Duration::from_secs(30),
             max_concurrent_requests: 512,
+            large_bodies_in_flight: 32 << 20,
         }
     }
 }
@@ -92,6 +103,9 @@ pub fn router_with(service: Service, auth: ApiAuth, limits: ConnectionLimits) ->
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::Extension(limits))
+        .layer(axum::Extension(BodyBudget(Arc::new(
+            tokio::sync::Semaphore::new(limits.large_bodies_in_flight / 1024),
+        ))))
         // Inside `observe`, so that a shed request is logged and counted like any other answer.
         .layer(middleware::from_fn_with_state(
             InFlight {
@@ -164,6 +178,57 @@ fn shed(max: usize) -> Response {
         )
     }
     .into_response()
+}
+
+/// The room left for large request bodies, in KiB (see
+/// [`ConnectionLimits::large_bodies_in_flight`]).
+#[derive(Clone)]
+struct BodyBudget(Arc<tokio::sync::Semaphore>);
+
+/// A large body's share of the budget, held until its request is answered.
+type BodyClaim = Option<tokio::sync::OwnedSemaphorePermit>;
+
+impl BodyBudget {
+    /// Claims room for a body of `Content-Length` `declared` (its `limit` when unknown), if it is
+    /// large; a 503 when the budget is spent.
+    fn claim(
+        &self,
+        declared: Option<usize>,
+        limit: usize,
+        limits: &ConnectionLimits,
+    ) -> Result<BodyClaim, ApiError> {
+        let size = declared.unwrap_or(limit).min(limit);
+        if declared.is_some() && size < LARGE_BODY {
+            return Ok(None);
+        }
+        let kib = u32::try_from(size.div_ceil(1024)).unwrap_or(u32::MAX);
+        match Arc::clone(&self.0).try_acquire_many_owned(kib) {
+            Ok(permit) => Ok(Some(permit)),
+            Err(_) => Err(ApiError {
+                retry_after_secs: Some(1),
+                close_connection: true,
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    SERVER_BUSY,
+                    format!(
+                        "request bodies over {} KiB are at the server's {} MiB budget in flight; retry shortly, or send fewer series per request",
+                        LARGE_BODY / 1024,
+                        limits.large_bodies_in_flight >> 20
+                    ),
+                )
+            }),
+        }
+    }
+}
+
+/// A request's `Content-Length`, when it gives a valid one.
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Reads a whole body, at most `limit` bytes, within the body timeout.
@@ -333,11 +398,14 @@ fn check_plain_json(headers: &HeaderMap) -> Result<(), ApiError> {
 async fn forecast(
     State(service): State<Service>,
     axum::Extension(limits): axum::Extension<ConnectionLimits>,
+    axum::Extension(budget): axum::Extension<BodyBudget>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<crate::forecast::ForecastResponse>, ApiError> {
     check_plain_json(&headers)?;
-    let body = read_body(body, service.limits().max_body_bytes, &limits).await?;
+    let limit = service.limits().max_body_bytes;
+    let _claim = budget.claim(declared_length(&headers), limit, &limits)?;
+    let body = read_body(body, limit, &limits).await?;
     // `observe` put the request id there (the client's, Lambda's, or a new one).
     let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
     Ok(Json(service.forecast_json(&body, request_id).await?))
@@ -348,6 +416,7 @@ async fn observations(
     State(service): State<Service>,
     axum::Extension(auth): axum::Extension<std::sync::Arc<ApiAuth>>,
     axum::Extension(limits): axum::Extension<ConnectionLimits>,
+    axum::Extension(budget): axum::Extension<BodyBudget>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
@@ -366,7 +435,9 @@ async fn observations(
         }
     }
     check_plain_json(&headers)?;
-    let body = read_body(body, service.limits().max_observation_bytes, &limits).await?;
+    let limit = service.limits().max_observation_bytes;
+    let _claim = budget.claim(declared_length(&headers), limit, &limits)?;
+    let body = read_body(body, limit, &limits).await?;
     let (stored, key) = service.store_observations(&body).await?;
     Ok((
         StatusCode::ACCEPTED,

@@ -321,6 +321,12 @@ pub struct ServeArgs {
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
     pub max_concurrent_requests: usize,
 
+    /// MiB that request bodies over 256 KiB (or of unknown length) may hold at once; a large body
+    /// past it gets 503 before it is read. Bounds what slow or stalled uploads can pin in memory;
+    /// small requests are not counted against it.
+    #[arg(long, env = "LARGE_BODY_BUDGET_MIB", default_value_t = 32)]
+    pub large_body_budget_mib: u64,
+
     /// Requests that may wait for the engine; beyond this the server answers 429 with Retry-After.
     #[arg(long, env = "MAX_QUEUE", default_value_t = 64)]
     pub max_queue: usize,

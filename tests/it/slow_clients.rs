@@ -158,3 +158,51 @@ async fn requests_beyond_the_in_flight_limit_get_a_503_at_once_and_probes_still_
         .unwrap();
     assert_eq!(served.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_stalled_2_mib_bodies_pin_little_memory_and_normal_requests_are_answered() {
+    // GIVEN `serve` with its defaults (2 MiB bodies, 512 requests in flight, a 30 s body timeout,
+    // 32 MiB for large bodies in flight) and the Kubernetes manifest's memory limit
+    let server = ServeProcess::start(&[], &[]).await;
+    let limit_mib = 512.0;
+    // WHEN 200 connections each announce a 2 MiB body, send all of it but the last byte, and stall
+    let length = 2 * 1024 * 1024;
+    let body = std::sync::Arc::new(vec![b' '; length - 1]);
+    let stalled = common::spawn_all((0..200).map(|_| {
+        let body = std::sync::Arc::clone(&body);
+        let address = server.base.trim_start_matches("http://").to_string();
+        async move {
+            let mut stream = TcpStream::connect(address).await.unwrap();
+            stream
+                .write_all(forecast_headers(length).as_bytes())
+                .await
+                .unwrap();
+            // A refused connection stops reading: the write then fails or waits, either is fine.
+            let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&body)).await;
+            let mut answer = vec![0; 4096];
+            let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut answer)).await;
+            let refused =
+                matches!(read, Ok(Ok(n)) if String::from_utf8_lossy(&answer[..n]).contains("503"));
+            (stream, refused)
+        }
+    }))
+    .await;
+    // AND normal clients forecast meanwhile
+    let client = reqwest::Client::new();
+    for i in 0..20 {
+        let answer = common::post_json(
+            &client,
+            &server.url("/v1/forecast"),
+            &common::forecast_body(&[common::window(i as f64)]),
+        )
+        .await;
+        assert!(answer["forecasts"][0]["values"].is_array(), "{answer}");
+    }
+    // THEN most large bodies were refused at once, the memory stayed far under the limit, and
+    // the normal requests were answered
+    let refused = stalled.iter().filter(|(_, refused)| *refused).count();
+    assert!(refused >= 150, "{refused} of 200 refused");
+    let peak = server.peak_rss_mib();
+    assert!(peak < limit_mib / 2.0, "peak RSS {peak:.0} MiB");
+    drop(stalled);
+}

@@ -97,6 +97,18 @@ impl ServeProcess {
         );
     }
 
+    /// Its peak resident set (VmHWM), MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let pid = self.child.id().expect("still running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        kib / 1024.0
+    }
+
     /// Sends SIGTERM (what ECS, Kubernetes and systemd send).
     pub fn terminate(&self) {
         let pid = self.child.id().expect("still running").to_string();
