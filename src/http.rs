@@ -54,6 +54,10 @@ pub struct ConnectionLimits {
     /// memory, not `max_concurrent_requests` times 2 MiB; small requests are not counted against
     /// it, so they keep being answered.
     pub large_bodies_in_flight: usize,
+    /// Open connections at most: past it the server stops accepting until one closes (the
+    /// kernel's backlog holds the newcomers), so idle or slow connections cannot pile up without
+    /// bound.
+    pub max_connections: usize,
 }
 
 /// The body size from which a request counts against
@@ -67,6 +71,7 @@ impl Default for ConnectionLimits {
             body_read_timeout: Duration::from_secs(30),
             max_concurrent_requests: 512,
             large_bodies_in_flight: 32 << 20,
+            max_connections: 1024,
         }
     }
 }
@@ -300,8 +305,14 @@ pub async fn serve_with(
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        // A free connection slot first: at the cap, newcomers wait in the kernel's backlog.
+        let slot = tokio::select! {
+            slot = Arc::clone(&open).acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -327,6 +338,7 @@ pub async fn serve_with(
             if let Err(e) = connection.await {
                 tracing::debug!("connection ended: {e}");
             }
+            drop(slot);
         });
     }
     drop(listener);

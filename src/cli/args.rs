@@ -327,6 +327,11 @@ pub struct ServeArgs {
     #[arg(long, env = "LARGE_BODY_BUDGET_MIB", default_value_t = 32)]
     pub large_body_budget_mib: u64,
 
+    /// Open connections at most; past it the server accepts no more until one closes (they wait
+    /// in the kernel's backlog), so idle and slow connections cannot pile up without bound.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
     /// Requests that may wait for the engine; beyond this the server answers 429 with Retry-After.
     #[arg(long, env = "MAX_QUEUE", default_value_t = 64)]
     pub max_queue: usize,

@@ -177,5 +177,6 @@ fn connection_limits(args: &ServeArgs) -> ConnectionLimits {
         body_read_timeout: Duration::from_secs_f64(args.body_timeout_seconds),
         max_concurrent_requests: args.max_concurrent_requests.max(1),
         large_bodies_in_flight: (args.large_body_budget_mib.max(1) as usize) << 20,
+        max_connections: args.max_connections.max(1),
     }
 }

@@ -206,3 +206,33 @@ async fn two_hundred_stalled_2_mib_bodies_pin_little_memory_and_normal_requests_
     assert!(peak < limit_mib / 2.0, "peak RSS {peak:.0} MiB");
     drop(stalled);
 }
+
+#[tokio::test]
+async fn past_the_connection_cap_a_newcomer_waits_until_a_connection_closes() {
+    // GIVEN `serve` with room for 3 connections, all 3 taken by idle clients
+    let server = ServeProcess::start(
+        &[],
+        &[
+            ("MAX_CONNECTIONS", "3".to_string()),
+            ("HEADER_TIMEOUT_SECONDS", "60".to_string()),
+        ],
+    )
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(connect(&server).await);
+    }
+    // WHEN a fourth client asks for /healthz, THEN it is not served while the three stay open
+    let mut waiting = connect(&server).await;
+    waiting
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(500), waiting.read(&mut first)).await;
+    assert!(early.is_err(), "answered past the cap: {early:?}");
+    // AND once one of them leaves, it is answered
+    drop(idle.pop());
+    let answer = read_until_closed(&mut waiting, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
