@@ -109,6 +109,9 @@ pub enum Metric {
     ModelDecisions,
     /// Shadow forecasts not run because the engine was busy (the live answer always goes first).
     ShadowSkipped,
+    /// Forecasts that reached the log after their actuals were read, scored late (`evaluate`):
+    /// the log's delivery is lagging.
+    LateForecasts,
     /// Local: time a forecast waited for an engine thread, milliseconds.
     QueueLatency,
     /// Local: windows in the forward pass a forecast rode in (dynamic batching).
@@ -266,6 +269,7 @@ pub const METRICS: &[MetricSpec] = &[
     row(Metric::ChallengerPValue,     "ChallengerPValue",    "None",         Gauge,        Family("lstm_forecast_challenger_p_value")),
     row(Metric::ModelDecisions,       "ModelDecisions",      "Count",        Counter,      Family("lstm_forecast_model_decisions_total")),
     row(Metric::ShadowSkipped,        "ShadowSkipped",       "Count",        Counter,      Family("lstm_forecast_shadow_skipped_total")),
+    row(Metric::LateForecasts,        "LateForecasts",       "Count",        Counter,      Family("lstm_forecast_late_forecasts_total")),
     row(Metric::QueueLatency,         "QueueLatency",        "Milliseconds", Distribution, Native).local_only(),
     row(Metric::BatchWindows,         "BatchWindows",        "None",         Distribution, Native).local_only(),
     row(Metric::QueueDepth,           "QueueDepth",          "None",         Gauge,        Native).local_only(),

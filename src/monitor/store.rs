@@ -262,6 +262,10 @@ pub struct EvaluationState {
     /// due, and a due target without an actual is missing.
     #[serde(default)]
     pub actuals_seen_until: BTreeMap<String, DateTime<Utc>>,
+    /// Forecast objects modified after `actuals_read_until` that a run already looked at for
+    /// late forecasts (as `read_since` for actuals).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forecasts_seen_since: Vec<String>,
 }
 
 /// The partition name of an hour: `YYYY-MM-DDTHH`. Sorts as time does.
@@ -456,6 +460,66 @@ impl AccuracyStore {
         Ok(self
             .objects
             .list_range(&folder, start_after.as_deref(), None)
+            .await?)
+    }
+
+    /// Indexes actuals an evaluation read by their own (data) hour, under
+    /// `PREFIX/actuals-by-hour/hour=HOUR/`: a forecast that reaches the log after its actuals
+    /// were read finds them there (see `evaluate`'s late forecasts).
+    pub async fn index_actuals_by_hour(
+        &self,
+        observations: &[Observation],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.append_by_hour(
+            "actuals-by-hour",
+            "hour",
+            observations.iter().map(|o| (o.timestamp, o)),
+            now,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The actuals indexed for the data hours in `hours` (ranges of whole hours, first and last).
+    pub async fn read_actuals_by_hour(
+        &self,
+        hours: &[(DateTime<Utc>, DateTime<Utc>)],
+    ) -> Result<Loaded<Observation>, StoreError> {
+        let listed = bounded(hours.iter().copied(), |(first, last)| async move {
+            let start_after = self.start_of_partition("actuals-by-hour", "hour", first);
+            let stop_at =
+                self.partition("actuals-by-hour", "hour", last + chrono::Duration::hours(1));
+            Ok(self
+                .objects
+                .list_range(
+                    &format!("{}actuals-by-hour/", self.prefix),
+                    Some(&start_after),
+                    Some(&stop_at),
+                )
+                .await?)
+        })
+        .await?;
+        let keys: Vec<String> = listed.into_iter().flatten().map(|l| l.key).collect();
+        self.read_actuals(&keys).await
+    }
+
+    /// Forecast objects in the origin partitions `[first, last]` with their write times: where
+    /// a run looks for forecasts written since the last one (late to their actuals).
+    pub async fn list_forecasts_written(
+        &self,
+        first: DateTime<Utc>,
+        last: DateTime<Utc>,
+    ) -> Result<Vec<crate::objects::Listed>, StoreError> {
+        let start_after = self.start_of_partition("forecasts", "origin", first);
+        let stop_at = self.partition("forecasts", "origin", last + chrono::Duration::hours(1));
+        Ok(self
+            .objects
+            .list_range(
+                &format!("{}forecasts/", self.prefix),
+                Some(&start_after),
+                Some(&stop_at),
+            )
             .await?)
     }
 

@@ -957,3 +957,39 @@ async fn a_second_evaluation_at_the_same_time_changes_nothing_and_nothing_is_los
     assert!(dead.until < chrono::Utc::now());
     assert!(evaluate_now(&store).await.is_ok());
 }
+
+#[tokio::test]
+async fn a_forecast_logged_after_its_actuals_were_read_is_scored_once_and_counted_late() {
+    use common::history::{actuals, forecast, history_start};
+    let (store, _) = fresh_store("late-forecasts").await;
+    let origin = history_start();
+    let hour = |h: i64| origin + chrono::Duration::hours(h);
+    // GIVEN series s0 and s1 forecast from hour 0; s0's forecast reaches the log in time, s1's
+    // is held up (a flush delayed by an S3 outage, a Firehose retry)
+    store
+        .append_forecasts(&[forecast(0, origin)])
+        .await
+        .unwrap();
+    // WHEN the first 12 hours of actuals of both arrive and are evaluated
+    for h in 1..=12 {
+        store.append_actuals(&actuals(2, hour(h))).await.unwrap();
+    }
+    let first = evaluate_now(&store).await.unwrap().evaluation;
+    assert_eq!((first.pairs, first.late_forecasts), (12, 0));
+    // AND two hours later s1's forecast is flushed, and the next 12 hours' actuals arrive
+    let held_up = forecast(1, origin);
+    store.append_forecasts(&[held_up.clone()]).await.unwrap();
+    for h in 13..=24 {
+        store.append_actuals(&actuals(2, hour(h))).await.unwrap();
+    }
+    let second = evaluate_now(&store).await.unwrap().evaluation;
+    // THEN s1's forecast is scored on all 24 targets (12 from actuals an earlier run read), none
+    // counted missing, and it is counted late; s0's scores its last 12
+    assert_eq!(second.missing_actuals, 0, "{second:?}");
+    assert_eq!(second.pairs, 24 + 12);
+    assert_eq!(second.late_forecasts, 1);
+    // AND nothing is scored twice afterwards, even when the late forecast is flushed again
+    store.append_forecasts(&[held_up]).await.unwrap();
+    let third = evaluate_now(&store).await.unwrap().evaluation;
+    assert_eq!((third.pairs, third.late_forecasts), (0, 0));
+}

@@ -61,6 +61,7 @@ pub(super) fn run(
         new_actuals: actuals,
         settled,
         due_until: &due_until,
+        earlier_actuals: &[],
     });
     (e, settled.into_iter().map(|(_, pair)| pair).collect())
 }

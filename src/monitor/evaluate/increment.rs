@@ -91,6 +91,7 @@ pub(super) async fn advance_watermark(
     store: &AccuracyStore,
     arrivals: &Arrivals,
     seen_until: BTreeMap<String, DateTime<Utc>>,
+    forecasts_listed: &[Listed],
 ) -> Result<(), StoreError> {
     store
         .set_evaluation_state(&EvaluationState {
@@ -102,6 +103,11 @@ pub(super) async fn advance_watermark(
                 .map(|l| l.key.clone())
                 .collect(),
             actuals_seen_until: seen_until,
+            forecasts_seen_since: forecasts_listed
+                .iter()
+                .filter(|l| l.last_modified > arrivals.until)
+                .map(|l| l.key.clone())
+                .collect(),
         })
         .await
 }

@@ -30,6 +30,7 @@
 //! - `recalibration`: the scored errors feed the online calibration of intervals.
 //! - `report`: the metrics, the report folder and the latest scores.
 //! - `charted`: which series the chart draws; `chart`: the report's SVG chart.
+//! - `late`: forecasts that reach the log after their actuals were read.
 //! - `comparing`: versions compared on the same targets, for champion/challenger decisions;
 //!   `compared_chart`: the report's chart of their cumulative loss differential.
 
@@ -40,6 +41,7 @@ mod comparing;
 #[cfg(test)]
 mod fixtures;
 mod increment;
+mod late;
 mod recalibration;
 mod report;
 mod scoring;
@@ -116,17 +118,33 @@ async fn run_claimed(
         &arrivals.actuals.items,
         window.grace,
     );
-    let hours = due.origin_hours(&arrivals.actuals.items, window.span);
-    let mut origins = read_origin_hours(store, &hours).await?;
+    let mut hours = due.origin_hours(&arrivals.actuals.items, window.span);
+    let written = late::origin_hours_written_since(store, &state, &due.seen_until, window).await?;
+    hours.extend(written.hours.iter().copied());
+    let mut origins = read_origin_hours(store, &windows::merge_ranges(hours)).await?;
+    let earlier = late::earlier_actuals(
+        store,
+        &origins.forecasts.items,
+        &origins.settled.items,
+        &arrivals.actuals.items,
+        &due.seen_until,
+    )
+    .await?;
 
     let (mut evaluation, newly_settled) = evaluate(&Increment {
         forecasts: &origins.forecasts.items,
         new_actuals: &arrivals.actuals.items,
         settled: &origins.settled.items,
         due_until: &due.due_until,
+        earlier_actuals: &earlier.items,
     });
     add_what_was_read(&mut evaluation, &mut arrivals, &mut origins);
 
+    // Where a forecast that comes late finds these actuals (a rerun indexes them again, which
+    // changes nothing: the first value of a (series, time) wins).
+    store
+        .index_actuals_by_hour(&arrivals.actuals.items, now)
+        .await?;
     // Before anything else is written: a rerun then finds these pairs settled.
     store.append_settled(&newly_settled, now).await?;
     evaluation.compared = merge_comparisons(store, &evaluation, now).await?;
@@ -136,7 +154,7 @@ async fn run_claimed(
 
     let report = write_report(store, &evaluation, &origins.forecasts.items, now).await?;
     publish_latest_scores(store, &evaluation, now).await?;
-    advance_watermark(store, &arrivals, due.seen_until).await?;
+    advance_watermark(store, &arrivals, due.seen_until, &written.listed).await?;
     log_summary(&evaluation, &report);
     Ok(EvaluationRun { evaluation, report })
 }

@@ -57,6 +57,9 @@ impl Evaluation {
             }
         }
         self.record_comparisons(telemetry);
+        if self.late_forecasts > 0 {
+            telemetry.record(Metric::LateForecasts, self.late_forecasts as f64);
+        }
     }
 
     /// Records each comparison this run added to, both ways round (`ModelVersion` the

@@ -40,6 +40,9 @@ pub struct Evaluation {
     pub conflicting_actuals: usize,
     /// Actuals that came after their targets were already counted missing.
     pub late_actuals: usize,
+    /// Forecasts that reached the log after an earlier run had read their actuals: joined with
+    /// the actuals that run indexed by hour, and scored now.
+    pub late_forecasts: usize,
     /// Unreadable lines skipped in the store (see `quarantined`).
     pub quarantined_lines: usize,
     /// The first of them, with their object key and line number.
@@ -118,12 +121,16 @@ pub struct Increment<'a> {
     /// Per series, the latest target time that is due: a due target without an actual is
     /// missing.
     pub due_until: &'a HashMap<String, DateTime<Utc>>,
+    /// Actuals earlier runs read, from their index by hour, for targets of forecasts that came
+    /// late: known values, not new arrivals.
+    pub earlier_actuals: &'a [Observation],
 }
 
 /// What a run scored, and the pairs it settled with their forecasts' origins. Pure: no I/O.
 pub fn evaluate(increment: &Increment) -> (Evaluation, Vec<(DateTime<Utc>, SettledPair)>) {
     let mut counts = Counts::default();
-    let actuals = KnownActuals::gather(increment.settled, increment.new_actuals, &mut counts);
+    let mut actuals = KnownActuals::gather(increment.settled, increment.new_actuals, &mut counts);
+    actuals.add_earlier(increment.earlier_actuals);
     let mut scoring = Scoring::default();
     for (id, record) in each_forecast_once(increment.forecasts) {
         let due_until = increment.due_until.get(record.series_id.as_str()).copied();
@@ -142,6 +149,7 @@ struct Counts {
     duplicate_actuals: usize,
     conflicting_actuals: usize,
     late_actuals: usize,
+    late_forecasts: usize,
 }
 
 /// The actuals a run knows, keyed by (series, time) unless said otherwise. The first value ever
@@ -155,6 +163,8 @@ struct KnownActuals<'a> {
     counted_missing: HashSet<(&'a str, DateTime<Utc>)>,
     /// The first new value of each (series, time) without a settled one.
     new_values: HashMap<(&'a str, DateTime<Utc>), f64>,
+    /// Values earlier runs read (their index by hour), for what neither of the above knows.
+    earlier_values: HashMap<(&'a str, DateTime<Utc>), f64>,
 }
 
 impl<'a> KnownActuals<'a> {
@@ -178,6 +188,7 @@ impl<'a> KnownActuals<'a> {
             settled_pairs: HashSet::new(),
             counted_missing: HashSet::new(),
             new_values: HashMap::new(),
+            earlier_values: HashMap::new(),
         };
         for pair in settled {
             known
@@ -221,6 +232,23 @@ impl<'a> KnownActuals<'a> {
         }
     }
 
+    /// Adds the values earlier runs read; the first of each (series, time) wins, as ever.
+    fn add_earlier(&mut self, earlier: &'a [Observation]) {
+        for o in earlier {
+            self.earlier_values
+                .entry((o.series_id.as_str(), o.timestamp))
+                .or_insert(o.value);
+        }
+    }
+
+    /// Whether the value for (series, time) is known only from an earlier run's index: the
+    /// forecast scored against it reached the log late.
+    fn only_earlier(&self, series: &str, at: DateTime<Utc>) -> bool {
+        !self.new_values.contains_key(&(series, at))
+            && !self.settled_values.contains_key(&(series, at))
+            && self.earlier_values.contains_key(&(series, at))
+    }
+
     fn is_settled(&self, forecast: &str, at: DateTime<Utc>) -> bool {
         self.settled_pairs.contains(&(forecast, at))
     }
@@ -231,6 +259,7 @@ impl<'a> KnownActuals<'a> {
         self.new_values
             .get(&(series, at))
             .or_else(|| self.settled_values.get(&(series, at)))
+            .or_else(|| self.earlier_values.get(&(series, at)))
             .copied()
     }
 }
@@ -305,7 +334,7 @@ impl<'a> Scoring<'a> {
         due_until: Option<DateTime<Utc>>,
         counts: &mut Counts,
     ) {
-        let (mut matched, mut unsettled) = (false, false);
+        let (mut matched, mut unsettled, mut late) = (false, false, false);
         for (step, (timestamp, forecast)) in
             record.timestamps.iter().zip(&record.values).enumerate()
         {
@@ -322,6 +351,7 @@ impl<'a> Scoring<'a> {
                     self.targets.add(record, step, actual, true);
                     counts.pairs += 1;
                     matched = true;
+                    late |= actuals.only_earlier(&record.series_id, *timestamp);
                     Some(actual)
                 }
                 None if due_until.is_some_and(|due| *timestamp <= due) => {
@@ -352,6 +382,9 @@ impl<'a> Scoring<'a> {
         }
         if unsettled {
             counts.forecasts_pending += 1;
+        }
+        if late {
+            counts.late_forecasts += 1;
         }
     }
 
@@ -436,6 +469,7 @@ impl<'a> Scoring<'a> {
             duplicate_actuals: counts.duplicate_actuals,
             conflicting_actuals: counts.conflicting_actuals,
             late_actuals: counts.late_actuals,
+            late_forecasts: counts.late_forecasts,
             quarantined_lines: 0,
             quarantined: Vec::new(),
             by_version: version_scores(self.versions),

@@ -99,6 +99,25 @@ fn hour_start(index: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(index * 3600, 0).unwrap_or_default()
 }
 
+/// Whole hours (each the start of its hour), in order, as disjoint ranges of consecutive hours.
+pub(super) fn hour_ranges(
+    hours: impl Iterator<Item = DateTime<Utc>>,
+) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    merge_hours(hours.map(|h| (hour_index(h), hour_index(h))).collect())
+}
+
+/// Merges the hour ranges of two lists into disjoint ones, in order.
+pub(super) fn merge_ranges(
+    ranges: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    merge_hours(
+        ranges
+            .into_iter()
+            .map(|(first, last)| (hour_index(first), hour_index(last)))
+            .collect(),
+    )
+}
+
 /// Merges closed hour intervals into disjoint ranges of whole hours, in order.
 fn merge_hours(mut intervals: Vec<(i64, i64)>) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
     intervals.sort_unstable();
