@@ -978,7 +978,10 @@ async fn a_forecast_logged_after_its_actuals_were_read_is_scored_once_and_counte
     assert_eq!((first.pairs, first.late_forecasts), (12, 0));
     // AND two hours later s1's forecast is flushed, and the next 12 hours' actuals arrive
     let held_up = forecast(1, origin);
-    store.append_forecasts(&[held_up.clone()]).await.unwrap();
+    store
+        .append_forecasts(std::slice::from_ref(&held_up))
+        .await
+        .unwrap();
     for h in 13..=24 {
         store.append_actuals(&actuals(2, hour(h))).await.unwrap();
     }
