@@ -17,8 +17,10 @@ use crate::model::contract::ModelMetadata;
 use crate::model::{ForwardEngine, Model, ModelArtifacts};
 use crate::source::DirectorySource;
 
-/// Batch sizes the probe runs: 1 (a single request), 2 (the smallest batch), 64 (a large batch).
-pub const PROBE_BATCH_SIZES: [usize; 3] = [1, 2, 64];
+/// Batch sizes the probe runs: 1 (a single request), 2 (the smallest batch), 64 (dynamic
+/// batching's largest forward), 256 (the largest the service runs: a request, or a batch job's
+/// chunk, of `Limits::max_series` series is one forward).
+pub const PROBE_BATCH_SIZES: [usize; 4] = [1, 2, 64, 256];
 
 /// Largest allowed difference between a series forecast alone and inside a batch, relative to
 /// `|value| + training std`. Batched kernels may reorder float sums, nothing more.
@@ -483,4 +485,15 @@ fn probe_windows(metadata: &ModelMetadata, count: usize) -> Vec<Vec<f64>> {
                 .collect()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_runs_the_largest_batch_the_service_forecasts_at_once() {
+        let largest_request = crate::service::Limits::default().max_series;
+        assert_eq!(PROBE_BATCH_SIZES.iter().max(), Some(&largest_request));
+    }
 }

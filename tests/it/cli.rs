@@ -27,7 +27,13 @@ fn validate_accepts_the_bundled_model_at_every_probe_batch_size() {
     let (ok, stdout, _) = run(&["model", "validate", dir.to_str().unwrap()]);
     assert!(ok, "{stdout}");
     for check in [
-        "contract", "checksum", "load", "batch 1", "batch 2", "batch 64",
+        "contract",
+        "checksum",
+        "load",
+        "batch 1",
+        "batch 2",
+        "batch 64",
+        "batch 256",
     ] {
         assert!(
             stdout
