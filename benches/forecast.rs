@@ -31,6 +31,10 @@ fn main() {
         support::image::table();
         return;
     }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("stall") {
+        stall_table();
+        return;
+    }
     let only_intervals = std::env::var("BENCH_ONLY").as_deref() == Ok("intervals");
     let only_engines = std::env::var("BENCH_ONLY").as_deref() == Ok("engines");
     configure_libtorch(
@@ -194,6 +198,7 @@ fn main() {
     println!("| peak RSS (VmHWM) | {:.1} MB |", cold.hwm_mb);
     println!();
     println!("Targets (issue 2): path p50 <= 1.05x raw; cold start <= 0.3 s; RSS <= 150 MB.");
+    stall_table();
 
     println!();
     println!("## Monitoring overhead (issue 4)");
@@ -926,6 +931,69 @@ fn cold_start(runs: usize, single_body: &str) -> ColdStart {
 
 #[path = "support/mod.rs"]
 mod support;
+
+/// BENCH_ONLY=stall: `serve`'s peak RSS while 200 connections each hold a 2 MiB body one byte
+/// short of complete, and normal forecasts run beside them; with the large-body budget (the
+/// default) and without it (a budget larger than the attack).
+fn stall_table() {
+    println!();
+    println!(
+        "## 200 stalled 2 MiB bodies against `serve` (release build, Kubernetes limit 512 MiB)"
+    );
+    println!();
+    println!("| large-body budget | stalled bodies refused at once | normal forecasts answered | peak RSS (VmHWM) |");
+    println!("|---|---:|---:|---:|");
+    for (label, budget_mib) in [("32 MiB (default)", "32"), ("none (4096 MiB)", "4096")] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lstm-forecast"));
+        command
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .env("THREADS", THREADS.to_string())
+            .env("LARGE_BODY_BUDGET_MIB", budget_mib)
+            .env("RUST_LOG", "info");
+        let (mut child, address) = support::spawn_serve(command);
+        let length = 2 * 1024 * 1024;
+        let stallers: Vec<_> = (0..200)
+            .map(|_| {
+                let address = address.clone();
+                std::thread::spawn(move || stall(&address, length))
+            })
+            .collect();
+        let outcomes: Vec<(bool, std::net::TcpStream)> =
+            stallers.into_iter().map(|t| t.join().unwrap()).collect();
+        let url = format!("http://{address}/v1/forecast");
+        let single = body(&[window(0)]);
+        let answered = (0..20).map(|_| post_blocking(&url, &single)).count();
+        let refused = outcomes.iter().filter(|(refused, _)| *refused).count();
+        let peak = support::peak_rss_mb(child.id());
+        println!("| {label} | {refused} of 200 | {answered} of 20 | {peak:.1} MB |");
+        drop(outcomes);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Sends a forecast request's headers announcing `length` bytes and all but the last byte of
+/// its body, then stops; returns whether the server refused it at once (503), and the open
+/// connection.
+fn stall(address: &str, length: usize) -> (bool, std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST /v1/forecast HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    )
+    .unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let _ = stream.write_all(&vec![b' '; length - 1]);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut answer = [0u8; 64];
+    let refused = matches!(stream.read(&mut answer), Ok(n) if n > 0 && String::from_utf8_lossy(&answer[..n]).contains(" 503 "));
+    (refused, stream)
+}
 
 /// POSTs JSON over a fresh TCP connection with plain std I/O and panics unless the answer is 200.
 /// Used for cold start so the timing does not include an HTTP client's own start-up.
