@@ -24,6 +24,8 @@ check "kubernetes-validate" "$reinstall" "$VENV/bin/kubernetes-validate" --versi
 check "check-jsonschema (the Compose Specification schema, for infra/swarm)" "$reinstall" "$VENV/bin/check-jsonschema" --version
 check "statsmodels and scipy (the Diebold-Mariano reference, tests/support/dm_reference.py)" "$reinstall" \
   "$VENV/bin/python" -c "import statsmodels.api, scipy.stats"
+check "model-signing (the OpenSSF model_signing CLI, with pyopenssl)" "$reinstall" \
+  "$VENV/bin/model_signing" --help
 check "cargo-lambda (Lambda Runtime API emulator)" "$reinstall" "$VENV/bin/cargo-lambda" lambda --version
 check "promtool (Debian package prometheus)" "run scripts/system-tools.sh as root, or apt-get install prometheus" promtool --version
 if [ ${#missing[@]} -gt 0 ]; then

@@ -24,6 +24,9 @@ lock() { # lock IN OUT [extra uv args]
   echo "locked $out ($(grep -c '^[A-Za-z0-9].*==' "$HERE/$out") packages)"
 }
 lock scripts/requirements-tools.in scripts/requirements-tools.txt "${@}"
+# pip's --require-hashes matches a dependency's `pydantic[email]` (sigstore-rekor-types, under
+# model-signing) only to a pin that names the extra too; uv writes the pin without it.
+sed -i 's/^pydantic==/pydantic[email]==/' "$HERE/scripts/requirements-tools.txt"
 lock scripts/requirements-cargo-lambda.in scripts/requirements-cargo-lambda.txt --no-deps "${@}"
 lock model_artifacts/train/requirements.in model_artifacts/train/requirements.txt "${@}"
 lock bench/peers/requirements.in bench/peers/requirements.txt "${@}"

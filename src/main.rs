@@ -23,6 +23,13 @@ struct Cli {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
 
+    /// The model publisher's public key (EC P-256, PEM text or a file holding it). When set, every
+    /// model this process loads must carry a `model.sig` (OpenSSF model-signing, `model_signing
+    /// sign key`) made with the matching private key over every file it loads: a missing, foreign
+    /// or mismatched signature refuses the model, by name, before libtorch sees a byte of it.
+    #[arg(long, env = "MODEL_VERIFY_KEY", global = true, hide_env_values = true)]
+    model_verify_key: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -100,7 +107,9 @@ fn main() -> ExitCode {
     if let Some(warning) = onednn_warning {
         tracing::warn!("{warning}");
     }
-    match run(cli.command) {
+    let outcome =
+        require_signed_models(cli.model_verify_key.as_deref()).and_then(|()| run(cli.command));
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             // Once, in the form its reader expects: a structured event for a log pipeline, a
@@ -112,6 +121,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// With a verification key, every model load in this process verifies its signature (and the
+/// probe child a command starts inherits the key through the environment).
+fn require_signed_models(key: Option<&str>) -> anyhow::Result<()> {
+    let Some(key) = key.map(str::trim).filter(|k| !k.is_empty()) else {
+        return Ok(());
+    };
+    let pem = if key.starts_with("-----BEGIN") {
+        key.to_string()
+    } else {
+        std::fs::read_to_string(key).map_err(|e| {
+            anyhow::anyhow!(
+                "MODEL_VERIFY_KEY `{key}` is neither a PEM key nor a readable file: {e}"
+            )
+        })?
+    };
+    let verifier = lstm_forecast::model::signature::ModelVerifier::from_pem(&pem)?;
+    lstm_forecast::model::signature::require_signatures(verifier);
+    Ok(())
 }
 
 fn init_tracing(format: LogFormat) {

@@ -108,7 +108,7 @@ pub fn probe_artifacts(
     ));
     let written = std::fs::create_dir_all(&dir).and_then(|()| {
         artifacts
-            .files()
+            .stored_files()
             .into_iter()
             .try_for_each(|(name, bytes)| std::fs::write(dir.join(name), bytes))
     });

@@ -112,6 +112,9 @@ pub enum Metric {
     /// Forecasts that reached the log after their actuals were read, scored late (`evaluate`):
     /// the log's delivery is lagging.
     LateForecasts,
+    /// Versions refused because their signature did not verify (`MODEL_VERIFY_KEY`): someone
+    /// without the publisher's key wrote the registry.
+    ModelVerificationFailures,
     /// Local: time a forecast waited for an engine thread, milliseconds.
     QueueLatency,
     /// Local: windows in the forward pass a forecast rode in (dynamic batching).
@@ -270,6 +273,7 @@ pub const METRICS: &[MetricSpec] = &[
     row(Metric::ModelDecisions,       "ModelDecisions",      "Count",        Counter,      Family("lstm_forecast_model_decisions_total")),
     row(Metric::ShadowSkipped,        "ShadowSkipped",       "Count",        Counter,      Family("lstm_forecast_shadow_skipped_total")),
     row(Metric::LateForecasts,        "LateForecasts",       "Count",        Counter,      Family("lstm_forecast_late_forecasts_total")),
+    row(Metric::ModelVerificationFailures, "ModelVerificationFailures", "Count", Counter, Family("lstm_forecast_model_verification_failures_total")),
     row(Metric::QueueLatency,         "QueueLatency",        "Milliseconds", Distribution, Native).local_only(),
     row(Metric::BatchWindows,         "BatchWindows",        "None",         Distribution, Native).local_only(),
     row(Metric::QueueDepth,           "QueueDepth",          "None",         Gauge,        Native).local_only(),

@@ -6,6 +6,7 @@ pub mod engine;
 pub mod footprint;
 pub mod onnx;
 pub mod preprocess;
+pub mod signature;
 
 use contract::{ContractError, ModelMetadata};
 use engine::{Engine, EngineError, TorchEngine};
@@ -23,6 +24,8 @@ pub struct ModelArtifacts {
     pub model_pt: Vec<u8>,
     /// Present when `model.json` declares `onnx_sha256` (sources read it only then).
     pub model_onnx: Option<Vec<u8>>,
+    /// `model.sig`, the publisher's signature over the files, when the version has one.
+    pub signature: Option<Vec<u8>>,
 }
 
 impl ModelArtifacts {
@@ -34,6 +37,19 @@ impl ModelArtifacts {
             files.push(("model.onnx", model_onnx.as_slice()));
         }
         files.push(("model.json", self.metadata_json.as_slice()));
+        files
+    }
+
+    /// [`ModelArtifacts::files`] with the signature, when there is one, before `model.json`:
+    /// what a writer stores (the registry, the cache, a probe's scratch copy).
+    pub fn stored_files(&self) -> Vec<(&'static str, &[u8])> {
+        let mut files = self.files();
+        if let Some(signature) = &self.signature {
+            files.insert(
+                files.len() - 1,
+                (signature::SIGNATURE_FILE, signature.as_slice()),
+            );
+        }
         files
     }
 }
@@ -68,6 +84,9 @@ pub enum ModelError {
          at most {ENGINE_AGREEMENT:.0e} allowed); re-export model.onnx from model.pt"
     )]
     EnginesDisagree { max_difference: f32 },
+    /// With a verification key set, the version's signature does not hold (or is missing).
+    #[error(transparent)]
+    Signature(#[from] signature::SignatureError),
 }
 
 /// How far ONNX Runtime's and libtorch's forecasts of the same window may differ, in normalised
@@ -161,6 +180,10 @@ impl Model {
 
     /// [`Model::load`] without the warm-up forecast (callers that time the two separately).
     pub fn load_unwarmed(artifacts: &ModelArtifacts) -> Result<Self, ModelError> {
+        // Before any byte reaches libtorch, ONNX Runtime or even the contract's parser.
+        if let Some(verifier) = signature::required() {
+            verifier.verify(artifacts.signature.as_deref(), &artifacts.files())?;
+        }
         let metadata = ModelMetadata::from_json(&artifacts.metadata_json)?;
         metadata.verify_checksum(&artifacts.model_pt)?;
         if !torch_version_matches(&metadata.torch_version) {

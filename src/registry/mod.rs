@@ -295,10 +295,21 @@ impl Registry {
                 Some(model_onnx)
             }
         };
+        // The signature, when the version has one: whether it must, and holds, is the loader's
+        // to decide (`MODEL_VERIFY_KEY`).
+        let signature_key = self
+            .model
+            .object_key(version, crate::model::signature::SIGNATURE_FILE);
+        let signature = self
+            .objects
+            .get_if_exists(&signature_key)
+            .await?
+            .map(|o| o.bytes);
         Ok(ModelArtifacts {
             metadata_json,
             model_pt,
             model_onnx,
+            signature,
         })
     }
 
@@ -326,7 +337,7 @@ impl Registry {
             });
         }
         let mut uploaded = 0;
-        for (name, bytes) in artifacts.files() {
+        for (name, bytes) in artifacts.stored_files() {
             let content_type = match name {
                 "model.json" => "application/json",
                 _ => "application/octet-stream",

@@ -68,6 +68,12 @@ pub enum ReloadError {
     /// The version failed the child-process probe: it would have crashed or misbehaved here.
     #[error(transparent)]
     Probe(#[from] crate::validate::ProbeError),
+    /// With `MODEL_VERIFY_KEY` set, the version's signature does not hold.
+    #[error("version {version}: {cause}")]
+    Signature {
+        version: String,
+        cause: crate::model::signature::SignatureError,
+    },
 }
 
 /// Follows one registry alias for one service.
@@ -273,6 +279,20 @@ impl AliasFollower {
                     version: version.to_string(),
                     cause,
                 })?;
+        // The signature first: it costs no libtorch, and a version without the publisher's key
+        // gets no further, not even into the probe.
+        if let Some(verifier) = crate::model::signature::required() {
+            if let Err(cause) = verifier.verify(artifacts.signature.as_deref(), &artifacts.files())
+            {
+                self.service
+                    .telemetry()
+                    .record(Metric::ModelVerificationFailures, 1.0);
+                return Err(ReloadError::Signature {
+                    version: version.to_string(),
+                    cause,
+                });
+            }
+        }
         let artifacts = match self.probe.clone() {
             None => artifacts,
             Some((exe, scratch)) => {

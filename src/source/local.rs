@@ -27,6 +27,8 @@ pub fn bundled_artifacts() -> ModelArtifacts {
         metadata_json: BUNDLED_MODEL_JSON.to_vec(),
         model_pt: BUNDLED_MODEL_PT.to_vec(),
         model_onnx: Some(BUNDLED_MODEL_ONNX.to_vec()),
+        // Built into the binary, so no signature: with MODEL_VERIFY_KEY set it does not load.
+        signature: None,
     }
 }
 
@@ -62,10 +64,16 @@ impl DirectorySource {
             true => Some(read(&self.dir.join("model.onnx"))?),
             false => None,
         };
+        let signature_path = self.dir.join(crate::model::signature::SIGNATURE_FILE);
+        let signature = match signature_path.exists() {
+            true => Some(read(&signature_path)?),
+            false => None,
+        };
         Ok(ModelArtifacts {
             metadata_json,
             model_pt: read(&self.dir.join("model.pt"))?,
             model_onnx,
+            signature,
         })
     }
 }

@@ -100,17 +100,19 @@ fn read_cached(dir: &Path, version: &str) -> Option<ModelArtifacts> {
         && model_onnx
             .as_ref()
             .is_none_or(|bytes| metadata.verify_onnx_checksum(bytes).is_ok());
+    let signature = std::fs::read(dir.join(crate::model::signature::SIGNATURE_FILE)).ok();
     (metadata.version == version && intact).then_some(ModelArtifacts {
         metadata_json,
         model_pt,
         model_onnx,
+        signature,
     })
 }
 
 fn write_cache(dir: &Path, artifacts: &ModelArtifacts) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     // Write-then-rename so a crash mid-write never leaves a truncated file under the final name.
-    for (name, bytes) in artifacts.files() {
+    for (name, bytes) in artifacts.stored_files() {
         let partial = dir.join(format!("{name}.partial"));
         std::fs::write(&partial, bytes)?;
         std::fs::rename(&partial, dir.join(name))?;

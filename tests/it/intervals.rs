@@ -532,6 +532,7 @@ fn bundled_with_radii_times(factor: f64) -> lstm_forecast::model::Model {
         metadata_json: serde_json::to_vec(&metadata).unwrap(),
         model_pt: std::fs::read(source.join("model.pt")).unwrap(),
         model_onnx: std::fs::read(source.join("model.onnx")).ok(),
+        signature: None,
     })
     .unwrap()
 }

@@ -26,5 +26,6 @@ mod notifications;
 mod parity;
 mod registry;
 mod shutdown;
+mod signing;
 mod slow_clients;
 mod snapstart;
