@@ -362,6 +362,28 @@ async fn a_replay_of_the_test_period_keeps_interval_coverage_within_3_points_of_
     }
 }
 
+/// The same replay with the forecast log flushed after each day's evaluation, as `serve`'s
+/// periodic flush delivers it: every forecast reaches the store after its first actuals were
+/// read. They are joined late, and the intervals still recalibrate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forecasts_flushed_after_their_actuals_still_recalibrate_the_intervals() {
+    use common::replay::{replay_etth1, Replay};
+    let moto = Moto::start();
+    let s3 = moto.create_bucket("late-replay").await;
+    let replay = Replay {
+        flush_after_evaluation: true,
+        ..Replay::bundled(30, 120)
+    };
+    let report = replay_etth1(s3, "late-replay", replay).await;
+    // Day d's forecasts are scored on day d + 1, against day d's actuals too: all of them late.
+    assert!(report.late_forecasts >= 4 * 28, "{report:?}");
+    assert!(report.evaluations_with_interval_scores >= 28, "{report:?}");
+    let from = report
+        .online_from_day
+        .expect("the online calibration took over");
+    assert!(from <= 12, "online only from day {from}");
+}
+
 /// `serve` re-reads the calibration `evaluate` publishes on its reload poll.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn serve_switches_to_the_published_online_calibration_on_its_reload_poll() {

@@ -995,4 +995,15 @@ async fn a_forecast_logged_after_its_actuals_were_read_is_scored_once_and_counte
     store.append_forecasts(&[held_up]).await.unwrap();
     let third = evaluate_now(&store).await.unwrap().evaluation;
     assert_eq!((third.pairs, third.late_forecasts), (0, 0));
+    // AND a forecast that arrives with no new actuals at all (another request's forecast of s0
+    // from hour 0, delivered a day late) is found by its write time and scored on its own
+    store
+        .append_forecasts(&[forecast(0, origin)])
+        .await
+        .unwrap();
+    let fourth = evaluate_now(&store).await.unwrap().evaluation;
+    assert_eq!(
+        (fourth.actuals_read, fourth.pairs, fourth.late_forecasts),
+        (0, 24, 1)
+    );
 }

@@ -40,8 +40,8 @@ pub struct Evaluation {
     pub conflicting_actuals: usize,
     /// Actuals that came after their targets were already counted missing.
     pub late_actuals: usize,
-    /// Forecasts that reached the log after an earlier run had read their actuals: joined with
-    /// the actuals that run indexed by hour, and scored now.
+    /// Forecasts that reached the log after an earlier run had read (some of) their actuals:
+    /// joined with what that run settled or indexed by hour, and scored now.
     pub late_forecasts: usize,
     /// Unreadable lines skipped in the store (see `quarantined`).
     pub quarantined_lines: usize,
@@ -241,12 +241,11 @@ impl<'a> KnownActuals<'a> {
         }
     }
 
-    /// Whether the value for (series, time) is known only from an earlier run's index: the
-    /// forecast scored against it reached the log late.
-    fn only_earlier(&self, series: &str, at: DateTime<Utc>) -> bool {
+    /// Whether the value for (series, time) was read by an earlier run (it is in its settled
+    /// marks or its index, not among this run's arrivals): a forecast scored against it reached
+    /// the log after it.
+    fn arrived_earlier(&self, series: &str, at: DateTime<Utc>) -> bool {
         !self.new_values.contains_key(&(series, at))
-            && !self.settled_values.contains_key(&(series, at))
-            && self.earlier_values.contains_key(&(series, at))
     }
 
     fn is_settled(&self, forecast: &str, at: DateTime<Utc>) -> bool {
@@ -351,7 +350,7 @@ impl<'a> Scoring<'a> {
                     self.targets.add(record, step, actual, true);
                     counts.pairs += 1;
                     matched = true;
-                    late |= actuals.only_earlier(&record.series_id, *timestamp);
+                    late |= actuals.arrived_earlier(&record.series_id, *timestamp);
                     Some(actual)
                 }
                 None if due_until.is_some_and(|due| *timestamp <= due) => {

@@ -56,6 +56,8 @@ pub struct ReplayReport {
     pub online_from_day: Option<usize>,
     /// Daily evaluations that scored the intervals.
     pub evaluations_with_interval_scores: usize,
+    /// Forecasts the evaluations scored late (logged after their actuals were read).
+    pub late_forecasts: usize,
 }
 
 /// What to replay.
@@ -66,6 +68,9 @@ pub struct Replay {
     pub model: lstm_forecast::model::Model,
     /// Where `evaluate`'s metrics go.
     pub telemetry: Telemetry,
+    /// The forecast log reaches the store only after the day's evaluation, as with `serve`'s
+    /// periodic flush: every forecast is then late to its first actuals.
+    pub flush_after_evaluation: bool,
 }
 
 impl Replay {
@@ -76,6 +81,7 @@ impl Replay {
             window,
             model: bundled_model(),
             telemetry: Telemetry::new(Vec::new(), "", "", None),
+            flush_after_evaluation: false,
         }
     }
 }
@@ -88,6 +94,7 @@ pub async fn replay_etth1(s3: aws_sdk_s3::Client, bucket: &str, replay: Replay) 
         window,
         model,
         telemetry,
+        flush_after_evaluation,
     } = replay;
     let rows = etth1_ot();
     let store = AccuracyStore::new(s3, &format!("s3://{bucket}/monitoring")).unwrap();
@@ -166,7 +173,9 @@ pub async fn replay_etth1(s3: aws_sdk_s3::Client, bucket: &str, replay: Replay) 
                 }
             }
         }
-        log.flush().await;
+        if !flush_after_evaluation {
+            log.flush().await;
+        }
         let actuals = &rows[day_start..day_start + 24];
         let observations = json!({"series": [{"id": "etth1-ot",
             "timestamps": actuals.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
@@ -189,6 +198,10 @@ pub async fn replay_etth1(s3: aws_sdk_s3::Client, bucket: &str, replay: Replay) 
         .unwrap();
         report.evaluations_with_interval_scores +=
             usize::from(!run.evaluation.intervals.is_empty());
+        report.late_forecasts += run.evaluation.late_forecasts;
+        if flush_after_evaluation {
+            log.flush().await;
+        }
         // What `serve --reload-interval-seconds` does on its poll.
         server.service.refresh_calibration().await;
     }
