@@ -955,6 +955,29 @@ fn the_swarm_stack_follows_the_compose_specification_and_rolls_back_a_failed_upd
     // An image is a release, never whatever :latest is today.
     let image = predictor["image"].as_str().unwrap();
     assert!(!image.contains("latest"), "{image}");
+    // The service publishes nothing in clear: clients reach it through the TLS proxy, whose
+    // certificate and key are secrets, and which forwards to every replica.
+    assert!(predictor.get("ports").is_none(), "{predictor}");
+    let proxy = &stack["services"]["tls-proxy"];
+    assert_eq!(proxy["ports"][0]["published"], 443, "{proxy}");
+    for secret in ["tls_certificate", "tls_key"] {
+        assert!(proxy["secrets"].to_string().contains(secret), "{proxy}");
+        assert_eq!(stack["secrets"][secret]["external"], true, "{secret}");
+    }
+    let caddyfile = std::fs::read_to_string(repo_path("infra/swarm/Caddyfile")).unwrap();
+    assert!(
+        caddyfile.contains("tls /run/secrets/tls_certificate /run/secrets/tls_key")
+            && caddyfile.contains("reverse_proxy tasks.lstm-predictor:8080"),
+        "{caddyfile}"
+    );
+    let published: Vec<String> = stack["services"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|s| s["ports"].as_array().cloned().unwrap_or_default())
+        .map(|p| p["published"].to_string())
+        .collect();
+    assert!(!published.contains(&"8080".to_string()), "{published:?}");
 
     // Prometheus scrapes every task, with the rules shared with Kubernetes: promtool checks the
     // configuration as the stack mounts it (rules.yml beside prometheus.yml).
