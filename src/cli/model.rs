@@ -48,10 +48,7 @@ pub fn run(command: ModelCommand) -> anyhow::Result<ExitCode> {
         } => {
             let registry = open_registry(&registry, &aws)?;
             let runtime = runtime()?;
-            // The version may have reached the registry by another way than `publish` (a direct
-            // upload): it is probed here too, in a child process, before it can serve.
-            let artifacts = runtime.block_on(registry.fetch_version(&version))?;
-            probe_fetched(&artifacts, &version)?;
+            probe_published(&runtime, &registry, &version)?;
             let probation = Duration::from_secs(probation_hours * 3600);
             match runtime.block_on(registry.promote(&version, probation))? {
                 Some(p) if p == version => println!("{version} is already live"),
@@ -70,8 +67,7 @@ pub fn run(command: ModelCommand) -> anyhow::Result<ExitCode> {
         } => {
             let registry = open_registry(&registry, &aws)?;
             let runtime = runtime()?;
-            let artifacts = runtime.block_on(registry.fetch_version(&version))?;
-            probe_fetched(&artifacts, &version)?;
+            probe_published(&runtime, &registry, &version)?;
             let alias = runtime.block_on(registry.challenge(&version, mode, fraction))?;
             println!(
                 "{version} challenges {} ({mode}, {:.0}% of series)",
@@ -402,6 +398,17 @@ fn probe(dir: &std::path::Path) -> anyhow::Result<Result<(), String>> {
     Ok(Err(failed.join("; ")))
 }
 
+/// Fetches a published version and probes it before a command makes it serve: it may have
+/// reached the registry another way than `publish` (a direct upload).
+fn probe_published(
+    runtime: &tokio::runtime::Runtime,
+    registry: &Registry,
+    version: &str,
+) -> anyhow::Result<()> {
+    let artifacts = runtime.block_on(registry.fetch_version(version))?;
+    probe_fetched(&artifacts, version)
+}
+
 /// Probes a version fetched from the registry, from a scratch directory; refuses it by name.
 fn probe_fetched(artifacts: &ModelArtifacts, version: &str) -> anyhow::Result<()> {
     eprintln!("probing version {version} ...");
@@ -425,7 +432,7 @@ fn publish(dir: PathBuf, registry: &Registry, promote: bool) -> anyhow::Result<(
     }
     let artifacts = DirectorySource::new(&dir).read()?;
     let total: u64 = artifacts
-        .files()
+        .stored_files()
         .iter()
         .map(|(_, bytes)| bytes.len() as u64)
         .sum();

@@ -486,21 +486,9 @@ impl AccuracyStore {
         &self,
         hours: &[(DateTime<Utc>, DateTime<Utc>)],
     ) -> Result<Loaded<Observation>, StoreError> {
-        let listed = bounded(hours.iter().copied(), |(first, last)| async move {
-            let start_after = self.start_of_partition("actuals-by-hour", "hour", first);
-            let stop_at =
-                self.partition("actuals-by-hour", "hour", last + chrono::Duration::hours(1));
-            Ok(self
-                .objects
-                .list_range(
-                    &format!("{}actuals-by-hour/", self.prefix),
-                    Some(&start_after),
-                    Some(&stop_at),
-                )
-                .await?)
-        })
-        .await?;
-        let keys: Vec<String> = listed.into_iter().flatten().map(|l| l.key).collect();
+        let keys = self
+            .list_hour_ranges("actuals-by-hour", "hour", hours)
+            .await?;
         self.read_actuals(&keys).await
     }
 
@@ -511,16 +499,42 @@ impl AccuracyStore {
         first: DateTime<Utc>,
         last: DateTime<Utc>,
     ) -> Result<Vec<crate::objects::Listed>, StoreError> {
-        let start_after = self.start_of_partition("forecasts", "origin", first);
-        let stop_at = self.partition("forecasts", "origin", last + chrono::Duration::hours(1));
+        self.list_hours("forecasts", "origin", first, last).await
+    }
+
+    /// The objects of `folder`'s `name=HOUR` partitions from `first` to `last` (whole hours), in
+    /// key order: one listing, however many partitions the range spans.
+    async fn list_hours(
+        &self,
+        folder: &str,
+        name: &str,
+        first: DateTime<Utc>,
+        last: DateTime<Utc>,
+    ) -> Result<Vec<crate::objects::Listed>, StoreError> {
+        let start_after = self.start_of_partition(folder, name, first);
+        let stop_at = self.partition(folder, name, last + chrono::Duration::hours(1));
         Ok(self
             .objects
             .list_range(
-                &format!("{}forecasts/", self.prefix),
+                &format!("{}{folder}/", self.prefix),
                 Some(&start_after),
                 Some(&stop_at),
             )
             .await?)
+    }
+
+    /// The keys of [`AccuracyStore::list_hours`] over several ranges, listed in parallel.
+    async fn list_hour_ranges(
+        &self,
+        folder: &str,
+        name: &str,
+        ranges: &[(DateTime<Utc>, DateTime<Utc>)],
+    ) -> Result<Vec<String>, StoreError> {
+        let listed = bounded(ranges.iter().copied(), |(first, last)| {
+            self.list_hours(folder, name, first, last)
+        })
+        .await?;
+        Ok(listed.into_iter().flatten().map(|l| l.key).collect())
     }
 
     /// Keys in the `folder` partitions (`forecasts` or `settled`) of the origin hours in
@@ -530,20 +544,7 @@ impl AccuracyStore {
         folder: &str,
         ranges: &[(DateTime<Utc>, DateTime<Utc>)],
     ) -> Result<Vec<String>, StoreError> {
-        let listed = bounded(ranges.iter().copied(), |(first, last)| async move {
-            let start_after = self.start_of_partition(folder, "origin", first);
-            let stop_at = self.partition(folder, "origin", last + chrono::Duration::hours(1));
-            Ok(self
-                .objects
-                .list_range(
-                    &format!("{}{folder}/", self.prefix),
-                    Some(&start_after),
-                    Some(&stop_at),
-                )
-                .await?)
-        })
-        .await?;
-        Ok(listed.into_iter().flatten().map(|l| l.key).collect())
+        self.list_hour_ranges(folder, "origin", ranges).await
     }
 
     /// Reads `keys` in parallel (bounded), in key order; objects gone since the listing are

@@ -153,12 +153,22 @@ impl AgainstPrevious {
         match self {
             AgainstPrevious::NoEvidence(why) => why.clone(),
             AgainstPrevious::Worse { previous, evidence } => {
-                format!("{live} forecasts worse than {previous} did on the same actuals: {}", describe(evidence))
+                format!(
+                    "{live} forecasts worse than {previous} did on the same actuals: {}",
+                    describe(evidence)
+                )
             }
-            AgainstPrevious::NotWorse { previous, evidence } => format!(
-                "{live} forecasts no worse than {previous} would have on the same actuals ({}): every version is wrong, so the inputs or the world changed; rolling back cannot help",
-                describe(evidence)
-            ),
+            AgainstPrevious::NotWorse { previous, evidence } => {
+                not_worse_reason(live, previous, evidence)
+            }
         }
     }
+}
+
+/// Why the model stays: `live` forecast no worse than `previous` would have.
+pub fn not_worse_reason(live: &str, previous: &str, evidence: &Evidence) -> String {
+    format!(
+        "{live} forecasts no worse than {previous} would have on the same actuals ({}): every version is wrong, so the inputs or the world changed; rolling back cannot help",
+        describe(evidence)
+    )
 }

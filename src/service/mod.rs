@@ -168,8 +168,21 @@ impl Service {
         monitoring.telemetry = monitoring
             .telemetry
             .with_sink(Arc::new(PrometheusSink::new(&prometheus)));
+        let service = Self::assemble(handle, prometheus, limits, monitoring, ForecastRole::Live);
+        service.model_changed();
+        service
+    }
+
+    /// The service of `handle`'s version in `role`, its telemetry already wired.
+    fn assemble(
+        handle: InferenceHandle,
+        prometheus: ServerMetrics,
+        limits: Limits,
+        monitoring: Monitoring,
+        role: ForecastRole,
+    ) -> Self {
         let drift = InputDriftMonitor::for_model(handle.model().metadata());
-        let service = Service {
+        Service {
             inner: Arc::new(Inner {
                 drift: std::sync::RwLock::new(Arc::new(drift)),
                 cpu: crate::metrics::process::CpuShare::new(crate::model::engine::available_cpus()),
@@ -186,11 +199,9 @@ impl Service {
                 calibration_checked: std::sync::Mutex::new(None),
                 shadow: std::sync::RwLock::new(None),
                 canary: std::sync::RwLock::new(None),
-                role: ForecastRole::Live,
+                role,
             }),
-        };
-        service.model_changed();
-        service
+        }
     }
 
     /// A service without monitoring, for tools and tests that do not care.
@@ -571,27 +582,23 @@ impl Service {
     /// forecast log, metric sinks and Prometheus registry, its own model, drift checks, interval
     /// calibration and metric labels.
     fn beside(&self, handle: InferenceHandle, role: ForecastRole) -> Service {
-        let metadata = handle.model().metadata().clone();
-        let mut monitoring = self.inner.monitoring.clone();
-        monitoring.telemetry = self
-            .telemetry()
-            .for_model(&metadata.name, &metadata.version);
-        Service {
-            inner: Arc::new(Inner {
-                drift: std::sync::RwLock::new(Arc::new(InputDriftMonitor::for_model(&metadata))),
-                cpu: crate::metrics::process::CpuShare::new(crate::model::engine::available_cpus()),
-                handle,
-                prometheus: self.inner.prometheus.clone(),
-                limits: self.inner.limits,
-                backtest_sampler: Sampler::new(crate::entropy::random_u64()),
-                monitoring,
-                online_calibration: std::sync::RwLock::new(None),
-                calibration_checked: std::sync::Mutex::new(None),
-                shadow: std::sync::RwLock::new(None),
-                canary: std::sync::RwLock::new(None),
-                role,
-            }),
-        }
+        let model = handle.model();
+        let monitoring = Monitoring {
+            telemetry: self
+                .telemetry()
+                .for_model(&model.metadata().name, &model.metadata().version),
+            // Its own draws: the two versions' backtests are sampled independently.
+            sampling_seed: None,
+            ..self.inner.monitoring.clone()
+        };
+        drop(model);
+        Self::assemble(
+            handle,
+            self.inner.prometheus.clone(),
+            self.inner.limits,
+            monitoring,
+            role,
+        )
     }
 
     /// One request answered by two versions: the canary's share of series by the canary, the
@@ -707,7 +714,9 @@ impl Service {
         let service = self.clone();
         let request_id = request_id.map(str::to_owned);
         tokio::spawn(async move {
-            let inputs = LogInput::collect(&shadow.metadata(), &series);
+            let model = shadow.model();
+            let inputs = LogInput::collect(model.metadata(), &series);
+            drop(model);
             let live = service.inner.handle.clone();
             match shadow.forecast_when_quiet(&live, series).await {
                 Ok(None) => service.telemetry().record(Metric::ShadowSkipped, count),

@@ -27,7 +27,7 @@ use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::challenge::{against_previous, AgainstPrevious};
+use super::challenge::{against_previous, not_worse_reason, AgainstPrevious};
 use super::jobs::JobError;
 use crate::metrics::Metric;
 use crate::monitor::verdict::{DecisionRule, Evidence};
@@ -235,21 +235,8 @@ pub async fn on_alarm(
     let evidence = match comparative {
         AgainstPrevious::Worse { evidence, .. } => Some(evidence),
         AgainstPrevious::NotWorse { previous, evidence } => {
-            let reason = AgainstPrevious::NotWorse {
-                previous: previous.clone(),
-                evidence: evidence.clone(),
-            }
-            .describe(&alias.version);
-            return keep(
-                service,
-                follower,
-                &trigger,
-                &alias.version,
-                previous,
-                evidence,
-                reason,
-            )
-            .await;
+            let verdict = (previous, evidence);
+            return keep(service, follower, alarm, &trigger, &alias.version, verdict).await;
         }
         AgainstPrevious::NoEvidence(why) => {
             tracing::info!(alarm, "no comparison with a previous version decides ({why}): the live version's own scores do");
@@ -292,12 +279,12 @@ async fn comparative(
 async fn keep(
     service: &Service,
     follower: &AliasFollower,
+    alarm: &str,
     trigger: &str,
     live: &str,
-    previous: String,
-    evidence: Evidence,
-    reason: String,
+    (previous, evidence): (String, Evidence),
 ) -> Result<RollbackDecision, JobError> {
+    let reason = not_worse_reason(live, &previous, &evidence);
     let decision = Decision {
         action: DecisionAction::Keep,
         version: live.to_string(),
@@ -316,13 +303,8 @@ async fn keep(
     if recorded {
         service.telemetry().record(Metric::ModelDecisions, 1.0);
     }
-    tracing::warn!(trigger, "rollback refused: {reason}");
-    Ok(RollbackDecision::none(
-        trigger
-            .strip_prefix("alarm:")
-            .and_then(|t| t.split('@').next()),
-        reason,
-    ))
+    tracing::warn!(alarm, "rollback refused: {reason}");
+    Ok(RollbackDecision::none(Some(alarm), reason))
 }
 
 /// Moves the alias back, once per alarm state change, and follows it.

@@ -100,9 +100,9 @@ impl Shadow {
         }
     }
 
-    /// The shadow's model contract.
-    pub fn metadata(&self) -> crate::model::contract::ModelMetadata {
-        self.handle.model().metadata().clone()
+    /// The shadow's model.
+    pub fn model(&self) -> std::sync::Arc<Model> {
+        self.handle.model()
     }
 
     /// Whether this series is among the shadow's.

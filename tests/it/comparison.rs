@@ -109,30 +109,13 @@ const HORIZON_HOURS: usize = 24;
 /// Per origin of ETTh1's test period, 6 hours apart: the bundled model's mean squared error over
 /// its 24 steps minus repeat-last's.
 fn model_against_repeat_last_on_the_test_period() -> Vec<f64> {
-    let rows = common::replay::etth1_ot();
-    let model = common::bundled_model();
-    let window = model.metadata().input.window;
-    let origins: Vec<usize> = (0..TEST_ORIGINS)
-        .map(|k| common::replay::TEST_START + k * ORIGIN_SPACING_HOURS)
-        .collect();
-    let windows: Vec<Vec<f64>> = origins
+    let squared = |f: f64, a: f64| (f - a) * (f - a);
+    forecasts_of_both_on_the_test_period()
         .iter()
-        .map(|&o| rows[o - window..o].iter().map(|r| r.1).collect())
-        .collect();
-    let forecasts: Vec<Vec<f64>> = windows
-        .chunks(64)
-        .flat_map(|chunk| model.forecast(chunk).unwrap())
-        .collect();
-    origins
-        .iter()
-        .zip(&forecasts)
-        .map(|(&o, forecast)| {
-            let last = rows[o - 1].1;
-            let squared = |f: f64, a: f64| (f - a) * (f - a);
-            forecast
+        .map(|(_, steps)| {
+            steps
                 .iter()
-                .zip(&rows[o..o + HORIZON_HOURS])
-                .map(|(f, (_, actual))| squared(*f, *actual) - squared(last, *actual))
+                .map(|&(model, last, actual)| squared(model, actual) - squared(last, actual))
                 .sum::<f64>()
                 / HORIZON_HOURS as f64
         })

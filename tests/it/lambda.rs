@@ -1087,18 +1087,9 @@ async fn a_challenger_earns_promotion_end_to_end_and_one_notification_says_so() 
     let (_, answer) = emulator.invoke(&event("apigw-v2-forecast.json")).await;
     assert_eq!(common::proxy_body(&answer)["model"]["version"], "1.0.0");
     // ... AND exactly one notification arrived, from the decisions alarm
-    let notifications = common::eventually(
-        Duration::from_secs(10),
-        "the decision's notification",
-        || {
-            let (endpoint, queue) = (ministack.endpoint.clone(), queue.clone());
-            async move {
-                let received = common::sns_sqs(&["receive", &endpoint, &queue]);
-                (!received.as_array().unwrap().is_empty()).then_some(received)
-            }
-        },
-    )
-    .await;
+    let notifications =
+        common::notifications_arriving(&ministack.endpoint, &queue, "the decision's notification")
+            .await;
     assert_eq!(
         notifications.as_array().unwrap().len(),
         1,

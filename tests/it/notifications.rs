@@ -114,15 +114,8 @@ async fn the_latency_alarm_stays_ok_for_a_few_slow_requests_and_notifies_sns_for
     })
     .await;
     // ... AND exactly one notification arrived, for this alarm going from OK to ALARM
-    let notifications = eventually(Duration::from_secs(10), "the ALARM notification", || {
-        let queue = queue.clone();
-        let endpoint = ministack.endpoint.clone();
-        async move {
-            let received = common::sns_sqs(&["receive", &endpoint, &queue]);
-            (!received.as_array().unwrap().is_empty()).then_some(received)
-        }
-    })
-    .await;
+    let notifications =
+        common::notifications_arriving(&ministack.endpoint, &queue, "the ALARM notification").await;
     assert_eq!(
         notifications.as_array().unwrap().len(),
         1,

@@ -161,14 +161,8 @@ async fn serve_keeps_the_signed_version_when_an_unsigned_writer_promotes_another
     )
     .await;
     let client = reqwest::Client::new();
-    let model: Value = client
-        .get(server.url("/v1/model"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let model: Value =
+        serde_json::from_str(&common::get_text(&client, &server.url("/v1/model")).await).unwrap();
     assert_eq!(model["version"], "1.0.0");
     // WHEN a writer without the key uploads 1.0.1 (unsigned) and points the alias at it
     let v2 = common::bundled_as_version("1.0.1");
@@ -201,13 +195,7 @@ async fn serve_keeps_the_signed_version_when_an_unsigned_writer_promotes_another
             .is_some_and(|n| n >= 1.0),
         "{metrics}"
     );
-    let model: Value = client
-        .get(server.url("/v1/model"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let model: Value =
+        serde_json::from_str(&common::get_text(&client, &server.url("/v1/model")).await).unwrap();
     assert_eq!(model["version"], "1.0.0");
 }

@@ -36,6 +36,20 @@ pub fn sns_sqs(args: &[&str]) -> serde_json::Value {
     python_json(&[&["tests/notifications/sns_sqs.py"], args].concat())
 }
 
+/// The notifications in the SQS queue at `queue_url` (on the emulator at `endpoint`), once at
+/// least one has arrived (within 10 s, else a failure naming `what`).
+pub async fn notifications_arriving(
+    endpoint: &str,
+    queue_url: &str,
+    what: &str,
+) -> serde_json::Value {
+    eventually(std::time::Duration::from_secs(10), what, || async {
+        let received = sns_sqs(&["receive", endpoint, queue_url]);
+        (!received.as_array().unwrap().is_empty()).then_some(received)
+    })
+    .await
+}
+
 /// The JSON body of an API Gateway proxy response.
 pub fn proxy_body(response: &serde_json::Value) -> serde_json::Value {
     serde_json::from_str(
