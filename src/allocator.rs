@@ -73,6 +73,35 @@ pub fn allocated_bytes() -> Option<u64> {
     }
 }
 
+/// Runs `work` and measures the most memory this thread held above its starting point while it
+/// ran, within jemalloc's sampling of 64 KiB; `None` where jemalloc is not the allocator. What a
+/// parser costs at its worst, not what it keeps.
+pub fn thread_peak_during<R>(work: impl FnOnce() -> R) -> (R, Option<u64>) {
+    #[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: `thread.peak.reset` takes and returns nothing; `thread.peak.read` returns a
+        // u64, as jemalloc 5.3's manual gives them.
+        let reset = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                c"thread.peak.reset".as_ptr(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        let out = work();
+        let peak = (reset == 0)
+            .then(|| unsafe { tikv_jemalloc_ctl::raw::read::<u64>(b"thread.peak.read\0") }.ok())
+            .flatten();
+        (out, peak)
+    }
+    #[cfg(not(all(feature = "jemalloc", target_os = "linux", target_env = "gnu")))]
+    {
+        (work(), None)
+    }
+}
+
 #[cfg(all(test, feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
 mod tests {
     use super::*;

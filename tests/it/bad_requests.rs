@@ -78,12 +78,21 @@ fn cases() -> Vec<Case> {
             "invalid_json",
             "not valid JSON",
         ),
+        // The body is streamed: the first bracket is already the wrong kind, so nothing deeper
+        // is read (no recursion to exhaust).
         case(
             "deeply nested garbage",
             "[".repeat(10_000),
             400,
-            "invalid_json",
-            "not valid JSON",
+            "invalid_request",
+            "must be a JSON object with a `series` array, got an array",
+        ),
+        case(
+            "deeply nested values",
+            format!(r#"{{"series":[{{"values":[{}"#, "[".repeat(10_000)),
+            400,
+            "wrong_feature_count",
+            "series[0].values[0] must be a number",
         ),
         json_case(
             "array at top level",
