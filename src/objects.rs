@@ -250,6 +250,18 @@ impl S3Objects {
         Ok(())
     }
 
+    /// Deletes an object; deleting one that is not there succeeds (S3 answers 204 either way).
+    pub async fn delete(&self, key: &str) -> Result<(), ObjectError> {
+        self.client()
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| ObjectError::classify("DeleteObject", e, &self.bucket, key))?;
+        Ok(())
+    }
+
     /// Opens an object for reading as a stream, so a large object never has to fit in memory.
     /// A failure while reading the body surfaces as an `io::Error` from the reader.
     pub async fn open(

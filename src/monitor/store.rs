@@ -127,6 +127,14 @@ pub enum StoreError {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     },
+    /// Another evaluation committed the same run first (its claim lapsed under it): this one
+    /// changed nothing.
+    #[error("another evaluation committed run {run} first (s3://{bucket}/{key}); this run changed nothing, and the next one finishes that run")]
+    RunTaken {
+        bucket: String,
+        key: String,
+        run: u64,
+    },
 }
 
 /// A claim on the evaluation (`state/evaluation.lease`): one evaluation at a time writes the
@@ -266,6 +274,9 @@ pub struct EvaluationState {
     /// late forecasts (as `read_since` for actuals).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forecasts_seen_since: Vec<String>,
+    /// Runs committed so far: the next run is `runs + 1`, its journal `state/runs/<run>.json`.
+    #[serde(default)]
+    pub runs: u64,
 }
 
 /// The partition name of an hour: `YYYY-MM-DDTHH`. Sorts as time does.
@@ -372,7 +383,7 @@ impl AccuracyStore {
         folder: &str,
         name: &str,
         items: impl IntoIterator<Item = (DateTime<Utc>, T)>,
-        now: DateTime<Utc>,
+        object_name: &str,
     ) -> Result<Vec<String>, StoreError> {
         let mut by_hour: BTreeMap<String, Vec<T>> = BTreeMap::new();
         for (hour, item) in items {
@@ -383,12 +394,7 @@ impl AccuracyStore {
         }
         let objects: Vec<(String, Vec<u8>)> = by_hour
             .into_iter()
-            .map(|(partition, group)| {
-                (
-                    format!("{partition}{}", unique_name(now)),
-                    json_lines(&group),
-                )
-            })
+            .map(|(partition, group)| (format!("{partition}{object_name}"), json_lines(&group)))
             .collect();
         bounded(objects, |(key, body)| async move {
             self.put(&key, body, "application/x-ndjson").await?;
@@ -404,7 +410,7 @@ impl AccuracyStore {
         records: &[ForecastRecord],
     ) -> Result<Vec<String>, StoreError> {
         let by_origin = records.iter().map(|r| (r.origin, r));
-        self.append_by_hour("forecasts", "origin", by_origin, Utc::now())
+        self.append_by_hour("forecasts", "origin", by_origin, &unique_name(Utc::now()))
             .await
     }
 
@@ -426,22 +432,24 @@ impl AccuracyStore {
     ) -> Result<Option<String>, StoreError> {
         let by_arrival = observations.iter().map(|o| (arrived, o));
         Ok(self
-            .append_by_hour("actuals", "arrival", by_arrival, arrived)
+            .append_by_hour("actuals", "arrival", by_arrival, &unique_name(arrived))
             .await?
             .pop())
     }
 
-    /// Records which pairs a run scored or counted missing, beside their forecasts' partitions.
-    pub async fn append_settled(
+    /// Records which pairs run `run` scored or counted missing, beside their forecasts'
+    /// partitions: one object per origin hour, named after the run, so writing them again (a
+    /// committed run rolled forward) replaces them.
+    pub async fn write_settled(
         &self,
         settled: &[(DateTime<Utc>, SettledPair)],
-        now: DateTime<Utc>,
+        run: u64,
     ) -> Result<(), StoreError> {
         self.append_by_hour(
             "settled",
             "origin",
             settled.iter().map(|(o, p)| (*o, p)),
-            now,
+            &format!("run-{run:010}.jsonl"),
         )
         .await?;
         Ok(())
@@ -465,17 +473,18 @@ impl AccuracyStore {
 
     /// Indexes actuals an evaluation read by their own (data) hour, under
     /// `PREFIX/actuals-by-hour/hour=HOUR/`: a forecast that reaches the log after its actuals
-    /// were read finds them there (see `evaluate`'s late forecasts).
+    /// were read finds them there (see `evaluate`'s late forecasts). Named after the run that
+    /// read them, so a run retried after a crash replaces its own index instead of adding to it.
     pub async fn index_actuals_by_hour(
         &self,
         observations: &[Observation],
-        now: DateTime<Utc>,
+        run: u64,
     ) -> Result<(), StoreError> {
         self.append_by_hour(
             "actuals-by-hour",
             "hour",
             observations.iter().map(|o| (o.timestamp, o)),
-            now,
+            &format!("run-{run:010}.jsonl"),
         )
         .await?;
         Ok(())
@@ -766,17 +775,63 @@ impl AccuracyStore {
         self.read_state("scores.json").await
     }
 
-    /// Replaces the scores of the versions in `scored`, keeping the others' last ones.
-    pub async fn update_latest_scores(
-        &self,
-        scored: BTreeMap<String, VersionScore>,
-    ) -> Result<(), StoreError> {
-        if scored.is_empty() {
-            return Ok(());
+    fn run_key(&self, run: u64) -> String {
+        format!("{}state/runs/{run:010}.json", self.prefix)
+    }
+
+    /// Commits evaluation run `run`: writes its journal if no journal of that run exists
+    /// (If-None-Match). Another evaluation that committed the run first is
+    /// [`StoreError::RunTaken`], and this one has changed nothing.
+    pub async fn commit_run<T: Serialize>(&self, run: u64, journal: &T) -> Result<(), StoreError> {
+        let key = self.run_key(run);
+        let body = serde_json::to_vec(journal).expect("serialises");
+        match self
+            .objects
+            .put(&key, body, "application/json", Precondition::Absent)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind == crate::objects::ObjectErrorKind::Conflict => {
+                Err(StoreError::RunTaken {
+                    bucket: self.bucket.clone(),
+                    key,
+                    run,
+                })
+            }
+            Err(e) => Err(e.into()),
         }
-        let mut all = self.latest_scores().await?;
-        all.extend(scored);
-        self.write_state("scores.json", &all).await
+    }
+
+    /// The journal of run `run`, if it was committed and not yet finished.
+    pub async fn committed_run<T: serde::de::DeserializeOwned>(
+        &self,
+        run: u64,
+    ) -> Result<Option<T>, StoreError> {
+        let key = self.run_key(run);
+        let Some(bytes) = self.get(&key).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Parse {
+                bucket: self.bucket.clone(),
+                key,
+                line: 1,
+                cause: e.to_string(),
+            })
+    }
+
+    /// Deletes the journal of a run whose every write is done.
+    pub async fn finish_run(&self, run: u64) -> Result<(), StoreError> {
+        Ok(self.objects.delete(&self.run_key(run)).await?)
+    }
+
+    /// Replaces the latest scores of every version (a run's own merge of them).
+    pub async fn set_latest_scores(
+        &self,
+        all: &BTreeMap<String, VersionScore>,
+    ) -> Result<(), StoreError> {
+        self.write_state("scores.json", all).await
     }
 
     /// Writes a report folder: `report.json` and each named SVG chart; returns its URI.

@@ -156,7 +156,7 @@ pub async fn evaluate(
     )
     .await
     .map_err(|e| match e {
-        StoreError::Busy { .. } => JobError::EvaluationBusy(e),
+        StoreError::Busy { .. } | StoreError::RunTaken { .. } => JobError::EvaluationBusy(e),
         other => JobError::EvaluationFailed(other),
     })?;
     let evaluation = run.evaluation;

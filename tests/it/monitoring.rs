@@ -956,6 +956,175 @@ async fn a_second_evaluation_at_the_same_time_changes_nothing_and_nothing_is_los
         .unwrap();
     assert!(dead.until < chrono::Utc::now());
     assert!(evaluate_now(&store).await.is_ok());
+    // AND should two runs still meet (a claim that lapsed under a run slower than its hold),
+    // only the first to commit its run number counts, and the other has changed nothing
+    let next = store.evaluation_state().await.unwrap().runs + 1;
+    let journal = json!({"run": next});
+    store.commit_run(next, &journal).await.unwrap();
+    let second = store.commit_run(next, &journal).await.unwrap_err();
+    assert!(
+        matches!(
+            second,
+            lstm_forecast::monitor::store::StoreError::RunTaken { .. }
+        ),
+        "{second}"
+    );
+    store.finish_run(next).await.unwrap();
+}
+
+/// 8 hours of forecasts of 2 series by the live version "1" and its challenger "2" (in
+/// live's shadow, one unit further off), and their actuals: every kind of state a run writes.
+async fn seed_two_versions(store: &AccuracyStore) {
+    use common::history::{forecast, history_start, write_hours, Arrival};
+    write_hours(store, history_start(), 8, 2, Arrival::Now)
+        .await
+        .unwrap();
+    let challenger: Vec<_> = (0..8)
+        .flat_map(|h| (0..2).map(move |s| (s, h)))
+        .map(|(s, h)| {
+            let mut record = forecast(s, history_start() + chrono::Duration::hours(h));
+            record.model_version = "2".into();
+            record.role = lstm_forecast::monitor::store::ForecastRole::Challenger;
+            record.values.iter_mut().for_each(|v| *v += 1.0);
+            record
+        })
+        .collect();
+    store.append_forecasts(&challenger).await.unwrap();
+}
+
+/// What the evaluations of a store have left in it, as a rollback, a promotion and a reader of
+/// reports see it: every settled mark, the latest scores, the comparisons, the recalibrated
+/// errors and the watermark's reach (times of writing left out), and the pairs that all reports
+/// together scored and counted missing.
+async fn durable_outcome(s3: &aws_sdk_s3::Client, bucket: &str) -> Value {
+    let keys = common::emulators::list_keys(s3, bucket, "monitoring/").await;
+    let mut settled = Vec::new();
+    let (mut reported_pairs, mut reported_missing) = (0, 0);
+    let mut state = serde_json::Map::new();
+    for key in &keys {
+        let body = common::emulators::read_text(s3, bucket, key).await;
+        if key.contains("/settled/") {
+            // A forecast's id ends with when it was logged, which differs from store to store.
+            settled.extend(body.lines().map(|line| {
+                let mut mark: Value = serde_json::from_str(line).unwrap();
+                let id = mark["forecast"].as_str().unwrap();
+                mark["forecast"] = id.rsplit_once('|').unwrap().0.into();
+                mark.to_string()
+            }));
+        } else if key.ends_with("/report.json") {
+            let report: Value = serde_json::from_str(&body).unwrap();
+            reported_pairs += report["evaluation"]["pairs"].as_u64().unwrap();
+            reported_missing += report["evaluation"]["missing_actuals"].as_u64().unwrap();
+        } else if let Some(name) = key.strip_prefix("monitoring/state/") {
+            assert!(
+                !name.starts_with("runs/"),
+                "a journal was left behind: {key}"
+            );
+            if name != "evaluation.lease" {
+                state.insert(
+                    name.to_owned(),
+                    without_times(serde_json::from_str(&body).unwrap()),
+                );
+            }
+        }
+    }
+    settled.sort();
+    let distinct = settled
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    assert_eq!(distinct, settled.len(), "a pair settled twice");
+    if let Some(watermark) = state.get_mut("evaluation.json") {
+        watermark
+            .as_object_mut()
+            .unwrap()
+            .retain(|k, _| k == "actuals_seen_until");
+    }
+    json!({"settled": settled, "reported_pairs": reported_pairs,
+           "reported_missing": reported_missing, "state": state})
+}
+
+/// `value` without the times at which it was written (`*_at` fields).
+fn without_times(value: Value) -> Value {
+    match value {
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .filter(|(k, _)| !k.ends_with("_at"))
+                .map(|(k, v)| (k, without_times(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(without_times).collect()),
+        other => other,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_evaluation_stopped_after_any_of_its_writes_scores_no_pair_twice_and_loses_none() {
+    use common::shards::FaultyS3;
+    let moto = Moto::shared();
+    let faulty = FaultyS3::in_front_of(&moto.endpoint).await;
+    let through_proxy = common::emulators::s3_at(&faulty.endpoint);
+    let evaluate_at = |store: AccuracyStore, now: chrono::DateTime<chrono::Utc>| async move {
+        lstm_forecast::monitor::evaluate::run_evaluation(
+            &store,
+            &Telemetry::disabled(),
+            now,
+            hourly_window(),
+        )
+        .await
+    };
+    // GIVEN the outcome of an evaluation that nothing interrupted, and the writes it made
+    let (reference, s3) = fresh_store("stopped-reference").await;
+    seed_two_versions(&reference).await;
+    faulty.heal();
+    let proxied =
+        AccuracyStore::new(through_proxy.clone(), "s3://stopped-reference/monitoring").unwrap();
+    let alone = evaluate_at(proxied, chrono::Utc::now()).await.unwrap();
+    let writes = faulty.forwarded_writes();
+    let expected = durable_outcome(&s3, "stopped-reference").await;
+    assert!(alone.evaluation.pairs > 0 && !alone.evaluation.compared.is_empty());
+    assert!(
+        expected["state"]["calibration.json"].is_object(),
+        "{expected}"
+    );
+    assert!(writes > 20, "{writes} writes");
+    for stop_after in 0..writes {
+        // WHEN an evaluation of the same store stops after `stop_after` of its writes (a
+        // timeout, an OOM kill, S3 refusing), and the next one runs once its claim has lapsed
+        let bucket = format!("stopped-after-{stop_after}");
+        let (store, s3) = fresh_store(&bucket).await;
+        seed_two_versions(&store).await;
+        let proxied =
+            AccuracyStore::new(through_proxy.clone(), &format!("s3://{bucket}/monitoring"))
+                .unwrap();
+        faulty.stop_writing_after(stop_after);
+        let now = chrono::Utc::now();
+        let stopped = evaluate_at(proxied.clone(), now).await;
+        // (The last write releases the claim, which a run only warns about when it fails.)
+        assert_eq!(
+            stopped.is_err(),
+            stop_after < writes - 1,
+            "stopping after write {stop_after} of {writes}"
+        );
+        faulty.heal();
+        let lapsed =
+            now + chrono::Duration::from_std(lstm_forecast::monitor::store::LEASE_HOLD).unwrap();
+        evaluate_at(proxied, lapsed + chrono::Duration::minutes(1))
+            .await
+            .unwrap_or_else(|e| panic!("the run after one stopped after write {stop_after}: {e}"));
+        // THEN the store holds what the uninterrupted evaluation left: each pair settled once,
+        // scored once across the reports, and the same scores, comparisons and calibration
+        let outcome = durable_outcome(&s3, &bucket).await;
+        for part in ["reported_pairs", "reported_missing", "settled", "state"] {
+            assert!(
+                outcome[part] == expected[part],
+                "stopped after write {stop_after} of {writes}, {part}: {} instead of {}",
+                outcome[part],
+                expected[part]
+            );
+        }
+    }
 }
 
 #[tokio::test]

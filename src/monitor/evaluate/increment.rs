@@ -85,29 +85,28 @@ pub(super) async fn read_origin_hours(
     })
 }
 
-/// Moves the watermark to the arrivals' `until`, remembering the objects listed past it (they
-/// were read already) and each series' latest actual timestamp.
-pub(super) async fn advance_watermark(
-    store: &AccuracyStore,
+/// The watermark after run `run`: the arrivals' `until`, the objects listed past it (they were
+/// read already) and each series' latest actual timestamp.
+pub(super) fn advanced_watermark(
     arrivals: &Arrivals,
     seen_until: BTreeMap<String, DateTime<Utc>>,
     forecasts_listed: &[Listed],
-) -> Result<(), StoreError> {
-    store
-        .set_evaluation_state(&EvaluationState {
-            actuals_read_until: Some(arrivals.until),
-            read_since: arrivals
-                .listed
-                .iter()
-                .filter(|l| l.last_modified > arrivals.until)
-                .map(|l| l.key.clone())
-                .collect(),
-            actuals_seen_until: seen_until,
-            forecasts_seen_since: forecasts_listed
-                .iter()
-                .filter(|l| l.last_modified > arrivals.until)
-                .map(|l| l.key.clone())
-                .collect(),
-        })
-        .await
+    run: u64,
+) -> EvaluationState {
+    EvaluationState {
+        actuals_read_until: Some(arrivals.until),
+        read_since: arrivals
+            .listed
+            .iter()
+            .filter(|l| l.last_modified > arrivals.until)
+            .map(|l| l.key.clone())
+            .collect(),
+        actuals_seen_until: seen_until,
+        forecasts_seen_since: forecasts_listed
+            .iter()
+            .filter(|l| l.last_modified > arrivals.until)
+            .map(|l| l.key.clone())
+            .collect(),
+        runs: run,
+    }
 }

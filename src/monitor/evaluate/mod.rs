@@ -10,15 +10,16 @@
 //! A run ([`run_evaluation_with`]) first claims the store (`state/evaluation.lease`, a
 //! conditional write): a second evaluation at the same time stops before writing anything. Then:
 //!
-//! 1. reads the actual objects written since the watermark;
-//! 2. works out which targets they make due, and so which origin hours hold the forecasts they
+//! 1. finishes the previous run if it was committed but not fully written (`commit`);
+//! 2. reads the actual objects written since the watermark;
+//! 3. works out which targets they make due, and so which origin hours hold the forecasts they
 //!    can complete or make missing; reads those forecasts and their settled marks;
-//! 3. pairs and scores ([`evaluate`], no I/O);
-//! 4. appends the settled marks, before anything else is written: if the run stops after them,
-//!    a rerun reads the same actuals again and scores nothing twice;
-//! 5. adds the versions' comparisons to those of earlier runs, records the metrics and
-//!    recalibrates the intervals (best effort);
-//! 6. writes the report and each scored version's latest score, and moves the watermark.
+//! 4. pairs and scores ([`evaluate`], no I/O);
+//! 5. works out, in memory, the settled marks, the comparisons, the recalibrated intervals, the
+//!    latest scores, the report and the new watermark, and commits them as one journal object;
+//! 6. writes each of them from the journal, and records the metrics.
+//!
+//! A run that stops at any point scores no pair twice and loses none (`commit`).
 //!
 //! The cost follows what arrived, not the history.
 //!
@@ -28,7 +29,8 @@
 //! - `windows`: how far a run looks: the due targets and the origin hours to read.
 //! - `increment`: reading the new actuals and the forecasts they concern; the watermark.
 //! - `recalibration`: the scored errors feed the online calibration of intervals.
-//! - `report`: the metrics, the report folder and the latest scores.
+//! - `report`: the metrics, the report folder, the comparisons and the latest scores.
+//! - `commit`: the run's journal, the one write that commits it, and its application.
 //! - `charted`: which series the chart draws; `chart`: the report's SVG chart.
 //! - `late`: forecasts that reach the log after their actuals were read.
 //! - `comparing`: versions compared on the same targets, for champion/challenger decisions;
@@ -36,6 +38,7 @@
 
 mod chart;
 mod charted;
+mod commit;
 mod compared_chart;
 mod comparing;
 #[cfg(test)]
@@ -59,9 +62,12 @@ pub use self::windows::EvaluationWindow;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use self::increment::{advance_watermark, read_arrivals, read_origin_hours, Arrivals, OriginReads};
-use self::recalibration::recalibrate_best_effort;
-use self::report::{log_summary, merge_comparisons, publish_latest_scores, write_report};
+use self::commit::{commit_and_apply, roll_forward, RunJournal};
+use self::increment::{
+    advanced_watermark, read_arrivals, read_origin_hours, Arrivals, OriginReads,
+};
+use self::recalibration::{calibrated_versions, recalibrated_best_effort};
+use self::report::{log_summary, merged_comparisons, merged_latest_scores, render_report};
 use self::windows::DueTargets;
 use crate::metrics::Telemetry;
 use crate::monitor::store::{AccuracyStore, StoreError, LEASE_HOLD};
@@ -111,7 +117,7 @@ async fn run_claimed(
     window: EvaluationWindow,
     recalibration: &Recalibration,
 ) -> Result<EvaluationRun, StoreError> {
-    let state = store.evaluation_state().await?;
+    let state = roll_forward(store).await?;
     let mut arrivals = read_arrivals(store, &state, now, window.settle).await?;
     let due = DueTargets::after(
         &state.actuals_seen_until,
@@ -131,7 +137,7 @@ async fn run_claimed(
     )
     .await?;
 
-    let (mut evaluation, newly_settled) = evaluate(&Increment {
+    let (mut evaluation, settled) = evaluate(&Increment {
         forecasts: &origins.forecasts.items,
         new_actuals: &arrivals.actuals.items,
         settled: &origins.settled.items,
@@ -140,21 +146,31 @@ async fn run_claimed(
     });
     add_what_was_read(&mut evaluation, &mut arrivals, &mut origins);
 
-    // Where a forecast that comes late finds these actuals (a rerun indexes them again, which
-    // changes nothing: the first value of a (series, time) wins).
+    let run = state.runs + 1;
+    // Where a forecast that comes late finds these actuals. Written before the commit, and
+    // named after the run: a retry of this run replaces it.
     store
-        .index_actuals_by_hour(&arrivals.actuals.items, now)
+        .index_actuals_by_hour(&arrivals.actuals.items, run)
         .await?;
-    // Before anything else is written: a rerun then finds these pairs settled.
-    store.append_settled(&newly_settled, now).await?;
-    evaluation.compared = merge_comparisons(store, &evaluation, now).await?;
+    let comparisons = merged_comparisons(store, &mut evaluation, now).await?;
+    let calibrations =
+        recalibrated_best_effort(store, &evaluation.scored_errors, recalibration, now).await;
+    evaluation.recalibrated = calibrations
+        .as_ref()
+        .map(calibrated_versions)
+        .unwrap_or_default();
+    let journal = RunJournal {
+        run,
+        state: advanced_watermark(&arrivals, due.seen_until, &written.listed, run),
+        settled,
+        comparisons,
+        calibrations,
+        scores: merged_latest_scores(store, &evaluation, now).await?,
+        report: render_report(store, &evaluation, &origins.forecasts.items, now),
+    };
+    let report = commit_and_apply(store, &journal).await?;
+    // After the commit: a crash before these are sent loses them, never sends them twice.
     evaluation.record(telemetry);
-    evaluation.recalibrated =
-        recalibrate_best_effort(store, &evaluation.scored_errors, recalibration, now).await;
-
-    let report = write_report(store, &evaluation, &origins.forecasts.items, now).await?;
-    publish_latest_scores(store, &evaluation, now).await?;
-    advance_watermark(store, &arrivals, due.seen_until, &written.listed).await?;
     log_summary(&evaluation, &report);
     Ok(EvaluationRun { evaluation, report })
 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::monitor::calibration::{OnlineCalibrations, ScoredError};
-use crate::monitor::store::{AccuracyStore, StoreError};
+use crate::monitor::store::AccuracyStore;
 
 /// How the online calibration of intervals follows the scored errors.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,44 +26,38 @@ impl Default for Recalibration {
     }
 }
 
-/// [`recalibrate`] when there are errors to add; returns the versions the calibration now serves
-/// intervals for, or none when nothing was scored or the recalibration failed.
+/// The online calibration with the scored errors added, or `None` when nothing was scored or
+/// the calibration could not be read.
 ///
-/// Best effort: a recalibration that fails (S3, an unreadable state file) leaves intervals on
-/// the calibration in use; the scores, report and watermark still move.
-pub(super) async fn recalibrate_best_effort(
+/// Best effort: a calibration that cannot be read (S3, an unreadable state file) leaves intervals
+/// on the calibration in use; the scores, report and watermark still move.
+pub(super) async fn recalibrated_best_effort(
     store: &AccuracyStore,
     errors: &[ScoredError],
     recalibration: &Recalibration,
     now: DateTime<Utc>,
-) -> Vec<String> {
+) -> Option<OnlineCalibrations> {
     if errors.is_empty() {
-        return Vec::new();
+        return None;
     }
-    match recalibrate(store, errors, recalibration, now).await {
-        Ok(recalibrated) => recalibrated,
+    match store.online_calibrations().await {
+        Ok(mut online) => {
+            online.update(errors, recalibration.window, &recalibration.levels, now);
+            Some(online)
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "could not recalibrate the intervals; they keep their calibration");
-            Vec::new()
+            tracing::warn!(error = %e, "could not read the online calibration; intervals keep the one in use");
+            None
         }
     }
 }
 
-/// Adds the scored errors to the online calibration's windows and publishes it; returns the
-/// versions it now serves intervals for.
-async fn recalibrate(
-    store: &AccuracyStore,
-    errors: &[ScoredError],
-    recalibration: &Recalibration,
-    now: DateTime<Utc>,
-) -> Result<Vec<String>, StoreError> {
-    let mut online: OnlineCalibrations = store.online_calibrations().await?;
-    online.update(errors, recalibration.window, &recalibration.levels, now);
-    store.set_online_calibrations(&online).await?;
-    Ok(online
+/// The versions `online` serves intervals for.
+pub(super) fn calibrated_versions(online: &OnlineCalibrations) -> Vec<String> {
+    online
         .versions
         .iter()
         .filter(|(_, v)| v.calibration.is_some())
         .map(|(name, _)| name.clone())
-        .collect())
+        .collect()
 }

@@ -5,11 +5,14 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
+use super::commit::ReportFolder;
+use super::comparing::VersionPair;
 use super::scoring::{ComparedVersions, Evaluation};
 use crate::metrics::{Metric, Telemetry};
 use crate::monitor::accuracy::{horizon_buckets, Scores};
 use crate::monitor::compare::Loss;
 use crate::monitor::store::{AccuracyStore, ForecastRecord, Quarantined, StoreError, VersionScore};
+use crate::monitor::verdict::{Comparison, Comparisons};
 
 /// Quarantined lines listed in a report by key and line; all of them are counted.
 pub const MAX_QUARANTINED_LISTED: usize = 100;
@@ -111,47 +114,55 @@ impl Evaluation {
     }
 }
 
-/// Writes the report folder: the evaluation, with the horizon buckets of the first forecast
-/// read, and its chart. Returns the folder's URI.
-pub(super) async fn write_report(
+/// The report folder: the evaluation, with the horizon buckets of the first forecast read, and
+/// its charts.
+pub(super) fn render_report(
     store: &AccuracyStore,
     evaluation: &Evaluation,
     forecasts: &[ForecastRecord],
     now: DateTime<Utc>,
-) -> Result<String, StoreError> {
+) -> ReportFolder {
     let horizon = forecasts.first().map(|f| f.values.len()).unwrap_or(0);
     let buckets: Vec<String> = horizon_buckets(horizon).into_iter().map(|b| b.2).collect();
-    let report_json = serde_json::to_vec_pretty(&serde_json::json!({
+    let report_json = serde_json::to_string_pretty(&serde_json::json!({
         "generated_at": now,
         "store": store.uri(),
         "evaluation": evaluation,
         "horizon_buckets": buckets,
     }))
     .expect("serialises");
-    let mut charts = vec![("chart.svg", evaluation.chart_svg().into_bytes())];
+    let mut charts = vec![("chart.svg".to_owned(), evaluation.chart_svg())];
     if let Some(svg) = super::compared_chart::comparison_svg(&evaluation.compared) {
-        charts.push(("comparison.svg", svg.into_bytes()));
+        charts.push(("comparison.svg".to_owned(), svg));
     }
-    store.write_report(&report_json, &charts, now).await
+    ReportFolder {
+        generated_at: now,
+        report_json,
+        charts,
+    }
 }
 
-/// Adds this run's comparisons to the ones kept across runs, and returns the evidence of each pair
-/// it added to. Written after the settled marks: a run stopped between the two loses its pairs'
-/// comparison rather than counting it twice on the rerun (the test then waits a little longer;
-/// it is never fed a pair twice).
-pub(super) async fn merge_comparisons(
+/// The comparisons kept across runs with this run's added, or `None` when it compared nothing;
+/// sets the evaluation's `compared` to the evidence of each pair it added to.
+pub(super) async fn merged_comparisons(
     store: &AccuracyStore,
-    evaluation: &Evaluation,
+    evaluation: &mut Evaluation,
     now: DateTime<Utc>,
-) -> Result<Vec<ComparedVersions>, StoreError> {
+) -> Result<Option<Comparisons>, StoreError> {
     if evaluation.comparisons.is_empty() {
-        return Ok(Vec::new());
+        return Ok(None);
     }
     let mut kept = store.comparisons().await?;
     kept.merge(&evaluation.comparisons, now);
-    store.set_comparisons(&kept).await?;
-    Ok(evaluation
-        .comparisons
+    evaluation.compared = compared_versions(&kept, &evaluation.comparisons);
+    Ok(Some(kept))
+}
+
+fn compared_versions(
+    kept: &Comparisons,
+    added: &BTreeMap<VersionPair, Comparison>,
+) -> Vec<ComparedVersions> {
+    added
         .iter()
         .map(|((reference, challenger), added)| {
             let all = kept.between(reference, challenger).unwrap_or_default();
@@ -174,31 +185,29 @@ pub(super) async fn merge_comparisons(
                 cumulative,
             }
         })
-        .collect())
+        .collect()
 }
 
-/// Replaces the latest score of each version this run scored: a rollback acts only on the live
-/// version's own latest score.
-pub(super) async fn publish_latest_scores(
+/// The latest scores with those of each version this run scored replaced, or `None` when it
+/// scored nothing: a rollback acts only on the live version's own latest score.
+pub(super) async fn merged_latest_scores(
     store: &AccuracyStore,
     evaluation: &Evaluation,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    let latest: BTreeMap<String, VersionScore> = evaluation
-        .by_version
-        .iter()
-        .map(|(version, scores)| {
-            (
-                version.clone(),
-                VersionScore {
-                    wape: scores.overall.wape,
-                    pairs: scores.overall.count,
-                    evaluated_at: now,
-                },
-            )
-        })
-        .collect();
-    store.update_latest_scores(latest).await
+) -> Result<Option<BTreeMap<String, VersionScore>>, StoreError> {
+    if evaluation.by_version.is_empty() {
+        return Ok(None);
+    }
+    let mut all = store.latest_scores().await?;
+    all.extend(evaluation.by_version.iter().map(|(version, scores)| {
+        let score = VersionScore {
+            wape: scores.overall.wape,
+            pairs: scores.overall.count,
+            evaluated_at: now,
+        };
+        (version.clone(), score)
+    }));
+    Ok(Some(all))
 }
 
 /// The run's log line: what it read and scored, and where the report is.

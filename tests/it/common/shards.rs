@@ -175,14 +175,19 @@ pub fn for_ministack(definition: &Value, input: &Value) -> Value {
     definition
 }
 
-/// An S3 endpoint in front of another that can be told to fail every `UploadPart` from some part
-/// number on, as S3 does when it is in trouble: `500 InternalError`, which the SDK retries and
-/// then gives up on.
+/// An S3 endpoint in front of another that can be told
+/// - to fail every `UploadPart` from some part number on, as S3 does when it is in trouble:
+///   `500 InternalError`, which the SDK retries and then gives up on;
+/// - to stop writing after some number of writes (PUT, POST, DELETE), as a process that dies
+///   there would: each later write is refused with `403 AccessDenied`, which the SDK does not
+///   retry, so the caller stops at the first one.
 pub struct FaultyS3 {
     pub endpoint: String,
     failing_from_part: Arc<AtomicU32>,
     refused: Arc<AtomicUsize>,
     forwarded_parts: Arc<AtomicUsize>,
+    writes_allowed: Arc<AtomicUsize>,
+    forwarded_writes: Arc<AtomicUsize>,
 }
 
 #[derive(Clone)]
@@ -192,6 +197,8 @@ struct Faults {
     failing_from_part: Arc<AtomicU32>,
     refused: Arc<AtomicUsize>,
     forwarded_parts: Arc<AtomicUsize>,
+    writes_allowed: Arc<AtomicUsize>,
+    forwarded_writes: Arc<AtomicUsize>,
 }
 
 impl FaultyS3 {
@@ -202,6 +209,8 @@ impl FaultyS3 {
             failing_from_part: Arc::new(AtomicU32::new(u32::MAX)),
             refused: Arc::default(),
             forwarded_parts: Arc::default(),
+            writes_allowed: Arc::new(AtomicUsize::new(usize::MAX)),
+            forwarded_writes: Arc::default(),
         };
         let app = axum::Router::new()
             .fallback(forward)
@@ -214,7 +223,20 @@ impl FaultyS3 {
             failing_from_part: faults.failing_from_part,
             refused: faults.refused,
             forwarded_parts: faults.forwarded_parts,
+            writes_allowed: faults.writes_allowed,
+            forwarded_writes: faults.forwarded_writes,
         }
+    }
+
+    /// From now on, passes `writes` more writes on and refuses every later one.
+    pub fn stop_writing_after(&self, writes: usize) {
+        self.forwarded_writes.store(0, Ordering::SeqCst);
+        self.writes_allowed.store(writes, Ordering::SeqCst);
+    }
+
+    /// Writes passed on since the last [`Self::stop_writing_after`] or [`Self::heal`].
+    pub fn forwarded_writes(&self) -> usize {
+        self.forwarded_writes.load(Ordering::SeqCst)
     }
 
     /// From now on, every UploadPart with this part number or a higher one fails.
@@ -224,6 +246,8 @@ impl FaultyS3 {
 
     pub fn heal(&self) {
         self.failing_from_part.store(u32::MAX, Ordering::SeqCst);
+        self.writes_allowed.store(usize::MAX, Ordering::SeqCst);
+        self.forwarded_writes.store(0, Ordering::SeqCst);
     }
 
     /// UploadPart requests refused so far.
@@ -248,6 +272,20 @@ async fn forward(
         .split('&')
         .find_map(|pair| pair.strip_prefix("partNumber="))
         .and_then(|n| n.parse::<u32>().ok());
+    if matches!(parts.method.as_str(), "PUT" | "POST" | "DELETE") {
+        let allowed = faults.writes_allowed.load(Ordering::SeqCst);
+        let ordinal = faults.forwarded_writes.fetch_add(1, Ordering::SeqCst);
+        if ordinal >= allowed {
+            faults.forwarded_writes.fetch_sub(1, Ordering::SeqCst);
+            let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>injected by the test: the writer stopped here</Message></Error>";
+            return (
+                axum::http::StatusCode::FORBIDDEN,
+                [("content-type", "application/xml")],
+                xml,
+            )
+                .into_response();
+        }
+    }
     if let Some(number) = part_number {
         if number >= faults.failing_from_part.load(Ordering::SeqCst) {
             faults.refused.fetch_add(1, Ordering::SeqCst);
