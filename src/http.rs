@@ -102,6 +102,24 @@ pub fn router_with(service: Service, auth: ApiAuth, limits: ConnectionLimits) ->
                 .layer::<_, std::convert::Infallible>(axum::Extension(std::sync::Arc::new(auth))),
         )
         .route("/v1/model", get(model_metadata))
+        .route("/v2", get(oip_server_metadata))
+        .route("/v2/health/live", get(oip_live))
+        .route("/v2/health/ready", get(oip_ready))
+        .route("/v2/models/{name}", get(oip_model_metadata))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(oip_model_metadata),
+        )
+        .route("/v2/models/{name}/ready", get(oip_model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(oip_model_ready),
+        )
+        .route("/v2/models/{name}/infer", post(oip_infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(oip_infer),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -150,14 +168,19 @@ async fn admit(State(in_flight): State<InFlight>, request: Request, next: Next) 
 
 /// Health checks and the scrape: what orchestrators and Prometheus call, not clients.
 fn is_probe(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/metrics")
+    matches!(
+        path,
+        "/healthz" | "/readyz" | "/metrics" | "/v2/health/live" | "/v2/health/ready"
+    )
 }
 
 /// How telemetry counts a request on `route` (the matched path, or `unmatched`). The paths are
 /// this router's, so the classification is too: the metrics core only follows it.
 fn traffic_of(route: &str) -> Traffic {
     match route {
-        "/v1/forecast" => Traffic::Forecast,
+        "/v1/forecast"
+        | "/v2/models/{name}/infer"
+        | "/v2/models/{name}/versions/{version}/infer" => Traffic::Forecast,
         probe if is_probe(probe) => Traffic::Probe,
         _ => Traffic::Api,
     }
@@ -389,6 +412,11 @@ fn check_plain_json(headers: &HeaderMap) -> Result<(), ApiError> {
             ));
         }
     }
+    check_uncompressed(headers)
+}
+
+/// Bodies must be uncompressed.
+fn check_uncompressed(headers: &HeaderMap) -> Result<(), ApiError> {
     if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
         let is_identity = encoding
             .to_str()
@@ -505,23 +533,194 @@ async fn model_metadata(State(service): State<Service>) -> Response {
             })
             .collect(),
         evaluation: metadata.evaluation.as_ref(),
-        interval_levels: match (&metadata.output.quantiles, &metadata.calibration) {
-            (Some(quantiles), _) => quantiles
-                .iter()
-                .filter(|&&q| q < 0.5)
-                .map(|q| 1.0 - 2.0 * q)
-                .filter(|level| {
-                    metadata
-                        .output
-                        .quantile_index((1.0 + level) / 2.0)
-                        .is_some()
-                })
-                .collect(),
-            (None, Some(calibration)) => calibration.level_values(),
-            (None, None) => Vec::new(),
-        },
+        interval_levels: metadata.interval_levels(),
     })
     .into_response()
+}
+
+// The Open Inference Protocol v2 (see `oip`): the same service, limits and auth as `/v1`, its
+// errors as the protocol writes them (`{"error": "..."}`).
+
+/// An error of a `/v2` route: the status and log of an [`ApiError`], the protocol's body.
+struct OipError(ApiError);
+
+impl<E: Into<ApiError>> From<E> for OipError {
+    fn from(e: E) -> Self {
+        OipError(e.into())
+    }
+}
+
+impl IntoResponse for OipError {
+    fn into_response(self) -> Response {
+        let mut response = self.0.into_response();
+        let (mut parts, _) = response.into_parts();
+        let message = parts
+            .extensions
+            .get::<ErrorLog>()
+            .map(|e| e.message.clone())
+            .unwrap_or_default();
+        parts.headers.remove(header::CONTENT_LENGTH);
+        response = Response::from_parts(parts, Body::from(json!({ "error": message }).to_string()));
+        response
+    }
+}
+
+fn unknown_model(what: String) -> OipError {
+    OipError(ApiError::new(StatusCode::NOT_FOUND, "not_found", what))
+}
+
+/// The service that answers for the model `name` (and `version`, when the route names one).
+fn oip_target(service: &Service, name: &str, version: Option<&str>) -> Result<Service, OipError> {
+    let model = service.model();
+    let served = &model.metadata().name;
+    if name != served {
+        return Err(unknown_model(format!(
+            "unknown model `{}`; this server serves `{served}`",
+            crate::forecast::excerpt(name)
+        )));
+    }
+    let Some(version) = version else {
+        return Ok(service.clone());
+    };
+    service.for_version(version).ok_or_else(|| {
+        unknown_model(format!(
+            "model `{served}` has no version `{}` serving requests; it has {:?}",
+            crate::forecast::excerpt(version),
+            service.versions()
+        ))
+    })
+}
+
+/// `{name}` and, on the versioned routes, `{version}`.
+type ModelPath = axum::extract::Path<std::collections::HashMap<String, String>>;
+
+fn name_and_version(path: &ModelPath) -> (&str, Option<&str>) {
+    (
+        path.get("name").map_or("", String::as_str),
+        path.get("version").map(String::as_str),
+    )
+}
+
+async fn oip_server_metadata() -> Response {
+    Json(crate::oip::ServerMetadata::new()).into_response()
+}
+
+async fn oip_live(State(service): State<Service>) -> Response {
+    let live = service.handle().is_alive();
+    let status = if live {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({ "live": live }))).into_response()
+}
+
+async fn oip_ready(State(service): State<Service>) -> Response {
+    let ready = service.handle().is_alive();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({ "ready": ready }))).into_response()
+}
+
+async fn oip_model_metadata(
+    State(service): State<Service>,
+    path: ModelPath,
+) -> Result<Response, OipError> {
+    let (name, version) = name_and_version(&path);
+    let target = oip_target(&service, name, version)?;
+    let model = target.model();
+    let versions = match version {
+        Some(version) => vec![version.to_owned()],
+        None => service.versions(),
+    };
+    Ok(Json(crate::oip::model_metadata(model.metadata(), versions)).into_response())
+}
+
+async fn oip_model_ready(
+    State(service): State<Service>,
+    path: ModelPath,
+) -> Result<Response, OipError> {
+    let (name, version) = name_and_version(&path);
+    let target = oip_target(&service, name, version)?;
+    let ready = target.handle().is_alive();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok((status, Json(json!({ "name": name, "ready": ready }))).into_response())
+}
+
+/// The binary tensor extension's header: where the JSON header of a body ends.
+const HEADER_LENGTH: &str = "inference-header-content-length";
+
+async fn oip_infer(
+    State(service): State<Service>,
+    axum::Extension(limits): axum::Extension<ConnectionLimits>,
+    axum::Extension(budget): axum::Extension<BodyBudget>,
+    path: ModelPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, OipError> {
+    let (name, version) = name_and_version(&path);
+    let target = oip_target(&service, name, version)?;
+    check_uncompressed(&headers)?;
+    let header_length = match headers.get(HEADER_LENGTH) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::InvalidRequest.as_str(),
+                        "Inference-Header-Content-Length must be a whole number of bytes",
+                    )
+                })?,
+        ),
+    };
+    let limit = service.limits().max_body_bytes;
+    let _claim = budget.claim(declared_length(&headers), limit, &limits)?;
+    let body = read_body(body, limit, &limits).await?;
+    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+    let shape = target.request_shape(target.limits().max_series);
+    let request = crate::oip::parse_infer(&body, header_length, &shape)?;
+    let response = target
+        .forecast_with_intervals(request.series.clone(), &request.levels, request_id)
+        .await?;
+    let answer = crate::oip::infer_answer(&request, &response);
+    if answer.binary.is_empty() {
+        return Ok((
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            answer.header,
+        )
+            .into_response());
+    }
+    let header_length = answer.header.len();
+    let mut bytes = answer.header;
+    bytes.extend_from_slice(&answer.binary);
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (
+                header::HeaderName::from_static(HEADER_LENGTH),
+                HeaderValue::from(header_length),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
 /// Alive while the engine threads are: a process whose engine died answers HTTP but can never
@@ -567,23 +766,38 @@ async fn metrics(State(service): State<Service>) -> Response {
         .into_response()
 }
 
-async fn not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!(
-            "no route for {method} {}; available: POST /v1/forecast, POST /v1/observations, GET /v1/model, GET /healthz, GET /readyz, GET /metrics",
-            uri.path()
+async fn not_found(method: Method, uri: Uri) -> Response {
+    in_protocol_of(
+        &uri,
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no route for {method} {}; available: POST /v1/forecast, POST /v1/observations, GET /v1/model, GET /healthz, GET /readyz, GET /metrics, and the Open Inference Protocol v2 under /v2 (GET /v2, GET /v2/health/live|ready, GET /v2/models/NAME[/versions/VERSION][/ready], POST /v2/models/NAME[/versions/VERSION]/infer)",
+                uri.path()
+            ),
         ),
     )
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!("{method} is not allowed on {}", uri.path()),
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    in_protocol_of(
+        &uri,
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed on {}", uri.path()),
+        ),
     )
+}
+
+/// `error` as the protocol of `uri`'s path writes errors: OIP's under `/v2`, ours elsewhere.
+fn in_protocol_of(uri: &Uri, error: ApiError) -> Response {
+    if uri.path() == "/v2" || uri.path().starts_with("/v2/") {
+        OipError(error).into_response()
+    } else {
+        error.into_response()
+    }
 }
 
 /// Assigns a request id, logs and times every request, and counts errors by code.
@@ -658,8 +872,12 @@ async fn observe(State(service): State<Service>, mut request: Request, next: Nex
     if let Some(code) = public_error {
         let (mut parts, _) = response.into_parts();
         parts.headers.remove(header::CONTENT_LENGTH);
-        let body = json!({"error": {"code": code, "request_id": request_id,
-            "message": format!("the server could not answer this request; its log has the details under request id {request_id}")}});
+        let message = format!("the server could not answer this request; its log has the details under request id {request_id}");
+        let body = if route.starts_with("/v2") {
+            json!({ "error": message })
+        } else {
+            json!({"error": {"code": code, "request_id": request_id, "message": message}})
+        };
         response = Response::from_parts(parts, axum::body::Body::from(body.to_string()));
     }
     if let Ok(value) = HeaderValue::from_str(&request_id) {

@@ -27,6 +27,8 @@
 //!   with libtorch a low-latency engine thread answers lone requests on every CPU.
 //! - [`forecast`]: forecast requests and answers, parsed and validated without trusting the client.
 //! - [`input`]: CSV and JSON files as forecast input (CLI, batch jobs).
+//! - [`oip`]: the Open Inference Protocol v2: its tensors to forecast requests and back (the
+//!   `/v2` routes and their metadata), no transport.
 //! - [`time`]: timestamps as the API and the stores write them (a leaf).
 //! - [`source`]: the model-source port, model URIs, the bundled model and directories;
 //!   [`source::s3`], the S3 registry as a source with its on-disk cache.
@@ -73,6 +75,7 @@ pub mod metrics;
 pub mod model;
 pub mod monitor;
 pub mod objects;
+pub mod oip;
 pub mod registry;
 pub mod service;
 pub mod source;

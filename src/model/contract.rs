@@ -304,6 +304,21 @@ fn field_error(field: impl Into<String>, reason: impl Into<String>) -> ContractE
 }
 
 impl ModelMetadata {
+    /// The interval levels this model serves by itself: from pairs of its quantiles, or its
+    /// `model.json` calibration (an online calibration may serve others).
+    pub fn interval_levels(&self) -> Vec<f64> {
+        match (&self.output.quantiles, &self.calibration) {
+            (Some(quantiles), _) => quantiles
+                .iter()
+                .filter(|&&q| q < 0.5)
+                .map(|q| 1.0 - 2.0 * q)
+                .filter(|level| self.output.quantile_index((1.0 + level) / 2.0).is_some())
+                .collect(),
+            (None, Some(calibration)) => calibration.level_values(),
+            (None, None) => Vec::new(),
+        }
+    }
+
     /// Parses and checks a `model.json` document.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ContractError> {
         let metadata: ModelMetadata =

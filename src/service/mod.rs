@@ -556,6 +556,25 @@ impl Service {
         *self.inner.canary.write().unwrap_or_else(|p| p.into_inner()) = canary;
     }
 
+    /// The service that answers for `version`: live's (its requests are split with a canary as
+    /// any others), or the canary challenger's alone; `None` for any other version (a shadow
+    /// challenger answers no requests).
+    pub fn for_version(&self, version: &str) -> Option<Service> {
+        if self.model().metadata().version == version {
+            return Some(self.clone());
+        }
+        self.current_canary()
+            .filter(|canary| canary.service.model().metadata().version == version)
+            .map(|canary| canary.service.clone())
+    }
+
+    /// The versions a request may name: live's, then a canary challenger's.
+    pub fn versions(&self) -> Vec<String> {
+        let mut versions = vec![self.model().metadata().version.clone()];
+        versions.extend(self.canary().map(|(version, _)| version));
+        versions
+    }
+
     /// The canary challenger's version and share of series, if one serves.
     pub fn canary(&self) -> Option<(String, f64)> {
         self.current_canary()

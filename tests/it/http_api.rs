@@ -206,7 +206,7 @@ async fn a_client_request_id_is_echoed_back() {
 async fn unknown_routes_and_methods_get_json_errors() {
     let server = TestServer::bundled().await;
     let client = reqwest::Client::new();
-    let response = client.get(server.url("/v2/forecast")).send().await.unwrap();
+    let response = client.get(server.url("/v3/forecast")).send().await.unwrap();
     assert_eq!(response.status(), 404);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_found");
@@ -214,6 +214,14 @@ async fn unknown_routes_and_methods_get_json_errors() {
         .as_str()
         .unwrap()
         .contains("POST /v1/forecast"));
+    // Under /v2, errors take the Open Inference Protocol's shape: {"error": "..."}
+    let response = client.get(server.url("/v2/forecast")).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("POST /v2/models/NAME[/versions/VERSION]/infer"));
     let response = client.get(server.url("/v1/forecast")).send().await.unwrap();
     assert_eq!(response.status(), 405);
     let body: Value = response.json().await.unwrap();

@@ -542,9 +542,12 @@ async fn a_live_metrics_scrape_passes_promtool_check_metrics() {
 #[test]
 fn the_kubernetes_manifests_validate_against_the_api_schema() {
     let mut args = vec!["--strict", "-k", "1.30.0"];
+    // The plain manifests; kserve/ holds custom resources, checked against KServe's schemas below.
     let manifests: Vec<String> = std::fs::read_dir(repo_path("infra/k8s"))
         .unwrap()
-        .map(|e| format!("infra/k8s/{}", e.unwrap().file_name().to_string_lossy()))
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| format!("infra/k8s/{}", e.file_name().to_string_lossy()))
         .collect();
     args.extend(manifests.iter().map(String::as_str));
     let (ok, out) = run(&tools_bin("kubernetes-validate"), &args);
@@ -880,6 +883,64 @@ fn yaml_file(path: &str) -> Value {
         "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
         path,
     ])
+}
+
+#[test]
+fn the_kserve_runtime_and_inference_service_follow_kserves_schemas_and_speak_v2() {
+    // KServe's CRD schemas, vendored (tests/fixtures/kserve/README.md) ...
+    let validate = |schema: &str, path: &str| {
+        run(
+            &tools_bin("check-jsonschema"),
+            &[
+                "--schemafile",
+                &format!("tests/fixtures/kserve/{schema}"),
+                path,
+            ],
+        )
+    };
+    let runtime_schema = "servingruntime-serving.kserve.io-v1alpha1.json";
+    let service_schema = "inferenceservice-serving.kserve.io-v1beta1.json";
+    for (schema, path) in [
+        (runtime_schema, "infra/k8s/kserve/servingruntime.yaml"),
+        (service_schema, "infra/k8s/kserve/inferenceservice.yaml"),
+    ] {
+        let (ok, out) = validate(schema, path);
+        assert!(ok, "{path}: {out}");
+    }
+    // ... which a runtime with a mistyped field fails
+    let broken = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    let text = std::fs::read_to_string(repo_path("infra/k8s/kserve/servingruntime.yaml")).unwrap();
+    std::fs::write(
+        broken.path(),
+        text.replace("  protocolVersions:\n    - v2", "  protocolVersions: v2"),
+    )
+    .unwrap();
+    let (ok, out) = validate(runtime_schema, broken.path().to_str().unwrap());
+    assert!(
+        !ok,
+        "the schema accepted protocolVersions as a string\n{out}"
+    );
+    // AND the runtime speaks v2 from the Deployment's image, probed on the v2 health routes
+    let runtime = yaml_file("infra/k8s/kserve/servingruntime.yaml");
+    assert_eq!(runtime["spec"]["protocolVersions"], json!(["v2"]));
+    let container = &runtime["spec"]["containers"][0];
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["path"],
+        "/v2/health/ready"
+    );
+    assert_eq!(
+        container["livenessProbe"]["httpGet"]["path"],
+        "/v2/health/live"
+    );
+    let deployment = yaml_file("infra/k8s/deployment.yaml");
+    assert_eq!(
+        container["image"],
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    );
+    let service = yaml_file("infra/k8s/kserve/inferenceservice.yaml");
+    let model = &service["spec"]["predictor"]["model"];
+    assert_eq!(model["runtime"], runtime["metadata"]["name"]);
+    assert_eq!(model["protocolVersion"], "v2");
 }
 
 #[test]

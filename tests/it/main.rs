@@ -23,6 +23,7 @@ mod layout;
 mod model_loading;
 mod monitoring;
 mod notifications;
+mod oip;
 mod parity;
 mod registry;
 mod shutdown;

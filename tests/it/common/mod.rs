@@ -172,6 +172,7 @@ pub fn forecast_body(windows: &[Vec<f64>]) -> serde_json::Value {
         "series": windows.iter().enumerate().map(|(i, w)| serde_json::json!({"id": format!("s{i}"), "values": w})).collect::<Vec<_>>()
     })
 }
+pub mod api_gateway;
 pub mod challenge;
 pub mod emulators;
 pub mod history;
