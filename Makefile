@@ -21,7 +21,7 @@ CARGO       ?= cargo
 # Arguments for `make run`, e.g. make run ARGS="--bind 0.0.0.0:8080"
 ARGS        ?=
 
-.PHONY: help run test test-fresh bench bench-peers soak fuzz model libtorch onnxruntime tools toolchain build release image-rootfs deploy fmt clippy clean
+.PHONY: help run test test-fresh openapi bench bench-peers soak fuzz model libtorch onnxruntime tools toolchain build release image-rootfs deploy fmt clippy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ tools: toolchain ## Install the test tools (cached)
 
 build: libtorch onnxruntime ## Debug build
 	$(CARGO) build --locked
+
+openapi: libtorch onnxruntime ## Regenerate docs/openapi.json from the code (a test fails when it is stale)
+	$(CARGO) run --quiet --locked -- openapi > docs/openapi.json
 
 release: libtorch onnxruntime ## Optimised build (target/release/lstm-forecast)
 	$(CARGO) build --locked --release
@@ -92,6 +95,7 @@ bench: libtorch onnxruntime tools ## Benchmarks (release build), printed as tabl
 	LSTM_FORECAST_TOOLS="$$(scripts/python-tools.sh)" $(CARGO) bench --locked --bench forecast
 	LSTM_FORECAST_TOOLS="$$(scripts/python-tools.sh)" $(CARGO) bench --locked --bench shards
 	$(CARGO) bench --locked --bench shadow
+	$(CARGO) bench --locked --bench protocols
 
 soak: libtorch onnxruntime ## 10 minutes at ~80% of measured capacity (SOAK_SECONDS to change); errors, and memory drift at idle checkpoints
 	$(CARGO) bench --locked --bench soak

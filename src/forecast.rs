@@ -149,6 +149,54 @@ pub struct ForecastRequest {
 /// Most interval levels one request may ask for.
 pub const MAX_INTERVAL_LEVELS: usize = 8;
 
+/// The fields of a forecast body, and of each of its series: what the parser accepts and the
+/// OpenAPI document describes.
+const REQUEST_FIELDS: [&str; 2] = ["series", "intervals"];
+const SERIES_FIELDS: [&str; 3] = ["id", "values", "last_timestamp"];
+
+/// The wire shape of a `POST /v1/forecast` body for the OpenAPI document, from the constants the
+/// parser checks against (a model's window and features are known only at run time).
+impl utoipa::PartialSchema for ForecastRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let [id, values, last_timestamp] = SERIES_FIELDS;
+        let [series, intervals] = REQUEST_FIELDS;
+        let number = serde_json::json!({"type": "number"});
+        let schema = serde_json::json!({
+            "type": "object",
+            "required": [series],
+            "additionalProperties": false,
+            "properties": {
+                series: {
+                    "type": "array", "minItems": 1,
+                    "description": "The series to forecast (at most the server's MAX_SERIES).",
+                    "items": {
+                        "type": "object", "required": [values], "additionalProperties": false,
+                        "properties": {
+                            id: {"type": ["string", "null"], "maxLength": MAX_ID_LEN,
+                                 "description": "Names the series in the forecast log and scores; unique in a request."},
+                            values: {
+                                "type": "array",
+                                "description": format!("The history, oldest first: numbers for a one-feature model, rows of one number per feature otherwise; at least the model's window, at most {MAX_HISTORY_WINDOWS} windows."),
+                                "items": {"anyOf": [number, {"type": "array", "items": number}]}
+                            },
+                            last_timestamp: {"type": ["string", "null"], "format": "date-time",
+                                             "description": "RFC 3339 time of the last value: stamps the forecast steps."}
+                        }
+                    }
+                },
+                intervals: {
+                    "type": ["array", "null"], "maxItems": MAX_INTERVAL_LEVELS,
+                    "items": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                    "description": "Prediction interval levels, such as [0.8, 0.95]."
+                }
+            }
+        });
+        serde_json::from_value(schema).expect("a valid schema")
+    }
+}
+
+impl utoipa::ToSchema for ForecastRequest {}
+
 /// Parses a `POST /v1/forecast` body: [`parse_forecast_request`] plus `"intervals": [0.8, 0.95]`.
 pub fn parse_forecast_body(
     body: &[u8],
@@ -529,9 +577,9 @@ impl Slot for RequestSlot<'_> {
         rejection: &Rejection,
     ) -> Result<ForecastRequest, M::Error> {
         let known: &'static [&'static str] = if self.accept_intervals {
-            &["series", "intervals"]
+            &REQUEST_FIELDS
         } else {
-            &["series"]
+            &REQUEST_FIELDS[..1]
         };
         let mut series = None;
         let mut intervals = Vec::new();
@@ -636,7 +684,7 @@ impl Slot for SeriesSlot<'_> {
         let at = at.as_str();
         let shape = self.shape;
         let (mut id, mut values, mut last_timestamp) = (None, None, None);
-        let known = &["id", "values", "last_timestamp"];
+        let known = &SERIES_FIELDS;
         read_fields(&mut map, known, at, rejection, |map, field| {
             match field {
                 "id" => id = map.next_value_seed(Streamed::new(IdSlot { at }, rejection))?,
@@ -1102,7 +1150,7 @@ fn contains_non_json_number(body: &[u8]) -> bool {
 }
 
 /// The answer to a forecast request.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ForecastResponse {
     pub model: ModelRef,
     pub forecasts: Vec<SeriesForecast>,
@@ -1112,7 +1160,7 @@ pub struct ForecastResponse {
 }
 
 /// Where a response's intervals came from.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct CalibrationRef {
     /// `model.json`: the calibration the model shipped with.
     pub source: String,
@@ -1121,20 +1169,20 @@ pub struct CalibrationRef {
 }
 
 /// A prediction interval around one forecast: `lower[k] <= values[k] <= upper[k]`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Interval {
     pub level: f64,
     pub lower: Vec<f64>,
     pub upper: Vec<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ModelRef {
     pub name: String,
     pub version: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct SeriesForecast {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,

@@ -18,7 +18,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::json;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
@@ -103,22 +102,25 @@ pub fn router_with(service: Service, auth: ApiAuth, limits: ConnectionLimits) ->
         )
         .route("/v1/model", get(model_metadata))
         .route("/v2", get(oip_server_metadata))
+        // The protocol's own OpenAPI document writes the server metadata route with a slash.
+        .route("/v2/", get(oip_server_metadata))
+        .route("/openapi.json", get(openapi_json))
         .route("/v2/health/live", get(oip_live))
         .route("/v2/health/ready", get(oip_ready))
         .route("/v2/models/{name}", get(oip_model_metadata))
         .route(
             "/v2/models/{name}/versions/{version}",
-            get(oip_model_metadata),
+            get(oip_version_metadata),
         )
         .route("/v2/models/{name}/ready", get(oip_model_ready))
         .route(
             "/v2/models/{name}/versions/{version}/ready",
-            get(oip_model_ready),
+            get(oip_version_ready),
         )
         .route("/v2/models/{name}/infer", post(oip_infer))
         .route(
             "/v2/models/{name}/versions/{version}/infer",
-            post(oip_infer),
+            post(oip_version_infer),
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -435,6 +437,21 @@ fn check_uncompressed(headers: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
+#[utoipa::path(
+    post, path = "/v1/forecast", tag = "v1",
+    request_body(content = crate::forecast::ForecastRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "One forecast per series, in request order", body = crate::forecast::ForecastResponse),
+        (status = 400, description = "A request the client must fix; the message names the field", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within the body timeout", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit", body = ErrorBody),
+        (status = 415, description = "Not JSON, or compressed", body = ErrorBody),
+        (status = 422, description = "Interval levels the model is not calibrated for", body = ErrorBody),
+        (status = 429, description = "The engine queue is full; retry after `Retry-After`", body = ErrorBody),
+        (status = 500, description = "The server failed; the message carries the request id", body = ErrorBody),
+        (status = 503, description = "Too many requests in flight (`server_busy`), or the engine or store is unavailable", body = ErrorBody),
+    )
+)]
 async fn forecast(
     State(service): State<Service>,
     axum::Extension(limits): axum::Extension<ConnectionLimits>,
@@ -452,6 +469,21 @@ async fn forecast(
 }
 
 /// Stores actuals for the accuracy loop (the same store as the forecast log).
+#[utoipa::path(
+    post, path = "/v1/observations", tag = "v1",
+    request_body(content = crate::monitor::observations::ObservationsRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored for the next evaluation", body = Stored),
+        (status = 400, description = "A request the client must fix; the message names the field", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within the body timeout", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit", body = ErrorBody),
+        (status = 415, description = "Not JSON, or compressed", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token (OBSERVATIONS_TOKEN)", body = ErrorBody),
+        (status = 501, description = "The server has no store (FORECAST_LOG_URI)", body = ErrorBody),
+        (status = 503, description = "Too many requests in flight (`server_busy`), or the engine or store is unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn observations(
     State(service): State<Service>,
     axum::Extension(auth): axum::Extension<std::sync::Arc<ApiAuth>>,
@@ -459,7 +491,7 @@ async fn observations(
     axum::Extension(budget): axum::Extension<BodyBudget>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<Stored>), ApiError> {
     if let Some(token) = &auth.observations_token {
         let presented = headers
             .get(header::AUTHORIZATION)
@@ -481,14 +513,56 @@ async fn observations(
     let (stored, key) = service.store_observations(&body).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"stored": stored, "object": key})),
+        Json(Stored {
+            stored,
+            object: key,
+        }),
     ))
+}
+
+/// `POST /v1/observations`: how many values were stored, and where.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Stored {
+    stored: usize,
+    object: String,
+}
+
+/// `GET /healthz`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Health {
+    status: &'static str,
+}
+
+/// `GET /readyz`: ready, and with which model.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Readiness {
+    status: &'static str,
+    model: crate::forecast::ModelRef,
+}
+
+/// `GET /v2/health/live`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Liveness {
+    live: bool,
+}
+
+/// `GET /v2/health/ready`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ServerReadiness {
+    ready: bool,
+}
+
+/// `GET /v2/models/{name}[/versions/{version}]/ready`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ModelReadiness<'a> {
+    name: &'a str,
+    ready: bool,
 }
 
 /// `GET /v1/model`: what a client needs to call the model, and its published scores. Not the
 /// whole `model.json`: the training statistics and drift calibration describe the training data,
 /// and the normalisation constants are internals.
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 struct ModelInfo<'a> {
     name: &'a str,
     version: &'a str,
@@ -505,12 +579,20 @@ struct ModelInfo<'a> {
     /// The kinds of preprocessing applied, in order (`z_score`, `subtract_last`).
     preprocessing: Vec<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     evaluation: Option<&'a serde_json::Value>,
     /// The interval levels a request may ask for (from the calibration or the quantiles).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     interval_levels: Vec<f64>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/model", tag = "v1",
+    responses(
+        (status = 200, description = "The model in service", body = ModelInfo),
+        (status = 503, description = "Too many requests in flight (`server_busy`), or the engine or store is unavailable", body = ErrorBody),
+    )
+)]
 async fn model_metadata(State(service): State<Service>) -> Response {
     let model = service.model();
     let metadata: &ModelMetadata = model.metadata();
@@ -560,7 +642,8 @@ impl IntoResponse for OipError {
             .map(|e| e.message.clone())
             .unwrap_or_default();
         parts.headers.remove(header::CONTENT_LENGTH);
-        response = Response::from_parts(parts, Body::from(json!({ "error": message }).to_string()));
+        let body = serde_json::to_vec(&OipErrorBody { error: message }).expect("serialises");
+        response = Response::from_parts(parts, Body::from(body));
         response
     }
 }
@@ -601,10 +684,24 @@ fn name_and_version(path: &ModelPath) -> (&str, Option<&str>) {
     )
 }
 
+#[utoipa::path(
+    get, path = "/v2", tag = "v2",
+    responses(
+        (status = 200, description = "Server metadata", body = crate::oip::ServerMetadata),
+        (status = 503, description = "Too many requests in flight", body = OipErrorBody),
+    )
+)]
 async fn oip_server_metadata() -> Response {
     Json(crate::oip::ServerMetadata::new()).into_response()
 }
 
+#[utoipa::path(
+    get, path = "/v2/health/live", tag = "v2",
+    responses(
+        (status = 200, description = "Live", body = Liveness),
+        (status = 503, description = "The engine stopped", body = Liveness),
+    )
+)]
 async fn oip_live(State(service): State<Service>) -> Response {
     let live = service.handle().is_alive();
     let status = if live {
@@ -612,9 +709,16 @@ async fn oip_live(State(service): State<Service>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({ "live": live }))).into_response()
+    (status, Json(Liveness { live })).into_response()
 }
 
+#[utoipa::path(
+    get, path = "/v2/health/ready", tag = "v2",
+    responses(
+        (status = 200, description = "Ready", body = ServerReadiness),
+        (status = 503, description = "The engine stopped", body = ServerReadiness),
+    )
+)]
 async fn oip_ready(State(service): State<Service>) -> Response {
     let ready = service.handle().is_alive();
     let status = if ready {
@@ -622,10 +726,39 @@ async fn oip_ready(State(service): State<Service>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({ "ready": ready }))).into_response()
+    (status, Json(ServerReadiness { ready })).into_response()
 }
 
-async fn oip_model_metadata(
+#[utoipa::path(
+    get, path = "/v2/models/{name}", tag = "v2",
+    params(("name" = String, Path, description = "The model's name (`GET /v1/model`)")),
+    responses(
+        (status = 200, description = "Model metadata: inputs and outputs as tensors", body = crate::oip::ModelMetadataV2),
+        (status = 404, description = "No such model or version", body = OipErrorBody),
+        (status = 503, description = "Too many requests in flight", body = OipErrorBody),
+    )
+)]
+async fn oip_model_metadata(state: State<Service>, path: ModelPath) -> Result<Response, OipError> {
+    model_metadata_v2(state, path).await
+}
+
+#[utoipa::path(
+    get, path = "/v2/models/{name}/versions/{version}", tag = "v2",
+    params(("name" = String, Path, description = "The model's name (`GET /v1/model`)"), ("version" = String, Path, description = "The live version, or a canary challenger's")),
+    responses(
+        (status = 200, description = "Model metadata: inputs and outputs as tensors", body = crate::oip::ModelMetadataV2),
+        (status = 404, description = "No such model or version", body = OipErrorBody),
+        (status = 503, description = "Too many requests in flight", body = OipErrorBody),
+    )
+)]
+async fn oip_version_metadata(
+    state: State<Service>,
+    path: ModelPath,
+) -> Result<Response, OipError> {
+    model_metadata_v2(state, path).await
+}
+
+async fn model_metadata_v2(
     State(service): State<Service>,
     path: ModelPath,
 ) -> Result<Response, OipError> {
@@ -639,7 +772,33 @@ async fn oip_model_metadata(
     Ok(Json(crate::oip::model_metadata(model.metadata(), versions)).into_response())
 }
 
-async fn oip_model_ready(
+#[utoipa::path(
+    get, path = "/v2/models/{name}/ready", tag = "v2",
+    params(("name" = String, Path, description = "The model's name (`GET /v1/model`)")),
+    responses(
+        (status = 200, description = "Ready", body = ModelReadiness),
+        (status = 404, description = "No such model or version", body = OipErrorBody),
+        (status = 503, description = "The engine stopped, or too many requests in flight", body = ModelReadiness),
+    )
+)]
+async fn oip_model_ready(state: State<Service>, path: ModelPath) -> Result<Response, OipError> {
+    model_ready_v2(state, path).await
+}
+
+#[utoipa::path(
+    get, path = "/v2/models/{name}/versions/{version}/ready", tag = "v2",
+    params(("name" = String, Path, description = "The model's name (`GET /v1/model`)"), ("version" = String, Path, description = "The live version, or a canary challenger's")),
+    responses(
+        (status = 200, description = "Ready", body = ModelReadiness),
+        (status = 404, description = "No such model or version", body = OipErrorBody),
+        (status = 503, description = "The engine stopped, or too many requests in flight", body = ModelReadiness),
+    )
+)]
+async fn oip_version_ready(state: State<Service>, path: ModelPath) -> Result<Response, OipError> {
+    model_ready_v2(state, path).await
+}
+
+async fn model_ready_v2(
     State(service): State<Service>,
     path: ModelPath,
 ) -> Result<Response, OipError> {
@@ -651,13 +810,136 @@ async fn oip_model_ready(
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    Ok((status, Json(json!({ "name": name, "ready": ready }))).into_response())
+    Ok((status, Json(ModelReadiness { name, ready })).into_response())
+}
+
+/// The OpenAPI 3.1 document of every route above, derived from the handlers and the types they
+/// read and write (`GET /openapi.json`; committed as `openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "lstm-forecast",
+        description = "LSTM time-series forecasts: the forecast API (/v1), the Open Inference Protocol v2 (/v2) and the probes.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        forecast, observations, model_metadata, healthz, readyz, metrics, openapi_json,
+        oip_server_metadata, oip_live, oip_ready, oip_model_metadata, oip_version_metadata,
+        oip_model_ready, oip_version_ready, oip_infer, oip_version_infer
+    ),
+    modifiers(&BearerToken),
+    tags(
+        (name = "v1", description = "The forecast API"),
+        (name = "v2", description = "The Open Inference Protocol v2 (REST), with the binary tensor data extension"),
+        (name = "probes", description = "Health checks and the Prometheus scrape")
+    )
+)]
+struct ApiDoc;
+
+/// The observations token as a security scheme.
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document, as `GET /openapi.json` serves it.
+pub fn openapi_document() -> String {
+    use utoipa::OpenApi;
+    let mut text = ApiDoc::openapi().to_pretty_json().expect("serialises");
+    text.push('\n');
+    text
+}
+
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "probes",
+    responses((status = 200, description = "This document", content_type = "application/json", body = Object))
+)]
+async fn openapi_json() -> Response {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text = DOCUMENT.get_or_init(openapi_document).clone();
+    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
 /// The binary tensor extension's header: where the JSON header of a body ends.
 const HEADER_LENGTH: &str = "inference-header-content-length";
 
+#[utoipa::path(
+    post, path = "/v2/models/{name}/infer", tag = "v2",
+    params(("name" = String, Path, description = "The model's name (`GET /v1/model`)"), ("Inference-Header-Content-Length" = Option<usize>, Header, description = "With the binary tensor extension: the length of the JSON header at the start of the body")),
+    request_body(description = "JSON; or, with the binary tensor extension, the JSON header then the inputs' bytes", content(
+        (crate::oip::RawRequest = "application/json"),
+        (Vec<u8> = "application/octet-stream")
+    )),
+    responses(
+        (status = 200, description = "The outputs asked for: JSON; or, when outputs were asked for as binary, the JSON header (Inference-Header-Content-Length bytes) then the outputs' bytes", content(
+            (crate::oip::ResponseHeader = "application/json"),
+            (Vec<u8> = "application/octet-stream")
+        )),
+        (status = 400, description = "A request the client must fix; the message names the tensor or field", body = OipErrorBody),
+        (status = 404, description = "No such model or version", body = OipErrorBody),
+        (status = 408, description = "The body did not arrive within the body timeout", body = OipErrorBody),
+        (status = 413, description = "The body is larger than the limit", body = OipErrorBody),
+        (status = 415, description = "A compressed body", body = OipErrorBody),
+        (status = 422, description = "Interval levels the model is not calibrated for", body = OipErrorBody),
+        (status = 429, description = "The engine queue is full; retry after `Retry-After`", body = OipErrorBody),
+        (status = 500, description = "The server failed; the message carries the request id", body = OipErrorBody),
+        (status = 503, description = "Too many requests in flight, or the engine is unavailable", body = OipErrorBody),
+    )
+)]
 async fn oip_infer(
+    state: State<Service>,
+    limits: axum::Extension<ConnectionLimits>,
+    budget: axum::Extension<BodyBudget>,
+    path: ModelPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, OipError> {
+    infer_v2(state, limits, budget, path, headers, body).await
+}
+
+#[utoipa::path(
+    post, path = "/v2/models/{name}/versions/{version}/infer", tag = "v2",
+    params(("name" = String, Path, description = "The model's name (`GET /v1/model`)"), ("version" = String, Path, description = "The live version, or a canary challenger's"), ("Inference-Header-Content-Length" = Option<usize>, Header, description = "With the binary tensor extension: the length of the JSON header at the start of the body")),
+    request_body(description = "JSON; or, with the binary tensor extension, the JSON header then the inputs' bytes", content(
+        (crate::oip::RawRequest = "application/json"),
+        (Vec<u8> = "application/octet-stream")
+    )),
+    responses(
+        (status = 200, description = "The outputs asked for: JSON; or, when outputs were asked for as binary, the JSON header (Inference-Header-Content-Length bytes) then the outputs' bytes", content(
+            (crate::oip::ResponseHeader = "application/json"),
+            (Vec<u8> = "application/octet-stream")
+        )),
+        (status = 400, description = "A request the client must fix; the message names the tensor or field", body = OipErrorBody),
+        (status = 404, description = "No such model or version", body = OipErrorBody),
+        (status = 408, description = "The body did not arrive within the body timeout", body = OipErrorBody),
+        (status = 413, description = "The body is larger than the limit", body = OipErrorBody),
+        (status = 415, description = "A compressed body", body = OipErrorBody),
+        (status = 422, description = "Interval levels the model is not calibrated for", body = OipErrorBody),
+        (status = 429, description = "The engine queue is full; retry after `Retry-After`", body = OipErrorBody),
+        (status = 500, description = "The server failed; the message carries the request id", body = OipErrorBody),
+        (status = 503, description = "Too many requests in flight, or the engine is unavailable", body = OipErrorBody),
+    )
+)]
+async fn oip_version_infer(
+    state: State<Service>,
+    limits: axum::Extension<ConnectionLimits>,
+    budget: axum::Extension<BodyBudget>,
+    path: ModelPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, OipError> {
+    infer_v2(state, limits, budget, path, headers, body).await
+}
+
+async fn infer_v2(
     State(service): State<Service>,
     axum::Extension(limits): axum::Extension<ConnectionLimits>,
     axum::Extension(budget): axum::Extension<BodyBudget>,
@@ -725,9 +1007,16 @@ async fn oip_infer(
 
 /// Alive while the engine threads are: a process whose engine died answers HTTP but can never
 /// forecast again, and only a restart helps.
+#[utoipa::path(
+    get, path = "/healthz", tag = "probes",
+    responses(
+        (status = 200, description = "The engine threads are alive", body = Health),
+        (status = 503, description = "The engine stopped: restart the process", body = ErrorBody),
+    )
+)]
 async fn healthz(State(service): State<Service>) -> Response {
     if service.handle().is_alive() {
-        Json(json!({"status": "ok"})).into_response()
+        Json(Health { status: "ok" }).into_response()
     } else {
         engine_stopped().into_response()
     }
@@ -743,18 +1032,35 @@ fn engine_stopped() -> ApiError {
 
 /// Ready when the engine threads are alive: the model was loaded and warmed up before the listener
 /// opened, so there is no "loading" state to report.
+#[utoipa::path(
+    get, path = "/readyz", tag = "probes",
+    responses(
+        (status = 200, description = "Ready to forecast, with this model", body = Readiness),
+        (status = 503, description = "The engine stopped", body = ErrorBody),
+    )
+)]
 async fn readyz(State(service): State<Service>) -> Response {
     let handle = service.handle();
     if handle.is_alive() {
         let model = handle.model();
         let metadata = model.metadata();
-        Json(json!({"status": "ready", "model": {"name": metadata.name, "version": metadata.version}}))
-            .into_response()
+        Json(Readiness {
+            status: "ready",
+            model: crate::forecast::ModelRef {
+                name: metadata.name.clone(),
+                version: metadata.version.clone(),
+            },
+        })
+        .into_response()
     } else {
         engine_stopped().into_response()
     }
 }
 
+#[utoipa::path(
+    get, path = "/metrics", tag = "probes",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String))
+)]
 async fn metrics(State(service): State<Service>) -> Response {
     (
         [(
@@ -874,11 +1180,18 @@ async fn observe(State(service): State<Service>, mut request: Request, next: Nex
         parts.headers.remove(header::CONTENT_LENGTH);
         let message = format!("the server could not answer this request; its log has the details under request id {request_id}");
         let body = if route.starts_with("/v2") {
-            json!({ "error": message })
+            serde_json::to_vec(&OipErrorBody { error: message })
         } else {
-            json!({"error": {"code": code, "request_id": request_id, "message": message}})
-        };
-        response = Response::from_parts(parts, axum::body::Body::from(body.to_string()));
+            serde_json::to_vec(&ErrorBody {
+                error: ErrorDetail {
+                    code,
+                    message: &message,
+                    request_id: Some(&request_id),
+                },
+            })
+        }
+        .expect("serialises");
+        response = Response::from_parts(parts, axum::body::Body::from(body));
     }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
@@ -997,9 +1310,38 @@ impl From<InferError> for ApiError {
     }
 }
 
+/// The body of every `/v1` (and probe) error.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ErrorDetail<'a> {
+    /// Machine-readable: `invalid_json`, `wrong_window_length`, `server_busy`, ...
+    code: &'a str,
+    /// Names the field or series at fault, or what to do.
+    message: &'a str,
+    /// On failures of the server's own: the id its log line carries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+}
+
+/// The body of every `/v2` error, as the Open Inference Protocol writes it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct OipErrorBody {
+    error: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
+        let body = Json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: &self.message,
+                request_id: None,
+            },
+        });
         let mut response = (self.status, body).into_response();
         if let Some(secs) = self.retry_after_secs {
             response

@@ -82,6 +82,10 @@ enum Command {
     /// Default: http://127.0.0.1:8080/readyz, ready once the model is loaded and the engine runs
     /// (Docker Swarm and Compose `healthcheck: test: ["CMD", "lstm-forecast", "probe"]`).
     Probe(ProbeArgs),
+    /// Print the OpenAPI 3.1 document of the HTTP API (/v1, the Open Inference Protocol v2 under
+    /// /v2, and the probes) on stdout: what `GET /openapi.json` serves, for client generators,
+    /// API gateways and API testers, without a running server.
+    Openapi,
 }
 
 fn main() -> ExitCode {
@@ -169,6 +173,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Batch(args) => cli::batch::batch(args)?,
         Command::Lambda(args) => return cli::lambda::run(args),
         Command::Probe(args) => cli::probe::probe(args)?,
+        Command::Openapi => print!("{}", lstm_forecast::http::openapi_document()),
     }
     Ok(ExitCode::SUCCESS)
 }

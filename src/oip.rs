@@ -42,7 +42,7 @@ pub const FORECAST_OUTPUT: &str = "forecast";
 pub const EXTENSIONS: [&str; 1] = ["binary_tensor_data"];
 
 /// `GET /v2`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ServerMetadata {
     pub name: &'static str,
     pub version: &'static str,
@@ -66,7 +66,7 @@ impl Default for ServerMetadata {
 }
 
 /// A tensor as model metadata declares it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TensorMetadata {
     pub name: String,
     pub datatype: &'static str,
@@ -74,7 +74,7 @@ pub struct TensorMetadata {
 }
 
 /// `GET /v2/models/{name}[/versions/{version}]`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ModelMetadataV2 {
     pub name: String,
     pub versions: Vec<String>,
@@ -152,32 +152,47 @@ pub struct InferRequest {
     pub outputs: Vec<RequestedOutput>,
 }
 
-#[derive(Deserialize)]
-struct RawRequest {
+/// An infer request's JSON header (the body, without the binary extension).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = InferRequestBody)]
+pub(crate) struct RawRequest {
     #[serde(default)]
     id: Option<String>,
+    /// `intervals` (`"0.8,0.95"`), `binary_data_output` (boolean).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     parameters: Option<Map<String, Value>>,
     inputs: Vec<RawInput>,
     #[serde(default)]
     outputs: Option<Vec<RawOutput>>,
 }
 
-#[derive(Deserialize)]
-struct RawInput {
+/// `window` (FP64 or FP32 `[series, rows, features]`), `series_id` or `last_timestamp` (BYTES
+/// `[series]`).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = InferInput)]
+pub(crate) struct RawInput {
     name: String,
     shape: Vec<i64>,
     datatype: String,
+    /// `binary_data_size`: the input's bytes in the binary part of the body.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     parameters: Option<Map<String, Value>>,
+    /// Row-major values, flat or nested (absent with `binary_data_size`).
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Value>>)]
     data: Option<FlatData>,
 }
 
-#[derive(Deserialize)]
-struct RawOutput {
+/// `forecast`, `lower_P` or `upper_P`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = InferRequestedOutput)]
+pub(crate) struct RawOutput {
     name: String,
+    /// `binary_data` (boolean).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     parameters: Option<Map<String, Value>>,
 }
 
@@ -728,8 +743,10 @@ pub struct InferAnswer {
     pub binary: Vec<u8>,
 }
 
-#[derive(Serialize)]
-struct ResponseHeader<'a> {
+/// An infer response's JSON header.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = InferResponse)]
+pub(crate) struct ResponseHeader<'a> {
     model_name: &'a str,
     model_version: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -737,12 +754,16 @@ struct ResponseHeader<'a> {
     outputs: Vec<OutputTensor>,
 }
 
-#[derive(Serialize)]
-struct OutputTensor {
+/// An output tensor, FP64 `[series, horizon]`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = InferOutput)]
+pub(crate) struct OutputTensor {
     name: String,
     datatype: &'static str,
     shape: [usize; 2],
+    /// `binary_data_size`, when the output is in the binary part of the body.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     parameters: Option<Map<String, Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<Vec<f64>>,

@@ -24,6 +24,37 @@ pub struct Observation {
 /// moment it is read, and the series' real actuals would never be scored again.
 pub const MAX_OBSERVATION_LEAD: chrono::Duration = chrono::Duration::hours(1);
 
+/// The fields of each series of an observations body: what the parser accepts and the OpenAPI
+/// document describes.
+const SERIES_FIELDS: [&str; 3] = ["id", "timestamps", "values"];
+
+/// A `POST /v1/observations` body, as the OpenAPI document describes it ([`parse_observations`]
+/// reads it).
+pub struct ObservationsRequest;
+
+impl utoipa::PartialSchema for ObservationsRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let [id, timestamps, values] = SERIES_FIELDS;
+        let schema = serde_json::json!({
+            "type": "object", "required": ["series"], "additionalProperties": false,
+            "properties": {"series": {"type": "array", "items": {
+                "type": "object", "required": SERIES_FIELDS, "additionalProperties": false,
+                "properties": {
+                    id: {"type": "string", "minLength": 1, "maxLength": MAX_ID_LEN,
+                         "description": "The series id its forecasts were made under."},
+                    timestamps: {"type": "array", "items": {"type": "string", "format": "date-time"},
+                                 "description": format!("RFC 3339, at most {} hours after the server's clock.", MAX_OBSERVATION_LEAD.num_hours())},
+                    values: {"type": "array", "items": {"type": "number"},
+                             "description": "One per timestamp."}
+                }
+            }}}
+        });
+        serde_json::from_value(schema).expect("a valid schema")
+    }
+}
+
+impl utoipa::ToSchema for ObservationsRequest {}
+
 /// Parses a `POST /v1/observations` body: `{"series":[{"id","timestamps":[...],"values":[...]}]}`.
 /// Timestamps after `now` + [`MAX_OBSERVATION_LEAD`] are refused, naming the field.
 pub fn parse_observations(
@@ -84,7 +115,7 @@ fn append_series(
             format!("{at} must be an object"),
         ));
     };
-    reject_unknown_fields(fields, &["id", "timestamps", "values"], &at)?;
+    reject_unknown_fields(fields, &SERIES_FIELDS, &at)?;
     let id = match fields.get("id") {
         Some(Value::String(id)) if !id.is_empty() && id.chars().count() <= MAX_ID_LEN => id.clone(),
         _ => {

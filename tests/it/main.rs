@@ -24,6 +24,7 @@ mod model_loading;
 mod monitoring;
 mod notifications;
 mod oip;
+mod openapi;
 mod parity;
 mod registry;
 mod shutdown;

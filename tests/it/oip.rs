@@ -262,6 +262,17 @@ async fn bad_infer_requests_get_the_protocols_error_naming_the_problem() {
             .unwrap_or_else(|| panic!("{what}: {answer}"));
         assert!(message.contains(mentions), "{what}: {message}");
     }
+    // AND the server metadata answers at `/v2/` too, as the protocol's own document writes it
+    // (a Schemathesis finding)
+    for path in ["/v2", "/v2/"] {
+        let metadata: Value = reqwest::get(server.url(path))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(metadata["name"], "lstm-forecast", "{path}: {metadata}");
+    }
     // AND an unknown model or version is a 404 in the protocol's shape
     for path in [
         "/v2/models/other/infer".to_owned(),
