@@ -71,7 +71,11 @@ fn request(base: &str, model: &str, encoding: Encoding, windows: &[Vec<f64>]) ->
             header_length: None,
         },
         Encoding::OipBinary => {
-            let values: Vec<u8> = windows.concat().iter().flat_map(|v| v.to_le_bytes()).collect();
+            let values: Vec<u8> = windows
+                .concat()
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
             let id_bytes: Vec<u8> = ids
                 .iter()
                 .flat_map(|id| {
@@ -126,10 +130,7 @@ fn median(samples: &mut [f64]) -> f64 {
 
 async fn measure() -> Vec<(usize, [f64; 3])> {
     let model = Model::load(&bundled_artifacts()).unwrap();
-    let (name, window) = (
-        model.metadata().name.clone(),
-        model.metadata().input.window,
-    );
+    let (name, window) = (model.metadata().name.clone(), model.metadata().input.window);
     let (handle, _engine) = InferenceHandle::spawn(model, 64);
     let service = Service::new(
         handle,
@@ -188,5 +189,9 @@ fn main() {
         );
     }
     println!();
-    println!("{BLOCKS} alternating blocks per encoding: {} requests each at 1 series, {} at 64.", BLOCKS * REQUESTS_PER_BLOCK[0], BLOCKS * REQUESTS_PER_BLOCK[1]);
+    println!(
+        "{BLOCKS} alternating blocks per encoding: {} requests each at 1 series, {} at 64.",
+        BLOCKS * REQUESTS_PER_BLOCK[0],
+        BLOCKS * REQUESTS_PER_BLOCK[1]
+    );
 }

@@ -44,7 +44,9 @@ enum LogFormat {
 enum Command {
     /// Serve forecasts over HTTP (the ECS, Kubernetes and local variant).
     ///
-    /// Endpoints: POST /v1/forecast, GET /v1/model, GET /healthz, GET /readyz, GET /metrics.
+    /// Endpoints: POST /v1/forecast, POST /v1/observations, GET /v1/model, the Open Inference
+    /// Protocol v2 under /v2 (tritonclient, KServe), GET /openapi.json, GET /healthz, GET /readyz,
+    /// GET /metrics.
     /// Stops gracefully on SIGTERM or ctrl-c: in-flight requests finish first.
     Serve(ServeArgs),
     /// Forecast the series in a CSV or JSON file and print the answer as JSON, without a server.

@@ -824,3 +824,91 @@ pub fn infer_answer(request: &InferRequest, response: &ForecastResponse) -> Infe
         binary,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forecast::parse_forecast_request;
+
+    fn shape(window: usize, features: &[&str]) -> RequestShape {
+        RequestShape {
+            window,
+            features: features.iter().map(|f| f.to_string()).collect(),
+            max_series: 4,
+            forecast_span: Some(chrono::TimeDelta::hours(24)),
+        }
+    }
+
+    #[test]
+    fn a_multi_feature_window_is_read_row_major_as_v1_reads_its_rows() {
+        let two = shape(2, &["OT", "HUFL"]);
+        let body = br#"{"inputs": [{"name": "window", "datatype": "FP64", "shape": [1, 2, 2],
+                         "data": [[[1.5, 2], [3, 4.25]]]},
+                        {"name": "series_id", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}"#;
+        let v2 = parse_infer(body, None, &two).unwrap();
+        let v1 = parse_forecast_request(
+            br#"{"series": [{"id": "a", "values": [[1.5, 2], [3, 4.25]]}]}"#,
+            &two,
+        )
+        .unwrap();
+        assert_eq!(v2.series, v1);
+        let wrong = br#"{"inputs": [{"name": "window", "datatype": "FP64", "shape": [1, 2, 1],
+                          "data": [1, 2]}]}"#;
+        let err = parse_infer(wrong, None, &two).unwrap_err();
+        assert_eq!(err.code, ErrorCode::WrongFeatureCount);
+    }
+
+    #[test]
+    fn binary_inputs_are_little_endian_and_bytes_elements_are_length_prefixed() {
+        let one = shape(2, &["OT"]);
+        let values: Vec<u8> = [1.0f32, 2.5].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut ids = 5u32.to_le_bytes().to_vec();
+        ids.extend_from_slice(b"meter");
+        let header = format!(
+            r#"{{"id": "7", "inputs": [
+                {{"name": "window", "datatype": "FP32", "shape": [1, 2, 1], "parameters": {{"binary_data_size": {}}}}},
+                {{"name": "series_id", "datatype": "BYTES", "shape": [1], "parameters": {{"binary_data_size": {}}}}}],
+               "outputs": [{{"name": "forecast", "parameters": {{"binary_data": true}}}}]}}"#,
+            values.len(),
+            ids.len()
+        );
+        let body = [header.as_bytes(), &values, &ids].concat();
+        let request = parse_infer(&body, Some(header.len()), &one).unwrap();
+        assert_eq!(request.id.as_deref(), Some("7"));
+        assert_eq!(request.series[0].values, vec![1.0, 2.5]);
+        assert_eq!(request.series[0].id.as_deref(), Some("meter"));
+        assert!(request.outputs[0].binary);
+        // A byte too many or too few is named, never read past
+        let short = parse_infer(&body[..body.len() - 1], Some(header.len()), &one).unwrap_err();
+        assert!(short.message.contains("claims"), "{}", short.message);
+        let long = parse_infer(&[&body[..], b"x"].concat(), Some(header.len()), &one).unwrap_err();
+        assert!(
+            long.message.contains("after the inputs"),
+            "{}",
+            long.message
+        );
+    }
+
+    #[test]
+    fn interval_outputs_name_their_level_and_ask_for_it() {
+        let one = shape(1, &["OT"]);
+        let body = br#"{"inputs": [{"name": "window", "datatype": "FP64", "shape": [1, 1, 1], "data": [1]}],
+                        "outputs": [{"name": "upper_97.5"}, {"name": "lower_80"}]}"#;
+        let request = parse_infer(body, None, &one).unwrap();
+        assert_eq!(request.levels, vec![0.975, 0.8]);
+        assert_eq!(Side::Upper.output_name(0.975), "upper_97.5");
+        assert_eq!(Side::Lower.output_name(0.8), "lower_80");
+        let all = br#"{"parameters": {"intervals": "0.8, 0.95"},
+                       "inputs": [{"name": "window", "datatype": "FP64", "shape": [1, 1, 1], "data": [1]}]}"#;
+        let names: Vec<String> = parse_infer(all, None, &one)
+            .unwrap()
+            .outputs
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        assert_eq!(
+            names,
+            ["forecast", "lower_80", "upper_80", "lower_95", "upper_95"]
+        );
+    }
+}

@@ -559,21 +559,13 @@ fn bundled_with_radii_times(factor: f64) -> lstm_forecast::model::Model {
     .unwrap()
 }
 
-fn fixture_model(name: &str) -> lstm_forecast::model::Model {
-    let artifacts =
-        lstm_forecast::source::DirectorySource::new(repo_path(&format!("tests/fixtures/{name}")))
-            .read()
-            .unwrap();
-    lstm_forecast::model::Model::load(&artifacts).unwrap()
-}
-
 /// A network that returns quantiles takes its intervals from them (0.8 from 0.1 and 0.9), sorted
 /// at each step, so that even a network whose quantile heads cross gives bands that do not.
 #[tokio::test]
 async fn a_quantile_network_serves_intervals_from_its_quantiles_and_they_never_cross() {
     for fixture in ["quantile-lstm", "quantile-lstm-crossing"] {
         let server = TestServer::start(
-            fixture_model(fixture),
+            common::fixture_model(fixture),
             lstm_forecast::service::Limits::default(),
             64,
         )

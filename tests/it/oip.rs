@@ -180,6 +180,55 @@ async fn interval_outputs_are_v1_intervals_and_a_named_version_is_served() {
 }
 
 #[tokio::test]
+async fn a_quantile_network_answers_its_interval_outputs_as_v1_does() {
+    let server = TestServer::start(
+        common::fixture_model("quantile-lstm"),
+        lstm_forecast::service::Limits::default(),
+        64,
+    )
+    .await;
+    let windows = [window(0.0), window(2.0)];
+    let v1: Value = reqwest::Client::new()
+        .post(server.url("/v1/forecast"))
+        .json(&json!({"intervals": [0.8], "series": forecast_body(&windows)["series"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let outputs = json!([{"name": "lower_80"}, {"name": "forecast"}, {"name": "upper_80"}]);
+    let (status, answer) = infer(
+        &server,
+        "/v2/models/quantile-lstm/infer",
+        &infer_body(&windows, outputs),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let column = |f: &dyn Fn(&Value) -> &Value| -> Vec<Value> {
+        v1["forecasts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| f(s).as_array().unwrap().clone())
+            .collect()
+    };
+    assert_eq!(
+        answer["outputs"][0]["data"],
+        json!(column(&|s| &s["intervals"][0]["lower"]))
+    );
+    assert_eq!(
+        answer["outputs"][1]["data"],
+        json!(column(&|s| &s["values"]))
+    );
+    assert_eq!(
+        answer["outputs"][2]["data"],
+        json!(column(&|s| &s["intervals"][0]["upper"]))
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn bad_infer_requests_get_the_protocols_error_naming_the_problem() {
     let server = TestServer::bundled().await;
     let name = bundled_model().metadata().name.clone();

@@ -63,6 +63,13 @@ fn schemathesis(document: &std::path::Path, base: &str, env: &[(&str, String)]) 
     (output.status.success(), text)
 }
 
+/// A line on the terminal even when the test passes: written to stderr directly, past the test
+/// harness's capture of `eprintln!`.
+fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// "Tested: N" and "N generated" from Schemathesis's summary.
 fn operations_and_cases(summary: &str) -> (usize, usize) {
     let number_after = |marker: &str| {
@@ -111,7 +118,9 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_either_documen
     let ours = repo_path(COMMITTED);
     let (ok, summary) = tokio::task::block_in_place(|| schemathesis(&ours, &base, &tool_env));
     let (operations, cases) = operations_and_cases(&summary);
-    eprintln!("schemathesis, docs/openapi.json: {operations} operations, {cases} test cases");
+    report(&format!(
+        "schemathesis, docs/openapi.json: {operations} operations, {cases} test cases"
+    ));
     // THEN it finds no failure
     assert!(ok, "{summary}\n{}", server.log());
     assert_eq!(operations, 16, "{summary}");
@@ -127,7 +136,9 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_either_documen
     std::fs::write(copy.path(), protocol).unwrap();
     let (ok, summary) = tokio::task::block_in_place(|| schemathesis(copy.path(), &base, &tool_env));
     let (operations, cases) = operations_and_cases(&summary);
-    eprintln!("schemathesis, rest_predict_v2.yaml: {operations} operations, {cases} test cases");
+    report(&format!(
+        "schemathesis, rest_predict_v2.yaml: {operations} operations, {cases} test cases"
+    ));
     assert!(ok, "{summary}\n{}", server.log());
     assert_eq!(operations, 6, "{summary}");
     assert!(cases >= 50, "{summary}");

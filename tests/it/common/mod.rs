@@ -78,6 +78,15 @@ pub fn bundled_artifacts() -> ModelArtifacts {
     lstm_forecast::source::bundled_artifacts()
 }
 
+/// A model of `tests/fixtures/` (the quantile networks, a broken export, ...), loaded.
+pub fn fixture_model(name: &str) -> Model {
+    let artifacts =
+        lstm_forecast::source::DirectorySource::new(repo_path(&format!("tests/fixtures/{name}")))
+            .read()
+            .unwrap();
+    Model::load(&artifacts).unwrap()
+}
+
 pub fn bundled_model() -> Model {
     lstm_forecast::model::engine::configure_libtorch(
         Some(1),
