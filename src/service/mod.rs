@@ -114,6 +114,9 @@ pub enum ServiceError {
 #[derive(Clone)]
 pub struct Service {
     inner: Arc<Inner>,
+    /// Answers every series with its own version: a request that named live's version gets no
+    /// canary's answers.
+    alone: bool,
 }
 
 struct Inner {
@@ -183,6 +186,7 @@ impl Service {
     ) -> Self {
         let drift = InputDriftMonitor::for_model(handle.model().metadata());
         Service {
+            alone: false,
             inner: Arc::new(Inner {
                 drift: std::sync::RwLock::new(Arc::new(drift)),
                 cpu: crate::metrics::process::CpuShare::new(crate::model::engine::available_cpus()),
@@ -556,22 +560,35 @@ impl Service {
         *self.inner.canary.write().unwrap_or_else(|p| p.into_inner()) = canary;
     }
 
-    /// The service that answers for `version`: live's (its requests are split with a canary as
-    /// any others), or the canary challenger's alone; `None` for any other version (a shadow
-    /// challenger answers no requests).
+    /// The service that answers for `version`: live's alone (no canary answers for it), the
+    /// canary challenger's alone, or the version in live's shadow, on its own
+    /// idle-priority engine (best effort: under load it answers slowly, or 429 past its small
+    /// queue); `None` for any other version.
     pub fn for_version(&self, version: &str) -> Option<Service> {
         if self.model().metadata().version == version {
-            return Some(self.clone());
+            return Some(Service {
+                inner: Arc::clone(&self.inner),
+                alone: true,
+            });
         }
-        self.current_canary()
+        if let Some(canary) = self
+            .current_canary()
             .filter(|canary| canary.service.model().metadata().version == version)
-            .map(|canary| canary.service.clone())
+        {
+            return Some(canary.service.clone());
+        }
+        let shadow = self
+            .current_shadow()
+            .filter(|shadow| shadow.version() == version)?;
+        Some(self.beside(shadow.handle().clone(), shadow.role))
     }
 
-    /// The versions a request may name: live's, then a canary challenger's.
+    /// The versions a request may name: live's, then a canary challenger's and the version in
+    /// live's shadow.
     pub fn versions(&self) -> Vec<String> {
         let mut versions = vec![self.model().metadata().version.clone()];
         versions.extend(self.canary().map(|(version, _)| version));
+        versions.extend(self.shadow().map(|(version, _, _)| version));
         versions
     }
 
@@ -592,6 +609,9 @@ impl Service {
     /// The canary, when it answers some of `series` and can serve the intervals asked for (else
     /// live answers them all, and its shadow still forecasts the canary's share).
     fn canary_for(&self, series: &[SeriesInput], levels: &[f64]) -> Option<Arc<Canary>> {
+        if self.alone {
+            return None;
+        }
         let canary = self.current_canary()?;
         (series.iter().any(|s| canary.selects(s)) && canary.service.check_intervals(levels).is_ok())
             .then_some(canary)

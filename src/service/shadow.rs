@@ -64,6 +64,11 @@ impl Shadow {
         self.handle.model().metadata().version.clone()
     }
 
+    /// The shadow's engine: idle priority, a queue of [`SHADOW_QUEUE`].
+    pub fn handle(&self) -> &InferenceHandle {
+        &self.handle
+    }
+
     /// Forecasts on the shadow's engine thread once `live` has been quiet for [`SHADOW_QUIET`];
     /// `Ok(None)` when [`SHADOW_QUEUE`] forecasts are already pending, or no such gap came within
     /// [`SHADOW_PATIENCE`]: skipped.

@@ -179,6 +179,59 @@ async fn interval_outputs_are_v1_intervals_and_a_named_version_is_served() {
     server.stop().await;
 }
 
+/// The model of a directory, loaded.
+fn model_in(dir: &std::path::Path) -> lstm_forecast::model::Model {
+    let artifacts = lstm_forecast::source::DirectorySource::new(dir.to_path_buf())
+        .read()
+        .unwrap();
+    lstm_forecast::model::Model::load(&artifacts).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenger_in_canary_or_in_shadow_is_addressed_by_its_version() {
+    use lstm_forecast::infer::InferenceHandle;
+    use lstm_forecast::monitor::store::ForecastRole;
+    use lstm_forecast::service::shadow::Shadow;
+    // GIVEN live, a canary challenger 2.0.0 on half the series, and 3.0.0 in live's shadow
+    let server = TestServer::bundled().await;
+    let name = bundled_model().metadata().name.clone();
+    let canary = common::challenge::weakened_bundled("2.0.0", 0.7);
+    let shadowed = common::challenge::weakened_bundled("3.0.0", 0.5);
+    let (canary_handle, _engine) = InferenceHandle::spawn(model_in(canary.path()), 64);
+    server.service.set_canary(Some((canary_handle, 0.5)));
+    server.service.set_shadow(Some(Shadow::start(
+        model_in(shadowed.path()),
+        ForecastRole::Challenger,
+        0.5,
+    )));
+    // THEN the model's metadata lists all three, and each answers when named
+    let described: Value = reqwest::get(server.url(&format!("/v2/models/{name}")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        described["versions"],
+        json!(["1.0.0", "2.0.0", "3.0.0"]),
+        "{described}"
+    );
+    let body = infer_body(&[window(0.0)], json!([{"name": "forecast"}]));
+    let mut forecasts = Vec::new();
+    for version in ["1.0.0", "2.0.0", "3.0.0"] {
+        let path = format!("/v2/models/{name}/versions/{version}/infer");
+        let (status, answer) = infer(&server, &path, &body).await;
+        assert_eq!(status, 200, "{version}: {answer}");
+        assert_eq!(answer["model_version"], version, "{answer}");
+        forecasts.push(answer["outputs"][0]["data"].clone());
+    }
+    assert!(
+        forecasts[0] != forecasts[1] && forecasts[1] != forecasts[2],
+        "three different networks answered"
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_quantile_network_answers_its_interval_outputs_as_v1_does() {
     let server = TestServer::start(
