@@ -1108,7 +1108,7 @@ fn unknown_field(name: &str, known: &[&str], at: &str) -> RequestError {
         ErrorCode::InvalidRequest,
         format!(
             "{at} has unknown field `{}` (expected {})",
-            truncate(name, 64),
+            excerpt(name),
             known
                 .iter()
                 .map(|k| format!("`{k}`"))
@@ -1127,13 +1127,6 @@ pub(crate) fn kind_of(value: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
-    }
-}
-
-fn truncate(text: &str, max_chars: usize) -> String {
-    match text.char_indices().nth(max_chars) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text.to_string(),
     }
 }
 

@@ -125,11 +125,12 @@ pub enum Precondition<'a> {
     Absent,
 }
 
-/// An object's bytes and ETag.
+/// An object's bytes, ETag and user metadata (`x-amz-meta-*`).
 #[derive(Debug, Clone)]
 pub struct Object {
     pub bytes: Vec<u8>,
     pub etag: Option<String>,
+    pub metadata: std::collections::HashMap<String, String>,
 }
 
 /// A listed object: its key and when it was last written.
@@ -183,6 +184,7 @@ impl S3Objects {
     pub async fn get(&self, key: &str) -> Result<Object, ObjectError> {
         let output = self.get_object(key).await?;
         let etag = output.e_tag().map(str::to_owned);
+        let metadata = output.metadata().cloned().unwrap_or_default();
         let bytes = output.body.collect().await.map_err(|e| {
             ObjectError::new(
                 ObjectErrorKind::Unreachable,
@@ -195,6 +197,7 @@ impl S3Objects {
         Ok(Object {
             bytes: bytes.into_bytes().to_vec(),
             etag,
+            metadata,
         })
     }
 
@@ -231,13 +234,29 @@ impl S3Objects {
         content_type: &str,
         precondition: Precondition<'_>,
     ) -> Result<(), ObjectError> {
-        let request = self
+        self.put_with_metadata(key, body, content_type, precondition, &[])
+            .await
+    }
+
+    /// [`Self::put`] with user metadata (`x-amz-meta-NAME: VALUE`).
+    pub async fn put_with_metadata(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        precondition: Precondition<'_>,
+        metadata: &[(&str, String)],
+    ) -> Result<(), ObjectError> {
+        let mut request = self
             .client()
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_type(content_type)
             .body(ByteStream::from(body));
+        for (name, value) in metadata {
+            request = request.metadata(*name, value);
+        }
         let request = match precondition {
             Precondition::None => request,
             Precondition::Matches(etag) => request.if_match(etag),
@@ -247,18 +266,6 @@ impl S3Objects {
             .send()
             .await
             .map_err(|e| ObjectError::classify("PutObject", e, &self.bucket, key))?;
-        Ok(())
-    }
-
-    /// Deletes an object; deleting one that is not there succeeds (S3 answers 204 either way).
-    pub async fn delete(&self, key: &str) -> Result<(), ObjectError> {
-        self.client()
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| ObjectError::classify("DeleteObject", e, &self.bucket, key))?;
         Ok(())
     }
 

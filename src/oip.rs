@@ -315,7 +315,8 @@ fn flag(parameters: &Map<String, Value>, name: &str) -> Result<bool, RequestErro
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(on)) => Ok(*on),
         Some(other) => Err(invalid(format!(
-            "parameter `{name}` must be a boolean, got {other}"
+            "parameter `{name}` must be a boolean, got {}",
+            crate::forecast::kind_of(other)
         ))),
     }
 }
@@ -342,7 +343,7 @@ fn interval_parameter(parameters: &Map<String, Value>) -> Result<Vec<f64>, Reque
                     .map_err(|_| bad(&format!("`{}`", excerpt(text))))
             })
             .collect(),
-        Some(other) => Err(bad(&other.to_string())),
+        Some(other) => Err(bad(crate::forecast::kind_of(other))),
     }
 }
 
@@ -528,6 +529,21 @@ fn binary_part<'a>(
     Ok(Some(part))
 }
 
+/// A shape as an error message quotes it: at most four dimensions, so a hostile one with a
+/// million entries is not echoed back whole.
+fn shape_text(shape: &[i64]) -> String {
+    match shape {
+        [first @ .., _] if shape.len() > 4 => {
+            format!(
+                "{:?} (and {} more dimensions)",
+                &first[..4],
+                shape.len() - 4
+            )
+        }
+        _ => format!("{shape:?}"),
+    }
+}
+
 /// The `window` input: `[series, rows, features]`, FP64 or FP32, every value finite.
 fn read_window(
     input: &RawInput,
@@ -537,8 +553,9 @@ fn read_window(
     let features = shape.features.len();
     let [count, rows, width] = input.shape[..] else {
         return Err(invalid(format!(
-            "input `window` has shape {:?}; it must be [series, {}, {features}]",
-            input.shape, shape.window
+            "input `window` has shape {}; it must be [series, {}, {features}]",
+            shape_text(&input.shape),
+            shape.window
         )));
     };
     let most_rows = MAX_HISTORY_WINDOWS * shape.window;
@@ -633,9 +650,9 @@ fn json_numbers(
     }
     if data.numbers.len() != expected {
         return Err(invalid(format!(
-            "input `window` has {} values; its shape {:?} needs {expected}",
+            "input `window` has {} values; its shape {} needs {expected}",
             data.numbers.len(),
-            input.shape
+            shape_text(&input.shape)
         )));
     }
     Ok(data.numbers.iter().map(|x| round(*x)).collect())
@@ -654,8 +671,8 @@ fn read_strings(input: &RawInput, binary: Option<&[u8]>) -> Result<Vec<String>, 
         [count] if count >= 0 => count as usize,
         _ => {
             return Err(invalid(format!(
-                "input `{name}` has shape {:?}; it must be [series]",
-                input.shape
+                "input `{name}` has shape {}; it must be [series]",
+                shape_text(&input.shape)
             )))
         }
     };
@@ -783,11 +800,14 @@ pub fn infer_answer(request: &InferRequest, response: &ForecastResponse) -> Infe
                 .iter()
                 .flat_map(|forecast| match output.interval {
                     None => forecast.values.clone(),
-                    Some((side, level)) => forecast
-                        .intervals
+                    // One interval per level asked for, in the order asked (the service snaps
+                    // each level to the calibrated one, so its value may differ in the last
+                    // digits; its place does not).
+                    Some((side, level)) => request
+                        .levels
                         .iter()
-                        // Levels are snapped to the calibrated ones (0.8000000001 is 0.8).
-                        .find(|interval| (interval.level - level).abs() < 1e-9)
+                        .position(|asked| *asked == level)
+                        .and_then(|i| forecast.intervals.get(i))
                         .map(|interval| match side {
                             Side::Lower => interval.lower.clone(),
                             Side::Upper => interval.upper.clone(),

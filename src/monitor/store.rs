@@ -127,9 +127,9 @@ pub enum StoreError {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     },
-    /// Another evaluation committed the same run first (its claim lapsed under it): this one
-    /// changed nothing.
-    #[error("another evaluation committed run {run} first (s3://{bucket}/{key}); this run changed nothing, and the next one finishes that run")]
+    /// Another evaluation committed the same run, or wrote a state file of a later run, first
+    /// (a claim lapsed under a slow run): this one stopped before writing over it.
+    #[error("another evaluation committed or applied run {run} or a later one first (s3://{bucket}/{key}); this run stopped there, and the next one finishes what was committed")]
     RunTaken {
         bucket: String,
         key: String,
@@ -278,6 +278,9 @@ pub struct EvaluationState {
     #[serde(default)]
     pub runs: u64,
 }
+
+/// The user metadata that names the evaluation run that wrote a state file.
+const RUN_METADATA: &str = "evaluation-run";
 
 /// The partition name of an hour: `YYYY-MM-DDTHH`. Sorts as time does.
 pub fn hour_partition(t: DateTime<Utc>) -> String {
@@ -473,18 +476,19 @@ impl AccuracyStore {
 
     /// Indexes actuals an evaluation read by their own (data) hour, under
     /// `PREFIX/actuals-by-hour/hour=HOUR/`: a forecast that reaches the log after its actuals
-    /// were read finds them there (see `evaluate`'s late forecasts). Named after the run that
-    /// read them, so a run retried after a crash replaces its own index instead of adding to it.
+    /// were read finds them there (see `evaluate`'s late forecasts). Written before the run
+    /// commits, under names of its own: a run that stops or loses the commit adds a copy of real
+    /// actuals (the first value of a (series, time) wins) and overwrites nobody's.
     pub async fn index_actuals_by_hour(
         &self,
         observations: &[Observation],
-        run: u64,
+        now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         self.append_by_hour(
             "actuals-by-hour",
             "hour",
             observations.iter().map(|o| (o.timestamp, o)),
-            &format!("run-{run:010}.jsonl"),
+            &unique_name(now),
         )
         .await?;
         Ok(())
@@ -632,6 +636,51 @@ impl AccuracyStore {
         })
     }
 
+    /// Writes `PREFIX/state/{name}` as evaluation run `run` leaves it, unless a later run wrote
+    /// it already: the writing run's number travels in the object's metadata, and the write is
+    /// conditional on the object read (If-Match, or If-None-Match when there was none). A run
+    /// that stalled past its claim therefore never puts back an older state over a newer one;
+    /// it gets [`StoreError::RunTaken`] instead. Returns whether it wrote.
+    pub async fn write_state_of_run<T: Serialize>(
+        &self,
+        name: &str,
+        value: &T,
+        run: u64,
+    ) -> Result<bool, StoreError> {
+        let key = format!("{}state/{name}", self.prefix);
+        let current = self.objects.get_if_exists(&key).await?;
+        let written_by = current
+            .as_ref()
+            .and_then(|o| o.metadata.get(RUN_METADATA))
+            .and_then(|r| r.parse::<u64>().ok())
+            .unwrap_or(0);
+        if written_by >= run {
+            return Ok(false);
+        }
+        let precondition = match current.as_ref().map(|o| o.etag.as_deref()) {
+            None => Precondition::Absent,
+            Some(Some(etag)) => Precondition::Matches(etag),
+            Some(None) => Precondition::None,
+        };
+        let body = serde_json::to_vec_pretty(value).expect("serialises");
+        let metadata = [(RUN_METADATA, run.to_string())];
+        match self
+            .objects
+            .put_with_metadata(&key, body, "application/json", precondition, &metadata)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind == crate::objects::ObjectErrorKind::Conflict => {
+                Err(StoreError::RunTaken {
+                    bucket: self.bucket.clone(),
+                    key,
+                    run,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn write_state<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
         let key = format!("{}state/{name}", self.prefix);
         let body = serde_json::to_vec_pretty(value).expect("serialises");
@@ -737,10 +786,6 @@ impl AccuracyStore {
         self.read_state("evaluation.json").await
     }
 
-    pub async fn set_evaluation_state(&self, state: &EvaluationState) -> Result<(), StoreError> {
-        self.write_state("evaluation.json", state).await
-    }
-
     /// The rolling windows of scored errors and the interval calibrations they give
     /// (`state/calibration.json`, see [`super::calibration`]).
     pub async fn online_calibrations(
@@ -762,13 +807,6 @@ impl AccuracyStore {
         self.read_state("comparisons.json").await
     }
 
-    pub async fn set_comparisons(
-        &self,
-        comparisons: &crate::monitor::verdict::Comparisons,
-    ) -> Result<(), StoreError> {
-        self.write_state("comparisons.json", comparisons).await
-    }
-
     /// The latest scores of each model version (`state/scores.json`): what a rollback checks
     /// before it acts, so that it only ever rolls back a version for that version's own errors.
     pub async fn latest_scores(&self) -> Result<BTreeMap<String, VersionScore>, StoreError> {
@@ -780,7 +818,8 @@ impl AccuracyStore {
     }
 
     /// Commits evaluation run `run`: writes its journal if no journal of that run exists
-    /// (If-None-Match). Another evaluation that committed the run first is
+    /// (If-None-Match). Journals are kept (the bucket's lifecycle expires them), so a run number
+    /// is committed once, ever. Another evaluation that committed the run first is
     /// [`StoreError::RunTaken`], and this one has changed nothing.
     pub async fn commit_run<T: Serialize>(&self, run: u64, journal: &T) -> Result<(), StoreError> {
         let key = self.run_key(run);
@@ -819,19 +858,6 @@ impl AccuracyStore {
                 line: 1,
                 cause: e.to_string(),
             })
-    }
-
-    /// Deletes the journal of a run whose every write is done.
-    pub async fn finish_run(&self, run: u64) -> Result<(), StoreError> {
-        Ok(self.objects.delete(&self.run_key(run)).await?)
-    }
-
-    /// Replaces the latest scores of every version (a run's own merge of them).
-    pub async fn set_latest_scores(
-        &self,
-        all: &BTreeMap<String, VersionScore>,
-    ) -> Result<(), StoreError> {
-        self.write_state("scores.json", all).await
     }
 
     /// Writes a report folder: `report.json` and each named SVG chart; returns its URI.

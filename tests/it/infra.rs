@@ -360,15 +360,18 @@ fn the_ecs_stack_serves_https_only_keeps_metrics_inside_and_guards_actuals() {
 fn every_prefix_has_a_lifecycle_and_access_logs_name_the_caller() {
     let template = std::fs::read_to_string(repo_path(TEMPLATES[0])).unwrap();
     // Every prefix the code writes: the registry, the accuracy store (forecasts, Firehose's
-    // errors, actuals, settled pairs, reports, state) and batch input and output.
+    // errors, actuals and their index by hour, settled pairs, reports, state, run journals) and
+    // batch input and output.
     for prefix in [
         "models/",
         "monitoring/forecasts/",
         "monitoring/forecast-log-errors/",
         "monitoring/actuals/",
+        "monitoring/actuals-by-hour/",
         "monitoring/settled/",
         "monitoring/reports/",
         "monitoring/state/",
+        "monitoring/state/runs/",
         "batch/input/",
         "batch/output/",
         "batch/map-results/",
@@ -382,7 +385,7 @@ fn every_prefix_has_a_lifecycle_and_access_logs_name_the_caller() {
     assert!(template.contains("ExpiredObjectDeleteMarker: true"));
     assert_eq!(
         template.matches("NoncurrentVersionExpiration:").count(),
-        10,
+        12,
         "a versioned bucket keeps every overwritten object until a rule expires it"
     );
     for field in [

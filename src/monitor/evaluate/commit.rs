@@ -12,12 +12,18 @@
 //! 2. It writes all of it as one journal, `state/runs/<run>.json`, with If-None-Match. That
 //!    write is the commit: before it the store holds nothing of the run, after it all of it.
 //! 3. It applies the journal: each object written by name from it (rewriting one changes
-//!    nothing), the watermark (`evaluation.json`, whose `runs` becomes the run's number) last,
-//!    then it deletes the journal.
+//!    nothing), the watermark (`evaluation.json`, whose `runs` becomes the run's number) last.
 //!
 //! The next run starts by finishing a committed run that stopped during step 3
 //! ([`roll_forward`]). A crash before the commit leaves the watermark where it was, so the
 //! rerun reads the same actuals and scores them once.
+//!
+//! Two runs can meet only when a run outlives its claim (`state/evaluation.lease`). Then
+//! neither can undo the other: journals are kept (the bucket's lifecycle expires them after a
+//! month), so a run number is committed once, ever; and each state file carries the number of
+//! the run that wrote it and is replaced only conditionally and only by a later run
+//! ([`AccuracyStore::write_state_of_run`]). The slower run stops with `RunTaken`, and what it
+//! committed is already applied, or is applied by the next run.
 //!
 //! Metrics are not part of the store: the run that commits records them after the commit. A
 //! crash before they are sent loses that run's metric points; it never sends them twice.
@@ -71,11 +77,6 @@ pub(super) async fn roll_forward(store: &AccuracyStore) -> Result<EvaluationStat
     let state = store.evaluation_state().await?;
     let next = state.runs + 1;
     let Some(journal) = store.committed_run::<RunJournal>(next).await? else {
-        if state.runs > 0 {
-            // The last run may have stopped between moving the watermark and deleting its
-            // journal; the journal is spent either way.
-            store.finish_run(state.runs).await?;
-        }
         return Ok(state);
     };
     tracing::warn!(
@@ -86,18 +87,23 @@ pub(super) async fn roll_forward(store: &AccuracyStore) -> Result<EvaluationStat
     Ok(journal.state)
 }
 
-/// Writes everything `journal` holds, by name, then the watermark, then deletes the journal.
-/// Applying a journal twice, or after a partial apply, ends in the same store.
+/// Writes everything `journal` holds, by name, then the watermark. Applying a journal twice,
+/// after a partial apply, or after a later run's, ends in the same store.
 async fn apply(store: &AccuracyStore, journal: &RunJournal) -> Result<String, StoreError> {
-    store.write_settled(&journal.settled, journal.run).await?;
+    let run = journal.run;
+    store.write_settled(&journal.settled, run).await?;
     if let Some(comparisons) = &journal.comparisons {
-        store.set_comparisons(comparisons).await?;
+        store
+            .write_state_of_run("comparisons.json", comparisons, run)
+            .await?;
     }
     if let Some(calibrations) = &journal.calibrations {
-        store.set_online_calibrations(calibrations).await?;
+        store
+            .write_state_of_run("calibration.json", calibrations, run)
+            .await?;
     }
     if let Some(scores) = &journal.scores {
-        store.set_latest_scores(scores).await?;
+        store.write_state_of_run("scores.json", scores, run).await?;
     }
     let report = &journal.report;
     let charts: Vec<(&str, Vec<u8>)> = report
@@ -108,7 +114,8 @@ async fn apply(store: &AccuracyStore, journal: &RunJournal) -> Result<String, St
     let uri = store
         .write_report(report.report_json.as_bytes(), &charts, report.generated_at)
         .await?;
-    store.set_evaluation_state(&journal.state).await?;
-    store.finish_run(journal.run).await?;
+    store
+        .write_state_of_run("evaluation.json", &journal.state, run)
+        .await?;
     Ok(uri)
 }

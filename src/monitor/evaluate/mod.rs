@@ -147,10 +147,10 @@ async fn run_claimed(
     add_what_was_read(&mut evaluation, &mut arrivals, &mut origins);
 
     let run = state.runs + 1;
-    // Where a forecast that comes late finds these actuals. Written before the commit, and
-    // named after the run: a retry of this run replaces it.
+    // Where a forecast that comes late finds these actuals; written before the commit (see
+    // `index_actuals_by_hour`).
     store
-        .index_actuals_by_hour(&arrivals.actuals.items, run)
+        .index_actuals_by_hour(&arrivals.actuals.items, now)
         .await?;
     let comparisons = merged_comparisons(store, &mut evaluation, now).await?;
     let calibrations =
