@@ -158,10 +158,8 @@ pub struct InferRequest {
 pub(crate) struct RawRequest {
     #[serde(default)]
     id: Option<String>,
-    /// `intervals` (`"0.8,0.95"`), `binary_data_output` (boolean).
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    parameters: Option<Map<String, Value>>,
+    parameters: Option<RequestParameters>,
     inputs: Vec<RawInput>,
     #[serde(default)]
     outputs: Option<Vec<RawOutput>>,
@@ -175,11 +173,9 @@ pub(crate) struct RawInput {
     name: String,
     shape: Vec<i64>,
     datatype: String,
-    /// `binary_data_size`: the input's bytes in the binary part of the body.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    parameters: Option<Map<String, Value>>,
-    /// Row-major values, flat or nested (absent with `binary_data_size`).
+    parameters: Option<InputParameters>,
+    /// Row-major values, flat or nested as the shape (absent with `binary_data_size`).
     #[serde(default)]
     #[schema(value_type = Option<Vec<Value>>)]
     data: Option<FlatData>,
@@ -190,28 +186,144 @@ pub(crate) struct RawInput {
 #[schema(as = InferRequestedOutput)]
 pub(crate) struct RawOutput {
     name: String,
-    /// `binary_data` (boolean).
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    parameters: Option<Map<String, Value>>,
+    parameters: Option<OutputParameters>,
 }
 
-/// A tensor's `data`, flattened row-major as it is read (the protocol allows nested or flat).
+// The parameters this server reads. Others (a client's own) are skipped unread, never built
+// into a JSON tree.
+
+/// An infer request's parameters.
+#[derive(Default, Deserialize, utoipa::ToSchema)]
+#[schema(as = InferParameters)]
+pub(crate) struct RequestParameters {
+    /// Interval levels: `"0.8,0.95"`, or one level as a number.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    intervals: Option<LevelsParameter>,
+    /// Every output as binary data (the binary tensor extension).
+    #[serde(default)]
+    binary_data_output: Option<bool>,
+}
+
+/// An input's parameters.
+#[derive(Default, Deserialize, utoipa::ToSchema)]
+#[schema(as = InferInputParameters)]
+pub(crate) struct InputParameters {
+    /// The input's bytes in the binary part of the body.
+    #[serde(default)]
+    binary_data_size: Option<u64>,
+}
+
+/// A requested output's parameters.
+#[derive(Default, Deserialize, utoipa::ToSchema)]
+#[schema(as = InferOutputParameters)]
+pub(crate) struct OutputParameters {
+    /// This output as binary data.
+    #[serde(default)]
+    binary_data: Option<bool>,
+}
+
+/// The `intervals` parameter: a comma-separated list, or one level as a number. Read as a
+/// scalar: anything else stops the read, without building it.
+enum LevelsParameter {
+    Text(String),
+    Level(f64),
+}
+
+impl<'de> Deserialize<'de> for LevelsParameter {
+    fn deserialize<D: Deserializer<'de>>(reader: D) -> Result<Self, D::Error> {
+        struct Levels;
+        impl<'de> Visitor<'de> for Levels {
+            type Value = LevelsParameter;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("levels in (0, 1) such as \"0.8,0.95\", or one level")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<LevelsParameter, E> {
+                Ok(LevelsParameter::Text(text.to_owned()))
+            }
+
+            fn visit_f64<E: de::Error>(self, level: f64) -> Result<LevelsParameter, E> {
+                Ok(LevelsParameter::Level(level))
+            }
+
+            fn visit_i64<E: de::Error>(self, level: i64) -> Result<LevelsParameter, E> {
+                Ok(LevelsParameter::Level(level as f64))
+            }
+
+            fn visit_u64<E: de::Error>(self, level: u64) -> Result<LevelsParameter, E> {
+                Ok(LevelsParameter::Level(level as f64))
+            }
+        }
+        reader.deserialize_any(Levels)
+    }
+}
+
+/// A tensor's `data`, flattened row-major as it is read (the protocol allows nested or flat), and
+/// how it was nested.
 #[derive(Debug, Default)]
 struct FlatData {
     numbers: Vec<f64>,
     strings: Vec<String>,
+    /// The length of the arrays at each depth, when all of one depth agree.
+    lengths: Vec<Option<usize>>,
+    /// The depth of the values, when they all sit at one.
+    value_depth: Option<usize>,
+    /// Arrays of one depth with different lengths, or values at two depths.
+    ragged: bool,
+}
+
+impl FlatData {
+    fn array_at(&mut self, depth: usize, length: usize) {
+        if self.lengths.len() <= depth {
+            self.lengths.resize(depth + 1, None);
+        }
+        match self.lengths[depth] {
+            None => self.lengths[depth] = Some(length),
+            Some(seen) => self.ragged |= seen != length,
+        }
+    }
+
+    fn value_at(&mut self, depth: usize) {
+        match self.value_depth {
+            None => self.value_depth = Some(depth),
+            Some(seen) => self.ragged |= seen != depth,
+        }
+    }
+
+    /// Checks the nesting against `shape`: flat, or nested exactly as the shape says.
+    fn check_nesting(&self, name: &str, shape: &[i64]) -> Result<(), RequestError> {
+        if !self.ragged && self.value_depth.is_none_or(|d| d <= 1) {
+            return Ok(());
+        }
+        let nested: Vec<i64> = self
+            .lengths
+            .iter()
+            .map(|l| l.map_or(-1, |l| l as i64))
+            .collect();
+        if self.ragged || nested != shape || self.value_depth != Some(shape.len()) {
+            return Err(invalid(format!(
+                "input `{}`: `data` must be flat, or nested exactly as its shape {}",
+                excerpt(name),
+                shape_text(shape)
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl<'de> Deserialize<'de> for FlatData {
     fn deserialize<D: Deserializer<'de>>(reader: D) -> Result<Self, D::Error> {
         let mut data = FlatData::default();
-        Flatten(&mut data).deserialize(reader)?;
+        Flatten(&mut data, 0).deserialize(reader)?;
         Ok(data)
     }
 }
 
-struct Flatten<'a>(&'a mut FlatData);
+/// Reads `data` at a depth of nesting.
+struct Flatten<'a>(&'a mut FlatData, usize);
 
 impl<'de> DeserializeSeed<'de> for Flatten<'_> {
     type Value = ();
@@ -229,11 +341,17 @@ impl<'de> Visitor<'de> for Flatten<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Flatten(self.0))?.is_some() {}
+        let Flatten(data, depth) = self;
+        let mut length = 0;
+        while seq.next_element_seed(Flatten(data, depth + 1))?.is_some() {
+            length += 1;
+        }
+        data.array_at(depth, length);
         Ok(())
     }
 
     fn visit_f64<E: de::Error>(self, n: f64) -> Result<(), E> {
+        self.0.value_at(self.1);
         self.0.numbers.push(n);
         Ok(())
     }
@@ -247,6 +365,7 @@ impl<'de> Visitor<'de> for Flatten<'_> {
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
+        self.0.value_at(self.1);
         self.0.strings.push(text.to_owned());
         Ok(())
     }
@@ -298,8 +417,8 @@ pub fn parse_infer(
     let series = tensors.into_series(shape)?;
     check_unique_ids(&series)?;
     let parameters = raw.parameters.unwrap_or_default();
-    let binary_by_default = flag(&parameters, "binary_data_output")?;
-    let mut levels = interval_parameter(&parameters)?;
+    let binary_by_default = parameters.binary_data_output.unwrap_or(false);
+    let mut levels = interval_parameter(parameters.intervals)?;
     let outputs = requested_outputs(raw.outputs, binary_by_default, &mut levels)?;
     Ok(InferRequest {
         id: raw.id,
@@ -309,41 +428,25 @@ pub fn parse_infer(
     })
 }
 
-/// A boolean parameter, false when absent.
-fn flag(parameters: &Map<String, Value>, name: &str) -> Result<bool, RequestError> {
-    match parameters.get(name) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(on)) => Ok(*on),
-        Some(other) => Err(invalid(format!(
-            "parameter `{name}` must be a boolean, got {}",
-            crate::forecast::kind_of(other)
-        ))),
-    }
-}
-
 /// The request parameter `intervals`: `"0.8,0.95"`, or one level as a number.
-fn interval_parameter(parameters: &Map<String, Value>) -> Result<Vec<f64>, RequestError> {
-    let bad = |what: &str| {
-        reject(
-            ErrorCode::InvalidInterval,
-            format!(
-                "parameter `intervals` must be levels in (0, 1) such as \"0.8,0.95\", got {what}"
-            ),
-        )
-    };
-    match parameters.get("intervals") {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Number(level)) => Ok(vec![level.as_f64().ok_or_else(|| bad("a number"))?]),
-        Some(Value::String(text)) => text
+fn interval_parameter(intervals: Option<LevelsParameter>) -> Result<Vec<f64>, RequestError> {
+    match intervals {
+        None => Ok(Vec::new()),
+        Some(LevelsParameter::Level(level)) => Ok(vec![level]),
+        Some(LevelsParameter::Text(text)) => text
             .split(',')
             .map(|level| {
-                level
-                    .trim()
-                    .parse::<f64>()
-                    .map_err(|_| bad(&format!("`{}`", excerpt(text))))
+                level.trim().parse::<f64>().map_err(|_| {
+                    reject(
+                        ErrorCode::InvalidInterval,
+                        format!(
+                            "parameter `intervals` must be levels in (0, 1) such as \"0.8,0.95\", got `{}`",
+                            excerpt(&text)
+                        ),
+                    )
+                })
             })
             .collect(),
-        Some(other) => Err(bad(crate::forecast::kind_of(other))),
     }
 }
 
@@ -379,11 +482,10 @@ fn requested_outputs(
                 levels.push(level);
             }
         }
-        let parameters = output.parameters.unwrap_or_default();
-        let binary = match parameters.get("binary_data") {
-            None => binary_by_default,
-            Some(_) => flag(&parameters, "binary_data")?,
-        };
+        let binary = output
+            .parameters
+            .and_then(|p| p.binary_data)
+            .unwrap_or(binary_by_default);
         outputs.push(RequestedOutput {
             name: output.name,
             interval,
@@ -498,19 +600,10 @@ fn binary_part<'a>(
     input: &RawInput,
     binary: &mut &'a [u8],
 ) -> Result<Option<&'a [u8]>, RequestError> {
-    let Some(size) = input
-        .parameters
-        .as_ref()
-        .and_then(|p| p.get("binary_data_size"))
-    else {
+    let Some(size) = input.parameters.as_ref().and_then(|p| p.binary_data_size) else {
         return Ok(None);
     };
-    let size = size.as_u64().ok_or_else(|| {
-        invalid(format!(
-            "input `{}`: `binary_data_size` must be a whole number of bytes",
-            excerpt(&input.name)
-        ))
-    })? as usize;
+    let size = usize::try_from(size).unwrap_or(usize::MAX);
     if size > binary.len() {
         return Err(invalid(format!(
             "input `{}` claims {size} bytes of binary data; {} are left in the body",
@@ -648,6 +741,7 @@ fn json_numbers(
     if !data.strings.is_empty() {
         return Err(invalid("input `window` holds strings; send numbers"));
     }
+    data.check_nesting(WINDOW_INPUT, &input.shape)?;
     if data.numbers.len() != expected {
         return Err(invalid(format!(
             "input `window` has {} values; its shape {} needs {expected}",
@@ -700,7 +794,10 @@ fn read_strings(input: &RawInput, binary: Option<&[u8]>) -> Result<Vec<String>, 
             }
             strings
         }
-        (None, Some(data)) if data.numbers.is_empty() => data.strings.clone(),
+        (None, Some(data)) if data.numbers.is_empty() => {
+            data.check_nesting(&input.name, &input.shape)?;
+            data.strings.clone()
+        }
         (None, _) => {
             return Err(invalid(format!(
                 "input `{name}` must hold one string per series"
@@ -876,6 +973,51 @@ mod tests {
                           "data": [1, 2]}]}"#;
         let err = parse_infer(wrong, None, &two).unwrap_err();
         assert_eq!(err.code, ErrorCode::WrongFeatureCount);
+    }
+
+    #[test]
+    fn data_is_flat_or_nested_exactly_as_its_shape() {
+        let two = shape(2, &["OT", "HUFL"]);
+        let body = |data: &str| {
+            format!(
+                r#"{{"inputs": [{{"name": "window", "datatype": "FP64", "shape": [1, 2, 2], "data": {data}}}]}}"#
+            )
+        };
+        for accepted in ["[1, 2, 3, 4]", "[[[1, 2], [3, 4]]]"] {
+            assert!(
+                parse_infer(body(accepted).as_bytes(), None, &two).is_ok(),
+                "{accepted}"
+            );
+        }
+        for ragged in [
+            "[[1, 2, 3], [4]]",
+            "[[[1]], 2, [3, [4]]]",
+            "[[[1, 2, 3, 4]]]",
+        ] {
+            let err = parse_infer(body(ragged).as_bytes(), None, &two).unwrap_err();
+            assert!(
+                err.message.contains("nested exactly as its shape"),
+                "{ragged}: {}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn parameters_are_typed_and_unknown_ones_skipped() {
+        let one = shape(1, &["OT"]);
+        let body = br#"{"parameters": {"sequence_id": {"deep": [1, [2, [3]]]}, "intervals": 0.8},
+                        "inputs": [{"name": "window", "datatype": "FP64", "shape": [1, 1, 1], "data": [1],
+                                    "parameters": {"shared_memory_region": "x"}}]}"#;
+        assert_eq!(parse_infer(body, None, &one).unwrap().levels, vec![0.8]);
+        let bad = br#"{"parameters": {"binary_data_output": "yes"},
+                       "inputs": [{"name": "window", "datatype": "FP64", "shape": [1, 1, 1], "data": [1]}]}"#;
+        let err = parse_infer(bad, None, &one).unwrap_err();
+        assert!(
+            err.message.contains("expected a boolean"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
