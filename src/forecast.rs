@@ -76,6 +76,19 @@ impl RequestShape {
     }
 }
 
+#[cfg(test)]
+impl RequestShape {
+    /// A shape for parser tests: at most 4 series, a 24-hour forecast.
+    pub(crate) fn for_tests(window: usize, features: &[&str]) -> Self {
+        RequestShape {
+            window,
+            features: features.iter().map(|f| f.to_string()).collect(),
+            max_series: 4,
+            forecast_span: Some(TimeDelta::hours(24)),
+        }
+    }
+}
+
 /// Longest accepted series id; ids end up in logs and forecast records.
 pub const MAX_ID_LEN: usize = 256;
 
@@ -1333,12 +1346,7 @@ mod tests {
     use crate::time::parse_timestamp_lenient;
 
     fn shape(window: usize, features: &[&str]) -> RequestShape {
-        RequestShape {
-            window,
-            features: features.iter().map(|f| f.to_string()).collect(),
-            max_series: 4,
-            forecast_span: Some(TimeDelta::hours(24)),
-        }
+        RequestShape::for_tests(window, features)
     }
 
     fn parse(body: &str, shape: &RequestShape) -> Result<Vec<SeriesInput>, RequestError> {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -675,13 +675,50 @@ fn oip_target(service: &Service, name: &str, version: Option<&str>) -> Result<Se
 }
 
 /// `{name}` and, on the versioned routes, `{version}`.
-type ModelPath = axum::extract::Path<std::collections::HashMap<String, String>>;
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+struct ModelName {
+    /// The model's name (`GET /v1/model`)
+    name: String,
+}
 
-fn name_and_version(path: &ModelPath) -> (&str, Option<&str>) {
-    (
-        path.get("name").map_or("", String::as_str),
-        path.get("version").map(String::as_str),
-    )
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+struct ModelVersion {
+    /// The model's name (`GET /v1/model`)
+    name: String,
+    /// The live version, or a canary challenger's
+    version: String,
+}
+
+/// The answers of the model metadata routes, for their OpenAPI description.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum MetadataAnswers {
+    #[response(
+        status = 200,
+        description = "Model metadata: inputs and outputs as tensors"
+    )]
+    Metadata(crate::oip::ModelMetadataV2),
+    #[response(status = 404, description = "No such model or version")]
+    NotFound(OipErrorBody),
+    #[response(status = 503, description = "Too many requests in flight")]
+    Busy(OipErrorBody),
+}
+
+/// The answers of the model readiness routes, for their OpenAPI description.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum ReadinessAnswers<'a> {
+    #[response(status = 200, description = "Ready")]
+    Ready(ModelReadiness<'a>),
+    #[response(status = 404, description = "No such model or version")]
+    NotFound(OipErrorBody),
+    #[response(
+        status = 503,
+        description = "The engine stopped, or too many requests in flight"
+    )]
+    Stopped(ModelReadiness<'a>),
 }
 
 #[utoipa::path(
@@ -730,39 +767,38 @@ async fn oip_ready(State(service): State<Service>) -> Response {
 }
 
 #[utoipa::path(
-    get, path = "/v2/models/{name}", tag = "v2",
-    params(("name" = String, Path, description = "The model's name (`GET /v1/model`)")),
-    responses(
-        (status = 200, description = "Model metadata: inputs and outputs as tensors", body = crate::oip::ModelMetadataV2),
-        (status = 404, description = "No such model or version", body = OipErrorBody),
-        (status = 503, description = "Too many requests in flight", body = OipErrorBody),
-    )
+    get,
+    path = "/v2/models/{name}",
+    tag = "v2",
+    params(ModelName),
+    responses(MetadataAnswers)
 )]
-async fn oip_model_metadata(state: State<Service>, path: ModelPath) -> Result<Response, OipError> {
-    model_metadata_v2(state, path).await
+async fn oip_model_metadata(
+    state: State<Service>,
+    Path(path): Path<ModelName>,
+) -> Result<Response, OipError> {
+    model_metadata_v2(state, &path.name, None).await
 }
 
 #[utoipa::path(
-    get, path = "/v2/models/{name}/versions/{version}", tag = "v2",
-    params(("name" = String, Path, description = "The model's name (`GET /v1/model`)"), ("version" = String, Path, description = "The live version, or a canary challenger's")),
-    responses(
-        (status = 200, description = "Model metadata: inputs and outputs as tensors", body = crate::oip::ModelMetadataV2),
-        (status = 404, description = "No such model or version", body = OipErrorBody),
-        (status = 503, description = "Too many requests in flight", body = OipErrorBody),
-    )
+    get,
+    path = "/v2/models/{name}/versions/{version}",
+    tag = "v2",
+    params(ModelVersion),
+    responses(MetadataAnswers)
 )]
 async fn oip_version_metadata(
     state: State<Service>,
-    path: ModelPath,
+    Path(path): Path<ModelVersion>,
 ) -> Result<Response, OipError> {
-    model_metadata_v2(state, path).await
+    model_metadata_v2(state, &path.name, Some(&path.version)).await
 }
 
 async fn model_metadata_v2(
     State(service): State<Service>,
-    path: ModelPath,
+    name: &str,
+    version: Option<&str>,
 ) -> Result<Response, OipError> {
-    let (name, version) = name_and_version(&path);
     let target = oip_target(&service, name, version)?;
     let model = target.model();
     let versions = match version {
@@ -773,36 +809,38 @@ async fn model_metadata_v2(
 }
 
 #[utoipa::path(
-    get, path = "/v2/models/{name}/ready", tag = "v2",
-    params(("name" = String, Path, description = "The model's name (`GET /v1/model`)")),
-    responses(
-        (status = 200, description = "Ready", body = ModelReadiness),
-        (status = 404, description = "No such model or version", body = OipErrorBody),
-        (status = 503, description = "The engine stopped, or too many requests in flight", body = ModelReadiness),
-    )
+    get,
+    path = "/v2/models/{name}/ready",
+    tag = "v2",
+    params(ModelName),
+    responses(ReadinessAnswers)
 )]
-async fn oip_model_ready(state: State<Service>, path: ModelPath) -> Result<Response, OipError> {
-    model_ready_v2(state, path).await
+async fn oip_model_ready(
+    state: State<Service>,
+    Path(path): Path<ModelName>,
+) -> Result<Response, OipError> {
+    model_ready_v2(state, &path.name, None).await
 }
 
 #[utoipa::path(
-    get, path = "/v2/models/{name}/versions/{version}/ready", tag = "v2",
-    params(("name" = String, Path, description = "The model's name (`GET /v1/model`)"), ("version" = String, Path, description = "The live version, or a canary challenger's")),
-    responses(
-        (status = 200, description = "Ready", body = ModelReadiness),
-        (status = 404, description = "No such model or version", body = OipErrorBody),
-        (status = 503, description = "The engine stopped, or too many requests in flight", body = ModelReadiness),
-    )
+    get,
+    path = "/v2/models/{name}/versions/{version}/ready",
+    tag = "v2",
+    params(ModelVersion),
+    responses(ReadinessAnswers)
 )]
-async fn oip_version_ready(state: State<Service>, path: ModelPath) -> Result<Response, OipError> {
-    model_ready_v2(state, path).await
+async fn oip_version_ready(
+    state: State<Service>,
+    Path(path): Path<ModelVersion>,
+) -> Result<Response, OipError> {
+    model_ready_v2(state, &path.name, Some(&path.version)).await
 }
 
 async fn model_ready_v2(
     State(service): State<Service>,
-    path: ModelPath,
+    name: &str,
+    version: Option<&str>,
 ) -> Result<Response, OipError> {
-    let (name, version) = name_and_version(&path);
     let target = oip_target(&service, name, version)?;
     let ready = target.handle().is_alive();
     let status = if ready {
@@ -827,6 +865,8 @@ async fn model_ready_v2(
         oip_server_metadata, oip_live, oip_ready, oip_model_metadata, oip_version_metadata,
         oip_model_ready, oip_version_ready, oip_infer, oip_version_infer
     ),
+    // The schemas that only `IntoResponses` answers name (those are not collected by themselves).
+    components(schemas(crate::oip::ModelMetadataV2, crate::oip::TensorMetadata, ModelReadiness)),
     modifiers(&BearerToken),
     tags(
         (name = "v1", description = "The forecast API"),
@@ -868,12 +908,55 @@ async fn openapi_json() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
+/// The failures both infer routes answer with, for their OpenAPI description (the handlers
+/// answer through [`OipError`]).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum InferFailures {
+    #[response(
+        status = 400,
+        description = "A request the client must fix; the message names the tensor or field"
+    )]
+    BadRequest(OipErrorBody),
+    #[response(status = 404, description = "No such model or version")]
+    NotFound(OipErrorBody),
+    #[response(
+        status = 408,
+        description = "The body did not arrive within the body timeout"
+    )]
+    Timeout(OipErrorBody),
+    #[response(status = 413, description = "The body is larger than the limit")]
+    TooLarge(OipErrorBody),
+    #[response(status = 415, description = "A compressed body")]
+    Compressed(OipErrorBody),
+    #[response(
+        status = 422,
+        description = "Interval levels the model is not calibrated for"
+    )]
+    Uncalibrated(OipErrorBody),
+    #[response(
+        status = 429,
+        description = "The engine queue is full; retry after `Retry-After`"
+    )]
+    Overloaded(OipErrorBody),
+    #[response(
+        status = 500,
+        description = "The server failed; the message carries the request id"
+    )]
+    Failed(OipErrorBody),
+    #[response(
+        status = 503,
+        description = "Too many requests in flight, or the engine is unavailable"
+    )]
+    Busy(OipErrorBody),
+}
+
 /// The binary tensor extension's header: where the JSON header of a body ends.
 const HEADER_LENGTH: &str = "inference-header-content-length";
 
 #[utoipa::path(
     post, path = "/v2/models/{name}/infer", tag = "v2",
-    params(("name" = String, Path, description = "The model's name (`GET /v1/model`)"), ("Inference-Header-Content-Length" = Option<usize>, Header, description = "With the binary tensor extension: the length of the JSON header at the start of the body")),
+    params(ModelName, ("Inference-Header-Content-Length" = Option<usize>, Header, description = "With the binary tensor extension: the length of the JSON header at the start of the body")),
     request_body(description = "JSON; or, with the binary tensor extension, the JSON header then the inputs' bytes", content(
         (crate::oip::RawRequest = "application/json"),
         (Vec<u8> = "application/octet-stream")
@@ -883,31 +966,24 @@ const HEADER_LENGTH: &str = "inference-header-content-length";
             (crate::oip::ResponseHeader = "application/json"),
             (Vec<u8> = "application/octet-stream")
         )),
-        (status = 400, description = "A request the client must fix; the message names the tensor or field", body = OipErrorBody),
-        (status = 404, description = "No such model or version", body = OipErrorBody),
-        (status = 408, description = "The body did not arrive within the body timeout", body = OipErrorBody),
-        (status = 413, description = "The body is larger than the limit", body = OipErrorBody),
-        (status = 415, description = "A compressed body", body = OipErrorBody),
-        (status = 422, description = "Interval levels the model is not calibrated for", body = OipErrorBody),
-        (status = 429, description = "The engine queue is full; retry after `Retry-After`", body = OipErrorBody),
-        (status = 500, description = "The server failed; the message carries the request id", body = OipErrorBody),
-        (status = 503, description = "Too many requests in flight, or the engine is unavailable", body = OipErrorBody),
+        InferFailures,
     )
 )]
 async fn oip_infer(
     state: State<Service>,
     limits: axum::Extension<ConnectionLimits>,
     budget: axum::Extension<BodyBudget>,
-    path: ModelPath,
+    Path(path): Path<ModelName>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, OipError> {
-    infer_v2(state, limits, budget, path, headers, body).await
+    let address = (path.name.as_str(), None);
+    infer_v2(state, limits, budget, address, headers, body).await
 }
 
 #[utoipa::path(
     post, path = "/v2/models/{name}/versions/{version}/infer", tag = "v2",
-    params(("name" = String, Path, description = "The model's name (`GET /v1/model`)"), ("version" = String, Path, description = "The live version, or a canary challenger's"), ("Inference-Header-Content-Length" = Option<usize>, Header, description = "With the binary tensor extension: the length of the JSON header at the start of the body")),
+    params(ModelVersion, ("Inference-Header-Content-Length" = Option<usize>, Header, description = "With the binary tensor extension: the length of the JSON header at the start of the body")),
     request_body(description = "JSON; or, with the binary tensor extension, the JSON header then the inputs' bytes", content(
         (crate::oip::RawRequest = "application/json"),
         (Vec<u8> = "application/octet-stream")
@@ -917,37 +993,30 @@ async fn oip_infer(
             (crate::oip::ResponseHeader = "application/json"),
             (Vec<u8> = "application/octet-stream")
         )),
-        (status = 400, description = "A request the client must fix; the message names the tensor or field", body = OipErrorBody),
-        (status = 404, description = "No such model or version", body = OipErrorBody),
-        (status = 408, description = "The body did not arrive within the body timeout", body = OipErrorBody),
-        (status = 413, description = "The body is larger than the limit", body = OipErrorBody),
-        (status = 415, description = "A compressed body", body = OipErrorBody),
-        (status = 422, description = "Interval levels the model is not calibrated for", body = OipErrorBody),
-        (status = 429, description = "The engine queue is full; retry after `Retry-After`", body = OipErrorBody),
-        (status = 500, description = "The server failed; the message carries the request id", body = OipErrorBody),
-        (status = 503, description = "Too many requests in flight, or the engine is unavailable", body = OipErrorBody),
+        InferFailures,
     )
 )]
 async fn oip_version_infer(
     state: State<Service>,
     limits: axum::Extension<ConnectionLimits>,
     budget: axum::Extension<BodyBudget>,
-    path: ModelPath,
+    Path(path): Path<ModelVersion>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, OipError> {
-    infer_v2(state, limits, budget, path, headers, body).await
+    let address = (path.name.as_str(), Some(path.version.as_str()));
+    infer_v2(state, limits, budget, address, headers, body).await
 }
 
+/// Infer on the model `name` (and `version`, when the route names one).
 async fn infer_v2(
     State(service): State<Service>,
     axum::Extension(limits): axum::Extension<ConnectionLimits>,
     axum::Extension(budget): axum::Extension<BodyBudget>,
-    path: ModelPath,
+    (name, version): (&str, Option<&str>),
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, OipError> {
-    let (name, version) = name_and_version(&path);
     let target = oip_target(&service, name, version)?;
     check_uncompressed(&headers)?;
     let header_length = match headers.get(HEADER_LENGTH) {

@@ -948,12 +948,7 @@ mod tests {
     use crate::forecast::parse_forecast_request;
 
     fn shape(window: usize, features: &[&str]) -> RequestShape {
-        RequestShape {
-            window,
-            features: features.iter().map(|f| f.to_string()).collect(),
-            max_series: 4,
-            forecast_span: Some(chrono::TimeDelta::hours(24)),
-        }
+        RequestShape::for_tests(window, features)
     }
 
     #[test]

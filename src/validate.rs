@@ -40,6 +40,18 @@ pub struct ValidationReport {
     pub checks: Vec<Check>,
 }
 
+impl ValidationReport {
+    /// The checks that failed, `name: detail`, joined for one line.
+    pub fn failures(&self) -> String {
+        self.checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
 /// One line of the probe child's stdout.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -125,15 +137,9 @@ pub fn probe_artifacts(
     if report.valid {
         return Ok(());
     }
-    let failed: Vec<String> = report
-        .checks
-        .iter()
-        .filter(|c| !c.ok)
-        .map(|c| format!("{}: {}", c.name, c.detail))
-        .collect();
     Err(ProbeError::Failed {
         version: version.to_string(),
-        failed: failed.join("; "),
+        failed: report.failures(),
     })
 }
 

@@ -389,13 +389,7 @@ fn probe(dir: &std::path::Path) -> anyhow::Result<Result<(), String>> {
     if report.valid {
         return Ok(Ok(()));
     }
-    let failed: Vec<String> = report
-        .checks
-        .iter()
-        .filter(|c| !c.ok)
-        .map(|c| format!("{}: {}", c.name, c.detail))
-        .collect();
-    Ok(Err(failed.join("; ")))
+    Ok(Err(report.failures()))
 }
 
 /// Fetches a published version and probes it before a command makes it serve: it may have

@@ -663,17 +663,30 @@ impl AccuracyStore {
             Some(None) => Precondition::None,
         };
         let body = serde_json::to_vec_pretty(value).expect("serialises");
+        self.put_for_run(&key, body, precondition, run).await?;
+        Ok(true)
+    }
+
+    /// A conditional write of run `run`'s, the run's number in the object's metadata; a lost
+    /// condition is [`StoreError::RunTaken`].
+    async fn put_for_run(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        precondition: Precondition<'_>,
+        run: u64,
+    ) -> Result<(), StoreError> {
         let metadata = [(RUN_METADATA, run.to_string())];
         match self
             .objects
-            .put_with_metadata(&key, body, "application/json", precondition, &metadata)
+            .put_with_metadata(key, body, "application/json", precondition, &metadata)
             .await
         {
-            Ok(()) => Ok(true),
+            Ok(()) => Ok(()),
             Err(e) if e.kind == crate::objects::ObjectErrorKind::Conflict => {
                 Err(StoreError::RunTaken {
                     bucket: self.bucket.clone(),
-                    key,
+                    key: key.to_owned(),
                     run,
                 })
             }
@@ -822,23 +835,9 @@ impl AccuracyStore {
     /// is committed once, ever. Another evaluation that committed the run first is
     /// [`StoreError::RunTaken`], and this one has changed nothing.
     pub async fn commit_run<T: Serialize>(&self, run: u64, journal: &T) -> Result<(), StoreError> {
-        let key = self.run_key(run);
         let body = serde_json::to_vec(journal).expect("serialises");
-        match self
-            .objects
-            .put(&key, body, "application/json", Precondition::Absent)
+        self.put_for_run(&self.run_key(run), body, Precondition::Absent, run)
             .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind == crate::objects::ObjectErrorKind::Conflict => {
-                Err(StoreError::RunTaken {
-                    bucket: self.bucket.clone(),
-                    key,
-                    run,
-                })
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// The journal of run `run`, if it was committed and not yet finished.

@@ -19,19 +19,7 @@ use serde_json::{json, Value};
 const TEMPLATES: [&str; 2] = ["infra/template.yaml", "infra/ecs.yaml"];
 
 fn run(program: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let output = Command::new(program)
-        .args(args)
-        .current_dir(repo_path(""))
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
-    (
-        output.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    )
+    common::outcome(Command::new(program).args(args).current_dir(repo_path("")))
 }
 
 fn cfn_helper(args: &[&str]) -> Value {

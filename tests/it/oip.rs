@@ -121,16 +121,12 @@ async fn interval_outputs_are_v1_intervals_and_a_named_version_is_served() {
     let server = TestServer::bundled().await;
     let metadata = bundled_model().metadata().clone();
     let windows = [window(0.0), window(1.0)];
-    let v1: Value = reqwest::Client::new()
-        .post(server.url("/v1/forecast"))
-        .json(&json!({"intervals": [0.8],
-                      "series": forecast_body(&windows)["series"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v1 = common::post_json(
+        &reqwest::Client::new(),
+        &server.url("/v1/forecast"),
+        &json!({"intervals": [0.8], "series": forecast_body(&windows)["series"]}),
+    )
+    .await;
     let path = format!(
         "/v2/models/{}/versions/{}/infer",
         metadata.name, metadata.version
@@ -241,15 +237,12 @@ async fn a_quantile_network_answers_its_interval_outputs_as_v1_does() {
     )
     .await;
     let windows = [window(0.0), window(2.0)];
-    let v1: Value = reqwest::Client::new()
-        .post(server.url("/v1/forecast"))
-        .json(&json!({"intervals": [0.8], "series": forecast_body(&windows)["series"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v1 = common::post_json(
+        &reqwest::Client::new(),
+        &server.url("/v1/forecast"),
+        &json!({"intervals": [0.8], "series": forecast_body(&windows)["series"]}),
+    )
+    .await;
     let outputs = json!([{"name": "lower_80"}, {"name": "forecast"}, {"name": "upper_80"}]);
     let (status, answer) = infer(
         &server,

@@ -21,16 +21,10 @@ fn the_committed_document_is_the_one_the_code_derives() {
 
 #[test]
 fn the_document_is_valid_openapi() {
-    let output = std::process::Command::new(tools_bin("openapi-spec-validator"))
-        .arg(repo_path(COMMITTED))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&output.stderr)
+    let (ok, printed) = common::outcome(
+        std::process::Command::new(tools_bin("openapi-spec-validator")).arg(repo_path(COMMITTED)),
     );
+    assert!(ok, "{printed}");
     let document: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(repo_path(COMMITTED)).unwrap()).unwrap();
     assert_eq!(document["openapi"], "3.1.0");
@@ -39,7 +33,8 @@ fn the_document_is_valid_openapi() {
 /// Runs Schemathesis on `document` against `base`; returns whether it passed and what it printed.
 fn schemathesis(document: &std::path::Path, base: &str, env: &[(&str, String)]) -> (bool, String) {
     let workdir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(tools_bin("schemathesis"))
+    common::outcome(
+        std::process::Command::new(tools_bin("schemathesis"))
         .arg("--config-file")
         .arg(repo_path("tests/support/schemathesis.toml"))
         .arg("run")
@@ -52,15 +47,8 @@ fn schemathesis(document: &std::path::Path, base: &str, env: &[(&str, String)]) 
         .args(["--no-color", "--report-dir"])
         .arg(workdir.path())
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .current_dir(workdir.path())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+        .current_dir(workdir.path()),
+    )
 }
 
 /// A line on the terminal even when the test passes: written to stderr directly, past the test

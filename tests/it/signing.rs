@@ -34,19 +34,15 @@ fn key_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 
 /// `model_signing sign key` over `dir`, writing `dir/model.sig`.
 fn sign(dir: &Path, private: &Path) {
-    let output = Command::new(tools_bin("model_signing"))
-        .args(["sign", "key", "--private_key"])
-        .arg(private)
-        .arg("--signature")
-        .arg(dir.join("model.sig"))
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let (ok, printed) = common::outcome(
+        Command::new(tools_bin("model_signing"))
+            .args(["sign", "key", "--private_key"])
+            .arg(private)
+            .arg("--signature")
+            .arg(dir.join("model.sig"))
+            .arg(dir),
     );
+    assert!(ok, "{printed}");
 }
 
 /// Whether `model_signing verify key` accepts `dir` with `public`.

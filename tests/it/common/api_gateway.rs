@@ -6,7 +6,7 @@
 //! does API Gateway's conversion.
 
 use base64::Engine;
-use serde_json::{json, Value};
+use serde_json::json;
 
 pub struct HttpApiBridge {
     /// `127.0.0.1:PORT`, where clients connect.
@@ -64,15 +64,7 @@ async fn forward(
         "body": base64::engine::general_purpose::STANDARD.encode(&body),
         "isBase64Encoded": true
     });
-    let answer: Value = reqwest::Client::new()
-        .post(&invoke)
-        .json(&event)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = super::post_json(&reqwest::Client::new(), &invoke, &event).await;
     let body = answer["body"].as_str().unwrap_or_default();
     let body = if answer["isBase64Encoded"] == true {
         base64::engine::general_purpose::STANDARD

@@ -34,18 +34,14 @@ pub const TEST_DAYS: usize = 119;
 /// same contract that forecasts worse the further `factor` is from 1.
 pub fn weakened_bundled(version: &str, factor: f64) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(tools_bin("python"))
-        .arg(repo_path("tests/support/weaken_model.py"))
-        .arg(repo_path("model_artifacts/etth1-ot-lstm"))
-        .arg(dir.path())
-        .args([version, "10", &factor.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let (ok, printed) = super::outcome(
+        std::process::Command::new(tools_bin("python"))
+            .arg(repo_path("tests/support/weaken_model.py"))
+            .arg(repo_path("model_artifacts/etth1-ot-lstm"))
+            .arg(dir.path())
+            .args([version, "10", &factor.to_string()]),
     );
+    assert!(ok, "{printed}");
     dir
 }
 

@@ -530,20 +530,27 @@ pub fn event(name: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
-/// Runs the CLI against this moto; returns success and stdout + stderr.
-pub fn cli(moto: &Moto, args: &[&str]) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
-        .args(args)
-        .envs(moto.env())
-        .env("THREADS", "1")
+/// Runs `command` to its end: whether it succeeded, and what it printed (stdout, then stderr).
+pub fn outcome(command: &mut Command) -> (bool, String) {
+    let output = command
         .output()
-        .unwrap();
-    let text = format!(
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    let printed = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    (output.status.success(), text)
+    (output.status.success(), printed)
+}
+
+/// Runs the CLI against this moto; returns success and stdout + stderr.
+pub fn cli(moto: &Moto, args: &[&str]) -> (bool, String) {
+    outcome(
+        Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
+            .args(args)
+            .envs(moto.env())
+            .env("THREADS", "1"),
+    )
 }
 
 /// What the template's log subscription and Firehose stream do with the function's forecast log:

@@ -194,8 +194,9 @@ pub mod template;
 
 // Each test binary uses some of these; the others are not dead code.
 #[allow(unused_imports)]
-pub use observe::{emf_values, Collected};
+pub use emulators::outcome;
 #[allow(unused_imports)]
+pub use observe::{emf_values, Collected};
 pub use serve::{metric_sum, metric_value, ServeProcess};
 
 /// POSTs a JSON body and returns the JSON answer, whatever its status.
