@@ -75,6 +75,13 @@ pub struct AccuracyArgs {
     /// for lambda].
     #[arg(long, env = "FORECAST_LOG_DELIVERY", value_enum)]
     pub forecast_log_delivery: Option<LogDeliveryArg>,
+
+    /// Series-hash shards the forecast log and actuals are written in: each shard's data under
+    /// PREFIX/shard=NNNN/, so that an evaluation partition reads only its series (README,
+    /// "Evaluation at scale"). Every writer and the evaluation must agree; 1 is the unsharded
+    /// layout.
+    #[arg(long, env = "FORECAST_LOG_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub forecast_log_shards: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -104,6 +111,13 @@ pub struct EvaluateArgs {
     /// s3://BUCKET/PREFIX of the forecast log and actuals.
     #[arg(long, env = "FORECAST_LOG_URI")]
     pub store: String,
+
+    /// Series-hash shards the forecast log and actuals are written in: each shard's data under
+    /// PREFIX/shard=NNNN/, so that an evaluation partition reads only its series (README,
+    /// "Evaluation at scale"). Every writer and the evaluation must agree; 1 is the unsharded
+    /// layout.
+    #[arg(long, env = "FORECAST_LOG_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub forecast_log_shards: u32,
 
     /// Minutes of data time a series' actuals must run past a target before it counts as missing
     /// (out-of-order actuals within it still score).

@@ -14,7 +14,8 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!(e.message.replace("`intervals", "`--interval-levels")))?;
     runtime()?.block_on(async move {
         let clients = AwsClients::load(args.aws.aws_endpoint_url.as_deref()).await;
-        let store = AccuracyStore::new(clients.s3().clone(), &args.store)?;
+        let store = AccuracyStore::new(clients.s3().clone(), &args.store)?
+            .with_shards(args.forecast_log_shards)?;
         let config = args.metrics.config(&[SinkKind::CloudWatch], false);
         let (sinks, cloudwatch) = build_sinks(&config, &clients);
         // Scores carry each forecast's own model and version, not a current one.

@@ -47,6 +47,7 @@ pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
     let challenge = args.decisions.policy()?;
     let service = ServiceConfig {
         forecast_log_uri: args.accuracy.forecast_log,
+        forecast_log_shards: args.accuracy.forecast_log_shards,
         forecast_log_delivery: LogDeliveryArg::or(
             args.accuracy.forecast_log_delivery,
             LogDelivery::LogLines,

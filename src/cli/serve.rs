@@ -127,6 +127,7 @@ fn service_config(args: &ServeArgs) -> ServiceConfig {
         low_latency_threads,
         metrics: args.metrics.config(&[SinkKind::Prometheus], false),
         forecast_log_uri: args.accuracy.forecast_log.clone(),
+        forecast_log_shards: args.accuracy.forecast_log_shards,
         forecast_log_delivery: LogDeliveryArg::or(
             args.accuracy.forecast_log_delivery,
             LogDelivery::Objects,

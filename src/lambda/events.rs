@@ -79,6 +79,20 @@ pub enum ScheduledAction {
     BatchManifest { input: String, output: String },
     /// Scores the logged forecasts against the actuals that arrived (the accuracy loop).
     Evaluate {},
+    /// Plans the next evaluation run in at most `partitions` partitions (the evaluation state
+    /// machine's first step).
+    EvaluatePlan {
+        #[serde(default = "one_partition")]
+        partitions: u32,
+    },
+    /// Evaluates shards `first..end` of a planned run (one item of the state machine's map).
+    EvaluatePartition { run: u64, first: u32, end: u32 },
+    /// Merges a run's partitions and publishes it (the state machine's last step).
+    EvaluateReduce { run: u64 },
+}
+
+fn one_partition() -> u32 {
+    1
 }
 
 /// A batch of shards from a Distributed Map's ItemBatcher:

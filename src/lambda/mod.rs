@@ -361,6 +361,17 @@ impl LambdaApp {
                 service_jobs::evaluate(service, self.follower.as_deref(), &self.config.evaluation)
                     .await?,
             ),
+            ScheduledAction::EvaluatePlan { partitions } => answer(
+                service_jobs::plan_evaluation(service, &self.config.evaluation, partitions).await?,
+            ),
+            ScheduledAction::EvaluatePartition { run, first, end } => {
+                answer(service_jobs::evaluate_partition(service, run, first, end).await?)
+            }
+            ScheduledAction::EvaluateReduce { run } => {
+                let follower = self.follower.as_deref();
+                let config = &self.config.evaluation;
+                answer(service_jobs::reduce_evaluation(service, follower, config, run).await?)
+            }
         }
     }
 

@@ -1,9 +1,9 @@
 //! Accuracy scores of forecasts against actuals.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Running sums for one group of (forecast, actual) pairs.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Accumulator {
     count: usize,
     abs_error: f64,
@@ -35,6 +35,16 @@ impl Accumulator {
         self.error += e;
         self.abs_actual += actual.abs();
         self.naive_abs_error += (naive - actual).abs();
+    }
+
+    /// Adds another group's sums: the sums of both groups' pairs.
+    pub fn merge(&mut self, other: &Accumulator) {
+        self.count += other.count;
+        self.abs_error += other.abs_error;
+        self.squared_error += other.squared_error;
+        self.error += other.error;
+        self.abs_actual += other.abs_actual;
+        self.naive_abs_error += other.naive_abs_error;
     }
 
     pub fn count(&self) -> usize {

@@ -25,7 +25,7 @@ pub fn errors_needed(level: f64) -> usize {
 }
 
 /// One scored (forecast, actual) pair's absolute error.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoredError {
     pub model_version: String,
     /// 0-based horizon step.
@@ -33,6 +33,69 @@ pub struct ScoredError {
     /// The target's timestamp: the window keeps the most recent targets.
     pub at: DateTime<Utc>,
     pub error: f64,
+    /// A hash of the forecast that erred: among errors of one target time (every series'
+    /// forecast of the same hour), the window keeps those of the highest ranks. An order of
+    /// its own, not of reading, so that a run split by series keeps the same errors as a
+    /// whole one; a hash, not the error, so that the kept ones are not the largest.
+    #[serde(default)]
+    pub rank: u64,
+}
+
+impl ScoredError {
+    /// The window's order: target time, then rank, then the error itself.
+    pub fn order(&self, other: &ScoredError) -> std::cmp::Ordering {
+        (self.at, self.rank)
+            .cmp(&(other.at, other.rank))
+            .then(self.error.total_cmp(&other.error))
+    }
+
+    fn kept(&self) -> KeptError {
+        KeptError {
+            at: self.at,
+            error: self.error,
+            rank: self.rank,
+        }
+    }
+}
+
+/// An error in a version's window: `[time, error, rank]` (`[time, error]` as files written
+/// before ranks read, rank 0).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoredError", into = "StoredError")]
+pub struct KeptError {
+    pub at: DateTime<Utc>,
+    pub error: f64,
+    pub rank: u64,
+}
+
+impl KeptError {
+    fn order(&self, other: &KeptError) -> std::cmp::Ordering {
+        (self.at, self.rank)
+            .cmp(&(other.at, other.rank))
+            .then(self.error.total_cmp(&other.error))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum StoredError {
+    Ranked(DateTime<Utc>, f64, u64),
+    Unranked(DateTime<Utc>, f64),
+}
+
+impl From<StoredError> for KeptError {
+    fn from(stored: StoredError) -> Self {
+        match stored {
+            StoredError::Ranked(at, error, rank) => KeptError { at, error, rank },
+            StoredError::Unranked(at, error) => KeptError { at, error, rank: 0 },
+        }
+    }
+}
+
+impl From<KeptError> for StoredError {
+    fn from(kept: KeptError) -> Self {
+        StoredError::Ranked(kept.at, kept.error, kept.rank)
+    }
 }
 
 /// The rolling windows and the calibrations they give (`state/calibration.json`).
@@ -47,7 +110,7 @@ pub struct OnlineCalibrations {
 /// One version's recent errors, per horizon step, oldest first, and their calibration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VersionErrors {
-    pub steps: Vec<Vec<(DateTime<Utc>, f64)>>,
+    pub steps: Vec<Vec<KeptError>>,
     /// Absent until every step holds [`MIN_ONLINE_ERRORS`] errors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<Calibration>,
@@ -71,13 +134,13 @@ impl OnlineCalibrations {
             if version.steps.len() <= e.step {
                 version.steps.resize(e.step + 1, Vec::new());
             }
-            version.steps[e.step].push((e.at, e.error));
+            version.steps[e.step].push(e.kept());
             touched.insert(e.model_version.clone());
         }
         for name in touched {
             let version = self.versions.get_mut(&name).expect("touched above");
             for step in &mut version.steps {
-                step.sort_by_key(|(at, _)| *at);
+                step.sort_by(KeptError::order);
                 let excess = step.len().saturating_sub(window);
                 step.drain(..excess);
             }
@@ -107,7 +170,7 @@ impl VersionErrors {
         let errors_by_step = self
             .steps
             .iter()
-            .map(|step| step.iter().map(|(_, e)| *e).collect())
+            .map(|step| step.iter().map(|kept| kept.error).collect())
             .collect();
         let data = format!(
             "online: the latest {fewest} scored errors per horizon step (window {window}), as of {}",
@@ -132,6 +195,7 @@ mod tests {
                     step,
                     at: start + chrono::Duration::hours(i as i64),
                     error: scale * (i % 10) as f64,
+                    rank: 0,
                 })
             })
             .collect()

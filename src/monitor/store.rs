@@ -109,6 +109,28 @@ impl ForecastRecord {
 pub enum StoreError {
     #[error("invalid store URI `{0}` (expected s3://BUCKET/PREFIX)")]
     Uri(String),
+    #[error("FORECAST_LOG_SHARDS={0}: the store is written in 1 to {MAX_SHARDS} shards")]
+    Shards(u32),
+    /// The store was written in another number of shards than this process is set to use.
+    #[error("s3://{bucket}/{key} says the store is written in {recorded} shards, but FORECAST_LOG_SHARDS is {configured}: evaluating it so would miss or double-read pairs (see the README, \"Evaluation at scale\", to change the number of shards)")]
+    Layout {
+        bucket: String,
+        key: String,
+        recorded: u32,
+        configured: u32,
+    },
+    /// A partition asked for shards the run does not have (a forged or stale event).
+    #[error("shards {first}..{end} are not a partition of this run: it has shards 0..{shards}")]
+    ShardRange { first: u32, end: u32, shards: u32 },
+    /// A run part that the reduce step needs is not there.
+    #[error("evaluation run {run} has no {what} (s3://{bucket}/{key}): {hint}")]
+    RunPartMissing {
+        bucket: String,
+        key: String,
+        run: u64,
+        what: String,
+        hint: &'static str,
+    },
     #[error(transparent)]
     Object(#[from] ObjectError),
     #[error("s3://{bucket}/{key} line {line}: {cause}")]
@@ -168,7 +190,7 @@ impl<T> Default for Loaded<T> {
 }
 
 impl<T> Loaded<T> {
-    fn quarantine(&mut self, key: &str, line: usize, cause: String) {
+    pub(crate) fn quarantine(&mut self, key: &str, line: usize, cause: String) {
         tracing::warn!(key, line, "quarantined an unreadable line: {cause}");
         self.quarantined.push(Quarantined {
             key: key.to_string(),
@@ -188,7 +210,7 @@ pub struct VersionScore {
 }
 
 /// A line that could not be read: skipped, counted and reported, never fatal.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Quarantined {
     pub key: String,
     pub line: usize,
@@ -227,6 +249,10 @@ fn json_lines_into<T, E: std::fmt::Display>(
 #[derive(Serialize)]
 struct LogLine<'a> {
     forecast_record: &'a ForecastRecord,
+    /// The record's shard (a sharded store): Firehose's dynamic partitioning has no hash
+    /// function, so the line says where it goes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shard: Option<String>,
 }
 
 /// One `id,timestamp,value` row of an actuals CSV file.
@@ -279,6 +305,18 @@ pub struct EvaluationState {
     pub runs: u64,
 }
 
+/// The runs committed so far (`state/runs.json`).
+#[derive(Debug, Serialize, Deserialize)]
+struct RunsCommitted {
+    runs: u64,
+}
+
+/// How the store is written (`state/layout.json`): recorded by the first evaluation.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoreLayout {
+    shards: u32,
+}
+
 /// The user metadata that names the evaluation run that wrote a state file.
 const RUN_METADATA: &str = "evaluation-run";
 
@@ -296,8 +334,35 @@ pub const MAX_CONCURRENT_OBJECT_CALLS: usize = 16;
 pub struct AccuracyStore {
     objects: S3Objects,
     bucket: String,
-    /// Key prefix, empty or ending with '/'.
+    /// Key prefix of the data (forecasts, actuals, settled marks) and of the watermark, empty or
+    /// ending with '/': `root` itself, or one shard's folder under it.
     prefix: String,
+    /// The store's own prefix: the run journals, the lease and the state every shard shares.
+    root: String,
+    /// Series-hash shards the data is written in (1: no `shard=` folders, the original layout).
+    shards: u32,
+}
+
+/// The most shards a store may be written in: the shard's name has four digits.
+pub const MAX_SHARDS: u32 = 10_000;
+
+/// The shard of a series among `shards`: FNV-1a (64 bit) of its id's UTF-8 bytes, modulo
+/// `shards`. Simple enough for any producer of actuals to compute (README, "Evaluation at
+/// scale"); stable across processes and releases, unlike the standard library's hasher.
+pub fn shard_of(series_id: &str, shards: u32) -> u32 {
+    (fnv1a(series_id.as_bytes()) % u64::from(shards.max(1))) as u32
+}
+
+/// FNV-1a, 64 bit: a hash that is the same in every process and release.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A shard's name in keys and log lines: four digits.
+pub fn shard_name(index: u32) -> String {
+    format!("{index:04}")
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
@@ -350,8 +415,58 @@ impl AccuracyStore {
         Ok(AccuracyStore {
             objects: S3Objects::new(client, bucket.clone()),
             bucket,
+            root: prefix.clone(),
             prefix,
+            shards: 1,
         })
+    }
+
+    /// The same store written in `shards` series-hash shards: each under `shard=NNNN/`, with the
+    /// original layout inside (see the module doc).
+    pub fn with_shards(mut self, shards: u32) -> Result<Self, StoreError> {
+        if !(1..=MAX_SHARDS).contains(&shards) {
+            return Err(StoreError::Shards(shards));
+        }
+        self.shards = shards;
+        Ok(self)
+    }
+
+    /// The number of series-hash shards the data is written in.
+    pub fn shards(&self) -> u32 {
+        self.shards
+    }
+
+    /// Shard `index`: its own forecasts, actuals, settled marks and watermark, the store itself
+    /// when it is not sharded. Run journals and shared state stay at the store's root.
+    pub fn shard(&self, index: u32) -> AccuracyStore {
+        let prefix = if self.shards > 1 {
+            format!("{}shard={}/", self.root, shard_name(index))
+        } else {
+            self.root.clone()
+        };
+        AccuracyStore {
+            objects: self.objects.clone(),
+            bucket: self.bucket.clone(),
+            prefix,
+            root: self.root.clone(),
+            shards: 1,
+        }
+    }
+
+    /// Groups `items` by the shard of their series.
+    fn by_shard<'a, T>(
+        &self,
+        items: &'a [T],
+        series: impl Fn(&T) -> &str,
+    ) -> BTreeMap<u32, Vec<&'a T>> {
+        let mut groups: BTreeMap<u32, Vec<&T>> = BTreeMap::new();
+        for item in items {
+            groups
+                .entry(shard_of(series(item), self.shards))
+                .or_default()
+                .push(item);
+        }
+        groups
     }
 
     pub fn uri(&self) -> String {
@@ -412,9 +527,18 @@ impl AccuracyStore {
         &self,
         records: &[ForecastRecord],
     ) -> Result<Vec<String>, StoreError> {
-        let by_origin = records.iter().map(|r| (r.origin, r));
-        self.append_by_hour("forecasts", "origin", by_origin, &unique_name(Utc::now()))
-            .await
+        let name = unique_name(Utc::now());
+        let mut keys = Vec::new();
+        for (index, group) in self.by_shard(records, |r| &r.series_id) {
+            let by_origin = group.into_iter().map(|r| (r.origin, r));
+            let shard = self.shard(index);
+            keys.extend(
+                shard
+                    .append_by_hour("forecasts", "origin", by_origin, &name)
+                    .await?,
+            );
+        }
+        Ok(keys)
     }
 
     /// Writes observations as one object under the current hour.
@@ -433,11 +557,18 @@ impl AccuracyStore {
         observations: &[Observation],
         arrived: DateTime<Utc>,
     ) -> Result<Option<String>, StoreError> {
-        let by_arrival = observations.iter().map(|o| (arrived, o));
-        Ok(self
-            .append_by_hour("actuals", "arrival", by_arrival, &unique_name(arrived))
-            .await?
-            .pop())
+        let name = unique_name(arrived);
+        let mut last = None;
+        for (index, group) in self.by_shard(observations, |o| &o.series_id) {
+            let by_arrival = group.into_iter().map(|o| (arrived, o));
+            let shard = self.shard(index);
+            last = shard
+                .append_by_hour("actuals", "arrival", by_arrival, &name)
+                .await?
+                .pop()
+                .or(last);
+        }
+        Ok(last)
     }
 
     /// Records which pairs run `run` scored or counted missing, beside their forecasts'
@@ -701,7 +832,7 @@ impl AccuracyStore {
     }
 
     fn lease_key(&self) -> String {
-        format!("{}state/evaluation.lease", self.prefix)
+        format!("{}state/evaluation.lease", self.root)
     }
 
     /// Claims the evaluation for `hold`, with a conditional write: created if absent, taken over
@@ -827,7 +958,141 @@ impl AccuracyStore {
     }
 
     fn run_key(&self, run: u64) -> String {
-        format!("{}state/runs/{run:010}.json", self.prefix)
+        format!("{}state/runs/{run:010}.json", self.root)
+    }
+
+    /// A part of run `run` (its plan, a shard's journal, a shard's partial result), beside the
+    /// run's journal so that the same lifecycle rule expires it.
+    fn run_part_key(&self, run: u64, part: &str) -> String {
+        format!("{}state/runs/{run:010}/{part}", self.root)
+    }
+
+    /// Writes a part of run `run` if it is not there yet (If-None-Match): [`StoreError::RunTaken`]
+    /// when another attempt wrote it first.
+    pub async fn commit_run_part<T: Serialize>(
+        &self,
+        run: u64,
+        part: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let body = serde_json::to_vec(value).expect("serialises");
+        self.put_for_run(
+            &self.run_part_key(run, part),
+            body,
+            Precondition::Absent,
+            run,
+        )
+        .await
+    }
+
+    /// Writes a part of run `run` whatever is there (a part derived from a committed one).
+    pub async fn put_run_part<T: Serialize>(
+        &self,
+        run: u64,
+        part: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let body = serde_json::to_vec(value).expect("serialises");
+        self.put_for_run(&self.run_part_key(run, part), body, Precondition::None, run)
+            .await
+    }
+
+    /// A part of run `run`, if it was written.
+    pub async fn run_part<T: serde::de::DeserializeOwned>(
+        &self,
+        run: u64,
+        part: &str,
+    ) -> Result<Option<T>, StoreError> {
+        self.read_json(self.run_part_key(run, part)).await
+    }
+
+    /// [`Self::run_part`], or [`StoreError::RunPartMissing`] naming it and what to do.
+    pub async fn required_run_part<T: serde::de::DeserializeOwned>(
+        &self,
+        run: u64,
+        part: &str,
+        what: String,
+        hint: &'static str,
+    ) -> Result<T, StoreError> {
+        let key = self.run_part_key(run, part);
+        self.read_json(key.clone())
+            .await?
+            .ok_or_else(|| StoreError::RunPartMissing {
+                bucket: self.bucket.clone(),
+                key,
+                run,
+                what,
+                hint,
+            })
+    }
+
+    async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: String,
+    ) -> Result<Option<T>, StoreError> {
+        let Some(bytes) = self.get(&key).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Parse {
+                bucket: self.bucket.clone(),
+                key,
+                line: 1,
+                cause: e.to_string(),
+            })
+    }
+
+    /// The runs committed so far (`state/runs.json`; before it existed, the unsharded
+    /// watermark's count).
+    pub async fn runs_committed(&self) -> Result<u64, StoreError> {
+        let key = format!("{}state/runs.json", self.root);
+        match self.read_json::<RunsCommitted>(key).await? {
+            Some(committed) => Ok(committed.runs),
+            None => Ok(self.shard(0).evaluation_state().await?.runs),
+        }
+    }
+
+    /// Records run `run` as committed, unless a later run was recorded first.
+    pub async fn set_runs_committed(&self, run: u64) -> Result<(), StoreError> {
+        self.write_state_of_run("runs.json", &RunsCommitted { runs: run }, run)
+            .await?;
+        Ok(())
+    }
+
+    /// Checks that the store is written in as many shards as this process is set to use, and
+    /// records the number on first use (`state/layout.json`).
+    pub async fn check_layout(&self) -> Result<(), StoreError> {
+        let key = format!("{}state/layout.json", self.root);
+        let configured = self.shards;
+        let recorded = match self.read_json::<StoreLayout>(key.clone()).await? {
+            Some(layout) => layout.shards,
+            None => {
+                let body =
+                    serde_json::to_vec(&StoreLayout { shards: configured }).expect("serialises");
+                match self
+                    .objects
+                    .put(&key, body, "application/json", Precondition::Absent)
+                    .await
+                {
+                    Ok(()) => configured,
+                    Err(e) if e.kind == crate::objects::ObjectErrorKind::Conflict => self
+                        .read_json::<StoreLayout>(key.clone())
+                        .await?
+                        .map_or(configured, |l| l.shards),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        if recorded != configured {
+            return Err(StoreError::Layout {
+                bucket: self.bucket.clone(),
+                key,
+                recorded,
+                configured,
+            });
+        }
+        Ok(())
     }
 
     /// Commits evaluation run `run`: writes its journal if no journal of that run exists
@@ -845,18 +1110,7 @@ impl AccuracyStore {
         &self,
         run: u64,
     ) -> Result<Option<T>, StoreError> {
-        let key = self.run_key(run);
-        let Some(bytes) = self.get(&key).await? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StoreError::Parse {
-                bucket: self.bucket.clone(),
-                key,
-                line: 1,
-                cause: e.to_string(),
-            })
+        self.read_json(self.run_key(run)).await
     }
 
     /// Writes a report folder: `report.json` and each named SVG chart; returns its URI.
@@ -866,7 +1120,7 @@ impl AccuracyStore {
         charts: &[(&str, Vec<u8>)],
         now: DateTime<Utc>,
     ) -> Result<String, StoreError> {
-        let folder = format!("{}reports/{}", self.prefix, now.format("%Y%m%dT%H%M%SZ"));
+        let folder = format!("{}reports/{}", self.root, now.format("%Y%m%dT%H%M%SZ"));
         self.put(
             &format!("{folder}/report.json"),
             report_json.to_vec(),
@@ -936,7 +1190,12 @@ impl ForecastLog {
             let records: Vec<ForecastRecord> = records.into_iter().collect();
             let wrapped: Vec<LogLine> = records
                 .iter()
-                .map(|forecast_record| LogLine { forecast_record })
+                .map(|forecast_record| LogLine {
+                    forecast_record,
+                    shard: (self.store.shards() > 1).then(|| {
+                        shard_name(shard_of(&forecast_record.series_id, self.store.shards()))
+                    }),
+                })
                 .collect();
             let (lines, count) = (json_lines(&wrapped), records.len() as u64);
             if count > 0 {

@@ -146,6 +146,8 @@ pub struct ServiceConfig {
     pub forecast_log_uri: Option<String>,
     /// How logged forecasts leave the process.
     pub forecast_log_delivery: LogDelivery,
+    /// Series-hash shards the forecast log and actuals are written in (1: unsharded).
+    pub forecast_log_shards: u32,
     pub backtest_rate: f64,
     /// Seed of the backtest sampling; `None` draws one from the OS.
     pub sampling_seed: Option<u64>,
@@ -165,6 +167,7 @@ impl ServiceConfig {
             metrics,
             forecast_log_uri: None,
             forecast_log_delivery: LogDelivery::LogLines,
+            forecast_log_shards: 1,
             backtest_rate: 0.0,
             sampling_seed: None,
         }
@@ -197,7 +200,9 @@ pub fn compose(
 ) -> Result<Composed, ComposeError> {
     let forecast_log = match &config.forecast_log_uri {
         Some(uri) => Some(Arc::new(ForecastLog::with_delivery(
-            AccuracyStore::new(clients.s3().clone(), uri).map_err(ComposeError::ForecastLog)?,
+            AccuracyStore::new(clients.s3().clone(), uri)
+                .and_then(|store| store.with_shards(config.forecast_log_shards))
+                .map_err(ComposeError::ForecastLog)?,
             config.forecast_log_delivery,
         ))),
         None => None,

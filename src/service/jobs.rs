@@ -14,9 +14,10 @@ use super::challenge::{challenger_decision, ChallengePolicy};
 use super::follow::AliasFollower;
 use super::Service;
 use crate::monitor::evaluate::{
-    run_evaluation_with, EvaluationWindow, IntervalScores, Recalibration, VersionScores,
+    evaluate_partition as evaluate_shards, plan_run, reduce_run, run_evaluation_with,
+    EvaluationRun, EvaluationWindow, IntervalScores, Recalibration, VersionScores,
 };
-use crate::monitor::store::StoreError;
+use crate::monitor::store::{AccuracyStore, StoreError};
 use crate::objects::ObjectError;
 use crate::registry::roles::Decision;
 use crate::registry::RegistryError;
@@ -55,6 +56,9 @@ pub enum JobError {
     /// Another evaluation holds the store; this one changed nothing.
     #[error(transparent)]
     EvaluationBusy(StoreError),
+    /// A run's reduce step found a partition unfinished; it changed nothing.
+    #[error(transparent)]
+    EvaluationIncomplete(StoreError),
     #[error(transparent)]
     Store(StoreError),
     #[error(transparent)]
@@ -82,6 +86,7 @@ impl JobError {
             JobError::ShardFailed(_) => "ShardFailed",
             JobError::EvaluationFailed(_) => "EvaluationFailed",
             JobError::EvaluationBusy(_) => "EvaluationBusy",
+            JobError::EvaluationIncomplete(_) => "EvaluationIncomplete",
             JobError::Store(_) => "Store",
             JobError::Registry(_) | JobError::NothingLive => "Registry",
             JobError::RollbackImpossible(_) => "RollbackImpossible",
@@ -102,6 +107,7 @@ impl JobError {
 #[derive(Debug, Clone, Serialize)]
 pub struct EvaluationSummary {
     pub action: &'static str,
+    pub run: u64,
     pub report: String,
     pub forecasts_scored: usize,
     pub pairs: usize,
@@ -127,6 +133,37 @@ pub struct EvaluationConfig {
     pub challenge: ChallengePolicy,
 }
 
+/// The service's own store, or the error that names the setting.
+fn accuracy_store(service: &Service) -> Result<&AccuracyStore, JobError> {
+    match service.forecast_log() {
+        Some(log) => Ok(log.store()),
+        None => Err(JobError::NotConfigured(
+            "accuracy evaluation is not configured: set FORECAST_LOG_URI=s3://BUCKET/PREFIX (where forecasts and actuals are stored)".into(),
+        )),
+    }
+}
+
+/// How far an evaluation looks: forecasts of older versions with a longer horizon are found up
+/// to the live model's reach.
+fn evaluation_window(service: &Service, config: &EvaluationConfig) -> EvaluationWindow {
+    let grace =
+        chrono::Duration::from_std(config.grace).unwrap_or_else(|_| chrono::Duration::hours(1));
+    let model = service.model();
+    let metadata = model.metadata();
+    EvaluationWindow::for_horizon(metadata.output.horizon, metadata.frequency(), grace)
+}
+
+fn evaluation_error(e: StoreError) -> JobError {
+    match e {
+        StoreError::Busy { .. } | StoreError::RunTaken { .. } => JobError::EvaluationBusy(e),
+        StoreError::RunPartMissing { .. } => JobError::EvaluationIncomplete(e),
+        StoreError::ShardRange { .. } | StoreError::Layout { .. } => {
+            JobError::InvalidInput(e.to_string())
+        }
+        other => JobError::EvaluationFailed(other),
+    }
+}
+
 /// Scores the forecasts that the newly arrived actuals complete, publishes the scores and writes a
 /// report: the service's own forecast log, looked at as far as the model in service reaches.
 /// With the registry's alias (`follower`), then decides about its challenger.
@@ -135,37 +172,127 @@ pub async fn evaluate(
     follower: Option<&AliasFollower>,
     config: &EvaluationConfig,
 ) -> Result<EvaluationSummary, JobError> {
-    let Some(log) = service.forecast_log() else {
-        return Err(JobError::NotConfigured(
-            "accuracy evaluation is not configured: set FORECAST_LOG_URI=s3://BUCKET/PREFIX (where forecasts and actuals are stored)".into(),
-        ));
-    };
-    let grace =
-        chrono::Duration::from_std(config.grace).unwrap_or_else(|_| chrono::Duration::hours(1));
-    // Forecasts of older versions with a longer horizon are found up to the live model's reach.
-    let model = service.model();
-    let metadata = model.metadata();
-    let window =
-        EvaluationWindow::for_horizon(metadata.output.horizon, metadata.frequency(), grace);
+    let store = accuracy_store(service)?;
     let run = run_evaluation_with(
-        log.store(),
+        store,
         service.telemetry(),
         Utc::now(),
-        window,
+        evaluation_window(service, config),
         &config.recalibration,
     )
     .await
-    .map_err(|e| match e {
-        StoreError::Busy { .. } | StoreError::RunTaken { .. } => JobError::EvaluationBusy(e),
-        other => JobError::EvaluationFailed(other),
-    })?;
+    .map_err(evaluation_error)?;
+    summarise("evaluate", run, service, follower, config).await
+}
+
+/// The first step of an evaluation fanned out on a Distributed Map: the next run's plan, and one
+/// item per partition for the map.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvaluationPlanned {
+    pub action: &'static str,
+    pub run: u64,
+    pub shards: u32,
+    pub partitions: Vec<PartitionItem>,
+}
+
+/// One partition of a run, as the map sends it to the function.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionItem {
+    pub action: &'static str,
+    pub run: u64,
+    pub first: u32,
+    pub end: u32,
+}
+
+/// Plans the next run in at most `partitions` partitions (or resumes the run planned and not
+/// committed).
+pub async fn plan_evaluation(
+    service: &Service,
+    config: &EvaluationConfig,
+    partitions: u32,
+) -> Result<EvaluationPlanned, JobError> {
+    let store = accuracy_store(service)?;
+    let window = evaluation_window(service, config);
+    let plan = plan_run(store, Utc::now(), window, &config.recalibration, partitions)
+        .await
+        .map_err(evaluation_error)?;
+    let partitions = plan
+        .partitions
+        .iter()
+        .map(|range| PartitionItem {
+            action: "evaluate-partition",
+            run: plan.run,
+            first: range.start,
+            end: range.end,
+        })
+        .collect();
+    Ok(EvaluationPlanned {
+        action: "evaluate-plan",
+        run: plan.run,
+        shards: plan.shards,
+        partitions,
+    })
+}
+
+/// What one partition did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionDone {
+    pub action: &'static str,
+    pub run: u64,
+    pub first: u32,
+    pub end: u32,
+    pub pairs: usize,
+}
+
+/// Evaluates shards `first..end` of run `run`; a retry scores nothing twice.
+pub async fn evaluate_partition(
+    service: &Service,
+    run: u64,
+    first: u32,
+    end: u32,
+) -> Result<PartitionDone, JobError> {
+    let store = accuracy_store(service)?;
+    let pairs = evaluate_shards(store, run, first..end)
+        .await
+        .map_err(evaluation_error)?;
+    Ok(PartitionDone {
+        action: "evaluate-partition",
+        run,
+        first,
+        end,
+        pairs,
+    })
+}
+
+/// Merges run `run`'s partitions and publishes it once; then decides about the challenger.
+pub async fn reduce_evaluation(
+    service: &Service,
+    follower: Option<&AliasFollower>,
+    config: &EvaluationConfig,
+    run: u64,
+) -> Result<EvaluationSummary, JobError> {
+    let store = accuracy_store(service)?;
+    let run = reduce_run(store, service.telemetry(), run)
+        .await
+        .map_err(evaluation_error)?;
+    summarise("evaluate-reduce", run, service, follower, config).await
+}
+
+async fn summarise(
+    action: &'static str,
+    run: EvaluationRun,
+    service: &Service,
+    follower: Option<&AliasFollower>,
+    config: &EvaluationConfig,
+) -> Result<EvaluationSummary, JobError> {
     let evaluation = run.evaluation;
     let decision = match follower {
         Some(follower) => decide_after_evaluation(service, follower, &config.challenge).await?,
         None => None,
     };
     Ok(EvaluationSummary {
-        action: "evaluate",
+        action,
+        run: run.run,
         report: run.report,
         forecasts_scored: evaluation.forecasts_scored,
         pairs: evaluation.pairs,

@@ -461,6 +461,7 @@ async fn publish_online_calibration(store: &AccuracyStore, version: &str) -> Vec
                 step,
                 at: start + chrono::Duration::hours(i),
                 error: 0.1 * (step + 1) as f64 * i as f64,
+                rank: 0,
             })
         })
         .collect();

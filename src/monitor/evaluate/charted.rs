@@ -5,12 +5,13 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::monitor::observations::Observation;
 use crate::monitor::store::ForecastRecord;
 
 /// The series drawn in the report chart: actuals and the scored forecast trajectories.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChartSeries {
     pub series_id: String,
     pub actuals: Vec<(DateTime<Utc>, f64)>,
@@ -20,7 +21,7 @@ pub struct ChartSeries {
 }
 
 /// One forecast's interval in the chart.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Band {
     pub level: f64,
     /// `(t, lower, upper)` per step.
@@ -36,11 +37,11 @@ impl ChartSeries {
     pub(super) fn busiest(
         scored_per_series: &HashMap<&str, Vec<&ForecastRecord>>,
         new_actuals: &[Observation],
-    ) -> Option<ChartSeries> {
+    ) -> Option<(usize, ChartSeries)> {
         scored_per_series
             .iter()
             .max_by(|a, b| a.1.len().cmp(&b.1.len()).then(b.0.cmp(a.0)))
-            .map(|(id, records)| ChartSeries::of(id, records, new_actuals))
+            .map(|(id, records)| (records.len(), ChartSeries::of(id, records, new_actuals)))
     }
 
     /// One series' new actuals, and the latest of its scored forecasts with their narrowest

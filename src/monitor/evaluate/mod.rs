@@ -45,36 +45,38 @@ mod comparing;
 mod fixtures;
 mod increment;
 mod late;
+mod partial;
+mod plan;
 mod recalibration;
+mod reduce;
 mod report;
 mod scoring;
+mod shard;
 mod windows;
 
 pub use self::charted::{Band, ChartSeries};
 pub use self::comparing::VersionPair;
+pub use self::partial::Partial;
+pub use self::plan::{plan_run, split, EvaluationPlan, PlannedWindow};
 pub use self::recalibration::Recalibration;
+pub use self::reduce::reduce_run;
 pub use self::report::MAX_QUARANTINED_LISTED;
 pub use self::scoring::{
-    evaluate, ComparedVersions, Evaluation, Increment, IntervalScores, VersionScores,
+    evaluate, evaluate_part, ComparedVersions, Evaluation, Increment, IntervalScores, VersionScores,
 };
+pub use self::shard::evaluate_partition;
 pub use self::windows::EvaluationWindow;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use self::commit::{commit_and_apply, roll_forward, RunJournal};
-use self::increment::{
-    advanced_watermark, read_arrivals, read_origin_hours, Arrivals, OriginReads,
-};
-use self::recalibration::{calibrated_versions, recalibrated_best_effort};
-use self::report::{log_summary, merged_comparisons, merged_latest_scores, render_report};
-use self::windows::DueTargets;
 use crate::metrics::Telemetry;
 use crate::monitor::store::{AccuracyStore, StoreError, LEASE_HOLD};
 
 /// The result of a full run against the store.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvaluationRun {
+    pub run: u64,
     #[serde(flatten)]
     pub evaluation: Evaluation,
     pub report: String,
@@ -92,7 +94,8 @@ pub async fn run_evaluation(
 
 /// Reads the actuals that arrived since the last run and the forecasts they can complete, scores
 /// the pairs, marks them settled, records the accuracy metrics, recalibrates the intervals,
-/// writes the report and moves the watermark (see the module doc).
+/// writes the report and moves the watermark (see the module doc): in one process, every shard
+/// in turn, through the same plan, partition and reduce steps as a fanned-out run.
 pub async fn run_evaluation_with(
     store: &AccuracyStore,
     telemetry: &Telemetry,
@@ -102,94 +105,16 @@ pub async fn run_evaluation_with(
 ) -> Result<EvaluationRun, StoreError> {
     // One evaluation at a time: a second one stops here, having written nothing.
     let lease = store.claim_evaluation(now, LEASE_HOLD).await?;
-    let run = run_claimed(store, telemetry, now, window, recalibration).await;
+    let run = async {
+        let plan = plan_run(store, now, window, recalibration, 1).await?;
+        for partition in &plan.partitions {
+            evaluate_partition(store, plan.run, partition.clone()).await?;
+        }
+        reduce_run(store, telemetry, plan.run).await
+    }
+    .await;
     if let Err(e) = store.release_evaluation(&lease).await {
         tracing::warn!("could not release the evaluation's claim (it lapses by itself): {e}");
     }
     run
-}
-
-/// [`run_evaluation_with`] once the claim is held.
-async fn run_claimed(
-    store: &AccuracyStore,
-    telemetry: &Telemetry,
-    now: DateTime<Utc>,
-    window: EvaluationWindow,
-    recalibration: &Recalibration,
-) -> Result<EvaluationRun, StoreError> {
-    let state = roll_forward(store).await?;
-    let mut arrivals = read_arrivals(store, &state, now, window.settle).await?;
-    let due = DueTargets::after(
-        &state.actuals_seen_until,
-        &arrivals.actuals.items,
-        window.grace,
-    );
-    let mut hours = due.origin_hours(&arrivals.actuals.items, window.span);
-    let written = late::origin_hours_written_since(store, &state, &due.seen_until, window).await?;
-    hours.extend(written.hours.iter().copied());
-    let mut origins = read_origin_hours(store, &windows::merge_ranges(hours)).await?;
-    let earlier = late::earlier_actuals(
-        store,
-        &origins.forecasts.items,
-        &origins.settled.items,
-        &arrivals.actuals.items,
-        &due.seen_until,
-    )
-    .await?;
-
-    let (mut evaluation, settled) = evaluate(&Increment {
-        forecasts: &origins.forecasts.items,
-        new_actuals: &arrivals.actuals.items,
-        settled: &origins.settled.items,
-        due_until: &due.due_until,
-        earlier_actuals: &earlier.items,
-    });
-    add_what_was_read(&mut evaluation, &mut arrivals, &mut origins);
-
-    let run = state.runs + 1;
-    // Where a forecast that comes late finds these actuals; written before the commit (see
-    // `index_actuals_by_hour`).
-    store
-        .index_actuals_by_hour(&arrivals.actuals.items, now)
-        .await?;
-    let comparisons = merged_comparisons(store, &mut evaluation, now).await?;
-    let calibrations =
-        recalibrated_best_effort(store, &evaluation.scored_errors, recalibration, now).await;
-    evaluation.recalibrated = calibrations
-        .as_ref()
-        .map(calibrated_versions)
-        .unwrap_or_default();
-    let journal = RunJournal {
-        run,
-        state: advanced_watermark(&arrivals, due.seen_until, &written.listed, run),
-        settled,
-        comparisons,
-        calibrations,
-        scores: merged_latest_scores(store, &evaluation, now).await?,
-        report: render_report(store, &evaluation, &origins.forecasts.items, now),
-    };
-    let report = commit_and_apply(store, &journal).await?;
-    // After the commit: a crash before these are sent loses them, never sends them twice.
-    evaluation.record(telemetry);
-    log_summary(&evaluation, &report);
-    Ok(EvaluationRun { evaluation, report })
-}
-
-/// What [`evaluate`] cannot know: the arrival window, the objects read, and the unreadable lines
-/// met (in actuals, then forecasts, then settled marks), which the reads give up.
-fn add_what_was_read(
-    evaluation: &mut Evaluation,
-    arrivals: &mut Arrivals,
-    origins: &mut OriginReads,
-) {
-    evaluation.actuals_after = arrivals.after;
-    evaluation.actuals_until = arrivals.until;
-    evaluation.objects_read =
-        arrivals.keys.len() + origins.forecast_keys.len() + origins.settled_keys.len();
-    let quarantined = std::mem::take(&mut arrivals.actuals.quarantined)
-        .into_iter()
-        .chain(std::mem::take(&mut origins.forecasts.quarantined))
-        .chain(std::mem::take(&mut origins.settled.quarantined))
-        .collect();
-    evaluation.set_quarantined(quarantined);
 }

@@ -7,7 +7,7 @@ use crate::monitor::calibration::{OnlineCalibrations, ScoredError};
 use crate::monitor::store::AccuracyStore;
 
 /// How the online calibration of intervals follows the scored errors.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Recalibration {
     /// Most recent errors kept per model version and horizon step.
     pub window: usize,

@@ -11,7 +11,7 @@ use super::scoring::{ComparedVersions, Evaluation};
 use crate::metrics::{Metric, Telemetry};
 use crate::monitor::accuracy::{horizon_buckets, Scores};
 use crate::monitor::compare::Loss;
-use crate::monitor::store::{AccuracyStore, ForecastRecord, Quarantined, StoreError, VersionScore};
+use crate::monitor::store::{AccuracyStore, StoreError, VersionScore};
 use crate::monitor::verdict::{Comparison, Comparisons};
 
 /// Quarantined lines listed in a report by key and line; all of them are counted.
@@ -103,27 +103,19 @@ impl Evaluation {
             }
         }
     }
-
-    /// Counts every quarantined line, and lists the first [`MAX_QUARANTINED_LISTED`].
-    pub(super) fn set_quarantined(&mut self, quarantined: Vec<Quarantined>) {
-        self.quarantined_lines = quarantined.len();
-        self.quarantined = quarantined
-            .into_iter()
-            .take(MAX_QUARANTINED_LISTED)
-            .collect();
-    }
 }
 
-/// The report folder: the evaluation, with the horizon buckets of the first forecast read, and
-/// its charts.
+/// The report folder: the evaluation, with the horizon buckets of the longest forecast read,
+/// and its charts.
 pub(super) fn render_report(
     store: &AccuracyStore,
     evaluation: &Evaluation,
-    forecasts: &[ForecastRecord],
     now: DateTime<Utc>,
 ) -> ReportFolder {
-    let horizon = forecasts.first().map(|f| f.values.len()).unwrap_or(0);
-    let buckets: Vec<String> = horizon_buckets(horizon).into_iter().map(|b| b.2).collect();
+    let buckets: Vec<String> = horizon_buckets(evaluation.horizon)
+        .into_iter()
+        .map(|b| b.2)
+        .collect();
     let report_json = serde_json::to_string_pretty(&serde_json::json!({
         "generated_at": now,
         "store": store.uri(),
@@ -158,7 +150,7 @@ pub(super) async fn merged_comparisons(
     Ok(Some(kept))
 }
 
-fn compared_versions(
+pub(super) fn compared_versions(
     kept: &Comparisons,
     added: &BTreeMap<VersionPair, Comparison>,
 ) -> Vec<ComparedVersions> {

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::charted::ChartSeries;
 use super::comparing::{Targets, VersionPair};
+use super::partial::{ChartCandidate, Counts, CoverageKey, CoverageSum, Partial, VersionSums};
 use crate::monitor::accuracy::{bucket_of, Accumulator, Scores};
 use crate::monitor::calibration::ScoredError;
 use crate::monitor::observations::Observation;
@@ -71,6 +72,9 @@ pub struct Evaluation {
     /// Each pair of versions compared by this run, with the evidence of every run so far.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub compared: Vec<ComparedVersions>,
+    /// The longest horizon among the forecasts read (the report's horizon buckets).
+    #[serde(skip)]
+    pub horizon: usize,
 }
 
 /// Two versions compared on the same actuals: the pairs this run added, and the evidence of all
@@ -128,6 +132,12 @@ pub struct Increment<'a> {
 
 /// What a run scored, and the pairs it settled with their forecasts' origins. Pure: no I/O.
 pub fn evaluate(increment: &Increment) -> (Evaluation, Vec<(DateTime<Utc>, SettledPair)>) {
+    let (partial, settled) = evaluate_part(increment);
+    (partial.finish(), settled)
+}
+
+/// [`evaluate`] as sums that merge with other parts' (see `partial`).
+pub fn evaluate_part(increment: &Increment) -> (Partial, Vec<(DateTime<Utc>, SettledPair)>) {
     let mut counts = Counts::default();
     let mut actuals = KnownActuals::gather(increment.settled, increment.new_actuals, &mut counts);
     actuals.add_earlier(increment.earlier_actuals);
@@ -136,20 +146,7 @@ pub fn evaluate(increment: &Increment) -> (Evaluation, Vec<(DateTime<Utc>, Settl
         let due_until = increment.due_until.get(record.series_id.as_str()).copied();
         scoring.settle_forecast(&id, record, &actuals, due_until, &mut counts);
     }
-    scoring.into_evaluation(counts, increment.new_actuals)
-}
-
-/// What a run counts, as [`Evaluation`] reports it.
-#[derive(Debug, Default, Clone, Copy)]
-struct Counts {
-    forecasts_scored: usize,
-    forecasts_pending: usize,
-    pairs: usize,
-    missing_actuals: usize,
-    duplicate_actuals: usize,
-    conflicting_actuals: usize,
-    late_actuals: usize,
-    late_forecasts: usize,
+    scoring.into_partial(counts, increment)
 }
 
 /// The actuals a run knows, keyed by (series, time) unless said otherwise. The first value ever
@@ -278,32 +275,6 @@ fn each_forecast_once(
     })
 }
 
-/// (version, model, level as text, horizon bucket); the bucket "" is all steps.
-type CoverageKey = (String, String, String, String);
-
-/// Sums behind [`IntervalScores`].
-#[derive(Debug, Default, Clone, Copy)]
-struct CoverageSum {
-    inside: usize,
-    pairs: usize,
-    width: f64,
-}
-
-impl CoverageSum {
-    fn add(&mut self, lower: f64, upper: f64, actual: f64) {
-        self.inside += usize::from(lower <= actual && actual <= upper);
-        self.pairs += 1;
-        self.width += upper - lower;
-    }
-}
-
-/// Sums behind one version's [`VersionScores`].
-struct VersionSums {
-    model: String,
-    overall: Accumulator,
-    buckets: BTreeMap<String, Accumulator>,
-}
-
 /// What the forecasts dealt with so far add up to.
 #[derive(Default)]
 struct Scoring<'a> {
@@ -311,8 +282,8 @@ struct Scoring<'a> {
     versions: BTreeMap<String, VersionSums>,
     /// Per model version, the forecasts made from out-of-range windows.
     out_of_range: BTreeMap<String, VersionSums>,
-    /// The level of each key and its sums.
-    coverage: BTreeMap<CoverageKey, (f64, CoverageSum)>,
+    /// The sums of each level and bucket.
+    coverage: BTreeMap<CoverageKey, CoverageSum>,
     scored_errors: Vec<ScoredError>,
     /// With the origin of their forecast, which partitions the marks.
     newly_settled: Vec<(DateTime<Utc>, SettledPair)>,
@@ -334,6 +305,7 @@ impl<'a> Scoring<'a> {
         counts: &mut Counts,
     ) {
         let (mut matched, mut unsettled, mut late) = (false, false, false);
+        let rank = crate::monitor::store::fnv1a(id.as_bytes());
         for (step, (timestamp, forecast)) in
             record.timestamps.iter().zip(&record.values).enumerate()
         {
@@ -346,7 +318,7 @@ impl<'a> Scoring<'a> {
             }
             let value = match actuals.value(&record.series_id, *timestamp) {
                 Some(actual) => {
-                    self.score_pair(record, step, *timestamp, *forecast, actual);
+                    self.score_pair(record, (step, *timestamp, rank), *forecast, actual);
                     self.targets.add(record, step, actual, true);
                     counts.pairs += 1;
                     matched = true;
@@ -389,11 +361,11 @@ impl<'a> Scoring<'a> {
 
     /// Adds one (forecast, actual) pair to its version's accuracy, to the errors the interval
     /// calibration learns from, and to the coverage of the intervals served with it.
+    /// `target` is (step, target time, the forecast's rank).
     fn score_pair(
         &mut self,
         record: &ForecastRecord,
-        step: usize,
-        at: DateTime<Utc>,
+        (step, at, rank): (usize, DateTime<Utc>, u64),
         forecast: f64,
         actual: f64,
     ) {
@@ -422,6 +394,7 @@ impl<'a> Scoring<'a> {
             step,
             at,
             error: (forecast - actual).abs(),
+            rank,
         });
         self.add_coverage(record, step, actual);
     }
@@ -442,84 +415,39 @@ impl<'a> Scoring<'a> {
                     interval.level.to_string(),
                     bucket,
                 );
-                self.coverage
-                    .entry(key)
-                    .or_insert((interval.level, CoverageSum::default()))
-                    .1
-                    .add(*lower, *upper, actual);
+                let sum = self.coverage.entry(key).or_default();
+                sum.level = interval.level;
+                sum.add(*lower, *upper, actual);
             }
         }
     }
 
-    fn into_evaluation(
+    fn into_partial(
         self,
-        counts: Counts,
-        new_actuals: &[Observation],
-    ) -> (Evaluation, Vec<(DateTime<Utc>, SettledPair)>) {
-        let evaluation = Evaluation {
-            actuals_after: None,
-            actuals_until: DateTime::default(),
-            actuals_read: new_actuals.len(),
-            objects_read: 0,
-            forecasts_scored: counts.forecasts_scored,
-            forecasts_pending: counts.forecasts_pending,
-            pairs: counts.pairs,
-            missing_actuals: counts.missing_actuals,
-            duplicate_actuals: counts.duplicate_actuals,
-            conflicting_actuals: counts.conflicting_actuals,
-            late_actuals: counts.late_actuals,
-            late_forecasts: counts.late_forecasts,
-            quarantined_lines: 0,
-            quarantined: Vec::new(),
-            by_version: version_scores(self.versions),
-            chart_series: ChartSeries::busiest(&self.scored_per_series, new_actuals),
-            scored_errors: self.scored_errors,
-            recalibrated: Vec::new(),
-            intervals: interval_scores(self.coverage),
-            out_of_range: version_scores(self.out_of_range),
+        mut counts: Counts,
+        increment: &Increment,
+    ) -> (Partial, Vec<(DateTime<Utc>, SettledPair)>) {
+        counts.actuals_read = increment.new_actuals.len();
+        let chart = ChartSeries::busiest(&self.scored_per_series, increment.new_actuals)
+            .map(|(forecasts, series)| ChartCandidate { forecasts, series });
+        let partial = Partial {
+            counts,
+            versions: self.versions,
+            out_of_range: self.out_of_range,
+            coverage: self.coverage,
             comparisons: self.targets.comparisons(),
-            compared: Vec::new(),
+            errors: self.scored_errors,
+            chart,
+            horizon: increment
+                .forecasts
+                .iter()
+                .map(|f| f.values.len())
+                .max()
+                .unwrap_or(0),
+            ..Partial::default()
         };
-        (evaluation, self.newly_settled)
+        (partial, self.newly_settled)
     }
-}
-
-/// The scores of each version with at least one pair scored.
-fn version_scores(versions: BTreeMap<String, VersionSums>) -> BTreeMap<String, VersionScores> {
-    versions
-        .into_iter()
-        .filter_map(|(version, sums)| {
-            Some((
-                version,
-                VersionScores {
-                    model: sums.model,
-                    overall: sums.overall.scores()?,
-                    horizon_buckets: sums
-                        .buckets
-                        .into_iter()
-                        .filter_map(|(b, acc)| Some((b, acc.scores()?)))
-                        .collect(),
-                },
-            ))
-        })
-        .collect()
-}
-
-fn interval_scores(
-    sums: BTreeMap<CoverageKey, (f64, CoverageSum)>,
-) -> BTreeMap<String, Vec<IntervalScores>> {
-    let mut by_version: BTreeMap<String, Vec<IntervalScores>> = BTreeMap::new();
-    for ((version, model, _, bucket), (level, sum)) in sums {
-        by_version.entry(version).or_default().push(IntervalScores {
-            model,
-            level,
-            horizon_bucket: (!bucket.is_empty()).then_some(bucket),
-            coverage: sum.inside as f64 / sum.pairs.max(1) as f64,
-            width: sum.width / sum.pairs.max(1) as f64,
-            pairs: sum.pairs,
-        });
-    }
-    by_version
 }
 
 #[cfg(test)]
