@@ -89,6 +89,8 @@ pub enum Metric {
     BatchShardFailures,
     /// Batch runs whose manifest was written (none within the run's deadline: the run is stuck).
     BatchManifests,
+    /// Evaluation partitions that failed, counted per attempt (a retry may finish them).
+    EvaluationPartitionFailures,
     /// Forecast-log records a flush could not write to the store (retried on the next flush while
     /// the buffer has room): the accuracy loop is going blind.
     ForecastLogFailures,
@@ -264,6 +266,7 @@ pub const METRICS: &[MetricSpec] = &[
     row(Metric::BatchSeries,          "BatchSeries",         "Count",        Counter,      Family("lstm_forecast_batch_series_total")),
     row(Metric::BatchShardFailures,   "BatchShardFailures",  "Count",        Counter,      Family("lstm_forecast_batch_shard_failures_total")),
     row(Metric::BatchManifests,       "BatchManifests",      "Count",        Counter,      Family("lstm_forecast_batch_manifests_total")),
+    row(Metric::EvaluationPartitionFailures, "EvaluationPartitionFailures", "Count", Counter, Family("lstm_forecast_evaluation_partition_failures_total")),
     row(Metric::ForecastLogFailures,  "ForecastLogFailures", "Count",        Counter,      Family("lstm_forecast_forecast_log_failures_total")),
     row(Metric::IntervalCoverage,     "IntervalCoverage",    "None",         Gauge,        Family("lstm_forecast_interval_coverage")),
     row(Metric::IntervalWidth,        "IntervalWidth",       "None",         Gauge,        Family("lstm_forecast_interval_width")),

@@ -33,10 +33,11 @@ pub struct ScoredError {
     /// The target's timestamp: the window keeps the most recent targets.
     pub at: DateTime<Utc>,
     pub error: f64,
-    /// A hash of the forecast that erred: among errors of one target time (every series'
-    /// forecast of the same hour), the window keeps those of the highest ranks. An order of
-    /// its own, not of reading, so that a run split by series keeps the same errors as a
-    /// whole one; a hash, not the error, so that the kept ones are not the largest.
+    /// A hash of the forecast that erred (its series, origin and version): among errors of one
+    /// target time (every series' forecast of the same hour), the window keeps those of the
+    /// highest ranks. An order of its own, not of reading, so that a run split by series keeps
+    /// the same errors as a whole one; a hash, not the error, so that the kept ones are not the
+    /// largest.
     #[serde(default)]
     pub rank: u64,
 }

@@ -252,9 +252,16 @@ pub async fn evaluate_partition(
     end: u32,
 ) -> Result<PartitionDone, JobError> {
     let store = accuracy_store(service)?;
-    let pairs = evaluate_shards(store, run, first..end)
-        .await
-        .map_err(evaluation_error)?;
+    let pairs = match evaluate_shards(store, run, first..end).await {
+        Ok(pairs) => pairs,
+        Err(e) => {
+            service
+                .telemetry()
+                .record(crate::metrics::Metric::EvaluationPartitionFailures, 1.0);
+            tracing::error!(run, first, end, "evaluation partition failed: {e}");
+            return Err(evaluation_error(e));
+        }
+    };
     Ok(PartitionDone {
         action: "evaluate-partition",
         run,

@@ -15,6 +15,7 @@ mod cli;
 mod comparison;
 mod drift;
 mod entry_points;
+mod evaluation_at_scale;
 mod http_api;
 mod infra;
 mod intervals;

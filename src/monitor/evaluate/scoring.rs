@@ -305,7 +305,16 @@ impl<'a> Scoring<'a> {
         counts: &mut Counts,
     ) {
         let (mut matched, mut unsettled, mut late) = (false, false, false);
-        let rank = crate::monitor::store::fnv1a(id.as_bytes());
+        // Of the target, not of the write: a replayed forecast ranks as the first did.
+        let rank = crate::monitor::store::fnv1a(
+            format!(
+                "{}|{}|{}",
+                record.series_id,
+                record.origin.timestamp(),
+                record.model_version
+            )
+            .as_bytes(),
+        );
         for (step, (timestamp, forecast)) in
             record.timestamps.iter().zip(&record.values).enumerate()
         {

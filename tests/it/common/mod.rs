@@ -184,6 +184,7 @@ pub fn forecast_body(windows: &[Vec<f64>]) -> serde_json::Value {
 pub mod api_gateway;
 pub mod challenge;
 pub mod emulators;
+pub mod fleet;
 pub mod history;
 pub mod observe;
 pub mod replay;

@@ -1,0 +1,202 @@
+//! Accuracy evaluation at any number of series: the store written in series-hash shards, a run
+//! planned once, evaluated in partitions (each a range of shards) and merged by one reduce step.
+//! Its figures are what one process publishes for the same data; a partition stopped and retried
+//! scores nothing twice; the template's state machine runs it on ministack.
+
+use crate::common;
+
+use std::collections::BTreeSet;
+
+use common::emulators::{list_keys, read_text, s3_at, Ministack, Moto};
+use common::fleet;
+use lstm_forecast::metrics::Telemetry;
+use lstm_forecast::monitor::evaluate::{
+    evaluate_partition, plan_run, reduce_run, run_evaluation, EvaluationWindow, Recalibration,
+};
+use lstm_forecast::monitor::store::{AccuracyStore, StoreError};
+use serde_json::{json, Value};
+
+/// The window of the bundled model (24 hourly steps) with an hour's grace, as the function
+/// works it out.
+fn hourly_window() -> EvaluationWindow {
+    EvaluationWindow::for_horizon(
+        24,
+        std::time::Duration::from_secs(3600),
+        chrono::Duration::hours(1),
+    )
+}
+
+async fn bucket(s3: &aws_sdk_s3::Client, name: &str) {
+    s3.create_bucket().bucket(name).send().await.unwrap();
+}
+
+fn store(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str, shards: u32) -> AccuracyStore {
+    AccuracyStore::new(s3.clone(), &format!("s3://{bucket}/{prefix}"))
+        .unwrap()
+        .with_shards(shards)
+        .unwrap()
+}
+
+/// The figures a report publishes: its evaluation, without what differs between layouts and
+/// clocks (objects read, the arrival window, the quarantined lines' keys).
+async fn reported_figures(s3: &aws_sdk_s3::Client, report_uri: &str) -> Value {
+    let (bucket, folder) = report_uri
+        .strip_prefix("s3://")
+        .unwrap()
+        .split_once('/')
+        .unwrap();
+    let report: Value =
+        serde_json::from_str(&read_text(s3, bucket, &format!("{folder}report.json")).await)
+            .unwrap();
+    let mut evaluation = report["evaluation"].clone();
+    for skipped in [
+        "objects_read",
+        "actuals_after",
+        "actuals_until",
+        "quarantined",
+    ] {
+        evaluation.as_object_mut().unwrap().remove(skipped);
+    }
+    json!({"evaluation": evaluation, "horizon_buckets": report["horizon_buckets"]})
+}
+
+/// The state a run leaves for the rollback, the champion/challenger decision and the intervals:
+/// the latest scores, the comparisons and the recalibrated errors and radii (times of writing
+/// left out).
+async fn published_state(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Value {
+    let mut state = serde_json::Map::new();
+    for name in ["scores.json", "comparisons.json", "calibration.json"] {
+        let body = read_text(s3, bucket, &format!("{prefix}/state/{name}")).await;
+        state.insert(
+            name.into(),
+            without_times(serde_json::from_str(&body).unwrap()),
+        );
+    }
+    Value::Object(state)
+}
+
+fn without_times(value: Value) -> Value {
+    match value {
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .filter(|(k, _)| !k.ends_with("_at") && k != "data")
+                .map(|(k, v)| (k, without_times(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(without_times).collect()),
+        other => other,
+    }
+}
+
+/// Asserts `a` and `b` hold the same figures: integers equal, other numbers within 1e-12
+/// relative, everything else equal.
+fn assert_same_figures(a: &Value, b: &Value, at: &str) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys =
+                |m: &serde_json::Map<String, Value>| m.keys().cloned().collect::<BTreeSet<_>>();
+            assert_eq!(keys(x), keys(y), "{at}: other fields");
+            for (k, v) in x {
+                assert_same_figures(v, &y[k], &format!("{at}.{k}"));
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}: other lengths");
+            for (i, (v, w)) in x.iter().zip(y).enumerate() {
+                assert_same_figures(v, w, &format!("{at}[{i}]"));
+            }
+        }
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!(
+                x == y || (x - y).abs() <= 1e-12 * x.abs().max(y.abs()),
+                "{at}: {x} vs {y}"
+            );
+        }
+        _ => assert_eq!(a, b, "{at}"),
+    }
+}
+
+/// Every settled mark under `prefix`, as text; asserts none is there twice.
+async fn settled_marks(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<String> {
+    let mut marks = Vec::new();
+    for key in list_keys(s3, bucket, prefix).await {
+        if key.contains("/settled/") {
+            marks.extend(read_text(s3, bucket, &key).await.lines().map(str::to_owned));
+        }
+    }
+    marks.sort();
+    let distinct = marks.iter().collect::<BTreeSet<_>>().len();
+    assert_eq!(distinct, marks.len(), "a pair settled twice under {prefix}");
+    marks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_in_partitions_publishes_what_one_process_publishes_for_the_same_data() {
+    // GIVEN 2,000 series written unsharded, and the same series in 8 shards
+    let moto = Moto::shared();
+    let s3 = s3_at(&moto.endpoint);
+    bucket(&s3, "partitioned-equal").await;
+    let whole = store(&s3, "partitioned-equal", "whole", 1);
+    let sharded = store(&s3, "partitioned-equal", "sharded", 8);
+    fleet::write(&whole, 2_000).await;
+    fleet::write(&sharded, 2_000).await;
+    assert!(
+        list_keys(&s3, "partitioned-equal", "sharded/shard=0007/forecasts/")
+            .await
+            .len()
+            > 0
+    );
+    // WHEN one process evaluates the first, and the second is planned in 3 partitions,
+    // evaluated partition by partition and reduced
+    let one = run_evaluation(
+        &whole,
+        &Telemetry::disabled(),
+        chrono::Utc::now(),
+        hourly_window(),
+    )
+    .await
+    .unwrap();
+    let plan = plan_run(
+        &sharded,
+        chrono::Utc::now(),
+        hourly_window(),
+        &Recalibration::default(),
+        3,
+    )
+    .await
+    .unwrap();
+    assert_eq!(plan.partitions, vec![0..3, 3..6, 6..8]);
+    for partition in &plan.partitions {
+        evaluate_partition(&sharded, plan.run, partition.clone())
+            .await
+            .unwrap();
+    }
+    let merged = reduce_run(&sharded, &Telemetry::disabled(), plan.run)
+        .await
+        .unwrap();
+    // THEN every pair is scored once, and the reports and the state they leave are the same
+    assert_eq!(one.evaluation.pairs, fleet::pairs(2_000));
+    assert_eq!(merged.evaluation.pairs, one.evaluation.pairs);
+    // Hour 7 of every fiftieth series, forecast by version 1, and by 2 where it is every 200th
+    assert_eq!(one.evaluation.missing_actuals, 40 + 10);
+    assert_same_figures(
+        &reported_figures(&s3, &one.report).await,
+        &reported_figures(&s3, &merged.report).await,
+        "report",
+    );
+    assert_same_figures(
+        &published_state(&s3, "partitioned-equal", "whole").await,
+        &published_state(&s3, "partitioned-equal", "sharded").await,
+        "state",
+    );
+    assert_eq!(
+        settled_marks(&s3, "partitioned-equal", "whole/")
+            .await
+            .len(),
+        settled_marks(&s3, "partitioned-equal", "sharded/")
+            .await
+            .len()
+    );
+}
