@@ -200,3 +200,199 @@ async fn a_run_in_partitions_publishes_what_one_process_publishes_for_the_same_d
             .len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_stopped_after_any_of_its_writes_and_retried_scores_nothing_twice() {
+    use common::shards::FaultyS3;
+    let moto = Moto::shared();
+    let s3 = s3_at(&moto.endpoint);
+    let faulty = FaultyS3::in_front_of(&moto.endpoint).await;
+    let through_proxy = s3_at(&faulty.endpoint);
+    let window = hourly_window();
+    let recalibration = Recalibration::default();
+    // GIVEN 120 series in 4 shards, evaluated in 2 partitions with nothing interrupted
+    bucket(&s3, "retried-reference").await;
+    let reference = store(&s3, "retried-reference", "m", 4);
+    fleet::write(&reference, 120).await;
+    let plan = plan_run(&reference, chrono::Utc::now(), window, &recalibration, 2)
+        .await
+        .unwrap();
+    let first = plan.partitions[0].clone();
+    let proxied = store(&through_proxy, "retried-reference", "m", 4);
+    faulty.heal();
+    evaluate_partition(&proxied, plan.run, first.clone())
+        .await
+        .unwrap();
+    let writes = faulty.forwarded_writes();
+    evaluate_partition(&reference, plan.run, plan.partitions[1].clone())
+        .await
+        .unwrap();
+    let expected = reduce_run(&reference, &Telemetry::disabled(), plan.run)
+        .await
+        .unwrap();
+    let expected_report = reported_figures(&s3, &expected.report).await;
+    let expected_state = published_state(&s3, "retried-reference", "m").await;
+    let expected_marks = settled_marks(&s3, "retried-reference", "m/").await;
+    assert_eq!(expected.evaluation.pairs, fleet::pairs(120));
+    assert!(writes >= 8, "{writes} writes");
+    for stop_after in 0..writes {
+        // WHEN the first partition stops after `stop_after` of its writes (a timeout, an OOM
+        // kill, S3 refusing), is retried as Step Functions would, and retried once more after
+        // it finished
+        let name = format!("retried-after-{stop_after}");
+        bucket(&s3, &name).await;
+        let direct = store(&s3, &name, "m", 4);
+        fleet::write(&direct, 120).await;
+        let plan = plan_run(&direct, chrono::Utc::now(), window, &recalibration, 2)
+            .await
+            .unwrap();
+        let proxied = store(&through_proxy, &name, "m", 4);
+        faulty.stop_writing_after(stop_after);
+        let stopped = evaluate_partition(&proxied, plan.run, first.clone()).await;
+        assert!(
+            stopped.is_err(),
+            "stopped after write {stop_after} of {writes}"
+        );
+        faulty.heal();
+        // A reduce before the partition finished publishes nothing and names it.
+        let early = reduce_run(&direct, &Telemetry::disabled(), plan.run).await;
+        assert!(
+            matches!(&early, Err(StoreError::RunPartMissing { what, .. }) if what.contains("shard")),
+            "{early:?}"
+        );
+        let retried = evaluate_partition(&direct, plan.run, first.clone())
+            .await
+            .unwrap();
+        let again = evaluate_partition(&direct, plan.run, first.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            retried, again,
+            "a finished partition reports what it scored"
+        );
+        evaluate_partition(&direct, plan.run, plan.partitions[1].clone())
+            .await
+            .unwrap();
+        let merged = reduce_run(&direct, &Telemetry::disabled(), plan.run)
+            .await
+            .unwrap();
+        // THEN each pair is settled once, and the run publishes what the uninterrupted one did
+        assert_eq!(settled_marks(&s3, &name, "m/").await, expected_marks);
+        assert_same_figures(
+            &reported_figures(&s3, &merged.report).await,
+            &expected_report,
+            &format!("stopped after write {stop_after}: report"),
+        );
+        assert_same_figures(
+            &published_state(&s3, &name, "m").await,
+            &expected_state,
+            &format!("stopped after write {stop_after}: state"),
+        );
+    }
+}
+
+#[tokio::test]
+async fn forged_partition_and_reduce_events_change_nothing_and_say_why() {
+    // GIVEN a store of 40 series in 4 shards with one run planned
+    let moto = Moto::shared();
+    let s3 = s3_at(&moto.endpoint);
+    bucket(&s3, "forged-partitions").await;
+    let sharded = store(&s3, "forged-partitions", "m", 4);
+    fleet::write(&sharded, 40).await;
+    let plan = plan_run(
+        &sharded,
+        chrono::Utc::now(),
+        hourly_window(),
+        &Recalibration::default(),
+        2,
+    )
+    .await
+    .unwrap();
+    let before = list_keys(&s3, "forged-partitions", "m/").await;
+    // WHEN partitions name shards the run does not have, or a run never planned, and a reduce
+    // names a run never planned
+    let outside = evaluate_partition(&sharded, plan.run, 3..9).await;
+    let empty = evaluate_partition(&sharded, plan.run, 2..2).await;
+    let unplanned = evaluate_partition(&sharded, plan.run + 5, 0..1).await;
+    let reduced = reduce_run(&sharded, &Telemetry::disabled(), plan.run + 5).await;
+    // THEN each is refused with what is wrong, and the store is as it was
+    assert!(
+        matches!(outside, Err(StoreError::ShardRange { shards: 4, .. })),
+        "{outside:?}"
+    );
+    assert!(
+        matches!(empty, Err(StoreError::ShardRange { .. })),
+        "{empty:?}"
+    );
+    for refused in [unplanned.map(|_| ()), reduced.map(|_| ())] {
+        let message = refused.unwrap_err().to_string();
+        assert!(message.contains("has no plan"), "{message}");
+    }
+    assert_eq!(list_keys(&s3, "forged-partitions", "m/").await, before);
+}
+
+#[tokio::test]
+async fn a_store_evaluated_with_another_number_of_shards_is_refused_and_misplaced_lines_are_quarantined(
+) {
+    // GIVEN a store of 40 series written in 4 shards and evaluated once
+    let moto = Moto::shared();
+    let s3 = s3_at(&moto.endpoint);
+    bucket(&s3, "other-shards").await;
+    let four = store(&s3, "other-shards", "m", 4);
+    fleet::write(&four, 40).await;
+    run_evaluation(
+        &four,
+        &Telemetry::disabled(),
+        chrono::Utc::now(),
+        hourly_window(),
+    )
+    .await
+    .unwrap();
+    // WHEN an evaluation set to 8 shards runs on it
+    let eight = store(&s3, "other-shards", "m", 8);
+    let refused = run_evaluation(
+        &eight,
+        &Telemetry::disabled(),
+        chrono::Utc::now(),
+        hourly_window(),
+    )
+    .await
+    .unwrap_err();
+    // THEN it stops before reading, naming both numbers
+    assert!(
+        matches!(
+            refused,
+            StoreError::Layout {
+                recorded: 4,
+                configured: 8,
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("FORECAST_LOG_SHARDS"),
+        "{refused}"
+    );
+    // AND WHEN a writer set to 2 shards puts its series' actuals in the 4-shard folders
+    let two = store(&s3, "other-shards", "m", 2);
+    two.append_actuals(&fleet::actuals(40..60)).await.unwrap();
+    let run = run_evaluation(
+        &four,
+        &Telemetry::disabled(),
+        chrono::Utc::now(),
+        hourly_window(),
+    )
+    .await
+    .unwrap();
+    // THEN those of another shard's series are quarantined, loudly, and none is scored there
+    assert!(run.evaluation.quarantined_lines > 0);
+    assert!(
+        run.evaluation.quarantined[0]
+            .cause
+            .contains("FORECAST_LOG_SHARDS"),
+        "{:?}",
+        run.evaluation.quarantined[0]
+    );
+    assert_eq!(run.evaluation.pairs, 0);
+}
