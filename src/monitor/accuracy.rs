@@ -2,15 +2,77 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A sum of many terms, compensated (Neumaier's variant of Kahan's) so that its rounding error
+/// does not grow with their number: the sums of a run split into parts add up to what one
+/// process finds within a few units in the last place, not within `n` of them. Written as the
+/// plain number it is.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Sum {
+    sum: f64,
+    compensation: f64,
+}
+
+impl Sum {
+    pub fn add(&mut self, term: f64) {
+        let total = self.sum + term;
+        if total.is_finite() {
+            self.compensation += if self.sum.abs() >= term.abs() {
+                (self.sum - total) + term
+            } else {
+                (term - total) + self.sum
+            };
+        }
+        self.sum = total;
+    }
+
+    /// Adds another sum, its compensation included.
+    pub fn merge(&mut self, other: Sum) {
+        self.add(other.sum);
+        self.add(other.compensation);
+    }
+
+    pub fn value(self) -> f64 {
+        self.sum + self.compensation
+    }
+}
+
+/// Sums are equal when their values are, however their terms were split.
+impl PartialEq for Sum {
+    fn eq(&self, other: &Sum) -> bool {
+        self.value() == other.value()
+    }
+}
+
+impl From<f64> for Sum {
+    fn from(value: f64) -> Self {
+        Sum {
+            sum: value,
+            compensation: 0.0,
+        }
+    }
+}
+
+impl Serialize for Sum {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_f64(self.value())
+    }
+}
+
+impl<'de> Deserialize<'de> for Sum {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        f64::deserialize(deserializer).map(Sum::from)
+    }
+}
+
 /// Running sums for one group of (forecast, actual) pairs.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Accumulator {
     count: usize,
-    abs_error: f64,
-    squared_error: f64,
-    error: f64,
-    abs_actual: f64,
-    naive_abs_error: f64,
+    abs_error: Sum,
+    squared_error: Sum,
+    error: Sum,
+    abs_actual: Sum,
+    naive_abs_error: Sum,
 }
 
 /// The accuracy set. `mase` is the MAE relative to repeating the last observed value on the same
@@ -30,21 +92,21 @@ impl Accumulator {
     pub fn add(&mut self, forecast: f64, actual: f64, naive: f64) {
         let e = forecast - actual;
         self.count += 1;
-        self.abs_error += e.abs();
-        self.squared_error += e * e;
-        self.error += e;
-        self.abs_actual += actual.abs();
-        self.naive_abs_error += (naive - actual).abs();
+        self.abs_error.add(e.abs());
+        self.squared_error.add(e * e);
+        self.error.add(e);
+        self.abs_actual.add(actual.abs());
+        self.naive_abs_error.add((naive - actual).abs());
     }
 
     /// Adds another group's sums: the sums of both groups' pairs.
     pub fn merge(&mut self, other: &Accumulator) {
         self.count += other.count;
-        self.abs_error += other.abs_error;
-        self.squared_error += other.squared_error;
-        self.error += other.error;
-        self.abs_actual += other.abs_actual;
-        self.naive_abs_error += other.naive_abs_error;
+        self.abs_error.merge(other.abs_error);
+        self.squared_error.merge(other.squared_error);
+        self.error.merge(other.error);
+        self.abs_actual.merge(other.abs_actual);
+        self.naive_abs_error.merge(other.naive_abs_error);
     }
 
     pub fn count(&self) -> usize {
@@ -56,18 +118,25 @@ impl Accumulator {
             return None;
         }
         let n = self.count as f64;
+        let (abs_error, squared_error, error, abs_actual, naive_abs_error) = (
+            self.abs_error.value(),
+            self.squared_error.value(),
+            self.error.value(),
+            self.abs_actual.value(),
+            self.naive_abs_error.value(),
+        );
         Some(Scores {
             count: self.count,
-            mae: self.abs_error / n,
-            rmse: (self.squared_error / n).sqrt(),
-            wape: if self.abs_actual > 0.0 {
-                self.abs_error / self.abs_actual
+            mae: abs_error / n,
+            rmse: (squared_error / n).sqrt(),
+            wape: if abs_actual > 0.0 {
+                abs_error / abs_actual
             } else {
                 f64::NAN
             },
-            bias: self.error / n,
-            mase: if self.naive_abs_error > 0.0 {
-                self.abs_error / self.naive_abs_error
+            bias: error / n,
+            mase: if naive_abs_error > 0.0 {
+                abs_error / naive_abs_error
             } else {
                 f64::NAN
             },

@@ -25,6 +25,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::accuracy::Sum;
+
 /// Which loss the differential is taken on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -46,26 +48,32 @@ impl Loss {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct OriginSums {
     pub pairs: u64,
-    pub reference_squared: f64,
-    pub challenger_squared: f64,
-    pub reference_absolute: f64,
-    pub challenger_absolute: f64,
+    pub reference_squared: Sum,
+    pub challenger_squared: Sum,
+    pub reference_absolute: Sum,
+    pub challenger_absolute: Sum,
 }
 
 impl OriginSums {
     fn losses(&self, loss: Loss) -> (f64, f64) {
         match loss {
-            Loss::Squared => (self.reference_squared, self.challenger_squared),
-            Loss::Absolute => (self.reference_absolute, self.challenger_absolute),
+            Loss::Squared => (
+                self.reference_squared.value(),
+                self.challenger_squared.value(),
+            ),
+            Loss::Absolute => (
+                self.reference_absolute.value(),
+                self.challenger_absolute.value(),
+            ),
         }
     }
 
     fn merge(&mut self, other: &OriginSums) {
         self.pairs += other.pairs;
-        self.reference_squared += other.reference_squared;
-        self.challenger_squared += other.challenger_squared;
-        self.reference_absolute += other.reference_absolute;
-        self.challenger_absolute += other.challenger_absolute;
+        self.reference_squared.merge(other.reference_squared);
+        self.challenger_squared.merge(other.challenger_squared);
+        self.reference_absolute.merge(other.reference_absolute);
+        self.challenger_absolute.merge(other.challenger_absolute);
     }
 }
 
@@ -81,10 +89,14 @@ impl LossDifferentials {
         let sums = self.by_origin.entry(origin).or_default();
         let (reference_error, challenger_error) = (reference - actual, challenger - actual);
         sums.pairs += 1;
-        sums.reference_squared += Loss::Squared.of(reference_error);
-        sums.challenger_squared += Loss::Squared.of(challenger_error);
-        sums.reference_absolute += Loss::Absolute.of(reference_error);
-        sums.challenger_absolute += Loss::Absolute.of(challenger_error);
+        sums.reference_squared
+            .add(Loss::Squared.of(reference_error));
+        sums.challenger_squared
+            .add(Loss::Squared.of(challenger_error));
+        sums.reference_absolute
+            .add(Loss::Absolute.of(reference_error));
+        sums.challenger_absolute
+            .add(Loss::Absolute.of(challenger_error));
     }
 
     /// Adds another partition's sums, origin by origin.

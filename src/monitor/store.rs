@@ -282,6 +282,96 @@ pub struct SettledPair {
     pub value: Option<f64>,
 }
 
+/// Settled marks as they are written: one line per forecast with the pairs one run settled
+/// (`"settled": [[target time, value or null], ...]`), a sixth of the bytes of a line per pair.
+/// Lines of one pair each (`timestamp`, `value`), as earlier releases wrote them, read as well.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SettledLine {
+    forecast: String,
+    series_id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    settled: Vec<(DateTime<Utc>, Option<f64>)>,
+    #[serde(default, skip_serializing)]
+    timestamp: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing)]
+    value: Option<f64>,
+}
+
+impl SettledLine {
+    /// `pairs` (with their forecasts' origins) as lines: consecutive pairs of one forecast
+    /// share one.
+    pub fn group<'a>(
+        pairs: impl IntoIterator<Item = (DateTime<Utc>, &'a SettledPair)>,
+    ) -> Vec<(DateTime<Utc>, SettledLine)> {
+        let mut lines: Vec<(DateTime<Utc>, SettledLine)> = Vec::new();
+        for (origin, pair) in pairs {
+            match lines.last_mut() {
+                Some((o, line)) if *o == origin && line.forecast == pair.forecast => {
+                    line.settled.push((pair.timestamp, pair.value));
+                }
+                _ => lines.push((
+                    origin,
+                    SettledLine {
+                        forecast: pair.forecast.clone(),
+                        series_id: pair.series_id.clone(),
+                        settled: vec![(pair.timestamp, pair.value)],
+                        timestamp: None,
+                        value: None,
+                    },
+                )),
+            }
+        }
+        lines
+    }
+
+    /// The pairs the line holds.
+    pub fn into_pairs(self) -> Vec<SettledPair> {
+        let SettledLine {
+            forecast,
+            series_id,
+            settled,
+            timestamp,
+            value,
+        } = self;
+        let one = timestamp.map(|t| (t, value));
+        settled
+            .into_iter()
+            .chain(one)
+            .map(|(timestamp, value)| SettledPair {
+                forecast: forecast.clone(),
+                series_id: series_id.clone(),
+                timestamp,
+                value,
+            })
+            .collect()
+    }
+}
+
+/// Serde for a run's settled pairs (with their forecasts' origins) as [`SettledLine`]s.
+pub mod settled_lines {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{SettledLine, SettledPair};
+
+    pub fn serialize<S: Serializer>(
+        pairs: &[(DateTime<Utc>, SettledPair)],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(SettledLine::group(pairs.iter().map(|(o, p)| (*o, p))))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<(DateTime<Utc>, SettledPair)>, D::Error> {
+        let lines = Vec::<(DateTime<Utc>, SettledLine)>::deserialize(deserializer)?;
+        Ok(lines
+            .into_iter()
+            .flat_map(|(origin, line)| line.into_pairs().into_iter().map(move |p| (origin, p)))
+            .collect())
+    }
+}
+
 /// Where the evaluation stopped (`state/evaluation.json`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EvaluationState {
@@ -582,7 +672,7 @@ impl AccuracyStore {
         self.append_by_hour(
             "settled",
             "origin",
-            settled.iter().map(|(o, p)| (*o, p)),
+            SettledLine::group(settled.iter().map(|(o, p)| (*o, p))),
             &format!("run-{run:010}.jsonl"),
         )
         .await?;
@@ -717,13 +807,20 @@ impl AccuracyStore {
 
     /// The settled pairs in `keys`.
     pub async fn read_settled(&self, keys: &[String]) -> Result<Loaded<SettledPair>, StoreError> {
-        let mut loaded = Loaded::default();
+        let mut lines = Loaded::default();
         for (key, bytes) in self.read_all(keys).await? {
-            json_lines_into(&mut loaded, &key, &bytes, |line| {
-                serde_json::from_slice(line)
+            json_lines_into(&mut lines, &key, &bytes, |line| {
+                serde_json::from_slice::<SettledLine>(line)
             });
         }
-        Ok(loaded)
+        Ok(Loaded {
+            items: lines
+                .items
+                .into_iter()
+                .flat_map(SettledLine::into_pairs)
+                .collect(),
+            quarantined: lines.quarantined,
+        })
     }
 
     /// The observations in `keys`, in the order given: our JSON Lines, and CSV files

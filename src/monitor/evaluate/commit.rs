@@ -62,7 +62,11 @@ pub(super) struct RunJournal {
     /// marks with the rest): applied as it was.
     #[serde(default, skip_serializing)]
     pub(super) state: Option<EvaluationState>,
-    #[serde(default, skip_serializing)]
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "crate::monitor::store::settled_lines::deserialize"
+    )]
     pub(super) settled: Vec<(DateTime<Utc>, SettledPair)>,
 }
 
@@ -73,6 +77,7 @@ pub(super) struct ShardJournal {
     /// The shard's watermark after the run.
     pub(super) state: EvaluationState,
     /// The pairs the part scored or counted missing, with their forecasts' origins.
+    #[serde(with = "crate::monitor::store::settled_lines")]
     pub(super) settled: Vec<(DateTime<Utc>, SettledPair)>,
     pub(super) partial: Partial,
 }

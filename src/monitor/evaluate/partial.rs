@@ -22,7 +22,7 @@ use super::charted::ChartSeries;
 use super::comparing::VersionPair;
 use super::report::MAX_QUARANTINED_LISTED;
 use super::scoring::{Evaluation, IntervalScores, VersionScores};
-use crate::monitor::accuracy::Accumulator;
+use crate::monitor::accuracy::{Accumulator, Sum};
 use crate::monitor::calibration::ScoredError;
 use crate::monitor::store::Quarantined;
 use crate::monitor::verdict::Comparison;
@@ -98,21 +98,21 @@ pub(super) struct CoverageSum {
     pub(super) level: f64,
     pub(super) inside: usize,
     pub(super) pairs: usize,
-    pub(super) width: f64,
+    pub(super) width: Sum,
 }
 
 impl CoverageSum {
     pub(super) fn add(&mut self, lower: f64, upper: f64, actual: f64) {
         self.inside += usize::from(lower <= actual && actual <= upper);
         self.pairs += 1;
-        self.width += upper - lower;
+        self.width.add(upper - lower);
     }
 
     fn merge(&mut self, other: &CoverageSum) {
         self.level = other.level;
         self.inside += other.inside;
         self.pairs += other.pairs;
-        self.width += other.width;
+        self.width.merge(other.width);
     }
 }
 
@@ -311,7 +311,7 @@ fn interval_scores(
             level: sum.level,
             horizon_bucket: (!bucket.is_empty()).then_some(bucket),
             coverage: sum.inside as f64 / sum.pairs.max(1) as f64,
-            width: sum.width / sum.pairs.max(1) as f64,
+            width: sum.width.value() / sum.pairs.max(1) as f64,
             pairs: sum.pairs,
         });
     }
