@@ -77,7 +77,8 @@ pub struct AccuracyArgs {
     pub forecast_log_delivery: Option<LogDeliveryArg>,
 
     /// Series-hash shards the forecast log and actuals are written in: each shard's data under
-    /// PREFIX/shard=NNNN/, so that an evaluation partition reads only its series (README,
+    /// PREFIX/forecasts/shard=NNNN/ (and actuals/...), so that an evaluation partition reads only
+    /// its series (README,
     /// "Evaluation at scale"). Every writer and the evaluation must agree; 1 is the unsharded
     /// layout.
     #[arg(long, env = "FORECAST_LOG_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -113,7 +114,8 @@ pub struct EvaluateArgs {
     pub store: String,
 
     /// Series-hash shards the forecast log and actuals are written in: each shard's data under
-    /// PREFIX/shard=NNNN/, so that an evaluation partition reads only its series (README,
+    /// PREFIX/forecasts/shard=NNNN/ (and actuals/...), so that an evaluation partition reads only
+    /// its series (README,
     /// "Evaluation at scale"). Every writer and the evaluation must agree; 1 is the unsharded
     /// layout.
     #[arg(long, env = "FORECAST_LOG_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]

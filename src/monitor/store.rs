@@ -8,13 +8,21 @@
 //!                                                                  were written (also .csv files
 //!                                                                  with id,timestamp,value that
 //!                                                                  other systems drop there)
-//! PREFIX/settled/origin=YYYY-MM-DDTHH/<run time>-<unique>.jsonl      (forecast, target) pairs
+//! PREFIX/settled/origin=YYYY-MM-DDTHH/run-<run>.jsonl                (forecast, target) pairs
 //!                                                                  already scored or counted missing
+//! PREFIX/actuals-by-hour/hour=YYYY-MM-DDTHH/...                      the actuals read, by their hour
 //! PREFIX/state/evaluation.json                                      the evaluation's watermark
 //! PREFIX/state/scores.json                                          each version's latest score
 //! PREFIX/state/calibration.json                                     recent errors, online interval calibration
+//! PREFIX/state/runs/<run>.json, <run>/...                           each run's plan, parts and journal
 //! PREFIX/reports/<time>/report.json, chart.svg                      evaluation reports
 //! ```
+//!
+//! A store written in series-hash shards ([`AccuracyStore::with_shards`], [`shard_of`]) holds
+//! each shard's data in its own folder inside each data folder
+//! (`PREFIX/forecasts/shard=NNNN/origin=.../`, the same for actuals, settled marks and the index
+//! by hour) and its watermark in `PREFIX/state/shard=NNNN/evaluation.json`: one evaluation
+//! partition reads only its shards, and the bucket's lifecycle rules, by folder, still apply.
 //!
 //! Why this split (docs/design.md, "Incremental evaluation"): a pair can only be scored once its
 //! actual exists, so new actuals drive each run. They are found by arrival, since backfills and
@@ -424,11 +432,10 @@ pub const MAX_CONCURRENT_OBJECT_CALLS: usize = 16;
 pub struct AccuracyStore {
     objects: S3Objects,
     bucket: String,
-    /// Key prefix of the data (forecasts, actuals, settled marks) and of the watermark, empty or
-    /// ending with '/': `root` itself, or one shard's folder under it.
+    /// Key prefix, empty or ending with '/'.
     prefix: String,
-    /// The store's own prefix: the run journals, the lease and the state every shard shares.
-    root: String,
+    /// One shard's folder inside each data folder (`shard=NNNN/`), or "" for the whole store.
+    shard: String,
     /// Series-hash shards the data is written in (1: no `shard=` folders, the original layout).
     shards: u32,
 }
@@ -505,8 +512,8 @@ impl AccuracyStore {
         Ok(AccuracyStore {
             objects: S3Objects::new(client, bucket.clone()),
             bucket,
-            root: prefix.clone(),
             prefix,
+            shard: String::new(),
             shards: 1,
         })
     }
@@ -526,19 +533,20 @@ impl AccuracyStore {
         self.shards
     }
 
-    /// Shard `index`: its own forecasts, actuals, settled marks and watermark, the store itself
-    /// when it is not sharded. Run journals and shared state stay at the store's root.
+    /// Shard `index`: its own forecasts, actuals, settled marks and index by hour (each data
+    /// folder's `shard=NNNN/`) and watermark (`state/shard=NNNN/evaluation.json`); the store
+    /// itself when it is not sharded. Run journals and shared state are the store's.
     pub fn shard(&self, index: u32) -> AccuracyStore {
-        let prefix = if self.shards > 1 {
-            format!("{}shard={}/", self.root, shard_name(index))
+        let shard = if self.shards > 1 {
+            format!("shard={}/", shard_name(index))
         } else {
-            self.root.clone()
+            String::new()
         };
         AccuracyStore {
             objects: self.objects.clone(),
             bucket: self.bucket.clone(),
-            prefix,
-            root: self.root.clone(),
+            prefix: self.prefix.clone(),
+            shard,
             shards: 1,
         }
     }
@@ -576,7 +584,12 @@ impl AccuracyStore {
 
     /// `PREFIX/folder/partition=hour/`
     fn partition(&self, folder: &str, name: &str, hour: DateTime<Utc>) -> String {
-        format!("{}{folder}/{name}={}/", self.prefix, hour_partition(hour))
+        format!(
+            "{}{folder}/{}{name}={}/",
+            self.prefix,
+            self.shard,
+            hour_partition(hour)
+        )
     }
 
     /// A `StartAfter` that lists from `hour`'s partition on: every key in it sorts after this.
@@ -686,7 +699,7 @@ impl AccuracyStore {
         &self,
         since: Option<DateTime<Utc>>,
     ) -> Result<Vec<crate::objects::Listed>, StoreError> {
-        let folder = format!("{}actuals/", self.prefix);
+        let folder = format!("{}actuals/{}", self.prefix, self.shard);
         let start_after = since
             .map(|t| self.start_of_partition("actuals", "arrival", t - chrono::Duration::hours(1)));
         Ok(self
@@ -750,7 +763,7 @@ impl AccuracyStore {
         Ok(self
             .objects
             .list_range(
-                &format!("{}{folder}/", self.prefix),
+                &format!("{}{folder}/{}", self.prefix, self.shard),
                 Some(&start_after),
                 Some(&stop_at),
             )
@@ -852,7 +865,7 @@ impl AccuracyStore {
         &self,
         name: &str,
     ) -> Result<T, StoreError> {
-        let key = format!("{}state/{name}", self.prefix);
+        let key = format!("{}state/{}{name}", self.prefix, self.shard);
         let Some(bytes) = self.get(&key).await? else {
             return Ok(T::default());
         };
@@ -875,7 +888,7 @@ impl AccuracyStore {
         value: &T,
         run: u64,
     ) -> Result<bool, StoreError> {
-        let key = format!("{}state/{name}", self.prefix);
+        let key = format!("{}state/{}{name}", self.prefix, self.shard);
         let current = self.objects.get_if_exists(&key).await?;
         let written_by = current
             .as_ref()
@@ -923,13 +936,13 @@ impl AccuracyStore {
     }
 
     async fn write_state<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
-        let key = format!("{}state/{name}", self.prefix);
+        let key = format!("{}state/{}{name}", self.prefix, self.shard);
         let body = serde_json::to_vec_pretty(value).expect("serialises");
         self.put(&key, body, "application/json").await
     }
 
     fn lease_key(&self) -> String {
-        format!("{}state/evaluation.lease", self.root)
+        format!("{}state/evaluation.lease", self.prefix)
     }
 
     /// Claims the evaluation for `hold`, with a conditional write: created if absent, taken over
@@ -1055,13 +1068,13 @@ impl AccuracyStore {
     }
 
     fn run_key(&self, run: u64) -> String {
-        format!("{}state/runs/{run:010}.json", self.root)
+        format!("{}state/runs/{run:010}.json", self.prefix)
     }
 
     /// A part of run `run` (its plan, a shard's journal, a shard's partial result), beside the
     /// run's journal so that the same lifecycle rule expires it.
     fn run_part_key(&self, run: u64, part: &str) -> String {
-        format!("{}state/runs/{run:010}/{part}", self.root)
+        format!("{}state/runs/{run:010}/{part}", self.prefix)
     }
 
     /// Writes a part of run `run` if it is not there yet (If-None-Match): [`StoreError::RunTaken`]
@@ -1143,7 +1156,7 @@ impl AccuracyStore {
     /// The runs committed so far (`state/runs.json`; before it existed, the unsharded
     /// watermark's count).
     pub async fn runs_committed(&self) -> Result<u64, StoreError> {
-        let key = format!("{}state/runs.json", self.root);
+        let key = format!("{}state/runs.json", self.prefix);
         match self.read_json::<RunsCommitted>(key).await? {
             Some(committed) => Ok(committed.runs),
             None => Ok(self.shard(0).evaluation_state().await?.runs),
@@ -1160,7 +1173,7 @@ impl AccuracyStore {
     /// Checks that the store is written in as many shards as this process is set to use, and
     /// records the number on first use (`state/layout.json`).
     pub async fn check_layout(&self) -> Result<(), StoreError> {
-        let key = format!("{}state/layout.json", self.root);
+        let key = format!("{}state/layout.json", self.prefix);
         let configured = self.shards;
         let recorded = match self.read_json::<StoreLayout>(key.clone()).await? {
             Some(layout) => layout.shards,
@@ -1217,7 +1230,7 @@ impl AccuracyStore {
         charts: &[(&str, Vec<u8>)],
         now: DateTime<Utc>,
     ) -> Result<String, StoreError> {
-        let folder = format!("{}reports/{}", self.root, now.format("%Y%m%dT%H%M%SZ"));
+        let folder = format!("{}reports/{}", self.prefix, now.format("%Y%m%dT%H%M%SZ"));
         self.put(
             &format!("{folder}/report.json"),
             report_json.to_vec(),

@@ -143,7 +143,7 @@ async fn a_run_in_partitions_publishes_what_one_process_publishes_for_the_same_d
     fleet::write(&whole, 2_000).await;
     fleet::write(&sharded, 2_000).await;
     assert!(
-        list_keys(&s3, "partitioned-equal", "sharded/shard=0007/forecasts/")
+        list_keys(&s3, "partitioned-equal", "sharded/forecasts/shard=0007/")
             .await
             .len()
             > 0

@@ -88,10 +88,11 @@ fn the_sam_template_translates_and_deploys_to_moto_cloudformation() {
         "ForecastFunctionRole",
         "AlertTopic",
         "ForecastFunctionBatchForecast",
-        "ForecastFunctionEvaluate",
         "FunctionLogGroup",
         "BatchStateMachine",
         "BatchStateMachineNightly",
+        "EvaluationStateMachine",
+        "EvaluationStateMachineHourly",
     ] {
         assert!(
             created.contains(expected),
@@ -141,7 +142,6 @@ fn the_sam_template_translates_and_deploys_to_moto_cloudformation() {
         "AlarmInvokePermission",
         "AccuracyAlarm",
         "ForecastFunctionBatchForecast",
-        "ForecastFunctionEvaluate",
     ] {
         assert!(invokers.contains_key(expected), "{expected}: {invokers:?}");
     }
@@ -172,7 +172,9 @@ fn the_sam_template_translates_and_deploys_to_moto_cloudformation() {
         .map(|i| serde_json::from_str(i.as_str().unwrap()).unwrap())
         .collect();
     assert!(inputs.iter().any(|i| i["action"] == "batch-forecast"));
-    assert!(inputs.iter().any(|i| i["action"] == "evaluate"));
+    // The evaluation is the state machine's, in partitions; no schedule invokes it whole.
+    assert!(inputs.iter().any(|i| i["partitions"] == 16));
+    assert!(!inputs.iter().any(|i| i["action"] == "evaluate"));
 }
 
 #[test]
@@ -413,13 +415,23 @@ fn every_failure_that_would_page_nobody_has_an_alarm() {
         5,
         "{alarms:?}"
     );
+    // The batch run's and the evaluation run's failures and timeouts.
+    assert_eq!(
+        count(main, "AWS/States", "ExecutionsFailed"),
+        2,
+        "{alarms:?}"
+    );
+    assert_eq!(
+        count(main, "AWS/States", "ExecutionsTimedOut"),
+        2,
+        "{alarms:?}"
+    );
     for (template, namespace, metric) in [
         (main, "AWS/ApiGateway", "5xx"),
         (main, "LstmForecast", "BatchSeries"),
         (main, "LstmForecast", "BatchShardFailures"),
         (main, "LstmForecast", "BatchManifests"),
-        (main, "AWS/States", "ExecutionsFailed"),
-        (main, "AWS/States", "ExecutionsTimedOut"),
+        (main, "LstmForecast", "EvaluationPartitionFailures"),
         (main, "LstmForecast", "IntervalCoverage"),
         (main, "LstmForecast", "ForecastLogFailures"),
         (main, "AWS/Lambda", "Errors"),
