@@ -96,6 +96,7 @@ bench: libtorch onnxruntime tools ## Benchmarks (release build), printed as tabl
 	LSTM_FORECAST_TOOLS="$$(scripts/python-tools.sh)" $(CARGO) bench --locked --bench shards
 	$(CARGO) bench --locked --bench shadow
 	$(CARGO) bench --locked --bench protocols
+	LSTM_FORECAST_TOOLS="$$(scripts/python-tools.sh)" $(CARGO) bench --locked --bench evaluation
 
 soak: libtorch onnxruntime ## 10 minutes at ~80% of measured capacity (SOAK_SECONDS to change); errors, and memory drift at idle checkpoints
 	$(CARGO) bench --locked --bench soak

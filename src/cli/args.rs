@@ -115,11 +115,15 @@ pub struct EvaluateArgs {
 
     /// Series-hash shards the forecast log and actuals are written in: each shard's data under
     /// PREFIX/forecasts/shard=NNNN/ (and actuals/...), so that an evaluation partition reads only
-    /// its series (README,
-    /// "Evaluation at scale"). Every writer and the evaluation must agree; 1 is the unsharded
-    /// layout.
+    /// its series (README, "Evaluation at scale"). Every writer and the evaluation must agree; 1
+    /// is the unsharded layout.
     #[arg(long, env = "FORECAST_LOG_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub forecast_log_shards: u32,
+
+    /// One step of a run fanned out by another scheduler (Kubernetes Jobs, Argo, AWS Batch);
+    /// without one, the whole run in this process.
+    #[command(subcommand)]
+    pub step: Option<EvaluateStep>,
 
     /// Minutes of data time a series' actuals must run past a target before it counts as missing
     /// (out-of-order actuals within it still score).
@@ -146,6 +150,33 @@ pub struct EvaluateArgs {
 
     #[command(flatten)]
     pub aws: AwsArgs,
+}
+
+/// The steps of an evaluation run, as the template's state machine runs them.
+#[derive(Subcommand)]
+pub enum EvaluateStep {
+    /// Plan the next run (or resume the one planned and not finished); prints it, one item per
+    /// partition.
+    Plan {
+        /// Partitions to split the shards into (at most FORECAST_LOG_SHARDS).
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        partitions: u32,
+    },
+    /// Evaluate shards FIRST..END of a planned run; run again, it scores nothing twice. Prints
+    /// the pairs scored and the process's peak memory.
+    Partition {
+        #[arg(long)]
+        run: u64,
+        #[arg(long)]
+        first: u32,
+        #[arg(long)]
+        end: u32,
+    },
+    /// Merge a run's partitions once all are done, publish its metrics and write its report.
+    Reduce {
+        #[arg(long)]
+        run: u64,
+    },
 }
 
 #[derive(Args)]

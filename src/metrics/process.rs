@@ -48,10 +48,20 @@ impl CpuShare {
 
 /// Current resident set size of this process, from /proc (Linux); `None` elsewhere.
 pub fn resident_set_bytes() -> Option<f64> {
+    status_bytes("VmRSS:")
+}
+
+/// The largest resident set size this process has had (Linux); `None` elsewhere.
+pub fn peak_resident_set_bytes() -> Option<f64> {
+    status_bytes("VmHWM:")
+}
+
+/// A `kB` field of /proc/self/status, in bytes.
+fn status_bytes(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kb: f64 = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()

@@ -1153,13 +1153,27 @@ impl AccuracyStore {
             })
     }
 
-    /// The runs committed so far (`state/runs.json`; before it existed, the unsharded
-    /// watermark's count).
+    /// The runs committed so far (`state/runs.json`). A store that earlier releases evaluated
+    /// has none: its count is the watermark's, recorded here before any run is planned, since a
+    /// shard's watermark moves before its run is committed.
     pub async fn runs_committed(&self) -> Result<u64, StoreError> {
         let key = format!("{}state/runs.json", self.prefix);
-        match self.read_json::<RunsCommitted>(key).await? {
-            Some(committed) => Ok(committed.runs),
-            None => Ok(self.shard(0).evaluation_state().await?.runs),
+        if let Some(committed) = self.read_json::<RunsCommitted>(key.clone()).await? {
+            return Ok(committed.runs);
+        }
+        let runs = self.shard(0).evaluation_state().await?.runs;
+        let body = serde_json::to_vec_pretty(&RunsCommitted { runs }).expect("serialises");
+        match self
+            .put_for_run(&key, body, Precondition::Absent, runs)
+            .await
+        {
+            Ok(()) => Ok(runs),
+            // Another evaluation recorded it first: its count stands.
+            Err(StoreError::RunTaken { .. }) => Ok(self
+                .read_json::<RunsCommitted>(key)
+                .await?
+                .map_or(runs, |c| c.runs)),
+            Err(e) => Err(e),
         }
     }
 

@@ -234,7 +234,8 @@ pub async fn plan_evaluation(
     })
 }
 
-/// What one partition did.
+/// What one partition did, and the memory it took: the process's resident set before it and
+/// the largest the process has had (Linux; what sizes the function's memory).
 #[derive(Debug, Clone, Serialize)]
 pub struct PartitionDone {
     pub action: &'static str,
@@ -242,6 +243,10 @@ pub struct PartitionDone {
     pub first: u32,
     pub end: u32,
     pub pairs: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_before_bytes: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<f64>,
 }
 
 /// Evaluates shards `first..end` of run `run`; a retry scores nothing twice.
@@ -252,6 +257,7 @@ pub async fn evaluate_partition(
     end: u32,
 ) -> Result<PartitionDone, JobError> {
     let store = accuracy_store(service)?;
+    let rss_before_bytes = crate::metrics::process::resident_set_bytes();
     let pairs = match evaluate_shards(store, run, first..end).await {
         Ok(pairs) => pairs,
         Err(e) => {
@@ -268,6 +274,8 @@ pub async fn evaluate_partition(
         first,
         end,
         pairs,
+        rss_before_bytes,
+        peak_rss_bytes: crate::metrics::process::peak_resident_set_bytes(),
     })
 }
 

@@ -236,9 +236,15 @@ fn the_forecast_log_lines_the_function_writes_are_what_the_template_delivers_to_
     // PREFIX/forecasts/origin=HOUR/, HOUR taken from each line by the template's jq query.
     assert!(template.contains("FORECAST_LOG_URI: !Sub \"s3://${ArtifactsBucket}/monitoring\""));
     assert!(template
-        .contains("Prefix: \"monitoring/forecasts/origin=!{partitionKeyFromQuery:origin_hour}/\""));
+        .contains("- \"monitoring/forecasts/origin=!{partitionKeyFromQuery:origin_hour}/\""));
+    assert!(template.contains(&format!("- \"{{origin_hour: .{key}.origin[0:13]}}\"")));
+    // A sharded store (ForecastLogShards > 1): each line names its shard, as the store's folders.
+    assert!(template.contains("FORECAST_LOG_SHARDS: !Ref ForecastLogShards"));
+    assert!(template.contains(
+        "- \"monitoring/forecasts/shard=!{partitionKeyFromQuery:shard}/origin=!{partitionKeyFromQuery:origin_hour}/\""
+    ));
     assert!(template.contains(&format!(
-        "ParameterValue: \"{{origin_hour: .{key}.origin[0:13]}}\""
+        "- \"{{origin_hour: .{key}.origin[0:13], shard: .shard}}\""
     )));
     // What that query takes from a real log line is the store's own partition name.
     let origin = chrono::DateTime::parse_from_rfc3339("2016-07-01T09:00:00Z")

@@ -1027,9 +1027,9 @@ async fn durable_outcome(s3: &aws_sdk_s3::Client, bucket: &str) -> Value {
             reported_pairs += report["evaluation"]["pairs"].as_u64().unwrap();
             reported_missing += report["evaluation"]["missing_actuals"].as_u64().unwrap();
         } else if let Some(name) = key.strip_prefix("monitoring/state/") {
-            // The journals are kept, one per committed run (a stopped run's next one may commit
-            // a second, with nothing in it).
-            if name != "evaluation.lease" && !name.starts_with("runs/") {
+            // The journals are kept, one per committed run, and counted (a stopped run's next
+            // one may commit a second, with nothing in it).
+            if name != "evaluation.lease" && name != "runs.json" && !name.starts_with("runs/") {
                 state.insert(
                     name.to_owned(),
                     without_times(serde_json::from_str(&body).unwrap()),

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Duration, Utc};
 
 use super::charted::{Band, ChartSeries};
-use super::scoring::{Evaluation, VersionScores};
+use super::figures::{Evaluation, VersionScores};
 
 /// The plot area's size and margin, in pixels; the MAE bars go below it.
 const WIDTH: f64 = 900.0;

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::scoring::ComparedVersions;
+use super::figures::ComparedVersions;
 
 const WIDTH: f64 = 900.0;
 const HEIGHT: f64 = 360.0;

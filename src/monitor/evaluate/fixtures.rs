@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::{evaluate, Evaluation, Increment};
+use super::figures::Evaluation;
+use super::scoring::{evaluate, Increment};
 use crate::monitor::observations::Observation;
 use crate::monitor::store::{ForecastRecord, SettledPair};
 

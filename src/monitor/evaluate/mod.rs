@@ -41,6 +41,7 @@ mod charted;
 mod commit;
 mod compared_chart;
 mod comparing;
+mod figures;
 #[cfg(test)]
 mod fixtures;
 mod increment;
@@ -56,31 +57,22 @@ mod windows;
 
 pub use self::charted::{Band, ChartSeries};
 pub use self::comparing::VersionPair;
+pub use self::figures::{
+    ComparedVersions, Evaluation, EvaluationRun, IntervalScores, VersionScores,
+};
 pub use self::partial::Partial;
+pub use self::partial::MAX_QUARANTINED_LISTED;
 pub use self::plan::{plan_run, split, EvaluationPlan, PlannedWindow};
 pub use self::recalibration::Recalibration;
 pub use self::reduce::reduce_run;
-pub use self::report::MAX_QUARANTINED_LISTED;
-pub use self::scoring::{
-    evaluate, evaluate_part, ComparedVersions, Evaluation, Increment, IntervalScores, VersionScores,
-};
+pub use self::scoring::{evaluate, evaluate_part, Increment};
 pub use self::shard::evaluate_partition;
 pub use self::windows::EvaluationWindow;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
 use crate::metrics::Telemetry;
 use crate::monitor::store::{AccuracyStore, StoreError, LEASE_HOLD};
-
-/// The result of a full run against the store.
-#[derive(Debug, Clone, Serialize)]
-pub struct EvaluationRun {
-    pub run: u64,
-    #[serde(flatten)]
-    pub evaluation: Evaluation,
-    pub report: String,
-}
 
 /// [`run_evaluation_with`] with the default [`Recalibration`].
 pub async fn run_evaluation(

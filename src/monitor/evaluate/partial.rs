@@ -20,12 +20,14 @@ use serde::{Deserialize, Serialize};
 
 use super::charted::ChartSeries;
 use super::comparing::VersionPair;
-use super::report::MAX_QUARANTINED_LISTED;
-use super::scoring::{Evaluation, IntervalScores, VersionScores};
+use super::figures::{Evaluation, IntervalScores, VersionScores};
 use crate::monitor::accuracy::{Accumulator, Sum};
 use crate::monitor::calibration::ScoredError;
 use crate::monitor::store::Quarantined;
 use crate::monitor::verdict::Comparison;
+
+/// Quarantined lines listed in a report by key and line; all of them are counted.
+pub const MAX_QUARANTINED_LISTED: usize = 100;
 
 /// What a run counts, as [`Evaluation`] reports it.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -2,11 +2,11 @@
 //! them, committed and applied (see `commit`).
 
 use super::commit::{apply, commit_and_apply, partial_name, RunJournal};
+use super::figures::EvaluationRun;
 use super::partial::Partial;
 use super::plan::{EvaluationPlan, PLAN};
 use super::recalibration::{calibrated_versions, recalibrated_best_effort};
 use super::report::{log_summary, merged_comparisons, merged_latest_scores, render_report};
-use super::EvaluationRun;
 use crate::metrics::Telemetry;
 use crate::monitor::store::{AccuracyStore, StoreError};
 

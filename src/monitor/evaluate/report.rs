@@ -7,15 +7,12 @@ use chrono::{DateTime, Utc};
 
 use super::commit::ReportFolder;
 use super::comparing::VersionPair;
-use super::scoring::{ComparedVersions, Evaluation};
+use super::figures::{ComparedVersions, Evaluation};
 use crate::metrics::{Metric, Telemetry};
 use crate::monitor::accuracy::{horizon_buckets, Scores};
 use crate::monitor::compare::Loss;
 use crate::monitor::store::{AccuracyStore, StoreError, VersionScore};
 use crate::monitor::verdict::{Comparison, Comparisons};
-
-/// Quarantined lines listed in a report by key and line; all of them are counted.
-pub const MAX_QUARANTINED_LISTED: usize = 100;
 
 impl Evaluation {
     /// Records the accuracy set (overall and per horizon bucket) for every scored version, and

@@ -8,10 +8,11 @@ use super::commit::{apply_shard, journal_name, partial_name, ShardJournal};
 use super::increment::{
     advanced_watermark, read_arrivals, read_origin_hours, Arrivals, OriginReads,
 };
+use super::late;
+use super::partial::{Partial, MAX_QUARANTINED_LISTED};
 use super::plan::{EvaluationPlan, PLAN};
 use super::scoring::{evaluate_part, Increment};
 use super::windows::{self, DueTargets, EvaluationWindow};
-use super::{late, Partial};
 use crate::monitor::store::{shard_of, AccuracyStore, Loaded, StoreError};
 
 /// Evaluates shards `shards` of run `run` (one partition), one shard at a time, so that memory
@@ -187,7 +188,5 @@ fn add_what_was_read(partial: &mut Partial, arrivals: &mut Arrivals, origins: &m
         .collect();
     partial.counts.quarantined_lines = quarantined.len();
     partial.quarantined = quarantined;
-    partial
-        .quarantined
-        .truncate(super::report::MAX_QUARANTINED_LISTED);
+    partial.quarantined.truncate(MAX_QUARANTINED_LISTED);
 }

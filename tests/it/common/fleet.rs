@@ -7,7 +7,12 @@
 
 use chrono::{DateTime, Duration, Utc};
 use lstm_forecast::forecast::Interval;
+use std::collections::BTreeSet;
+
 use lstm_forecast::monitor::store::{AccuracyStore, ForecastRecord, ForecastRole, Observation};
+use serde_json::{json, Value};
+
+use super::emulators::{list_keys, read_text};
 
 /// Series written per batch: the writer's memory stays bounded whatever the fleet's size.
 const WRITTEN_AT_ONCE: usize = 5_000;
@@ -108,4 +113,99 @@ pub async fn write(store: &AccuracyStore, series: usize) {
         let batch = first..(first + WRITTEN_AT_ONCE).min(series);
         store.append_actuals(&actuals(batch)).await.unwrap();
     }
+}
+
+/// The figures a report publishes: its evaluation, without what differs between layouts and
+/// clocks (objects read, the arrival window, the quarantined lines' keys).
+pub async fn reported_figures(s3: &aws_sdk_s3::Client, report_uri: &str) -> Value {
+    let (bucket, folder) = report_uri
+        .strip_prefix("s3://")
+        .unwrap()
+        .split_once('/')
+        .unwrap();
+    let report: Value =
+        serde_json::from_str(&read_text(s3, bucket, &format!("{folder}report.json")).await)
+            .unwrap();
+    let mut evaluation = report["evaluation"].clone();
+    for skipped in [
+        "objects_read",
+        "actuals_after",
+        "actuals_until",
+        "quarantined",
+    ] {
+        evaluation.as_object_mut().unwrap().remove(skipped);
+    }
+    json!({"evaluation": evaluation, "horizon_buckets": report["horizon_buckets"]})
+}
+
+/// The state a run leaves for the rollback, the champion/challenger decision and the intervals:
+/// the latest scores, the comparisons and the recalibrated errors and radii (times of writing
+/// left out).
+pub async fn published_state(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Value {
+    let mut state = serde_json::Map::new();
+    for name in ["scores.json", "comparisons.json", "calibration.json"] {
+        let body = read_text(s3, bucket, &format!("{prefix}/state/{name}")).await;
+        state.insert(
+            name.into(),
+            without_times(serde_json::from_str(&body).unwrap()),
+        );
+    }
+    Value::Object(state)
+}
+
+fn without_times(value: Value) -> Value {
+    match value {
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .filter(|(k, _)| !k.ends_with("_at") && k != "data")
+                .map(|(k, v)| (k, without_times(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(without_times).collect()),
+        other => other,
+    }
+}
+
+/// Asserts `a` and `b` hold the same figures: integers equal, other numbers within 1e-12
+/// relative, everything else equal.
+pub fn assert_same_figures(a: &Value, b: &Value, at: &str) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys =
+                |m: &serde_json::Map<String, Value>| m.keys().cloned().collect::<BTreeSet<_>>();
+            assert_eq!(keys(x), keys(y), "{at}: other fields");
+            for (k, v) in x {
+                assert_same_figures(v, &y[k], &format!("{at}.{k}"));
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}: other lengths");
+            for (i, (v, w)) in x.iter().zip(y).enumerate() {
+                assert_same_figures(v, w, &format!("{at}[{i}]"));
+            }
+        }
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!(
+                x == y || (x - y).abs() <= 1e-12 * x.abs().max(y.abs()),
+                "{at}: {x} vs {y}"
+            );
+        }
+        _ => assert_eq!(a, b, "{at}"),
+    }
+}
+
+/// Every settled mark under `prefix`, as text; asserts none is there twice.
+pub async fn settled_marks(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<String> {
+    let mut marks = Vec::new();
+    for key in list_keys(s3, bucket, prefix).await {
+        if key.contains("/settled/") {
+            marks.extend(read_text(s3, bucket, &key).await.lines().map(str::to_owned));
+        }
+    }
+    marks.sort();
+    let distinct = marks.iter().collect::<BTreeSet<_>>().len();
+    assert_eq!(distinct, marks.len(), "a pair settled twice under {prefix}");
+    marks
 }

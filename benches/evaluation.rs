@@ -1,0 +1,211 @@
+//! `make bench`, accuracy evaluation at scale: the release binary evaluating fleets of 10,000,
+//! 50,000 and 200,000 series (`tests/it/common/fleet.rs`: one 24-step forecast per series, an
+//! eighth also by a challenger, their actuals) on moto S3, 12,500 series per shard, planned in one
+//! partition per shard. Each partition runs as its own `lstm-forecast evaluate partition`
+//! process, as a Lambda invocation or a Kubernetes Job would, and reports its peak RSS; then one
+//! `evaluate reduce`. At the largest size the same fleet, unsharded, is also evaluated by one
+//! `lstm-forecast evaluate` process: the merged figures must equal its figures (the bench fails
+//! otherwise). Printed as Markdown tables. `EVALUATION_BENCH_SERIES=10000,50000` changes the sizes.
+
+use std::process::Command;
+use std::time::Instant;
+
+use lstm_forecast::monitor::store::AccuracyStore;
+use serde_json::Value;
+
+// The benches use part of what the tests share.
+#[allow(dead_code)]
+#[path = "../tests/it/common/emulators.rs"]
+mod emulators;
+#[allow(dead_code)]
+#[path = "../tests/it/common/fleet.rs"]
+mod fleet;
+
+/// Series per shard (and so per partition): what one partition's memory follows.
+const SERIES_PER_SHARD: usize = 12_500;
+
+struct Measured {
+    series: usize,
+    partitions: usize,
+    pairs_per_partition: usize,
+    peak_rss: f64,
+    added_per_pair: f64,
+    slowest_partition: f64,
+    mean_partition: f64,
+    reduce: f64,
+    total: f64,
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("EVALUATION_BENCH_SERIES")
+        .map(|s| s.split(',').map(|n| n.trim().parse().unwrap()).collect())
+        .unwrap_or_else(|_| vec![10_000, 50_000, 200_000]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let moto = emulators::Moto::start();
+    let s3 = emulators::s3_at(&moto.endpoint);
+    let largest = *sizes.iter().max().unwrap();
+    let mut rows = Vec::new();
+    for &series in &sizes {
+        let shards = series.div_ceil(SERIES_PER_SHARD) as u32;
+        let bucket = format!("evaluation-bench-{series}");
+        let store = runtime.block_on(async {
+            s3.create_bucket().bucket(&bucket).send().await.unwrap();
+            let store = AccuracyStore::new(s3.clone(), &format!("s3://{bucket}/sharded"))
+                .unwrap()
+                .with_shards(shards)
+                .unwrap();
+            fleet::write(&store, series).await;
+            store
+        });
+        drop(store);
+        let (row, merged_report) = partitioned_run(&moto.endpoint, &bucket, series, shards);
+        eprintln!("{series} series: {:.1} s", row.total);
+        if series == largest {
+            compare_with_one_process(
+                &runtime,
+                &s3,
+                &moto.endpoint,
+                &bucket,
+                series,
+                &merged_report,
+            );
+        }
+        rows.push(row);
+    }
+    print_table(&rows);
+}
+
+/// `lstm-forecast evaluate` against `store` on moto, with `step`; its JSON answer.
+fn evaluate(endpoint: &str, store: &str, shards: u32, step: &[&str]) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
+        .args(["evaluate", "--store", store, "--span-hours", "24"])
+        .args(step)
+        .env("FORECAST_LOG_SHARDS", shards.to_string())
+        .env("METRICS_SINKS", "prometheus")
+        .envs(emulators::Moto::env_at(endpoint))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{step:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Plans a run in one partition per shard, runs each partition as its own process, reduces.
+fn partitioned_run(endpoint: &str, bucket: &str, series: usize, shards: u32) -> (Measured, String) {
+    let store = format!("s3://{bucket}/sharded");
+    let started = Instant::now();
+    let plan = evaluate(
+        endpoint,
+        &store,
+        shards,
+        &["plan", "--partitions", &shards.to_string()],
+    );
+    let run = plan["run"].as_u64().unwrap().to_string();
+    let mut partitions = Vec::new();
+    for range in plan["partitions"].as_array().unwrap() {
+        let (first, end) = (range["start"].to_string(), range["end"].to_string());
+        let timed = Instant::now();
+        let done = evaluate(
+            endpoint,
+            &store,
+            shards,
+            &["partition", "--run", &run, "--first", &first, "--end", &end],
+        );
+        partitions.push((done, timed.elapsed().as_secs_f64()));
+    }
+    let reduced_at = Instant::now();
+    let reduced = evaluate(endpoint, &store, shards, &["reduce", "--run", &run]);
+    let reduce = reduced_at.elapsed().as_secs_f64();
+    assert_eq!(reduced["pairs"], fleet::pairs(series), "{reduced}");
+    let field = |done: &Value, name: &str| done[name].as_f64().unwrap();
+    let peak_rss = partitions
+        .iter()
+        .map(|(done, _)| field(done, "peak_rss_bytes"))
+        .fold(0.0, f64::max);
+    let added_per_pair = partitions
+        .iter()
+        .map(|(done, _)| {
+            (field(done, "peak_rss_bytes") - field(done, "rss_before_bytes")) / field(done, "pairs")
+        })
+        .fold(0.0, f64::max);
+    let times: Vec<f64> = partitions.iter().map(|(_, t)| *t).collect();
+    let row = Measured {
+        series,
+        partitions: partitions.len(),
+        pairs_per_partition: fleet::pairs(series) / partitions.len(),
+        peak_rss,
+        added_per_pair,
+        slowest_partition: times.iter().copied().fold(0.0, f64::max),
+        mean_partition: times.iter().sum::<f64>() / times.len() as f64,
+        reduce,
+        total: started.elapsed().as_secs_f64(),
+    };
+    (row, reduced["report"].as_str().unwrap().to_owned())
+}
+
+/// Evaluates the same fleet unsharded in one process and asserts it publishes what the
+/// partitioned run did.
+fn compare_with_one_process(
+    runtime: &tokio::runtime::Runtime,
+    s3: &aws_sdk_s3::Client,
+    endpoint: &str,
+    bucket: &str,
+    series: usize,
+    merged_report: &str,
+) {
+    let whole = AccuracyStore::new(s3.clone(), &format!("s3://{bucket}/whole")).unwrap();
+    runtime.block_on(fleet::write(&whole, series));
+    let started = Instant::now();
+    let one = evaluate(endpoint, &format!("s3://{bucket}/whole"), 1, &[]);
+    let seconds = started.elapsed().as_secs_f64();
+    runtime.block_on(async {
+        fleet::assert_same_figures(
+            &fleet::reported_figures(s3, one["report"].as_str().unwrap()).await,
+            &fleet::reported_figures(s3, merged_report).await,
+            "report",
+        );
+        fleet::assert_same_figures(
+            &fleet::published_state(s3, bucket, "whole").await,
+            &fleet::published_state(s3, bucket, "sharded").await,
+            "state",
+        );
+    });
+    println!(
+        "\nOne process, the same {series} series unsharded: {seconds:.1} s, peak RSS {:.0} MB; \
+         its report, scores, comparisons and recalibrated intervals equal the partitioned run's \
+         (counts exactly, sums within 1e-12).",
+        one["peak_rss_bytes"].as_f64().unwrap() / 1e6
+    );
+}
+
+fn print_table(rows: &[Measured]) {
+    println!("\n### Evaluation at scale (release, moto S3, {SERIES_PER_SHARD} series per shard, one partition per shard, one process each)\n");
+    println!("| series | partitions | pairs per partition | peak RSS per worker | RSS added per pair | slowest partition | mean partition | reduce | total |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {:.0} MB | {:.0} B | {:.1} s | {:.1} s | {:.1} s | {:.1} s |",
+            r.series,
+            r.partitions,
+            r.pairs_per_partition,
+            r.peak_rss / 1e6,
+            r.added_per_pair,
+            r.slowest_partition,
+            r.mean_partition,
+            r.reduce,
+            r.total
+        );
+    }
+    let peaks: Vec<f64> = rows.iter().map(|r| r.peak_rss).collect();
+    let spread =
+        peaks.iter().copied().fold(0.0, f64::max) / peaks.iter().copied().fold(f64::MAX, f64::min);
+    println!("\nPeak RSS per worker, largest over smallest across sizes: {spread:.2}x (target: within 1.2x).");
+}
+
+/// A path in the repository (what the shared emulator helpers expect of their crate).
+fn repo_path(relative: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
