@@ -1,9 +1,9 @@
 //! `make bench`, accuracy evaluation at scale: the release binary evaluating fleets of 10,000,
 //! 50,000 and 200,000 series (`tests/it/common/fleet.rs`: one 24-step forecast per series, an
-//! eighth also by a challenger, their actuals) on moto S3, 12,500 series per shard, planned in one
-//! partition per shard. Each partition runs as its own `lstm-forecast evaluate partition`
-//! process, as a Lambda invocation or a Kubernetes Job would, and reports its peak RSS; then one
-//! `evaluate reduce`. At the largest size the same fleet, unsharded, is also evaluated by one
+//! eighth also by a challenger, their actuals) on moto S3, 1,250 series per shard, planned in
+//! partitions of 10 shards (12,500 series). Each partition runs as its own `lstm-forecast
+//! evaluate partition` process, as a Lambda invocation or a Kubernetes Job would, evaluating its
+//! shards one after another, and reports its peak RSS; then one `evaluate reduce`. At the largest size the same fleet, unsharded, is also evaluated by one
 //! `lstm-forecast evaluate` process: the merged figures must equal its figures (the bench fails
 //! otherwise). Printed as Markdown tables. `EVALUATION_BENCH_SERIES=10000,50000` changes the sizes.
 
@@ -21,8 +21,10 @@ mod emulators;
 #[path = "../tests/it/common/fleet.rs"]
 mod fleet;
 
-/// Series per shard (and so per partition): what one partition's memory follows.
-const SERIES_PER_SHARD: usize = 12_500;
+/// Series per shard: what one partition's memory follows, as it evaluates one shard at a time.
+const SERIES_PER_SHARD: usize = 1_250;
+/// Shards per partition: a partition's series, and so its time.
+const SHARDS_PER_PARTITION: u32 = 10;
 
 struct Measured {
     series: usize,
@@ -101,7 +103,11 @@ fn partitioned_run(endpoint: &str, bucket: &str, series: usize, shards: u32) -> 
         endpoint,
         &store,
         shards,
-        &["plan", "--partitions", &shards.to_string()],
+        &[
+            "plan",
+            "--partitions",
+            &shards.div_ceil(SHARDS_PER_PARTITION).to_string(),
+        ],
     );
     let run = plan["run"].as_u64().unwrap().to_string();
     let mut partitions = Vec::new();
@@ -182,7 +188,7 @@ fn compare_with_one_process(
 }
 
 fn print_table(rows: &[Measured]) {
-    println!("\n### Evaluation at scale (release, moto S3, {SERIES_PER_SHARD} series per shard, one partition per shard, one process each)\n");
+    println!("\n### Evaluation at scale (release, moto S3, {SERIES_PER_SHARD} series per shard, {SHARDS_PER_PARTITION} shards per partition, one process each)\n");
     println!("| series | partitions | pairs per partition | peak RSS per worker | RSS added per pair | slowest partition | mean partition | reduce | total |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {

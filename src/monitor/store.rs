@@ -306,30 +306,34 @@ pub struct SettledLine {
 }
 
 impl SettledLine {
-    /// `pairs` (with their forecasts' origins) as lines: consecutive pairs of one forecast
-    /// share one.
-    pub fn group<'a>(
-        pairs: impl IntoIterator<Item = (DateTime<Utc>, &'a SettledPair)>,
-    ) -> Vec<(DateTime<Utc>, SettledLine)> {
-        let mut lines: Vec<(DateTime<Utc>, SettledLine)> = Vec::new();
-        for (origin, pair) in pairs {
-            match lines.last_mut() {
-                Some((o, line)) if *o == origin && line.forecast == pair.forecast => {
-                    line.settled.push((pair.timestamp, pair.value));
-                }
-                _ => lines.push((
-                    origin,
-                    SettledLine {
-                        forecast: pair.forecast.clone(),
-                        series_id: pair.series_id.clone(),
-                        settled: vec![(pair.timestamp, pair.value)],
-                        timestamp: None,
-                        value: None,
-                    },
-                )),
-            }
+    /// A line for the pairs of `forecast` (its [`ForecastRecord::id`]) one run settles.
+    pub fn new(forecast: String, series_id: String) -> Self {
+        SettledLine {
+            forecast,
+            series_id,
+            settled: Vec::new(),
+            timestamp: None,
+            value: None,
         }
-        lines
+    }
+
+    /// The pair of the forecast's target at `timestamp`: scored against `value`, or missing.
+    pub fn push(&mut self, timestamp: DateTime<Utc>, value: Option<f64>) {
+        self.settled.push((timestamp, value));
+    }
+
+    /// The [`ForecastRecord::id`] of the forecast whose pairs these are.
+    pub fn forecast(&self) -> &str {
+        &self.forecast
+    }
+
+    /// The pairs the line holds.
+    pub fn len(&self) -> usize {
+        self.settled.len() + usize::from(self.timestamp.is_some())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The pairs the line holds.
@@ -352,31 +356,6 @@ impl SettledLine {
                 value,
             })
             .collect()
-    }
-}
-
-/// Serde for a run's settled pairs (with their forecasts' origins) as [`SettledLine`]s.
-pub mod settled_lines {
-    use chrono::{DateTime, Utc};
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use super::{SettledLine, SettledPair};
-
-    pub fn serialize<S: Serializer>(
-        pairs: &[(DateTime<Utc>, SettledPair)],
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(SettledLine::group(pairs.iter().map(|(o, p)| (*o, p))))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Vec<(DateTime<Utc>, SettledPair)>, D::Error> {
-        let lines = Vec::<(DateTime<Utc>, SettledLine)>::deserialize(deserializer)?;
-        Ok(lines
-            .into_iter()
-            .flat_map(|(origin, line)| line.into_pairs().into_iter().map(move |p| (origin, p)))
-            .collect())
     }
 }
 
@@ -679,13 +658,13 @@ impl AccuracyStore {
     /// committed run rolled forward) replaces them.
     pub async fn write_settled(
         &self,
-        settled: &[(DateTime<Utc>, SettledPair)],
+        settled: &[(DateTime<Utc>, SettledLine)],
         run: u64,
     ) -> Result<(), StoreError> {
         self.append_by_hour(
             "settled",
             "origin",
-            SettledLine::group(settled.iter().map(|(o, p)| (*o, p))),
+            settled.iter().map(|(o, line)| (*o, line)),
             &format!("run-{run:010}.jsonl"),
         )
         .await?;
@@ -796,12 +775,24 @@ impl AccuracyStore {
 
     /// Reads `keys` in parallel (bounded), in key order; objects gone since the listing are
     /// skipped.
-    async fn read_all(&self, keys: &[String]) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let read = bounded(keys.to_vec(), |key| async move {
-            Ok(self.get(&key).await?.map(|bytes| (key, bytes)))
-        })
-        .await?;
-        Ok(read.into_iter().flatten().collect())
+    /// Reads the objects in `keys` (the missing skipped), a few at once, handing each to `parse`
+    /// in the order given as soon as it is read: the bytes of a whole increment are never held
+    /// at once, only those of the objects in flight.
+    async fn read_each(
+        &self,
+        keys: &[String],
+        mut parse: impl FnMut(&str, &[u8]),
+    ) -> Result<(), StoreError> {
+        use futures_util::{StreamExt, TryStreamExt};
+        let mut objects = futures_util::stream::iter(keys)
+            .map(|key| async move { Ok::<_, StoreError>(self.get(key).await?.map(|b| (key, b))) })
+            .buffered(MAX_CONCURRENT_OBJECT_CALLS);
+        while let Some(object) = objects.try_next().await? {
+            if let Some((key, bytes)) = object {
+                parse(key, &bytes);
+            }
+        }
+        Ok(())
     }
 
     /// The forecast records in `keys`. A line that is not a record is quarantined (skipped, and
@@ -812,20 +803,22 @@ impl AccuracyStore {
         keys: &[String],
     ) -> Result<Loaded<ForecastRecord>, StoreError> {
         let mut loaded = Loaded::default();
-        for (key, bytes) in self.read_all(keys).await? {
-            json_lines_into(&mut loaded, &key, &bytes, parse_record_line);
-        }
+        self.read_each(keys, |key, bytes| {
+            json_lines_into(&mut loaded, key, bytes, parse_record_line);
+        })
+        .await?;
         Ok(loaded)
     }
 
     /// The settled pairs in `keys`.
     pub async fn read_settled(&self, keys: &[String]) -> Result<Loaded<SettledPair>, StoreError> {
         let mut lines = Loaded::default();
-        for (key, bytes) in self.read_all(keys).await? {
-            json_lines_into(&mut lines, &key, &bytes, |line| {
+        self.read_each(keys, |key, bytes| {
+            json_lines_into(&mut lines, key, bytes, |line| {
                 serde_json::from_slice::<SettledLine>(line)
             });
-        }
+        })
+        .await?;
         Ok(Loaded {
             items: lines
                 .items
@@ -840,23 +833,22 @@ impl AccuracyStore {
     /// (`id,timestamp,value`). Unreadable lines are quarantined.
     pub async fn read_actuals(&self, keys: &[String]) -> Result<Loaded<Observation>, StoreError> {
         let mut loaded = Loaded::default();
-        for (key, bytes) in self.read_all(keys).await? {
+        self.read_each(keys, |key, bytes| {
             if key.ends_with(".csv") {
                 let mut reader = csv::ReaderBuilder::new()
                     .trim(csv::Trim::All)
-                    .from_reader(bytes.as_slice());
+                    .from_reader(bytes);
                 for (i, row) in reader.records().enumerate() {
                     match csv_observation(row) {
                         Ok(observation) => loaded.items.push(observation),
-                        Err(cause) => loaded.quarantine(&key, i + 2, cause),
+                        Err(cause) => loaded.quarantine(key, i + 2, cause),
                     }
                 }
             } else {
-                json_lines_into(&mut loaded, &key, &bytes, |line| {
-                    serde_json::from_slice(line)
-                });
+                json_lines_into(&mut loaded, key, bytes, |line| serde_json::from_slice(line));
             }
-        }
+        })
+        .await?;
         Ok(loaded)
     }
 

@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use super::partial::Partial;
 use crate::monitor::calibration::OnlineCalibrations;
 use crate::monitor::store::{
-    AccuracyStore, EvaluationState, SettledPair, StoreError, VersionScore,
+    AccuracyStore, EvaluationState, SettledLine, StoreError, VersionScore,
 };
 use crate::monitor::verdict::Comparisons;
 
@@ -62,12 +62,8 @@ pub(super) struct RunJournal {
     /// marks with the rest): applied as it was.
     #[serde(default, skip_serializing)]
     pub(super) state: Option<EvaluationState>,
-    #[serde(
-        default,
-        skip_serializing,
-        deserialize_with = "crate::monitor::store::settled_lines::deserialize"
-    )]
-    pub(super) settled: Vec<(DateTime<Utc>, SettledPair)>,
+    #[serde(default, skip_serializing)]
+    pub(super) settled: Vec<(DateTime<Utc>, SettledLine)>,
 }
 
 /// What one shard's part of a run changes in the shard, and the sums it adds to the run.
@@ -76,9 +72,8 @@ pub(super) struct ShardJournal {
     pub(super) run: u64,
     /// The shard's watermark after the run.
     pub(super) state: EvaluationState,
-    /// The pairs the part scored or counted missing, with their forecasts' origins.
-    #[serde(with = "crate::monitor::store::settled_lines")]
-    pub(super) settled: Vec<(DateTime<Utc>, SettledPair)>,
+    /// The pairs the part scored or counted missing, per forecast, with its origin.
+    pub(super) settled: Vec<(DateTime<Utc>, SettledLine)>,
     pub(super) partial: Partial,
 }
 

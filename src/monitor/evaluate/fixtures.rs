@@ -63,6 +63,13 @@ pub(super) fn run(
         settled,
         due_until: &due_until,
         earlier_actuals: &[],
+        errors_kept: 0,
     });
-    (e, settled.into_iter().map(|(_, pair)| pair).collect())
+    (
+        e,
+        settled
+            .into_iter()
+            .flat_map(|(_, line)| line.into_pairs())
+            .collect(),
+    )
 }

@@ -422,6 +422,7 @@ mod tests {
             settled: &[],
             due_until: due,
             earlier_actuals: &[],
+            errors_kept: 0,
         });
         partial.keep_latest_errors(50);
         partial

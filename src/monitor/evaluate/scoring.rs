@@ -13,7 +13,7 @@ use super::partial::{ChartCandidate, Counts, CoverageKey, CoverageSum, Partial, 
 use crate::monitor::accuracy::{bucket_of, Accumulator};
 use crate::monitor::calibration::ScoredError;
 use crate::monitor::observations::Observation;
-use crate::monitor::store::{ForecastRecord, SettledPair};
+use crate::monitor::store::{ForecastRecord, SettledLine, SettledPair};
 
 /// What one run works on.
 pub struct Increment<'a> {
@@ -30,20 +30,27 @@ pub struct Increment<'a> {
     /// Actuals earlier runs read, from their index by hour, for targets of forecasts that came
     /// late: known values, not new arrivals.
     pub earlier_actuals: &'a [Observation],
+    /// Scored errors kept per version and step for the recalibration (0: every one): a shard of
+    /// any size holds this many, not one per pair.
+    pub errors_kept: usize,
 }
 
 /// What a run scored, and the pairs it settled with their forecasts' origins. Pure: no I/O.
-pub fn evaluate(increment: &Increment) -> (Evaluation, Vec<(DateTime<Utc>, SettledPair)>) {
+pub fn evaluate(increment: &Increment) -> (Evaluation, Vec<(DateTime<Utc>, SettledLine)>) {
     let (partial, settled) = evaluate_part(increment);
     (partial.finish(), settled)
 }
 
 /// [`evaluate`] as sums that merge with other parts' (see `partial`).
-pub fn evaluate_part(increment: &Increment) -> (Partial, Vec<(DateTime<Utc>, SettledPair)>) {
+pub fn evaluate_part(increment: &Increment) -> (Partial, Vec<(DateTime<Utc>, SettledLine)>) {
     let mut counts = Counts::default();
     let mut actuals = KnownActuals::gather(increment.settled, increment.new_actuals, &mut counts);
     actuals.add_earlier(increment.earlier_actuals);
-    let mut scoring = Scoring::default();
+    let mut scoring = Scoring {
+        rivals: rivals(increment.forecasts),
+        errors_kept: increment.errors_kept,
+        ..Scoring::default()
+    };
     for (id, record) in each_forecast_once(increment.forecasts) {
         let due_until = increment.due_until.get(record.series_id.as_str()).copied();
         scoring.settle_forecast(&id, record, &actuals, due_until, &mut counts);
@@ -177,9 +184,30 @@ fn each_forecast_once(
     })
 }
 
+/// The (series, origin)s that two or more versions forecast: only their targets are compared,
+/// so a run without a challenger keeps nothing per pair for the comparisons.
+fn rivals(forecasts: &[ForecastRecord]) -> HashSet<(&str, DateTime<Utc>)> {
+    let mut first_version: HashMap<(&str, DateTime<Utc>), &str> = HashMap::new();
+    let mut rivals = HashSet::new();
+    for record in forecasts.iter().filter(|r| !r.out_of_range) {
+        let key = (record.series_id.as_str(), record.origin);
+        let first = *first_version.entry(key).or_insert(&record.model_version);
+        if first != record.model_version {
+            rivals.insert(key);
+        }
+    }
+    rivals
+}
+
 /// What the forecasts dealt with so far add up to.
 #[derive(Default)]
 struct Scoring<'a> {
+    /// See [`rivals`].
+    rivals: HashSet<(&'a str, DateTime<Utc>)>,
+    /// See [`Increment::errors_kept`].
+    errors_kept: usize,
+    /// How many errors the last pruning kept: the next waits until there are many more.
+    errors_after_pruning: usize,
     /// Per model version.
     versions: BTreeMap<String, VersionSums>,
     /// Per model version, the forecasts made from out-of-range windows.
@@ -187,8 +215,8 @@ struct Scoring<'a> {
     /// The sums of each level and bucket.
     coverage: BTreeMap<CoverageKey, CoverageSum>,
     scored_errors: Vec<ScoredError>,
-    /// With the origin of their forecast, which partitions the marks.
-    newly_settled: Vec<(DateTime<Utc>, SettledPair)>,
+    /// Per forecast, with its origin, which partitions the marks.
+    newly_settled: Vec<(DateTime<Utc>, SettledLine)>,
     /// Per series, the forecasts with a pair scored: the chart draws one series.
     scored_per_series: HashMap<&'a str, Vec<&'a ForecastRecord>>,
     /// The targets with an actual, and every version's forecast of them.
@@ -207,6 +235,9 @@ impl<'a> Scoring<'a> {
         counts: &mut Counts,
     ) {
         let (mut matched, mut unsettled, mut late) = (false, false, false);
+        let compared = self
+            .rivals
+            .contains(&(record.series_id.as_str(), record.origin));
         // Of the target, not of the write: a replayed forecast ranks as the first did.
         let rank = crate::monitor::store::fnv1a(
             format!(
@@ -223,14 +254,18 @@ impl<'a> Scoring<'a> {
             if actuals.is_settled(id, *timestamp) {
                 // A rival version's forecast settled now is compared with this one.
                 if let Some(actual) = actuals.value(&record.series_id, *timestamp) {
-                    self.targets.add(record, step, actual, false);
+                    if compared {
+                        self.targets.add(record, step, actual, false);
+                    }
                 }
                 continue;
             }
             let value = match actuals.value(&record.series_id, *timestamp) {
                 Some(actual) => {
                     self.score_pair(record, (step, *timestamp, rank), *forecast, actual);
-                    self.targets.add(record, step, actual, true);
+                    if compared {
+                        self.targets.add(record, step, actual, true);
+                    }
                     counts.pairs += 1;
                     matched = true;
                     late |= actuals.arrived_earlier(&record.series_id, *timestamp);
@@ -245,15 +280,15 @@ impl<'a> Scoring<'a> {
                     continue;
                 }
             };
-            self.newly_settled.push((
-                record.origin,
-                SettledPair {
-                    forecast: id.to_owned(),
-                    series_id: record.series_id.clone(),
-                    timestamp: *timestamp,
-                    value,
-                },
-            ));
+            let line = match self.newly_settled.last_mut() {
+                Some((_, line)) if line.forecast() == id => line,
+                _ => {
+                    let line = SettledLine::new(id.to_owned(), record.series_id.clone());
+                    self.newly_settled.push((record.origin, line));
+                    &mut self.newly_settled.last_mut().expect("just pushed").1
+                }
+            };
+            line.push(*timestamp, value);
         }
         if matched {
             counts.forecasts_scored += 1;
@@ -307,6 +342,13 @@ impl<'a> Scoring<'a> {
             error: (forecast - actual).abs(),
             rank,
         });
+        let prune_at = (self.errors_kept * 512).max(2 * self.errors_after_pruning);
+        if self.errors_kept > 0 && self.scored_errors.len() >= prune_at {
+            // Bounded: the latest of the latest are the latest (see `partial`).
+            let errors = std::mem::take(&mut self.scored_errors);
+            self.scored_errors = super::partial::latest_errors(errors, self.errors_kept);
+            self.errors_after_pruning = self.scored_errors.len();
+        }
         self.add_coverage(record, step, actual);
     }
 
@@ -337,7 +379,7 @@ impl<'a> Scoring<'a> {
         self,
         mut counts: Counts,
         increment: &Increment,
-    ) -> (Partial, Vec<(DateTime<Utc>, SettledPair)>) {
+    ) -> (Partial, Vec<(DateTime<Utc>, SettledLine)>) {
         counts.actuals_read = increment.new_actuals.len();
         let chart = ChartSeries::busiest(&self.scored_per_series, increment.new_actuals)
             .map(|(forecasts, series)| ChartCandidate { forecasts, series });

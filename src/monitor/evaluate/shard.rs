@@ -123,6 +123,7 @@ async fn score_shard(
         settled: &origins.settled.items,
         due_until: &due.due_until,
         earlier_actuals: &earlier.items,
+        errors_kept: plan.recalibration.window,
     });
     partial.keep_latest_errors(plan.recalibration.window);
     add_what_was_read(&mut partial, &mut arrivals, &mut origins);
