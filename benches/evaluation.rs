@@ -1,7 +1,7 @@
 //! `make bench`, accuracy evaluation at scale: the release binary evaluating fleets of 10,000,
 //! 50,000 and 200,000 series (`tests/it/common/fleet.rs`: one 24-step forecast per series, an
-//! eighth also by a challenger, their actuals) on moto S3, 1,250 series per shard, planned in
-//! partitions of 10 shards (12,500 series). Each partition runs as its own `lstm-forecast
+//! eighth also by a challenger, their actuals) on moto S3, 625 series per shard, planned in
+//! partitions of 20 shards (12,500 series). Each partition runs as its own `lstm-forecast
 //! evaluate partition` process, as a Lambda invocation or a Kubernetes Job would, evaluating its
 //! shards one after another, and reports its peak RSS; then one `evaluate reduce`. At the largest size the same fleet, unsharded, is also evaluated by one
 //! `lstm-forecast evaluate` process: the merged figures must equal its figures (the bench fails
@@ -22,9 +22,9 @@ mod emulators;
 mod fleet;
 
 /// Series per shard: what one partition's memory follows, as it evaluates one shard at a time.
-const SERIES_PER_SHARD: usize = 1_250;
+const SERIES_PER_SHARD: usize = 625;
 /// Shards per partition: a partition's series, and so its time.
-const SHARDS_PER_PARTITION: u32 = 10;
+const SHARDS_PER_PARTITION: u32 = 20;
 
 struct Measured {
     series: usize,
