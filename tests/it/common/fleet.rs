@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::emulators::{list_keys, read_text};
 
 /// Series written per batch: the writer's memory stays bounded whatever the fleet's size.
-const WRITTEN_AT_ONCE: usize = 25_000;
+const WRITTEN_AT_ONCE: usize = 5_000;
 
 pub const HORIZON: i64 = 24;
 
