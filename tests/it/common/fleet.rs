@@ -39,7 +39,7 @@ fn forecast(s: usize, version: &str, bias: f64) -> ForecastRecord {
     let values: Vec<f64> = (1..=HORIZON)
         .map(|h| actual(s, h) + bias * (1.0 + h as f64 / 12.0))
         .collect();
-    let intervals = if version == "1" && s % 5 == 0 {
+    let intervals = if version == "1" && s.is_multiple_of(5) {
         vec![Interval {
             level: 0.8,
             lower: values.iter().map(|v| v - 0.6).collect(),
@@ -75,7 +75,7 @@ pub fn forecasts(series: std::ops::Range<usize>) -> Vec<ForecastRecord> {
     series
         .flat_map(|s| {
             let live = forecast(s, "1", 0.3 * ((s % 7) as f64 - 3.0) / 3.0);
-            let challenger = (s % 8 == 0).then(|| forecast(s, "2", 0.2));
+            let challenger = s.is_multiple_of(8).then(|| forecast(s, "2", 0.2));
             std::iter::once(live).chain(challenger)
         })
         .collect()
@@ -85,7 +85,7 @@ pub fn actuals(series: std::ops::Range<usize>) -> Vec<Observation> {
     series
         .flat_map(|s| {
             (1..=HORIZON)
-                .filter(move |h| !(s % 50 == 0 && *h == 7))
+                .filter(move |h| !(s.is_multiple_of(50) && *h == 7))
                 .map(move |h| Observation {
                     series_id: series_id(s),
                     timestamp: origin() + Duration::hours(h),
@@ -97,9 +97,9 @@ pub fn actuals(series: std::ops::Range<usize>) -> Vec<Observation> {
 
 /// Pairs a fleet of `series` holds: forecasts of version 1 and 2 with an actual.
 pub fn pairs(series: usize) -> usize {
-    let actual_hours = |s: usize| if s % 50 == 0 { 23 } else { 24 };
+    let actual_hours = |s: usize| if s.is_multiple_of(50) { 23 } else { 24 };
     (0..series)
-        .map(|s| actual_hours(s) * if s % 8 == 0 { 2 } else { 1 })
+        .map(|s| actual_hours(s) * if s.is_multiple_of(8) { 2 } else { 1 })
         .sum()
 }
 
