@@ -1176,6 +1176,17 @@ impl AccuracyStore {
         Ok(())
     }
 
+    /// [`StoreError::Layout`]: the store (or a run's plan) says `recorded` shards, this process
+    /// is set to another number.
+    pub fn layout_mismatch(&self, recorded: u32) -> StoreError {
+        StoreError::Layout {
+            bucket: self.bucket.clone(),
+            key: format!("{}state/layout.json", self.prefix),
+            recorded,
+            configured: self.shards,
+        }
+    }
+
     /// Checks that the store is written in as many shards as this process is set to use, and
     /// records the number on first use (`state/layout.json`).
     pub async fn check_layout(&self) -> Result<(), StoreError> {
@@ -1201,12 +1212,7 @@ impl AccuracyStore {
             }
         };
         if recorded != configured {
-            return Err(StoreError::Layout {
-                bucket: self.bucket.clone(),
-                key,
-                recorded,
-                configured,
-            });
+            return Err(self.layout_mismatch(recorded));
         }
         Ok(())
     }

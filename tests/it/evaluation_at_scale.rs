@@ -212,12 +212,14 @@ async fn forged_partition_and_reduce_events_change_nothing_and_say_why() {
     .await
     .unwrap();
     let before = list_keys(&s3, "forged-partitions", "m/").await;
-    // WHEN partitions name shards the run does not have, or a run never planned, and a reduce
-    // names a run never planned
+    // WHEN partitions name shards the run does not have, or a run never planned, or come from a
+    // process set to another number of shards, and a reduce names a run never planned
     let outside = evaluate_partition(&sharded, plan.run, 3..9).await;
     let empty = evaluate_partition(&sharded, plan.run, 2..2).await;
     let unplanned = evaluate_partition(&sharded, plan.run + 5, 0..1).await;
     let reduced = reduce_run(&sharded, &Telemetry::disabled(), plan.run + 5).await;
+    let two_shards = store(&s3, "forged-partitions", "m", 2);
+    let other_layout = evaluate_partition(&two_shards, plan.run, 0..1).await;
     // THEN each is refused with what is wrong, and the store is as it was
     assert!(
         matches!(outside, Err(StoreError::ShardRange { shards: 4, .. })),
@@ -226,6 +228,17 @@ async fn forged_partition_and_reduce_events_change_nothing_and_say_why() {
     assert!(
         matches!(empty, Err(StoreError::ShardRange { .. })),
         "{empty:?}"
+    );
+    assert!(
+        matches!(
+            other_layout,
+            Err(StoreError::Layout {
+                recorded: 4,
+                configured: 2,
+                ..
+            })
+        ),
+        "{other_layout:?}"
     );
     for refused in [unplanned.map(|_| ()), reduced.map(|_| ())] {
         let message = refused.unwrap_err().to_string();

@@ -30,6 +30,10 @@ pub async fn evaluate_partition(
             "partitions evaluate a planned run (evaluate-plan)",
         )
         .await?;
+    if store.shards() != plan.shards {
+        // Another number of shards would read other folders than the plan's.
+        return Err(store.layout_mismatch(plan.shards));
+    }
     if shards.is_empty() || shards.end > plan.shards {
         return Err(StoreError::ShardRange {
             first: shards.start,
