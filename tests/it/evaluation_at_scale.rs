@@ -439,3 +439,85 @@ async fn the_template_state_machine_evaluates_20_000_series_in_16_partitions_as_
         "state",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changing_the_number_of_partitions_between_runs_loses_and_doubles_no_pair() {
+    // GIVEN 240 series in 8 shards, and the same unsharded, whose actuals arrive in two halves
+    let moto = Moto::shared();
+    let s3 = s3_at(&moto.endpoint);
+    bucket(&s3, "repartitioned").await;
+    let whole = store(&s3, "repartitioned", "whole", 1);
+    let sharded = store(&s3, "repartitioned", "sharded", 8);
+    for target in [&whole, &sharded] {
+        target
+            .append_forecasts(&fleet::forecasts(0..240))
+            .await
+            .unwrap();
+        target
+            .append_actuals(&fleet::actuals(0..120))
+            .await
+            .unwrap();
+    }
+    let (window, recalibration) = (hourly_window(), Recalibration::default());
+    let in_partitions = |partitions: u32| {
+        let sharded = sharded.clone();
+        let recalibration = recalibration.clone();
+        async move {
+            let plan = plan_run(
+                &sharded,
+                chrono::Utc::now(),
+                window,
+                &recalibration,
+                partitions,
+            )
+            .await
+            .unwrap();
+            assert_eq!(plan.partitions.len(), partitions as usize);
+            for partition in &plan.partitions {
+                evaluate_partition(&sharded, plan.run, partition.clone())
+                    .await
+                    .unwrap();
+            }
+            reduce_run(&sharded, &Telemetry::disabled(), plan.run)
+                .await
+                .unwrap()
+        }
+    };
+    // WHEN the first half is evaluated in 2 partitions, the second in 5 (and one process
+    // evaluates the unsharded store at the same points)
+    let first = in_partitions(2).await;
+    let one_first = run_evaluation(&whole, &Telemetry::disabled(), chrono::Utc::now(), window)
+        .await
+        .unwrap();
+    for target in [&whole, &sharded] {
+        target
+            .append_actuals(&fleet::actuals(120..240))
+            .await
+            .unwrap();
+    }
+    let second = in_partitions(5).await;
+    let one_second = run_evaluation(&whole, &Telemetry::disabled(), chrono::Utc::now(), window)
+        .await
+        .unwrap();
+    // THEN every pair is scored once across the two runs, as one process scored them
+    assert_eq!(
+        first.evaluation.pairs + second.evaluation.pairs,
+        fleet::pairs(240)
+    );
+    assert_eq!(first.evaluation.pairs, one_first.evaluation.pairs);
+    assert_eq!(second.evaluation.pairs, one_second.evaluation.pairs);
+    assert_same_figures(
+        &reported_figures(&s3, &second.report).await,
+        &reported_figures(&s3, &one_second.report).await,
+        "second run",
+    );
+    assert_same_figures(
+        &published_state(&s3, "repartitioned", "whole").await,
+        &published_state(&s3, "repartitioned", "sharded").await,
+        "state",
+    );
+    assert_eq!(
+        settled_marks(&s3, "repartitioned", "sharded/").await.len(),
+        settled_marks(&s3, "repartitioned", "whole/").await.len()
+    );
+}
