@@ -3,11 +3,11 @@
 //! eighth also by a challenger, their actuals) on moto S3, 625 series per shard, planned in
 //! partitions of 20 shards (12,500 series). Each partition runs as its own `lstm-forecast
 //! evaluate partition` process, as a Lambda invocation or a Kubernetes Job would, evaluating its
-//! shards one after another, and reports its peak RSS; then one `evaluate reduce`. At the largest size the same fleet, unsharded, is also evaluated by one
-//! `lstm-forecast evaluate` process: the merged figures must equal its figures (the bench fails
+//! shards one after another, and reports its peak RSS; then one `evaluate reduce`. Then the
+//! largest fleet on ministack: the template's state machine against one `lstm-forecast evaluate`
+//! process over the same series unsharded, whose figures must be equal (the bench fails
 //! otherwise). Printed as Markdown tables. `EVALUATION_BENCH_SERIES=10000,50000` changes the sizes.
 
-use std::process::Command;
 use std::time::Instant;
 
 use lstm_forecast::monitor::store::AccuracyStore;
@@ -60,46 +60,19 @@ fn main() {
             store
         });
         drop(store);
-        let (row, merged_report) = partitioned_run(&moto.endpoint, &bucket, series, shards);
+        let row = partitioned_run(&moto.endpoint, &bucket, series, shards);
         eprintln!("{series} series: {:.1} s", row.total);
-        if series == largest {
-            compare_with_one_process(
-                &runtime,
-                &s3,
-                &moto.endpoint,
-                &bucket,
-                series,
-                &merged_report,
-            );
-        }
         rows.push(row);
     }
     print_table(&rows);
-}
-
-/// `lstm-forecast evaluate` against `store` on moto, with `step`; its JSON answer.
-fn evaluate(endpoint: &str, store: &str, shards: u32, step: &[&str]) -> Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
-        .args(["evaluate", "--store", store, "--span-hours", "24"])
-        .args(step)
-        .env("FORECAST_LOG_SHARDS", shards.to_string())
-        .env("METRICS_SINKS", "prometheus")
-        .envs(emulators::Moto::env_at(endpoint))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{step:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    state_machine_against_one_process(&runtime, largest);
 }
 
 /// Plans a run in one partition per shard, runs each partition as its own process, reduces.
-fn partitioned_run(endpoint: &str, bucket: &str, series: usize, shards: u32) -> (Measured, String) {
+fn partitioned_run(endpoint: &str, bucket: &str, series: usize, shards: u32) -> Measured {
     let store = format!("s3://{bucket}/sharded");
     let started = Instant::now();
-    let plan = evaluate(
+    let plan = fleet::evaluate_command(
         endpoint,
         &store,
         shards,
@@ -114,7 +87,7 @@ fn partitioned_run(endpoint: &str, bucket: &str, series: usize, shards: u32) -> 
     for range in plan["partitions"].as_array().unwrap() {
         let (first, end) = (range["start"].to_string(), range["end"].to_string());
         let timed = Instant::now();
-        let done = evaluate(
+        let done = fleet::evaluate_command(
             endpoint,
             &store,
             shards,
@@ -123,7 +96,7 @@ fn partitioned_run(endpoint: &str, bucket: &str, series: usize, shards: u32) -> 
         partitions.push((done, timed.elapsed().as_secs_f64()));
     }
     let reduced_at = Instant::now();
-    let reduced = evaluate(endpoint, &store, shards, &["reduce", "--run", &run]);
+    let reduced = fleet::evaluate_command(endpoint, &store, shards, &["reduce", "--run", &run]);
     let reduce = reduced_at.elapsed().as_secs_f64();
     assert_eq!(reduced["pairs"], fleet::pairs(series), "{reduced}");
     let field = |done: &Value, name: &str| done[name].as_f64().unwrap();
@@ -138,7 +111,7 @@ fn partitioned_run(endpoint: &str, bucket: &str, series: usize, shards: u32) -> 
         })
         .fold(0.0, f64::max);
     let times: Vec<f64> = partitions.iter().map(|(_, t)| *t).collect();
-    let row = Measured {
+    Measured {
         series,
         partitions: partitions.len(),
         pairs_per_partition: fleet::pairs(series) / partitions.len(),
@@ -148,40 +121,58 @@ fn partitioned_run(endpoint: &str, bucket: &str, series: usize, shards: u32) -> 
         mean_partition: times.iter().sum::<f64>() / times.len() as f64,
         reduce,
         total: started.elapsed().as_secs_f64(),
-    };
-    (row, reduced["report"].as_str().unwrap().to_owned())
+    }
 }
 
-/// Evaluates the same fleet unsharded in one process and asserts it publishes what the
-/// partitioned run did.
-fn compare_with_one_process(
-    runtime: &tokio::runtime::Runtime,
-    s3: &aws_sdk_s3::Client,
-    endpoint: &str,
-    bucket: &str,
-    series: usize,
-    merged_report: &str,
-) {
-    let whole = AccuracyStore::new(s3.clone(), &format!("s3://{bucket}/whole")).unwrap();
-    runtime.block_on(fleet::write(&whole, series));
+/// The largest fleet again on ministack: written sharded and unsharded, the template's state
+/// machine evaluating the first (the real binary as the function, 16 partitions, 4 at once) and
+/// one `lstm-forecast evaluate` process the second; asserts they publish the same figures.
+fn state_machine_against_one_process(runtime: &tokio::runtime::Runtime, series: usize) {
+    let ministack = emulators::Ministack::start_step_functions();
+    let s3 = emulators::s3_at(&ministack.endpoint);
+    let shards = series.div_ceil(SERIES_PER_SHARD) as u32;
+    runtime.block_on(async {
+        s3.create_bucket().bucket("fleet").send().await.unwrap();
+        for (prefix, shards) in [("whole", 1), ("sharded", shards)] {
+            let store = AccuracyStore::new(s3.clone(), &format!("s3://fleet/{prefix}"))
+                .unwrap()
+                .with_shards(shards)
+                .unwrap();
+            fleet::write(&store, series).await;
+        }
+    });
     let started = Instant::now();
-    let one = evaluate(endpoint, &format!("s3://{bucket}/whole"), 1, &[]);
-    let seconds = started.elapsed().as_secs_f64();
+    let one = fleet::evaluate_command(&ministack.endpoint, "s3://fleet/whole", 1, &[]);
+    let one_seconds = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let finished = fleet::run_evaluation_state_machine(
+        &ministack.endpoint,
+        "s3://fleet/sharded",
+        shards,
+        16,
+        4,
+    );
+    let machine_seconds = started.elapsed().as_secs_f64();
+    assert_eq!(finished["status"], "SUCCEEDED", "{finished}");
+    let merged = &finished["output"];
+    assert_eq!(merged["pairs"], fleet::pairs(series), "{finished}");
     runtime.block_on(async {
         fleet::assert_same_figures(
-            &fleet::reported_figures(s3, one["report"].as_str().unwrap()).await,
-            &fleet::reported_figures(s3, merged_report).await,
+            &fleet::reported_figures(&s3, one["report"].as_str().unwrap()).await,
+            &fleet::reported_figures(&s3, merged["report"].as_str().unwrap()).await,
             "report",
         );
         fleet::assert_same_figures(
-            &fleet::published_state(s3, bucket, "whole").await,
-            &fleet::published_state(s3, bucket, "sharded").await,
+            &fleet::published_state(&s3, "fleet", "whole").await,
+            &fleet::published_state(&s3, "fleet", "sharded").await,
             "state",
         );
     });
     println!(
-        "\nOne process, the same {series} series unsharded: {seconds:.1} s, peak RSS {:.0} MB; \
-         its report, scores, comparisons and recalibrated intervals equal the partitioned run's \
+        "\nOn ministack, {series} series: the template's state machine ({shards} shards, 16 \
+         partitions, 4 at once, the function a local process) {machine_seconds:.1} s; one \
+         `lstm-forecast evaluate` process over the same series unsharded {one_seconds:.1} s, peak \
+         RSS {:.0} MB. The report, scores, comparisons and recalibrated intervals are equal \
          (counts exactly, sums within 1e-12).",
         one["peak_rss_bytes"].as_f64().unwrap() / 1e6
     );

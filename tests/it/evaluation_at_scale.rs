@@ -12,7 +12,7 @@ use lstm_forecast::monitor::evaluate::{
     evaluate_partition, plan_run, reduce_run, run_evaluation, EvaluationWindow, Recalibration,
 };
 use lstm_forecast::monitor::store::{AccuracyStore, StoreError};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The window of the bundled model (24 hourly steps) with an hour's grace, as the function
 /// works it out.
@@ -313,40 +313,6 @@ async fn a_store_evaluated_with_another_number_of_shards_is_refused_and_misplace
     assert_eq!(run.evaluation.pairs, 0);
 }
 
-/// The template's evaluation state machine: its definition (with `${FunctionArn}`) and the
-/// hourly schedule's input.
-fn template_evaluation_state_machine() -> (Value, Value) {
-    let found = common::python_json(&[
-        "tests/infra/cfn.py",
-        "state-machine",
-        "infra/template.yaml",
-        "EvaluationStateMachine",
-    ]);
-    assert_eq!(
-        found["substitutions"]["FunctionArn"],
-        json!({"resource": "ForecastFunction.Alias"}),
-        "the state machine invokes the `live` alias"
-    );
-    (
-        found["definition"].clone(),
-        found["schedules"]["Hourly"].clone(),
-    )
-}
-
-/// The definition as ministack 1.5.33 runs it: its map has no `MaxConcurrencyPath`, so the
-/// schedule's `max_concurrency` is written in; nothing else changes.
-fn evaluation_for_ministack(definition: &Value, input: &Value, function: &str) -> Value {
-    let mut definition: Value =
-        serde_json::from_str(&definition.to_string().replace("${FunctionArn}", function)).unwrap();
-    let map = definition["States"]["EvaluatePartitions"]
-        .as_object_mut()
-        .unwrap();
-    let path = map.remove("MaxConcurrencyPath").unwrap();
-    assert_eq!(path, "$.max_concurrency");
-    map.insert("MaxConcurrency".into(), input["max_concurrency"].clone());
-    definition
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_template_state_machine_evaluates_20_000_series_in_16_partitions_as_one_process_does() {
     const SERIES: usize = 20_000;
@@ -359,63 +325,13 @@ async fn the_template_state_machine_evaluates_20_000_series_in_16_partitions_as_
     fleet::write(&whole, SERIES).await;
     fleet::write(&sharded, SERIES).await;
     // WHEN `lstm-forecast evaluate` scores the first in one process
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lstm-forecast"));
-    command
-        .args([
-            "evaluate",
-            "--store",
-            "s3://fleet/whole",
-            "--span-hours",
-            "24",
-        ])
-        .env("METRICS_SINKS", "prometheus")
-        .envs(Moto::env_at(&ministack.endpoint));
-    let evaluated = command.output().unwrap();
-    let stderr = String::from_utf8_lossy(&evaluated.stderr);
-    assert!(evaluated.status.success(), "{stderr}");
-    let one: Value = serde_json::from_slice(&evaluated.stdout).unwrap();
+    let one = fleet::evaluate_command(&ministack.endpoint, "s3://fleet/whole", 1, &[]);
     // AND the template's state machine, started as its schedule starts it, the second: the
     // real binary as the function, in 16 partitions, 4 at once
-    let (definition, mut input) = template_evaluation_state_machine();
-    assert_eq!(input, json!({"partitions": 16, "max_concurrency": 16}));
-    input["max_concurrency"] = json!(4);
-    let definition = evaluation_for_ministack(&definition, &input, "lstm-forecast");
-    let dir = tempfile::tempdir().unwrap();
-    let definition_file = dir.path().join("evaluation.asl.json");
-    std::fs::write(&definition_file, definition.to_string()).unwrap();
-    let mut args: Vec<String> = [
-        "tests/support/step_functions.py",
-        "--endpoint",
-        &ministack.endpoint,
-        "--function-name",
-        "lstm-forecast",
-        "--binary",
-        env!("CARGO_BIN_EXE_lstm-forecast"),
-        "--state-machine-name",
-        "lstm-forecast-evaluation",
-        "--definition",
-        definition_file.to_str().unwrap(),
-        "--execution-name",
-        "hourly-1",
-        "--input",
-        &input.to_string(),
-        "--timeout-seconds",
-        "600",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    let mut env = Moto::env_at(&ministack.endpoint);
-    env.extend([
-        ("FORECAST_LOG_URI", "s3://fleet/sharded".to_owned()),
-        ("FORECAST_LOG_SHARDS", "16".to_owned()),
-        ("METRICS_SINKS", "prometheus".to_owned()),
-        ("THREADS", "1".to_owned()),
-    ]);
-    for (name, value) in env {
-        args.extend(["--env".to_owned(), format!("{name}={value}")]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let finished = common::python_json(&args);
+    let (_, schedule) = fleet::template_evaluation_state_machine();
+    assert_eq!(schedule, json!({"partitions": 16, "max_concurrency": 16}));
+    let finished =
+        fleet::run_evaluation_state_machine(&ministack.endpoint, "s3://fleet/sharded", 16, 16, 4);
     // THEN the run succeeds, every pair scored once, and it publishes what the process did
     assert_eq!(finished["status"], "SUCCEEDED", "{finished}");
     let output = &finished["output"];

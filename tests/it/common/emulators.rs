@@ -609,3 +609,20 @@ pub async fn deliver_forecast_log(
             .unwrap();
     }
 }
+
+/// Runs the tools venv's Python with `args` in the repository and parses what it prints as JSON:
+/// the helpers under tests/ that read templates and drive SNS and SQS.
+pub fn python_json(args: &[&str]) -> serde_json::Value {
+    let output = std::process::Command::new(tools_bin("python"))
+        .args(args)
+        .current_dir(super::repo_path(""))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}

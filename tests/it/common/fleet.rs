@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use lstm_forecast::monitor::store::{AccuracyStore, ForecastRecord, ForecastRole, Observation};
 use serde_json::{json, Value};
 
-use super::emulators::{list_keys, read_text};
+use super::emulators::{list_keys, python_json, read_text, Moto};
 
 /// Series written per batch: the writer's memory stays bounded whatever the fleet's size.
 const WRITTEN_AT_ONCE: usize = 5_000;
@@ -208,4 +208,108 @@ pub async fn settled_marks(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) 
     let distinct = marks.iter().collect::<BTreeSet<_>>().len();
     assert_eq!(distinct, marks.len(), "a pair settled twice under {prefix}");
     marks
+}
+
+/// The template's evaluation state machine: its definition (with `${FunctionArn}`) and the
+/// hourly schedule's input.
+pub fn template_evaluation_state_machine() -> (Value, Value) {
+    let found = python_json(&[
+        "tests/infra/cfn.py",
+        "state-machine",
+        "infra/template.yaml",
+        "EvaluationStateMachine",
+    ]);
+    assert_eq!(
+        found["substitutions"]["FunctionArn"],
+        json!({"resource": "ForecastFunction.Alias"}),
+        "the state machine invokes the `live` alias"
+    );
+    (
+        found["definition"].clone(),
+        found["schedules"]["Hourly"].clone(),
+    )
+}
+
+/// The definition as ministack 1.5.33 runs it: its map has no `MaxConcurrencyPath`, so the
+/// schedule's `max_concurrency` is written in; nothing else changes.
+pub fn evaluation_for_ministack(definition: &Value, input: &Value, function: &str) -> Value {
+    let mut definition: Value =
+        serde_json::from_str(&definition.to_string().replace("${FunctionArn}", function)).unwrap();
+    let map = definition["States"]["EvaluatePartitions"]
+        .as_object_mut()
+        .unwrap();
+    let path = map.remove("MaxConcurrencyPath").unwrap();
+    assert_eq!(path, "$.max_concurrency");
+    map.insert("MaxConcurrency".into(), input["max_concurrency"].clone());
+    definition
+}
+
+/// Runs the template's evaluation state machine on the ministack at `endpoint`, as its schedule
+/// starts it but with `partitions` and `max_concurrency`: the real binary as the function, set to
+/// the store `store_uri` in `shards` shards. The execution's outcome (tests/support/step_functions.py).
+pub fn run_evaluation_state_machine(
+    endpoint: &str,
+    store_uri: &str,
+    shards: u32,
+    partitions: u32,
+    max_concurrency: u32,
+) -> Value {
+    let (definition, _) = template_evaluation_state_machine();
+    let input = json!({"partitions": partitions, "max_concurrency": max_concurrency});
+    let definition = evaluation_for_ministack(&definition, &input, "lstm-forecast");
+    let dir = tempfile::tempdir().unwrap();
+    let definition_file = dir.path().join("evaluation.asl.json");
+    std::fs::write(&definition_file, definition.to_string()).unwrap();
+    let mut args: Vec<String> = [
+        "tests/support/step_functions.py",
+        "--endpoint",
+        endpoint,
+        "--function-name",
+        "lstm-forecast",
+        "--binary",
+        env!("CARGO_BIN_EXE_lstm-forecast"),
+        "--state-machine-name",
+        "lstm-forecast-evaluation",
+        "--definition",
+        definition_file.to_str().unwrap(),
+        "--execution-name",
+        &format!("hourly-{}", std::process::id()),
+        "--input",
+        &input.to_string(),
+        "--timeout-seconds",
+        "1800",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let mut env = Moto::env_at(endpoint);
+    env.extend([
+        ("FORECAST_LOG_URI", store_uri.to_owned()),
+        ("FORECAST_LOG_SHARDS", shards.to_string()),
+        ("METRICS_SINKS", "prometheus".to_owned()),
+        ("THREADS", "1".to_owned()),
+    ]);
+    for (name, value) in env {
+        args.extend(["--env".to_owned(), format!("{name}={value}")]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    python_json(&args)
+}
+
+/// `lstm-forecast evaluate` (the binary under test) against `store_uri` on the emulator at
+/// `endpoint`, with `step` (none: the whole run in one process); its JSON answer.
+pub fn evaluate_command(endpoint: &str, store_uri: &str, shards: u32, step: &[&str]) -> Value {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_lstm-forecast"))
+        .args(["evaluate", "--store", store_uri, "--span-hours", "24"])
+        .args(step)
+        .env("FORECAST_LOG_SHARDS", shards.to_string())
+        .env("METRICS_SINKS", "prometheus")
+        .envs(Moto::env_at(endpoint))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{step:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
 }

@@ -13,23 +13,6 @@ pub fn repo_path(relative: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
-/// Runs the tools venv's Python with `args` in the repository and parses what it prints as JSON:
-/// the helpers under tests/ that read templates and drive SNS and SQS.
-pub fn python_json(args: &[&str]) -> serde_json::Value {
-    let output = std::process::Command::new(emulators::tools_bin("python"))
-        .args(args)
-        .current_dir(repo_path(""))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
 /// SNS topics and SQS queues on an emulator, set up and read with boto3
 /// (tests/notifications/sns_sqs.py): `subscribe ENDPOINT TOPIC` or `receive ENDPOINT QUEUE_URL`.
 pub fn sns_sqs(args: &[&str]) -> serde_json::Value {
@@ -184,6 +167,7 @@ pub fn forecast_body(windows: &[Vec<f64>]) -> serde_json::Value {
 pub mod api_gateway;
 pub mod challenge;
 pub mod emulators;
+pub use emulators::python_json;
 pub mod fleet;
 pub mod history;
 pub mod observe;
