@@ -1310,15 +1310,7 @@ impl ForecastLog {
         if self.delivery == LogDelivery::LogLines {
             // One write of all lines, under stdout's lock, so lines never interleave with others.
             let records: Vec<ForecastRecord> = records.into_iter().collect();
-            let wrapped: Vec<LogLine> = records
-                .iter()
-                .map(|forecast_record| LogLine {
-                    forecast_record,
-                    shard: (self.store.shards() > 1).then(|| {
-                        shard_name(shard_of(&forecast_record.series_id, self.store.shards()))
-                    }),
-                })
-                .collect();
+            let wrapped: Vec<LogLine> = records.iter().map(|r| self.log_line(r)).collect();
             let (lines, count) = (json_lines(&wrapped), records.len() as u64);
             if count > 0 {
                 use std::io::Write;
@@ -1341,6 +1333,15 @@ impl ForecastLog {
         if overflow > 0 {
             buffer.drain(..overflow);
             self.failed.fetch_add(overflow as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// `record` as a log line, with its shard when the store is sharded.
+    fn log_line<'a>(&self, forecast_record: &'a ForecastRecord) -> LogLine<'a> {
+        let shards = self.store.shards();
+        LogLine {
+            forecast_record,
+            shard: (shards > 1).then(|| shard_name(shard_of(&forecast_record.series_id, shards))),
         }
     }
 
@@ -1382,5 +1383,88 @@ impl ForecastLog {
                 unwritten
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> aws_sdk_s3::Client {
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    fn record(series: &str, origin: DateTime<Utc>) -> ForecastRecord {
+        ForecastRecord {
+            series_id: series.into(),
+            origin,
+            last_value: 1.0,
+            timestamps: vec![],
+            values: vec![],
+            model: "m".into(),
+            model_version: "1".into(),
+            request_id: None,
+            created_at: origin,
+            intervals_calibration: None,
+            intervals: Vec::new(),
+            out_of_range: false,
+            role: ForecastRole::Live,
+        }
+    }
+
+    #[test]
+    fn a_log_line_names_the_shard_whose_folder_the_store_writes_its_series_in() {
+        // GIVEN a store in 16 shards, delivering forecasts as log lines (Firehose partitions them)
+        let store = AccuracyStore::new(client(), "s3://b/monitoring")
+            .unwrap()
+            .with_shards(16)
+            .unwrap();
+        let log = ForecastLog::with_delivery(store.clone(), LogDelivery::LogLines);
+        let origin = DateTime::parse_from_rfc3339("2018-01-01T05:00:00Z")
+            .unwrap()
+            .to_utc();
+        for series in ["meter-0000001", "meter-0000002", "a/b c", "ünïcode"] {
+            let record = record(series, origin);
+            // WHEN it becomes a line
+            let line = serde_json::to_value(log.log_line(&record)).unwrap();
+            // THEN the line's shard is the folder the store itself writes the series in, as
+            // the template's Firehose prefix spells it
+            let folder = store
+                .shard(shard_of(series, 16))
+                .partition("forecasts", "origin", origin);
+            let shard = line["shard"].as_str().unwrap();
+            assert_eq!(
+                folder,
+                format!(
+                    "monitoring/forecasts/shard={shard}/origin={}/",
+                    &line[LOG_LINE_KEY]["origin"].as_str().unwrap()[..13]
+                )
+            );
+        }
+        // AND an unsharded store's lines carry no shard
+        let plain = ForecastLog::with_delivery(
+            AccuracyStore::new(client(), "s3://b/monitoring").unwrap(),
+            LogDelivery::LogLines,
+        );
+        let record = record("s", origin);
+        assert!(serde_json::to_value(plain.log_line(&record))
+            .unwrap()
+            .get("shard")
+            .is_none());
+    }
+
+    #[test]
+    fn shards_are_fnv_1a_of_the_id_modulo_their_number() {
+        // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c (the published test vector)
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(
+            shard_of("a", 1000),
+            (0xaf63_dc4c_8601_ec8c_u64 % 1000) as u32
+        );
+        assert_eq!(shard_of("anything", 1), 0);
     }
 }

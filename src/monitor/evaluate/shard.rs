@@ -100,6 +100,14 @@ async fn score_shard(
     let window = EvaluationWindow::from(plan.window);
     let state = shard.evaluation_state().await?;
     let mut arrivals = read_arrivals(&shard, &state, plan.now, window.settle).await?;
+    if plan.shards > 1 {
+        keep_own_series(&mut arrivals.actuals, index, plan.shards, |o| &o.series_id);
+    }
+    // Where a forecast that comes late finds these actuals; written before the commit (see
+    // `index_actuals_by_hour`), and before the join, so that its bytes are gone by then.
+    shard
+        .index_actuals_by_hour(&arrivals.actuals.items, plan.now)
+        .await?;
     let due = DueTargets::after(
         &state.actuals_seen_until,
         &arrivals.actuals.items,
@@ -110,7 +118,6 @@ async fn score_shard(
     hours.extend(written.hours.iter().copied());
     let mut origins = read_origin_hours(&shard, &windows::merge_ranges(hours)).await?;
     if plan.shards > 1 {
-        keep_own_series(&mut arrivals.actuals, index, plan.shards, |o| &o.series_id);
         keep_own_series(&mut origins.forecasts, index, plan.shards, |f| &f.series_id);
     }
     let earlier = late::earlier_actuals(
@@ -131,11 +138,6 @@ async fn score_shard(
     });
     partial.keep_latest_errors(plan.recalibration.window);
     add_what_was_read(&mut partial, &mut arrivals, &mut origins);
-    // Where a forecast that comes late finds these actuals; written before the commit (see
-    // `index_actuals_by_hour`).
-    shard
-        .index_actuals_by_hour(&arrivals.actuals.items, plan.now)
-        .await?;
     Ok(ShardJournal {
         run: plan.run,
         state: advanced_watermark(&arrivals, due.seen_until, &written.listed, plan.run),
