@@ -156,18 +156,16 @@ fn state_machine_against_one_process(runtime: &tokio::runtime::Runtime, series: 
     assert_eq!(finished["status"], "SUCCEEDED", "{finished}");
     let merged = &finished["output"];
     assert_eq!(merged["pairs"], fleet::pairs(series), "{finished}");
-    runtime.block_on(async {
-        fleet::assert_same_figures(
-            &fleet::reported_figures(&s3, one["report"].as_str().unwrap()).await,
-            &fleet::reported_figures(&s3, merged["report"].as_str().unwrap()).await,
-            "report",
-        );
-        fleet::assert_same_figures(
-            &fleet::published_state(&s3, "fleet", "whole").await,
-            &fleet::published_state(&s3, "fleet", "sharded").await,
-            "state",
-        );
-    });
+    let (merged_report, one_report) = (
+        merged["report"].as_str().unwrap(),
+        one["report"].as_str().unwrap(),
+    );
+    runtime.block_on(fleet::assert_same_outcome(
+        &s3,
+        "fleet",
+        ("sharded", merged_report),
+        ("whole", one_report),
+    ));
     println!(
         "\nOn ministack, {series} series: the template's state machine ({shards} shards, 16 \
          partitions, 4 at once, the function a local process) {machine_seconds:.1} s; one \

@@ -857,7 +857,7 @@ impl AccuracyStore {
         &self,
         name: &str,
     ) -> Result<T, StoreError> {
-        let key = format!("{}state/{}{name}", self.prefix, self.shard);
+        let key = self.state_key(name);
         let Some(bytes) = self.get(&key).await? else {
             return Ok(T::default());
         };
@@ -880,7 +880,7 @@ impl AccuracyStore {
         value: &T,
         run: u64,
     ) -> Result<bool, StoreError> {
-        let key = format!("{}state/{}{name}", self.prefix, self.shard);
+        let key = self.state_key(name);
         let current = self.objects.get_if_exists(&key).await?;
         let written_by = current
             .as_ref()
@@ -928,9 +928,14 @@ impl AccuracyStore {
     }
 
     async fn write_state<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
-        let key = format!("{}state/{}{name}", self.prefix, self.shard);
+        let key = self.state_key(name);
         let body = serde_json::to_vec_pretty(value).expect("serialises");
         self.put(&key, body, "application/json").await
+    }
+
+    /// `PREFIX/state/NAME`, or the shard's own `PREFIX/state/shard=NNNN/NAME`.
+    fn state_key(&self, name: &str) -> String {
+        format!("{}state/{}{name}", self.prefix, self.shard)
     }
 
     fn lease_key(&self) -> String {
@@ -1069,22 +1074,17 @@ impl AccuracyStore {
         format!("{}state/runs/{run:010}/{part}", self.prefix)
     }
 
-    /// Writes a part of run `run` if it is not there yet (If-None-Match): [`StoreError::RunTaken`]
-    /// when another attempt wrote it first.
-    pub async fn commit_run_part<T: Serialize>(
+    /// Writes a part of run `run` unless one is there (If-None-Match), and returns the part the
+    /// store holds after: `value`, or what another attempt wrote first, which every attempt
+    /// then works from.
+    pub async fn commit_run_part<T: Serialize + serde::de::DeserializeOwned>(
         &self,
         run: u64,
         part: &str,
-        value: &T,
-    ) -> Result<(), StoreError> {
-        let body = serde_json::to_vec(value).expect("serialises");
-        self.put_for_run(
-            &self.run_part_key(run, part),
-            body,
-            Precondition::Absent,
-            run,
-        )
-        .await
+        value: T,
+    ) -> Result<T, StoreError> {
+        self.written_first(self.run_part_key(run, part), value, run)
+            .await
     }
 
     /// Writes a part of run `run` whatever is there (a part derived from a committed one).
@@ -1094,9 +1094,42 @@ impl AccuracyStore {
         part: &str,
         value: &T,
     ) -> Result<(), StoreError> {
-        let body = serde_json::to_vec(value).expect("serialises");
-        self.put_for_run(&self.run_part_key(run, part), body, Precondition::None, run)
+        let key = self.run_part_key(run, part);
+        self.put_json_for_run(&key, value, Precondition::None, run)
             .await
+    }
+
+    /// `value` as JSON at `key`, under `precondition`, marked as written by run `run`.
+    async fn put_json_for_run<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        precondition: Precondition<'_>,
+        run: u64,
+    ) -> Result<(), StoreError> {
+        let body = serde_json::to_vec(value).expect("serialises");
+        self.put_for_run(key, body, precondition, run).await
+    }
+
+    /// Writes `value` at `key` unless an object is there (If-None-Match), and returns what is
+    /// there after: `value`, or what another writer put first.
+    async fn written_first<T: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        key: String,
+        value: T,
+        run: u64,
+    ) -> Result<T, StoreError> {
+        match self
+            .put_json_for_run(&key, &value, Precondition::Absent, run)
+            .await
+        {
+            Ok(()) => Ok(value),
+            Err(taken @ StoreError::RunTaken { .. }) => match self.read_json(key).await? {
+                Some(first) => Ok(first),
+                None => Err(taken),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// A part of run `run`, if it was written.
@@ -1149,24 +1182,15 @@ impl AccuracyStore {
     /// has none: its count is the watermark's, recorded here before any run is planned, since a
     /// shard's watermark moves before its run is committed.
     pub async fn runs_committed(&self) -> Result<u64, StoreError> {
-        let key = format!("{}state/runs.json", self.prefix);
+        let key = self.state_key("runs.json");
         if let Some(committed) = self.read_json::<RunsCommitted>(key.clone()).await? {
             return Ok(committed.runs);
         }
         let runs = self.shard(0).evaluation_state().await?.runs;
-        let body = serde_json::to_vec_pretty(&RunsCommitted { runs }).expect("serialises");
-        match self
-            .put_for_run(&key, body, Precondition::Absent, runs)
-            .await
-        {
-            Ok(()) => Ok(runs),
-            // Another evaluation recorded it first: its count stands.
-            Err(StoreError::RunTaken { .. }) => Ok(self
-                .read_json::<RunsCommitted>(key)
-                .await?
-                .map_or(runs, |c| c.runs)),
-            Err(e) => Err(e),
-        }
+        Ok(self
+            .written_first(key, RunsCommitted { runs }, runs)
+            .await?
+            .runs)
     }
 
     /// Records run `run` as committed, unless a later run was recorded first.
@@ -1181,7 +1205,7 @@ impl AccuracyStore {
     pub fn layout_mismatch(&self, recorded: u32) -> StoreError {
         StoreError::Layout {
             bucket: self.bucket.clone(),
-            key: format!("{}state/layout.json", self.prefix),
+            key: self.state_key("layout.json"),
             recorded,
             configured: self.shards,
         }
@@ -1190,25 +1214,13 @@ impl AccuracyStore {
     /// Checks that the store is written in as many shards as this process is set to use, and
     /// records the number on first use (`state/layout.json`).
     pub async fn check_layout(&self) -> Result<(), StoreError> {
-        let key = format!("{}state/layout.json", self.prefix);
+        let key = self.state_key("layout.json");
         let configured = self.shards;
         let recorded = match self.read_json::<StoreLayout>(key.clone()).await? {
             Some(layout) => layout.shards,
             None => {
-                let body =
-                    serde_json::to_vec(&StoreLayout { shards: configured }).expect("serialises");
-                match self
-                    .objects
-                    .put(&key, body, "application/json", Precondition::Absent)
-                    .await
-                {
-                    Ok(()) => configured,
-                    Err(e) if e.kind == crate::objects::ObjectErrorKind::Conflict => self
-                        .read_json::<StoreLayout>(key.clone())
-                        .await?
-                        .map_or(configured, |l| l.shards),
-                    Err(e) => return Err(e.into()),
-                }
+                let layout = StoreLayout { shards: configured };
+                self.written_first(key, layout, 0).await?.shards
             }
         };
         if recorded != configured {
@@ -1222,8 +1234,7 @@ impl AccuracyStore {
     /// is committed once, ever. Another evaluation that committed the run first is
     /// [`StoreError::RunTaken`], and this one has changed nothing.
     pub async fn commit_run<T: Serialize>(&self, run: u64, journal: &T) -> Result<(), StoreError> {
-        let body = serde_json::to_vec(journal).expect("serialises");
-        self.put_for_run(&self.run_key(run), body, Precondition::Absent, run)
+        self.put_json_for_run(&self.run_key(run), journal, Precondition::Absent, run)
             .await
     }
 

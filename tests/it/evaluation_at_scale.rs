@@ -84,24 +84,13 @@ async fn a_run_in_partitions_publishes_what_one_process_publishes_for_the_same_d
     assert_eq!(merged.evaluation.pairs, one.evaluation.pairs);
     // Hour 7 of every fiftieth series, forecast by version 1, and by 2 where it is every 200th
     assert_eq!(one.evaluation.missing_actuals, 40 + 10);
-    assert_same_figures(
-        &reported_figures(&s3, &one.report).await,
-        &reported_figures(&s3, &merged.report).await,
-        "report",
-    );
-    assert_same_figures(
-        &published_state(&s3, "partitioned-equal", "whole").await,
-        &published_state(&s3, "partitioned-equal", "sharded").await,
-        "state",
-    );
-    assert_eq!(
-        settled_marks(&s3, "partitioned-equal", "whole/")
-            .await
-            .len(),
-        settled_marks(&s3, "partitioned-equal", "sharded/")
-            .await
-            .len()
-    );
+    fleet::assert_same_outcome(
+        &s3,
+        "partitioned-equal",
+        ("sharded", &merged.report),
+        ("whole", &one.report),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -344,16 +333,15 @@ async fn the_template_state_machine_evaluates_20_000_series_in_16_partitions_as_
         .filter(|k| k.contains("/partial-"))
         .count();
     assert_eq!(partials, 16);
-    assert_same_figures(
-        &reported_figures(&s3, one["report"].as_str().unwrap()).await,
-        &reported_figures(&s3, output["report"].as_str().unwrap()).await,
-        "report",
-    );
-    assert_same_figures(
-        &published_state(&s3, "fleet", "whole").await,
-        &published_state(&s3, "fleet", "sharded").await,
-        "state",
-    );
+    let merged_report = output["report"].as_str().unwrap();
+    let one_report = one["report"].as_str().unwrap();
+    fleet::assert_same_outcome(
+        &s3,
+        "fleet",
+        ("sharded", merged_report),
+        ("whole", one_report),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -422,18 +410,11 @@ async fn changing_the_number_of_partitions_between_runs_loses_and_doubles_no_pai
     );
     assert_eq!(first.evaluation.pairs, one_first.evaluation.pairs);
     assert_eq!(second.evaluation.pairs, one_second.evaluation.pairs);
-    assert_same_figures(
-        &reported_figures(&s3, &second.report).await,
-        &reported_figures(&s3, &one_second.report).await,
-        "second run",
-    );
-    assert_same_figures(
-        &published_state(&s3, "repartitioned", "whole").await,
-        &published_state(&s3, "repartitioned", "sharded").await,
-        "state",
-    );
-    assert_eq!(
-        settled_marks(&s3, "repartitioned", "sharded/").await.len(),
-        settled_marks(&s3, "repartitioned", "whole/").await.len()
-    );
+    fleet::assert_same_outcome(
+        &s3,
+        "repartitioned",
+        ("sharded", &second.report),
+        ("whole", &one_second.report),
+    )
+    .await;
 }

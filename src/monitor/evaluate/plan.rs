@@ -84,16 +84,8 @@ pub async fn plan_run(
         recalibration: recalibration.clone(),
         partitions: split(store.shards(), partitions),
     };
-    match store.commit_run_part(run, PLAN, &plan).await {
-        Ok(()) => Ok(plan),
-        // Another attempt planned the run first: work on its plan.
-        Err(StoreError::RunTaken { .. }) => {
-            store
-                .required_run_part(run, PLAN, "plan".into(), "it was just written")
-                .await
-        }
-        Err(e) => Err(e),
-    }
+    // Another attempt may have planned the run first: then every attempt works on its plan.
+    store.commit_run_part(run, PLAN, plan).await
 }
 
 /// `shards` split into at most `partitions` contiguous ranges of sizes differing by one at most.

@@ -13,7 +13,7 @@ use super::partial::{Partial, MAX_QUARANTINED_LISTED};
 use super::plan::{EvaluationPlan, PLAN};
 use super::scoring::{evaluate_part, Increment};
 use super::windows::{self, DueTargets, EvaluationWindow};
-use crate::monitor::store::{shard_of, AccuracyStore, Loaded, StoreError};
+use crate::monitor::store::{shard_name, shard_of, AccuracyStore, Loaded, StoreError};
 
 /// Evaluates shards `shards` of run `run` (one partition), one shard at a time, so that memory
 /// follows the largest shard, not the partition. Returns the pairs they scored.
@@ -64,25 +64,11 @@ async fn evaluate_shard(
         .await?
     {
         Some(committed) => committed,
+        // Another attempt may commit the shard first: then this one applies what it committed.
         None => {
             let journal = score_shard(root, plan, index).await?;
-            match root
-                .commit_run_part(run, &journal_name(index), &journal)
-                .await
-            {
-                Ok(()) => journal,
-                // Another attempt committed the shard first: apply what it committed.
-                Err(StoreError::RunTaken { .. }) => {
-                    root.required_run_part(
-                        run,
-                        &journal_name(index),
-                        format!("journal of shard {index}"),
-                        "it was just written",
-                    )
-                    .await?
-                }
-                Err(e) => return Err(e),
-            }
+            root.commit_run_part(run, &journal_name(index), journal)
+                .await?
         }
     };
     apply_shard(root, index, &journal).await?;
@@ -154,13 +140,6 @@ fn keep_own_series<T>(
     shards: u32,
     series: impl Fn(&T) -> &str,
 ) {
-    if loaded
-        .items
-        .iter()
-        .all(|item| shard_of(series(item), shards) == index)
-    {
-        return;
-    }
     let (own, other): (Vec<T>, Vec<T>) = std::mem::take(&mut loaded.items)
         .into_iter()
         .partition(|item| shard_of(series(item), shards) == index);
@@ -172,11 +151,7 @@ fn keep_own_series<T>(
             crate::forecast::excerpt(id),
             shard_of(id, shards)
         );
-        loaded.quarantine(
-            &format!("shard={}", crate::monitor::store::shard_name(index)),
-            0,
-            cause,
-        );
+        loaded.quarantine(&format!("shard={}", shard_name(index)), 0, cause);
     }
 }
 

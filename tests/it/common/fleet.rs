@@ -313,3 +313,30 @@ pub fn evaluate_command(endpoint: &str, store_uri: &str, shards: u32, step: &[&s
     );
     serde_json::from_slice(&output.stdout).unwrap()
 }
+
+/// Asserts that the run reported at `report`, over the store at `bucket/prefix`, published what
+/// the one at `expected_report` over `bucket/expected_prefix` did: the report's figures, the
+/// state it left, and as many settled marks (none twice).
+pub async fn assert_same_outcome(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    (prefix, report): (&str, &str),
+    (expected_prefix, expected_report): (&str, &str),
+) {
+    assert_same_figures(
+        &reported_figures(s3, report).await,
+        &reported_figures(s3, expected_report).await,
+        "report",
+    );
+    assert_same_figures(
+        &published_state(s3, bucket, prefix).await,
+        &published_state(s3, bucket, expected_prefix).await,
+        "state",
+    );
+    assert_eq!(
+        settled_marks(s3, bucket, &format!("{prefix}/")).await.len(),
+        settled_marks(s3, bucket, &format!("{expected_prefix}/"))
+            .await
+            .len()
+    );
+}
