@@ -89,7 +89,8 @@ async fn restore_runs_the_hooks_in_order_rebuilds_the_clients_and_serves_a_model
         "init read the model from S3 with the endpoint's credentials\n{}",
         function.log()
     );
-    let at_snapshot = function.log();
+    // The log reaches the test through a pipe, which may lag the snapshot signal.
+    let at_snapshot = function.log_once_it_holds("before_snapshot");
     assert_eq!(
         hooks_in_order(&at_snapshot),
         [("flush".to_string(), "before_snapshot".to_string())],
